@@ -1,0 +1,43 @@
+# fedstream: every target sets up what it needs itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip
+PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
+	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
+PROTOS := $(wildcard proto/fedstream/v1/*.proto)
+
+.PHONY: all demo test bench proto check-proto lint clean
+
+all: test
+
+$(STAMP): $(PYPROJECTS) requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "fedstream needs Python 3.11 or newer"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch==2.13.0 is pinned in core's [torch] extra: a CPU wheel, never an unpinned CUDA build.
+	$(PIP) install -q -r requirements-dev.txt \
+		-e 'core[torch]' -e services/scheduler -e services/aggregator -e services/client-agent
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/fedstream demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+# Regenerates the Python code of the wire contracts; a test fails when it is stale.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=core/src --pyi_out=core/src \
+		--grpc_python_out=core/src $(PROTOS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

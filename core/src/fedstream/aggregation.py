@@ -1,0 +1,107 @@
+"""Streaming weighted averaging over a flat layout: the arithmetic of FedAvg, without sockets.
+
+Updates are folded tensor piece by tensor piece into a running weighted sum, so memory is one
+accumulator the size of the model (float32 for floating tensors, float64 for integer and bool
+tensors) whatever the number of updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fedstream.tensors import DType, Layout
+
+# Bytes read and folded at a time when folding from a file.
+FOLD_PIECE_BYTES = 4 << 20
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Rounds float32 to bfloat16 bits, to nearest even, keeping NaN a NaN."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (((u >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def accumulator_dtype(dt: DType) -> np.dtype:
+    return np.dtype(np.float64) if dt.name == "float64" or not dt.is_float else np.dtype(np.float32)
+
+
+def to_accumulator(dt: DType, raw: np.ndarray) -> np.ndarray:
+    """Raw elements (storage dtype) as accumulator values."""
+    if dt.name == "bfloat16":
+        return bf16_to_f32(raw)
+    return raw.astype(accumulator_dtype(dt), copy=False)
+
+
+def from_accumulator(dt: DType, values: np.ndarray) -> np.ndarray:
+    """Averaged values back to the tensor's storage dtype (integers rounded, bools by majority)."""
+    if dt.name == "bfloat16":
+        return f32_to_bf16(values)
+    if dt.name == "bool":
+        return values >= 0.5
+    if not dt.is_float:
+        info = np.iinfo(dt.storage)
+        return np.clip(np.rint(values), info.min, info.max).astype(dt.storage)
+    return values.astype(dt.storage)
+
+
+def weighted_average(updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Reference: sum(w_k * x_k) / sum(w_k) in float64, for tests of the streaming fold."""
+    total = sum(w for _, w in updates)
+    return sum(x.astype(np.float64) * w for x, w in updates) / total
+
+
+class WeightedAccumulator:
+    """A running sum of weighted updates over ``layout``.
+
+    ``fold`` adds one update, read through ``read_at(offset, size)`` (a spool file, a buffer),
+    in pieces of at most FOLD_PIECE_BYTES. ``average`` yields each tensor's weighted mean in
+    its own dtype, in layout order.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.total_weight = 0.0
+        self.count = 0
+        self._sums = {
+            t.name: np.zeros(t.numel, dtype=accumulator_dtype(t.dt)) for t in layout.tensors
+        }
+
+    def fold(self, read_at: Callable[[int, int], bytes | bytearray | memoryview], weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        for t in self.layout.tensors:
+            acc = self._sums[t.name]
+            item = t.dt.itemsize
+            step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
+            for start in range(0, t.nbytes, step):
+                n = min(step, t.nbytes - start)
+                raw = np.frombuffer(read_at(t.offset + start, n), dtype=t.dt.storage)
+                values = to_accumulator(t.dt, raw)
+                lo = start // item
+                part = acc[lo : lo + raw.size]
+                part += values * part.dtype.type(weight)
+        self.total_weight += weight
+        self.count += 1
+
+    def average(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Each tensor's weighted mean (flat, in storage dtype), in layout order."""
+        if self.count == 0:
+            raise ValueError("no update was folded")
+        for t in self.layout.tensors:
+            acc = self._sums[t.name]
+            mean = acc / acc.dtype.type(self.total_weight)
+            yield t.name, from_accumulator(t.dt, mean)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._sums.values())

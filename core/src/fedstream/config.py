@@ -1,0 +1,61 @@
+"""Settings shared by the services: nested models that each service's settings object uses.
+
+Each process has one typed settings object (pydantic-settings, an env prefix per service,
+``__`` between nested names), validated once at start-up and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from fedstream.tensors import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+
+
+class GrpcServerSettings(BaseModel):
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    port_file: Path | None = Field(
+        None, description="If set, the bound port is written here once the server serves."
+    )
+    max_workers: int = Field(64, ge=4, description="Threads serving gRPC calls.")
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per log line.")
+
+
+class StateSettings(BaseModel):
+    backend: Literal["memory"] = Field(
+        "memory", description="State store: 'memory' keeps state inside this process."
+    )
+
+
+class StoreSettings(BaseModel):
+    backend: Literal["local"] = Field(
+        "local", description="Model store: 'local' keeps safetensors files in a directory."
+    )
+    path: Path = Field(Path("fedstream-data/models"), description="Directory of the local store.")
+
+
+class ChunkSettings(BaseModel):
+    chunk_bytes: int = Field(
+        DEFAULT_CHUNK_BYTES,
+        ge=1,
+        le=MAX_CHUNK_BYTES,
+        description="Bytes per tensor chunk on the wire (below gRPC's 4 MiB message limit).",
+    )
+
+
+class TenantSettings(BaseModel):
+    tenant: str = Field("default", description="Tenant whose state and models this process owns.")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, v: str) -> str:
+        if not v or not v.replace("-", "").isalnum() or not v.islower():
+            raise ValueError("tenant must be lower-case letters, digits and '-'")
+        return v

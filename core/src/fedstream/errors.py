@@ -1,0 +1,133 @@
+"""The catalog of domain errors, each with its gRPC status, HTTP status and public message."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import grpc
+
+
+class FedstreamError(Exception):
+    """Base of every error a client may be shown.
+
+    ``public`` is what the caller sees; ``detail`` (optional) goes to the log only.
+    """
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal"
+
+    def __init__(self, public: str, *, detail: str | None = None) -> None:
+        super().__init__(public)
+        self.public = public
+        self.detail = detail
+
+
+class InvalidArgument(FedstreamError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = HTTPStatus.BAD_REQUEST
+    code = "invalid_argument"
+
+
+class InvalidLayout(InvalidArgument):
+    """A layout header that is malformed or does not match the model."""
+
+    code = "invalid_layout"
+
+
+class BadOffset(InvalidArgument):
+    """A chunk that leaves a gap, overlaps an earlier one or runs past the layout's end."""
+
+    code = "bad_offset"
+
+
+class DataLoss(FedstreamError):
+    grpc_code = grpc.StatusCode.DATA_LOSS
+    http_status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "data_loss"
+
+
+class ChecksumMismatch(DataLoss):
+    code = "checksum_mismatch"
+
+
+class Truncated(DataLoss):
+    code = "truncated"
+
+
+class CorruptModel(DataLoss):
+    """A stored model whose bytes do not match what was recorded when it was written."""
+
+    code = "corrupt_model"
+
+
+class NotFound(FedstreamError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class RoundNotFound(NotFound):
+    code = "round_not_found"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class FailedPrecondition(FedstreamError):
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = HTTPStatus.CONFLICT
+    code = "failed_precondition"
+
+
+class RoundNotOpen(FailedPrecondition):
+    code = "round_not_open"
+
+
+class InvalidTransition(FailedPrecondition):
+    code = "invalid_transition"
+
+
+class AlreadyExists(FedstreamError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    http_status = HTTPStatus.CONFLICT
+    code = "already_exists"
+
+
+class PermissionDenied(FedstreamError):
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = HTTPStatus.FORBIDDEN
+    code = "permission_denied"
+
+
+class AgentNotSelected(PermissionDenied):
+    code = "agent_not_selected"
+
+
+class Aborted(FedstreamError):
+    """A conflict that a retry after a short wait may resolve."""
+
+    grpc_code = grpc.StatusCode.ABORTED
+    http_status = HTTPStatus.CONFLICT
+    code = "aborted"
+
+
+class UploadInProgress(Aborted):
+    """Another upload from the same agent for the same round is still streaming."""
+
+    code = "upload_in_progress"
+
+
+class Unavailable(FedstreamError):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "unavailable"

@@ -1,0 +1,167 @@
+"""gRPC plumbing shared by the services: error translation, server factories, health."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedstream.errors import FedstreamError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Long-lived streams (agents' assignment streams) must survive idle NATs and notice dead peers.
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _status_of(err: FedstreamError) -> tuple[grpc.StatusCode, str]:
+    if err.detail:
+        log.info("%s: %s (%s)", err.code, err.public, err.detail)
+    return err.grpc_code, err.public
+
+
+def translate_errors(fn: F) -> F:
+    """Turns a FedstreamError raised by a servicer method into its gRPC status and message.
+
+    Works for sync and async methods, unary or streaming responses. Anything else becomes
+    INTERNAL with a generic message; the traceback goes to the log only.
+    """
+
+    def unexpected(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        log.exception("unexpected error in %s", fn.__qualname__, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "internal error"
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except FedstreamError as e:
+                await context.abort(*_status_of(e))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await context.abort(*unexpected(e))
+
+        return agen  # type: ignore[return-value]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coro(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await fn(self, request, context)
+            except FedstreamError as e:
+                await context.abort(*_status_of(e))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await context.abort(*unexpected(e))
+
+        return coro  # type: ignore[return-value]
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from fn(self, request, context)
+            except FedstreamError as e:
+                context.abort(*_status_of(e))
+            except Exception as e:
+                if _is_abort(e):
+                    raise
+                context.abort(*unexpected(e))
+
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def plain(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except FedstreamError as e:
+            context.abort(*_status_of(e))
+        except Exception as e:
+            if _is_abort(e):
+                raise
+            context.abort(*unexpected(e))
+
+    return plain  # type: ignore[return-value]
+
+
+def _is_abort(e: BaseException) -> bool:
+    # grpc's sync context.abort raises a bare Exception subclass marked by the library.
+    return type(e).__name__ == "_AbortedError" or (type(e) is Exception and not e.args)
+
+
+def add_health(server: Any, services: Iterable[str]) -> health.HealthServicer:
+    """Adds grpc.health.v1 to a server; each named service (and "") starts NOT_SERVING."""
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *services]:
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, services: Iterable[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *services]:
+        servicer.set(name, status)
+
+
+def make_server(max_workers: int) -> grpc.Server:
+    """A thread-pool gRPC server with fedstream's options; message limits stay at defaults."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=SERVER_OPTIONS,
+    )
+
+
+def make_aio_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def bind(server: Any, host: str, port: int) -> int:
+    """Binds an insecure port and returns the port actually bound (port 0 picks one)."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    return bound
+
+
+def write_port_file(path: Path | None, port: int) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, path)
+
+
+def channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=KEEPALIVE_OPTIONS)
+
+
+def aio_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=KEEPALIVE_OPTIONS)

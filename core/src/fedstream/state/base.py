@@ -1,0 +1,150 @@
+"""The state store interface and its records.
+
+Every implementation (in-process now, Redis next) passes the same contract tests. Records are
+plain dataclasses that serialise to JSON; keys are scoped by the tenant the store was made for.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+# Allowed round transitions: open -> training -> aggregating -> committed, or failed.
+ROUND_TRANSITIONS: dict[str, frozenset[str]] = {
+    "open": frozenset({"training", "failed"}),
+    "training": frozenset({"aggregating", "failed"}),
+    "aggregating": frozenset({"committed", "failed"}),
+    "committed": frozenset(),
+    "failed": frozenset(),
+}
+TERMINAL_ROUND_STATES = frozenset({"committed", "failed"})
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    registered_unix: float = 0.0
+    last_heartbeat_unix: float = 0.0
+    disabled: bool = False
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    # The run's specification in protobuf JSON form (fedstream.v1.RunSpec).
+    spec: dict[str, Any]
+    state: str = "running"
+    reason: str = ""
+    latest_version: str = ""
+    created_unix: float = 0.0
+    finished_unix: float = 0.0
+
+
+@dataclass
+class RoundRecord:
+    run_id: str
+    round: int
+    kind: str
+    state: str = "open"
+    participants: list[str] = field(default_factory=list)
+    base_version: str = ""
+    version: str = ""
+    reason: str = ""
+    # One dict per counted update: agent_id, num_examples, metrics, bytes_received.
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    stragglers: list[str] = field(default_factory=list)
+    started_unix: float = 0.0
+    finished_unix: float = 0.0
+
+
+class StateStore(ABC):
+    """What the control plane shares between processes and replicas.
+
+    Methods are synchronous and short; each one is atomic on its own.
+    """
+
+    tenant: str
+
+    # Agents.
+    @abstractmethod
+    def put_agent(self, agent: AgentRecord) -> None:
+        """Creates or replaces an agent's record."""
+
+    @abstractmethod
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        """Raises AgentNotFound."""
+
+    @abstractmethod
+    def heartbeat(self, agent_id: str, now_unix: float) -> None:
+        """Records a heartbeat; raises AgentNotFound for an agent never registered."""
+
+    @abstractmethod
+    def list_agents(self) -> list[AgentRecord]:
+        """All registered agents, ordered by id."""
+
+    # Runs.
+    @abstractmethod
+    def create_run(self, run: RunRecord) -> None:
+        """Raises AlreadyExists when the id is taken."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord:
+        """Raises RunNotFound."""
+
+    @abstractmethod
+    def update_run(self, run_id: str, **changes: Any) -> RunRecord:
+        """Sets fields of a run and returns it; raises RunNotFound."""
+
+    @abstractmethod
+    def list_runs(self) -> list[RunRecord]:
+        """All runs, oldest first."""
+
+    # Rounds.
+    @abstractmethod
+    def create_round(self, rnd: RoundRecord) -> None:
+        """Raises AlreadyExists when the run already has that round."""
+
+    @abstractmethod
+    def get_round(self, run_id: str, round_: int) -> RoundRecord:
+        """Raises RoundNotFound."""
+
+    @abstractmethod
+    def list_rounds(self, run_id: str) -> list[RoundRecord]:
+        """The run's rounds by number."""
+
+    @abstractmethod
+    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
+        """Moves a round to state ``to`` and sets ``changes``, atomically.
+
+        Raises RoundNotFound, or InvalidTransition when ``to`` is not reachable from the round's
+        current state (so of two racing callers, exactly one wins).
+        """
+
+    @abstractmethod
+    def update_round(self, run_id: str, round_: int, **changes: Any) -> RoundRecord:
+        """Sets fields of a round other than its state (progress); raises RoundNotFound."""
+
+    # Idempotency records.
+    @abstractmethod
+    def mark_once(self, scope: str, key: str) -> bool:
+        """Records ``key`` under ``scope``; True the first time, False ever after."""
+
+    @abstractmethod
+    def is_marked(self, scope: str, key: str) -> bool: ...
+
+    # Leases.
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now_unix: float) -> bool:
+        """Takes or renews a lease; False when another holder has it unexpired."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    # Counters.
+    @abstractmethod
+    def incr(self, name: str, by: int = 1) -> int:
+        """Adds to a counter and returns its new value."""

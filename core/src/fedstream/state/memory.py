@@ -1,0 +1,156 @@
+"""The in-process state store: the embedded default for one machine."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from typing import Any
+
+from fedstream.errors import (
+    AgentNotFound,
+    AlreadyExists,
+    InvalidTransition,
+    RoundNotFound,
+    RunNotFound,
+)
+from fedstream.state.base import ROUND_TRANSITIONS, AgentRecord, RoundRecord, RunRecord, StateStore
+
+
+class MemoryStateStore(StateStore):
+    """All state in this process's memory, behind one lock. Returns copies, never aliases."""
+
+    def __init__(self, tenant: str = "default") -> None:
+        self.tenant = tenant
+        self._lock = threading.Lock()
+        self._agents: dict[str, AgentRecord] = {}
+        self._runs: dict[str, RunRecord] = {}
+        self._rounds: dict[tuple[str, int], RoundRecord] = {}
+        self._marks: dict[str, set[str]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._counters: dict[str, int] = {}
+
+    def put_agent(self, agent: AgentRecord) -> None:
+        with self._lock:
+            self._agents[agent.agent_id] = copy.deepcopy(agent)
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        with self._lock:
+            try:
+                return copy.deepcopy(self._agents[agent_id])
+            except KeyError:
+                raise AgentNotFound(f"agent {agent_id!r} is not registered") from None
+
+    def heartbeat(self, agent_id: str, now_unix: float) -> None:
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                raise AgentNotFound(f"agent {agent_id!r} is not registered")
+            agent.last_heartbeat_unix = now_unix
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self._lock:
+            return [copy.deepcopy(self._agents[k]) for k in sorted(self._agents)]
+
+    def create_run(self, run: RunRecord) -> None:
+        with self._lock:
+            if run.run_id in self._runs:
+                raise AlreadyExists(f"run {run.run_id!r} already exists")
+            self._runs[run.run_id] = copy.deepcopy(run)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            try:
+                return copy.deepcopy(self._runs[run_id])
+            except KeyError:
+                raise RunNotFound(f"run {run_id!r} not found") from None
+
+    def update_run(self, run_id: str, **changes: Any) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            updated = dataclasses.replace(run, **copy.deepcopy(changes))
+            self._runs[run_id] = updated
+            return copy.deepcopy(updated)
+
+    def list_runs(self) -> list[RunRecord]:
+        with self._lock:
+            runs = sorted(self._runs.values(), key=lambda r: (r.created_unix, r.run_id))
+            return [copy.deepcopy(r) for r in runs]
+
+    def create_round(self, rnd: RoundRecord) -> None:
+        with self._lock:
+            key = (rnd.run_id, rnd.round)
+            if key in self._rounds:
+                raise AlreadyExists(f"round {rnd.round} of run {rnd.run_id!r} already exists")
+            self._rounds[key] = copy.deepcopy(rnd)
+
+    def get_round(self, run_id: str, round_: int) -> RoundRecord:
+        with self._lock:
+            try:
+                return copy.deepcopy(self._rounds[(run_id, round_)])
+            except KeyError:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} not found") from None
+
+    def list_rounds(self, run_id: str) -> list[RoundRecord]:
+        with self._lock:
+            rounds = [r for (rid, _), r in self._rounds.items() if rid == run_id]
+            return [copy.deepcopy(r) for r in sorted(rounds, key=lambda r: r.round)]
+
+    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
+        if to not in ROUND_TRANSITIONS:
+            raise InvalidTransition(f"unknown round state {to!r}")
+        with self._lock:
+            rnd = self._rounds.get((run_id, round_))
+            if rnd is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
+            if to not in ROUND_TRANSITIONS[rnd.state]:
+                raise InvalidTransition(
+                    f"round {round_} of run {run_id!r} cannot go from {rnd.state} to {to}"
+                )
+            updated = dataclasses.replace(rnd, state=to, **copy.deepcopy(changes))
+            self._rounds[(run_id, round_)] = updated
+            return copy.deepcopy(updated)
+
+    def update_round(self, run_id: str, round_: int, **changes: Any) -> RoundRecord:
+        if "state" in changes:
+            raise InvalidTransition("update_round does not change state; use transition_round")
+        with self._lock:
+            rnd = self._rounds.get((run_id, round_))
+            if rnd is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
+            updated = dataclasses.replace(rnd, **copy.deepcopy(changes))
+            self._rounds[(run_id, round_)] = updated
+            return copy.deepcopy(updated)
+
+    def mark_once(self, scope: str, key: str) -> bool:
+        with self._lock:
+            keys = self._marks.setdefault(scope, set())
+            if key in keys:
+                return False
+            keys.add(key)
+            return True
+
+    def is_marked(self, scope: str, key: str) -> bool:
+        with self._lock:
+            return key in self._marks.get(scope, ())
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now_unix: float) -> bool:
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] != holder and current[1] > now_unix:
+                return False
+            self._leases[name] = (holder, now_unix + ttl_s)
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] == holder:
+                del self._leases[name]
+
+    def incr(self, name: str, by: int = 1) -> int:
+        with self._lock:
+            self._counters[name] = self._counters.get(name, 0) + by
+            return self._counters[name]

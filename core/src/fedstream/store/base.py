@@ -1,0 +1,163 @@
+"""The model store interface.
+
+A version is immutable once committed and named ``<run_id>/<round:06d>``. Writers take the
+model's bytes in layout order as they arrive; readers hand out byte ranges. Neither ever holds
+a whole model in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from fedstream.errors import CorruptModel, InvalidArgument
+from fedstream.tensors import DEFAULT_CHUNK_BYTES, Chunk, Layout, iter_range_chunks
+
+_RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID_RE.match(run_id):
+        raise InvalidArgument(
+            f"invalid run id {run_id[:80]!r}: use 1-63 of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return run_id
+
+
+def version_id(run_id: str, round_: int) -> str:
+    return f"{check_run_id(run_id)}/{round_:06d}"
+
+
+def parse_version(version: str) -> tuple[str, int]:
+    """Splits a version id; raises InvalidArgument when it is not one."""
+    run_id, sep, rnd = version.partition("/")
+    if not sep or not rnd.isdigit() or len(rnd) != 6:
+        raise InvalidArgument(f"invalid model version {version[:80]!r}: expected RUN/NNNNNN")
+    return check_run_id(run_id), int(rnd)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    layout: Layout
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Hex SHA-256 of the data section (the flat layout), checked on every full read.
+    sha256: str = ""
+    created_unix: float = 0.0
+
+
+class ModelWriter(ABC):
+    """Takes a version's bytes in order; ``commit`` makes it visible, ``abort`` drops it."""
+
+    def __init__(self, version: str, layout: Layout) -> None:
+        self.version = version
+        self.layout = layout
+        self.written = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.written + len(data) > self.layout.total_bytes:
+            raise InvalidArgument(
+                f"model {self.version}: write past the layout's {self.layout.total_bytes} bytes"
+            )
+        self._hash.update(data)
+        self._write(data)
+        self.written += len(data)
+
+    def commit(self, *, set_latest: bool = True) -> ModelVersion:
+        if self.written != self.layout.total_bytes:
+            raise InvalidArgument(
+                f"model {self.version}: {self.written} of {self.layout.total_bytes} bytes written"
+            )
+        return self._commit(self._hash.hexdigest(), set_latest)
+
+    @abstractmethod
+    def _write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def _commit(self, sha256: str, set_latest: bool) -> ModelVersion: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> ModelWriter:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if et is not None:
+            self.abort()
+
+
+class ModelReader(ABC):
+    """Byte ranges of one stored version."""
+
+    def __init__(self, info: ModelVersion) -> None:
+        self.info = info
+
+    @property
+    def layout(self) -> Layout:
+        return self.info.layout
+
+    @abstractmethod
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Reads [offset, offset + size) of the data section."""
+
+    def iter_chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
+        """All chunks in order; raises CorruptModel after the last one when the bytes read do
+        not hash to the recorded digest, so a consumer must not use the data before the
+        iterator is exhausted without error."""
+        digest = hashlib.sha256()
+        for chunk in iter_range_chunks(self.read_at, self.layout.total_bytes, chunk_bytes):
+            digest.update(chunk.data)
+            yield chunk
+        if self.info.sha256 and digest.hexdigest() != self.info.sha256:
+            raise CorruptModel(f"model {self.info.version} is corrupt: checksum mismatch")
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ModelStore(ABC):
+    """Immutable model versions of one tenant, and each run's latest pointer."""
+
+    tenant: str
+
+    @abstractmethod
+    def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
+        """Starts writing a new version; raises AlreadyExists if it was committed before."""
+
+    @abstractmethod
+    def open(self, version: str) -> ModelReader:
+        """Raises ModelNotFound, or CorruptModel when the stored header does not parse."""
+
+    @abstractmethod
+    def info(self, version: str) -> ModelVersion:
+        """Raises ModelNotFound."""
+
+    @abstractmethod
+    def latest(self, run_id: str) -> str | None:
+        """The run's latest committed version, or None."""
+
+    @abstractmethod
+    def versions(self, run_id: str) -> list[str]:
+        """The run's committed versions, oldest first."""
+
+    def exists(self, version: str) -> bool:
+        try:
+            self.info(version)
+        except Exception:
+            return False
+        return True

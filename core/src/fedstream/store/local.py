@@ -1,0 +1,147 @@
+"""The local-directory model store: the embedded default for one machine.
+
+Layout on disk: ``<root>/<tenant>/runs/<run_id>/<round>.safetensors`` beside a
+``<round>.json`` manifest (digest, creation time), and ``LATEST`` holding the run's latest
+version. Files appear by atomic rename, so a reader never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from fedstream.errors import AlreadyExists, CorruptModel, ModelNotFound
+from fedstream.safetensors_io import encode_header, read_header
+from fedstream.store.base import (
+    ModelReader,
+    ModelStore,
+    ModelVersion,
+    ModelWriter,
+    check_run_id,
+    parse_version,
+)
+from fedstream.tensors import Layout
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _LocalWriter(ModelWriter):
+    def __init__(self, store: LocalModelStore, version: str, layout: Layout, metadata: dict[str, str]):
+        super().__init__(version, layout)
+        self._store = store
+        self._metadata = dict(metadata)
+        self._final = store._path(version)
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._final.parent, prefix=".tmp-", suffix=".safetensors")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(encode_header(layout, self._metadata))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+
+    def _commit(self, sha256: str, set_latest: bool) -> ModelVersion:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        info = ModelVersion(self.version, self.layout, self._metadata, sha256, time.time())
+        manifest = {"version": self.version, "sha256": sha256, "created_unix": info.created_unix}
+        # Manifest first: a model file without one is never listed, one with is complete.
+        _atomic_write(self._final.with_suffix(".json"), json.dumps(manifest).encode())
+        os.replace(self._tmp, self._final)
+        if set_latest:
+            self._store._set_latest(self.version)
+        return info
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class _LocalReader(ModelReader):
+    def __init__(self, info: ModelVersion, path: Path, data_start: int) -> None:
+        super().__init__(info)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start = data_start
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd, size, self._start + offset)
+        if len(data) != size:
+            raise CorruptModel(f"model {self.info.version} is corrupt: file is truncated")
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalModelStore(ModelStore):
+    def __init__(self, root: str | Path, tenant: str = "default") -> None:
+        self.tenant = tenant
+        self.root = Path(root) / tenant
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / check_run_id(run_id)
+
+    def _path(self, version: str) -> Path:
+        run_id, rnd = parse_version(version)
+        return self._run_dir(run_id) / f"{rnd:06d}.safetensors"
+
+    def _set_latest(self, version: str) -> None:
+        run_id, _ = parse_version(version)
+        _atomic_write(self._run_dir(run_id) / "LATEST", version.encode())
+
+    def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
+        if self._path(version).exists():
+            raise AlreadyExists(f"model {version} already exists")
+        return _LocalWriter(self, version, layout, metadata)
+
+    def _read_info(self, version: str) -> tuple[ModelVersion, int]:
+        path = self._path(version)
+        try:
+            manifest = json.loads(path.with_suffix(".json").read_bytes())
+            with path.open("rb") as f:
+                layout, metadata, start = read_header(f, f"model {version}")
+        except FileNotFoundError:
+            raise ModelNotFound(f"model {version} not found") from None
+        except json.JSONDecodeError:
+            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
+        info = ModelVersion(version, layout, metadata, manifest["sha256"], manifest["created_unix"])
+        return info, start
+
+    def info(self, version: str) -> ModelVersion:
+        return self._read_info(version)[0]
+
+    def open(self, version: str) -> ModelReader:
+        info, start = self._read_info(version)
+        return _LocalReader(info, self._path(version), start)
+
+    def latest(self, run_id: str) -> str | None:
+        try:
+            return (self._run_dir(run_id) / "LATEST").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def versions(self, run_id: str) -> list[str]:
+        d = self._run_dir(run_id)
+        if not d.is_dir():
+            return []
+        names = sorted(p.stem for p in d.glob("*.safetensors") if p.with_suffix(".json").exists())
+        return [f"{run_id}/{n}" for n in names]

@@ -1,0 +1,71 @@
+"""The task interface: what agents and the demo's evaluation need from a workload."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+
+class SiteDataSettings(BaseModel):
+    """Where a site's data comes from. Tasks with bundled data use the partition fields."""
+
+    path: Path | None = Field(None, description="Directory holding the site's data set.")
+    site_index: int = Field(0, ge=0, description="This site's slice of a partitioned data set.")
+    num_sites: int = Field(1, ge=1, description="How many sites the data set is partitioned over.")
+    partition_alpha: float = Field(
+        0.5, gt=0, description="Dirichlet concentration over labels (smaller is less IID)."
+    )
+    partition_seed: int = Field(0, ge=0, description="Seed of the partition and the held-out split.")
+
+
+@dataclass
+class TrainParams:
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    metrics: dict[str, float]
+
+
+class Task(ABC):
+    name: str
+
+    @abstractmethod
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """A freshly initialised model, the same for the same seed."""
+
+    @abstractmethod
+    def load_site(self, settings: SiteDataSettings) -> Any:
+        """This site's training data."""
+
+    @abstractmethod
+    def load_heldout(self, settings: SiteDataSettings) -> Any:
+        """The held-out evaluation data."""
+
+    @abstractmethod
+    def num_examples(self, data: Any) -> int: ...
+
+    @abstractmethod
+    def train(
+        self, model: torch.nn.Module, data: Any, params: TrainParams, device: torch.device
+    ) -> TrainResult:
+        """Trains in place; returns examples seen per epoch and metrics (loss, seconds)."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, data: Any, device: torch.device) -> dict[str, float]:
+        """Metrics of the model on ``data`` (accuracy, loss)."""
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, otherwise the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

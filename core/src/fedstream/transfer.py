@@ -1,0 +1,95 @@
+"""Client side of model movement: download a version into one flat buffer, upload an update
+as a stream of chunks. Used by agents and by the command-line tool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from fedstream.errors import InvalidLayout
+from fedstream.tensors import DEFAULT_CHUNK_BYTES, ChunkReceiver, FlatBuffer, Layout, iter_chunks
+from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class DownloadedModel:
+    version: str
+    buffer: FlatBuffer
+    metadata: dict[str, str]
+
+    @property
+    def layout(self) -> Layout:
+        return self.buffer.layout
+
+
+def download_model(
+    stub: pb_grpc.ModelServiceStub,
+    run_id: str,
+    version: str = "",
+    *,
+    chunk_bytes: int = 0,
+    timeout: float | None = None,
+    on_progress: Progress | None = None,
+) -> DownloadedModel:
+    """Downloads a version (the run's latest when empty), verifying every chunk.
+
+    Raises grpc.RpcError from the server, InvalidLayout for a malformed header, BadOffset,
+    ChecksumMismatch or Truncated for a bad stream.
+    """
+    responses = stub.DownloadModel(
+        pb.DownloadModelRequest(run_id=run_id, version=version, chunk_bytes=chunk_bytes),
+        timeout=timeout,
+    )
+    first = next(responses, None)
+    if first is None or first.WhichOneof("payload") != "header":
+        raise InvalidLayout("download did not start with a model header")
+    layout = Layout.from_proto(first.header.layout)
+    buffer = FlatBuffer(layout)
+    receiver = ChunkReceiver(layout, buffer.write)
+    for msg in responses:
+        if msg.WhichOneof("payload") != "chunk":
+            raise InvalidLayout("only chunks may follow a model header")
+        receiver.accept(msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c)
+        if on_progress is not None:
+            on_progress(receiver.received, receiver.total)
+    receiver.finish()
+    return DownloadedModel(first.header.version, buffer, dict(first.header.metadata))
+
+
+def update_requests(
+    *,
+    run_id: str,
+    round_: int,
+    agent_id: str,
+    layout: Layout,
+    buffers: Iterable[bytes | memoryview],
+    num_examples: int,
+    metrics: dict[str, float],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    on_progress: Progress | None = None,
+) -> Iterator[pb.UploadUpdateRequest]:
+    """The request stream of one upload: its header, then its chunks."""
+    yield pb.UploadUpdateRequest(
+        header=pb.UpdateHeader(
+            run_id=run_id,
+            round=round_,
+            agent_id=agent_id,
+            layout=layout.to_proto(),
+            num_examples=num_examples,
+            metrics=metrics,
+        )
+    )
+    for chunk in iter_chunks(layout, buffers, chunk_bytes):
+        yield pb.UploadUpdateRequest(chunk=chunk.to_proto())
+        if on_progress is not None:
+            on_progress(chunk.offset + len(chunk.data), layout.total_bytes)
+
+
+def upload_update(
+    stub: pb_grpc.UpdateServiceStub, *, timeout: float | None = None, **fields: object
+) -> pb.UploadUpdateResponse:
+    """Uploads one update (see ``update_requests`` for the fields); raises grpc.RpcError."""
+    return stub.UploadUpdate(update_requests(**fields), timeout=timeout)  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RoundKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_KIND_UNSPECIFIED: _ClassVar[RoundKind]
+    ROUND_KIND_INIT: _ClassVar[RoundKind]
+    ROUND_KIND_TRAIN: _ClassVar[RoundKind]
+
+class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_STATE_UNSPECIFIED: _ClassVar[RoundState]
+    ROUND_STATE_OPEN: _ClassVar[RoundState]
+    ROUND_STATE_TRAINING: _ClassVar[RoundState]
+    ROUND_STATE_AGGREGATING: _ClassVar[RoundState]
+    ROUND_STATE_COMMITTED: _ClassVar[RoundState]
+    ROUND_STATE_FAILED: _ClassVar[RoundState]
+ROUND_KIND_UNSPECIFIED: RoundKind
+ROUND_KIND_INIT: RoundKind
+ROUND_KIND_TRAIN: RoundKind
+ROUND_STATE_UNSPECIFIED: RoundState
+ROUND_STATE_OPEN: RoundState
+ROUND_STATE_TRAINING: RoundState
+ROUND_STATE_AGGREGATING: RoundState
+ROUND_STATE_COMMITTED: RoundState
+ROUND_STATE_FAILED: RoundState
+
+class TrainingConfig(_message.Message):
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op")
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NO_OP_FIELD_NUMBER: _ClassVar[int]
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    no_op: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ...) -> None: ...
+
+class UpdateReport(_message.Message):
+    __slots__ = ("agent_id", "num_examples", "metrics", "bytes_received")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    num_examples: int
+    metrics: _containers.ScalarMap[str, float]
+    bytes_received: int
+    def __init__(self, agent_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., bytes_received: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,3 @@
+from fedstream_aggregator.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Entry point of fedstream-aggregator: parse settings, build, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from pydantic import ValidationError
+
+from fedstream.backends import make_model_store, make_state_store
+from fedstream.grpcutil import write_port_file
+from fedstream.logs import setup_logging
+from fedstream_aggregator.server import build_server
+from fedstream_aggregator.service import AggregatorService
+from fedstream_aggregator.settings import AggregatorSettings
+
+log = logging.getLogger("fedstream_aggregator")
+
+# Exit codes, so that a crash-looping pod says why.
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2
+EXIT_CANNOT_BIND = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="fedstream-aggregator",
+        description="fedstream aggregator: verifies agents' streamed updates, folds them into a "
+        "running accumulator and commits each round's model. Configured by environment "
+        "variables prefixed FEDSTREAM_AGGREGATOR_ (nested names joined by '__', e.g. "
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052).",
+    ).parse_args(argv)
+    try:
+        settings = AggregatorSettings()
+    except ValidationError as e:
+        print(f"fedstream-aggregator: invalid settings:\n{e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    setup_logging(settings.log.level, settings.log.json_format, "aggregator")
+    tenant = settings.tenant.tenant
+    service = AggregatorService(
+        make_state_store(settings.state, tenant),
+        make_model_store(settings.store, tenant),
+        settings.spool_dir,
+        chunk_bytes=settings.chunks.chunk_bytes,
+    )
+    try:
+        server = build_server(service, settings.grpc.host, settings.grpc.port, settings.grpc.max_workers)
+    except OSError as e:
+        log.error("%s", e)
+        return EXIT_CANNOT_BIND
+    write_port_file(settings.grpc.port_file, server.port)
+    log.info("serving on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down")
+    server.stop()
+    return EXIT_OK

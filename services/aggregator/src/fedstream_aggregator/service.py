@@ -1,0 +1,447 @@
+"""The aggregator's logic, independent of gRPC: rounds, verified uploads, the running fold.
+
+An upload is verified chunk by chunk (order, bounds, checksum) as it arrives and spooled to a
+file; once the stream is complete and sound it is folded into the round's accumulator under
+the round's lock, exactly once per agent. A bad upload therefore never touches the
+accumulator, and memory stays at one accumulator plus a chunk per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedstream.aggregation import WeightedAccumulator
+from fedstream.errors import (
+    AgentNotSelected,
+    FailedPrecondition,
+    FedstreamError,
+    InvalidArgument,
+    InvalidLayout,
+    ModelNotFound,
+    RoundNotFound,
+    RoundNotOpen,
+    UploadInProgress,
+)
+from fedstream.logs import log_context
+from fedstream.state import StateStore
+from fedstream.store import ModelStore, ModelVersion, version_id
+from fedstream.store.base import check_run_id
+from fedstream.tensors import Chunk, ChunkReceiver, Layout, check_chunk_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    run_id: str
+    round: int
+    kind: str  # "init" or "train"
+    base_version: str
+    participants: tuple[str, ...]
+    min_updates: int
+    deadline_unix: float
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    run_id: str
+    round: int
+    agent_id: str
+    layout: Layout
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class RoundSnapshot:
+    run_id: str
+    round: int
+    state: str
+    reports: list[dict[str, Any]]
+    stragglers: list[str]
+    version: str
+    reason: str
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    layout: Layout | None
+    accumulator: WeightedAccumulator | None
+    state: str = "training"
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    uploading: set[str] = field(default_factory=set)
+    version: str = ""
+    reason: str = ""
+    seq: int = 0
+    init_spool: Path | None = None
+    timer: threading.Timer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def terminal(self) -> bool:
+        return self.state in ("committed", "failed")
+
+    def snapshot(self) -> RoundSnapshot:
+        reported = set(self.reports)
+        stragglers = (
+            [a for a in self.plan.participants if a not in reported] if self.terminal() else []
+        )
+        return RoundSnapshot(
+            self.plan.run_id,
+            self.plan.round,
+            self.state,
+            [dict(r) for r in self.reports.values()],
+            stragglers,
+            self.version,
+            self.reason,
+        )
+
+
+class _Spool:
+    """A file that receives a verified chunk stream; removed on close."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".bin")
+        self.fd = fd
+        self.path = Path(name)
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.path.unlink(missing_ok=True)
+
+
+class AggregatorService:
+    """Rounds opened by the scheduler, uploads from agents, downloads of model versions."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        store: ModelStore,
+        spool_dir: Path,
+        *,
+        chunk_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.spool_dir = Path(spool_dir) / uuid.uuid4().hex[:8]
+        self.chunk_bytes = chunk_bytes
+        self.clock = clock
+        self._rounds: dict[tuple[str, int], _Round] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # Round control.
+
+    def open_round(self, plan: RoundPlan) -> None:
+        """Opens a round for uploads; opening the same plan twice is a no-op.
+
+        Raises InvalidArgument for a malformed plan, ModelNotFound for a missing base version,
+        FailedPrecondition when a different plan for the same round exists.
+        """
+        check_run_id(plan.run_id)
+        if plan.kind not in ("init", "train"):
+            raise InvalidArgument(f"unknown round kind {plan.kind!r}")
+        if not plan.participants:
+            raise InvalidArgument("a round needs at least one participant")
+        if len(set(plan.participants)) != len(plan.participants):
+            raise InvalidArgument("participants must be distinct")
+        if not 1 <= plan.min_updates <= len(plan.participants):
+            raise InvalidArgument(
+                f"min_updates {plan.min_updates} must be between 1 and {len(plan.participants)}"
+            )
+        if plan.kind == "init" and plan.base_version:
+            raise InvalidArgument("an init round has no base version")
+        if plan.kind == "train" and not plan.base_version:
+            raise InvalidArgument("a training round needs a base version")
+        key = (plan.run_id, plan.round)
+        with self._lock:
+            existing = self._rounds.get(key)
+            if existing is not None:
+                if existing.plan != plan:
+                    raise FailedPrecondition(
+                        f"round {plan.round} of run {plan.run_id!r} is already open with another plan"
+                    )
+                return
+        layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
+        rnd = _Round(plan, layout, WeightedAccumulator(layout) if layout is not None else None)
+        with self._lock:
+            if key in self._rounds:
+                return
+            self._rounds[key] = rnd
+        delay = max(0.0, plan.deadline_unix - self.clock())
+        rnd.timer = threading.Timer(delay, self._on_deadline, args=(rnd,))
+        rnd.timer.daemon = True
+        rnd.timer.start()
+        log.info(
+            "round %d of %s open: %s, %d participants, base %s",
+            plan.round, plan.run_id, plan.kind, len(plan.participants), plan.base_version or "-",
+        )
+
+    def _get(self, run_id: str, round_: int) -> _Round:
+        with self._lock:
+            rnd = self._rounds.get((run_id, round_))
+        if rnd is None:
+            raise RoundNotFound(f"round {round_} of run {run_id!r} is not open on this aggregator")
+        return rnd
+
+    def snapshot(self, run_id: str, round_: int) -> RoundSnapshot:
+        rnd = self._get(run_id, round_)
+        with rnd.lock:
+            return rnd.snapshot()
+
+    def watch(
+        self, run_id: str, round_: int, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[RoundSnapshot]:
+        """Yields the round's state now and after every change, until it is terminal."""
+        rnd = self._get(run_id, round_)
+        seen = -1
+        while is_active():
+            with rnd.changed:
+                if rnd.seq == seen:
+                    rnd.changed.wait(timeout=1.0)
+                    if rnd.seq == seen:
+                        continue
+                seen = rnd.seq
+            with rnd.lock:
+                snap = rnd.snapshot()
+            yield snap
+            if snap.state in ("committed", "failed"):
+                return
+
+    def _notify(self, rnd: _Round) -> None:
+        with rnd.changed:
+            rnd.seq += 1
+            rnd.changed.notify_all()
+
+    # Uploads.
+
+    def receive_update(
+        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]]
+    ) -> tuple[bool, int]:
+        """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
+
+        Raises RoundNotFound, AgentNotSelected, RoundNotOpen, InvalidLayout, InvalidArgument,
+        BadOffset, ChecksumMismatch, Truncated or UploadInProgress. Whatever it raises, the
+        accumulator is unchanged.
+        """
+        rnd = self._get(header.run_id, header.round)
+        plan = rnd.plan
+        agent = header.agent_id
+        if agent not in plan.participants:
+            raise AgentNotSelected(
+                f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}"
+            )
+        scope = f"folded:{plan.run_id}:{plan.round}"
+        if self.state.is_marked(scope, agent):
+            return True, 0
+        self._check_accepting(rnd)
+        if plan.kind == "train":
+            assert rnd.layout is not None
+            problem = header.layout.mismatch(rnd.layout)
+            if problem:
+                raise InvalidLayout(f"update does not match model {plan.base_version}: {problem}")
+            if header.num_examples < 1:
+                raise InvalidArgument("num_examples must be at least 1")
+        if not all(np.isfinite(v) for v in header.metrics.values()):
+            raise InvalidArgument("metrics must be finite numbers")
+        with rnd.lock:
+            if agent in rnd.uploading:
+                raise UploadInProgress(
+                    f"an upload from agent {agent!r} for this round is already in progress"
+                )
+            rnd.uploading.add(agent)
+        spool = _Spool(self.spool_dir)
+        keep_spool = False
+        try:
+            receiver = ChunkReceiver(header.layout, spool.write)
+            for offset, data, crc in chunks:
+                receiver.accept(offset, data, crc)
+            receiver.finish()
+            with rnd.lock:
+                self._check_accepting(rnd)
+                if self.state.is_marked(scope, agent):
+                    return True, receiver.received
+                if plan.kind == "train":
+                    assert rnd.accumulator is not None
+                    rnd.accumulator.fold(spool.read_at, float(header.num_examples))
+                else:
+                    rnd.layout = header.layout
+                    rnd.init_spool = spool.path
+                    keep_spool = True
+                self.state.mark_once(scope, agent)
+                rnd.reports[agent] = {
+                    "agent_id": agent,
+                    "num_examples": header.num_examples,
+                    "metrics": dict(header.metrics),
+                    "bytes_received": receiver.received,
+                }
+                complete = len(rnd.reports) == len(plan.participants)
+            with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
+                log.info("update folded: %d examples, %d bytes", header.num_examples, receiver.received)
+            self._notify(rnd)
+            if complete:
+                self._close(rnd, "all participants reported")
+            return False, receiver.received
+        finally:
+            with rnd.lock:
+                rnd.uploading.discard(agent)
+            if keep_spool:
+                os.close(spool.fd)
+            else:
+                spool.close()
+
+    def _check_accepting(self, rnd: _Round) -> None:
+        if rnd.state != "training":
+            raise RoundNotOpen(
+                f"round {rnd.plan.round} of run {rnd.plan.run_id!r} is {rnd.state}, not accepting updates"
+            )
+        if self.clock() > rnd.plan.deadline_unix:
+            raise RoundNotOpen(
+                f"round {rnd.plan.round} of run {rnd.plan.run_id!r} passed its deadline"
+            )
+
+    # Closing a round.
+
+    def _on_deadline(self, rnd: _Round) -> None:
+        with rnd.lock:
+            if rnd.state != "training":
+                return
+            n = len(rnd.reports)
+        if n >= rnd.plan.min_updates:
+            self._close(rnd, f"deadline passed with {n} of {len(rnd.plan.participants)} updates")
+        else:
+            self._fail(
+                rnd,
+                f"deadline passed with {n} of {len(rnd.plan.participants)} updates, "
+                f"at least {rnd.plan.min_updates} needed",
+            )
+
+    def _fail(self, rnd: _Round, reason: str) -> None:
+        with rnd.lock:
+            if rnd.terminal():
+                return
+            rnd.state = "failed"
+            rnd.reason = reason
+            rnd.accumulator = None
+        log.warning("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
+        self._notify(rnd)
+
+    def _close(self, rnd: _Round, why: str) -> None:
+        """Moves the round to aggregating (once) and commits it in a worker thread."""
+        with rnd.lock:
+            if rnd.state != "training":
+                return
+            rnd.state = "aggregating"
+            if rnd.timer is not None:
+                rnd.timer.cancel()
+        log.info("round %d of %s aggregating: %s", rnd.plan.round, rnd.plan.run_id, why)
+        self._notify(rnd)
+        threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
+
+    def _commit(self, rnd: _Round) -> None:
+        plan = rnd.plan
+        try:
+            info = self._write_version(rnd)
+        except FedstreamError as e:
+            self._fail_aggregating(rnd, f"commit failed: {e.public}")
+            return
+        except Exception as e:
+            log.exception("commit of round %d of %s failed", plan.round, plan.run_id)
+            self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
+            return
+        with rnd.lock:
+            rnd.state = "committed"
+            rnd.version = info.version
+            rnd.accumulator = None
+        log.info("round %d of %s committed as %s", plan.round, plan.run_id, info.version)
+        self._notify(rnd)
+
+    def _fail_aggregating(self, rnd: _Round, reason: str) -> None:
+        with rnd.lock:
+            rnd.state = "failed"
+            rnd.reason = reason
+            rnd.accumulator = None
+        log.error("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
+        self._notify(rnd)
+
+    def _write_version(self, rnd: _Round) -> ModelVersion:
+        plan = rnd.plan
+        assert rnd.layout is not None
+        version = version_id(plan.run_id, plan.round)
+        metadata = {
+            "fedstream.run_id": plan.run_id,
+            "fedstream.round": str(plan.round),
+            "fedstream.kind": plan.kind,
+            "fedstream.base_version": plan.base_version,
+            "fedstream.updates": str(len(rnd.reports)),
+            "fedstream.examples": str(sum(r["num_examples"] for r in rnd.reports.values())),
+        }
+        with self.store.writer(version, rnd.layout, metadata) as writer:
+            if plan.kind == "init":
+                assert rnd.init_spool is not None
+                fd = os.open(rnd.init_spool, os.O_RDONLY)
+                try:
+                    total = rnd.layout.total_bytes
+                    for start in range(0, total, self.chunk_bytes):
+                        writer.write(os.pread(fd, min(self.chunk_bytes, total - start), start))
+                finally:
+                    os.close(fd)
+                    rnd.init_spool.unlink(missing_ok=True)
+            else:
+                assert rnd.accumulator is not None
+                for _, values in rnd.accumulator.average():
+                    writer.write(np.ascontiguousarray(values).view(np.uint8).data)
+            return writer.commit()
+
+    # Downloads.
+
+    def open_model(self, run_id: str, version: str, chunk_bytes: int) -> tuple[ModelVersion, Iterator[Chunk]]:
+        """The version's header and an iterator of its chunks (which raises CorruptModel at
+        the end if the stored bytes do not match their digest). Raises ModelNotFound."""
+        chunk_bytes = check_chunk_bytes(chunk_bytes or self.chunk_bytes)
+        if not version:
+            check_run_id(run_id)
+            latest = self.store.latest(run_id)
+            if latest is None:
+                raise ModelNotFound(f"run {run_id!r} has no committed model yet")
+            version = latest
+        reader = self.store.open(version)
+
+        def chunks() -> Iterator[Chunk]:
+            with reader:
+                yield from reader.iter_chunks(chunk_bytes)
+
+        return reader.info, chunks()
+
+    def close(self) -> None:
+        with self._lock:
+            rounds = list(self._rounds.values())
+        for rnd in rounds:
+            if rnd.timer is not None:
+                rnd.timer.cancel()

@@ -1,0 +1,123 @@
+"""gRPC servicers of the aggregator: translate messages and delegate to AggregatorService."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from fedstream.errors import InvalidArgument
+from fedstream.grpcutil import translate_errors
+from fedstream.tensors import Layout
+from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import round_pb2
+from fedstream_aggregator.service import AggregatorService, RoundPlan, RoundSnapshot, UpdateHeader
+
+_KINDS = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train"}
+STATES = {
+    "open": round_pb2.ROUND_STATE_OPEN,
+    "training": round_pb2.ROUND_STATE_TRAINING,
+    "aggregating": round_pb2.ROUND_STATE_AGGREGATING,
+    "committed": round_pb2.ROUND_STATE_COMMITTED,
+    "failed": round_pb2.ROUND_STATE_FAILED,
+}
+
+
+def snapshot_to_proto(s: RoundSnapshot) -> pb.RoundEvent:
+    return pb.RoundEvent(
+        run_id=s.run_id,
+        round=s.round,
+        state=STATES[s.state],
+        reports=[
+            round_pb2.UpdateReport(
+                agent_id=r["agent_id"],
+                num_examples=r["num_examples"],
+                metrics=r["metrics"],
+                bytes_received=r["bytes_received"],
+            )
+            for r in s.reports
+        ],
+        stragglers=s.stragglers,
+        version=s.version,
+        reason=s.reason,
+    )
+
+
+class ModelServicer(pb_grpc.ModelServiceServicer):
+    def __init__(self, service: AggregatorService) -> None:
+        self.service = service
+
+    @translate_errors
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadModelResponse]:
+        info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
+        yield pb.DownloadModelResponse(
+            header=pb.ModelHeader(
+                version=info.version, layout=info.layout.to_proto(), metadata=info.metadata
+            )
+        )
+        for chunk in chunks:
+            yield pb.DownloadModelResponse(chunk=chunk.to_proto())
+
+
+class UpdateServicer(pb_grpc.UpdateServiceServicer):
+    def __init__(self, service: AggregatorService) -> None:
+        self.service = service
+
+    @translate_errors
+    def UploadUpdate(
+        self, request_iterator: Iterator[pb.UploadUpdateRequest], context: grpc.ServicerContext
+    ) -> pb.UploadUpdateResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgument("the first message of an upload must be its header")
+        h = first.header
+        header = UpdateHeader(
+            run_id=h.run_id,
+            round=h.round,
+            agent_id=h.agent_id,
+            layout=Layout.from_proto(h.layout),
+            num_examples=h.num_examples,
+            metrics=dict(h.metrics),
+        )
+
+        def chunks() -> Iterator[tuple[int, bytes, int]]:
+            for msg in request_iterator:
+                if msg.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument("only chunks may follow an upload's header")
+                yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
+
+        duplicate, received = self.service.receive_update(header, chunks())
+        return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
+
+
+class ControlServicer(pb_grpc.AggregatorControlServicer):
+    def __init__(self, service: AggregatorService) -> None:
+        self.service = service
+
+    @translate_errors
+    def OpenRound(self, request: pb.RoundPlan, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
+        kind = _KINDS.get(request.kind)
+        if kind is None:
+            raise InvalidArgument(f"unknown round kind {request.kind}")
+        self.service.open_round(
+            RoundPlan(
+                run_id=request.run_id,
+                round=request.round,
+                kind=kind,
+                base_version=request.base_version,
+                participants=tuple(request.participants),
+                min_updates=request.min_updates,
+                deadline_unix=request.deadline_unix,
+            )
+        )
+        return pb.OpenRoundResponse()
+
+    @translate_errors
+    def WatchRound(
+        self, request: pb.WatchRoundRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RoundEvent]:
+        for snap in self.service.watch(request.run_id, request.round, context.is_active):
+            yield snapshot_to_proto(snap)

@@ -1,0 +1,3 @@
+from fedstream_agent.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""The client agent: dials out to the scheduler, takes assignments, trains locally, uploads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+import psutil
+import torch
+
+from fedstream.grpcutil import channel
+from fedstream.logs import log_context
+from fedstream.tasks import get_task
+from fedstream.tasks.base import Task, TrainParams, pick_device
+from fedstream.tensors import Layout
+from fedstream.tasks.torchio import buffers_of, layout_of, state_of
+from fedstream.transfer import download_model, upload_update
+from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2
+from fedstream.v1 import scheduler_pb2_grpc
+from fedstream_agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
+    caps = scheduler_pb2.Capabilities(
+        device=device.type,
+        cpu_count=os.cpu_count() or 0,
+        memory_bytes=psutil.virtual_memory().total,
+        free_disk_bytes=shutil.disk_usage(os.getcwd()).free,
+    )
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        caps.gpu_name = props.name
+        caps.gpu_memory_bytes = props.total_memory
+    return caps
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.device = pick_device() if settings.device == "auto" else torch.device(settings.device)
+        self.stop = threading.Event()
+        self._tasks: dict[str, Task] = {}
+        self._data: dict[str, Any] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._scheduler = channel(settings.scheduler_endpoint)
+        self._agents = scheduler_pb2_grpc.AgentServiceStub(self._scheduler)
+        self._stream: Any = None
+        self.rounds_done = 0
+
+    def _task(self, name: str) -> tuple[Task, Any]:
+        if name not in self._tasks:
+            task = get_task(name)
+            self._data[name] = task.load_site(self.settings.data)
+            self._tasks[name] = task
+        return self._tasks[name], self._data[name]
+
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        if endpoint not in self._channels:
+            self._channels[endpoint] = channel(endpoint)
+        return self._channels[endpoint]
+
+    def run(self) -> None:
+        """Registers, heartbeats and serves assignments until ``stop`` is set, reconnecting
+        with backoff whenever the scheduler is unreachable."""
+        for name in self.settings.tasks:
+            self._task(name)  # load data once, before the first round, and fail early
+        delay = 0.2
+        heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
+        heartbeat_started = False
+        while not self.stop.is_set():
+            try:
+                reply = self._agents.Register(
+                    scheduler_pb2.RegisterRequest(
+                        agent=scheduler_pb2.AgentInfo(
+                            agent_id=self.agent_id,
+                            labels=self.settings.labels,
+                            capabilities=capabilities(self.device),
+                            tasks=self.settings.tasks,
+                        )
+                    ),
+                    timeout=10,
+                )
+                self._interval = reply.heartbeat_interval_s
+                if not heartbeat_started:
+                    heartbeat.start()
+                    heartbeat_started = True
+                log.info("registered with %s (device %s)", self.settings.scheduler_endpoint, self.device)
+                delay = 0.2
+                self._stream = self._agents.ReceiveAssignments(
+                    scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id)
+                )
+                for event in self._stream:
+                    if event.WhichOneof("event") == "assignment":
+                        self.handle(event.assignment)
+                    if self.stop.is_set():
+                        break
+            except grpc.RpcError as e:
+                if self.stop.is_set():
+                    break
+                log.warning("scheduler %s: %s; retrying in %.1f s", self.settings.scheduler_endpoint, e.code().name, delay)
+            self.stop.wait(delay)
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(self._interval):
+            try:
+                self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=5)
+            except grpc.RpcError as e:
+                log.debug("heartbeat failed: %s", e.code().name)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self._stream is not None:
+            self._stream.cancel()
+
+    def handle(self, a: scheduler_pb2.Assignment) -> None:
+        with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
+            try:
+                self._handle(a)
+                self.rounds_done += 1
+            except grpc.RpcError as e:
+                log.error("round abandoned: %s: %s", e.code().name, e.details())
+            except Exception:
+                log.exception("round abandoned")
+
+    def _handle(self, a: scheduler_pb2.Assignment) -> None:
+        task, data = self._task(a.task)
+        chunk_bytes = a.chunk_bytes or self.settings.chunks.chunk_bytes
+        if a.kind == round_pb2.ROUND_KIND_INIT:
+            model = task.build_model(a.training.seed)
+            state = model.state_dict()
+            layout = layout_of(state)
+            log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
+            self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
+            return
+        models = aggregator_pb2_grpc.ModelServiceStub(self._channel(a.model_endpoint))
+        started = time.perf_counter()
+        base = download_model(models, a.run_id, a.base_version, chunk_bytes=chunk_bytes,
+                              timeout=max(1.0, a.deadline_unix - time.time()))
+        download_s = time.perf_counter() - started
+        if a.training.no_op:
+            buf = base.buffer
+            self._upload(
+                a,
+                buf.layout,
+                lambda: (memoryview(buf.data)[t.offset : t.end] for t in buf.layout.tensors),
+                task.num_examples(data),
+                {"download_seconds": download_s},
+                chunk_bytes,
+            )
+            return
+        model = task.build_model(a.training.seed)
+        model.load_state_dict(state_of(base.buffer))
+        del base
+        params = TrainParams(
+            local_epochs=a.training.local_epochs,
+            batch_size=a.training.batch_size,
+            learning_rate=a.training.learning_rate,
+            seed=zlib.crc32(f"{a.training.seed}:{a.round}:{self.agent_id}".encode()),
+        )
+        result = task.train(model, data, params, self.device)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        layout = layout_of(state)
+        metrics = {**result.metrics, "download_seconds": download_s}
+        log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
+        self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+
+    def _upload(
+        self,
+        a: scheduler_pb2.Assignment,
+        layout: Layout,
+        buffers: Callable[[], Iterable[memoryview]],
+        num_examples: int,
+        metrics: dict[str, float],
+        chunk_bytes: int,
+    ) -> None:
+        """Uploads, retrying transient failures until the deadline; a retry of an update that
+        was already counted is answered as a duplicate, so nothing counts twice."""
+        stub = aggregator_pb2_grpc.UpdateServiceStub(self._channel(a.upload_endpoint))
+        delay = 0.2
+        while True:
+            try:
+                reply = upload_update(
+                    stub,
+                    timeout=max(1.0, a.deadline_unix - time.time()),
+                    run_id=a.run_id,
+                    round_=a.round,
+                    agent_id=self.agent_id,
+                    layout=layout,
+                    buffers=buffers(),
+                    num_examples=num_examples,
+                    metrics=metrics,
+                    chunk_bytes=chunk_bytes,
+                )
+                log.info("update uploaded: %d bytes%s", reply.bytes_received, " (duplicate)" if reply.duplicate else "")
+                return
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
+                    raise
+                log.warning("upload failed (%s); retrying in %.1f s", e.code().name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,47 @@
+"""Entry point of fedstream-agent: parse settings, build, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from fedstream.logs import setup_logging
+from fedstream_agent.settings import AgentSettings
+
+log = logging.getLogger("fedstream_agent")
+
+# Exit codes, so that a crash-looping pod says why.
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2
+EXIT_BAD_DATA = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="fedstream-agent",
+        description="fedstream client agent: dials out to the scheduler, trains on this site's "
+        "data when assigned and streams updates to the aggregator. Configured by environment "
+        "variables prefixed FEDSTREAM_AGENT_ (nested names joined by '__', e.g. "
+        "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT=scheduler:50051, FEDSTREAM_AGENT_DATA__SITE_INDEX=0).",
+    ).parse_args(argv)
+    try:
+        settings = AgentSettings()
+    except ValidationError as e:
+        print(f"fedstream-agent: invalid settings:\n{e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
+    from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
+
+    agent = Agent(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.shutdown())
+    try:
+        agent.run()
+    except ValueError as e:
+        log.error("cannot load the site's data: %s", e)
+        return EXIT_BAD_DATA
+    return EXIT_OK

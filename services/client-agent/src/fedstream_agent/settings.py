@@ -1,0 +1,35 @@
+"""The agent's settings: environment variables prefixed FEDSTREAM_AGENT_."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedstream.config import ChunkSettings, LogSettings
+from fedstream.tasks.base import SiteDataSettings
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FEDSTREAM_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    agent_id: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=128,
+        description="This agent's id (default: the host name).",
+    )
+    scheduler_endpoint: str = Field("localhost:50051", description="host:port of the scheduler.")
+    tasks: list[str] = Field(default_factory=lambda: ["digits"], description="Tasks this site offers.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels reported for selection.")
+    data: SiteDataSettings = Field(default_factory=SiteDataSettings, description="The site's data.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train: 'auto' uses CUDA when present."
+    )
+    chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    reconnect_max_s: float = Field(
+        10.0, gt=0, description="Longest wait between attempts to reach the scheduler."
+    )

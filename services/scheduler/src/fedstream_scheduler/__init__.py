@@ -1,0 +1,1 @@
+"""fedstream scheduler service."""

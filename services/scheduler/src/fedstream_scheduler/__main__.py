@@ -1,0 +1,3 @@
+from fedstream_scheduler.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Entry point of fedstream-scheduler: parse settings, build, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from fedstream.backends import make_state_store
+from fedstream.grpcutil import write_port_file
+from fedstream.logs import setup_logging
+from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.server import build_server
+from fedstream_scheduler.service import SchedulerService
+from fedstream_scheduler.settings import SchedulerSettings
+
+log = logging.getLogger("fedstream_scheduler")
+
+# Exit codes, so that a crash-looping pod says why.
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2
+EXIT_CANNOT_BIND = 3
+
+
+async def serve(settings: SchedulerSettings) -> int:
+    service = SchedulerService(
+        make_state_store(settings.state, settings.tenant.tenant),
+        AggregatorClient(settings.aggregator_endpoint),
+        settings,
+    )
+    try:
+        server = await build_server(service, settings.grpc.host, settings.grpc.port)
+    except OSError as e:
+        log.error("%s", e)
+        return EXIT_CANNOT_BIND
+    write_port_file(settings.grpc.port_file, server.port)
+    log.info(
+        "serving on %s:%d (tenant %s, aggregator %s)",
+        settings.grpc.host, server.port, settings.tenant.tenant, settings.aggregator_endpoint,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="fedstream-scheduler",
+        description="fedstream scheduler: registers agents, selects participants, drives rounds "
+        "and serves the run API. Configured by environment variables prefixed "
+        "FEDSTREAM_SCHEDULER_ (nested names joined by '__', e.g. FEDSTREAM_SCHEDULER_GRPC__PORT=50051, "
+        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052).",
+    ).parse_args(argv)
+    try:
+        settings = SchedulerSettings()
+    except ValidationError as e:
+        print(f"fedstream-scheduler: invalid settings:\n{e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    setup_logging(settings.log.level, settings.log.json_format, "scheduler")
+    return asyncio.run(serve(settings))

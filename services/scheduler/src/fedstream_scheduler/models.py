@@ -1,0 +1,33 @@
+"""Typed run specifications, shared by every front end of the scheduler."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    local_epochs: int = Field(1, ge=1, le=10_000, description="Local epochs per round.")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description="Local batch size.")
+    learning_rate: float = Field(0.05, gt=0, le=100, description="Local learning rate.")
+    seed: int = Field(0, ge=0, description="Seed for agents' initialisation and shuffling.")
+    no_op: bool = Field(False, description="Agents return the base model without training.")
+
+
+class RunSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=128, description="Task name from the registry.")
+    rounds: int = Field(1, ge=1, le=1_000_000, description="Training rounds to commit.")
+    min_agents: int = Field(1, ge=1, description="Alive agents needed before a round opens.")
+    max_agents: int = Field(0, ge=0, description="Agents selected per round; 0 means all alive.")
+    round_timeout_s: float = Field(300.0, gt=0, description="Seconds until a round's deadline.")
+    min_updates: int = Field(
+        0, ge=0, description="Updates needed to commit at the deadline; 0 means min_agents."
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training.")
+    initial_version: str = Field("", description="Start from this version instead of an init round.")
+    wait_for_agents_s: float = Field(
+        60.0, ge=0, description="Seconds to wait for min_agents before a round fails."
+    )

@@ -1,0 +1,374 @@
+"""The scheduler's logic, independent of gRPC: agent registry, assignment streams and runs.
+
+A run is a sequence of rounds driven by one asyncio task: wait for enough live agents, select
+participants, open the round on the aggregator, send assignments on the agents' open streams,
+then follow the aggregator until the round is committed or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+
+import grpc
+from pydantic import ValidationError
+
+from fedstream.errors import (
+    AgentNotFound,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidTransition,
+    PermissionDenied,
+)
+from fedstream.logs import log_context
+from fedstream.state import AgentRecord, RoundRecord, RunRecord, StateStore
+from fedstream.state.base import TERMINAL_ROUND_STATES
+from fedstream.store.base import check_run_id
+from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
+from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+_KIND_PROTO = {"init": round_pb2.ROUND_KIND_INIT, "train": round_pb2.ROUND_KIND_TRAIN}
+_STATE_NAMES = {
+    round_pb2.ROUND_STATE_AGGREGATING: "aggregating",
+    round_pb2.ROUND_STATE_COMMITTED: "committed",
+    round_pb2.ROUND_STATE_FAILED: "failed",
+    round_pb2.ROUND_STATE_TRAINING: "training",
+}
+TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+_CLOSE = object()
+
+
+class _RunFailed(Exception):
+    pass
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        state: StateStore,
+        aggregator: AggregatorClient,
+        settings: SchedulerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.aggregator = aggregator
+        self.settings = settings
+        self.clock = clock
+        self.public_endpoint = settings.aggregator_public_endpoint or settings.aggregator_endpoint
+        self._streams: dict[str, asyncio.Queue[object]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Condition()
+
+    # Agents.
+
+    def register(self, agent: AgentRecord) -> float:
+        """Creates or refreshes an agent's record; returns the heartbeat interval."""
+        if not agent.agent_id or len(agent.agent_id) > 128 or not agent.agent_id.isprintable():
+            raise InvalidArgument("agent_id must be 1-128 printable characters")
+        now = self.clock()
+        try:
+            previous = self.state.get_agent(agent.agent_id)
+            agent.registered_unix = previous.registered_unix
+            agent.disabled = previous.disabled
+        except AgentNotFound:
+            agent.registered_unix = now
+        agent.last_heartbeat_unix = now
+        self.state.put_agent(agent)
+        log.info("agent %s registered (%s)", agent.agent_id, agent.capabilities.get("device", "?"))
+        return self.settings.heartbeat_interval_s
+
+    def heartbeat(self, agent_id: str) -> None:
+        """Raises AgentNotFound for an agent that never registered."""
+        self.state.heartbeat(agent_id, self.clock())
+
+    async def assignments(self, agent_id: str) -> AsyncIterator[scheduler_pb2.AgentEvent]:
+        """The agent's assignment stream; a newer stream of the same agent replaces it."""
+        agent = self.state.get_agent(agent_id)
+        if agent.disabled:
+            raise PermissionDenied(f"agent {agent_id!r} is disabled")
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        old = self._streams.get(agent_id)
+        if old is not None:
+            old.put_nowait(_CLOSE)
+        self._streams[agent_id] = queue
+        log.info("agent %s connected", agent_id)
+        try:
+            while True:
+                event = await queue.get()
+                if event is _CLOSE:
+                    return
+                assert isinstance(event, scheduler_pb2.AgentEvent)
+                yield event
+        finally:
+            if self._streams.get(agent_id) is queue:
+                del self._streams[agent_id]
+            log.info("agent %s disconnected", agent_id)
+
+    def live_agents(self, task: str) -> list[str]:
+        """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
+        now = self.clock()
+        ttl = self.settings.heartbeat_ttl_s
+        return [
+            a.agent_id
+            for a in self.state.list_agents()
+            if a.agent_id in self._streams
+            and not a.disabled
+            and now - a.last_heartbeat_unix <= ttl
+            and (not a.tasks or task in a.tasks)
+        ]
+
+    # Runs.
+
+    def start_run(self, spec_fields: dict[str, object], run_id: str = "") -> RunRecord:
+        """Validates a run spec and starts the run; raises InvalidArgument or AlreadyExists."""
+        try:
+            spec = RunSpec.model_validate(spec_fields)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "spec"
+            raise InvalidArgument(f"invalid run spec: {where}: {first['msg']}") from None
+        if spec.min_updates > max(spec.min_agents, spec.max_agents or spec.min_agents):
+            raise InvalidArgument("invalid run spec: min_updates exceeds the agents a round can have")
+        run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
+        run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock())
+        self.state.create_run(run)
+        self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, spec))
+        log.info("run %s started: task %s, %d rounds", run_id, spec.task, spec.rounds)
+        return run
+
+    def get_run(self, run_id: str) -> tuple[RunRecord, list[RoundRecord]]:
+        return self.state.get_run(run_id), self.state.list_rounds(run_id)
+
+    async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRecord, list[RoundRecord]]]:
+        """Yields the run now and after each change, until it has finished."""
+        last = None
+        while True:
+            async with self._changed:
+                run, rounds = self.get_run(run_id)
+                current = (asdict(run), [asdict(r) for r in rounds])
+                if current == last:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+            last = current
+            yield run, rounds
+            if run.state in TERMINAL_RUN_STATES:
+                return
+
+    async def cancel_run(self, run_id: str) -> RunRecord:
+        run = self.state.get_run(run_id)
+        if run.state in TERMINAL_RUN_STATES:
+            raise FailedPrecondition(f"run {run_id!r} has already {run.state}")
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        run = self._finish_run(run_id, "cancelled", "cancelled by request")
+        return run
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _finish_run(self, run_id: str, state: str, reason: str = "") -> RunRecord:
+        run = self.state.get_run(run_id)
+        if run.state in TERMINAL_RUN_STATES:
+            return run
+        for rnd in self.state.list_rounds(run_id):
+            if rnd.state not in TERMINAL_ROUND_STATES:
+                self._try_transition(run_id, rnd.round, "failed", reason=reason or state, finished_unix=self.clock())
+        return self.state.update_run(run_id, state=state, reason=reason, finished_unix=self.clock())
+
+    def _try_transition(self, run_id: str, round_: int, to: str, **changes: object) -> None:
+        try:
+            self.state.transition_round(run_id, round_, to, **changes)
+        except InvalidTransition as e:
+            log.warning("%s", e.public)
+
+    async def _drive(self, run_id: str, spec: RunSpec) -> None:
+        with log_context(run_id=run_id):
+            try:
+                await self._drive_rounds(run_id, spec)
+            except asyncio.CancelledError:
+                raise
+            except _RunFailed as e:
+                self._finish_run(run_id, "failed", str(e))
+                log.error("run failed: %s", e)
+            except Exception as e:
+                log.exception("run failed unexpectedly")
+                self._finish_run(run_id, "failed", f"internal error: {type(e).__name__}")
+            finally:
+                await self._notify()
+
+    async def _drive_rounds(self, run_id: str, spec: RunSpec) -> None:
+        round_no = 0
+        base = spec.initial_version
+        if not base:
+            version = await self._round(run_id, spec, 0, "init", "")
+            if not version:
+                raise _RunFailed("the init round failed: no initial model")
+            base = version
+        committed = 0
+        failures = 0
+        while committed < spec.rounds:
+            round_no += 1
+            version = await self._round(run_id, spec, round_no, "train", base)
+            if version:
+                base = version
+                committed += 1
+                failures = 0
+            else:
+                failures += 1
+                if failures >= self.settings.max_consecutive_failed_rounds:
+                    raise _RunFailed(f"{failures} rounds in a row failed")
+        self.state.update_run(run_id, state="succeeded", finished_unix=self.clock())
+        log.info("run succeeded: %d rounds committed, latest %s", committed, base)
+
+    async def _wait_for_agents(self, spec: RunSpec) -> list[str]:
+        give_up = self.clock() + spec.wait_for_agents_s
+        while True:
+            live = self.live_agents(spec.task)
+            if len(live) >= spec.min_agents:
+                return live
+            if self.clock() >= give_up:
+                raise _RunFailed(
+                    f"only {len(live)} live agents for task {spec.task!r} after "
+                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed"
+                )
+            await asyncio.sleep(0.2)
+
+    def _select(self, spec: RunSpec, live: list[str], round_no: int, kind: str) -> list[str]:
+        want = 1 if kind == "init" else min(len(live), spec.max_agents or len(live))
+        rng = random.Random(f"{spec.training.seed}:{round_no}")
+        return sorted(rng.sample(sorted(live), want))
+
+    async def _round(self, run_id: str, spec: RunSpec, round_no: int, kind: str, base: str) -> str:
+        """Runs one round to its end; returns the committed version, or "" when it failed."""
+        live = await self._wait_for_agents(spec)
+        participants = self._select(spec, live, round_no, kind)
+        now = self.clock()
+        deadline = now + spec.round_timeout_s
+        min_updates = min(len(participants), spec.min_updates or spec.min_agents)
+        self.state.create_round(
+            RoundRecord(run_id, round_no, kind, "open", participants, base, started_unix=now)
+        )
+        await self._notify()
+        plan = aggregator_pb2.RoundPlan(
+            run_id=run_id,
+            round=round_no,
+            kind=_KIND_PROTO[kind],
+            base_version=base,
+            participants=participants,
+            min_updates=max(1, min_updates),
+            deadline_unix=deadline,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await self.aggregator.open_round(plan, loop.time() + spec.round_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            return await self._round_failed(run_id, round_no, f"aggregator refused the round: {e.details()}")
+        self.state.transition_round(run_id, round_no, "training")
+        await self._notify()
+        assignment = scheduler_pb2.Assignment(
+            run_id=run_id,
+            round=round_no,
+            kind=_KIND_PROTO[kind],
+            task=spec.task,
+            base_version=base,
+            model_endpoint=self.public_endpoint,
+            upload_endpoint=self.public_endpoint,
+            training=round_pb2.TrainingConfig(**spec.training.model_dump()),
+            deadline_unix=deadline,
+        )
+        for agent_id in participants:
+            queue = self._streams.get(agent_id)
+            if queue is not None:
+                queue.put_nowait(scheduler_pb2.AgentEvent(assignment=assignment))
+        log.info("round %d (%s) assigned to %s", round_no, kind, ", ".join(participants))
+        return await self._follow(run_id, round_no, deadline)
+
+    async def _follow(self, run_id: str, round_no: int, deadline: float) -> str:
+        grace = 30.0
+        delay = 0.2
+        while True:
+            try:
+                async for event in self.aggregator.watch_round(run_id, round_no):
+                    state = _STATE_NAMES.get(event.state)
+                    reports = [
+                        {
+                            "agent_id": r.agent_id,
+                            "num_examples": r.num_examples,
+                            "metrics": dict(r.metrics),
+                            "bytes_received": r.bytes_received,
+                        }
+                        for r in event.reports
+                    ]
+                    current = self.state.get_round(run_id, round_no)
+                    if state == "training" and reports != current.reports:
+                        self.state.update_round(run_id, round_no, reports=reports)
+                    elif state == "aggregating" and current.state == "training":
+                        self.state.transition_round(run_id, round_no, "aggregating", reports=reports)
+                    elif state == "committed":
+                        if current.state == "training":
+                            self.state.transition_round(run_id, round_no, "aggregating", reports=reports)
+                        self.state.transition_round(
+                            run_id,
+                            round_no,
+                            "committed",
+                            reports=reports,
+                            version=event.version,
+                            stragglers=list(event.stragglers),
+                            finished_unix=self.clock(),
+                        )
+                        self.state.update_run(run_id, latest_version=event.version)
+                        await self._notify()
+                        log.info("round %d committed as %s", round_no, event.version)
+                        return event.version
+                    elif state == "failed":
+                        self.state.transition_round(
+                            run_id,
+                            round_no,
+                            "failed",
+                            reports=reports,
+                            reason=event.reason,
+                            stragglers=list(event.stragglers),
+                            finished_unix=self.clock(),
+                        )
+                        await self._notify()
+                        log.warning("round %d failed: %s", round_no, event.reason)
+                        return ""
+                    await self._notify()
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return await self._round_failed(run_id, round_no, "the aggregator lost the round")
+                if self.clock() > deadline + grace:
+                    return await self._round_failed(
+                        run_id, round_no, f"aggregator unreachable past the deadline ({e.code().name})"
+                    )
+                log.warning("lost the aggregator's round stream (%s); reconnecting", e.code().name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _round_failed(self, run_id: str, round_no: int, reason: str) -> str:
+        self._try_transition(run_id, round_no, "failed", reason=reason, finished_unix=self.clock())
+        await self._notify()
+        log.warning("round %d failed: %s", round_no, reason)
+        return ""
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for queue in self._streams.values():
+            queue.put_nowait(_CLOSE)

@@ -1,0 +1,34 @@
+"""The scheduler's settings: environment variables prefixed FEDSTREAM_SCHEDULER_."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, TenantSettings
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FEDSTREAM_SCHEDULER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
+    grpc: GrpcServerSettings = Field(default_factory=GrpcServerSettings, description="gRPC server.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    state: StateSettings = Field(default_factory=StateSettings, description="State store.")
+    aggregator_endpoint: str = Field(
+        "localhost:50052", description="host:port where the scheduler reaches the aggregator."
+    )
+    aggregator_public_endpoint: str = Field(
+        "",
+        description="host:port that agents use to download models and upload updates; "
+        "empty means aggregator_endpoint.",
+    )
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="How often agents heartbeat.")
+    heartbeat_ttl_s: float = Field(
+        15.0, gt=0, description="An agent without a heartbeat for this long is not alive."
+    )
+    max_consecutive_failed_rounds: int = Field(
+        3, ge=1, description="A run fails after this many failed rounds in a row."
+    )
