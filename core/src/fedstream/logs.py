@@ -10,15 +10,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar(
-    "fedstream_log_context", default={}
+_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "fedstream_log_context", default=None
 )
 
 
 @contextmanager
 def log_context(**fields: object) -> Iterator[None]:
     """Adds fields (run_id, round, agent_id) to every record logged inside the block."""
-    token = _context.set({**_context.get(), **fields})
+    token = _context.set({**(_context.get() or {}), **fields})
     try:
         yield
     finally:
@@ -27,7 +27,7 @@ def log_context(**fields: object) -> Iterator[None]:
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.ctx = _context.get()
+        record.ctx = _context.get() or {}
         return True
 
 

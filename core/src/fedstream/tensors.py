@@ -175,6 +175,8 @@ class Layout:
                 return f"tensor {name!r}: dtype {t.dtype}, expected {e.dtype}"
             if t.shape != e.shape:
                 return f"tensor {name!r}: shape {list(t.shape)}, expected {list(e.shape)}"
+        for name, t in mine.items():
+            e = theirs[name]
             if t.offset != e.offset:
                 return f"tensor {name!r}: offset {t.offset}, expected {e.offset}"
         return None
@@ -239,7 +241,8 @@ def iter_chunks(
     specs = iter(layout.tensors)
     for buf in buffers:
         spec = next(specs, None)
-        view = memoryview(buf).cast("B")
+        view = memoryview(buf)
+        view = view.cast("B") if view.nbytes else memoryview(b"")
         if spec is None or view.nbytes != spec.nbytes:
             raise InvalidArgument(
                 f"buffer of {view.nbytes} bytes does not match tensor "

@@ -15,8 +15,7 @@ from google.protobuf import json_format
 from fedstream.grpcutil import channel
 from fedstream.safetensors_io import encode_header
 from fedstream.tensors import ChunkReceiver, Layout
-from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2
-from fedstream.v1 import scheduler_pb2_grpc
+from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 ROUND_STATE = {v: k.removeprefix("ROUND_STATE_").lower() for k, v in round_pb2.RoundState.items()}
 RUN_STATE = {v: k.removeprefix("RUN_STATE_").lower() for k, v in scheduler_pb2.RunState.items()}

@@ -61,6 +61,8 @@ class ModelWriter(ABC):
         self._hash = hashlib.sha256()
 
     def write(self, data: bytes | memoryview) -> None:
+        data = memoryview(data)
+        data = data.cast("B") if data.nbytes else memoryview(b"")
         if self.written + len(data) > self.layout.total_bytes:
             raise InvalidArgument(
                 f"model {self.version}: write past the layout's {self.layout.total_bytes} bytes"

@@ -19,11 +19,10 @@ from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.tasks import get_task
 from fedstream.tasks.base import Task, TrainParams, pick_device
-from fedstream.tensors import Layout
 from fedstream.tasks.torchio import buffers_of, layout_of, state_of
+from fedstream.tensors import Layout
 from fedstream.transfer import download_model, upload_update
-from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2
-from fedstream.v1 import scheduler_pb2_grpc
+from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)

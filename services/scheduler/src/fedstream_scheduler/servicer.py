@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import json_format
 
-from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.grpcutil import translate_errors
-from fedstream.v1 import round_pb2, scheduler_pb2 as pb
+from fedstream.state import AgentRecord, RoundRecord, RunRecord
+from fedstream.v1 import round_pb2
+from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.service import SchedulerService
 

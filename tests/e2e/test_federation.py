@@ -1,0 +1,125 @@
+"""End to end: the three services as separate processes, driven through the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from fedstream.cli.demo import Processes
+from fedstream.tasks.digits import DigitsCNN
+
+BIN = Path(sys.executable).parent
+
+
+def fedstream(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "fedstream"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def federation(tmp_path):
+    procs = Processes(tmp_path)
+    agg = procs.start("aggregator", "fedstream_aggregator", {
+        "FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1",
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT": "0",
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT_FILE": str(tmp_path / "agg.port"),
+        "FEDSTREAM_AGGREGATOR_STORE__PATH": str(tmp_path / "models"),
+        "FEDSTREAM_AGGREGATOR_SPOOL_DIR": str(tmp_path / "spool"),
+    })
+    agg_addr = f"127.0.0.1:{procs.wait_port('aggregator', agg, tmp_path / 'agg.port')}"
+    sched = procs.start("scheduler", "fedstream_scheduler", {
+        "FEDSTREAM_SCHEDULER_GRPC__HOST": "127.0.0.1",
+        "FEDSTREAM_SCHEDULER_GRPC__PORT": "0",
+        "FEDSTREAM_SCHEDULER_GRPC__PORT_FILE": str(tmp_path / "sched.port"),
+        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT": agg_addr,
+        "FEDSTREAM_SCHEDULER_HEARTBEAT_INTERVAL_S": "0.5",
+    })
+    sched_addr = f"127.0.0.1:{procs.wait_port('scheduler', sched, tmp_path / 'sched.port')}"
+    for i in range(2):
+        procs.start(f"agent-{i}", "fedstream_agent", {
+            "FEDSTREAM_AGENT_AGENT_ID": f"site-{i}",
+            "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT": sched_addr,
+            "FEDSTREAM_AGENT_DATA__SITE_INDEX": str(i),
+            "FEDSTREAM_AGENT_DATA__NUM_SITES": "2",
+            "FEDSTREAM_AGENT_DEVICE": "cpu",
+        })
+    yield procs, sched_addr, agg_addr
+    procs.stop()
+
+
+def test_two_agents_two_rounds_through_separate_processes(federation, tmp_path):
+    procs, sched_addr, agg_addr = federation
+
+    started = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+                        "--epochs", "1", "--round-timeout", "120", "--run-id", "e2e", "--follow")
+    out = tmp_path / "model.safetensors"
+    downloaded = fedstream("model", "download", "e2e", "--aggregator", agg_addr, "-o", str(out))
+    got = fedstream("run", "get", "e2e", "--scheduler", sched_addr)
+
+    assert started.returncode == 0, started.stdout + started.stderr + procs.tail("aggregator") + procs.tail("scheduler")
+    assert "round 2/2: committed e2e/000002" in started.stdout
+    assert "run e2e succeeded" in started.stdout
+    assert downloaded.returncode == 0, downloaded.stderr
+    model = DigitsCNN()
+    model.load_state_dict(load_file(out))  # a standard safetensors file, loaded without pickle
+    assert '"latest_version": "e2e/000002"' in got.stdout
+    procs.check_alive()
+
+
+def test_cli_reports_errors_with_their_status(federation):
+    _, sched_addr, agg_addr = federation
+    missing = fedstream("run", "get", "nope", "--scheduler", sched_addr)
+    no_model = fedstream("model", "download", "nope", "--aggregator", agg_addr, "-o", "/dev/null")
+    assert missing.returncode == 1 and "NOT_FOUND: run 'nope' not found" in missing.stderr
+    assert no_model.returncode == 1 and "NOT_FOUND" in no_model.stderr
+
+
+def test_demo_runs_and_stops_every_process(tmp_path):
+    result = fedstream("demo", "--agents", "2", "--rounds", "1", "--epochs", "1", "--workdir", str(tmp_path), timeout=300)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round 1/1: committed" in result.stdout
+    assert "held-out accuracy" in result.stdout
+    assert "stopped all demo processes" in result.stdout
+    assert not _processes_using(tmp_path)
+
+
+def test_demo_stops_every_process_on_ctrl_c(tmp_path):
+    demo = subprocess.Popen([str(BIN / "fedstream"), "demo", "--agents", "2", "--rounds", "50", "--workdir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "round 1/50: committed" in line:
+                break
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert len(children) >= 4, "".join(lines)
+
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == []
+        assert demo.returncode != 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+
+def _processes_using(workdir: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            env = p.info.get("environ") or {}
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if any(str(workdir) in v for v in env.values()) and p.pid != os.getpid():
+            found.append(p)
+    return found

@@ -1,0 +1,70 @@
+"""The shape of the workspace: generated code is fresh, services install only what they need."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_generated_code_is_not_stale(tmp_path):
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
+        cwd=ROOT, check=True,
+    )
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
+    committed = ROOT / "core" / "src"
+    assert generated, "protoc produced nothing"
+    for rel in generated:
+        assert (committed / rel).read_text() == (tmp_path / rel).read_text(), f"{rel} is stale: run make proto"
+    on_disk = sorted(p.relative_to(committed) for p in (committed / "fedstream" / "v1").glob("*_pb2*.py*"))
+    assert on_disk == generated, "generated files without a proto: run make proto"
+
+
+@pytest.mark.parametrize("module", ["fedstream_scheduler.main", "fedstream_aggregator.main", "fedstream.cli"])
+def test_control_plane_never_imports_torch(module):
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("service", ["scheduler", "aggregator"])
+def test_control_plane_does_not_declare_torch(service):
+    meta = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())
+    deps = " ".join(meta["project"]["dependencies"])
+    assert "torch" not in deps and "[torch]" not in deps
+
+
+def test_agent_pins_torch():
+    core = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())
+    assert "torch==2.13.0" in core["project"]["optional-dependencies"]["torch"]
+
+
+@pytest.mark.parametrize("command", ["fedstream", "fedstream-scheduler", "fedstream-aggregator", "fedstream-agent"])
+def test_entry_points_have_help(command):
+    result = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command, env, message",
+    [
+        ("fedstream-scheduler", {"FEDSTREAM_SCHEDULER_GRPC__PORT": "99999"}, "grpc.port"),
+        ("fedstream-aggregator", {"FEDSTREAM_AGGREGATOR_CHUNKS__CHUNK_BYTES": "0"}, "chunks.chunk_bytes"),
+        ("fedstream-agent", {"FEDSTREAM_AGENT_DEVICE": "tpu"}, "device"),
+    ],
+)
+def test_bad_settings_exit_with_a_numbered_code_and_name_the_field(command, env, message):
+    import os
+
+    result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode == 2
+    assert message in result.stderr

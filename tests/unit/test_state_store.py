@@ -1,0 +1,136 @@
+"""Contract tests of the state store interface, run against every implementation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fedstream.errors import AgentNotFound, AlreadyExists, InvalidTransition, RoundNotFound, RunNotFound
+from fedstream.state import AgentRecord, MemoryStateStore, RoundRecord, RunRecord, StateStore
+
+
+@pytest.fixture(params=["memory"])
+def store(request) -> StateStore:
+    return {"memory": lambda: MemoryStateStore("t1")}[request.param]()
+
+
+def test_agents_register_heartbeat_and_list(store):
+    store.put_agent(AgentRecord("b", labels={"site": "x"}, registered_unix=1.0))
+    store.put_agent(AgentRecord("a"))
+    store.heartbeat("b", 42.0)
+
+    assert [a.agent_id for a in store.list_agents()] == ["a", "b"]
+    assert store.get_agent("b").last_heartbeat_unix == 42.0
+    assert store.get_agent("b").labels == {"site": "x"}
+    with pytest.raises(AgentNotFound):
+        store.heartbeat("nobody", 1.0)
+    with pytest.raises(AgentNotFound):
+        store.get_agent("nobody")
+
+
+def test_records_are_copies(store):
+    store.put_agent(AgentRecord("a", labels={"k": "v"}))
+    got = store.get_agent("a")
+    got.labels["k"] = "changed"
+    assert store.get_agent("a").labels == {"k": "v"}
+
+
+def test_runs(store):
+    store.create_run(RunRecord("r1", {"task": "digits"}, created_unix=1))
+    store.create_run(RunRecord("r0", {"task": "digits"}, created_unix=2))
+    with pytest.raises(AlreadyExists):
+        store.create_run(RunRecord("r1", {}))
+
+    updated = store.update_run("r1", state="succeeded", latest_version="r1/000001")
+
+    assert updated.state == "succeeded"
+    assert store.get_run("r1").latest_version == "r1/000001"
+    assert [r.run_id for r in store.list_runs()] == ["r1", "r0"]
+    with pytest.raises(RunNotFound):
+        store.get_run("nope")
+    with pytest.raises(RunNotFound):
+        store.update_run("nope", state="failed")
+
+
+def test_round_state_machine(store):
+    store.create_round(RoundRecord("r", 1, "train", participants=["a"]))
+    with pytest.raises(AlreadyExists):
+        store.create_round(RoundRecord("r", 1, "train"))
+    with pytest.raises(InvalidTransition, match="cannot go from open to committed"):
+        store.transition_round("r", 1, "committed")
+
+    store.transition_round("r", 1, "training")
+    store.update_round("r", 1, reports=[{"agent_id": "a"}])
+    store.transition_round("r", 1, "aggregating")
+    done = store.transition_round("r", 1, "committed", version="r/000001")
+
+    assert done.state == "committed" and done.version == "r/000001"
+    assert store.get_round("r", 1).reports == [{"agent_id": "a"}]
+    with pytest.raises(InvalidTransition):
+        store.transition_round("r", 1, "failed")
+    with pytest.raises(InvalidTransition):
+        store.update_round("r", 1, state="open")
+    with pytest.raises(RoundNotFound):
+        store.transition_round("r", 2, "training")
+    with pytest.raises(RoundNotFound):
+        store.get_round("r", 2)
+
+
+def test_any_state_but_terminal_can_fail(store):
+    for i, path in enumerate([[], ["training"], ["training", "aggregating"]]):
+        store.create_round(RoundRecord("r", i, "train"))
+        for s in path:
+            store.transition_round("r", i, s)
+        assert store.transition_round("r", i, "failed", reason="x").reason == "x"
+
+
+def test_racing_transitions_have_one_winner(store):
+    store.create_round(RoundRecord("r", 1, "train"))
+    store.transition_round("r", 1, "training")
+    wins, barrier = [], threading.Barrier(8)
+
+    def race():
+        barrier.wait()
+        try:
+            store.transition_round("r", 1, "aggregating")
+            wins.append(1)
+        except InvalidTransition:
+            pass
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+
+
+def test_rounds_listed_in_order(store):
+    for i in (3, 1, 2):
+        store.create_round(RoundRecord("r", i, "train"))
+    store.create_round(RoundRecord("other", 1, "train"))
+    assert [r.round for r in store.list_rounds("r")] == [1, 2, 3]
+
+
+def test_mark_once(store):
+    assert store.mark_once("s", "a") is True
+    assert store.mark_once("s", "a") is False
+    assert store.mark_once("other", "a") is True
+    assert store.is_marked("s", "a") and not store.is_marked("s", "b")
+
+
+def test_leases(store):
+    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=100)
+    assert not store.acquire_lease("cron", "two", ttl_s=10, now_unix=105)
+    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=105)
+    assert store.acquire_lease("cron", "two", ttl_s=10, now_unix=116)
+    store.release_lease("cron", "one")  # not the holder: no effect
+    assert not store.acquire_lease("cron", "one", ttl_s=10, now_unix=117)
+    store.release_lease("cron", "two")
+    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=118)
+
+
+def test_counters(store):
+    assert store.incr("rounds") == 1
+    assert store.incr("rounds", 5) == 6
