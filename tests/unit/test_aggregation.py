@@ -13,6 +13,13 @@ from fedstream.tensors import FlatBuffer
 from helpers import as_float, buffers_of, layout_of, random_model
 
 
+def reader(buf: FlatBuffer):
+    def read_into(offset: int, out: memoryview) -> None:
+        out[:] = buf.data[offset : offset + len(out)]
+
+    return read_into
+
+
 def flat(model):
     layout = layout_of(model)
     buf = FlatBuffer(layout)
@@ -39,7 +46,7 @@ def test_fold_matches_reference_average(weights, seed, piece):
     try:
         for model, w in zip(updates, weights, strict=True):
             _, buf = flat(model)
-            acc.fold(lambda o, n, b=buf: bytes(b.data[o : o + n]), float(w))
+            acc.fold(reader(buf), float(w))
     finally:
         aggregation.FOLD_PIECE_BYTES = old
 
@@ -62,7 +69,7 @@ def test_single_update_averages_to_itself():
     model = random_model(7)
     layout, buf = flat(model)
     acc = WeightedAccumulator(layout)
-    acc.fold(lambda o, n: bytes(buf.data[o : o + n]), 3.0)
+    acc.fold(reader(buf), 3.0)
 
     result = dict(acc.average())
 
@@ -79,7 +86,7 @@ def test_weights_must_be_positive_and_an_update_is_needed():
     with pytest.raises(ValueError, match="no update"):
         list(acc.average())
     with pytest.raises(ValueError, match="positive"):
-        acc.fold(lambda o, n: bytes(buf.data[o : o + n]), 0.0)
+        acc.fold(reader(buf), 0.0)
 
 
 def test_accumulator_is_one_model_in_size():

@@ -97,3 +97,43 @@ def test_tenants_are_separate(tmp_path):
     assert b.latest("r1") is None
     with pytest.raises(ModelNotFound):
         b.open("r1/000000")
+
+
+def test_corruption_is_found_before_the_bad_block_is_handed_out(tmp_path):
+    store = LocalModelStore(tmp_path, tenant="t1")
+    layout = Layout.build([("w", "uint8", (3 << 20,))])
+    with store.writer("r1/000000", layout, {}) as w:
+        w.write(bytes(3 << 20))
+        w.commit()
+    path = tmp_path / "t1" / "runs" / "r1" / "000000.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-(1 << 20) - 5] ^= 1  # inside the second of three 1 MiB blocks
+    path.write_bytes(bytes(raw))
+
+    handed_out = []
+    with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match=r"bytes 1048576\.\.2097152"):
+        for chunk in reader.iter_chunks(1 << 20):
+            handed_out.append(chunk.offset)
+
+    assert handed_out == [0]
+
+
+def test_versions_without_a_block_table_are_checked_by_digest(tmp_path):
+    import json
+
+    store = LocalModelStore(tmp_path, tenant="t1")
+    model = random_model(2)
+    store_model(store, "r1/000000", model)
+    manifest_path = tmp_path / "t1" / "runs" / "r1" / "000000.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["block_bytes"], manifest["block_crc32c"]
+    manifest_path.write_text(json.dumps(manifest))
+
+    with store.open("r1/000000") as reader:
+        assert b"".join(c.data for c in reader.iter_chunks(100)) == b"".join(
+            np.ascontiguousarray(model[t.name][1]).tobytes() for t in reader.layout.tensors
+        )
+    manifest["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with store.open("r1/000000") as reader, pytest.raises(CorruptModel):
+        list(reader.iter_chunks(100))

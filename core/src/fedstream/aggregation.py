@@ -63,8 +63,8 @@ def weighted_average(updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
 class WeightedAccumulator:
     """A running sum of weighted updates over ``layout``.
 
-    ``fold`` adds one update, read through ``read_at(offset, size)`` (a spool file, a buffer),
-    in pieces of at most FOLD_PIECE_BYTES. ``average`` yields each tensor's weighted mean in
+    ``fold`` adds one update, read through ``read_into(offset, buffer)`` (a spool file, a
+    buffer), in pieces of at most FOLD_PIECE_BYTES. ``average`` yields each tensor's weighted mean in
     its own dtype, in layout order.
     """
 
@@ -72,24 +72,41 @@ class WeightedAccumulator:
         self.layout = layout
         self.total_weight = 0.0
         self.count = 0
-        self._sums = {
-            t.name: np.zeros(t.numel, dtype=accumulator_dtype(t.dt)) for t in layout.tensors
-        }
+        self._sums = {t.name: np.empty(t.numel, dtype=accumulator_dtype(t.dt)) for t in layout.tensors}
+        # Touch every page now: memory is taken when the round opens, not during uploads.
+        for a in self._sums.values():
+            a.fill(0)
 
-    def fold(self, read_at: Callable[[int, int], bytes | bytearray | memoryview], weight: float) -> None:
+    def fold(self, read_into: Callable[[int, memoryview], None], weight: float) -> None:
+        """Adds ``weight`` times one update, which ``read_into(offset, buffer)`` fills piece by
+        piece. Buffers are allocated once per call and reused for every piece."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
+        piece = bytearray(FOLD_PIECE_BYTES)
+        scratch: dict[np.dtype, np.ndarray] = {}
         for t in self.layout.tensors:
             acc = self._sums[t.name]
             item = t.dt.itemsize
             step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
+            if step > len(piece):
+                piece = bytearray(step)
+            tmp = scratch.get(acc.dtype)
+            if tmp is None or tmp.size < step // item:
+                tmp = scratch[acc.dtype] = np.empty(max(step // item, FOLD_PIECE_BYTES // 2), acc.dtype)
+            w = acc.dtype.type(weight)
             for start in range(0, t.nbytes, step):
                 n = min(step, t.nbytes - start)
-                raw = np.frombuffer(read_at(t.offset + start, n), dtype=t.dt.storage)
-                values = to_accumulator(t.dt, raw)
+                view = memoryview(piece)[:n]
+                read_into(t.offset + start, view)
+                raw = np.frombuffer(view, dtype=t.dt.storage)
                 lo = start // item
                 part = acc[lo : lo + raw.size]
-                part += values * part.dtype.type(weight)
+                out = tmp[: raw.size]
+                if t.dt.name == "bfloat16":
+                    np.multiply(bf16_to_f32(raw), w, out=out)
+                else:
+                    np.multiply(raw, w, out=out, casting="unsafe")
+                np.add(part, out, out=part)
         self.total_weight += weight
         self.count += 1
 

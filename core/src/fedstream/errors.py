@@ -127,6 +127,12 @@ class UploadInProgress(Aborted):
     code = "upload_in_progress"
 
 
+class ResourceExhausted(FedstreamError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "resource_exhausted"
+
+
 class Unavailable(FedstreamError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import google_crc32c
+import crc32c as _crc32c
 import numpy as np
 
 from fedstream.errors import BadOffset, ChecksumMismatch, InvalidArgument, InvalidLayout, Truncated
@@ -58,8 +58,9 @@ def dtype_from_safetensors(code: str) -> DType:
         raise InvalidLayout(f"unsupported safetensors dtype {code!r}") from None
 
 
-def crc32c(data: bytes | memoryview) -> int:
-    return google_crc32c.value(data)
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC-32C (Castagnoli) of any bytes-like object, continuing from ``value``."""
+    return _crc32c.crc32c(data, value)
 
 
 @dataclass(frozen=True)

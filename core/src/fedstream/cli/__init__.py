@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fedstream.cli import demo, runs
+from fedstream.memtune import tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

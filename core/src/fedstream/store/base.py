@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from fedstream.errors import CorruptModel, InvalidArgument
-from fedstream.tensors import DEFAULT_CHUNK_BYTES, Chunk, Layout, iter_range_chunks
+from fedstream.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    Chunk,
+    Layout,
+    check_chunk_bytes,
+    crc32c,
+    iter_range_chunks,
+)
 
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -46,19 +53,44 @@ class ModelVersion:
     version: str
     layout: Layout
     metadata: dict[str, str] = field(default_factory=dict)
-    # Hex SHA-256 of the data section (the flat layout), checked on every full read.
+    # Hex SHA-256 of the data section (the flat layout), for anyone checking a whole file.
     sha256: str = ""
     created_unix: float = 0.0
+    # CRC-32C of each block of block_bytes of the data section, recorded when the version was
+    # written: every read checks the blocks it returns, before handing them on.
+    block_bytes: int = 0
+    block_crcs: tuple[int, ...] = ()
+
+
+def rechunk(chunks: Iterator[Chunk], chunk_bytes: int) -> Iterator[Chunk]:
+    """Cuts a contiguous chunk stream anew into chunks of ``chunk_bytes``."""
+    check_chunk_bytes(chunk_bytes)
+    pending = bytearray()
+    offset = 0
+    for chunk in chunks:
+        pending += chunk.data
+        while len(pending) >= chunk_bytes:
+            data = bytes(pending[:chunk_bytes])
+            del pending[:chunk_bytes]
+            yield Chunk(offset, data, crc32c(data))
+            offset += chunk_bytes
+    if pending:
+        data = bytes(pending)
+        yield Chunk(offset, data, crc32c(data))
 
 
 class ModelWriter(ABC):
     """Takes a version's bytes in order; ``commit`` makes it visible, ``abort`` drops it."""
 
-    def __init__(self, version: str, layout: Layout) -> None:
+    def __init__(self, version: str, layout: Layout, block_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self.version = version
         self.layout = layout
         self.written = 0
+        self.block_bytes = block_bytes
         self._hash = hashlib.sha256()
+        self._crcs: list[int] = []
+        self._crc = 0
+        self._fill = 0
 
     def write(self, data: bytes | memoryview) -> None:
         data = memoryview(data)
@@ -68,6 +100,15 @@ class ModelWriter(ABC):
                 f"model {self.version}: write past the layout's {self.layout.total_bytes} bytes"
             )
         self._hash.update(data)
+        rest = data
+        while rest:
+            take = min(self.block_bytes - self._fill, len(rest))
+            self._crc = crc32c(rest[:take], self._crc)
+            self._fill += take
+            rest = rest[take:]
+            if self._fill == self.block_bytes:
+                self._crcs.append(self._crc)
+                self._crc, self._fill = 0, 0
         self._write(data)
         self.written += len(data)
 
@@ -76,13 +117,16 @@ class ModelWriter(ABC):
             raise InvalidArgument(
                 f"model {self.version}: {self.written} of {self.layout.total_bytes} bytes written"
             )
-        return self._commit(self._hash.hexdigest(), set_latest)
+        if self._fill:
+            self._crcs.append(self._crc)
+            self._crc, self._fill = 0, 0
+        return self._commit(self._hash.hexdigest(), tuple(self._crcs), set_latest)
 
     @abstractmethod
     def _write(self, data: bytes | memoryview) -> None: ...
 
     @abstractmethod
-    def _commit(self, sha256: str, set_latest: bool) -> ModelVersion: ...
+    def _commit(self, sha256: str, block_crcs: tuple[int, ...], set_latest: bool) -> ModelVersion: ...
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -112,9 +156,44 @@ class ModelReader(ABC):
         """Reads [offset, offset + size) of the data section."""
 
     def iter_chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
-        """All chunks in order; raises CorruptModel after the last one when the bytes read do
-        not hash to the recorded digest, so a consumer must not use the data before the
-        iterator is exhausted without error."""
+        """All chunks in order, each block checked against the CRC recorded at write time
+        before any of its bytes are yielded; raises CorruptModel at the first bad block.
+
+        At the recorded block size the recorded CRCs are the chunks' checksums; at another
+        size the verified blocks are cut anew. Versions without a block table (written
+        elsewhere) are checked against their SHA-256 after the last chunk instead.
+        """
+        info = self.info
+        total = self.layout.total_bytes
+        if not info.block_bytes:
+            yield from self._iter_hashed(chunk_bytes)
+            return
+        expected = -(-total // info.block_bytes)
+        if len(info.block_crcs) != expected:
+            raise CorruptModel(
+                f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
+                f"{expected} blocks"
+            )
+        blocks = self._iter_verified_blocks()
+        if chunk_bytes == info.block_bytes:
+            yield from blocks
+        else:
+            yield from rechunk(blocks, chunk_bytes)
+
+    def _iter_verified_blocks(self) -> Iterator[Chunk]:
+        info = self.info
+        total = self.layout.total_bytes
+        for i, offset in enumerate(range(0, total, info.block_bytes)):
+            data = self.read_at(offset, min(info.block_bytes, total - offset))
+            crc = crc32c(data)
+            if crc != info.block_crcs[i]:
+                raise CorruptModel(
+                    f"model {info.version} is corrupt: checksum mismatch in bytes "
+                    f"{offset}..{offset + len(data)}"
+                )
+            yield Chunk(offset, data, crc)
+
+    def _iter_hashed(self, chunk_bytes: int) -> Iterator[Chunk]:
         digest = hashlib.sha256()
         for chunk in iter_range_chunks(self.read_at, self.layout.total_bytes, chunk_bytes):
             digest.update(chunk.data)

@@ -54,12 +54,20 @@ class _LocalWriter(ModelWriter):
     def _write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
 
-    def _commit(self, sha256: str, set_latest: bool) -> ModelVersion:
+    def _commit(self, sha256: str, block_crcs: tuple[int, ...], set_latest: bool) -> ModelVersion:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        info = ModelVersion(self.version, self.layout, self._metadata, sha256, time.time())
-        manifest = {"version": self.version, "sha256": sha256, "created_unix": info.created_unix}
+        info = ModelVersion(
+            self.version, self.layout, self._metadata, sha256, time.time(), self.block_bytes, block_crcs
+        )
+        manifest = {
+            "version": self.version,
+            "sha256": sha256,
+            "created_unix": info.created_unix,
+            "block_bytes": self.block_bytes,
+            "block_crc32c": list(block_crcs),
+        }
         # Manifest first: a model file without one is never listed, one with is complete.
         _atomic_write(self._final.with_suffix(".json"), json.dumps(manifest).encode())
         os.replace(self._tmp, self._final)
@@ -119,11 +127,19 @@ class LocalModelStore(ModelStore):
             manifest = json.loads(path.with_suffix(".json").read_bytes())
             with path.open("rb") as f:
                 layout, metadata, start = read_header(f, f"model {version}")
+            info = ModelVersion(
+                version,
+                layout,
+                metadata,
+                str(manifest["sha256"]),
+                float(manifest["created_unix"]),
+                int(manifest.get("block_bytes", 0)),
+                tuple(int(c) for c in manifest.get("block_crc32c", ())),
+            )
         except FileNotFoundError:
             raise ModelNotFound(f"model {version} not found") from None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
-        info = ModelVersion(version, layout, metadata, manifest["sha256"], manifest["created_unix"])
         return info, start
 
     def info(self, version: str) -> ModelVersion:

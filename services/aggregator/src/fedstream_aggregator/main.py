@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from fedstream.backends import make_model_store, make_state_store
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
+from fedstream.memtune import tune_allocator
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.settings import AggregatorSettings
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedstream-aggregator: invalid settings:\n{e}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "aggregator")
+    tune_allocator()
     tenant = settings.tenant.tenant
     service = AggregatorService(
         make_state_store(settings.state, tenant),

@@ -29,6 +29,7 @@ from fedstream.errors import (
     InvalidArgument,
     InvalidLayout,
     ModelNotFound,
+    ResourceExhausted,
     RoundNotFound,
     RoundNotOpen,
     UploadInProgress,
@@ -85,7 +86,7 @@ class _Round:
     version: str = ""
     reason: str = ""
     seq: int = 0
-    init_spool: Path | None = None
+    init_spool: _Spool | None = None
     timer: threading.Timer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -110,13 +111,25 @@ class _Round:
 
 
 class _Spool:
-    """A file that receives a verified chunk stream; removed on close."""
+    """A file that receives a verified chunk stream.
+
+    Space for the whole update is allocated before the first byte is written, so a full disk
+    is known at once and writes never have to grow the file.
+    """
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".bin")
         self.fd = fd
         self.path = Path(name)
+        self.capacity = 0
+
+    def reserve(self, size: int) -> None:
+        if size > self.capacity:
+            try:
+                os.posix_fallocate(self.fd, 0, size)
+            except OSError as e:
+                raise ResourceExhausted(f"no room to receive an update of {size} bytes") from e
+            self.capacity = size
 
     def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
@@ -125,14 +138,64 @@ class _Spool:
             view = view[n:]
             offset += n
 
-    def read_at(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        while buffer:
+            n = os.preadv(self.fd, [buffer], offset)
+            if n == 0:
+                raise OSError(f"spool file {self.path} is shorter than expected")
+            buffer = buffer[n:]
+            offset += n
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         self.path.unlink(missing_ok=True)
+
+
+class SpoolPool:
+    """Spool files reused from one upload to the next.
+
+    Rewriting a file whose blocks and cached pages already exist is several times faster than
+    writing a new one; up to ``keep`` idle files are kept for that, the rest are deleted.
+    """
+
+    def __init__(self, directory: Path, keep: int = 8) -> None:
+        self.directory = directory
+        self.keep = keep
+        self._idle: list[_Spool] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, size: int) -> _Spool:
+        with self._lock:
+            fitting = [s for s in self._idle if s.capacity >= size]
+            spool = min(fitting, key=lambda s: s.capacity) if fitting else (
+                max(self._idle, key=lambda s: s.capacity) if self._idle else None
+            )
+            if spool is not None:
+                self._idle.remove(spool)
+        if spool is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            spool = _Spool(self.directory)
+        try:
+            spool.reserve(size)
+        except ResourceExhausted:
+            spool.close()
+            raise
+        return spool
+
+    def release(self, spool: _Spool) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(spool)
+                return
+        spool.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for spool in idle:
+            spool.close()
 
 
 class AggregatorService:
@@ -149,7 +212,7 @@ class AggregatorService:
     ) -> None:
         self.state = state
         self.store = store
-        self.spool_dir = Path(spool_dir) / uuid.uuid4().hex[:8]
+        self.spools = SpoolPool(Path(spool_dir) / uuid.uuid4().hex[:8])
         self.chunk_bytes = chunk_bytes
         self.clock = clock
         self._rounds: dict[tuple[str, int], _Round] = {}
@@ -276,7 +339,7 @@ class AggregatorService:
                     f"an upload from agent {agent!r} for this round is already in progress"
                 )
             rnd.uploading.add(agent)
-        spool = _Spool(self.spool_dir)
+        spool = self.spools.acquire(header.layout.total_bytes)
         keep_spool = False
         try:
             receiver = ChunkReceiver(header.layout, spool.write)
@@ -289,10 +352,10 @@ class AggregatorService:
                     return True, receiver.received
                 if plan.kind == "train":
                     assert rnd.accumulator is not None
-                    rnd.accumulator.fold(spool.read_at, float(header.num_examples))
+                    rnd.accumulator.fold(spool.read_into, float(header.num_examples))
                 else:
                     rnd.layout = header.layout
-                    rnd.init_spool = spool.path
+                    rnd.init_spool = spool
                     keep_spool = True
                 self.state.mark_once(scope, agent)
                 rnd.reports[agent] = {
@@ -311,10 +374,8 @@ class AggregatorService:
         finally:
             with rnd.lock:
                 rnd.uploading.discard(agent)
-            if keep_spool:
-                os.close(spool.fd)
-            else:
-                spool.close()
+            if not keep_spool:
+                self.spools.release(spool)
 
     def _check_accepting(self, rnd: _Round) -> None:
         if rnd.state != "training":
@@ -405,14 +466,16 @@ class AggregatorService:
         with self.store.writer(version, rnd.layout, metadata) as writer:
             if plan.kind == "init":
                 assert rnd.init_spool is not None
-                fd = os.open(rnd.init_spool, os.O_RDONLY)
+                spool, rnd.init_spool = rnd.init_spool, None
                 try:
+                    piece = bytearray(self.chunk_bytes)
                     total = rnd.layout.total_bytes
                     for start in range(0, total, self.chunk_bytes):
-                        writer.write(os.pread(fd, min(self.chunk_bytes, total - start), start))
+                        view = memoryview(piece)[: min(self.chunk_bytes, total - start)]
+                        spool.read_into(start, view)
+                        writer.write(view)
                 finally:
-                    os.close(fd)
-                    rnd.init_spool.unlink(missing_ok=True)
+                    self.spools.release(spool)
             else:
                 assert rnd.accumulator is not None
                 for _, values in rnd.accumulator.average():
@@ -445,3 +508,4 @@ class AggregatorService:
         for rnd in rounds:
             if rnd.timer is not None:
                 rnd.timer.cancel()
+        self.spools.close()

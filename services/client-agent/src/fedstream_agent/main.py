@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from fedstream.logs import setup_logging
+from fedstream.memtune import tune_allocator
 from fedstream_agent.settings import AgentSettings
 
 log = logging.getLogger("fedstream_agent")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedstream-agent: invalid settings:\n{e}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
+    tune_allocator()
     from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
     agent = Agent(settings)

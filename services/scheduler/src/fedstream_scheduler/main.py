@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from fedstream.backends import make_state_store
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
+from fedstream.memtune import tune_allocator
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
@@ -66,4 +67,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedstream-scheduler: invalid settings:\n{e}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "scheduler")
+    tune_allocator()
     return asyncio.run(serve(settings))

@@ -1,0 +1,217 @@
+"""fedstream benchmarks on loopback. Prints each figure with the command that reproduces it.
+
+  upload     upload throughput of one 256 MiB model over one stream (MB/s)
+  memory     aggregator peak resident memory while 8 agents upload a 128 MiB model at once,
+             as a multiple of the model size above the aggregator's idle baseline
+  noop       wall time of a no-op round (agents return the global model unchanged) with 4
+             agents and a 100 MB model, the three services as separate processes (median)
+
+Usage: python bench/run.py [upload|memory|noop ...]   (make bench runs them all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+from fedstream.cli.demo import Processes
+from fedstream.grpcutil import channel
+from fedstream.memtune import tune_allocator
+from fedstream.store import LocalModelStore
+from fedstream.tensors import Layout
+from fedstream.transfer import upload_update
+from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+MB = 1_000_000
+MiB = 1 << 20
+
+
+def make_model(total_bytes: int, tensor_bytes: int = 4 * MiB, seed: int = 0) -> tuple[Layout, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    n = max(1, total_bytes // tensor_bytes)
+    elems = total_bytes // n // 4
+    layout = Layout.build((f"layer{i}.weight", "float32", (elems,)) for i in range(n))
+    arrays = [rng.standard_normal(elems, dtype=np.float32) for _ in range(n)]
+    return layout, arrays
+
+
+def store_model(root: Path, version: str, layout: Layout, arrays: list[np.ndarray]) -> None:
+    store = LocalModelStore(root, "default")
+    with store.writer(version, layout, {}) as w:
+        for a in arrays:
+            w.write(memoryview(a))
+        w.commit()
+
+
+def start_aggregator(procs: Processes, work: Path) -> tuple[str, psutil.Process]:
+    (work / "agg.port").unlink(missing_ok=True)
+    agg = procs.start("aggregator", "fedstream_aggregator", {
+        "FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1",
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT": "0",
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT_FILE": str(work / "agg.port"),
+        "FEDSTREAM_AGGREGATOR_STORE__PATH": str(work / "models"),
+        "FEDSTREAM_AGGREGATOR_SPOOL_DIR": str(work / "spool"),
+        "FEDSTREAM_AGGREGATOR_LOG__LEVEL": "WARNING",
+    })
+    port = procs.wait_port("aggregator", agg, work / "agg.port")
+    return f"127.0.0.1:{port}", psutil.Process(agg.pid)
+
+
+def open_round(addr: str, run: str, participants: list[str], base: str, round_: int = 1) -> None:
+    control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr))
+    control.OpenRound(aggregator_pb2.RoundPlan(
+        run_id=run, round=round_, kind=round_pb2.ROUND_KIND_TRAIN, base_version=base,
+        participants=participants, min_updates=len(participants), deadline_unix=time.time() + 600,
+    ), timeout=60)
+
+
+def upload(addr: str, run: str, agent: str, layout: Layout, arrays: list[np.ndarray], round_: int = 1) -> float:
+    stub = aggregator_pb2_grpc.UpdateServiceStub(channel(addr))
+    start = time.perf_counter()
+    upload_update(stub, timeout=600, run_id=run, round_=round_, agent_id=agent, layout=layout,
+                  buffers=[memoryview(a) for a in arrays], num_examples=10, metrics={})
+    return time.perf_counter() - start
+
+
+def bench_upload(rounds: int = 5) -> dict[str, float]:
+    """One aggregator process, one upload per round; the first upload warms the process up
+    (spool file, allocator), the median of the others is the steady-state figure."""
+    layout, arrays = make_model(256 * MiB)
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs = Processes(work)
+        try:
+            store_model(work / "models", "up/000000", layout, arrays)
+            addr, _ = start_aggregator(procs, work)
+            control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr))
+            for r in range(1, rounds + 1):
+                open_round(addr, "up", ["a"], "up/000000", round_=r)
+                took = upload(addr, "up", "a", layout, arrays, round_=r)
+                rates.append(layout.total_bytes / MB / took)
+                # Let the round's commit finish, so that it does not compete with the next upload.
+                for _ in control.WatchRound(aggregator_pb2.WatchRoundRequest(run_id="up", round=r)):
+                    pass
+        finally:
+            procs.stop()
+    med = statistics.median(rates[1:])
+    print(f"upload: 256 MiB over one stream, each chunk verified, spooled, then folded: median "
+          f"{med:.0f} MB/s over uploads 2..{rounds} (first upload of the process {rates[0]:.0f} MB/s; "
+          f"all: {', '.join(f'{r:.0f}' for r in rates)})")
+    return {"upload_mb_s": med}
+
+
+def bench_memory(agents: int = 8) -> dict[str, float]:
+    layout, arrays = make_model(128 * MiB)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs = Processes(work)
+        try:
+            store_model(work / "models", "mem/000000", layout, arrays)
+            addr, proc = start_aggregator(procs, work)
+            time.sleep(1.0)
+            baseline = proc.memory_info().rss
+            # Reset the kernel's peak-RSS mark so VmHWM measures this round alone.
+            Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
+            names = [f"agent-{i}" for i in range(agents)]
+            open_round(addr, "mem", names, "mem/000000")
+            threads = [threading.Thread(target=upload, args=(addr, "mem", n, layout, arrays)) for n in names]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.perf_counter() - start
+            peak = _vm_hwm(proc.pid)
+        finally:
+            procs.stop()
+    ratio = (peak - baseline) / layout.total_bytes
+    print(f"memory: {agents} concurrent uploads of a 128 MiB model: aggregator peak RSS "
+          f"{peak / MiB:.0f} MiB, idle {baseline / MiB:.0f} MiB, peak above idle {ratio:.2f}x the model "
+          f"({agents * layout.total_bytes / MB / took:.0f} MB/s aggregate)")
+    return {"memory_peak_over_model": ratio}
+
+
+def _vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
+    layout, arrays = make_model(100 * MB)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs = Processes(work)
+        try:
+            store_model(work / "models", "seed/000000", layout, arrays)
+            del arrays
+            addr, _ = start_aggregator(procs, work)
+            sched = procs.start("scheduler", "fedstream_scheduler", {
+                "FEDSTREAM_SCHEDULER_GRPC__HOST": "127.0.0.1",
+                "FEDSTREAM_SCHEDULER_GRPC__PORT": "0",
+                "FEDSTREAM_SCHEDULER_GRPC__PORT_FILE": str(work / "sched.port"),
+                "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT": addr,
+                "FEDSTREAM_SCHEDULER_LOG__LEVEL": "WARNING",
+            })
+            sched_addr = f"127.0.0.1:{procs.wait_port('scheduler', sched, work / 'sched.port')}"
+            for i in range(agents):
+                procs.start(f"agent-{i}", "fedstream_agent", {
+                    "FEDSTREAM_AGENT_AGENT_ID": f"agent-{i}",
+                    "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT": sched_addr,
+                    "FEDSTREAM_AGENT_DATA__NUM_SITES": str(agents),
+                    "FEDSTREAM_AGENT_DATA__SITE_INDEX": str(i),
+                    "FEDSTREAM_AGENT_DEVICE": "cpu",
+                    "FEDSTREAM_AGENT_LOG__LEVEL": "WARNING",
+                })
+            runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
+            run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(
+                task="digits", rounds=rounds, min_agents=agents, round_timeout_s=120,
+                initial_version="seed/000000", wait_for_agents_s=120,
+                training=round_pb2.TrainingConfig(no_op=True),
+            )), timeout=10)
+            final = None
+            for update in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=run.run_id)):
+                procs.check_alive()
+                final = update
+        finally:
+            procs.stop()
+    assert final is not None and final.state == scheduler_pb2.RUN_STATE_SUCCEEDED, final
+    times = [r.finished_unix - r.started_unix for r in final.rounds]
+    med = statistics.median(times[1:])  # the first round pays for the agents' connection set-up
+    print(f"noop: {agents} agents, {layout.total_bytes / MB:.0f} MB model, separate processes: "
+          f"median round {med:.2f} s over rounds 2..{rounds} (all: {', '.join(f'{t:.2f}' for t in times)})")
+    return {"noop_round_s": med}
+
+
+BENCHES = {"upload": bench_upload, "memory": bench_memory, "noop": bench_noop}
+
+
+def main() -> int:
+    tune_allocator()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", choices=[*BENCHES, []], help="benchmarks to run (default: all)")
+    args = parser.parse_args()
+    print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+          f"reproduce with: make bench  (or: .venv/bin/python bench/run.py {' '.join(args.names)})".rstrip())
+    for name in args.names or list(BENCHES):
+        try:
+            BENCHES[name]()
+        except grpc.RpcError as e:
+            print(f"{name}: failed: {e.code().name}: {e.details()}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
