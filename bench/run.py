@@ -75,9 +75,9 @@ def open_round(addr: str, run: str, participants: list[str], base: str, round_: 
 
 
 def upload(addr: str, run: str, agent: str, layout: Layout, arrays: list[np.ndarray], round_: int = 1) -> float:
-    stub = aggregator_pb2_grpc.UpdateServiceStub(channel(addr))
+    ch = channel(addr)
     start = time.perf_counter()
-    upload_update(stub, timeout=600, run_id=run, round_=round_, agent_id=agent, layout=layout,
+    upload_update(ch, timeout=600, run_id=run, round_=round_, agent_id=agent, layout=layout,
                   buffers=[memoryview(a) for a in arrays], num_examples=10, metrics={})
     return time.perf_counter() - start
 

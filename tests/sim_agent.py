@@ -17,7 +17,7 @@ import numpy as np
 from fedstream.grpcutil import channel
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model, upload_update
-from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from helpers import buffers_of, layout_of, random_model
 
 UpdateFn = Callable[[FlatBuffer, scheduler_pb2.Assignment], FlatBuffer]
@@ -86,12 +86,12 @@ class SimAgent:
                 layout = layout_of(model)
                 buffers = buffers_of(layout, model)
             else:
-                base = download_model(aggregator_pb2_grpc.ModelServiceStub(ch), a.run_id, a.base_version)
+                base = download_model(ch, a.run_id, a.base_version)
                 out = self.update(base.buffer, a)
                 layout = out.layout
                 buffers = [memoryview(out.data)[t.offset : t.end] for t in layout.tensors]
             upload_update(
-                aggregator_pb2_grpc.UpdateServiceStub(ch),
+                ch,
                 timeout=max(1.0, a.deadline_unix - time.time()),
                 run_id=a.run_id, round_=a.round, agent_id=self.agent_id, layout=layout,
                 buffers=buffers, num_examples=self.examples, metrics={"train_loss": 1.0},

@@ -24,8 +24,8 @@ BASE = f"{RUN}/000000"
 def stubs(agg_channel):
     return (
         pb_grpc.AggregatorControlStub(agg_channel),
-        pb_grpc.UpdateServiceStub(agg_channel),
-        pb_grpc.ModelServiceStub(agg_channel),
+        pb_grpc.UpdateServiceStub(agg_channel),  # stock protobuf stub: interoperates with the fast path
+        agg_channel,
     )
 
 
@@ -36,10 +36,10 @@ def base_model(model_store):
     return model
 
 
-def upload(updates, agent, model, examples, round_=1, chunk_bytes=1000):
+def upload(ch, agent, model, examples, round_=1, chunk_bytes=1000):
     layout = layout_of(model)
     return upload_update(
-        updates,
+        ch,
         run_id=RUN,
         round_=round_,
         agent_id=agent,
@@ -97,14 +97,14 @@ def test_health_is_serving(agg_channel):
 
 
 def test_round_folds_each_update_once_and_commits_the_average(stubs, base_model, model_store):
-    control, updates, models = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b", "c"], base=BASE), timeout=5)
     ua, ub, uc = random_model(1, 16), random_model(2, 16), random_model(3, 16)
 
-    first = upload(updates, "a", ua, 100)
-    again = upload(updates, "a", ua, 100)
-    upload(updates, "b", ub, 300, chunk_bytes=7)
-    upload(updates, "c", uc, 50, chunk_bytes=65536)
+    first = upload(ch, "a", ua, 100)
+    again = upload(ch, "a", ua, 100)
+    upload(ch, "b", ub, 300, chunk_bytes=7)
+    upload(ch, "c", uc, 50, chunk_bytes=65536)
     event = wait_terminal(control, RUN, 1)
 
     assert not first.duplicate and first.bytes_received == layout_of(ua).total_bytes
@@ -115,7 +115,7 @@ def test_round_folds_each_update_once_and_commits_the_average(stubs, base_model,
     assert list(event.stragglers) == []
     layout = layout_of(ua)
     check_model(model_store, event.version, reference([(ua, 100), (ub, 300), (uc, 50)], layout), layout)
-    downloaded = download_model(models, RUN, "", chunk_bytes=333)
+    downloaded = download_model(ch, RUN, "", chunk_bytes=333)
     assert downloaded.version == event.version
     with model_store.open(event.version) as reader:
         assert bytes(downloaded.buffer.data) == b"".join(c.data for c in reader.iter_chunks(1 << 20))
@@ -174,7 +174,7 @@ def bad_cases(model):
 
 
 def test_every_bad_upload_is_refused_and_changes_nothing(stubs, base_model, model_store):
-    control, updates, _ = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE), timeout=5)
     good_a, good_b = random_model(11, 16), random_model(12, 16)
 
@@ -196,39 +196,39 @@ def test_every_bad_upload_is_refused_and_changes_nothing(stubs, base_model, mode
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "first message of an upload must be its header" in e.value.details()
 
-    upload(updates, "a", good_a, 10)
-    upload(updates, "b", good_b, 30)
+    upload(ch, "a", good_a, 10)
+    upload(ch, "b", good_b, 30)
     event = wait_terminal(control, RUN, 1)
 
     assert event.state == round_pb2.ROUND_STATE_COMMITTED
     layout = layout_of(good_a)
     check_model(model_store, event.version, reference([(good_a, 10), (good_b, 30)], layout), layout)
     # "a" already counted: a retry after the commit is answered as a duplicate, never folded.
-    assert upload(updates, "a", good_a, 10).duplicate
+    assert upload(ch, "a", good_a, 10).duplicate
 
 
 def test_upload_to_a_closed_round_is_failed_precondition(stubs, base_model):
-    control, updates, _ = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE), timeout=5)
-    upload(updates, "a", random_model(1, 16), 10)
-    upload(updates, "b", random_model(2, 16), 10)
+    upload(ch, "a", random_model(1, 16), 10)
+    upload(ch, "b", random_model(2, 16), 10)
     wait_terminal(control, RUN, 1)
     control.OpenRound(plan(RUN, 2, ["a", "b"], base=BASE, min_updates=1, timeout=1.0), timeout=5)
-    upload(updates, "a", random_model(1, 16), 10, round_=2)
+    upload(ch, "a", random_model(1, 16), 10, round_=2)
     wait_terminal(control, RUN, 2)
 
     with pytest.raises(grpc.RpcError) as e:
-        upload(updates, "b", random_model(2, 16), 10, round_=2)
+        upload(ch, "b", random_model(2, 16), 10, round_=2)
 
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not accepting updates" in e.value.details()
 
 
 def test_deadline_commits_with_the_minimum_and_records_stragglers(stubs, base_model):
-    control, updates, _ = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b", "c"], base=BASE, min_updates=2, timeout=1.5), timeout=5)
-    upload(updates, "a", random_model(1, 16), 10)
-    upload(updates, "c", random_model(3, 16), 10)
+    upload(ch, "a", random_model(1, 16), 10)
+    upload(ch, "c", random_model(3, 16), 10)
 
     event = wait_terminal(control, RUN, 1)
 
@@ -238,9 +238,9 @@ def test_deadline_commits_with_the_minimum_and_records_stragglers(stubs, base_mo
 
 
 def test_deadline_below_the_minimum_fails_the_round(stubs, base_model):
-    control, updates, _ = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE, min_updates=2, timeout=1.0), timeout=5)
-    upload(updates, "a", random_model(1, 16), 10)
+    upload(ch, "a", random_model(1, 16), 10)
 
     event = wait_terminal(control, RUN, 1)
 
@@ -250,13 +250,13 @@ def test_deadline_below_the_minimum_fails_the_round(stubs, base_model):
 
 
 def test_init_round_stores_the_upload_bit_exactly(stubs, model_store):
-    control, updates, models = stubs
+    control, updates, ch = stubs
     control.OpenRound(plan(RUN, 0, ["a"], kind="init"), timeout=5)
     model = random_model(9, 4)
-    upload(updates, "a", model, 0, round_=0)
+    upload(ch, "a", model, 0, round_=0)
 
     event = wait_terminal(control, RUN, 0)
-    got = download_model(models, RUN, event.version).buffer.arrays()
+    got = download_model(ch, RUN, event.version).buffer.arrays()
 
     assert event.state == round_pb2.ROUND_STATE_COMMITTED and event.version == f"{RUN}/000000"
     for name, (_, arr) in model.items():
@@ -285,16 +285,16 @@ def test_bad_round_plans(stubs, base_model, mutate, code, message):
 
 
 def test_download_errors(stubs, base_model):
-    _, _, models = stubs
+    _, _, ch = stubs
     with pytest.raises(grpc.RpcError) as e:
-        download_model(models, RUN, f"{RUN}/000099")
+        download_model(ch, RUN, f"{RUN}/000099")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as e:
-        download_model(models, "no-such-run")
+        download_model(ch, "no-such-run")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "has no committed model" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
-        download_model(models, RUN, BASE, chunk_bytes=8 << 20)
+        download_model(ch, RUN, BASE, chunk_bytes=8 << 20)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -51,7 +51,7 @@ def from_accumulator(dt: DType, values: np.ndarray) -> np.ndarray:
     if not dt.is_float:
         info = np.iinfo(dt.storage)
         return np.clip(np.rint(values), info.min, info.max).astype(dt.storage)
-    return values.astype(dt.storage)
+    return values.astype(dt.storage, copy=False)
 
 
 def weighted_average(updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
@@ -72,6 +72,7 @@ class WeightedAccumulator:
         self.layout = layout
         self.total_weight = 0.0
         self.count = 0
+        self._averaged = False
         self._sums = {t.name: np.empty(t.numel, dtype=accumulator_dtype(t.dt)) for t in layout.tensors}
         # Touch every page now: memory is taken when the round opens, not during uploads.
         for a in self._sums.values():
@@ -82,6 +83,8 @@ class WeightedAccumulator:
         piece. Buffers are allocated once per call and reused for every piece."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
+        if self._averaged:
+            raise ValueError("the accumulator was averaged already")
         piece = bytearray(FOLD_PIECE_BYTES)
         scratch: dict[np.dtype, np.ndarray] = {}
         for t in self.layout.tensors:
@@ -111,13 +114,20 @@ class WeightedAccumulator:
         self.count += 1
 
     def average(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Each tensor's weighted mean (flat, in storage dtype), in layout order."""
+        """Each tensor's weighted mean (flat, in storage dtype), in layout order.
+
+        Divides the sums in place, so it consumes the accumulator: nothing may be folded
+        into it afterwards, and it can be averaged once.
+        """
         if self.count == 0:
             raise ValueError("no update was folded")
+        if self._averaged:
+            raise ValueError("the accumulator was averaged already")
+        self._averaged = True
         for t in self.layout.tensors:
             acc = self._sums[t.name]
-            mean = acc / acc.dtype.type(self.total_weight)
-            yield t.name, from_accumulator(t.dt, mean)
+            np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
+            yield t.name, from_accumulator(t.dt, acc)
 
     @property
     def nbytes(self) -> int:

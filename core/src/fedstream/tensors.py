@@ -216,11 +216,12 @@ class Layout:
 @dataclass(frozen=True)
 class Chunk:
     offset: int
-    data: bytes
+    # A view of memory owned elsewhere (a received message, a tensor) or bytes of its own.
+    data: bytes | memoryview
     crc32c: int
 
     def to_proto(self) -> tensor_pb2.Chunk:
-        return tensor_pb2.Chunk(offset=self.offset, data=self.data, crc32c=self.crc32c)
+        return tensor_pb2.Chunk(offset=self.offset, data=bytes(self.data), crc32c=self.crc32c)
 
 
 def check_chunk_bytes(chunk_bytes: int) -> int:
@@ -234,7 +235,8 @@ def iter_chunks(
 ) -> Iterator[Chunk]:
     """Cuts per-tensor buffers, given in layout order, into chunks of ``chunk_bytes``.
 
-    Holds at most one chunk of its own: each buffer is sliced, never copied whole.
+    A chunk inside one buffer is a view of it (no copy); only a chunk that spans buffers is
+    assembled into bytes of its own. The buffers must stay unchanged while chunks are in use.
     """
     check_chunk_bytes(chunk_bytes)
     pending = bytearray()
@@ -253,8 +255,8 @@ def iter_chunks(
         while pos < view.nbytes:
             take = min(chunk_bytes - len(pending), view.nbytes - pos)
             if not pending and take == chunk_bytes:
-                data = bytes(view[pos : pos + take])
-                yield Chunk(offset, data, crc32c(data))
+                piece = view[pos : pos + take]
+                yield Chunk(offset, piece, crc32c(piece))
                 offset += take
             else:
                 pending += view[pos : pos + take]
@@ -292,13 +294,13 @@ class ChunkReceiver:
     missing at the end.
     """
 
-    def __init__(self, layout: Layout, sink: Callable[[int, bytes], None]) -> None:
+    def __init__(self, layout: Layout, sink: Callable[[int, bytes | memoryview], None]) -> None:
         self.layout = layout
         self.total = layout.total_bytes
         self.received = 0
         self._sink = sink
 
-    def accept(self, offset: int, data: bytes, crc: int) -> None:
+    def accept(self, offset: int, data: bytes | memoryview, crc: int) -> None:
         if offset > self.received:
             raise BadOffset(
                 f"chunk at offset {offset} leaves a gap: bytes {self.received}..{offset} are missing"
@@ -337,7 +339,7 @@ class FlatBuffer:
         self.layout = layout
         self.data = bytearray(layout.total_bytes)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         self.data[offset : offset + len(data)] = data
 
     def arrays(self) -> dict[str, np.ndarray]:

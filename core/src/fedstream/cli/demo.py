@@ -20,7 +20,7 @@ import grpc
 
 from fedstream.grpcutil import channel
 from fedstream.transfer import download_model
-from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
 class Processes:
@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "FEDSTREAM_AGENT_DEVICE": args.device,
             })
         runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
-        models = aggregator_pb2_grpc.ModelServiceStub(channel(agg_addr))
+        models = channel(agg_addr)
         task = get_task("digits")
         data_settings = SiteDataSettings(num_sites=args.agents, partition_seed=args.seed)
         heldout = task.load_heldout(data_settings)

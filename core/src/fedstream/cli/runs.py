@@ -15,7 +15,8 @@ from google.protobuf import json_format
 from fedstream.grpcutil import channel
 from fedstream.safetensors_io import encode_header
 from fedstream.tensors import ChunkReceiver, Layout
-from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.transfer import download_call
+from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 ROUND_STATE = {v: k.removeprefix("ROUND_STATE_").lower() for k, v in round_pb2.RoundState.items()}
 RUN_STATE = {v: k.removeprefix("RUN_STATE_").lower() for k, v in scheduler_pb2.RunState.items()}
@@ -125,11 +126,11 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
 
 def cmd_model_download(args: argparse.Namespace) -> int:
     """Streams a version into a safetensors file, verifying every chunk on the way."""
-    stub = aggregator_pb2_grpc.ModelServiceStub(channel(args.aggregator))
+    call = download_call(channel(args.aggregator))
     out = Path(args.output)
     tmp = out.with_name(out.name + ".part")
     try:
-        responses = stub.DownloadModel(aggregator_pb2.DownloadModelRequest(run_id=args.run_id, version=args.version))
+        responses = call(aggregator_pb2.DownloadModelRequest(run_id=args.run_id, version=args.version))
         first = next(responses)
         layout = Layout.from_proto(first.header.layout)
         started = time.perf_counter()

@@ -10,7 +10,12 @@ from grpc_health.v1 import health
 from fedstream.grpcutil import add_health, bind, make_server, set_serving
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
-from fedstream_aggregator.servicer import ControlServicer, ModelServicer, UpdateServicer
+from fedstream_aggregator.servicer import (
+    ControlServicer,
+    ModelServicer,
+    UpdateServicer,
+    add_transfer_servicers,
+)
 
 SERVICE_NAMES = (
     "fedstream.v1.ModelService",
@@ -35,8 +40,7 @@ class AggregatorServer:
 def build_server(service: AggregatorService, host: str, port: int, max_workers: int = 64) -> AggregatorServer:
     """Creates, binds and starts the server; health turns SERVING once it listens."""
     server = make_server(max_workers)
-    pb_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
-    pb_grpc.add_UpdateServiceServicer_to_server(UpdateServicer(service), server)
+    add_transfer_servicers(server, ModelServicer(service), UpdateServicer(service))
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service), server)
     health_servicer = add_health(server, SERVICE_NAMES)
     bound = bind(server, host, port)

@@ -339,6 +339,7 @@ class AggregatorService:
                     f"an upload from agent {agent!r} for this round is already in progress"
                 )
             rnd.uploading.add(agent)
+        started = time.perf_counter()
         spool = self.spools.acquire(header.layout.total_bytes)
         keep_spool = False
         try:
@@ -366,7 +367,10 @@ class AggregatorService:
                 }
                 complete = len(rnd.reports) == len(plan.participants)
             with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
-                log.info("update folded: %d examples, %d bytes", header.num_examples, receiver.received)
+                log.info(
+                    "update folded: %d examples, %d bytes in %.2f s",
+                    header.num_examples, receiver.received, time.perf_counter() - started,
+                )
             self._notify(rnd)
             if complete:
                 self._close(rnd, "all participants reported")

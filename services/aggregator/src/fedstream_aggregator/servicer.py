@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from fedstream import wire
 from fedstream.errors import InvalidArgument
 from fedstream.grpcutil import translate_errors
 from fedstream.tensors import Layout
@@ -51,7 +52,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     @translate_errors
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadModelResponse]:
+    ) -> Iterator[pb.DownloadModelResponse | wire.ChunkFrame]:
         info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
         yield pb.DownloadModelResponse(
             header=pb.ModelHeader(
@@ -59,7 +60,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             )
         )
         for chunk in chunks:
-            yield pb.DownloadModelResponse(chunk=chunk.to_proto())
+            yield wire.ChunkFrame(chunk)
 
 
 class UpdateServicer(pb_grpc.UpdateServiceServicer):
@@ -91,6 +92,26 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
 
         duplicate, received = self.service.receive_update(header, chunks())
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
+
+
+def add_transfer_servicers(server: grpc.Server, models: ModelServicer, updates: UpdateServicer) -> None:
+    """Registers download and upload with fedstream.wire's zero-copy chunk codec."""
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("fedstream.v1.ModelService", {
+            "DownloadModel": grpc.unary_stream_rpc_method_handler(
+                models.DownloadModel,
+                request_deserializer=pb.DownloadModelRequest.FromString,
+                response_serializer=wire.serialize,
+            ),
+        }),
+        grpc.method_handlers_generic_handler("fedstream.v1.UpdateService", {
+            "UploadUpdate": grpc.stream_unary_rpc_method_handler(
+                updates.UploadUpdate,
+                request_deserializer=wire.deserializer(pb.UploadUpdateRequest),
+                response_serializer=pb.UploadUpdateResponse.SerializeToString,
+            ),
+        }),
+    ))
 
 
 class ControlServicer(pb_grpc.AggregatorControlServicer):

@@ -20,9 +20,9 @@ from fedstream.logs import log_context
 from fedstream.tasks import get_task
 from fedstream.tasks.base import Task, TrainParams, pick_device
 from fedstream.tasks.torchio import buffers_of, layout_of, state_of
-from fedstream.tensors import Layout
+from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import download_model, upload_update
-from fedstream.v1 import aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class Agent:
         self._scheduler = channel(settings.scheduler_endpoint)
         self._agents = scheduler_pb2_grpc.AgentServiceStub(self._scheduler)
         self._stream: Any = None
+        # The last downloaded model's buffer, reused while the layout stays the same.
+        self._buffer: FlatBuffer | None = None
         self.rounds_done = 0
 
     def _task(self, name: str) -> tuple[Task, Any]:
@@ -149,11 +151,18 @@ class Agent:
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
-        models = aggregator_pb2_grpc.ModelServiceStub(self._channel(a.model_endpoint))
         started = time.perf_counter()
-        base = download_model(models, a.run_id, a.base_version, chunk_bytes=chunk_bytes,
-                              timeout=max(1.0, a.deadline_unix - time.time()))
+        base = download_model(
+            self._channel(a.model_endpoint),
+            a.run_id,
+            a.base_version,
+            chunk_bytes=chunk_bytes,
+            timeout=max(1.0, a.deadline_unix - time.time()),
+            reuse=self._buffer,
+        )
+        self._buffer = base.buffer
         download_s = time.perf_counter() - started
+        log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
         if a.training.no_op:
             buf = base.buffer
             self._upload(
@@ -192,12 +201,12 @@ class Agent:
     ) -> None:
         """Uploads, retrying transient failures until the deadline; a retry of an update that
         was already counted is answered as a duplicate, so nothing counts twice."""
-        stub = aggregator_pb2_grpc.UpdateServiceStub(self._channel(a.upload_endpoint))
+        upload_channel = self._channel(a.upload_endpoint)
         delay = 0.2
         while True:
             try:
                 reply = upload_update(
-                    stub,
+                    upload_channel,
                     timeout=max(1.0, a.deadline_unix - time.time()),
                     run_id=a.run_id,
                     round_=a.round,
