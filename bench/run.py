@@ -189,9 +189,13 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
     assert final is not None and final.state == scheduler_pb2.RUN_STATE_SUCCEEDED, final
     times = [r.finished_unix - r.started_unix for r in final.rounds]
     med = statistics.median(times[1:])  # the first round pays for the agents' connection set-up
+    from transport_floor import measure
+
+    floor = measure(agents)
     print(f"noop: {agents} agents, {layout.total_bytes / MB:.0f} MB model, separate processes: "
-          f"median round {med:.2f} s over rounds 2..{rounds} (all: {', '.join(f'{t:.2f}' for t in times)})")
-    return {"noop_round_s": med}
+          f"median round {med:.2f} s over rounds 2..{rounds} (all: {', '.join(f'{t:.2f}' for t in times)}); "
+          f"bare gRPC moving the same bytes: {floor:.2f} s")
+    return {"noop_round_s": med, "transport_floor_s": floor}
 
 
 BENCHES = {"upload": bench_upload, "memory": bench_memory, "noop": bench_noop}

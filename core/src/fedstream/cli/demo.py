@@ -113,6 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "FEDSTREAM_AGENT_DATA__NUM_SITES": str(args.agents),
                 "FEDSTREAM_AGENT_DATA__PARTITION_SEED": str(args.seed),
                 "FEDSTREAM_AGENT_DEVICE": args.device,
+                "FEDSTREAM_AGENT_CPU_THREADS": str(max(1, (os.cpu_count() or 1) // args.agents)),
             })
         runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
         models = channel(agg_addr)

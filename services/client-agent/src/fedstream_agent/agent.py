@@ -54,6 +54,8 @@ class Agent:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.device = pick_device() if settings.device == "auto" else torch.device(settings.device)
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
         self.stop = threading.Event()
         self._tasks: dict[str, Task] = {}
         self._data: dict[str, Any] = {}

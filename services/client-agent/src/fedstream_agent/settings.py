@@ -28,6 +28,10 @@ class AgentSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train: 'auto' uses CUDA when present."
     )
+    cpu_threads: int = Field(
+        0, ge=0, description="Threads PyTorch uses on the CPU; 0 keeps PyTorch's default "
+        "(set it when several agents share a machine)."
+    )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     reconnect_max_s: float = Field(
