@@ -21,6 +21,13 @@ class GrpcServerSettings(BaseModel):
         None, description="If set, the bound port is written here once the server serves."
     )
     max_workers: int = Field(64, ge=4, description="Threads serving gRPC calls.")
+    stream_window_bytes: int = Field(
+        4 << 20,
+        ge=0,
+        description="HTTP/2 flow-control window per stream: the most a stream can have buffered "
+        "in the server. Raise it for links whose bandwidth x round-trip time is larger; 0 lets "
+        "gRPC grow windows by bandwidth-delay probing, without a bound.",
+    )
 
 
 class LogSettings(BaseModel):

@@ -32,6 +32,25 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 ]
+DEFAULT_STREAM_WINDOW_BYTES = 4 << 20
+
+
+def server_options(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> list[tuple[str, int]]:
+    """Server options; a fixed flow-control window per stream unless ``stream_window_bytes``
+    is 0.
+
+    A fixed window instead of one grown by bandwidth-delay probing bounds what each stream
+    can have buffered (window x concurrent streams), so memory does not grow when uploads
+    outpace the aggregator. 4 MiB leaves loopback and LAN throughput unchanged
+    (docs/benchmarks.md); a link whose bandwidth x round-trip time exceeds it needs more.
+    """
+    if not stream_window_bytes:
+        return list(SERVER_OPTIONS)
+    return [
+        *SERVER_OPTIONS,
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", stream_window_bytes),
+    ]
 
 
 def _status_of(err: FedstreamError) -> tuple[grpc.StatusCode, str]:
@@ -131,16 +150,16 @@ def set_serving(servicer: health.HealthServicer, services: Iterable[str], servin
         servicer.set(name, status)
 
 
-def make_server(max_workers: int) -> grpc.Server:
+def make_server(max_workers: int, stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> grpc.Server:
     """A thread-pool gRPC server with fedstream's options; message limits stay at defaults."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=SERVER_OPTIONS,
+        options=server_options(stream_window_bytes),
     )
 
 
-def make_aio_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS)
+def make_aio_server(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> grpc.aio.Server:
+    return grpc.aio.server(options=server_options(stream_window_bytes))
 
 
 def bind(server: Any, host: str, port: int) -> int:

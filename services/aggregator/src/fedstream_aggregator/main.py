@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         chunk_bytes=settings.chunks.chunk_bytes,
     )
     try:
-        server = build_server(service, settings.grpc.host, settings.grpc.port, settings.grpc.max_workers)
+        server = build_server(
+            service,
+            settings.grpc.host,
+            settings.grpc.port,
+            settings.grpc.max_workers,
+            settings.grpc.stream_window_bytes,
+        )
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND

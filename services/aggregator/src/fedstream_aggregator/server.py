@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health
 
-from fedstream.grpcutil import add_health, bind, make_server, set_serving
+from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, add_health, bind, make_server, set_serving
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.servicer import (
@@ -37,9 +37,15 @@ class AggregatorServer:
         self.service.close()
 
 
-def build_server(service: AggregatorService, host: str, port: int, max_workers: int = 64) -> AggregatorServer:
+def build_server(
+    service: AggregatorService,
+    host: str,
+    port: int,
+    max_workers: int = 64,
+    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
+) -> AggregatorServer:
     """Creates, binds and starts the server; health turns SERVING once it listens."""
-    server = make_server(max_workers)
+    server = make_server(max_workers, stream_window_bytes)
     add_transfer_servicers(server, ModelServicer(service), UpdateServicer(service))
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service), server)
     health_servicer = add_health(server, SERVICE_NAMES)

@@ -34,7 +34,9 @@ async def serve(settings: SchedulerSettings) -> int:
         settings,
     )
     try:
-        server = await build_server(service, settings.grpc.host, settings.grpc.port)
+        server = await build_server(
+            service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes
+        )
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedstream.grpcutil import bind, make_aio_server
+from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_server
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.servicer import AgentServicer, RunServicer
@@ -38,9 +38,11 @@ class SchedulerServer:
         await self.service.aggregator.close()
 
 
-async def build_server(service: SchedulerService, host: str, port: int) -> SchedulerServer:
+async def build_server(
+    service: SchedulerService, host: str, port: int, stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES
+) -> SchedulerServer:
     """Creates, binds and starts the server; health turns SERVING once it listens."""
-    server = make_aio_server()
+    server = make_aio_server(stream_window_bytes)
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)
     pb_grpc.add_RunServiceServicer_to_server(RunServicer(service), server)
     health_servicer = health.aio.HealthServicer()
