@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import psutil
 
-from fedstream.cli.demo import Processes
+from fedstream.cli.local import LocalFederation
 from fedstream.grpcutil import channel
 from fedstream.memtune import tune_allocator
 from fedstream.store import LocalModelStore
@@ -52,18 +52,9 @@ def store_model(root: Path, version: str, layout: Layout, arrays: list[np.ndarra
         w.commit()
 
 
-def start_aggregator(procs: Processes, work: Path) -> tuple[str, psutil.Process]:
-    (work / "agg.port").unlink(missing_ok=True)
-    agg = procs.start("aggregator", "fedstream_aggregator", {
-        "FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1",
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT": "0",
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT_FILE": str(work / "agg.port"),
-        "FEDSTREAM_AGGREGATOR_STORE__PATH": str(work / "models"),
-        "FEDSTREAM_AGGREGATOR_SPOOL_DIR": str(work / "spool"),
-        "FEDSTREAM_AGGREGATOR_LOG__LEVEL": "WARNING",
-    })
-    port = procs.wait_port("aggregator", agg, work / "agg.port")
-    return f"127.0.0.1:{port}", psutil.Process(agg.pid)
+def start_aggregator(procs: LocalFederation) -> tuple[str, psutil.Process]:
+    addr = procs.start_aggregator({"LOG__LEVEL": "WARNING"})
+    return addr, psutil.Process(procs.pid("aggregator"))
 
 
 def open_round(addr: str, run: str, participants: list[str], base: str, round_: int = 1) -> None:
@@ -89,10 +80,10 @@ def bench_upload(rounds: int = 5) -> dict[str, float]:
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        procs = Processes(work)
+        procs = LocalFederation(work)
         try:
             store_model(work / "models", "up/000000", layout, arrays)
-            addr, _ = start_aggregator(procs, work)
+            addr, _ = start_aggregator(procs)
             control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr))
             for r in range(1, rounds + 1):
                 open_round(addr, "up", ["a"], "up/000000", round_=r)
@@ -114,10 +105,10 @@ def bench_memory(agents: int = 8) -> dict[str, float]:
     layout, arrays = make_model(128 * MiB)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        procs = Processes(work)
+        procs = LocalFederation(work)
         try:
             store_model(work / "models", "mem/000000", layout, arrays)
-            addr, proc = start_aggregator(procs, work)
+            addr, proc = start_aggregator(procs)
             time.sleep(1.0)
             baseline = proc.memory_info().rss
             # Reset the kernel's peak-RSS mark so VmHWM measures this round alone.
@@ -152,27 +143,16 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
     layout, arrays = make_model(100 * MB)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        procs = Processes(work)
+        procs = LocalFederation(work)
         try:
             store_model(work / "models", "seed/000000", layout, arrays)
             del arrays
-            addr, _ = start_aggregator(procs, work)
-            sched = procs.start("scheduler", "fedstream_scheduler", {
-                "FEDSTREAM_SCHEDULER_GRPC__HOST": "127.0.0.1",
-                "FEDSTREAM_SCHEDULER_GRPC__PORT": "0",
-                "FEDSTREAM_SCHEDULER_GRPC__PORT_FILE": str(work / "sched.port"),
-                "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT": addr,
-                "FEDSTREAM_SCHEDULER_LOG__LEVEL": "WARNING",
-            })
-            sched_addr = f"127.0.0.1:{procs.wait_port('scheduler', sched, work / 'sched.port')}"
+            addr, _ = start_aggregator(procs)
+            sched_addr = procs.start_scheduler(addr, {"LOG__LEVEL": "WARNING"})
             for i in range(agents):
-                procs.start(f"agent-{i}", "fedstream_agent", {
-                    "FEDSTREAM_AGENT_AGENT_ID": f"agent-{i}",
-                    "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT": sched_addr,
-                    "FEDSTREAM_AGENT_DATA__NUM_SITES": str(agents),
-                    "FEDSTREAM_AGENT_DATA__SITE_INDEX": str(i),
-                    "FEDSTREAM_AGENT_DEVICE": "cpu",
-                    "FEDSTREAM_AGENT_LOG__LEVEL": "WARNING",
+                procs.start_agent(f"agent-{i}", sched_addr, i, agents, {
+                    "DEVICE": "cpu",
+                    "LOG__LEVEL": "WARNING",
                 })
             runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
             run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from fedstream.cli.demo import Processes
+from fedstream.cli.local import LocalFederation
 from fedstream.tasks.digits import DigitsCNN
 
 BIN = Path(sys.executable).parent
@@ -24,33 +24,12 @@ def fedstream(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[s
 
 @pytest.fixture
 def federation(tmp_path):
-    procs = Processes(tmp_path)
-    agg = procs.start("aggregator", "fedstream_aggregator", {
-        "FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1",
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT": "0",
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT_FILE": str(tmp_path / "agg.port"),
-        "FEDSTREAM_AGGREGATOR_STORE__PATH": str(tmp_path / "models"),
-        "FEDSTREAM_AGGREGATOR_SPOOL_DIR": str(tmp_path / "spool"),
-    })
-    agg_addr = f"127.0.0.1:{procs.wait_port('aggregator', agg, tmp_path / 'agg.port')}"
-    sched = procs.start("scheduler", "fedstream_scheduler", {
-        "FEDSTREAM_SCHEDULER_GRPC__HOST": "127.0.0.1",
-        "FEDSTREAM_SCHEDULER_GRPC__PORT": "0",
-        "FEDSTREAM_SCHEDULER_GRPC__PORT_FILE": str(tmp_path / "sched.port"),
-        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT": agg_addr,
-        "FEDSTREAM_SCHEDULER_HEARTBEAT_INTERVAL_S": "0.5",
-    })
-    sched_addr = f"127.0.0.1:{procs.wait_port('scheduler', sched, tmp_path / 'sched.port')}"
-    for i in range(2):
-        procs.start(f"agent-{i}", "fedstream_agent", {
-            "FEDSTREAM_AGENT_AGENT_ID": f"site-{i}",
-            "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT": sched_addr,
-            "FEDSTREAM_AGENT_DATA__SITE_INDEX": str(i),
-            "FEDSTREAM_AGENT_DATA__NUM_SITES": "2",
-            "FEDSTREAM_AGENT_DEVICE": "cpu",
-        })
-    yield procs, sched_addr, agg_addr
-    procs.stop()
+    with LocalFederation(tmp_path) as procs:
+        agg_addr = procs.start_aggregator()
+        sched_addr = procs.start_scheduler(agg_addr, {"HEARTBEAT_INTERVAL_S": "0.5"})
+        for i in range(2):
+            procs.start_agent(f"site-{i}", sched_addr, i, 2, {"DEVICE": "cpu", "CPU_THREADS": "1"})
+        yield procs, sched_addr, agg_addr
 
 
 def test_two_agents_two_rounds_through_separate_processes(federation, tmp_path):
@@ -91,13 +70,18 @@ def test_demo_runs_and_stops_every_process(tmp_path):
 
 
 def test_demo_stops_every_process_on_ctrl_c(tmp_path):
-    demo = subprocess.Popen([str(BIN / "fedstream"), "demo", "--agents", "2", "--rounds", "50", "--workdir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell that starts jobs in the background makes them ignore SIGINT: restore the default,
+    # as an interactive terminal has it.
+    demo = subprocess.Popen(
+        [str(BIN / "fedstream"), "demo", "--agents", "2", "--rounds", "5000", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         lines = []
         for line in demo.stdout:
             lines.append(line)
-            if "round 1/50: committed" in line:
+            if "round 1/5000: committed" in line:
                 break
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) >= 4, "".join(lines)
@@ -107,7 +91,29 @@ def test_demo_stops_every_process_on_ctrl_c(tmp_path):
 
         gone, alive = psutil.wait_procs(children, timeout=15)
         assert alive == []
-        assert demo.returncode != 0
+        assert demo.returncode == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+
+def test_demo_stops_every_process_on_sigterm(tmp_path):
+    demo = subprocess.Popen(
+        [str(BIN / "fedstream"), "demo", "--agents", "2", "--rounds", "5000", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        for line in demo.stdout:
+            if "round 1/5000: committed" in line:
+                break
+        children = psutil.Process(demo.pid).children(recursive=True)
+
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == []
+        assert demo.returncode == 143
     finally:
         if demo.poll() is None:
             demo.kill()

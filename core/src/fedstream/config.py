@@ -6,12 +6,16 @@ Each process has one typed settings object (pydantic-settings, an env prefix per
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings
 
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class GrpcServerSettings(BaseModel):
@@ -66,3 +70,16 @@ class TenantSettings(BaseModel):
         if not v or not v.replace("-", "").isalnum() or not v.islower():
             raise ValueError("tenant must be lower-case letters, digits and '-'")
         return v
+
+
+def load_settings(cls: type[S], prog: str) -> S | None:
+    """Reads a service's settings from the environment, validated once.
+
+    When they are invalid, prints every offending field to stderr and returns None, so that
+    the caller exits with its bad-settings code instead of a traceback.
+    """
+    try:
+        return cls()
+    except ValidationError as e:
+        print(f"{prog}: invalid settings:\n{e}", file=sys.stderr)
+        return None

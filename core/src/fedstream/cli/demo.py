@@ -9,70 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import grpc
 
+from fedstream.cli.local import LocalFederation
 from fedstream.grpcutil import channel
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
-
-
-class Processes:
-    """Child processes started by the demo, each logging to its own file; all stopped on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append((name, proc))
-        return proc
-
-    def wait_port(self, name: str, proc: subprocess.Popen[bytes], port_file: Path, timeout: float = 60) -> int:
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            if port_file.exists():
-                return int(port_file.read_text())
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start; see {self.workdir / (name + '.log')}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 20) -> str:
-        path = self.workdir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
-
-    def stop(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _, proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -82,38 +28,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedstream-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    procs = Processes(workdir)
+    procs = LocalFederation(workdir)
     print(f"fedstream demo: {args.agents} agents, {args.rounds} rounds, task digits; logs in {workdir}")
     try:
-        agg_port_file = workdir / "aggregator.port"
-        agg = procs.start("aggregator", "fedstream_aggregator", {
-            "FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1",
-            "FEDSTREAM_AGGREGATOR_GRPC__PORT": "0",
-            "FEDSTREAM_AGGREGATOR_GRPC__PORT_FILE": str(agg_port_file),
-            "FEDSTREAM_AGGREGATOR_STORE__PATH": str(workdir / "models"),
-            "FEDSTREAM_AGGREGATOR_SPOOL_DIR": str(workdir / "spool"),
-        })
-        agg_addr = f"127.0.0.1:{procs.wait_port('aggregator', agg, agg_port_file)}"
-        sched_port_file = workdir / "scheduler.port"
-        sched = procs.start("scheduler", "fedstream_scheduler", {
-            "FEDSTREAM_SCHEDULER_GRPC__HOST": "127.0.0.1",
-            "FEDSTREAM_SCHEDULER_GRPC__PORT": "0",
-            "FEDSTREAM_SCHEDULER_GRPC__PORT_FILE": str(sched_port_file),
-            "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT": agg_addr,
-            "FEDSTREAM_SCHEDULER_HEARTBEAT_INTERVAL_S": "1",
-            "FEDSTREAM_SCHEDULER_HEARTBEAT_TTL_S": "5",
-        })
-        sched_addr = f"127.0.0.1:{procs.wait_port('scheduler', sched, sched_port_file)}"
+        agg_addr = procs.start_aggregator()
+        sched_addr = procs.start_scheduler(
+            agg_addr, {"HEARTBEAT_INTERVAL_S": "1", "HEARTBEAT_TTL_S": "5"}
+        )
         print(f"aggregator on {agg_addr}, scheduler on {sched_addr}")
+        threads = max(1, (os.cpu_count() or 1) // args.agents)
         for i in range(args.agents):
-            procs.start(f"agent-{i}", "fedstream_agent", {
-                "FEDSTREAM_AGENT_AGENT_ID": f"site-{i}",
-                "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT": sched_addr,
-                "FEDSTREAM_AGENT_DATA__SITE_INDEX": str(i),
-                "FEDSTREAM_AGENT_DATA__NUM_SITES": str(args.agents),
-                "FEDSTREAM_AGENT_DATA__PARTITION_SEED": str(args.seed),
-                "FEDSTREAM_AGENT_DEVICE": args.device,
-                "FEDSTREAM_AGENT_CPU_THREADS": str(max(1, (os.cpu_count() or 1) // args.agents)),
+            procs.start_agent(f"site-{i}", sched_addr, i, args.agents, {
+                "DATA__PARTITION_SEED": str(args.seed),
+                "DEVICE": args.device,
+                "CPU_THREADS": str(threads),
             })
         runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
         models = channel(agg_addr)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 
-from pydantic import ValidationError
-
 from fedstream.backends import make_model_store, make_state_store
+from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
@@ -34,10 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         "variables prefixed FEDSTREAM_AGGREGATOR_ (nested names joined by '__', e.g. "
         "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052).",
     ).parse_args(argv)
-    try:
-        settings = AggregatorSettings()
-    except ValidationError as e:
-        print(f"fedstream-aggregator: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(AggregatorSettings, "fedstream-aggregator")
+    if settings is None:
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "aggregator")
     tune_allocator()

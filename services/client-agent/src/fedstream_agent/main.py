@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 
-from pydantic import ValidationError
-
+from fedstream.config import load_settings
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream_agent.settings import AgentSettings
@@ -29,10 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         "variables prefixed FEDSTREAM_AGENT_ (nested names joined by '__', e.g. "
         "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT=scheduler:50051, FEDSTREAM_AGENT_DATA__SITE_INDEX=0).",
     ).parse_args(argv)
-    try:
-        settings = AgentSettings()
-    except ValidationError as e:
-        print(f"fedstream-agent: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(AgentSettings, "fedstream-agent")
+    if settings is None:
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
     tune_allocator()

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
-
-from pydantic import ValidationError
 
 from fedstream.backends import make_state_store
+from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
@@ -63,10 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "FEDSTREAM_SCHEDULER_ (nested names joined by '__', e.g. FEDSTREAM_SCHEDULER_GRPC__PORT=50051, "
         "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052).",
     ).parse_args(argv)
-    try:
-        settings = SchedulerSettings()
-    except ValidationError as e:
-        print(f"fedstream-scheduler: invalid settings:\n{e}", file=sys.stderr)
+    settings = load_settings(SchedulerSettings, "fedstream-scheduler")
+    if settings is None:
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "scheduler")
     tune_allocator()

@@ -1,0 +1,130 @@
+"""The services as child processes on this machine, on free loopback ports: the demo's
+federation, also used by end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class LocalFederation:
+    """Starts services as child processes, each logging to ``<workdir>/<name>.log``, and stops
+    every one of them on ``stop`` (or on leaving a ``with`` block).
+
+    Each service binds port 0 and writes the port it got to a file, so no port is ever guessed.
+    ``settings`` are the service's settings without its prefix, e.g. ``{"LOG__LEVEL": "INFO"}``.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def _start_server(self, name: str, module: str, prefix: str, settings: dict[str, str]) -> str:
+        port_file = self.workdir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        env = {
+            f"{prefix}GRPC__HOST": "127.0.0.1",
+            f"{prefix}GRPC__PORT": "0",
+            f"{prefix}GRPC__PORT_FILE": str(port_file),
+            **{prefix + k: v for k, v in settings.items()},
+        }
+        proc = self.start(name, module, env)
+        return f"127.0.0.1:{self.wait_port(name, proc, port_file)}"
+
+    def start_aggregator(self, settings: dict[str, str] | None = None, name: str = "aggregator") -> str:
+        """Starts an aggregator storing models and spool files under the workdir; its address."""
+        defaults = {
+            "STORE__PATH": str(self.workdir / "models"),
+            "SPOOL_DIR": str(self.workdir / "spool"),
+        }
+        return self._start_server(
+            name, "fedstream_aggregator", "FEDSTREAM_AGGREGATOR_", {**defaults, **(settings or {})}
+        )
+
+    def start_scheduler(
+        self, aggregator: str, settings: dict[str, str] | None = None, name: str = "scheduler"
+    ) -> str:
+        """Starts a scheduler that reaches the aggregator at ``aggregator``; its address."""
+        return self._start_server(
+            name,
+            "fedstream_scheduler",
+            "FEDSTREAM_SCHEDULER_",
+            {"AGGREGATOR_ENDPOINT": aggregator, **(settings or {})},
+        )
+
+    def start_agent(
+        self, agent_id: str, scheduler: str, site_index: int, num_sites: int,
+        settings: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Starts an agent holding slice ``site_index`` of ``num_sites`` of the task's data."""
+        env = {
+            "AGENT_ID": agent_id,
+            "SCHEDULER_ENDPOINT": scheduler,
+            "DATA__SITE_INDEX": str(site_index),
+            "DATA__NUM_SITES": str(num_sites),
+            **(settings or {}),
+        }
+        return self.start(agent_id, "fedstream_agent", {f"FEDSTREAM_AGENT_{k}": v for k, v in env.items()})
+
+    def wait_port(self, name: str, proc: subprocess.Popen[bytes], port_file: Path, timeout: float = 60) -> int:
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if port_file.exists():
+                return int(port_file.read_text())
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start; see {self.workdir / (name + '.log')}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def check_alive(self) -> None:
+        """Raises RuntimeError, with the end of its log, if any process has exited."""
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
+
+    def pid(self, name: str) -> int:
+        return next(proc.pid for n, proc in self.procs if n == name)
+
+    def stop(self) -> None:
+        """SIGTERM to every process, SIGKILL to any still running 10 seconds later."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
