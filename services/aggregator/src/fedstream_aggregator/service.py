@@ -8,6 +8,7 @@ accumulator, and memory stays at one accumulator plus a chunk per stream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -110,6 +111,11 @@ class _Round:
         )
 
 
+# Finished rounds stay answerable (WatchRound, duplicate uploads) until this many newer ones
+# have finished.
+KEEP_FINISHED_ROUNDS = 256
+
+
 class _Spool:
     """A file that receives a verified chunk stream.
 
@@ -192,10 +198,13 @@ class SpoolPool:
         spool.close()
 
     def close(self) -> None:
+        """Deletes the idle files and, when nothing else is in it, the pool's directory."""
         with self._lock:
             idle, self._idle = self._idle, []
         for spool in idle:
             spool.close()
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
 
 class AggregatorService:
@@ -257,6 +266,7 @@ class AggregatorService:
             if key in self._rounds:
                 return
             self._rounds[key] = rnd
+            self._prune()
         delay = max(0.0, plan.deadline_unix - self.clock())
         rnd.timer = threading.Timer(delay, self._on_deadline, args=(rnd,))
         rnd.timer.daemon = True
@@ -265,6 +275,12 @@ class AggregatorService:
             "round %d of %s open: %s, %d participants, base %s",
             plan.round, plan.run_id, plan.kind, len(plan.participants), plan.base_version or "-",
         )
+
+    def _prune(self) -> None:
+        """Forgets the oldest finished rounds beyond KEEP_FINISHED_ROUNDS (caller holds _lock)."""
+        finished = [k for k, r in self._rounds.items() if r.terminal()]
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED_ROUNDS)]:
+            del self._rounds[key]
 
     def _get(self, run_id: str, round_: int) -> _Round:
         with self._lock:
