@@ -8,7 +8,7 @@ PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
 	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test bench proto check-proto lint clean
+.PHONY: all demo test bench proto check-proto lint clean system-deps
 
 all: test
 
@@ -22,13 +22,20 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 		-e 'core[torch]' -e services/scheduler -e services/aggregator -e services/client-agent
 	touch $@
 
+# Servers the tests start on loopback ports of their own: Debian's redis-server. (The S3 server
+# is moto's, installed with the Python test requirements.)
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 demo: $(STAMP)
 	$(BIN)/fedstream demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.

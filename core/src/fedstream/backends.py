@@ -8,10 +8,31 @@ from fedstream.store import LocalModelStore, ModelStore
 
 
 def make_state_store(settings: StateSettings, tenant: str) -> StateStore:
-    backends = {"memory": lambda: MemoryStateStore(tenant)}
-    return backends[settings.backend]()
+    if settings.backend == "redis":
+        from fedstream.state.redis import RedisStateStore, connect
+
+        password = settings.redis.password.get_secret_value() if settings.redis.password else None
+        return RedisStateStore(connect(settings.redis.url, password, settings.redis.retry_s), tenant)
+    return MemoryStateStore(tenant)
 
 
 def make_model_store(settings: StoreSettings, tenant: str) -> ModelStore:
-    backends = {"local": lambda: LocalModelStore(settings.path, tenant)}
-    return backends[settings.backend]()
+    if settings.backend == "s3":
+        from fedstream.store.s3 import S3ModelStore, make_client
+
+        return S3ModelStore(make_client(settings.s3), settings.s3, settings.path / "staging", tenant)
+    return LocalModelStore(settings.path, tenant)
+
+
+def check_state_store(store: StateStore) -> None:
+    """Raises Unavailable when the store's server does not answer."""
+    ping = getattr(store, "ping", None)
+    if ping is not None:
+        ping()
+
+
+def check_model_store(store: ModelStore) -> None:
+    """Raises Unavailable when the store's server does not answer."""
+    ensure = getattr(store, "ensure_bucket", None)
+    if ensure is not None:
+        ensure()

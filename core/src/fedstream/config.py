@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings
 
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -39,17 +39,56 @@ class LogSettings(BaseModel):
     json_format: bool = Field(False, description="One JSON object per log line.")
 
 
+class RedisSettings(BaseModel):
+    url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis URL; rediss:// for TLS (e.g. rediss://redis:6380/0).",
+    )
+    password: SecretStr | None = Field(None, description="Password, if not in the URL.")
+    retry_s: float = Field(
+        60.0, gt=0, description="How long a command is retried, with backoff, while Redis is unreachable."
+    )
+
+
 class StateSettings(BaseModel):
-    backend: Literal["memory"] = Field(
-        "memory", description="State store: 'memory' keeps state inside this process."
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="State store: 'memory' keeps state inside this process (one machine only); "
+        "'redis' shares it between processes and replicas.",
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
+
+
+class S3Settings(BaseModel):
+    endpoint: str = Field("localhost:9000", description="host:port of the S3/MinIO endpoint.")
+    access_key: str = Field("", description="Access key.")
+    secret_key: SecretStr = Field(SecretStr(""), description="Secret key.")
+    secure: bool = Field(False, description="Use HTTPS.")
+    region: str | None = Field(None, description="Region, if the endpoint needs one.")
+    bucket: str = Field("fedstream", description="Bucket; each tenant's objects live under its own prefix.")
+    create_bucket: bool = Field(True, description="Create the bucket at start-up when missing.")
+    part_bytes: int = Field(
+        16 << 20, ge=5 << 20, description="Multipart upload part size (at least 5 MiB)."
+    )
+    retry_s: float = Field(
+        60.0, gt=0, description="How long an operation is retried, with backoff, while S3 is unreachable."
     )
 
 
 class StoreSettings(BaseModel):
-    backend: Literal["local"] = Field(
-        "local", description="Model store: 'local' keeps safetensors files in a directory."
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Model store: 'local' keeps safetensors files in a directory; 's3' in an "
+        "S3-compatible object store (MinIO).",
     )
-    path: Path = Field(Path("fedstream-data/models"), description="Directory of the local store.")
+    path: Path = Field(
+        Path("fedstream-data/models"),
+        description="Directory of the local store; with 's3', where versions are staged before upload.",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings, description="S3 connection.")
+    keep_last: int = Field(
+        0, ge=0, description="Versions kept per run beside pinned ones; 0 keeps every version."
+    )
 
 
 class ChunkSettings(BaseModel):

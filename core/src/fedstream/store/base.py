@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from fedstream.errors import CorruptModel, InvalidArgument
+from fedstream.errors import CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
@@ -236,9 +236,48 @@ class ModelStore(ABC):
     def versions(self, run_id: str) -> list[str]:
         """The run's committed versions, oldest first."""
 
+    @abstractmethod
+    def delete(self, version: str) -> None:
+        """Removes a version (its manifest first, so it is never listed half-deleted).
+
+        Raises ModelNotFound, or FailedPrecondition for a pinned version or a run's latest.
+        """
+
+    @abstractmethod
+    def pin(self, version: str) -> None:
+        """Keeps a version through retention; raises ModelNotFound."""
+
+    @abstractmethod
+    def unpin(self, version: str) -> None: ...
+
+    @abstractmethod
+    def pinned(self, run_id: str) -> list[str]:
+        """The run's pinned versions."""
+
     def exists(self, version: str) -> bool:
         try:
             self.info(version)
-        except Exception:
+        except ModelNotFound:
             return False
         return True
+
+    def check_deletable(self, version: str) -> None:
+        run_id, _ = parse_version(version)
+        if version in self.pinned(run_id):
+            raise FailedPrecondition(f"model {version} is pinned")
+        if self.latest(run_id) == version:
+            raise FailedPrecondition(f"model {version} is the latest of run {run_id!r}")
+
+    def apply_retention(self, run_id: str, keep_last: int) -> list[str]:
+        """Deletes all but the newest ``keep_last`` versions of a run, sparing pinned ones and
+        the latest; returns what was deleted. ``keep_last`` 0 keeps everything."""
+        if keep_last <= 0:
+            return []
+        keep = set(self.pinned(run_id))
+        latest = self.latest(run_id)
+        if latest:
+            keep.add(latest)
+        doomed = [v for v in self.versions(run_id)[:-keep_last] if v not in keep]
+        for version in doomed:
+            self.delete(version)
+        return doomed

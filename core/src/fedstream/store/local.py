@@ -155,6 +155,26 @@ class LocalModelStore(ModelStore):
         except FileNotFoundError:
             return None
 
+    def delete(self, version: str) -> None:
+        path = self._path(version)
+        if not path.exists():
+            raise ModelNotFound(f"model {version} not found")
+        self.check_deletable(version)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+    def pin(self, version: str) -> None:
+        if not self.exists(version):
+            raise ModelNotFound(f"model {version} not found")
+        self._path(version).with_suffix(".pin").touch()
+
+    def unpin(self, version: str) -> None:
+        self._path(version).with_suffix(".pin").unlink(missing_ok=True)
+
+    def pinned(self, run_id: str) -> list[str]:
+        d = self._run_dir(run_id)
+        return sorted(f"{run_id}/{p.stem}" for p in d.glob("*.pin")) if d.is_dir() else []
+
     def versions(self, run_id: str) -> list[str]:
         d = self._run_dir(run_id)
         if not d.is_dir():

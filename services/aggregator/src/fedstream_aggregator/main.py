@@ -7,11 +7,12 @@ import logging
 import signal
 import threading
 
-from fedstream.backends import make_model_store, make_state_store
+from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
+from fedstream.readiness import wait_until_reachable
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.settings import AggregatorSettings
@@ -38,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log.level, settings.log.json_format, "aggregator")
     tune_allocator()
     tenant = settings.tenant.tenant
+    state = make_state_store(settings.state, tenant)
+    store = make_model_store(settings.store, tenant)
     service = AggregatorService(
-        make_state_store(settings.state, tenant),
-        make_model_store(settings.store, tenant),
-        settings.spool_dir,
-        chunk_bytes=settings.chunks.chunk_bytes,
+        state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
+        keep_last=settings.store.keep_last,
     )
     try:
         server = build_server(
@@ -51,15 +52,23 @@ def main(argv: list[str] | None = None) -> int:
             settings.grpc.port,
             settings.grpc.max_workers,
             settings.grpc.stream_window_bytes,
+            serving=False,
         )
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
-    log.info("serving on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
+    log.info("listening on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    checks = {
+        getattr(state, "endpoint", "state store"): lambda: check_state_store(state),
+        getattr(store, "endpoint", "model store"): lambda: check_model_store(store),
+    }
+    if wait_until_reachable(checks, stop):
+        server.set_serving(True)
+        log.info("serving")
     while not stop.wait(1.0):
         pass
     log.info("shutting down")

@@ -31,6 +31,9 @@ class AggregatorServer:
     health: health.HealthServicer
     service: AggregatorService
 
+    def set_serving(self, serving: bool) -> None:
+        set_serving(self.health, SERVICE_NAMES, serving)
+
     def stop(self, grace: float | None = 2.0) -> None:
         set_serving(self.health, SERVICE_NAMES, False)
         self.server.stop(grace).wait()
@@ -43,13 +46,15 @@ def build_server(
     port: int,
     max_workers: int = 64,
     stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
+    serving: bool = True,
 ) -> AggregatorServer:
-    """Creates, binds and starts the server; health turns SERVING once it listens."""
+    """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
+    ``serving=False``, when the caller says so (once the backends answer)."""
     server = make_server(max_workers, stream_window_bytes)
     add_transfer_servicers(server, ModelServicer(service), UpdateServicer(service))
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service), server)
     health_servicer = add_health(server, SERVICE_NAMES)
     bound = bind(server, host, port)
     server.start()
-    set_serving(health_servicer, SERVICE_NAMES, True)
+    set_serving(health_servicer, SERVICE_NAMES, serving)
     return AggregatorServer(server, bound, health_servicer, service)

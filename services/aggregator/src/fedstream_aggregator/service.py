@@ -217,12 +217,14 @@ class AggregatorService:
         spool_dir: Path,
         *,
         chunk_bytes: int,
+        keep_last: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
         self.store = store
         self.spools = SpoolPool(Path(spool_dir) / uuid.uuid4().hex[:8])
         self.chunk_bytes = chunk_bytes
+        self.keep_last = keep_last
         self.clock = clock
         self._rounds: dict[tuple[str, int], _Round] = {}
         self._lock = threading.Lock()
@@ -462,6 +464,14 @@ class AggregatorService:
             rnd.accumulator = None
         log.info("round %d of %s committed as %s", plan.round, plan.run_id, info.version)
         self._notify(rnd)
+        if self.keep_last:
+            try:
+                deleted = self.store.apply_retention(plan.run_id, self.keep_last)
+            except FedstreamError as e:
+                log.warning("retention of run %s failed: %s", plan.run_id, e.public)
+            else:
+                if deleted:
+                    log.info("retention removed %s", ", ".join(deleted))
 
     def _fail_aggregating(self, rnd: _Round, reason: str) -> None:
         with rnd.lock:

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import threading
 
-from fedstream.backends import make_state_store
+from fedstream.backends import check_state_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
+from fedstream.readiness import wait_until_reachable
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
@@ -26,27 +28,30 @@ EXIT_CANNOT_BIND = 3
 
 
 async def serve(settings: SchedulerSettings) -> int:
-    service = SchedulerService(
-        make_state_store(settings.state, settings.tenant.tenant),
-        AggregatorClient(settings.aggregator_endpoint),
-        settings,
-    )
+    state = make_state_store(settings.state, settings.tenant.tenant)
+    service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint), settings)
     try:
         server = await build_server(
-            service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes
+            service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
+            serving=False,
         )
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
-        "serving on %s:%d (tenant %s, aggregator %s)",
+        "listening on %s:%d (tenant %s, aggregator %s)",
         settings.grpc.host, server.port, settings.tenant.tenant, settings.aggregator_endpoint,
     )
     stop = asyncio.Event()
+    stopping = threading.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
+    checks = {getattr(state, "endpoint", "state store"): lambda: check_state_store(state)}
+    if await asyncio.to_thread(wait_until_reachable, checks, stopping):
+        await server.set_serving(True)
+        log.info("serving")
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -39,9 +39,14 @@ class SchedulerServer:
 
 
 async def build_server(
-    service: SchedulerService, host: str, port: int, stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES
+    service: SchedulerService,
+    host: str,
+    port: int,
+    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
+    serving: bool = True,
 ) -> SchedulerServer:
-    """Creates, binds and starts the server; health turns SERVING once it listens."""
+    """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
+    ``serving=False``, when the caller says so (once the state store answers)."""
     server = make_aio_server(stream_window_bytes)
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)
     pb_grpc.add_RunServiceServicer_to_server(RunServicer(service), server)
@@ -50,5 +55,5 @@ async def build_server(
     bound = bind(server, host, port)
     await server.start()
     out = SchedulerServer(server, bound, health_servicer, service)
-    await out.set_serving(True)
+    await out.set_serving(serving)
     return out

@@ -6,15 +6,39 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedstream.errors import AlreadyExists, CorruptModel, InvalidArgument, ModelNotFound
+from fedstream.errors import AlreadyExists, CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
 from fedstream.store import LocalModelStore, ModelStore
 from fedstream.tensors import Layout
 from helpers import layout_of, random_model, store_model
 
 
-@pytest.fixture(params=["local"])
+def make_store(kind: str, request, tmp_path, tenant: str = "t1") -> ModelStore:
+    if kind == "s3":
+        from fedstream.store.s3 import S3ModelStore, make_client
+
+        settings = request.getfixturevalue("s3_settings")
+        store = S3ModelStore(make_client(settings), settings, tmp_path / "staging", tenant)
+        store.ensure_bucket()
+        return store
+    return LocalModelStore(tmp_path / "models", tenant=tenant)
+
+
+@pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path) -> ModelStore:
-    return {"local": lambda: LocalModelStore(tmp_path / "models", tenant="t1")}[request.param]()
+    return make_store(request.param, request, tmp_path)
+
+
+def raw_model(store: ModelStore, version: str) -> bytes:
+    if isinstance(store, LocalModelStore):
+        return store._path(version).read_bytes()
+    return store._get_bytes(store._key(version, ".safetensors"))
+
+
+def overwrite_model(store: ModelStore, version: str, data: bytes) -> None:
+    if isinstance(store, LocalModelStore):
+        store._path(version).write_bytes(data)
+    else:
+        store._put_bytes(store._key(version, ".safetensors"), data)
 
 
 def test_write_read_and_latest(store):
@@ -72,43 +96,40 @@ def test_local_files_are_standard_safetensors(tmp_path):
         np.testing.assert_array_equal(loaded[name], arr)
 
 
-def test_local_corruption_is_reported_not_loaded(tmp_path):
-    store = LocalModelStore(tmp_path, tenant="t1")
+def test_corruption_is_reported_not_loaded(store):
     store_model(store, "r1/000000", random_model(5))
-    path = tmp_path / "t1" / "runs" / "r1" / "000000.safetensors"
-    raw = bytearray(path.read_bytes())
+    raw = bytearray(raw_model(store, "r1/000000"))
     raw[-3] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    overwrite_model(store, "r1/000000", bytes(raw))
 
     with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match="checksum mismatch"):
         list(reader.iter_chunks(1 << 20))
 
-    path.write_bytes(b"\xff" * 8 + b"{}")
-    with pytest.raises(CorruptModel, match="exceeds"):
+    overwrite_model(store, "r1/000000", b"\xff" * 8 + b"{}")
+    with pytest.raises(CorruptModel, match="exceeds|header length"):
         store.open("r1/000000")
-    path.write_bytes((5).to_bytes(8, "little") + b"[1,2]")
+    overwrite_model(store, "r1/000000", (5).to_bytes(8, "little") + b"[1,2]")
     with pytest.raises(CorruptModel, match="not a JSON object"):
         store.open("r1/000000")
 
 
-def test_tenants_are_separate(tmp_path):
-    a, b = LocalModelStore(tmp_path, "a"), LocalModelStore(tmp_path, "b")
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_tenants_are_separate(kind, request, tmp_path):
+    a, b = make_store(kind, request, tmp_path, "a"), make_store(kind, request, tmp_path, "b")
     store_model(a, "r1/000000", random_model(1))
     assert b.latest("r1") is None
     with pytest.raises(ModelNotFound):
         b.open("r1/000000")
 
 
-def test_corruption_is_found_before_the_bad_block_is_handed_out(tmp_path):
-    store = LocalModelStore(tmp_path, tenant="t1")
+def test_corruption_is_found_before_the_bad_block_is_handed_out(store):
     layout = Layout.build([("w", "uint8", (3 << 20,))])
     with store.writer("r1/000000", layout, {}) as w:
         w.write(bytes(3 << 20))
         w.commit()
-    path = tmp_path / "t1" / "runs" / "r1" / "000000.safetensors"
-    raw = bytearray(path.read_bytes())
+    raw = bytearray(raw_model(store, "r1/000000"))
     raw[-(1 << 20) - 5] ^= 1  # inside the second of three 1 MiB blocks
-    path.write_bytes(bytes(raw))
+    overwrite_model(store, "r1/000000", bytes(raw))
 
     handed_out = []
     with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match=r"bytes 1048576\.\.2097152"):
@@ -137,3 +158,38 @@ def test_versions_without_a_block_table_are_checked_by_digest(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with store.open("r1/000000") as reader, pytest.raises(CorruptModel):
         list(reader.iter_chunks(100))
+
+
+def test_pins_and_retention(store):
+    for r in range(6):
+        store_model(store, f"r1/{r:06d}", random_model(r))
+    store.pin("r1/000001")
+
+    deleted = store.apply_retention("r1", keep_last=2)
+
+    assert deleted == ["r1/000000", "r1/000002", "r1/000003"]
+    assert store.versions("r1") == ["r1/000001", "r1/000004", "r1/000005"]
+    assert store.pinned("r1") == ["r1/000001"]
+    assert store.apply_retention("r1", keep_last=0) == []
+    with pytest.raises(FailedPrecondition, match="pinned"):
+        store.delete("r1/000001")
+    with pytest.raises(FailedPrecondition, match="latest"):
+        store.delete("r1/000005")
+    with pytest.raises(ModelNotFound):
+        store.pin("r1/000003")
+    store.unpin("r1/000001")
+    store.delete("r1/000001")
+    assert store.versions("r1") == ["r1/000004", "r1/000005"]
+
+
+def test_s3_outage_is_retried_then_unavailable(tmp_path):
+    from servers import free_port
+
+    from fedstream.config import S3Settings
+    from fedstream.errors import Unavailable
+    from fedstream.store.s3 import S3ModelStore, make_client
+
+    settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", retry_s=0.5)
+    store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
+    with pytest.raises(Unavailable, match="unreachable"):
+        store.latest("r1")

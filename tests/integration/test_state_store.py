@@ -10,9 +10,13 @@ from fedstream.errors import AgentNotFound, AlreadyExists, InvalidTransition, Ro
 from fedstream.state import AgentRecord, MemoryStateStore, RoundRecord, RunRecord, StateStore
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 def store(request) -> StateStore:
-    return {"memory": lambda: MemoryStateStore("t1")}[request.param]()
+    if request.param == "redis":
+        from fedstream.state.redis import RedisStateStore, connect
+
+        return RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
+    return MemoryStateStore("t1")
 
 
 def test_agents_register_heartbeat_and_list(store):
@@ -134,3 +138,29 @@ def test_leases(store):
 def test_counters(store):
     assert store.incr("rounds") == 1
     assert store.incr("rounds", 5) == 6
+
+
+def test_redis_keys_are_scoped_by_tenant(redis_url):
+    from fedstream.state.redis import RedisStateStore, connect
+
+    a, b = RedisStateStore(connect(redis_url), "a"), RedisStateStore(connect(redis_url), "b")
+    a.put_agent(AgentRecord("x"))
+    a.create_run(RunRecord("r", {}))
+    a.mark_once("s", "k")
+
+    assert b.list_agents() == [] and b.list_runs() == []
+    assert not b.is_marked("s", "k")
+    with pytest.raises(RunNotFound):
+        b.get_run("r")
+    assert all(k.startswith(b"fedstream:a:") for k in connect(redis_url).keys("*"))
+
+
+def test_redis_unreachable_is_unavailable():
+    from servers import free_port
+
+    from fedstream.errors import Unavailable
+    from fedstream.state.redis import RedisStateStore, connect
+
+    store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
+    with pytest.raises(Unavailable, match="state store unreachable"):
+        store.get_run("r")

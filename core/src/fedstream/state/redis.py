@@ -1,0 +1,269 @@
+"""The Redis state store: shared by every process and replica of a tenant's control plane.
+
+Keys are prefixed ``fedstream:<tenant>:``. Records are JSON. Round transitions and run
+updates are optimistic transactions (WATCH, then MULTI/EXEC), so of two writers racing on the
+same record exactly one wins; leases are a Lua script. Every call retries with exponential
+backoff while Redis is unreachable, then raises Unavailable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from fedstream.errors import (
+    AgentNotFound,
+    AlreadyExists,
+    InvalidTransition,
+    RoundNotFound,
+    RunNotFound,
+    Unavailable,
+)
+from fedstream.state.base import ROUND_TRANSITIONS, AgentRecord, RoundRecord, RunRecord, StateStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ACQUIRE_LEASE = """
+local current = redis.call('HMGET', KEYS[1], 'holder', 'expires')
+local holder, expires = current[1], tonumber(current[2])
+local now = tonumber(ARGV[2])
+if holder and holder ~= ARGV[1] and expires and expires > now then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', tostring(now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+_RELEASE_LEASE = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_HEARTBEAT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'heartbeat', ARGV[1])
+return 1
+"""
+
+
+def _unavailable(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise Unavailable("state store unreachable", detail=str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def connect(url: str, password: str | None = None, retry_s: float = 60.0) -> redis.Redis:
+    """A client that retries a failed command with backoff for about ``retry_s`` seconds."""
+    attempts = max(1, int(retry_s / 1.0))
+    return redis.Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class RedisStateStore(StateStore):
+    def __init__(self, client: redis.Redis, tenant: str = "default") -> None:
+        self.tenant = tenant
+        self.r = client
+        kwargs = client.connection_pool.connection_kwargs
+        self.endpoint = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self._prefix = f"fedstream:{tenant}:"
+        self._acquire = self.r.register_script(_ACQUIRE_LEASE)
+        self._release = self.r.register_script(_RELEASE_LEASE)
+        self._heartbeat = self.r.register_script(_HEARTBEAT)
+
+    def _k(self, *parts: object) -> str:
+        return self._prefix + ":".join(str(p) for p in parts)
+
+    def ping(self) -> None:
+        """Raises Unavailable at once (no retries) when Redis does not answer."""
+        pool = self.r.connection_pool
+        kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "retry"}
+        kwargs.update(socket_connect_timeout=2, socket_timeout=2)
+        probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+        try:
+            probe.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise Unavailable(f"{self.endpoint} does not answer ({type(e).__name__})") from e
+        except redis.AuthenticationError as e:
+            raise Unavailable(f"{self.endpoint} refused the credentials") from e
+        finally:
+            probe.close()
+
+    def _update(self, key: str, mutate: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        """Read-modify-write of one JSON record under WATCH; retried when another writer won."""
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    new = mutate(json.loads(raw) if raw is not None else None)
+                    pipe.multi()
+                    pipe.set(key, json.dumps(new))
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    # Agents.
+
+    @_unavailable
+    def put_agent(self, agent: AgentRecord) -> None:
+        fields = dataclasses.asdict(agent)
+        heartbeat = fields.pop("last_heartbeat_unix")
+        with self.r.pipeline() as pipe:
+            pipe.hset(self._k("agent", agent.agent_id), mapping={"record": json.dumps(fields), "heartbeat": repr(heartbeat)})
+            pipe.sadd(self._k("agents"), agent.agent_id)
+            pipe.execute()
+
+    def _agent_from(self, agent_id: str, raw: dict[bytes, bytes]) -> AgentRecord:
+        fields = json.loads(raw[b"record"])
+        return AgentRecord(**fields, last_heartbeat_unix=float(raw.get(b"heartbeat", b"0")))
+
+    @_unavailable
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        raw = self.r.hgetall(self._k("agent", agent_id))
+        if not raw:
+            raise AgentNotFound(f"agent {agent_id!r} is not registered")
+        return self._agent_from(agent_id, raw)
+
+    @_unavailable
+    def heartbeat(self, agent_id: str, now_unix: float) -> None:
+        if not self._heartbeat(keys=[self._k("agent", agent_id)], args=[repr(now_unix)]):
+            raise AgentNotFound(f"agent {agent_id!r} is not registered")
+
+    @_unavailable
+    def list_agents(self) -> list[AgentRecord]:
+        ids = sorted(i.decode() for i in self.r.smembers(self._k("agents")))
+        with self.r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(self._k("agent", i))
+            raws = pipe.execute()
+        return [self._agent_from(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+
+    # Runs.
+
+    @_unavailable
+    def create_run(self, run: RunRecord) -> None:
+        if not self.r.set(self._k("run", run.run_id), json.dumps(dataclasses.asdict(run)), nx=True):
+            raise AlreadyExists(f"run {run.run_id!r} already exists")
+        self.r.zadd(self._k("runs"), {run.run_id: run.created_unix})
+
+    @_unavailable
+    def get_run(self, run_id: str) -> RunRecord:
+        raw = self.r.get(self._k("run", run_id))
+        if raw is None:
+            raise RunNotFound(f"run {run_id!r} not found")
+        return RunRecord(**json.loads(raw))
+
+    @_unavailable
+    def update_run(self, run_id: str, **changes: Any) -> RunRecord:
+        def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            return dataclasses.asdict(dataclasses.replace(RunRecord(**current), **changes))
+
+        return RunRecord(**self._update(self._k("run", run_id), mutate))
+
+    @_unavailable
+    def list_runs(self) -> list[RunRecord]:
+        ids = [i.decode() for i in self.r.zrange(self._k("runs"), 0, -1)]
+        raws = self.r.mget([self._k("run", i) for i in ids]) if ids else []
+        return [RunRecord(**json.loads(raw)) for raw in raws if raw is not None]
+
+    # Rounds.
+
+    def _round_key(self, run_id: str, round_: int) -> str:
+        return self._k("round", run_id, f"{round_:06d}")
+
+    @_unavailable
+    def create_round(self, rnd: RoundRecord) -> None:
+        if not self.r.set(self._round_key(rnd.run_id, rnd.round), json.dumps(dataclasses.asdict(rnd)), nx=True):
+            raise AlreadyExists(f"round {rnd.round} of run {rnd.run_id!r} already exists")
+        self.r.zadd(self._k("rounds", rnd.run_id), {str(rnd.round): rnd.round})
+
+    @_unavailable
+    def get_round(self, run_id: str, round_: int) -> RoundRecord:
+        raw = self.r.get(self._round_key(run_id, round_))
+        if raw is None:
+            raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
+        return RoundRecord(**json.loads(raw))
+
+    @_unavailable
+    def list_rounds(self, run_id: str) -> list[RoundRecord]:
+        numbers = [int(n) for n in self.r.zrange(self._k("rounds", run_id), 0, -1)]
+        raws = self.r.mget([self._round_key(run_id, n) for n in numbers]) if numbers else []
+        return [RoundRecord(**json.loads(raw)) for raw in raws if raw is not None]
+
+    @_unavailable
+    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
+        if to not in ROUND_TRANSITIONS:
+            raise InvalidTransition(f"unknown round state {to!r}")
+
+        def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
+            if to not in ROUND_TRANSITIONS[current["state"]]:
+                raise InvalidTransition(
+                    f"round {round_} of run {run_id!r} cannot go from {current['state']} to {to}"
+                )
+            return dataclasses.asdict(dataclasses.replace(RoundRecord(**current), state=to, **changes))
+
+        return RoundRecord(**self._update(self._round_key(run_id, round_), mutate))
+
+    @_unavailable
+    def update_round(self, run_id: str, round_: int, **changes: Any) -> RoundRecord:
+        if "state" in changes:
+            raise InvalidTransition("update_round does not change state; use transition_round")
+
+        def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
+            return dataclasses.asdict(dataclasses.replace(RoundRecord(**current), **changes))
+
+        return RoundRecord(**self._update(self._round_key(run_id, round_), mutate))
+
+    # Idempotency records, leases, counters.
+
+    @_unavailable
+    def mark_once(self, scope: str, key: str) -> bool:
+        return bool(self.r.sadd(self._k("mark", scope), key))
+
+    @_unavailable
+    def is_marked(self, scope: str, key: str) -> bool:
+        return bool(self.r.sismember(self._k("mark", scope), key))
+
+    @_unavailable
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now_unix: float) -> bool:
+        # Expiry is judged by the caller's clock (as in every store); Redis forgets the key
+        # a while after it would have expired.
+        keep_ms = int((ttl_s + 60) * 1000)
+        return bool(self._acquire(keys=[self._k("lease", name)], args=[holder, repr(now_unix), repr(ttl_s), keep_ms]))
+
+    @_unavailable
+    def release_lease(self, name: str, holder: str) -> None:
+        self._release(keys=[self._k("lease", name)], args=[holder])
+
+    @_unavailable
+    def incr(self, name: str, by: int = 1) -> int:
+        return int(self.r.incrby(self._k("counter", name), by))

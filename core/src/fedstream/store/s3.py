@@ -1,0 +1,323 @@
+"""The S3 model store (MinIO or any S3-compatible server), through the minio SDK.
+
+Objects of a tenant live under ``<tenant>/`` in one bucket:
+``<tenant>/runs/<run_id>/<round>.safetensors``, its ``<round>.json`` manifest, ``<round>.pin``
+for pinned versions, and ``LATEST``. A version is staged in a local file while it is written
+(bounded memory), uploaded in multipart parts on commit, then its manifest, then the LATEST
+pointer: a reader never finds a version without its manifest, nor LATEST naming one that is
+not complete. Reads are ranged GETs checked block by block against the manifest's CRCs.
+Every operation is retried with backoff while the endpoint is unreachable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from fedstream.config import S3Settings
+from fedstream.errors import AlreadyExists, CorruptModel, ModelNotFound, Unavailable
+from fedstream.safetensors_io import MAX_HEADER_BYTES, encode_header, read_header
+from fedstream.store.base import (
+    ModelReader,
+    ModelStore,
+    ModelVersion,
+    ModelWriter,
+    check_run_id,
+    parse_version,
+)
+from fedstream.tensors import Layout
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+
+
+def make_client(settings: S3Settings) -> Minio:
+    # Few, quick retries inside urllib3; the store's own loop waits out longer outages.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=60),
+        retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+        maxsize=16,
+    )
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=settings.secure,
+        region=settings.region,
+        http_client=http,
+    )
+
+
+class S3ModelStore(ModelStore):
+    def __init__(self, client: Minio, settings: S3Settings, staging: Path, tenant: str = "default") -> None:
+        self.tenant = tenant
+        self.client = client
+        self.bucket = settings.bucket
+        self.part_bytes = settings.part_bytes
+        self.retry_s = settings.retry_s
+        self.staging = Path(staging)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._create_bucket = settings.create_bucket
+        self.endpoint = f"S3 at {settings.endpoint} (bucket {settings.bucket})"
+
+    def ensure_bucket(self) -> None:
+        """Checks that the endpoint answers (creating the bucket if allowed); raises Unavailable."""
+        def check() -> None:
+            if not self.client.bucket_exists(self.bucket):
+                if not self._create_bucket:
+                    raise Unavailable(f"bucket {self.bucket!r} does not exist")
+                self.client.make_bucket(self.bucket)
+
+        try:
+            self._retry(check, "check the bucket", retry_s=0)
+        except Unavailable as e:
+            raise Unavailable(f"{self.endpoint}: {e.public}") from e
+        except S3Error as e:
+            raise Unavailable(f"{self.endpoint}: {e.code}") from e
+
+    # Keys.
+
+    def _run_prefix(self, run_id: str) -> str:
+        return f"{self.tenant}/runs/{check_run_id(run_id)}/"
+
+    def _key(self, version: str, suffix: str) -> str:
+        run_id, rnd = parse_version(version)
+        return f"{self._run_prefix(run_id)}{rnd:06d}{suffix}"
+
+    # Plumbing.
+
+    def _retry(self, op: Callable[[], T], what: str, retry_s: float | None = None) -> T:
+        """Runs ``op``, retrying connection failures and 5xx answers with backoff."""
+        give_up = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
+        delay = 0.2
+        while True:
+            try:
+                return op()
+            except S3Error as e:
+                if e.code in _MISSING:
+                    raise
+                if time.monotonic() + delay > give_up:
+                    raise Unavailable(f"model store failed to {what}: {e.code}") from e
+                log.warning("model store: %s failed (%s); retrying in %.1f s", what, e.code, delay)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                if time.monotonic() + delay > give_up:
+                    raise Unavailable(f"model store unreachable: cannot {what}", detail=str(e)) from e
+                log.warning("model store unreachable (%s); retrying %s in %.1f s", type(e).__name__, what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _get_bytes(self, key: str, offset: int = 0, length: int = 0) -> bytes:
+        def op() -> bytes:
+            resp = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._retry(op, f"read {key}")
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self._retry(
+            lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data)), f"write {key}"
+        )
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._retry(lambda: self.client.stat_object(self.bucket, key), f"look up {key}")
+        except S3Error as e:
+            if e.code in _MISSING:
+                return False
+            raise
+        return True
+
+    def _list(self, prefix: str) -> list[str]:
+        return self._retry(
+            lambda: [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix)],
+            f"list {prefix}",
+        )
+
+    # The interface.
+
+    def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
+        if self._exists(self._key(version, ".safetensors")):
+            raise AlreadyExists(f"model {version} already exists")
+        return _S3Writer(self, version, layout, metadata)
+
+    def _read_info(self, version: str) -> tuple[ModelVersion, int]:
+        model_key = self._key(version, ".safetensors")
+        try:
+            manifest = json.loads(self._get_bytes(self._key(version, ".json")))
+            prefix = self._get_bytes(model_key, 0, 8)
+        except S3Error as e:
+            if e.code in _MISSING:
+                raise ModelNotFound(f"model {version} not found") from None
+            raise
+        except json.JSONDecodeError:
+            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 <= n <= MAX_HEADER_BYTES:
+            raise CorruptModel(f"model {version} is corrupt: bad header length")
+        header = prefix + self._get_bytes(model_key, 8, n) if n else prefix
+        layout, metadata, start = read_header(io.BytesIO(header), f"model {version}")
+        try:
+            info = ModelVersion(
+                version, layout, metadata, str(manifest["sha256"]), float(manifest["created_unix"]),
+                int(manifest.get("block_bytes", 0)), tuple(int(c) for c in manifest.get("block_crc32c", ())),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
+        return info, start
+
+    def info(self, version: str) -> ModelVersion:
+        return self._read_info(version)[0]
+
+    def open(self, version: str) -> ModelReader:
+        info, start = self._read_info(version)
+        return _S3Reader(self, info, self._key(version, ".safetensors"), start)
+
+    def latest(self, run_id: str) -> str | None:
+        try:
+            return self._get_bytes(self._run_prefix(run_id) + "LATEST").decode().strip() or None
+        except S3Error as e:
+            if e.code in _MISSING:
+                return None
+            raise
+
+    def versions(self, run_id: str) -> list[str]:
+        prefix = self._run_prefix(run_id)
+        names = self._list(prefix)
+        manifests = {n[len(prefix) : -5] for n in names if n.endswith(".json")}
+        models = {n[len(prefix) : -12] for n in names if n.endswith(".safetensors")}
+        return [f"{run_id}/{r}" for r in sorted(manifests & models)]
+
+    def delete(self, version: str) -> None:
+        if not self._exists(self._key(version, ".json")):
+            raise ModelNotFound(f"model {version} not found")
+        self.check_deletable(version)
+        for suffix in (".json", ".safetensors"):
+            key = self._key(version, suffix)
+            self._retry(lambda k=key: self.client.remove_object(self.bucket, k), f"delete {key}")
+
+    def pin(self, version: str) -> None:
+        if not self._exists(self._key(version, ".json")):
+            raise ModelNotFound(f"model {version} not found")
+        self._put_bytes(self._key(version, ".pin"), b"")
+
+    def unpin(self, version: str) -> None:
+        key = self._key(version, ".pin")
+        self._retry(lambda: self.client.remove_object(self.bucket, key), f"unpin {version}")
+
+    def pinned(self, run_id: str) -> list[str]:
+        prefix = self._run_prefix(run_id)
+        return sorted(f"{run_id}/{n[len(prefix) : -4]}" for n in self._list(prefix) if n.endswith(".pin"))
+
+
+class _S3Writer(ModelWriter):
+    def __init__(self, store: S3ModelStore, version: str, layout: Layout, metadata: dict[str, str]) -> None:
+        super().__init__(version, layout)
+        self._store = store
+        self._metadata = dict(metadata)
+        fd, name = tempfile.mkstemp(dir=store.staging, prefix=".stage-", suffix=".safetensors")
+        self._path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(encode_header(layout, self._metadata))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+
+    def _commit(self, sha256: str, block_crcs: tuple[int, ...], set_latest: bool) -> ModelVersion:
+        self._file.close()
+        s = self._store
+        info = ModelVersion(
+            self.version, self.layout, self._metadata, sha256, time.time(), self.block_bytes, block_crcs
+        )
+        manifest = json.dumps({
+            "version": self.version,
+            "sha256": sha256,
+            "created_unix": info.created_unix,
+            "block_bytes": self.block_bytes,
+            "block_crc32c": list(block_crcs),
+        }).encode()
+        model_key = s._key(self.version, ".safetensors")
+        try:
+            s._retry(
+                lambda: s.client.fput_object(s.bucket, model_key, str(self._path), part_size=s.part_bytes),
+                f"upload {model_key}",
+            )
+            s._put_bytes(s._key(self.version, ".json"), manifest)
+            if set_latest:
+                run_id, _ = parse_version(self.version)
+                s._put_bytes(s._run_prefix(run_id) + "LATEST", self.version.encode())
+        finally:
+            self._path.unlink(missing_ok=True)
+        return info
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class _S3Reader(ModelReader):
+    """Ranged reads; consecutive reads share one streaming GET."""
+
+    def __init__(self, store: S3ModelStore, info: ModelVersion, key: str, data_start: int) -> None:
+        super().__init__(info)
+        self._store = store
+        self._key = key
+        self._start = data_start
+        self._resp: Any = None
+        self._pos = -1
+
+    def _close_stream(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp.release_conn()
+            self._resp = None
+            self._pos = -1
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        if self._resp is None or self._pos != offset:
+            self._close_stream()
+            s = self._store
+            self._resp = s._retry(
+                lambda: s.client.get_object(s.bucket, self._key, offset=self._start + offset),
+                f"read {self._key}",
+            )
+            self._pos = offset
+        try:
+            data = self._resp.read(size)
+        except (urllib3.exceptions.HTTPError, OSError):
+            self._close_stream()
+            return self._store._get_bytes(self._key, self._start + offset, size)
+        if len(data) != size:
+            self._close_stream()
+            raise CorruptModel(f"model {self.info.version} is corrupt: object is truncated")
+        self._pos += size
+        return data
+
+    def close(self) -> None:
+        self._close_stream()
+
+
+def check_reachable(store: ModelStore) -> None:
+    """Raises Unavailable when a store's backend cannot be reached."""
+    if isinstance(store, S3ModelStore):
+        store.ensure_bucket()
+
