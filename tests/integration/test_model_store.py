@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 from fedstream.errors import AlreadyExists, CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
 from fedstream.store import LocalModelStore, ModelStore
 from fedstream.tensors import Layout
-from helpers import layout_of, random_model, store_model
+from helpers import buffers_of, layout_of, random_model, store_model
 
 
 def make_store(kind: str, request, tmp_path, tenant: str = "t1") -> ModelStore:
@@ -193,3 +193,27 @@ def test_s3_outage_is_retried_then_unavailable(tmp_path):
     store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
     with pytest.raises(Unavailable, match="unreachable"):
         store.latest("r1")
+
+
+def test_spooled_updates_round_trip_and_are_deleted_per_round(store):
+    model = random_model(4)
+    layout = layout_of(model)
+    for agent in ("a", "../evil/agent"):
+        with store.update_writer("r1", 3, agent, layout) as w:
+            for buf in buffers_of(layout, model):
+                w.write(buf)
+            w.commit(set_latest=False)
+    with store.update_writer("r1", 4, "a", layout) as w:
+        for buf in buffers_of(layout, model):
+            w.write(buf)
+        w.commit(set_latest=False)
+
+    with store.open_update("r1", 3, "../evil/agent") as reader:
+        data = b"".join(c.data for c in reader.iter_chunks(1 << 20))
+    store.delete_updates("r1", 3)
+
+    assert data == b"".join(bytes(b) for b in buffers_of(layout, model))
+    assert store.latest("r1") is None and store.versions("r1") == []
+    with pytest.raises(ModelNotFound):
+        store.open_update("r1", 3, "a")
+    store.open_update("r1", 4, "a").close()

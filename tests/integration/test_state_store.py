@@ -6,8 +6,22 @@ import threading
 
 import pytest
 
-from fedstream.errors import AgentNotFound, AlreadyExists, InvalidTransition, RoundNotFound, RunNotFound
-from fedstream.state import AgentRecord, MemoryStateStore, RoundRecord, RunRecord, StateStore
+from fedstream.errors import (
+    AgentNotFound,
+    AlreadyExists,
+    InvalidTransition,
+    RoundNotFound,
+    RoundNotOpen,
+    RunNotFound,
+)
+from fedstream.state import (
+    AgentRecord,
+    AggregationRecord,
+    MemoryStateStore,
+    RoundRecord,
+    RunRecord,
+    StateStore,
+)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -164,3 +178,58 @@ def test_redis_unreachable_is_unavailable():
     store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
     with pytest.raises(Unavailable, match="state store unreachable"):
         store.get_run("r")
+
+
+def journal(round_: int = 1) -> AggregationRecord:
+    return AggregationRecord("r", round_, "train", "r/000000", ["a", "b"], 2, 123.0)
+
+
+def test_aggregation_journal_counts_each_update_once(store):
+    store.create_aggregation(journal())
+    with pytest.raises(AlreadyExists):
+        store.create_aggregation(journal())
+
+    assert store.count_update("r", 1, "a", {"num_examples": 3}) is True
+    assert store.count_update("r", 1, "a", {"num_examples": 99}) is False
+    assert store.count_update("r", 1, "b", {"num_examples": 5}) is True
+
+    rec = store.get_aggregation("r", 1)
+    assert rec.reports == {"a": {"num_examples": 3}, "b": {"num_examples": 5}}
+    assert [(j.run_id, j.round) for j in store.list_aggregations()] == [("r", 1)]
+
+
+def test_aggregation_journal_states(store):
+    store.create_aggregation(journal(1))
+    store.create_aggregation(journal(2))
+    store.set_aggregation_state("r", 1, "aggregating")
+    with pytest.raises(RoundNotOpen):
+        store.count_update("r", 1, "a", {})
+    store.set_aggregation_state("r", 1, "committed", version="r/000001")
+    store.set_aggregation_state("r", 2, "failed", reason="deadline")
+
+    assert store.get_aggregation("r", 1).version == "r/000001"
+    assert store.get_aggregation("r", 2).reason == "deadline"
+    assert store.list_aggregations() == []
+    with pytest.raises(InvalidTransition):
+        store.set_aggregation_state("r", 1, "training")
+    with pytest.raises(RoundNotFound):
+        store.count_update("r", 9, "a", {})
+    with pytest.raises(RoundNotFound):
+        store.get_aggregation("r", 9)
+
+
+def test_racing_counts_of_one_update_have_one_winner(store):
+    store.create_aggregation(journal())
+    wins, barrier = [], threading.Barrier(6)
+
+    def race():
+        barrier.wait()
+        if store.count_update("r", 1, "a", {"n": 1}):
+            wins.append(1)
+
+    threads = [threading.Thread(target=race) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1

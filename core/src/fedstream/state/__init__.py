@@ -3,6 +3,7 @@
 from fedstream.state.base import (
     ROUND_TRANSITIONS,
     AgentRecord,
+    AggregationRecord,
     RoundRecord,
     RunRecord,
     StateStore,
@@ -12,6 +13,7 @@ from fedstream.state.memory import MemoryStateStore
 __all__ = [
     "ROUND_TRANSITIONS",
     "AgentRecord",
+    "AggregationRecord",
     "MemoryStateStore",
     "RoundRecord",
     "RunRecord",

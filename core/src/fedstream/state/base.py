@@ -19,6 +19,12 @@ ROUND_TRANSITIONS: dict[str, frozenset[str]] = {
     "failed": frozenset(),
 }
 TERMINAL_ROUND_STATES = frozenset({"committed", "failed"})
+AGGREGATION_TRANSITIONS: dict[str, frozenset[str]] = {
+    "training": frozenset({"aggregating", "failed"}),
+    "aggregating": frozenset({"committed", "failed"}),
+    "committed": frozenset(),
+    "failed": frozenset(),
+}
 
 
 @dataclass
@@ -59,6 +65,31 @@ class RoundRecord:
     stragglers: list[str] = field(default_factory=list)
     started_unix: float = 0.0
     finished_unix: float = 0.0
+    # What the round was opened with, so that another scheduler can open it again as it was.
+    deadline_unix: float = 0.0
+    min_updates: int = 0
+
+
+@dataclass
+class AggregationRecord:
+    """The aggregator's journal of one round: its plan and every update counted in it.
+
+    An update is counted when it is added here (atomically, once per agent); its bytes are in
+    the model store by then, so a restarted aggregator can fold them all again.
+    """
+
+    run_id: str
+    round: int
+    kind: str
+    base_version: str
+    participants: list[str]
+    min_updates: int
+    deadline_unix: float
+    state: str = "training"  # training, aggregating, committed, failed
+    # agent_id -> report (num_examples, metrics, bytes_received), in the order counted.
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: str = ""
+    reason: str = ""
 
 
 class StateStore(ABC):
@@ -127,6 +158,30 @@ class StateStore(ABC):
     @abstractmethod
     def update_round(self, run_id: str, round_: int, **changes: Any) -> RoundRecord:
         """Sets fields of a round other than its state (progress); raises RoundNotFound."""
+
+    # The aggregator's journal.
+    @abstractmethod
+    def create_aggregation(self, rec: AggregationRecord) -> None:
+        """Raises AlreadyExists when the round has one."""
+
+    @abstractmethod
+    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
+        """Raises RoundNotFound."""
+
+    @abstractmethod
+    def list_aggregations(self) -> list[AggregationRecord]:
+        """Every journal that is neither committed nor failed."""
+
+    @abstractmethod
+    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+        """Adds an agent's update to a training round's journal, atomically; True when added,
+        False when that agent's update was counted already. Raises RoundNotFound, or RoundNotOpen
+        when the journal is past training."""
+
+    @abstractmethod
+    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+        """Moves a journal to aggregating, committed or failed (never back); raises
+        RoundNotFound or InvalidTransition."""
 
     # Idempotency records.
     @abstractmethod

@@ -12,9 +12,18 @@ from fedstream.errors import (
     AlreadyExists,
     InvalidTransition,
     RoundNotFound,
+    RoundNotOpen,
     RunNotFound,
 )
-from fedstream.state.base import ROUND_TRANSITIONS, AgentRecord, RoundRecord, RunRecord, StateStore
+from fedstream.state.base import (
+    AGGREGATION_TRANSITIONS,
+    ROUND_TRANSITIONS,
+    AgentRecord,
+    AggregationRecord,
+    RoundRecord,
+    RunRecord,
+    StateStore,
+)
 
 
 class MemoryStateStore(StateStore):
@@ -29,6 +38,7 @@ class MemoryStateStore(StateStore):
         self._marks: dict[str, set[str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._counters: dict[str, int] = {}
+        self._aggregations: dict[tuple[str, int], AggregationRecord] = {}
 
     def put_agent(self, agent: AgentRecord) -> None:
         with self._lock:
@@ -122,6 +132,51 @@ class MemoryStateStore(StateStore):
                 raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
             updated = dataclasses.replace(rnd, **copy.deepcopy(changes))
             self._rounds[(run_id, round_)] = updated
+            return copy.deepcopy(updated)
+
+    def create_aggregation(self, rec: AggregationRecord) -> None:
+        with self._lock:
+            key = (rec.run_id, rec.round)
+            if key in self._aggregations:
+                raise AlreadyExists(f"round {rec.round} of run {rec.run_id!r} has a journal")
+            self._aggregations[key] = copy.deepcopy(rec)
+
+    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
+        with self._lock:
+            rec = self._aggregations.get((run_id, round_))
+            if rec is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+            return copy.deepcopy(rec)
+
+    def list_aggregations(self) -> list[AggregationRecord]:
+        with self._lock:
+            return [
+                copy.deepcopy(r)
+                for _, r in sorted(self._aggregations.items())
+                if r.state not in ("committed", "failed")
+            ]
+
+    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+        with self._lock:
+            rec = self._aggregations.get((run_id, round_))
+            if rec is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+            if agent_id in rec.reports:
+                return False
+            if rec.state != "training":
+                raise RoundNotOpen(f"round {round_} of run {run_id!r} is {rec.state}, not accepting updates")
+            rec.reports[agent_id] = copy.deepcopy(report)
+            return True
+
+    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+        with self._lock:
+            rec = self._aggregations.get((run_id, round_))
+            if rec is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+            if state not in AGGREGATION_TRANSITIONS.get(rec.state, ()):
+                raise InvalidTransition(f"journal of round {round_} cannot go from {rec.state} to {state}")
+            updated = dataclasses.replace(rec, state=state, **copy.deepcopy(changes))
+            self._aggregations[(run_id, round_)] = updated
             return copy.deepcopy(updated)
 
     def mark_once(self, scope: str, key: str) -> bool:

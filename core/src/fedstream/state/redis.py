@@ -23,10 +23,19 @@ from fedstream.errors import (
     AlreadyExists,
     InvalidTransition,
     RoundNotFound,
+    RoundNotOpen,
     RunNotFound,
     Unavailable,
 )
-from fedstream.state.base import ROUND_TRANSITIONS, AgentRecord, RoundRecord, RunRecord, StateStore
+from fedstream.state.base import (
+    AGGREGATION_TRANSITIONS,
+    ROUND_TRANSITIONS,
+    AgentRecord,
+    AggregationRecord,
+    RoundRecord,
+    RunRecord,
+    StateStore,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -242,6 +251,72 @@ class RedisStateStore(StateStore):
             return dataclasses.asdict(dataclasses.replace(RoundRecord(**current), **changes))
 
         return RoundRecord(**self._update(self._round_key(run_id, round_), mutate))
+
+    # The aggregator's journal.
+
+    def _agg_key(self, run_id: str, round_: int) -> str:
+        return self._k("aggregation", run_id, f"{round_:06d}")
+
+    @_unavailable
+    def create_aggregation(self, rec: AggregationRecord) -> None:
+        key = self._agg_key(rec.run_id, rec.round)
+        if not self.r.set(key, json.dumps(dataclasses.asdict(rec)), nx=True):
+            raise AlreadyExists(f"round {rec.round} of run {rec.run_id!r} has a journal")
+        self.r.sadd(self._k("aggregations"), key)
+
+    @_unavailable
+    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
+        raw = self.r.get(self._agg_key(run_id, round_))
+        if raw is None:
+            raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+        return AggregationRecord(**json.loads(raw))
+
+    @_unavailable
+    def list_aggregations(self) -> list[AggregationRecord]:
+        keys = sorted(k.decode() for k in self.r.smembers(self._k("aggregations")))
+        raws = self.r.mget(keys) if keys else []
+        recs = [AggregationRecord(**json.loads(raw)) for raw in raws if raw is not None]
+        return [r for r in recs if r.state not in ("committed", "failed")]
+
+    @_unavailable
+    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+        added = False
+
+        def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
+            nonlocal added
+            if current is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+            added = False
+            if agent_id in current["reports"]:
+                return current
+            if current["state"] != "training":
+                raise RoundNotOpen(
+                    f"round {round_} of run {run_id!r} is {current['state']}, not accepting updates"
+                )
+            current["reports"][agent_id] = report
+            added = True
+            return current
+
+        self._update(self._agg_key(run_id, round_), mutate)
+        return added
+
+    @_unavailable
+    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+        def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
+            if state not in AGGREGATION_TRANSITIONS.get(current["state"], ()):
+                raise InvalidTransition(
+                    f"journal of round {round_} cannot go from {current['state']} to {state}"
+                )
+            rec = dataclasses.replace(AggregationRecord(**current), state=state, **changes)
+            return dataclasses.asdict(rec)
+
+        key = self._agg_key(run_id, round_)
+        rec = AggregationRecord(**self._update(key, mutate))
+        if state in ("committed", "failed"):
+            self.r.srem(self._k("aggregations"), key)
+        return rec
 
     # Idempotency records, leases, counters.
 

@@ -7,6 +7,7 @@ a whole model in memory.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -34,6 +35,11 @@ def check_run_id(run_id: str) -> str:
             "starting with a letter or digit"
         )
     return run_id
+
+
+def agent_key(agent_id: str) -> str:
+    """An agent id as a file or object name: any id, nothing that could climb a path."""
+    return base64.urlsafe_b64encode(agent_id.encode()).decode().rstrip("=") or "_"
 
 
 def version_id(run_id: str, round_: int) -> str:
@@ -235,6 +241,22 @@ class ModelStore(ABC):
     @abstractmethod
     def versions(self, run_id: str) -> list[str]:
         """The run's committed versions, oldest first."""
+
+    # Spooled updates: what an aggregator has counted, kept until the round is committed, so
+    # that a restarted aggregator can fold them again.
+
+    @abstractmethod
+    def update_writer(self, run_id: str, round_: int, agent_id: str, layout: Layout) -> ModelWriter:
+        """Starts writing an agent's update for a round; a later one for the same agent replaces
+        it. Commit it with ``set_latest=False``."""
+
+    @abstractmethod
+    def open_update(self, run_id: str, round_: int, agent_id: str) -> ModelReader:
+        """Raises ModelNotFound."""
+
+    @abstractmethod
+    def delete_updates(self, run_id: str, round_: int) -> None:
+        """Removes every spooled update of a round."""
 
     @abstractmethod
     def delete(self, version: str) -> None:

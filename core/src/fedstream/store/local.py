@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from fedstream.store.base import (
     ModelStore,
     ModelVersion,
     ModelWriter,
+    agent_key,
     check_run_id,
     parse_version,
 )
@@ -40,11 +42,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class _LocalWriter(ModelWriter):
-    def __init__(self, store: LocalModelStore, version: str, layout: Layout, metadata: dict[str, str]):
+    def __init__(
+        self, store: LocalModelStore, version: str, layout: Layout, metadata: dict[str, str], final: Path
+    ):
         super().__init__(version, layout)
         self._store = store
         self._metadata = dict(metadata)
-        self._final = store._path(version)
+        self._final = final
         self._final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._final.parent, prefix=".tmp-", suffix=".safetensors")
         self._tmp = Path(tmp)
@@ -119,10 +123,27 @@ class LocalModelStore(ModelStore):
     def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
         if self._path(version).exists():
             raise AlreadyExists(f"model {version} already exists")
-        return _LocalWriter(self, version, layout, metadata)
+        return _LocalWriter(self, version, layout, metadata, self._path(version))
+
+    def _update_path(self, run_id: str, round_: int, agent_id: str) -> Path:
+        return self.root / "updates" / check_run_id(run_id) / f"{round_:06d}" / f"{agent_key(agent_id)}.safetensors"
+
+    def update_writer(self, run_id: str, round_: int, agent_id: str, layout: Layout) -> ModelWriter:
+        label = f"update of {agent_id!r} for round {round_} of {run_id}"
+        return _LocalWriter(self, label, layout, {}, self._update_path(run_id, round_, agent_id))
+
+    def open_update(self, run_id: str, round_: int, agent_id: str) -> ModelReader:
+        path = self._update_path(run_id, round_, agent_id)
+        info, start = self._read_info_at(f"update of {agent_id!r} for round {round_} of {run_id}", path)
+        return _LocalReader(info, path, start)
+
+    def delete_updates(self, run_id: str, round_: int) -> None:
+        shutil.rmtree(self._update_path(run_id, round_, "x").parent, ignore_errors=True)
 
     def _read_info(self, version: str) -> tuple[ModelVersion, int]:
-        path = self._path(version)
+        return self._read_info_at(version, self._path(version))
+
+    def _read_info_at(self, version: str, path: Path) -> tuple[ModelVersion, int]:
         try:
             manifest = json.loads(path.with_suffix(".json").read_bytes())
             with path.open("rb") as f:

@@ -33,6 +33,7 @@ from fedstream.store.base import (
     ModelStore,
     ModelVersion,
     ModelWriter,
+    agent_key,
     check_run_id,
     parse_version,
 )
@@ -155,12 +156,37 @@ class S3ModelStore(ModelStore):
     def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
         if self._exists(self._key(version, ".safetensors")):
             raise AlreadyExists(f"model {version} already exists")
-        return _S3Writer(self, version, layout, metadata)
+        run_id, _ = parse_version(version)
+        return _S3Writer(
+            self, version, layout, metadata, self._key(version, ".safetensors"), self._key(version, ".json"),
+            latest_key=self._run_prefix(run_id) + "LATEST",
+        )
+
+    def _update_key(self, run_id: str, round_: int, agent_id: str) -> str:
+        return f"{self.tenant}/updates/{check_run_id(run_id)}/{round_:06d}/{agent_key(agent_id)}"
+
+    def update_writer(self, run_id: str, round_: int, agent_id: str, layout: Layout) -> ModelWriter:
+        key = self._update_key(run_id, round_, agent_id)
+        label = f"update of {agent_id!r} for round {round_} of {run_id}"
+        return _S3Writer(self, label, layout, {}, key + ".safetensors", key + ".json", latest_key=None)
+
+    def open_update(self, run_id: str, round_: int, agent_id: str) -> ModelReader:
+        key = self._update_key(run_id, round_, agent_id)
+        label = f"update of {agent_id!r} for round {round_} of {run_id}"
+        info, start = self._read_info_at(label, key + ".safetensors", key + ".json")
+        return _S3Reader(self, info, key + ".safetensors", start)
+
+    def delete_updates(self, run_id: str, round_: int) -> None:
+        prefix = self._update_key(run_id, round_, "x").rsplit("/", 1)[0] + "/"
+        for name in self._list(prefix):
+            self._retry(lambda n=name: self.client.remove_object(self.bucket, n), f"delete {name}")
 
     def _read_info(self, version: str) -> tuple[ModelVersion, int]:
-        model_key = self._key(version, ".safetensors")
+        return self._read_info_at(version, self._key(version, ".safetensors"), self._key(version, ".json"))
+
+    def _read_info_at(self, version: str, model_key: str, manifest_key: str) -> tuple[ModelVersion, int]:
         try:
-            manifest = json.loads(self._get_bytes(self._key(version, ".json")))
+            manifest = json.loads(self._get_bytes(manifest_key))
             prefix = self._get_bytes(model_key, 0, 8)
         except S3Error as e:
             if e.code in _MISSING:
@@ -227,9 +253,21 @@ class S3ModelStore(ModelStore):
 
 
 class _S3Writer(ModelWriter):
-    def __init__(self, store: S3ModelStore, version: str, layout: Layout, metadata: dict[str, str]) -> None:
+    def __init__(
+        self,
+        store: S3ModelStore,
+        version: str,
+        layout: Layout,
+        metadata: dict[str, str],
+        model_key: str,
+        manifest_key: str,
+        latest_key: str | None,
+    ) -> None:
         super().__init__(version, layout)
         self._store = store
+        self._model_key = model_key
+        self._manifest_key = manifest_key
+        self._latest_key = latest_key
         self._metadata = dict(metadata)
         fd, name = tempfile.mkstemp(dir=store.staging, prefix=".stage-", suffix=".safetensors")
         self._path = Path(name)
@@ -252,16 +290,15 @@ class _S3Writer(ModelWriter):
             "block_bytes": self.block_bytes,
             "block_crc32c": list(block_crcs),
         }).encode()
-        model_key = s._key(self.version, ".safetensors")
+        model_key = self._model_key
         try:
             s._retry(
                 lambda: s.client.fput_object(s.bucket, model_key, str(self._path), part_size=s.part_bytes),
                 f"upload {model_key}",
             )
-            s._put_bytes(s._key(self.version, ".json"), manifest)
-            if set_latest:
-                run_id, _ = parse_version(self.version)
-                s._put_bytes(s._run_prefix(run_id) + "LATEST", self.version.encode())
+            s._put_bytes(self._manifest_key, manifest)
+            if set_latest and self._latest_key:
+                s._put_bytes(self._latest_key, self.version.encode())
         finally:
             self._path.unlink(missing_ok=True)
         return info

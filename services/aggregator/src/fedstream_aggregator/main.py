@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     tenant = settings.tenant.tenant
     state = make_state_store(settings.state, tenant)
     store = make_model_store(settings.store, tenant)
+    durable = settings.durable_updates
+    if durable is None:
+        durable = settings.state.backend == "redis"
     service = AggregatorService(
         state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
-        keep_last=settings.store.keep_last,
+        keep_last=settings.store.keep_last, durable=durable,
     )
+    service.ready = False
     try:
         server = build_server(
             service,
@@ -67,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         getattr(store, "endpoint", "model store"): lambda: check_model_store(store),
     }
     if wait_until_reachable(checks, stop):
+        recovered = service.recover()
+        if recovered:
+            log.info("recovered %d unfinished rounds", recovered)
+        service.ready = True
         server.set_serving(True)
         log.info("serving")
     while not stop.wait(1.0):

@@ -1,9 +1,15 @@
 """The aggregator's logic, independent of gRPC: rounds, verified uploads, the running fold.
 
 An upload is verified chunk by chunk (order, bounds, checksum) as it arrives and spooled to a
-file; once the stream is complete and sound it is folded into the round's accumulator under
-the round's lock, exactly once per agent. A bad upload therefore never touches the
-accumulator, and memory stays at one accumulator plus a chunk per stream.
+file; once the stream is complete and sound it is counted in the round's journal in the state
+store (atomically, once per agent) and folded into the round's accumulator under the round's
+lock. A bad upload therefore never touches the accumulator, and memory stays at one
+accumulator plus a chunk per stream.
+
+With ``durable=True`` (a shared state store) each counted update is also kept in the model
+store until its round is committed, and ``recover`` rebuilds every unfinished round from the
+journal after a restart: folding the kept updates again gives the same accumulator, so a
+crash neither loses nor double-counts an update.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from fedstream.aggregation import WeightedAccumulator
 from fedstream.errors import (
     AgentNotSelected,
+    AlreadyExists,
     FailedPrecondition,
     FedstreamError,
     InvalidArgument,
@@ -33,10 +40,11 @@ from fedstream.errors import (
     ResourceExhausted,
     RoundNotFound,
     RoundNotOpen,
+    Unavailable,
     UploadInProgress,
 )
 from fedstream.logs import log_context
-from fedstream.state import StateStore
+from fedstream.state import AggregationRecord, StateStore
 from fedstream.store import ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
 from fedstream.tensors import Chunk, ChunkReceiver, Layout, check_chunk_bytes
@@ -114,6 +122,35 @@ class _Round:
 # Finished rounds stay answerable (WatchRound, duplicate uploads) until this many newer ones
 # have finished.
 KEEP_FINISHED_ROUNDS = 256
+
+
+def _plan_of(journal: AggregationRecord) -> RoundPlan:
+    return RoundPlan(
+        journal.run_id, journal.round, journal.kind, journal.base_version,
+        tuple(journal.participants), journal.min_updates, journal.deadline_unix,
+    )
+
+
+class _SequentialReader:
+    """Serves in-order ``read_into`` calls from a stream of verified chunks."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+        self._pos = 0
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        if offset != self._pos:
+            raise ValueError(f"read at {offset}, expected {self._pos}")
+        filled = 0
+        while filled < len(out):
+            if not self._buf:
+                self._buf = memoryview(next(self._chunks).data)
+            take = min(len(self._buf), len(out) - filled)
+            out[filled : filled + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            filled += take
+        self._pos += filled
 
 
 class _Spool:
@@ -218,6 +255,7 @@ class AggregatorService:
         *,
         chunk_bytes: int,
         keep_last: int = 0,
+        durable: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
@@ -225,10 +263,13 @@ class AggregatorService:
         self.spools = SpoolPool(Path(spool_dir) / uuid.uuid4().hex[:8])
         self.chunk_bytes = chunk_bytes
         self.keep_last = keep_last
+        self.durable = durable
         self.clock = clock
         self._rounds: dict[tuple[str, int], _Round] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # False while a restarted process is rebuilding its rounds: callers are told to retry.
+        self.ready = True
 
     # Round control.
 
@@ -238,6 +279,8 @@ class AggregatorService:
         Raises InvalidArgument for a malformed plan, ModelNotFound for a missing base version,
         FailedPrecondition when a different plan for the same round exists.
         """
+        if not self.ready:
+            raise Unavailable("the aggregator is starting; retry shortly")
         check_run_id(plan.run_id)
         if plan.kind not in ("init", "train"):
             raise InvalidArgument(f"unknown round kind {plan.kind!r}")
@@ -263,20 +306,91 @@ class AggregatorService:
                     )
                 return
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
+        try:
+            self.state.create_aggregation(
+                AggregationRecord(
+                    plan.run_id, plan.round, plan.kind, plan.base_version, list(plan.participants),
+                    plan.min_updates, plan.deadline_unix,
+                )
+            )
+        except AlreadyExists:
+            journal = self.state.get_aggregation(plan.run_id, plan.round)
+            if _plan_of(journal) != plan:
+                raise FailedPrecondition(
+                    f"round {plan.round} of run {plan.run_id!r} is already open with another plan"
+                ) from None
+            self._restore(journal)
+            return
         rnd = _Round(plan, layout, WeightedAccumulator(layout) if layout is not None else None)
+        if self._install(rnd):
+            log.info(
+                "round %d of %s open: %s, %d participants, base %s",
+                plan.round, plan.run_id, plan.kind, len(plan.participants), plan.base_version or "-",
+            )
+
+    def _install(self, rnd: _Round) -> bool:
+        """Makes a round current and arms its deadline; False if one was installed meanwhile."""
+        key = (rnd.plan.run_id, rnd.plan.round)
         with self._lock:
             if key in self._rounds:
-                return
+                return False
             self._rounds[key] = rnd
             self._prune()
-        delay = max(0.0, plan.deadline_unix - self.clock())
+        delay = max(0.0, rnd.plan.deadline_unix - self.clock())
         rnd.timer = threading.Timer(delay, self._on_deadline, args=(rnd,))
         rnd.timer.daemon = True
         rnd.timer.start()
+        return True
+
+    def recover(self) -> int:
+        """Rebuilds every round the journal has unfinished (after a restart); returns how many.
+
+        Each counted update is read back from the model store and folded again, so the
+        accumulator is the one the lost process had. A round whose updates were not kept
+        (``durable=False``) cannot be rebuilt and is failed.
+        """
+        recovered = 0
+        for journal in self.state.list_aggregations():
+            with self._lock:
+                if (journal.run_id, journal.round) in self._rounds:
+                    continue
+            try:
+                self._restore(journal)
+                recovered += 1
+            except FedstreamError as e:
+                log.error("cannot recover round %d of %s: %s", journal.round, journal.run_id, e.public)
+                with contextlib.suppress(FedstreamError):
+                    self.state.set_aggregation_state(
+                        journal.run_id, journal.round, "failed", reason=f"lost in a restart: {e.public}"
+                    )
+        return recovered
+
+    def _restore(self, journal: AggregationRecord) -> None:
+        plan = _plan_of(journal)
+        with self._lock:
+            if (plan.run_id, plan.round) in self._rounds:
+                return
+        if journal.reports and not self.durable:
+            raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
+        layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
+        accumulator = WeightedAccumulator(layout) if layout is not None else None
+        for agent, report in journal.reports.items():
+            with self.store.open_update(plan.run_id, plan.round, agent) as reader:
+                if accumulator is not None:
+                    accumulator.fold(_SequentialReader(reader.iter_chunks()).read_into, float(report["num_examples"]))
+                else:
+                    layout = reader.layout
+        rnd = _Round(plan, layout, accumulator, state=journal.state, reports=dict(journal.reports))
+        if not self._install(rnd):
+            return
         log.info(
-            "round %d of %s open: %s, %d participants, base %s",
-            plan.round, plan.run_id, plan.kind, len(plan.participants), plan.base_version or "-",
+            "round %d of %s recovered: %s, %d of %d updates counted",
+            plan.round, plan.run_id, journal.state, len(journal.reports), len(plan.participants),
         )
+        if journal.state == "aggregating":
+            threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
+        elif len(rnd.reports) == len(plan.participants):
+            self._close(rnd, "all participants reported")
 
     def _prune(self) -> None:
         """Forgets the oldest finished rounds beyond KEEP_FINISHED_ROUNDS (caller holds _lock)."""
@@ -285,6 +399,8 @@ class AggregatorService:
             del self._rounds[key]
 
     def _get(self, run_id: str, round_: int) -> _Round:
+        if not self.ready:
+            raise Unavailable("the aggregator is starting; retry shortly")
         with self._lock:
             rnd = self._rounds.get((run_id, round_))
         if rnd is None:
@@ -338,9 +454,9 @@ class AggregatorService:
             raise AgentNotSelected(
                 f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}"
             )
-        scope = f"folded:{plan.run_id}:{plan.round}"
-        if self.state.is_marked(scope, agent):
-            return True, 0
+        with rnd.lock:
+            if agent in rnd.reports:
+                return True, 0
         self._check_accepting(rnd)
         if plan.kind == "train":
             assert rnd.layout is not None
@@ -358,17 +474,29 @@ class AggregatorService:
                 )
             rnd.uploading.add(agent)
         started = time.perf_counter()
-        spool = self.spools.acquire(header.layout.total_bytes)
+        spool: _Spool | None = None
         keep_spool = False
         try:
+            spool = self.spools.acquire(header.layout.total_bytes)
             receiver = ChunkReceiver(header.layout, spool.write)
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
+            if self.durable:
+                self._keep_update(plan, agent, header.layout, spool)
+            report = {
+                "agent_id": agent,
+                "num_examples": header.num_examples,
+                "metrics": dict(header.metrics),
+                "bytes_received": receiver.received,
+            }
             with rnd.lock:
                 self._check_accepting(rnd)
-                if self.state.is_marked(scope, agent):
+                if agent in rnd.reports:
                     return True, receiver.received
+                if not self.state.count_update(plan.run_id, plan.round, agent, report):
+                    return True, receiver.received
+                rnd.reports[agent] = report
                 if plan.kind == "train":
                     assert rnd.accumulator is not None
                     rnd.accumulator.fold(spool.read_into, float(header.num_examples))
@@ -376,13 +504,6 @@ class AggregatorService:
                     rnd.layout = header.layout
                     rnd.init_spool = spool
                     keep_spool = True
-                self.state.mark_once(scope, agent)
-                rnd.reports[agent] = {
-                    "agent_id": agent,
-                    "num_examples": header.num_examples,
-                    "metrics": dict(header.metrics),
-                    "bytes_received": receiver.received,
-                }
                 complete = len(rnd.reports) == len(plan.participants)
             with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
                 log.info(
@@ -396,8 +517,18 @@ class AggregatorService:
         finally:
             with rnd.lock:
                 rnd.uploading.discard(agent)
-            if not keep_spool:
+            if spool is not None and not keep_spool:
                 self.spools.release(spool)
+
+    def _keep_update(self, plan: RoundPlan, agent: str, layout: Layout, spool: _Spool) -> None:
+        """Copies a verified update from its spool file into the model store."""
+        piece = bytearray(min(self.chunk_bytes, max(layout.total_bytes, 1)))
+        with self.store.update_writer(plan.run_id, plan.round, agent, layout) as writer:
+            for start in range(0, layout.total_bytes, len(piece)):
+                view = memoryview(piece)[: min(len(piece), layout.total_bytes - start)]
+                spool.read_into(start, view)
+                writer.write(view)
+            writer.commit(set_latest=False)
 
     def _check_accepting(self, rnd: _Round) -> None:
         if rnd.state != "training":
@@ -425,6 +556,12 @@ class AggregatorService:
                 f"at least {rnd.plan.min_updates} needed",
             )
 
+    def _journal(self, rnd: _Round, state: str, **changes: Any) -> None:
+        try:
+            self.state.set_aggregation_state(rnd.plan.run_id, rnd.plan.round, state, **changes)
+        except FedstreamError as e:
+            log.warning("journal of round %d of %s: %s", rnd.plan.round, rnd.plan.run_id, e.public)
+
     def _fail(self, rnd: _Round, reason: str) -> None:
         with rnd.lock:
             if rnd.terminal():
@@ -432,8 +569,10 @@ class AggregatorService:
             rnd.state = "failed"
             rnd.reason = reason
             rnd.accumulator = None
+        self._journal(rnd, "failed", reason=reason)
         log.warning("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
         self._notify(rnd)
+        self._discard_updates(rnd)
 
     def _close(self, rnd: _Round, why: str) -> None:
         """Moves the round to aggregating (once) and commits it in a worker thread."""
@@ -443,6 +582,7 @@ class AggregatorService:
             rnd.state = "aggregating"
             if rnd.timer is not None:
                 rnd.timer.cancel()
+        self._journal(rnd, "aggregating")
         log.info("round %d of %s aggregating: %s", rnd.plan.round, rnd.plan.run_id, why)
         self._notify(rnd)
         threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
@@ -458,12 +598,14 @@ class AggregatorService:
             log.exception("commit of round %d of %s failed", plan.round, plan.run_id)
             self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
             return
+        self._journal(rnd, "committed", version=info.version)
         with rnd.lock:
             rnd.state = "committed"
             rnd.version = info.version
             rnd.accumulator = None
         log.info("round %d of %s committed as %s", plan.round, plan.run_id, info.version)
         self._notify(rnd)
+        self._discard_updates(rnd)
         if self.keep_last:
             try:
                 deleted = self.store.apply_retention(plan.run_id, self.keep_last)
@@ -478,8 +620,20 @@ class AggregatorService:
             rnd.state = "failed"
             rnd.reason = reason
             rnd.accumulator = None
+        self._journal(rnd, "failed", reason=reason)
         log.error("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
         self._notify(rnd)
+        self._discard_updates(rnd)
+
+    def _discard_updates(self, rnd: _Round) -> None:
+        if rnd.init_spool is not None:
+            self.spools.release(rnd.init_spool)
+            rnd.init_spool = None
+        if self.durable:
+            try:
+                self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
+            except FedstreamError as e:
+                log.warning("cannot delete the kept updates of round %d: %s", rnd.plan.round, e.public)
 
     def _write_version(self, rnd: _Round) -> ModelVersion:
         plan = rnd.plan
@@ -493,9 +647,15 @@ class AggregatorService:
             "fedstream.updates": str(len(rnd.reports)),
             "fedstream.examples": str(sum(r["num_examples"] for r in rnd.reports.values())),
         }
-        with self.store.writer(version, rnd.layout, metadata) as writer:
-            if plan.kind == "init":
-                assert rnd.init_spool is not None
+        try:
+            writer = self.store.writer(version, rnd.layout, metadata)
+        except AlreadyExists:
+            # Written by a process that died before journaling the commit: a stored version
+            # is complete (its manifest is written last), so it is this round's result.
+            log.info("round %d of %s: version %s was stored before a restart", plan.round, plan.run_id, version)
+            return self.store.info(version)
+        with writer:
+            if plan.kind == "init" and rnd.init_spool is not None:
                 spool, rnd.init_spool = rnd.init_spool, None
                 try:
                     piece = bytearray(self.chunk_bytes)
@@ -506,6 +666,11 @@ class AggregatorService:
                         writer.write(view)
                 finally:
                     self.spools.release(spool)
+            elif plan.kind == "init":
+                (agent,) = rnd.reports
+                with self.store.open_update(plan.run_id, plan.round, agent) as reader:
+                    for chunk in reader.iter_chunks(self.chunk_bytes):
+                        writer.write(chunk.data)
             else:
                 assert rnd.accumulator is not None
                 for _, values in rnd.accumulator.average():

@@ -31,6 +31,12 @@ class AggregatorSettings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Model store.")
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Download chunks.")
+    durable_updates: bool | None = Field(
+        None,
+        description="Keep each counted update in the model store until its round commits, so "
+        "that a restarted aggregator can rebuild the round. Default: on with the redis state "
+        "backend (whose journal survives a restart), off with the in-process one.",
+    )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
         description="Directory where incoming updates are spooled until verified and folded.",

@@ -1,0 +1,120 @@
+"""A restarted aggregator rebuilds its unfinished rounds from the journal (Redis) and the kept
+updates (model store): every update counted exactly once, the same model as without restart."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fedstream.state.redis import RedisStateStore, connect
+from fedstream.tensors import FlatBuffer, iter_chunks
+from fedstream_aggregator.service import AggregatorService, RoundPlan, UpdateHeader
+from helpers import as_float, buffers_of, layout_of, random_model, store_model
+
+RUN = "run-r"
+BASE = f"{RUN}/000000"
+
+
+def chunks_of(model):
+    layout = layout_of(model)
+    return layout, [(c.offset, bytes(c.data), c.crc32c) for c in iter_chunks(layout, buffers_of(layout, model), 999)]
+
+
+def send(agg: AggregatorService, agent: str, model, examples: int, round_: int = 1):
+    layout, chunks = chunks_of(model)
+    return agg.receive_update(UpdateHeader(RUN, round_, agent, layout, examples, {}), iter(chunks))
+
+
+def wait_state(agg, state, round_=1):
+    give_up = time.time() + 30
+    while agg.snapshot(RUN, round_).state != state and time.time() < give_up:
+        time.sleep(0.02)
+    return agg.snapshot(RUN, round_)
+
+
+@pytest.fixture
+def journal(redis_url):
+    return RedisStateStore(connect(redis_url), "t1")
+
+
+def make(journal, model_store, tmp_path, name):
+    return AggregatorService(journal, model_store, tmp_path / name, chunk_bytes=4096, durable=True)
+
+
+def test_a_restarted_aggregator_counts_every_update_once(journal, model_store, tmp_path):
+    store_model(model_store, BASE, random_model(0, 8))
+    updates = {a: (random_model(i + 1, 8), 10 * (i + 1)) for i, a in enumerate("abc")}
+    first = make(journal, model_store, tmp_path, "one")
+    first.open_round(RoundPlan(RUN, 1, "train", BASE, ("a", "b", "c"), 3, time.time() + 60))
+    send(first, "a", *updates["a"])
+    send(first, "b", *updates["b"])
+    first.close()  # the process is gone: its memory, accumulator included, is lost
+
+    second = make(journal, model_store, tmp_path, "two")
+    assert second.recover() == 1
+    duplicate, _ = send(second, "b", *updates["b"])
+    send(second, "c", *updates["c"])
+    snap = wait_state(second, "committed")
+
+    assert duplicate
+    assert sorted(r["agent_id"] for r in snap.reports) == ["a", "b", "c"]
+    layout = layout_of(updates["a"][0])
+    with model_store.open(snap.version) as reader:
+        got = FlatBuffer(layout)
+        for c in reader.iter_chunks():
+            got.write(c.offset, c.data)
+    arrays = got.arrays()
+    total = sum(w for _, w in updates.values())
+    for t in layout.tensors:
+        if t.dtype in ("float32", "float64"):
+            ref = sum(as_float(t.dtype, m[t.name][1]) * w for m, w in updates.values()) / total
+            np.testing.assert_allclose(arrays[t.name], ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="no journal|not found"):
+        model_store.open_update(RUN, 1, "a")  # kept updates are gone once the round commits
+
+
+def keep(model_store, agent, model, round_=1):
+    layout = layout_of(model)
+    with model_store.update_writer(RUN, round_, agent, layout) as w:
+        for b in buffers_of(layout, model):
+            w.write(b)
+        w.commit(set_latest=False)
+
+
+@pytest.mark.parametrize("version_written", [False, True])
+def test_a_round_that_died_while_aggregating_is_committed_on_recovery(
+    journal, model_store, tmp_path, version_written
+):
+    from fedstream.state import AggregationRecord
+
+    store_model(model_store, BASE, random_model(0, 8))
+    update = random_model(5, 8)
+    keep(model_store, "a", update)
+    journal.create_aggregation(AggregationRecord(RUN, 1, "train", BASE, ["a"], 1, time.time() + 60))
+    journal.count_update(RUN, 1, "a", {"agent_id": "a", "num_examples": 7, "metrics": {}, "bytes_received": 1})
+    journal.set_aggregation_state(RUN, 1, "aggregating")
+    if version_written:  # it died after storing the version, before journaling the commit
+        store_model(model_store, f"{RUN}/000001", update)
+
+    second = make(journal, model_store, tmp_path, "two")
+    second.recover()
+
+    assert wait_state(second, "committed").version == f"{RUN}/000001"
+    assert journal.get_aggregation(RUN, 1).state == "committed"
+    assert journal.list_aggregations() == []
+
+
+def test_without_kept_updates_a_lost_round_fails_instead_of_miscounting(journal, model_store, tmp_path):
+    store_model(model_store, BASE, random_model(0, 8))
+    first = AggregatorService(journal, model_store, tmp_path / "one", chunk_bytes=4096, durable=False)
+    first.open_round(RoundPlan(RUN, 1, "train", BASE, ("a", "b"), 2, time.time() + 60))
+    send(first, "a", random_model(1, 8), 5)
+    first.close()
+
+    second = AggregatorService(journal, model_store, tmp_path / "two", chunk_bytes=4096, durable=False)
+
+    assert second.recover() == 0
+    assert journal.get_aggregation(RUN, 1).state == "failed"
+    assert "lost in a restart" in journal.get_aggregation(RUN, 1).reason
