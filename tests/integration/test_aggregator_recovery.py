@@ -118,3 +118,41 @@ def test_without_kept_updates_a_lost_round_fails_instead_of_miscounting(journal,
     assert second.recover() == 0
     assert journal.get_aggregation(RUN, 1).state == "failed"
     assert "lost in a restart" in journal.get_aggregation(RUN, 1).reason
+
+
+def test_a_commit_outlasts_a_10_s_s3_outage_and_latest_is_never_half_written(redis_url, s3_server, tmp_path):
+    from servers import TcpProxy
+
+    from fedstream.config import S3Settings
+    from fedstream.store.s3 import S3ModelStore, make_client
+
+    proxy = TcpProxy(s3_server.port)
+    try:
+        via = S3Settings(endpoint=f"127.0.0.1:{proxy.port}", access_key="t", secret_key="t", bucket="outage", retry_s=60)
+        direct = S3Settings(endpoint=s3_server.endpoint, access_key="t", secret_key="t", bucket="outage")
+        store = S3ModelStore(make_client(via), via, tmp_path / "staging", "t1")
+        store.ensure_bucket()
+        watcher = S3ModelStore(make_client(direct), direct, tmp_path / "w", "t1")
+        store_model(store, BASE, random_model(0, 8))
+        agg = AggregatorService(
+            RedisStateStore(connect(redis_url), "t1"), store, tmp_path / "spool", chunk_bytes=4096
+        )
+        agg.open_round(RoundPlan(RUN, 1, "train", BASE, ("a",), 1, time.time() + 120))
+
+        proxy.cut()
+        send(agg, "a", random_model(1, 8), 5)  # the last update: the commit starts now
+        seen = set()
+        until = time.time() + 10
+        while time.time() < until:
+            seen.add(watcher.latest(RUN))
+            assert agg.snapshot(RUN, 1).state == "aggregating"
+            time.sleep(0.2)
+        proxy.restore()
+        snap = wait_state(agg, "committed")
+
+        assert seen == {BASE}
+        assert snap.version == f"{RUN}/000001"
+        assert watcher.latest(RUN) == f"{RUN}/000001"
+        watcher.info(f"{RUN}/000001")
+    finally:
+        proxy.close()

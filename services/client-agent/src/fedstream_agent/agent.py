@@ -21,7 +21,7 @@ from fedstream.tasks import get_task
 from fedstream.tasks.base import Task, TrainParams, pick_device
 from fedstream.tasks.torchio import buffers_of, layout_of, state_of
 from fedstream.tensors import FlatBuffer, Layout
-from fedstream.transfer import download_model, upload_update
+from fedstream.transfer import DownloadedModel, download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.settings import AgentSettings
 
@@ -154,14 +154,7 @@ class Agent:
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
         started = time.perf_counter()
-        base = download_model(
-            self._channel(a.model_endpoint),
-            a.run_id,
-            a.base_version,
-            chunk_bytes=chunk_bytes,
-            timeout=max(1.0, a.deadline_unix - time.time()),
-            reuse=self._buffer,
-        )
+        base = self._download(a, chunk_bytes)
         self._buffer = base.buffer
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
@@ -191,6 +184,26 @@ class Agent:
         metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+
+    def _download(self, a: scheduler_pb2.Assignment, chunk_bytes: int) -> DownloadedModel:
+        """Downloads the base model, retrying transient failures until the deadline."""
+        delay = 0.2
+        while True:
+            try:
+                return download_model(
+                    self._channel(a.model_endpoint),
+                    a.run_id,
+                    a.base_version,
+                    chunk_bytes=chunk_bytes,
+                    timeout=max(1.0, a.deadline_unix - time.time()),
+                    reuse=self._buffer,
+                )
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
+                    raise
+                log.warning("download failed (%s); retrying in %.1f s", e.code().name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _upload(
         self,

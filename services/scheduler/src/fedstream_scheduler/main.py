@@ -50,6 +50,7 @@ async def serve(settings: SchedulerSettings) -> int:
         loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
     checks = {getattr(state, "endpoint", "state store"): lambda: check_state_store(state)}
     if await asyncio.to_thread(wait_until_reachable, checks, stopping):
+        service.start_adopting()
         await server.set_serving(True)
         log.info("serving")
     await stop.wait()

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from fedstream.errors import (
     AgentNotFound,
     FailedPrecondition,
+    FedstreamError,
     InvalidArgument,
     InvalidTransition,
     PermissionDenied,
@@ -67,6 +68,9 @@ class SchedulerService:
         self._streams: dict[str, asyncio.Queue[object]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
+        # This replica's name on the leases of the runs it drives.
+        self.instance_id = f"scheduler-{uuid.uuid4().hex[:12]}"
+        self._adopter: asyncio.Task[None] | None = None
 
     # Agents.
 
@@ -141,7 +145,8 @@ class SchedulerService:
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock())
         self.state.create_run(run)
-        self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, spec))
+        self._try_lead(run_id)
+        self._launch(run_id, spec)
         log.info("run %s started: task %s, %d rounds", run_id, spec.task, spec.rounds)
         return run
 
@@ -196,7 +201,54 @@ class SchedulerService:
         except InvalidTransition as e:
             log.warning("%s", e.public)
 
+    def _lease(self, run_id: str) -> str:
+        return f"run:{run_id}"
+
+    def _try_lead(self, run_id: str) -> bool:
+        """Takes or renews this replica's lease on driving a run."""
+        ttl = self.settings.run_lease_ttl_s
+        return self.state.acquire_lease(self._lease(run_id), self.instance_id, ttl, self.clock())
+
+    def _launch(self, run_id: str, spec: RunSpec) -> None:
+        self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, spec))
+
+    async def adopt_runs(self) -> None:
+        """Forever: drives every running run that no live replica holds the lease of.
+
+        A run started here is driven here; after this or another replica dies, its lease
+        lapses and a surviving (or restarted) replica picks the run up where the state store
+        says it stands.
+        """
+        while True:
+            try:
+                for run in self.state.list_runs():
+                    task = self._tasks.get(run.run_id)
+                    if run.state != "running" or (task is not None and not task.done()):
+                        continue
+                    if self._try_lead(run.run_id):
+                        log.info("run %s: taking over", run.run_id)
+                        self._launch(run.run_id, RunSpec.model_validate(run.spec))
+            except FedstreamError as e:
+                log.warning("cannot look for runs to drive: %s", e.public)
+            await asyncio.sleep(self.settings.run_lease_ttl_s / 3)
+
+    async def _keep_lease(self, run_id: str, driver: asyncio.Task[None]) -> None:
+        while not driver.done():
+            await asyncio.sleep(self.settings.run_lease_ttl_s / 3)
+            try:
+                held = self._try_lead(run_id)
+            except FedstreamError as e:
+                log.warning("run %s: cannot renew its lease: %s", run_id, e.public)
+                continue
+            if not held:
+                log.warning("run %s: another replica drives it now; stopping here", run_id)
+                driver.cancel()
+                return
+
     async def _drive(self, run_id: str, spec: RunSpec) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(run_id, me))
         with log_context(run_id=run_id):
             try:
                 await self._drive_rounds(run_id, spec)
@@ -209,19 +261,44 @@ class SchedulerService:
                 log.exception("run failed unexpectedly")
                 self._finish_run(run_id, "failed", f"internal error: {type(e).__name__}")
             finally:
+                keeper.cancel()
                 await self._notify()
 
     async def _drive_rounds(self, run_id: str, spec: RunSpec) -> None:
-        round_no = 0
+        """Drives a run to its end from wherever its records say it stands."""
         base = spec.initial_version
+        committed = failures = round_no = 0
+        rounds = self.state.list_rounds(run_id)
+        for r in rounds:
+            round_no = max(round_no, r.round)
+            if r.state == "committed":
+                base = r.version
+                committed += r.kind == "train"
+                failures = 0
+            elif r.state == "failed" and r.kind == "train":
+                failures += 1
+        last = rounds[-1] if rounds else None
+        if last is not None and last.state not in TERMINAL_ROUND_STATES:
+            log.info("resuming round %d (%s)", last.round, last.state)
+            version = await self._resume_round(run_id, spec, last)
+            if version:
+                base = version
+                committed += last.kind == "train"
+                failures = 0
+            elif last.kind == "train":
+                failures += 1
         if not base:
+            if last is not None:
+                raise _RunFailed("the init round failed: no initial model")
             version = await self._round(run_id, spec, 0, "init", "")
             if not version:
                 raise _RunFailed("the init round failed: no initial model")
             base = version
-        committed = 0
-        failures = 0
         while committed < spec.rounds:
+            if failures >= self.settings.max_consecutive_failed_rounds:
+                raise _RunFailed(f"{failures} rounds in a row failed")
+            if self.state.get_run(run_id).state != "running":  # cancelled through another replica
+                return
             round_no += 1
             version = await self._round(run_id, spec, round_no, "train", base)
             if version:
@@ -230,8 +307,8 @@ class SchedulerService:
                 failures = 0
             else:
                 failures += 1
-                if failures >= self.settings.max_consecutive_failed_rounds:
-                    raise _RunFailed(f"{failures} rounds in a row failed")
+        if failures >= self.settings.max_consecutive_failed_rounds:
+            raise _RunFailed(f"{failures} rounds in a row failed")
         self.state.update_run(run_id, state="succeeded", finished_unix=self.clock())
         log.info("run succeeded: %d rounds committed, latest %s", committed, base)
 
@@ -258,45 +335,53 @@ class SchedulerService:
         live = await self._wait_for_agents(spec)
         participants = self._select(spec, live, round_no, kind)
         now = self.clock()
-        deadline = now + spec.round_timeout_s
-        min_updates = min(len(participants), spec.min_updates or spec.min_agents)
-        self.state.create_round(
-            RoundRecord(run_id, round_no, kind, "open", participants, base, started_unix=now)
+        rec = RoundRecord(
+            run_id, round_no, kind, "open", participants, base, started_unix=now,
+            deadline_unix=now + spec.round_timeout_s,
+            min_updates=max(1, min(len(participants), spec.min_updates or spec.min_agents)),
         )
+        self.state.create_round(rec)
         await self._notify()
+        return await self._resume_round(run_id, spec, rec)
+
+    async def _resume_round(self, run_id: str, spec: RunSpec, rec: RoundRecord) -> str:
+        """Takes a recorded round from its state to its end: opens it on the aggregator (again:
+        opening the same plan twice is harmless), sends assignments if the record shows they
+        may not have gone out, then follows it."""
         plan = aggregator_pb2.RoundPlan(
             run_id=run_id,
-            round=round_no,
-            kind=_KIND_PROTO[kind],
-            base_version=base,
-            participants=participants,
-            min_updates=max(1, min_updates),
-            deadline_unix=deadline,
+            round=rec.round,
+            kind=_KIND_PROTO[rec.kind],
+            base_version=rec.base_version,
+            participants=rec.participants,
+            min_updates=rec.min_updates,
+            deadline_unix=rec.deadline_unix,
         )
         loop = asyncio.get_running_loop()
         try:
-            await self.aggregator.open_round(plan, loop.time() + spec.round_timeout_s)
+            await self.aggregator.open_round(plan, loop.time() + max(5.0, rec.deadline_unix - self.clock()))
         except grpc.aio.AioRpcError as e:
-            return await self._round_failed(run_id, round_no, f"aggregator refused the round: {e.details()}")
-        self.state.transition_round(run_id, round_no, "training")
-        await self._notify()
-        assignment = scheduler_pb2.Assignment(
-            run_id=run_id,
-            round=round_no,
-            kind=_KIND_PROTO[kind],
-            task=spec.task,
-            base_version=base,
-            model_endpoint=self.public_endpoint,
-            upload_endpoint=self.public_endpoint,
-            training=round_pb2.TrainingConfig(**spec.training.model_dump()),
-            deadline_unix=deadline,
-        )
-        for agent_id in participants:
-            queue = self._streams.get(agent_id)
-            if queue is not None:
-                queue.put_nowait(scheduler_pb2.AgentEvent(assignment=assignment))
-        log.info("round %d (%s) assigned to %s", round_no, kind, ", ".join(participants))
-        return await self._follow(run_id, round_no, deadline)
+            return await self._round_failed(run_id, rec.round, f"aggregator refused the round: {e.details()}")
+        if rec.state == "open":
+            self.state.transition_round(run_id, rec.round, "training")
+            await self._notify()
+            assignment = scheduler_pb2.Assignment(
+                run_id=run_id,
+                round=rec.round,
+                kind=_KIND_PROTO[rec.kind],
+                task=spec.task,
+                base_version=rec.base_version,
+                model_endpoint=self.public_endpoint,
+                upload_endpoint=self.public_endpoint,
+                training=round_pb2.TrainingConfig(**spec.training.model_dump()),
+                deadline_unix=rec.deadline_unix,
+            )
+            for agent_id in rec.participants:
+                queue = self._streams.get(agent_id)
+                if queue is not None:
+                    queue.put_nowait(scheduler_pb2.AgentEvent(assignment=assignment))
+            log.info("round %d (%s) assigned to %s", rec.round, rec.kind, ", ".join(rec.participants))
+        return await self._follow(run_id, rec.round, rec.deadline_unix)
 
     async def _follow(self, run_id: str, round_no: int, deadline: float) -> str:
         grace = 30.0
@@ -315,6 +400,8 @@ class SchedulerService:
                         for r in event.reports
                     ]
                     current = self.state.get_round(run_id, round_no)
+                    if current.state in TERMINAL_ROUND_STATES:  # finished by another replica
+                        return current.version if current.state == "committed" else ""
                     if state == "training" and reports != current.reports:
                         self.state.update_round(run_id, round_no, reports=reports)
                     elif state == "aggregating" and current.state == "training":
@@ -366,7 +453,13 @@ class SchedulerService:
         log.warning("round %d failed: %s", round_no, reason)
         return ""
 
+    def start_adopting(self) -> None:
+        """Starts looking for runs to drive (see adopt_runs)."""
+        self._adopter = asyncio.get_running_loop().create_task(self.adopt_runs())
+
     async def close(self) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

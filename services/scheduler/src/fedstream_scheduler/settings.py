@@ -29,6 +29,10 @@ class SchedulerSettings(BaseSettings):
     heartbeat_ttl_s: float = Field(
         15.0, gt=0, description="An agent without a heartbeat for this long is not alive."
     )
+    run_lease_ttl_s: float = Field(
+        10.0, gt=0, description="A run whose driving replica has not renewed its lease for "
+        "this long is taken over by another (or a restarted) scheduler."
+    )
     max_consecutive_failed_rounds: int = Field(
         3, ge=1, description="A run fails after this many failed rounds in a row."
     )
