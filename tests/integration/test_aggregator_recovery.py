@@ -3,6 +3,7 @@ updates (model store): every update counted exactly once, the same model as with
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -156,3 +157,17 @@ def test_a_commit_outlasts_a_10_s_s3_outage_and_latest_is_never_half_written(red
         watcher.info(f"{RUN}/000001")
     finally:
         proxy.close()
+
+
+def test_spool_directories_of_dead_processes_are_removed(tmp_path, model_store):
+    from fedstream.state import MemoryStateStore
+
+    dead = tmp_path / "spool" / "999999999-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "upload-x.bin").write_bytes(b"x")
+    alive = tmp_path / "spool" / f"{os.getpid()}-cafef00d"
+    alive.mkdir()
+
+    AggregatorService(MemoryStateStore(), model_store, tmp_path / "spool", chunk_bytes=4096)
+
+    assert not dead.exists() and alive.exists()

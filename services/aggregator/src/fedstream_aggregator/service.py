@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -196,6 +197,23 @@ class _Spool:
         self.path.unlink(missing_ok=True)
 
 
+def _remove_dead_spools(spool_dir: Path) -> None:
+    """Deletes the spool directories of aggregator processes that no longer run (killed ones
+    leave theirs behind); each directory is named after its process id."""
+    if not spool_dir.is_dir():
+        return
+    for d in spool_dir.iterdir():
+        pid = d.name.split("-", 1)[0]
+        if not d.is_dir() or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 class SpoolPool:
     """Spool files reused from one upload to the next.
 
@@ -260,7 +278,8 @@ class AggregatorService:
     ) -> None:
         self.state = state
         self.store = store
-        self.spools = SpoolPool(Path(spool_dir) / uuid.uuid4().hex[:8])
+        _remove_dead_spools(Path(spool_dir))
+        self.spools = SpoolPool(Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.chunk_bytes = chunk_bytes
         self.keep_last = keep_last
         self.durable = durable
