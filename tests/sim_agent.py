@@ -40,6 +40,7 @@ class SimAgent:
         self._stop = threading.Event()
         self._stream = None
         self.done: list[tuple[str, int]] = []
+        self.assignments: list[scheduler_pb2.Assignment] = []
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sim-{agent_id}")
 
@@ -79,6 +80,7 @@ class SimAgent:
                 pass
 
     def _handle(self, a: scheduler_pb2.Assignment) -> None:
+        self.assignments.append(a)
         ch = channel(a.upload_endpoint)
         try:
             if a.kind == round_pb2.ROUND_KIND_INIT:

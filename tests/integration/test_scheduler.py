@@ -196,3 +196,38 @@ def test_unregistered_agents_are_refused(agents_stub):
     with pytest.raises(grpc.RpcError) as e:
         agents_stub.Register(scheduler_pb2.RegisterRequest(agent=scheduler_pb2.AgentInfo(agent_id="")), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_strategy_reaches_the_aggregator_and_fedprox_mu_the_agents(scheduler, runs):
+    from google.protobuf import struct_pb2
+
+    params = struct_pb2.Struct()
+    params.update({"mu": 0.25})
+    agents = [SimAgent(f"a{i}", f"127.0.0.1:{scheduler.port}").start() for i in range(2)]
+    try:
+        started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec(
+            rounds=1, strategy=round_pb2.StrategySpec(name="fedprox", params=params))), timeout=5)
+        run = follow(runs, started.run_id)
+    finally:
+        for a in agents:
+            a.stop()
+    assert run.state == scheduler_pb2.RUN_STATE_SUCCEEDED, run.reason
+    assert run.spec.strategy.name == "fedprox" and run.spec.strategy.params["mu"] == 0.25
+    train = [a for agent in agents for a in agent.assignments if a.kind == round_pb2.ROUND_KIND_TRAIN]
+    assert train and all(a.training.proximal_mu == 0.25 for a in train)
+
+
+@pytest.mark.parametrize(
+    "strategy, message",
+    [("fedmagic", "unknown strategy 'fedmagic'"), ("fedprox", "strategy 'fedprox': mu")],
+)
+def test_bad_strategies_are_refused_at_start(runs, strategy, message):
+    from google.protobuf import struct_pb2
+
+    params = struct_pb2.Struct()
+    params.update({"mu": -1})
+    with pytest.raises(grpc.RpcError) as e:
+        runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec(
+            strategy=round_pb2.StrategySpec(name=strategy, params=params))), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in e.value.details()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from fedstream.tensors import DType, Layout
+from fedstream.tensors import DType, Layout, TensorSpec
 
 # Bytes read and folded at a time when folding from a file.
 FOLD_PIECE_BYTES = 4 << 20
@@ -113,8 +113,8 @@ class WeightedAccumulator:
         self.total_weight += weight
         self.count += 1
 
-    def average(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Each tensor's weighted mean (flat, in storage dtype), in layout order.
+    def means(self) -> Iterator[tuple[TensorSpec, np.ndarray]]:
+        """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order.
 
         Divides the sums in place, so it consumes the accumulator: nothing may be folded
         into it afterwards, and it can be averaged once.
@@ -127,7 +127,12 @@ class WeightedAccumulator:
         for t in self.layout.tensors:
             acc = self._sums[t.name]
             np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
-            yield t.name, from_accumulator(t.dt, acc)
+            yield t, acc
+
+    def average(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Each tensor's weighted mean in its own storage dtype (see ``means``)."""
+        for t, mean in self.means():
+            yield t.name, from_accumulator(t.dt, mean)
 
     @property
     def nbytes(self) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from fedstream.grpcutil import channel
 from fedstream.safetensors_io import encode_header
@@ -59,8 +59,22 @@ class RoundPrinter:
                 self.out(f"{label}: failed: {r.reason}")
 
 
+def _strategy_from_args(args: argparse.Namespace) -> round_pb2.StrategySpec:
+    params = struct_pb2.Struct()
+    for item in args.strategy_param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--strategy-param takes KEY=VALUE, got {item!r}")
+        try:
+            params.update({key: json.loads(value)})
+        except json.JSONDecodeError:
+            params.update({key: value})
+    return round_pb2.StrategySpec(name=args.strategy, params=params)
+
+
 def _spec_from_args(args: argparse.Namespace) -> scheduler_pb2.RunSpec:
     return scheduler_pb2.RunSpec(
+        strategy=_strategy_from_args(args),
         task=args.task,
         rounds=args.rounds,
         min_agents=args.min_agents,
@@ -164,6 +178,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     start.add_argument("--batch-size", type=int, default=32, help="local batch size")
     start.add_argument("--lr", type=float, default=0.05, help="local learning rate")
     start.add_argument("--seed", type=int, default=0, help="seed for initialisation and selection")
+    start.add_argument("--strategy", default="fedavg",
+                       help="aggregation strategy: fedavg, uniform, fedprox, cosine, fedadagrad, fedyogi, fedadam")
+    start.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="a strategy parameter, e.g. mu=0.01 or eta=0.1 (repeatable)")
     start.add_argument("--initial-version", default="", help="start from this model version")
     start.add_argument("--wait-for-agents", type=float, default=60.0, help="seconds to wait for agents")
     start.add_argument("--run-id", default="", help="id of the new run (default: generated)")

@@ -85,6 +85,9 @@ class AggregationRecord:
     participants: list[str]
     min_updates: int
     deadline_unix: float
+    strategy: str = "fedavg"
+    # The strategy's parameters as canonical JSON (sorted keys).
+    strategy_params: str = "{}"
     state: str = "training"  # training, aggregating, committed, failed
     # agent_id -> report (num_examples, metrics, bytes_received), in the order counted.
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -258,6 +258,16 @@ class ModelStore(ABC):
     def delete_updates(self, run_id: str, round_: int) -> None:
         """Removes every spooled update of a round."""
 
+    # A strategy's state beside a version (server optimizer moments), replaced if rewritten.
+
+    @abstractmethod
+    def state_writer(self, version: str, layout: Layout) -> ModelWriter:
+        """Starts writing the strategy state of a version; commit with ``set_latest=False``."""
+
+    @abstractmethod
+    def open_state(self, version: str) -> ModelReader:
+        """Raises ModelNotFound when the version has no strategy state."""
+
     @abstractmethod
     def delete(self, version: str) -> None:
         """Removes a version (its manifest first, so it is never listed half-deleted).

@@ -140,6 +140,15 @@ class LocalModelStore(ModelStore):
     def delete_updates(self, run_id: str, round_: int) -> None:
         shutil.rmtree(self._update_path(run_id, round_, "x").parent, ignore_errors=True)
 
+    def state_writer(self, version: str, layout: Layout) -> ModelWriter:
+        path = self._path(version).with_suffix(".state.safetensors")
+        return _LocalWriter(self, f"state of {version}", layout, {}, path)
+
+    def open_state(self, version: str) -> ModelReader:
+        path = self._path(version).with_suffix(".state.safetensors")
+        info, start = self._read_info_at(f"state of {version}", path)
+        return _LocalReader(info, path, start)
+
     def _read_info(self, version: str) -> tuple[ModelVersion, int]:
         return self._read_info_at(version, self._path(version))
 
@@ -183,6 +192,8 @@ class LocalModelStore(ModelStore):
         self.check_deletable(version)
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+        for suffix in (".state.json", ".state.safetensors"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
 
     def pin(self, version: str) -> None:
         if not self.exists(version):
@@ -200,5 +211,7 @@ class LocalModelStore(ModelStore):
         d = self._run_dir(run_id)
         if not d.is_dir():
             return []
-        names = sorted(p.stem for p in d.glob("*.safetensors") if p.with_suffix(".json").exists())
+        names = sorted(
+            p.stem for p in d.glob("*.safetensors") if p.stem.isdigit() and p.with_suffix(".json").exists()
+        )
         return [f"{run_id}/{n}" for n in names]

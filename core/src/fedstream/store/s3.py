@@ -181,6 +181,20 @@ class S3ModelStore(ModelStore):
         for name in self._list(prefix):
             self._retry(lambda n=name: self.client.remove_object(self.bucket, n), f"delete {name}")
 
+    def state_writer(self, version: str, layout: Layout) -> ModelWriter:
+        return _S3Writer(
+            self, f"state of {version}", layout, {}, self._key(version, ".state.safetensors"),
+            self._key(version, ".state.json"), latest_key=None,
+        )
+
+    def open_state(self, version: str) -> ModelReader:
+        key = self._key(version, ".state.safetensors")
+        try:
+            info, start = self._read_info_at(f"state of {version}", key, self._key(version, ".state.json"))
+        except ModelNotFound:
+            raise ModelNotFound(f"model {version} has no strategy state") from None
+        return _S3Reader(self, info, key, start)
+
     def _read_info(self, version: str) -> tuple[ModelVersion, int]:
         return self._read_info_at(version, self._key(version, ".safetensors"), self._key(version, ".json"))
 
@@ -228,13 +242,13 @@ class S3ModelStore(ModelStore):
         names = self._list(prefix)
         manifests = {n[len(prefix) : -5] for n in names if n.endswith(".json")}
         models = {n[len(prefix) : -12] for n in names if n.endswith(".safetensors")}
-        return [f"{run_id}/{r}" for r in sorted(manifests & models)]
+        return [f"{run_id}/{r}" for r in sorted(manifests & models) if r.isdigit()]
 
     def delete(self, version: str) -> None:
         if not self._exists(self._key(version, ".json")):
             raise ModelNotFound(f"model {version} not found")
         self.check_deletable(version)
-        for suffix in (".json", ".safetensors"):
+        for suffix in (".json", ".safetensors", ".state.json", ".state.safetensors"):
             key = self._key(version, suffix)
             self._retry(lambda k=key: self.client.remove_object(self.bucket, k), f"delete {key}")
 

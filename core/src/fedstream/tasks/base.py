@@ -29,6 +29,23 @@ class TrainParams:
     batch_size: int
     learning_rate: float
     seed: int
+    # FedProx: mu/2 * ||w - w_global||^2 is added to the local loss when positive.
+    proximal_mu: float = 0.0
+
+
+def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """mu/2 * the squared distance of the model's parameters from ``anchor`` (FedProx)."""
+    total = torch.zeros((), device=anchor[0].device if anchor else None)
+    for p, a in zip(model.parameters(), anchor, strict=True):
+        total = total + (p - a).pow(2).sum()
+    return 0.5 * mu * total
+
+
+def cosine_distance(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Mean over a batch of 1 - cos(logits before local training, logits after): FedReID's
+    measure of how far an agent moved the model."""
+    cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=1)
+    return float((1 - cos).mean().item())
 
 
 @dataclass

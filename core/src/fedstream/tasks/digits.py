@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedstream.tasks.base import SiteDataSettings, Task, TrainParams, TrainResult
+from fedstream.tasks.base import (
+    SiteDataSettings,
+    Task,
+    TrainParams,
+    TrainResult,
+    cosine_distance,
+    proximal_term,
+)
 
 HELDOUT_FRACTION = 0.2
 MIN_SITE_EXAMPLES = 20
@@ -103,11 +110,17 @@ class DigitsTask(Task):
 
     def train(self, model: nn.Module, data: DigitsData, params: TrainParams, device: torch.device) -> TrainResult:
         start = time.perf_counter()
-        model.to(device).train()
+        model.to(device)
         gen = torch.Generator().manual_seed(params.seed)
         opt = torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=0.9)
         loss_fn = nn.CrossEntropyLoss()
         n = len(data.labels)
+        anchor = [p.detach().clone() for p in model.parameters()] if params.proximal_mu > 0 else []
+        probe = data.images[torch.randperm(n, generator=torch.Generator().manual_seed(params.seed))[: params.batch_size]].to(device)
+        model.eval()
+        with torch.no_grad():
+            before = model(probe)
+        model.train()
         total_loss, seen = 0.0, 0
         for _ in range(params.local_epochs):
             order = torch.randperm(n, generator=gen)
@@ -118,16 +131,22 @@ class DigitsTask(Task):
                 xb, yb = data.images[batch].to(device), data.labels[batch].to(device)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
+                if anchor:
+                    loss = loss + proximal_term(model, anchor, params.proximal_mu)
                 loss.backward()
                 opt.step()
                 total_loss += loss.item() * len(batch)
                 seen += len(batch)
+        model.eval()
+        with torch.no_grad():
+            after = model(probe)
         return TrainResult(
             num_examples=n,
             metrics={
                 "train_loss": total_loss / max(seen, 1),
                 "examples_seen": float(seen),
                 "train_seconds": time.perf_counter() - start,
+                "cosine_distance": max(cosine_distance(before, after), 1e-12),
             },
         )
 

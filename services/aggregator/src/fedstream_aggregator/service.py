@@ -15,6 +15,7 @@ crash neither loses nor double-counts an update.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedstream.aggregation import WeightedAccumulator
+from fedstream.aggregation import WeightedAccumulator, from_accumulator, to_accumulator
 from fedstream.errors import (
     AgentNotSelected,
     AlreadyExists,
@@ -48,6 +49,7 @@ from fedstream.logs import log_context
 from fedstream.state import AggregationRecord, StateStore
 from fedstream.store import ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
+from fedstream.strategies import Strategy, make_strategy
 from fedstream.tensors import Chunk, ChunkReceiver, Layout, check_chunk_bytes
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class RoundPlan:
     participants: tuple[str, ...]
     min_updates: int
     deadline_unix: float
+    strategy: str = "fedavg"
+    # The strategy's parameters as canonical JSON (sorted keys), so that plans compare equal.
+    strategy_params: str = "{}"
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class RoundSnapshot:
 @dataclass
 class _Round:
     plan: RoundPlan
+    strategy: Strategy
     layout: Layout | None
     accumulator: WeightedAccumulator | None
     state: str = "training"
@@ -129,6 +135,7 @@ def _plan_of(journal: AggregationRecord) -> RoundPlan:
     return RoundPlan(
         journal.run_id, journal.round, journal.kind, journal.base_version,
         tuple(journal.participants), journal.min_updates, journal.deadline_unix,
+        journal.strategy, journal.strategy_params,
     )
 
 
@@ -315,6 +322,7 @@ class AggregatorService:
             raise InvalidArgument("an init round has no base version")
         if plan.kind == "train" and not plan.base_version:
             raise InvalidArgument("a training round needs a base version")
+        strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         key = (plan.run_id, plan.round)
         with self._lock:
             existing = self._rounds.get(key)
@@ -329,7 +337,7 @@ class AggregatorService:
             self.state.create_aggregation(
                 AggregationRecord(
                     plan.run_id, plan.round, plan.kind, plan.base_version, list(plan.participants),
-                    plan.min_updates, plan.deadline_unix,
+                    plan.min_updates, plan.deadline_unix, plan.strategy, plan.strategy_params,
                 )
             )
         except AlreadyExists:
@@ -340,7 +348,7 @@ class AggregatorService:
                 ) from None
             self._restore(journal)
             return
-        rnd = _Round(plan, layout, WeightedAccumulator(layout) if layout is not None else None)
+        rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if layout is not None else None)
         if self._install(rnd):
             log.info(
                 "round %d of %s open: %s, %d participants, base %s",
@@ -391,15 +399,17 @@ class AggregatorService:
                 return
         if journal.reports and not self.durable:
             raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
+        strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
         accumulator = WeightedAccumulator(layout) if layout is not None else None
         for agent, report in journal.reports.items():
             with self.store.open_update(plan.run_id, plan.round, agent) as reader:
                 if accumulator is not None:
-                    accumulator.fold(_SequentialReader(reader.iter_chunks()).read_into, float(report["num_examples"]))
+                    weight = float(report.get("weight", report["num_examples"]))
+                    accumulator.fold(_SequentialReader(reader.iter_chunks()).read_into, weight)
                 else:
                     layout = reader.layout
-        rnd = _Round(plan, layout, accumulator, state=journal.state, reports=dict(journal.reports))
+        rnd = _Round(plan, strategy, layout, accumulator, state=journal.state, reports=dict(journal.reports))
         if not self._install(rnd):
             return
         log.info(
@@ -477,15 +487,15 @@ class AggregatorService:
             if agent in rnd.reports:
                 return True, 0
         self._check_accepting(rnd)
+        if not all(np.isfinite(v) for v in header.metrics.values()):
+            raise InvalidArgument("metrics must be finite numbers")
+        weight = 0.0
         if plan.kind == "train":
             assert rnd.layout is not None
             problem = header.layout.mismatch(rnd.layout)
             if problem:
                 raise InvalidLayout(f"update does not match model {plan.base_version}: {problem}")
-            if header.num_examples < 1:
-                raise InvalidArgument("num_examples must be at least 1")
-        if not all(np.isfinite(v) for v in header.metrics.values()):
-            raise InvalidArgument("metrics must be finite numbers")
+            weight = rnd.strategy.weight(header.num_examples, header.metrics)
         with rnd.lock:
             if agent in rnd.uploading:
                 raise UploadInProgress(
@@ -508,6 +518,7 @@ class AggregatorService:
                 "num_examples": header.num_examples,
                 "metrics": dict(header.metrics),
                 "bytes_received": receiver.received,
+                "weight": weight,
             }
             with rnd.lock:
                 self._check_accepting(rnd)
@@ -518,7 +529,7 @@ class AggregatorService:
                 rnd.reports[agent] = report
                 if plan.kind == "train":
                     assert rnd.accumulator is not None
-                    rnd.accumulator.fold(spool.read_into, float(header.num_examples))
+                    rnd.accumulator.fold(spool.read_into, weight)
                 else:
                     rnd.layout = header.layout
                     rnd.init_spool = spool
@@ -691,10 +702,54 @@ class AggregatorService:
                     for chunk in reader.iter_chunks(self.chunk_bytes):
                         writer.write(chunk.data)
             else:
-                assert rnd.accumulator is not None
-                for _, values in rnd.accumulator.average():
-                    writer.write(np.ascontiguousarray(values).view(np.uint8).data)
+                self._finish_strategy(rnd, version, writer)
             return writer.commit()
+
+    def _finish_strategy(self, rnd: _Round, version: str, writer: Any) -> None:
+        """Writes the round's result tensor by tensor: the strategy's server update of each
+        weighted mean, reading the base tensor and the strategy's state as it needs them, and
+        writing its new state beside the version (before the version itself)."""
+        plan, strategy = rnd.plan, rnd.strategy
+        assert rnd.accumulator is not None and rnd.layout is not None
+        slots = strategy.state_slots
+        floats = [t for t in rnd.layout.tensors if t.dt.is_float]
+        state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
+        with contextlib.ExitStack() as stack:
+            base = None
+            if strategy.needs_base:
+                base = _SequentialReader(stack.enter_context(self.store.open(plan.base_version)).iter_chunks())
+            old_state = None
+            if slots:
+                try:
+                    reader = stack.enter_context(self.store.open_state(plan.base_version))
+                except ModelNotFound:
+                    reader = None
+                if reader is not None:
+                    if reader.layout != state_layout:
+                        raise FailedPrecondition(f"the strategy state of {plan.base_version} does not fit the model")
+                    old_state = _SequentialReader(reader.iter_chunks())
+            new_state = stack.enter_context(self.store.state_writer(version, state_layout)) if slots else None
+            for spec, mean in rnd.accumulator.means():
+                base_values = None
+                if base is not None:
+                    raw = bytearray(spec.nbytes)
+                    base.read_into(spec.offset, memoryview(raw))
+                    base_values = to_accumulator(spec.dt, np.frombuffer(raw, dtype=spec.dt.storage))
+                state_in = None
+                if old_state is not None and spec.dt.is_float:
+                    state_in = {}
+                    for s in slots:
+                        t = state_layout.spec(f"{spec.name}/{s}")
+                        raw = bytearray(t.nbytes)
+                        old_state.read_into(t.offset, memoryview(raw))
+                        state_in[s] = np.frombuffer(raw, dtype=np.float32)
+                values, state_out = strategy.server_update(spec, mean, base_values, state_in)
+                writer.write(np.ascontiguousarray(from_accumulator(spec.dt, values)).view(np.uint8).data)
+                if new_state is not None and spec.dt.is_float:
+                    for s in slots:
+                        new_state.write(np.ascontiguousarray(state_out[s], dtype=np.float32).view(np.uint8).data)
+            if new_state is not None:
+                new_state.commit(set_latest=False)
 
     # Downloads.
 

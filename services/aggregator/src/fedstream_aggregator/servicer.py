@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf import json_format
 
 from fedstream import wire
 from fedstream.errors import InvalidArgument
@@ -123,6 +125,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
         kind = _KINDS.get(request.kind)
         if kind is None:
             raise InvalidArgument(f"unknown round kind {request.kind}")
+        params = json_format.MessageToDict(request.strategy.params) if request.HasField("strategy") else {}
         self.service.open_round(
             RoundPlan(
                 run_id=request.run_id,
@@ -132,6 +135,8 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
                 participants=tuple(request.participants),
                 min_updates=request.min_updates,
                 deadline_unix=request.deadline_unix,
+                strategy=request.strategy.name or "fedavg",
+                strategy_params=json.dumps(params, sort_keys=True),
             )
         )
         return pb.OpenRoundResponse()

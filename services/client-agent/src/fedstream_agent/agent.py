@@ -177,6 +177,7 @@ class Agent:
             batch_size=a.training.batch_size,
             learning_rate=a.training.learning_rate,
             seed=zlib.crc32(f"{a.training.seed}:{a.round}:{self.agent_id}".encode()),
+            proximal_mu=a.training.proximal_mu,
         )
         result = task.train(model, data, params, self.device)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

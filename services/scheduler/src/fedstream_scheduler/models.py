@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -13,6 +15,13 @@ class TrainingSpec(BaseModel):
     learning_rate: float = Field(0.05, gt=0, le=100, description="Local learning rate.")
     seed: int = Field(0, ge=0, description="Seed for agents' initialisation and shuffling.")
     no_op: bool = Field(False, description="Agents return the base model without training.")
+
+
+class StrategySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("fedavg", description="Strategy name from the registry (fedstream.strategies).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
 
 
 class RunSpec(BaseModel):
@@ -27,6 +36,7 @@ class RunSpec(BaseModel):
         0, ge=0, description="Updates needed to commit at the deadline; 0 means min_agents."
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training.")
+    strategy: StrategySpec = Field(default_factory=StrategySpec, description="How updates are combined.")
     initial_version: str = Field("", description="Start from this version instead of an init round.")
     wait_for_agents_s: float = Field(
         60.0, ge=0, description="Seconds to wait for min_agents before a round fails."

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 import grpc
+from google.protobuf import struct_pb2
 from pydantic import ValidationError
 
 from fedstream.errors import (
@@ -30,6 +31,7 @@ from fedstream.logs import log_context
 from fedstream.state import AgentRecord, RoundRecord, RunRecord, StateStore
 from fedstream.state.base import TERMINAL_ROUND_STATES
 from fedstream.store.base import check_run_id
+from fedstream.strategies import make_strategy
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.models import RunSpec
@@ -142,6 +144,8 @@ class SchedulerService:
             raise InvalidArgument(f"invalid run spec: {where}: {first['msg']}") from None
         if spec.min_updates > max(spec.min_agents, spec.max_agents or spec.min_agents):
             raise InvalidArgument("invalid run spec: min_updates exceeds the agents a round can have")
+        strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+        spec.strategy.params = strategy.params.model_dump()
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock())
         self.state.create_run(run)
@@ -348,6 +352,9 @@ class SchedulerService:
         """Takes a recorded round from its state to its end: opens it on the aggregator (again:
         opening the same plan twice is harmless), sends assignments if the record shows they
         may not have gone out, then follows it."""
+        strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+        params = struct_pb2.Struct()
+        params.update(spec.strategy.params)
         plan = aggregator_pb2.RoundPlan(
             run_id=run_id,
             round=rec.round,
@@ -356,6 +363,7 @@ class SchedulerService:
             participants=rec.participants,
             min_updates=rec.min_updates,
             deadline_unix=rec.deadline_unix,
+            strategy=round_pb2.StrategySpec(name=strategy.name, params=params),
         )
         loop = asyncio.get_running_loop()
         try:
@@ -373,7 +381,7 @@ class SchedulerService:
                 base_version=rec.base_version,
                 model_endpoint=self.public_endpoint,
                 upload_endpoint=self.public_endpoint,
-                training=round_pb2.TrainingConfig(**spec.training.model_dump()),
+                training=round_pb2.TrainingConfig(**spec.training.model_dump(), **strategy.configure()),
                 deadline_unix=rec.deadline_unix,
             )
             for agent_id in rec.participants:

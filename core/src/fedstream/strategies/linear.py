@@ -1,0 +1,60 @@
+"""Strategies whose round result is a weighted mean of the updates: they fold as uploads
+arrive, in memory of one model whatever the number of agents."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedstream.errors import InvalidArgument
+from fedstream.strategies.base import Strategy
+
+
+class FedAvg(Strategy):
+    """McMahan et al.: the mean of the agents' weights, weighted by their example counts."""
+
+    name = "fedavg"
+
+
+class Uniform(Strategy):
+    """Every update weighs the same, whatever its example count."""
+
+    name = "uniform"
+
+    def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
+        return 1.0
+
+
+class FedProxParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mu: float = Field(0.01, ge=0, description="Weight of the proximal term mu/2 * ||w - w_global||^2.")
+
+
+class FedProx(Strategy):
+    """Li et al.: FedAvg on the server; agents add a proximal term to their local loss."""
+
+    name = "fedprox"
+    Params = FedProxParams
+
+    def configure(self) -> dict[str, float]:
+        assert isinstance(self.params, FedProxParams)
+        return {"proximal_mu": self.params.mu}
+
+
+COSINE_METRIC = "cosine_distance"
+
+
+class CosineWeighted(Strategy):
+    """FedReID's cosine-distance weights: each agent reports d_k, the mean over one batch of
+    1 - cos(logits before local training, logits after); updates weigh d_k / sum_j d_j."""
+
+    name = "cosine"
+
+    def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
+        d = metrics.get(COSINE_METRIC)
+        if d is None:
+            raise InvalidArgument(f"strategy 'cosine' needs the metric {COSINE_METRIC!r} with each update")
+        if not math.isfinite(d) or d <= 0:
+            raise InvalidArgument(f"metric {COSINE_METRIC!r} must be a positive number, got {d}")
+        return float(d)

@@ -1,0 +1,128 @@
+"""Strategies on the streaming aggregator, each checked against a direct computation; the
+server optimizer's moments persist with the model, so a new aggregator continues them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from fedstream.state import MemoryStateStore
+from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
+from fedstream.tensors import FlatBuffer, iter_chunks
+from fedstream_aggregator.service import AggregatorService, RoundPlan, UpdateHeader
+from helpers import buffers_of, layout_of, random_model, store_model
+
+RUN = "strat"
+
+
+def read(store, version):
+    with store.open(version) as reader:
+        buf = FlatBuffer(reader.layout)
+        for c in reader.iter_chunks():
+            buf.write(c.offset, c.data)
+    return buf.arrays()
+
+
+def run_round(agg, round_, base, strategy, params, updates):
+    """updates: agent -> (model, num_examples, metrics)."""
+    agg.open_round(RoundPlan(RUN, round_, "train", base, tuple(updates), len(updates), time.time() + 60,
+                             strategy, json.dumps(params, sort_keys=True)))
+    for agent, (model, n, metrics) in updates.items():
+        layout = layout_of(model)
+        chunks = [(c.offset, bytes(c.data), c.crc32c) for c in iter_chunks(layout, buffers_of(layout, model), 4096)]
+        agg.receive_update(UpdateHeader(RUN, round_, agent, layout, n, metrics), iter(chunks))
+    give_up = time.time() + 30
+    while agg.snapshot(RUN, round_).state not in ("committed", "failed") and time.time() < give_up:
+        time.sleep(0.02)
+    snap = agg.snapshot(RUN, round_)
+    assert snap.state == "committed", snap.reason
+    return snap.version
+
+
+def floats(model):
+    return {k: a.astype(np.float64) for k, (d, a) in model.items() if d == "float32"}
+
+
+def fresh(model_store, tmp_path, name):
+    return AggregatorService(MemoryStateStore(), model_store, tmp_path / name, chunk_bytes=4096)
+
+
+@pytest.mark.parametrize(
+    "strategy, weights",
+    [
+        ("fedavg", lambda n, m: n),
+        ("uniform", lambda n, m: 1.0),
+        ("fedprox", lambda n, m: n),
+        ("cosine", lambda n, m: m["cosine_distance"]),
+    ],
+)
+def test_linear_strategies_give_the_weighted_mean(strategy, weights, model_store, tmp_path):
+    base = random_model(0, 4)
+    store_model(model_store, f"{RUN}/000000", base)
+    updates = {a: (random_model(i + 1, 4), 10 * (i + 1), {"cosine_distance": 0.1 * (3 - i)}) for i, a in enumerate("abc")}
+
+    version = run_round(fresh(model_store, tmp_path, "s"), 1, f"{RUN}/000000", strategy, {}, updates)
+
+    got = read(model_store, version)
+    w = {a: weights(n, m) for a, (_, n, m) in updates.items()}
+    for name in floats(base):
+        ref = sum(floats(u)[name] * w[a] for a, (u, _, _) in updates.items()) / sum(w.values())
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("strategy, kind", [("fedadam", "adam"), ("fedyogi", "yogi"), ("fedadagrad", "adagrad")])
+def test_server_optimizers_keep_their_moments_across_aggregators(strategy, kind, model_store, tmp_path):
+    params = {"eta": 0.5, "tau": 0.01}
+    p = ServerOptParams(**params)
+    base = random_model(0, 4)
+    store_model(model_store, f"{RUN}/000000", base)
+    rounds = [
+        {a: (random_model(10 * r + i, 4), 5 + i, {}) for i, a in enumerate("ab")} for r in range(1, 3)
+    ]
+
+    v1 = run_round(fresh(model_store, tmp_path, "one"), 1, f"{RUN}/000000", strategy, params, rounds[0])
+    # A different aggregator process for round 2: the moments come from the store.
+    v2 = run_round(fresh(model_store, tmp_path, "two"), 2, v1, strategy, params, rounds[1])
+
+    x = floats(base)
+    m = {k: np.zeros_like(a) for k, a in x.items()}
+    v = {k: np.full_like(a, p.tau**2) for k, a in x.items()}
+    for upd in rounds:
+        total = sum(n for _, n, _ in upd.values())
+        for k in x:
+            mean = sum(floats(u)[k] * n for u, n, _ in upd.values()) / total
+            x[k], m[k], v[k] = adaptive_step(kind, x[k], mean - x[k], m[k], v[k], p)
+    got = read(model_store, v2)
+    for k in x:
+        np.testing.assert_allclose(got[k], x[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    with model_store.open_state(v2) as state:
+        assert {"conv.weight/m", "conv.weight/v", "half.weight/m"} <= set(state.layout.names)
+    # Integer tensors are averaged plainly.
+    ints = read(model_store, v2)["bn.num_batches_tracked"]
+    assert ints.dtype == np.int64
+
+
+def test_cosine_weights_refuse_an_update_without_its_distance(model_store, tmp_path):
+    from fedstream.errors import InvalidArgument
+
+    store_model(model_store, f"{RUN}/000000", random_model(0, 4))
+    agg = fresh(model_store, tmp_path, "c")
+    agg.open_round(RoundPlan(RUN, 1, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "cosine", "{}"))
+    model = random_model(1, 4)
+    layout = layout_of(model)
+    chunks = [(c.offset, bytes(c.data), c.crc32c) for c in iter_chunks(layout, buffers_of(layout, model), 4096)]
+    with pytest.raises(InvalidArgument, match="cosine_distance"):
+        agg.receive_update(UpdateHeader(RUN, 1, "a", layout, 5, {}), iter(chunks))
+    assert agg.snapshot(RUN, 1).reports == []
+
+
+def test_unknown_strategy_in_a_plan_is_refused(model_store, tmp_path):
+    from fedstream.errors import InvalidArgument
+
+    store_model(model_store, f"{RUN}/000000", random_model(0, 4))
+    with pytest.raises(InvalidArgument, match="unknown strategy 'nope'"):
+        fresh(model_store, tmp_path, "x").open_round(
+            RoundPlan(RUN, 1, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "nope", "{}"))
