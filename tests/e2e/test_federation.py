@@ -129,3 +129,19 @@ def _processes_using(workdir: Path) -> list[psutil.Process]:
         if any(str(workdir) in v for v in env.values()) and p.pid != os.getpid():
             found.append(p)
     return found
+
+
+def test_fedpav_keeps_each_sites_classifier_at_home(federation, tmp_path):
+    procs, sched_addr, agg_addr = federation
+
+    started = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+                        "--epochs", "1", "--run-id", "pav", "--strategy", "fedpav", "--follow")
+    out = tmp_path / "pav.safetensors"
+    downloaded = fedstream("model", "download", "pav", "--aggregator", agg_addr, "-o", str(out))
+
+    assert started.returncode == 0, started.stdout + started.stderr + procs.tail("aggregator")
+    assert downloaded.returncode == 0, downloaded.stderr
+    names = set(load_file(out))
+    expected = {n for n in DigitsCNN().state_dict() if not n.startswith("head.3.")}
+    assert names == expected  # the backbone, BatchNorm statistics included; no classifier
+    assert any(n.endswith("running_mean") for n in names)

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 
 from fedstream.errors import InvalidArgument
 from fedstream.strategies.base import Strategy
-from fedstream.strategies.linear import CosineWeighted, FedAvg, FedProx, Uniform
+from fedstream.strategies.linear import CosineWeighted, FedAvg, FedPav, FedProx, Uniform
 from fedstream.strategies.server_opt import FedAdagrad, FedAdam, FedYogi
 
 REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, Uniform, FedProx, CosineWeighted, FedAdagrad, FedYogi, FedAdam)
+    cls.name: cls
+    for cls in (FedAvg, Uniform, FedProx, FedPav, CosineWeighted, FedAdagrad, FedYogi, FedAdam)
 }
 DEFAULT = "fedavg"
 

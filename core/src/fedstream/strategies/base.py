@@ -42,8 +42,9 @@ class Strategy(ABC):
             raise InvalidArgument("num_examples must be at least 1")
         return float(num_examples)
 
-    def configure(self) -> dict[str, float]:
-        """Local-training settings sent to agents with each assignment (e.g. proximal_mu)."""
+    def configure(self) -> dict[str, float | bool]:
+        """Local-training settings sent to agents with each assignment (TrainingConfig fields:
+        proximal_mu, shared_only)."""
         return {}
 
     def server_update(

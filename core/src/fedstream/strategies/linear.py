@@ -37,7 +37,7 @@ class FedProx(Strategy):
     name = "fedprox"
     Params = FedProxParams
 
-    def configure(self) -> dict[str, float]:
+    def configure(self) -> dict[str, float | bool]:
         assert isinstance(self.params, FedProxParams)
         return {"proximal_mu": self.params.mu}
 
@@ -58,3 +58,14 @@ class CosineWeighted(Strategy):
         if not math.isfinite(d) or d <= 0:
             raise InvalidArgument(f"metric {COSINE_METRIC!r} must be a positive number, got {d}")
         return float(d)
+
+
+class FedPav(Strategy):
+    """FedReID's federated partial averaging: only the tensors a task shares (the backbone,
+    BatchNorm statistics included) are uploaded and averaged, weighted by example count; each
+    site's private tensors (its identity classifier) never leave it."""
+
+    name = "fedpav"
+
+    def configure(self) -> dict[str, float | bool]:
+        return {"shared_only": True}

@@ -56,6 +56,12 @@ class TrainResult:
 
 class Task(ABC):
     name: str
+    # Tensors whose names start with one of these stay on the site under partial averaging
+    # (FedPav): a site's own classifier, for instance. Everything else is shared.
+    private_prefixes: tuple[str, ...] = ()
+
+    def is_shared(self, tensor_name: str) -> bool:
+        return not tensor_name.startswith(self.private_prefixes) if self.private_prefixes else True
 
     @abstractmethod
     def build_model(self, seed: int) -> torch.nn.Module:

@@ -86,6 +86,8 @@ def dirichlet_partition(
 
 class DigitsTask(Task):
     name = "digits"
+    # Under FedPav each site keeps its own last layer (the classifier over the ten digits).
+    private_prefixes = ("head.3.",)
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)

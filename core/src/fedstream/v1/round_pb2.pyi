@@ -33,20 +33,22 @@ ROUND_STATE_COMMITTED: RoundState
 ROUND_STATE_FAILED: RoundState
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NO_OP_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    SHARED_ONLY_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
     seed: int
     no_op: bool
     proximal_mu: float
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
+    shared_only: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ...) -> None: ...
 
 class StrategySpec(_message.Message):
     __slots__ = ("name", "params")

@@ -65,6 +65,8 @@ class Agent:
         self._stream: Any = None
         # The last downloaded model's buffer, reused while the layout stays the same.
         self._buffer: FlatBuffer | None = None
+        # Private tensors per run under partial averaging (FedPav): they never leave the site.
+        self._private: dict[str, dict[str, torch.Tensor]] = {}
         self.rounds_done = 0
 
     def _task(self, name: str) -> tuple[Task, Any]:
@@ -148,7 +150,7 @@ class Agent:
         chunk_bytes = a.chunk_bytes or self.settings.chunks.chunk_bytes
         if a.kind == round_pb2.ROUND_KIND_INIT:
             model = task.build_model(a.training.seed)
-            state = model.state_dict()
+            state = self._outgoing(task, a, model)
             layout = layout_of(state)
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
@@ -170,8 +172,17 @@ class Agent:
             )
             return
         model = task.build_model(a.training.seed)
-        model.load_state_dict(state_of(base.buffer))
-        del base
+        incoming = state_of(base.buffer)
+        if a.training.shared_only:
+            # The global model holds the shared tensors; this site's private ones come from
+            # its own previous round of the run (or the fresh model in its first).
+            incoming = {**self._private.get(a.run_id, {}), **incoming}
+            missing, unexpected = model.load_state_dict(incoming, strict=False)
+            if unexpected or any(task.is_shared(n) for n in missing):
+                raise ValueError(f"global model does not fit task {a.task!r}: missing {missing}, unexpected {unexpected}")
+        else:
+            model.load_state_dict(incoming)
+        del base, incoming
         params = TrainParams(
             local_epochs=a.training.local_epochs,
             batch_size=a.training.batch_size,
@@ -180,11 +191,20 @@ class Agent:
             proximal_mu=a.training.proximal_mu,
         )
         result = task.train(model, data, params, self.device)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = self._outgoing(task, a, model)
         layout = layout_of(state)
         metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+
+    def _outgoing(self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """What leaves the site: the whole model, or under partial averaging only its shared
+        tensors, the private ones being kept here for the run's next round."""
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if not a.training.shared_only:
+            return state
+        self._private[a.run_id] = {k: v.clone() for k, v in state.items() if not task.is_shared(k)}
+        return {k: v for k, v in state.items() if task.is_shared(k)}
 
     def _download(self, a: scheduler_pb2.Assignment, chunk_bytes: int) -> DownloadedModel:
         """Downloads the base model, retrying transient failures until the deadline."""
