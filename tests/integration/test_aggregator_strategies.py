@@ -126,3 +126,37 @@ def test_unknown_strategy_in_a_plan_is_refused(model_store, tmp_path):
     with pytest.raises(InvalidArgument, match="unknown strategy 'nope'"):
         fresh(model_store, tmp_path, "x").open_round(
             RoundPlan(RUN, 1, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "nope", "{}"))
+
+
+@pytest.mark.parametrize(
+    "strategy, params, reference",
+    [
+        ("median", {}, lambda x: np.median(x, axis=0)),
+        ("trimmed-mean", {"beta": 0.2}, lambda x: np.sort(x, axis=0)[1:-1].mean(axis=0)),
+        ("multi-krum", {"f": 1}, lambda x: x[:4].mean(axis=0)),  # the outlier (last) is left out
+    ],
+)
+def test_robust_strategies_combine_kept_updates_piece_by_piece(strategy, params, reference, model_store, tmp_path, monkeypatch):
+    from fedstream_aggregator import service as svc
+
+    monkeypatch.setattr(svc, "FOLD_PIECE_BYTES", 64)  # many pieces per tensor
+    base = random_model(0, 4)
+    store_model(model_store, f"{RUN}/000000", base)
+    rng = np.random.default_rng(3)
+    updates = {}
+    for agent in "abcde":
+        model = {k: (d, a.copy()) for k, (d, a) in base.items()}
+        for d, a in model.values():
+            if d == "float32" and a.size:
+                noise = rng.standard_normal(a.shape).astype(np.float32) * 0.01
+                a += noise * (1000 if agent == "e" else 1)  # e is poisoned
+        updates[agent] = (model, 10, {})
+
+    version = run_round(fresh(model_store, tmp_path, "r"), 1, f"{RUN}/000000", strategy, params, updates)
+
+    got = read(model_store, version)
+    for name in floats(base):
+        stacked = np.stack([floats(m)[name].reshape(-1) for m, _, _ in updates.values()])
+        np.testing.assert_allclose(got[name].reshape(-1), reference(stacked), rtol=1e-5, atol=1e-6, err_msg=name)
+    with pytest.raises(Exception, match="not found"):
+        model_store.open_update(RUN, 1, "a")  # kept updates are removed after the commit

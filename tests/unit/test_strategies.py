@@ -110,3 +110,34 @@ def test_proximal_term_and_cosine_distance():
     before = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     after = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
     assert cosine_distance(before, after) == pytest.approx(0.5)
+
+
+def test_robust_statistics_match_direct_computations():
+    from fedstream.strategies.robust import (
+        coordinate_median,
+        krum_scores,
+        multi_krum_select,
+        pairwise_sq_dist_update,
+        trimmed_mean,
+    )
+
+    x = np.array([[1.0, 10.0], [2.0, -5.0], [100.0, 0.0], [3.0, 1.0]])
+    assert coordinate_median(x).tolist() == [2.5, 0.5]
+    assert trimmed_mean(x, 0.25).tolist() == [2.5, 0.5]  # drops 1 and 100; -5 and 10
+    assert trimmed_mean(x, 0.1).tolist() == x.mean(axis=0).tolist()
+
+    sq = np.zeros((4, 4))
+    pairwise_sq_dist_update(sq, x[:, :1])
+    pairwise_sq_dist_update(sq, x[:, 1:])
+    brute = np.array([[((a - b) ** 2).sum() for b in x] for a in x])
+    np.testing.assert_allclose(sq, brute)
+    # k=4, f=1: each score sums the 4-1-2 = 1 nearest squared distance.
+    expected = [np.sort(np.delete(brute[i], i))[:1].sum() for i in range(4)]
+    np.testing.assert_allclose(krum_scores(brute, 1), expected)
+    assert 2 not in multi_krum_select(brute, f=1, m=3)
+
+
+def test_multi_krum_needs_enough_updates():
+    strategy = make_strategy("multi-krum", {"f": 1})
+    with pytest.raises(Exception, match="needs more than 4 updates, got 4"):
+        strategy.select(np.zeros((4, 4)))

@@ -179,7 +179,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     start.add_argument("--lr", type=float, default=0.05, help="local learning rate")
     start.add_argument("--seed", type=int, default=0, help="seed for initialisation and selection")
     start.add_argument("--strategy", default="fedavg",
-                       help="aggregation strategy: fedavg, uniform, fedprox, fedpav, cosine, fedadagrad, fedyogi, fedadam")
+                       help="aggregation strategy: fedavg, uniform, fedprox, fedpav, cosine, fedadagrad, fedyogi, fedadam, "
+                       "median, trimmed-mean, multi-krum")
     start.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a strategy parameter, e.g. mu=0.01 or eta=0.1 (repeatable)")
     start.add_argument("--initial-version", default="", help="start from this model version")

@@ -13,11 +13,15 @@ from pydantic import ValidationError
 from fedstream.errors import InvalidArgument
 from fedstream.strategies.base import Strategy
 from fedstream.strategies.linear import CosineWeighted, FedAvg, FedPav, FedProx, Uniform
+from fedstream.strategies.robust import Median, MultiKrum, TrimmedMean
 from fedstream.strategies.server_opt import FedAdagrad, FedAdam, FedYogi
 
 REGISTRY: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, Uniform, FedProx, FedPav, CosineWeighted, FedAdagrad, FedYogi, FedAdam)
+    for cls in (
+        FedAvg, Uniform, FedProx, FedPav, CosineWeighted, FedAdagrad, FedYogi, FedAdam,
+        Median, TrimmedMean, MultiKrum,
+    )
 }
 DEFAULT = "fedavg"
 

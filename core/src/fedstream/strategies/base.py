@@ -31,6 +31,10 @@ class Strategy(ABC):
     # Server update needs the base tensor / keeps per-tensor state between rounds.
     needs_base: ClassVar[bool] = False
     state_slots: ClassVar[tuple[str, ...]] = ()
+    # Linear strategies fold updates as they arrive; the others (robust statistics) need
+    # every update at once and implement select/combine instead.
+    linear: ClassVar[bool] = True
+    needs_distances: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedstream.aggregation import WeightedAccumulator, from_accumulator, to_accumulator
+from fedstream.aggregation import FOLD_PIECE_BYTES, WeightedAccumulator, from_accumulator, to_accumulator
 from fedstream.errors import (
     AgentNotSelected,
     AlreadyExists,
@@ -50,7 +50,8 @@ from fedstream.state import AggregationRecord, StateStore
 from fedstream.store import ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
 from fedstream.strategies import Strategy, make_strategy
-from fedstream.tensors import Chunk, ChunkReceiver, Layout, check_chunk_bytes
+from fedstream.strategies.robust import pairwise_sq_dist_update
+from fedstream.tensors import Chunk, ChunkReceiver, Layout, TensorSpec, check_chunk_bytes
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,8 @@ class AggregatorService:
                 ) from None
             self._restore(journal)
             return
-        rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if layout is not None else None)
+        folds = layout is not None and strategy.linear
+        rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if folds else None)
         if self._install(rnd):
             log.info(
                 "round %d of %s open: %s, %d participants, base %s",
@@ -401,8 +403,10 @@ class AggregatorService:
             raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
-        accumulator = WeightedAccumulator(layout) if layout is not None else None
+        accumulator = WeightedAccumulator(layout) if layout is not None and strategy.linear else None
         for agent, report in journal.reports.items():
+            if plan.kind == "train" and not strategy.linear:
+                continue  # kept in the store; combined at commit
             with self.store.open_update(plan.run_id, plan.round, agent) as reader:
                 if accumulator is not None:
                     weight = float(report.get("weight", report["num_examples"]))
@@ -511,7 +515,7 @@ class AggregatorService:
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
-            if self.durable:
+            if self.durable or not rnd.strategy.linear:
                 self._keep_update(plan, agent, header.layout, spool)
             report = {
                 "agent_id": agent,
@@ -527,8 +531,7 @@ class AggregatorService:
                 if not self.state.count_update(plan.run_id, plan.round, agent, report):
                     return True, receiver.received
                 rnd.reports[agent] = report
-                if plan.kind == "train":
-                    assert rnd.accumulator is not None
+                if plan.kind == "train" and rnd.accumulator is not None:
                     rnd.accumulator.fold(spool.read_into, weight)
                 else:
                     rnd.layout = header.layout
@@ -659,7 +662,7 @@ class AggregatorService:
         if rnd.init_spool is not None:
             self.spools.release(rnd.init_spool)
             rnd.init_spool = None
-        if self.durable:
+        if self.durable or not rnd.strategy.linear:
             try:
                 self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
             except FedstreamError as e:
@@ -710,6 +713,9 @@ class AggregatorService:
         weighted mean, reading the base tensor and the strategy's state as it needs them, and
         writing its new state beside the version (before the version itself)."""
         plan, strategy = rnd.plan, rnd.strategy
+        if not strategy.linear:
+            self._finish_robust(rnd, writer)
+            return
         assert rnd.accumulator is not None and rnd.layout is not None
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
@@ -750,6 +756,57 @@ class AggregatorService:
                         new_state.write(np.ascontiguousarray(state_out[s], dtype=np.float32).view(np.uint8).data)
             if new_state is not None:
                 new_state.commit(set_latest=False)
+
+    def _finish_robust(self, rnd: _Round, writer: Any) -> None:
+        """Combines every kept update piece by piece (a robust statistic per coordinate), with a
+        first pass for pairwise distances when the strategy selects updates (multi-Krum).
+        Memory: the pieces of all updates at one offset, never whole updates."""
+        plan, strategy = rnd.plan, rnd.strategy
+        assert rnd.layout is not None
+        agents = list(rnd.reports)
+        chosen = list(range(len(agents)))
+        if strategy.needs_distances:
+            sq = np.zeros((len(agents), len(agents)))
+            for _, pieces in self._kept_pieces(plan, agents, rnd.layout):
+                pairwise_sq_dist_update(sq, pieces)
+            selected = strategy.select(sq)  # type: ignore[attr-defined]
+            if selected is not None:
+                chosen = selected
+                log.info("round %d of %s: %s selected %s", plan.round, plan.run_id, strategy.name,
+                         ", ".join(agents[i] for i in chosen))
+        current: TensorSpec | None = None
+        out: np.ndarray | None = None
+        for (spec, lo), pieces in self._kept_pieces(plan, agents, rnd.layout):
+            if spec is not current:
+                current = spec
+                out = np.empty(spec.numel, dtype=pieces.dtype)
+            assert out is not None
+            out[lo : lo + pieces.shape[1]] = strategy.combine(pieces[chosen])  # type: ignore[attr-defined]
+            if lo + pieces.shape[1] == spec.numel:
+                writer.write(np.ascontiguousarray(from_accumulator(spec.dt, out)).view(np.uint8).data)
+
+    def _kept_pieces(
+        self, plan: RoundPlan, agents: list[str], layout: Layout
+    ) -> Iterator[tuple[tuple[TensorSpec, int], np.ndarray]]:
+        """((tensor, first element), (agents, n) accumulator-dtype values) over the whole layout,
+        read in lockstep from every agent's kept update."""
+        with contextlib.ExitStack() as stack:
+            readers = [
+                _SequentialReader(stack.enter_context(self.store.open_update(plan.run_id, plan.round, a)).iter_chunks())
+                for a in agents
+            ]
+            piece = bytearray(FOLD_PIECE_BYTES)
+            for t in layout.tensors:
+                item = t.dt.itemsize
+                step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
+                for start in range(0, t.nbytes, step):
+                    n = min(step, t.nbytes - start)
+                    rows = []
+                    for r in readers:
+                        view = memoryview(piece)[:n]
+                        r.read_into(t.offset + start, view)
+                        rows.append(to_accumulator(t.dt, np.frombuffer(view, dtype=t.dt.storage)).copy())
+                    yield (t, start // item), np.stack(rows)
 
     # Downloads.
 

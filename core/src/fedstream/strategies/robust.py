@@ -1,0 +1,112 @@
+"""Robust statistics for untrusted agents: coordinate-wise median, trimmed mean and
+multi-Krum (Blanchard et al. 2017). They need every update at once, so the aggregator keeps
+the updates in the model store and computes piece by piece: memory is O(model + agents x
+piece), not O(agents x model)."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedstream.errors import FailedPrecondition
+from fedstream.strategies.base import Strategy
+
+
+def coordinate_median(x: np.ndarray) -> np.ndarray:
+    """x: (agents, n) -> (n,)."""
+    return np.median(x, axis=0)
+
+
+def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
+    """Mean of each coordinate after dropping the floor(beta * agents) smallest and largest."""
+    k = x.shape[0]
+    cut = int(math.floor(beta * k))
+    if cut == 0:
+        return x.mean(axis=0)
+    s = np.sort(x, axis=0)
+    return s[cut : k - cut].mean(axis=0)
+
+
+def krum_scores(sq_dist: np.ndarray, f: int) -> np.ndarray:
+    """Krum score of each update: the sum of its squared distances to its k - f - 2 nearest
+    other updates. sq_dist: (k, k) squared distances."""
+    k = sq_dist.shape[0]
+    nearest = k - f - 2
+    scores = np.empty(k)
+    for i in range(k):
+        others = np.delete(sq_dist[i], i)
+        scores[i] = np.sort(others)[:nearest].sum()
+    return scores
+
+
+def multi_krum_select(sq_dist: np.ndarray, f: int, m: int) -> list[int]:
+    """Indices of the m updates with the lowest Krum scores (ties by index)."""
+    scores = krum_scores(sq_dist, f)
+    return sorted(np.argsort(scores, kind="stable")[:m].tolist())
+
+
+def pairwise_sq_dist_update(acc: np.ndarray, x: np.ndarray) -> None:
+    """Adds the squared distances between the rows of x (agents, n) to acc (agents, agents)."""
+    x = x.astype(np.float64, copy=False)
+    gram = x @ x.T
+    norms = np.diag(gram)
+    acc += np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
+
+
+class _Robust(Strategy):
+    linear = False
+
+    def select(self, sq_dist: np.ndarray) -> list[int] | None:
+        """Updates to combine, from their squared distances; None when all are (no pre-pass)."""
+        return None
+
+    @abstractmethod
+    def combine(self, x: np.ndarray) -> np.ndarray:
+        """The coordinate-wise statistic of x (agents, n)."""
+
+
+class Median(_Robust):
+    name = "median"
+
+    def combine(self, x: np.ndarray) -> np.ndarray:
+        return coordinate_median(x)
+
+
+class TrimmedMeanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beta: float = Field(0.1, ge=0, lt=0.5, description="Fraction trimmed from each end, per coordinate.")
+
+
+class TrimmedMean(_Robust):
+    name = "trimmed-mean"
+    Params = TrimmedMeanParams
+
+    def combine(self, x: np.ndarray) -> np.ndarray:
+        assert isinstance(self.params, TrimmedMeanParams)
+        return trimmed_mean(x, self.params.beta)
+
+
+class MultiKrumParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    f: int = Field(1, ge=0, description="Byzantine agents tolerated: needs more than 2f + 2 updates.")
+    m: int = Field(0, ge=0, description="Updates averaged; 0 means all but f.")
+
+
+class MultiKrum(_Robust):
+    name = "multi-krum"
+    Params = MultiKrumParams
+    needs_distances = True
+
+    def select(self, sq_dist: np.ndarray) -> list[int] | None:
+        p = self.params
+        assert isinstance(p, MultiKrumParams)
+        k = sq_dist.shape[0]
+        if k <= 2 * p.f + 2:
+            raise FailedPrecondition(f"multi-krum with f={p.f} needs more than {2 * p.f + 2} updates, got {k}")
+        return multi_krum_select(sq_dist, p.f, min(k, p.m or k - p.f))
+
+    def combine(self, x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=0)
