@@ -160,3 +160,64 @@ def test_robust_strategies_combine_kept_updates_piece_by_piece(strategy, params,
         np.testing.assert_allclose(got[name].reshape(-1), reference(stacked), rtol=1e-5, atol=1e-6, err_msg=name)
     with pytest.raises(Exception, match="not found"):
         model_store.open_update(RUN, 1, "a")  # kept updates are removed after the commit
+
+
+@pytest.mark.parametrize("mode", ["float16", "bfloat16", "int8"])
+def test_compressed_updates_fold_to_the_mean_of_what_was_sent(mode, model_store, tmp_path):
+    from fedstream.aggregation import bf16_to_f32, f32_to_bf16
+    from fedstream.compression import SCALE_SUFFIX, dequantize_int8, quantize_int8
+
+    base = {k: v for k, v in random_model(0, 4).items() if v[0] in ("float32", "int64")}
+    store_model(model_store, f"{RUN}/000000", base)
+    agg = fresh(model_store, tmp_path, "z")
+    agg.open_round(RoundPlan(RUN, 1, "train", f"{RUN}/000000", ("a", "b"), 2, time.time() + 60,
+                             "fedavg", "{}", mode))
+    sent = {}
+    for i, agent in enumerate("ab"):
+        local = random_model(i + 1, 4)
+        wire, values = {}, {}
+        for name, (dtype, arr) in base.items():
+            new = local[name][1]
+            if dtype != "float32":
+                wire[name] = (dtype, new)
+                values[name] = new.astype(np.float64)
+            elif mode == "int8":
+                q, scale = quantize_int8(new - arr)
+                wire[name] = ("int8", q)
+                wire[name + SCALE_SUFFIX] = ("float32", np.array(scale, dtype=np.float32))
+                values[name] = arr + dequantize_int8(q, scale)
+            elif mode == "float16":
+                wire[name] = ("float16", new.astype(np.float16))
+                values[name] = new.astype(np.float16).astype(np.float64)
+            else:
+                bits = f32_to_bf16(new)
+                wire[name] = ("bfloat16", bits)
+                values[name] = bf16_to_f32(bits).astype(np.float64)
+        sent[agent] = values
+        layout = layout_of(wire)
+        chunks = [(c.offset, bytes(c.data), c.crc32c) for c in iter_chunks(layout, buffers_of(layout, wire), 4096)]
+        agg.receive_update(UpdateHeader(RUN, 1, agent, layout, 10 * (i + 1), {}), iter(chunks))
+    give_up = time.time() + 30
+    while agg.snapshot(RUN, 1).state != "committed" and time.time() < give_up:
+        time.sleep(0.02)
+
+    got = read(model_store, agg.snapshot(RUN, 1).version)
+    for name, (dtype, _) in base.items():
+        ref = (sent["a"][name] * 10 + sent["b"][name] * 20) / 30
+        if dtype == "float32":
+            np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_an_uncompressed_update_is_refused_where_int8_is_expected(model_store, tmp_path):
+    from fedstream.errors import InvalidLayout
+
+    store_model(model_store, f"{RUN}/000000", random_model(0, 4))
+    agg = fresh(model_store, tmp_path, "q")
+    agg.open_round(RoundPlan(RUN, 1, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "fedavg", "{}", "int8"))
+    model = random_model(1, 4)
+    layout = layout_of(model)
+    chunks = [(c.offset, bytes(c.data), c.crc32c) for c in iter_chunks(layout, buffers_of(layout, model), 4096)]
+    with pytest.raises(InvalidLayout, match="sent as int8"):
+        agg.receive_update(UpdateHeader(RUN, 1, "a", layout, 5, {}), iter(chunks))
+    with pytest.raises(Exception, match="needs uncompressed updates"):
+        agg.open_round(RoundPlan(RUN, 2, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "median", "{}", "int8"))

@@ -78,34 +78,49 @@ class WeightedAccumulator:
         for a in self._sums.values():
             a.fill(0)
 
-    def fold(self, read_into: Callable[[int, memoryview], None], weight: float) -> None:
+    def fold(
+        self,
+        read_into: Callable[[int, memoryview], None],
+        weight: float,
+        source: Layout | None = None,
+    ) -> None:
         """Adds ``weight`` times one update, which ``read_into(offset, buffer)`` fills piece by
-        piece. Buffers are allocated once per call and reused for every piece."""
+        piece. ``source`` is the update's own layout when it travelled compressed (narrower
+        floats, or int8 with a ``<name>:scale`` per tensor); by default it is the accumulator's.
+        Buffers are allocated once per call and reused for every piece."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
+        source = source or self.layout
         piece = bytearray(FOLD_PIECE_BYTES)
         scratch: dict[np.dtype, np.ndarray] = {}
         for t in self.layout.tensors:
+            src = source.spec(t.name)
             acc = self._sums[t.name]
-            item = t.dt.itemsize
+            scale = None
+            if src.dtype == "int8" and t.dt.is_float:
+                s = source.spec(t.name + ":scale")
+                raw_scale = memoryview(bytearray(4))
+                read_into(s.offset, raw_scale)
+                scale = np.frombuffer(raw_scale, dtype="<f4")[0]
+            item = src.dt.itemsize
             step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
             if step > len(piece):
                 piece = bytearray(step)
             tmp = scratch.get(acc.dtype)
             if tmp is None or tmp.size < step // item:
                 tmp = scratch[acc.dtype] = np.empty(max(step // item, FOLD_PIECE_BYTES // 2), acc.dtype)
-            w = acc.dtype.type(weight)
-            for start in range(0, t.nbytes, step):
-                n = min(step, t.nbytes - start)
+            w = acc.dtype.type(weight if scale is None else weight * float(scale))
+            for start in range(0, src.nbytes, step):
+                n = min(step, src.nbytes - start)
                 view = memoryview(piece)[:n]
-                read_into(t.offset + start, view)
-                raw = np.frombuffer(view, dtype=t.dt.storage)
+                read_into(src.offset + start, view)
+                raw = np.frombuffer(view, dtype=src.dt.storage)
                 lo = start // item
                 part = acc[lo : lo + raw.size]
                 out = tmp[: raw.size]
-                if t.dt.name == "bfloat16":
+                if src.dt.name == "bfloat16":
                     np.multiply(bf16_to_f32(raw), w, out=out)
                 else:
                     np.multiply(raw, w, out=out, casting="unsafe")

@@ -81,7 +81,8 @@ def _spec_from_args(args: argparse.Namespace) -> scheduler_pb2.RunSpec:
         max_agents=args.max_agents,
         round_timeout_s=args.round_timeout,
         training=round_pb2.TrainingConfig(
-            local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed
+            local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+            compression=args.compression,
         ),
         initial_version=args.initial_version,
         wait_for_agents_s=args.wait_for_agents,
@@ -183,6 +184,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                        "median, trimmed-mean, multi-krum")
     start.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a strategy parameter, e.g. mu=0.01 or eta=0.1 (repeatable)")
+    start.add_argument("--compression", default="none", choices=["none", "float16", "bfloat16", "int8"],
+                       help="how updates travel (default: none)")
     start.add_argument("--initial-version", default="", help="start from this model version")
     start.add_argument("--wait-for-agents", type=float, default=60.0, help="seconds to wait for agents")
     start.add_argument("--run-id", default="", help="id of the new run (default: generated)")

@@ -88,6 +88,7 @@ class AggregationRecord:
     strategy: str = "fedavg"
     # The strategy's parameters as canonical JSON (sorted keys).
     strategy_params: str = "{}"
+    compression: str = "none"
     state: str = "training"  # training, aggregating, committed, failed
     # agent_id -> report (num_examples, metrics, bytes_received), in the order counted.
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)

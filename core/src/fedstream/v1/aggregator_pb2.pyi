@@ -83,7 +83,7 @@ class UploadUpdateResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class RoundPlan(_message.Message):
     MIN_UPDATES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -100,7 +101,8 @@ class RoundPlan(_message.Message):
     min_updates: int
     deadline_unix: float
     strategy: _round_pb2.StrategySpec
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ...) -> None: ...
+    compression: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ()

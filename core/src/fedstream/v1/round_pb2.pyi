@@ -33,7 +33,7 @@ ROUND_STATE_COMMITTED: RoundState
 ROUND_STATE_FAILED: RoundState
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class TrainingConfig(_message.Message):
     NO_OP_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     SHARED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
@@ -48,7 +49,8 @@ class TrainingConfig(_message.Message):
     no_op: bool
     proximal_mu: float
     shared_only: bool
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ...) -> None: ...
+    compression: str
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class StrategySpec(_message.Message):
     __slots__ = ("name", "params")

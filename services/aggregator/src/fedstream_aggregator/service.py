@@ -31,9 +31,12 @@ from typing import Any
 import numpy as np
 
 from fedstream.aggregation import FOLD_PIECE_BYTES, WeightedAccumulator, from_accumulator, to_accumulator
+from fedstream.compression import check_mode as check_compression
+from fedstream.compression import wire_layout
 from fedstream.errors import (
     AgentNotSelected,
     AlreadyExists,
+    CorruptModel,
     FailedPrecondition,
     FedstreamError,
     InvalidArgument,
@@ -47,11 +50,11 @@ from fedstream.errors import (
 )
 from fedstream.logs import log_context
 from fedstream.state import AggregationRecord, StateStore
-from fedstream.store import ModelStore, ModelVersion, version_id
+from fedstream.store import ModelReader, ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
 from fedstream.strategies import Strategy, make_strategy
 from fedstream.strategies.robust import pairwise_sq_dist_update
-from fedstream.tensors import Chunk, ChunkReceiver, Layout, TensorSpec, check_chunk_bytes
+from fedstream.tensors import Chunk, ChunkReceiver, Layout, TensorSpec, check_chunk_bytes, crc32c
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class RoundPlan:
     strategy: str = "fedavg"
     # The strategy's parameters as canonical JSON (sorted keys), so that plans compare equal.
     strategy_params: str = "{}"
+    compression: str = "none"
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class _Round:
     strategy: Strategy
     layout: Layout | None
     accumulator: WeightedAccumulator | None
+    # What an update's layout must be on the wire (the model's, or its compressed form).
+    wire: Layout | None = None
     state: str = "training"
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploading: set[str] = field(default_factory=set)
@@ -136,30 +142,40 @@ def _plan_of(journal: AggregationRecord) -> RoundPlan:
     return RoundPlan(
         journal.run_id, journal.round, journal.kind, journal.base_version,
         tuple(journal.participants), journal.min_updates, journal.deadline_unix,
-        journal.strategy, journal.strategy_params,
+        journal.strategy, journal.strategy_params, journal.compression,
     )
 
 
-class _SequentialReader:
-    """Serves in-order ``read_into`` calls from a stream of verified chunks."""
+class _Blocks:
+    """Random-access reads of a stored object, each block checked against the CRC recorded
+    when it was written (raises CorruptModel on a mismatch); the last block read is cached."""
 
-    def __init__(self, chunks: Iterator[Chunk]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-        self._pos = 0
+    def __init__(self, reader: ModelReader) -> None:
+        self._reader = reader
+        self._info = reader.info
+        self._total = reader.layout.total_bytes
+        if not self._info.block_bytes and self._total:
+            raise CorruptModel(f"{self._info.version} has no block checksums to verify")
+        self._cached: tuple[int, bytes] = (-1, b"")
+
+    def _block(self, index: int) -> bytes:
+        if self._cached[0] != index:
+            size = self._info.block_bytes
+            data = self._reader.read_at(index * size, min(size, self._total - index * size))
+            if crc32c(data) != self._info.block_crcs[index]:
+                raise CorruptModel(f"{self._info.version} is corrupt: checksum mismatch in block {index}")
+            self._cached = (index, data)
+        return self._cached[1]
 
     def read_into(self, offset: int, out: memoryview) -> None:
-        if offset != self._pos:
-            raise ValueError(f"read at {offset}, expected {self._pos}")
+        size = self._info.block_bytes
         filled = 0
         while filled < len(out):
-            if not self._buf:
-                self._buf = memoryview(next(self._chunks).data)
-            take = min(len(self._buf), len(out) - filled)
-            out[filled : filled + take] = self._buf[:take]
-            self._buf = self._buf[take:]
+            index, within = divmod(offset + filled, size)
+            block = self._block(index)
+            take = min(len(block) - within, len(out) - filled)
+            out[filled : filled + take] = block[within : within + take]
             filled += take
-        self._pos += filled
 
 
 class _Spool:
@@ -324,6 +340,9 @@ class AggregatorService:
         if plan.kind == "train" and not plan.base_version:
             raise InvalidArgument("a training round needs a base version")
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
+        check_compression(plan.compression)
+        if not strategy.linear and plan.compression != "none":
+            raise InvalidArgument(f"strategy {strategy.name!r} needs uncompressed updates")
         key = (plan.run_id, plan.round)
         with self._lock:
             existing = self._rounds.get(key)
@@ -339,6 +358,7 @@ class AggregatorService:
                 AggregationRecord(
                     plan.run_id, plan.round, plan.kind, plan.base_version, list(plan.participants),
                     plan.min_updates, plan.deadline_unix, plan.strategy, plan.strategy_params,
+                    plan.compression,
                 )
             )
         except AlreadyExists:
@@ -350,7 +370,8 @@ class AggregatorService:
             self._restore(journal)
             return
         folds = layout is not None and strategy.linear
-        rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if folds else None)
+        rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if folds else None,
+                     wire=wire_layout(layout, plan.compression) if layout is not None else None)
         if self._install(rnd):
             log.info(
                 "round %d of %s open: %s, %d participants, base %s",
@@ -404,16 +425,18 @@ class AggregatorService:
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
         accumulator = WeightedAccumulator(layout) if layout is not None and strategy.linear else None
+        wire = wire_layout(layout, plan.compression) if layout is not None else None
         for agent, report in journal.reports.items():
             if plan.kind == "train" and not strategy.linear:
                 continue  # kept in the store; combined at commit
             with self.store.open_update(plan.run_id, plan.round, agent) as reader:
                 if accumulator is not None:
                     weight = float(report.get("weight", report["num_examples"]))
-                    accumulator.fold(_SequentialReader(reader.iter_chunks()).read_into, weight)
+                    accumulator.fold(_Blocks(reader).read_into, weight, wire)
                 else:
                     layout = reader.layout
-        rnd = _Round(plan, strategy, layout, accumulator, state=journal.state, reports=dict(journal.reports))
+        rnd = _Round(plan, strategy, layout, accumulator, wire=wire, state=journal.state,
+                     reports=dict(journal.reports))
         if not self._install(rnd):
             return
         log.info(
@@ -495,10 +518,11 @@ class AggregatorService:
             raise InvalidArgument("metrics must be finite numbers")
         weight = 0.0
         if plan.kind == "train":
-            assert rnd.layout is not None
-            problem = header.layout.mismatch(rnd.layout)
+            assert rnd.wire is not None
+            problem = header.layout.mismatch(rnd.wire)
             if problem:
-                raise InvalidLayout(f"update does not match model {plan.base_version}: {problem}")
+                how = "" if plan.compression == "none" else f" sent as {plan.compression}"
+                raise InvalidLayout(f"update does not match model {plan.base_version}{how}: {problem}")
             weight = rnd.strategy.weight(header.num_examples, header.metrics)
         with rnd.lock:
             if agent in rnd.uploading:
@@ -532,7 +556,7 @@ class AggregatorService:
                     return True, receiver.received
                 rnd.reports[agent] = report
                 if plan.kind == "train" and rnd.accumulator is not None:
-                    rnd.accumulator.fold(spool.read_into, weight)
+                    rnd.accumulator.fold(spool.read_into, weight, rnd.wire)
                 else:
                     rnd.layout = header.layout
                     rnd.init_spool = spool
@@ -722,8 +746,9 @@ class AggregatorService:
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
         with contextlib.ExitStack() as stack:
             base = None
-            if strategy.needs_base:
-                base = _SequentialReader(stack.enter_context(self.store.open(plan.base_version)).iter_chunks())
+            deltas = plan.compression == "int8"  # the means of floating tensors are changes
+            if strategy.needs_base or deltas:
+                base = _Blocks(stack.enter_context(self.store.open(plan.base_version)))
             old_state = None
             if slots:
                 try:
@@ -733,7 +758,7 @@ class AggregatorService:
                 if reader is not None:
                     if reader.layout != state_layout:
                         raise FailedPrecondition(f"the strategy state of {plan.base_version} does not fit the model")
-                    old_state = _SequentialReader(reader.iter_chunks())
+                    old_state = _Blocks(reader)
             new_state = stack.enter_context(self.store.state_writer(version, state_layout)) if slots else None
             for spec, mean in rnd.accumulator.means():
                 base_values = None
@@ -741,6 +766,8 @@ class AggregatorService:
                     raw = bytearray(spec.nbytes)
                     base.read_into(spec.offset, memoryview(raw))
                     base_values = to_accumulator(spec.dt, np.frombuffer(raw, dtype=spec.dt.storage))
+                    if deltas and spec.dt.is_float:
+                        mean = base_values + mean
                 state_in = None
                 if old_state is not None and spec.dt.is_float:
                     state_in = {}
@@ -792,8 +819,7 @@ class AggregatorService:
         read in lockstep from every agent's kept update."""
         with contextlib.ExitStack() as stack:
             readers = [
-                _SequentialReader(stack.enter_context(self.store.open_update(plan.run_id, plan.round, a)).iter_chunks())
-                for a in agents
+                _Blocks(stack.enter_context(self.store.open_update(plan.run_id, plan.round, a))) for a in agents
             ]
             piece = bytearray(FOLD_PIECE_BYTES)
             for t in layout.tensors:

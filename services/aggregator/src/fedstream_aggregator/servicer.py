@@ -137,6 +137,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
                 deadline_unix=request.deadline_unix,
                 strategy=request.strategy.name or "fedavg",
                 strategy_params=json.dumps(params, sort_keys=True),
+                compression=request.compression or "none",
             )
         )
         return pb.OpenRoundResponse()

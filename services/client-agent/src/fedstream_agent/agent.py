@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+import numpy as np
 import psutil
 import torch
 
+from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.tasks import get_task
@@ -67,6 +69,8 @@ class Agent:
         self._buffer: FlatBuffer | None = None
         # Private tensors per run under partial averaging (FedPav): they never leave the site.
         self._private: dict[str, dict[str, torch.Tensor]] = {}
+        # int8 compression: the rounding error of each tensor, per run, added to the next change.
+        self._residuals: dict[str, dict[str, np.ndarray]] = {}
         self.rounds_done = 0
 
     def _task(self, name: str) -> tuple[Task, Any]:
@@ -182,6 +186,10 @@ class Agent:
                 raise ValueError(f"global model does not fit task {a.task!r}: missing {missing}, unexpected {unexpected}")
         else:
             model.load_state_dict(incoming)
+        compression = a.training.compression or "none"
+        global_floats = (
+            {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if compression == "int8" else {}
+        )
         del base, incoming
         params = TrainParams(
             local_epochs=a.training.local_epochs,
@@ -191,7 +199,7 @@ class Agent:
             proximal_mu=a.training.proximal_mu,
         )
         result = task.train(model, data, params, self.device)
-        state = self._outgoing(task, a, model)
+        state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
         layout = layout_of(state)
         metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
@@ -205,6 +213,32 @@ class Agent:
             return state
         self._private[a.run_id] = {k: v.clone() for k, v in state.items() if not task.is_shared(k)}
         return {k: v for k, v in state.items() if task.is_shared(k)}
+
+    def _compress(
+        self,
+        a: scheduler_pb2.Assignment,
+        state: dict[str, torch.Tensor],
+        mode: str,
+        global_floats: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The update as it travels (fedstream.compression): floating tensors narrowed, or their
+        change from the global model in int8 with this site's rounding error carried over."""
+        if mode == "none":
+            return state
+        if mode in ("float16", "bfloat16"):
+            dtype = torch.float16 if mode == "float16" else torch.bfloat16
+            return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        residuals = self._residuals.setdefault(a.run_id, {})
+        out: dict[str, torch.Tensor] = {}
+        for name, value in state.items():
+            if not value.is_floating_point():
+                out[name] = value
+                continue
+            delta = (value.float() - global_floats[name].float()).numpy()
+            q, scale, residuals[name] = quantize_with_feedback(delta, residuals.get(name))
+            out[name] = torch.from_numpy(q)
+            out[name + SCALE_SUFFIX] = torch.tensor(float(scale), dtype=torch.float32)
+        return out
 
     def _download(self, a: scheduler_pb2.Assignment, chunk_bytes: int) -> DownloadedModel:
         """Downloads the base model, retrying transient failures until the deadline."""

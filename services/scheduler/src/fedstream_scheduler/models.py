@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,9 @@ class TrainingSpec(BaseModel):
     learning_rate: float = Field(0.05, gt=0, le=100, description="Local learning rate.")
     seed: int = Field(0, ge=0, description="Seed for agents' initialisation and shuffling.")
     no_op: bool = Field(False, description="Agents return the base model without training.")
+    compression: Literal["none", "float16", "bfloat16", "int8"] = Field(
+        "none", description="How updates travel: as stored, narrowed floats, or int8 changes."
+    )
 
 
 class StrategySpec(BaseModel):

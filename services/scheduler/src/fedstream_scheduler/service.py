@@ -146,6 +146,8 @@ class SchedulerService:
             raise InvalidArgument("invalid run spec: min_updates exceeds the agents a round can have")
         strategy = make_strategy(spec.strategy.name, spec.strategy.params)
         spec.strategy.params = strategy.params.model_dump()
+        if not strategy.linear and spec.training.compression != "none":
+            raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock())
         self.state.create_run(run)
@@ -364,6 +366,7 @@ class SchedulerService:
             min_updates=rec.min_updates,
             deadline_unix=rec.deadline_unix,
             strategy=round_pb2.StrategySpec(name=strategy.name, params=params),
+            compression=spec.training.compression if rec.kind == "train" else "none",
         )
         loop = asyncio.get_running_loop()
         try:
