@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from fedstream.aggregation import FOLD_PIECE_BYTES, WeightedAccumulator, from_accumulator, to_accumulator
+from fedstream.aggregation import (
+    FOLD_PIECE_BYTES,
+    WeightedAccumulator,
+    accumulator_dtype,
+    from_accumulator,
+    to_accumulator,
+)
 from fedstream.compression import check_mode as check_compression
 from fedstream.compression import wire_layout
 from fedstream.errors import (
@@ -821,18 +827,20 @@ class AggregatorService:
             readers = [
                 _Blocks(stack.enter_context(self.store.open_update(plan.run_id, plan.round, a))) for a in agents
             ]
-            piece = bytearray(FOLD_PIECE_BYTES)
+            # agents x piece bytes are in memory at once: keep that near one model's size.
+            budget = max(64 << 10, min(FOLD_PIECE_BYTES, layout.total_bytes // max(1, len(agents))))
+            piece = bytearray(budget)
             for t in layout.tensors:
                 item = t.dt.itemsize
-                step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
+                step = max(item, budget - budget % item)
                 for start in range(0, t.nbytes, step):
                     n = min(step, t.nbytes - start)
-                    rows = []
-                    for r in readers:
-                        view = memoryview(piece)[:n]
+                    rows = np.empty((len(readers), n // item), dtype=accumulator_dtype(t.dt))
+                    view = memoryview(piece)[:n]
+                    for i, r in enumerate(readers):
                         r.read_into(t.offset + start, view)
-                        rows.append(to_accumulator(t.dt, np.frombuffer(view, dtype=t.dt.storage)).copy())
-                    yield (t, start // item), np.stack(rows)
+                        rows[i] = to_accumulator(t.dt, np.frombuffer(view, dtype=t.dt.storage))
+                    yield (t, start // item), rows
 
     # Downloads.
 

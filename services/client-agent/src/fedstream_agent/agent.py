@@ -72,6 +72,9 @@ class Agent:
         # int8 compression: the rounding error of each tensor, per run, added to the next change.
         self._residuals: dict[str, dict[str, np.ndarray]] = {}
         self.rounds_done = 0
+        # Each (run, round) is done once: a scheduler repeats assignments to agents that
+        # (re)connect mid-round.
+        self._handled: set[tuple[str, int]] = set()
 
     def _task(self, name: str) -> tuple[Task, Any]:
         if name not in self._tasks:
@@ -140,6 +143,11 @@ class Agent:
             self._stream.cancel()
 
     def handle(self, a: scheduler_pb2.Assignment) -> None:
+        key = (a.run_id, a.round)
+        if key in self._handled:
+            log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
+            return
+        self._handled.add(key)
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
             try:
                 self._handle(a)

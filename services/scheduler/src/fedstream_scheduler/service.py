@@ -73,6 +73,8 @@ class SchedulerService:
         # This replica's name on the leases of the runs it drives.
         self.instance_id = f"scheduler-{uuid.uuid4().hex[:12]}"
         self._adopter: asyncio.Task[None] | None = None
+        # Assignments of the rounds in progress here, for agents that connect mid-round.
+        self._pending: dict[tuple[str, int], tuple[scheduler_pb2.AgentEvent, frozenset[str]]] = {}
 
     # Agents.
 
@@ -106,6 +108,9 @@ class SchedulerService:
         if old is not None:
             old.put_nowait(_CLOSE)
         self._streams[agent_id] = queue
+        for event, participants in list(self._pending.values()):
+            if agent_id in participants:
+                queue.put_nowait(event)
         log.info("agent %s connected", agent_id)
         try:
             while True:
@@ -352,8 +357,7 @@ class SchedulerService:
 
     async def _resume_round(self, run_id: str, spec: RunSpec, rec: RoundRecord) -> str:
         """Takes a recorded round from its state to its end: opens it on the aggregator (again:
-        opening the same plan twice is harmless), sends assignments if the record shows they
-        may not have gone out, then follows it."""
+        opening the same plan twice is harmless), (re)sends the assignments, then follows it."""
         strategy = make_strategy(spec.strategy.name, spec.strategy.params)
         params = struct_pb2.Struct()
         params.update(spec.strategy.params)
@@ -376,23 +380,32 @@ class SchedulerService:
         if rec.state == "open":
             self.state.transition_round(run_id, rec.round, "training")
             await self._notify()
-            assignment = scheduler_pb2.Assignment(
-                run_id=run_id,
-                round=rec.round,
-                kind=_KIND_PROTO[rec.kind],
-                task=spec.task,
-                base_version=rec.base_version,
-                model_endpoint=self.public_endpoint,
-                upload_endpoint=self.public_endpoint,
-                training=round_pb2.TrainingConfig(**spec.training.model_dump(), **strategy.configure()),
-                deadline_unix=rec.deadline_unix,
-            )
-            for agent_id in rec.participants:
-                queue = self._streams.get(agent_id)
-                if queue is not None:
-                    queue.put_nowait(scheduler_pb2.AgentEvent(assignment=assignment))
-            log.info("round %d (%s) assigned to %s", rec.round, rec.kind, ", ".join(rec.participants))
-        return await self._follow(run_id, rec.round, rec.deadline_unix)
+        # Sent to every participant connected now, and to any that connects while the round
+        # runs (one that lost its stream, or all of them after a scheduler restart). Agents do
+        # each (run, round) once, so a repeat is harmless.
+        assignment = scheduler_pb2.Assignment(
+            run_id=run_id,
+            round=rec.round,
+            kind=_KIND_PROTO[rec.kind],
+            task=spec.task,
+            base_version=rec.base_version,
+            model_endpoint=self.public_endpoint,
+            upload_endpoint=self.public_endpoint,
+            training=round_pb2.TrainingConfig(**spec.training.model_dump(), **strategy.configure()),
+            deadline_unix=rec.deadline_unix,
+        )
+        event = scheduler_pb2.AgentEvent(assignment=assignment)
+        key = (run_id, rec.round)
+        self._pending[key] = (event, frozenset(rec.participants))
+        for agent_id in rec.participants:
+            queue = self._streams.get(agent_id)
+            if queue is not None:
+                queue.put_nowait(event)
+        log.info("round %d (%s) assigned to %s", rec.round, rec.kind, ", ".join(rec.participants))
+        try:
+            return await self._follow(run_id, rec.round, rec.deadline_unix)
+        finally:
+            self._pending.pop(key, None)
 
     async def _follow(self, run_id: str, round_no: int, deadline: float) -> str:
         grace = 30.0
