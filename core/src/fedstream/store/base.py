@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -83,6 +84,29 @@ def rechunk(chunks: Iterator[Chunk], chunk_bytes: int) -> Iterator[Chunk]:
     if pending:
         data = bytes(pending)
         yield Chunk(offset, data, crc32c(data))
+
+
+def manifest_bytes(info: ModelVersion) -> bytes:
+    """The JSON manifest stored beside a version's safetensors object."""
+    return json.dumps({
+        "version": info.version,
+        "sha256": info.sha256,
+        "created_unix": info.created_unix,
+        "block_bytes": info.block_bytes,
+        "block_crc32c": list(info.block_crcs),
+    }).encode()
+
+
+def version_from_manifest(version: str, layout: Layout, metadata: dict[str, str], raw: bytes) -> ModelVersion:
+    """Raises CorruptModel when the manifest does not parse."""
+    try:
+        manifest = json.loads(raw)
+        return ModelVersion(
+            version, layout, metadata, str(manifest["sha256"]), float(manifest["created_unix"]),
+            int(manifest.get("block_bytes", 0)), tuple(int(c) for c in manifest.get("block_crc32c", ())),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
 
 
 class ModelWriter(ABC):

@@ -7,7 +7,6 @@ version. Files appear by atomic rename, so a reader never sees a half-written ve
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,9 @@ from fedstream.store.base import (
     ModelWriter,
     agent_key,
     check_run_id,
+    manifest_bytes,
     parse_version,
+    version_from_manifest,
 )
 from fedstream.tensors import Layout
 
@@ -65,15 +66,8 @@ class _LocalWriter(ModelWriter):
         info = ModelVersion(
             self.version, self.layout, self._metadata, sha256, time.time(), self.block_bytes, block_crcs
         )
-        manifest = {
-            "version": self.version,
-            "sha256": sha256,
-            "created_unix": info.created_unix,
-            "block_bytes": self.block_bytes,
-            "block_crc32c": list(block_crcs),
-        }
         # Manifest first: a model file without one is never listed, one with is complete.
-        _atomic_write(self._final.with_suffix(".json"), json.dumps(manifest).encode())
+        _atomic_write(self._final.with_suffix(".json"), manifest_bytes(info))
         os.replace(self._tmp, self._final)
         if set_latest:
             self._store._set_latest(self.version)
@@ -154,23 +148,12 @@ class LocalModelStore(ModelStore):
 
     def _read_info_at(self, version: str, path: Path) -> tuple[ModelVersion, int]:
         try:
-            manifest = json.loads(path.with_suffix(".json").read_bytes())
+            raw = path.with_suffix(".json").read_bytes()
             with path.open("rb") as f:
                 layout, metadata, start = read_header(f, f"model {version}")
-            info = ModelVersion(
-                version,
-                layout,
-                metadata,
-                str(manifest["sha256"]),
-                float(manifest["created_unix"]),
-                int(manifest.get("block_bytes", 0)),
-                tuple(int(c) for c in manifest.get("block_crc32c", ())),
-            )
         except FileNotFoundError:
             raise ModelNotFound(f"model {version} not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
-        return info, start
+        return version_from_manifest(version, layout, metadata, raw), start
 
     def info(self, version: str) -> ModelVersion:
         return self._read_info(version)[0]

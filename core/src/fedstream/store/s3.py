@@ -12,7 +12,6 @@ Every operation is retried with backoff while the endpoint is unreachable.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tempfile
@@ -35,7 +34,9 @@ from fedstream.store.base import (
     ModelWriter,
     agent_key,
     check_run_id,
+    manifest_bytes,
     parse_version,
+    version_from_manifest,
 )
 from fedstream.tensors import Layout
 
@@ -200,27 +201,18 @@ class S3ModelStore(ModelStore):
 
     def _read_info_at(self, version: str, model_key: str, manifest_key: str) -> tuple[ModelVersion, int]:
         try:
-            manifest = json.loads(self._get_bytes(manifest_key))
+            raw = self._get_bytes(manifest_key)
             prefix = self._get_bytes(model_key, 0, 8)
         except S3Error as e:
             if e.code in _MISSING:
                 raise ModelNotFound(f"model {version} not found") from None
             raise
-        except json.JSONDecodeError:
-            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
         n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 0 <= n <= MAX_HEADER_BYTES:
             raise CorruptModel(f"model {version} is corrupt: bad header length")
         header = prefix + self._get_bytes(model_key, 8, n) if n else prefix
         layout, metadata, start = read_header(io.BytesIO(header), f"model {version}")
-        try:
-            info = ModelVersion(
-                version, layout, metadata, str(manifest["sha256"]), float(manifest["created_unix"]),
-                int(manifest.get("block_bytes", 0)), tuple(int(c) for c in manifest.get("block_crc32c", ())),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
-        return info, start
+        return version_from_manifest(version, layout, metadata, raw), start
 
     def info(self, version: str) -> ModelVersion:
         return self._read_info(version)[0]
@@ -297,13 +289,7 @@ class _S3Writer(ModelWriter):
         info = ModelVersion(
             self.version, self.layout, self._metadata, sha256, time.time(), self.block_bytes, block_crcs
         )
-        manifest = json.dumps({
-            "version": self.version,
-            "sha256": sha256,
-            "created_unix": info.created_unix,
-            "block_bytes": self.block_bytes,
-            "block_crc32c": list(block_crcs),
-        }).encode()
+        manifest = manifest_bytes(info)
         model_key = self._model_key
         try:
             s._retry(
