@@ -21,7 +21,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServer:
+class _Server:
+    """A server process a test can stop politely or kill."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class RedisServer(_Server):
     def __init__(self, workdir: Path, appendonly: bool = False, port: int | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -55,18 +71,9 @@ class RedisServer:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
-class S3Server:
+class S3Server(_Server):
     """moto's S3 server speaking the S3 API over HTTP on loopback."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -94,15 +101,6 @@ class S3Server:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.1)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 class TcpProxy:
