@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -216,6 +217,32 @@ def test_aggregation_journal_states(store):
         store.count_update("r", 9, "a", {})
     with pytest.raises(RoundNotFound):
         store.get_aggregation("r", 9)
+
+
+def test_aggregation_journals_are_separate(store):
+    """A leaf's journal of a round never meets the root's journal of the same round."""
+    store.create_aggregation(journal())
+    leaf = dataclasses.replace(journal(), journal="leaf/a", participants=["a"], partial=True)
+    store.create_aggregation(leaf)
+    with pytest.raises(AlreadyExists):
+        store.create_aggregation(leaf)
+
+    assert store.count_update("r", 1, "a", {"num_examples": 1}, journal="leaf/a") is True
+    assert store.count_update("r", 1, "a", {"num_examples": 2}) is True
+    store.set_aggregation_state("r", 1, "aggregating", journal="leaf/a")
+
+    assert store.get_aggregation("r", 1).reports == {"a": {"num_examples": 2}}
+    assert store.get_aggregation("r", 1).state == "training"
+    got = store.get_aggregation("r", 1, journal="leaf/a")
+    assert (got.state, got.partial, got.reports) == ("aggregating", True, {"a": {"num_examples": 1}})
+    assert [j.journal for j in store.list_aggregations()] == [""]
+    assert [j.journal for j in store.list_aggregations("leaf/a")] == ["leaf/a"]
+    assert store.list_aggregations("leaf/b") == []
+    with pytest.raises(RoundNotFound):
+        store.get_aggregation("r", 1, journal="leaf/b")
+    store.set_aggregation_state("r", 1, "failed", journal="leaf/a", reason="x")
+    assert store.list_aggregations("leaf/a") == []
+    assert len(store.list_aggregations()) == 1
 
 
 def test_racing_counts_of_one_update_have_one_winner(store):

@@ -94,6 +94,11 @@ class AggregationRecord:
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: str = ""
     reason: str = ""
+    # Which aggregator's journal this is: "" for a single or root aggregator, "leaf/<name>"
+    # for a leaf, so that aggregators sharing one state store never share a record.
+    journal: str = ""
+    # A leaf's share of a hierarchical round: its sums go to the root instead of a version.
+    partial: bool = False
 
 
 class StateStore(ABC):
@@ -166,24 +171,31 @@ class StateStore(ABC):
     # The aggregator's journal.
     @abstractmethod
     def create_aggregation(self, rec: AggregationRecord) -> None:
-        """Raises AlreadyExists when the round has one."""
+        """Raises AlreadyExists when the round has one in ``rec.journal``.
+
+        Every journal method works within one journal (``journal``, "" by default): records of
+        different journals never collide, and each lists only its own."""
 
     @abstractmethod
-    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
+    def get_aggregation(self, run_id: str, round_: int, journal: str = "") -> AggregationRecord:
         """Raises RoundNotFound."""
 
     @abstractmethod
-    def list_aggregations(self) -> list[AggregationRecord]:
-        """Every journal that is neither committed nor failed."""
+    def list_aggregations(self, journal: str = "") -> list[AggregationRecord]:
+        """Every record of the journal that is neither committed nor failed."""
 
     @abstractmethod
-    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+    def count_update(
+        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+    ) -> bool:
         """Adds an agent's update to a training round's journal, atomically; True when added,
         False when that agent's update was counted already. Raises RoundNotFound, or RoundNotOpen
         when the journal is past training."""
 
     @abstractmethod
-    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+    def set_aggregation_state(
+        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+    ) -> AggregationRecord:
         """Moves a journal to aggregating, committed or failed (never back); raises
         RoundNotFound or InvalidTransition."""
 

@@ -38,7 +38,7 @@ class MemoryStateStore(StateStore):
         self._marks: dict[str, set[str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._counters: dict[str, int] = {}
-        self._aggregations: dict[tuple[str, int], AggregationRecord] = {}
+        self._aggregations: dict[tuple[str, str, int], AggregationRecord] = {}
 
     def put_agent(self, agent: AgentRecord) -> None:
         with self._lock:
@@ -136,29 +136,31 @@ class MemoryStateStore(StateStore):
 
     def create_aggregation(self, rec: AggregationRecord) -> None:
         with self._lock:
-            key = (rec.run_id, rec.round)
+            key = (rec.journal, rec.run_id, rec.round)
             if key in self._aggregations:
                 raise AlreadyExists(f"round {rec.round} of run {rec.run_id!r} has a journal")
             self._aggregations[key] = copy.deepcopy(rec)
 
-    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
+    def get_aggregation(self, run_id: str, round_: int, journal: str = "") -> AggregationRecord:
         with self._lock:
-            rec = self._aggregations.get((run_id, round_))
+            rec = self._aggregations.get((journal, run_id, round_))
             if rec is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
             return copy.deepcopy(rec)
 
-    def list_aggregations(self) -> list[AggregationRecord]:
+    def list_aggregations(self, journal: str = "") -> list[AggregationRecord]:
         with self._lock:
             return [
                 copy.deepcopy(r)
-                for _, r in sorted(self._aggregations.items())
-                if r.state not in ("committed", "failed")
+                for key, r in sorted(self._aggregations.items())
+                if key[0] == journal and r.state not in ("committed", "failed")
             ]
 
-    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+    def count_update(
+        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+    ) -> bool:
         with self._lock:
-            rec = self._aggregations.get((run_id, round_))
+            rec = self._aggregations.get((journal, run_id, round_))
             if rec is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
             if agent_id in rec.reports:
@@ -168,15 +170,17 @@ class MemoryStateStore(StateStore):
             rec.reports[agent_id] = copy.deepcopy(report)
             return True
 
-    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+    def set_aggregation_state(
+        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+    ) -> AggregationRecord:
         with self._lock:
-            rec = self._aggregations.get((run_id, round_))
+            rec = self._aggregations.get((journal, run_id, round_))
             if rec is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
             if state not in AGGREGATION_TRANSITIONS.get(rec.state, ()):
                 raise InvalidTransition(f"journal of round {round_} cannot go from {rec.state} to {state}")
             updated = dataclasses.replace(rec, state=state, **copy.deepcopy(changes))
-            self._aggregations[(run_id, round_)] = updated
+            self._aggregations[(journal, run_id, round_)] = updated
             return copy.deepcopy(updated)
 
     def mark_once(self, scope: str, key: str) -> bool:

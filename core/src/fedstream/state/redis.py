@@ -254,32 +254,39 @@ class RedisStateStore(StateStore):
 
     # The aggregator's journal.
 
-    def _agg_key(self, run_id: str, round_: int) -> str:
+    def _agg_key(self, run_id: str, round_: int, journal: str) -> str:
+        if journal:
+            return self._k("aggregation", journal, run_id, f"{round_:06d}")
         return self._k("aggregation", run_id, f"{round_:06d}")
+
+    def _agg_set(self, journal: str) -> str:
+        return self._k("aggregations", journal) if journal else self._k("aggregations")
 
     @_unavailable
     def create_aggregation(self, rec: AggregationRecord) -> None:
-        key = self._agg_key(rec.run_id, rec.round)
+        key = self._agg_key(rec.run_id, rec.round, rec.journal)
         if not self.r.set(key, json.dumps(dataclasses.asdict(rec)), nx=True):
             raise AlreadyExists(f"round {rec.round} of run {rec.run_id!r} has a journal")
-        self.r.sadd(self._k("aggregations"), key)
+        self.r.sadd(self._agg_set(rec.journal), key)
 
     @_unavailable
-    def get_aggregation(self, run_id: str, round_: int) -> AggregationRecord:
-        raw = self.r.get(self._agg_key(run_id, round_))
+    def get_aggregation(self, run_id: str, round_: int, journal: str = "") -> AggregationRecord:
+        raw = self.r.get(self._agg_key(run_id, round_, journal))
         if raw is None:
             raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
         return AggregationRecord(**json.loads(raw))
 
     @_unavailable
-    def list_aggregations(self) -> list[AggregationRecord]:
-        keys = sorted(k.decode() for k in self.r.smembers(self._k("aggregations")))
+    def list_aggregations(self, journal: str = "") -> list[AggregationRecord]:
+        keys = sorted(k.decode() for k in self.r.smembers(self._agg_set(journal)))
         raws = self.r.mget(keys) if keys else []
         recs = [AggregationRecord(**json.loads(raw)) for raw in raws if raw is not None]
         return [r for r in recs if r.state not in ("committed", "failed")]
 
     @_unavailable
-    def count_update(self, run_id: str, round_: int, agent_id: str, report: dict[str, Any]) -> bool:
+    def count_update(
+        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+    ) -> bool:
         added = False
 
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -297,11 +304,13 @@ class RedisStateStore(StateStore):
             added = True
             return current
 
-        self._update(self._agg_key(run_id, round_), mutate)
+        self._update(self._agg_key(run_id, round_, journal), mutate)
         return added
 
     @_unavailable
-    def set_aggregation_state(self, run_id: str, round_: int, state: str, **changes: Any) -> AggregationRecord:
+    def set_aggregation_state(
+        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+    ) -> AggregationRecord:
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
@@ -312,10 +321,10 @@ class RedisStateStore(StateStore):
             rec = dataclasses.replace(AggregationRecord(**current), state=state, **changes)
             return dataclasses.asdict(rec)
 
-        key = self._agg_key(run_id, round_)
+        key = self._agg_key(run_id, round_, journal)
         rec = AggregationRecord(**self._update(key, mutate))
         if state in ("committed", "failed"):
-            self.r.srem(self._k("aggregations"), key)
+            self.r.srem(self._agg_set(journal), key)
         return rec
 
     # Idempotency records, leases, counters.
