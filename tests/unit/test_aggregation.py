@@ -89,6 +89,42 @@ def test_weights_must_be_positive_and_an_update_is_needed():
         acc.fold(reader(buf), 0.0)
 
 
+@settings(max_examples=20, deadline=None)
+@given(weights=st.lists(st.integers(1, 1000), min_size=2, max_size=6), split=st.integers(0, 6), seed=st.integers(0, 999))
+def test_merged_partial_sums_equal_one_fold_of_everything(weights, split, seed):
+    """What a root does with its leaves' sums gives what one accumulator gives."""
+    updates = [flat(random_model(seed + i))[1] for i in range(len(weights))]
+    layout = flat(random_model(seed))[0]
+    whole, left, right, root = (WeightedAccumulator(layout) for _ in range(4))
+    for i, (buf, w) in enumerate(zip(updates, weights, strict=True)):
+        whole.fold(reader(buf), float(w))
+        (left if i < split else right).fold(reader(buf), float(w))
+    for part in (left, right):
+        sums = FlatBuffer(part.sums_layout())
+        for t, a in zip(part.sums_layout().tensors, part.sums(), strict=True):
+            sums.write(t.offset, a.view(np.uint8).tobytes())
+        root.merge(reader(sums), part.total_weight, part.count)
+
+    assert (root.count, root.total_weight) == (whole.count, whole.total_weight)
+    for (name, got), (_, want) in zip(root.average(), whole.average(), strict=True):
+        dtype = layout.spec(name).dtype
+        if layout.spec(name).dt.is_float:  # sums added in another order: a rounding apart
+            tol = {"float16": 2e-3, "bfloat16": 1e-2}.get(dtype, 1e-5)
+            np.testing.assert_allclose(as_float(dtype, got), as_float(dtype, want), rtol=tol, atol=tol)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_merge_refuses_inconsistent_partials():
+    layout, _ = flat(random_model(1))
+    acc = WeightedAccumulator(layout)
+    for count, weight in ((1, 0.0), (0, 2.0), (-1, 1.0), (1, float("nan"))):
+        with pytest.raises(ValueError, match="bad partial"):
+            acc.merge(lambda offset, out: None, weight, count)
+    acc.merge(lambda offset, out: None, 0.0, 0)  # an empty share adds nothing
+    assert acc.count == 0
+
+
 def test_accumulator_is_one_model_in_size():
     model = random_model(0, scale=64)
     layout, _ = flat(model)

@@ -90,9 +90,35 @@ class WeightedAccumulator:
         Buffers are allocated once per call and reused for every piece."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
+        self._add(read_into, weight, source or self.layout)
+        self.total_weight += weight
+        self.count += 1
+
+    def sums_layout(self) -> Layout:
+        """The layout of the running sums: each tensor in its accumulator dtype."""
+        return Layout.build((t.name, accumulator_dtype(t.dt).name, t.shape) for t in self.layout.tensors)
+
+    def sums(self) -> list[np.ndarray]:
+        """The running sums (weight x update, summed), one flat array per tensor in the order
+        of ``sums_layout``; views, valid until the accumulator is averaged."""
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
-        source = source or self.layout
+        return [self._sums[t.name] for t in self.sums_layout().tensors]
+
+    def merge(self, read_into: Callable[[int, memoryview], None], total_weight: float, count: int) -> None:
+        """Adds another accumulator's sums (in ``sums_layout``, read through ``read_into``) that
+        hold ``count`` updates of ``total_weight`` in all: what a root aggregator does with
+        its leaves' partial sums."""
+        if count < 0 or not total_weight >= 0 or (count > 0) != (total_weight > 0):
+            raise ValueError(f"bad partial: {count} updates of total weight {total_weight}")
+        if count:
+            self._add(read_into, 1.0, self.sums_layout())
+        self.total_weight += total_weight
+        self.count += count
+
+    def _add(self, read_into: Callable[[int, memoryview], None], weight: float, source: Layout) -> None:
+        if self._averaged:
+            raise ValueError("the accumulator was averaged already")
         piece = bytearray(FOLD_PIECE_BYTES)
         scratch: dict[np.dtype, np.ndarray] = {}
         for t in self.layout.tensors:
@@ -125,8 +151,6 @@ class WeightedAccumulator:
                 else:
                     np.multiply(raw, w, out=out, casting="unsafe")
                 np.add(part, out, out=part)
-        self.total_weight += weight
-        self.count += 1
 
     def means(self) -> Iterator[tuple[TensorSpec, np.ndarray]]:
         """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order.

@@ -83,7 +83,7 @@ class UploadUpdateResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class RoundPlan(_message.Message):
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -102,9 +103,61 @@ class RoundPlan(_message.Message):
     deadline_unix: float
     strategy: _round_pb2.StrategySpec
     compression: str
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ...) -> None: ...
+    partial: bool
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    class EndpointsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.ScalarMap[str, str]
+    def __init__(self, endpoints: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CollectPartialRequest(_message.Message):
+    __slots__ = ("run_id", "round")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class PartialHeader(_message.Message):
+    __slots__ = ("layout", "total_weight", "reports")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    layout: _tensor_pb2.Layout
+    total_weight: float
+    reports: _containers.RepeatedCompositeFieldContainer[_round_pb2.UpdateReport]
+    def __init__(self, layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., total_weight: _Optional[float] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ...) -> None: ...
+
+class CollectPartialResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PartialHeader
+    chunk: _tensor_pb2.Chunk
+    def __init__(self, header: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ...) -> None: ...
+
+class FinishPartialRequest(_message.Message):
+    __slots__ = ("run_id", "round", "version", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    version: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FinishPartialResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -178,7 +178,7 @@ class UpdateService:
 
 
 class AggregatorControlStub:
-    """Round control, called by the scheduler.
+    """Round control, called by the scheduler (and, on a leaf aggregator, by its root).
     """
 
     def __init__(self, channel):
@@ -197,10 +197,20 @@ class AggregatorControlStub:
                 request_serializer=fedstream_dot_v1_dot_aggregator__pb2.WatchRoundRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.RoundEvent.FromString,
                 _registered_method=True)
+        self.CollectPartial = channel.unary_stream(
+                '/fedstream.v1.AggregatorControl/CollectPartial',
+                request_serializer=fedstream_dot_v1_dot_aggregator__pb2.CollectPartialRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.CollectPartialResponse.FromString,
+                _registered_method=True)
+        self.FinishPartial = channel.unary_unary(
+                '/fedstream.v1.AggregatorControl/FinishPartial',
+                request_serializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorControlServicer:
-    """Round control, called by the scheduler.
+    """Round control, called by the scheduler (and, on a leaf aggregator, by its root).
     """
 
     def OpenRound(self, request, context):
@@ -212,6 +222,22 @@ class AggregatorControlServicer:
 
     def WatchRound(self, request, context):
         """Streams the round's progress until it is committed or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectPartial(self, request, context):
+        """Hierarchical aggregation, called by the root on a leaf: stops a partial round taking
+        updates and streams its weighted sums. May be called again until the round is finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishPartial(self, request, context):
+        """Tells a leaf that the root has committed (or failed) the round: the leaf frees its sums
+        and its kept updates. Finishing a finished round is a no-op.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +256,16 @@ def add_AggregatorControlServicer_to_server(servicer, server):
                     request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.WatchRoundRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_aggregator__pb2.RoundEvent.SerializeToString,
             ),
+            'CollectPartial': grpc.unary_stream_rpc_method_handler(
+                    servicer.CollectPartial,
+                    request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.CollectPartialRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_aggregator__pb2.CollectPartialResponse.SerializeToString,
+            ),
+            'FinishPartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishPartial,
+                    request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fedstream.v1.AggregatorControl', rpc_method_handlers)
@@ -239,7 +275,7 @@ def add_AggregatorControlServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AggregatorControl:
-    """Round control, called by the scheduler.
+    """Round control, called by the scheduler (and, on a leaf aggregator, by its root).
     """
 
     @staticmethod
@@ -286,6 +322,60 @@ class AggregatorControl:
             '/fedstream.v1.AggregatorControl/WatchRound',
             fedstream_dot_v1_dot_aggregator__pb2.WatchRoundRequest.SerializeToString,
             fedstream_dot_v1_dot_aggregator__pb2.RoundEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectPartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedstream.v1.AggregatorControl/CollectPartial',
+            fedstream_dot_v1_dot_aggregator__pb2.CollectPartialRequest.SerializeToString,
+            fedstream_dot_v1_dot_aggregator__pb2.CollectPartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishPartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.AggregatorControl/FinishPartial',
+            fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.SerializeToString,
+            fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.readiness import wait_until_reachable
+from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.settings import AggregatorSettings
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     service = AggregatorService(
         state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
         keep_last=settings.store.keep_last, durable=durable,
+        journal=f"leaf/{settings.name}" if settings.name else "",
+        leaves=[Leaf(leaf.endpoint, leaf.public_endpoint) for leaf in settings.leaves],
     )
     service.ready = False
     try:
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
     log.info("listening on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
+    if settings.leaves:
+        log.info("root of %d leaf aggregators: %s", len(settings.leaves), ", ".join(x.endpoint for x in settings.leaves))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,11 +10,19 @@ With ``durable=True`` (a shared state store) each counted update is also kept in
 store until its round is committed, and ``recover`` rebuilds every unfinished round from the
 journal after a restart: folding the kept updates again gives the same accumulator, so a
 crash neither loses nor double-counts an update.
+
+Hierarchical aggregation: a root aggregator given leaves shares each training round of a
+linear strategy among them (participants dealt round-robin). Each leaf folds its share like a
+single aggregator, but its round is ``partial``: it never commits; the root follows the
+leaves' reports, and when the round closes collects each leaf's weighted sums, adds them into
+one accumulator and commits the version as a single aggregator would. Every aggregator keeps
+its own journal (``journal``), so they can share one state store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,7 +68,15 @@ from fedstream.store import ModelReader, ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
 from fedstream.strategies import Strategy, make_strategy
 from fedstream.strategies.robust import pairwise_sq_dist_update
-from fedstream.tensors import Chunk, ChunkReceiver, Layout, TensorSpec, check_chunk_bytes, crc32c
+from fedstream.tensors import (
+    Chunk,
+    ChunkReceiver,
+    Layout,
+    TensorSpec,
+    check_chunk_bytes,
+    crc32c,
+    iter_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +94,27 @@ class RoundPlan:
     # The strategy's parameters as canonical JSON (sorted keys), so that plans compare equal.
     strategy_params: str = "{}"
     compression: str = "none"
+    # A leaf's share of a hierarchical round (see the module's docstring).
+    partial: bool = False
+
+
+class LeafLink(Protocol):
+    """How a root reaches one of its leaves (fedstream_aggregator.leaves.Leaf over gRPC)."""
+
+    endpoint: str
+    public_endpoint: str
+
+    def open_round(self, plan: RoundPlan) -> None: ...
+
+    def watch(
+        self, run_id: str, round_: int
+    ) -> tuple[Iterator[tuple[str, list[dict[str, Any]]]], Callable[[], None]]: ...
+
+    def collect(
+        self, run_id: str, round_: int, timeout_s: float
+    ) -> tuple[Layout, float, list[dict[str, Any]], Iterator[tuple[int, bytes, int]]]: ...
+
+    def finish(self, run_id: str, round_: int, version: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +154,11 @@ class _Round:
     seq: int = 0
     init_spool: _Spool | None = None
     timer: threading.Timer | None = None
+    # On a root: leaf index -> the participants that leaf takes; empty when not shared.
+    shares: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    watching: bool = False
+    # Ends the streams that follow the leaves.
+    cancels: list[Callable[[], None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -142,13 +184,17 @@ class _Round:
 # Finished rounds stay answerable (WatchRound, duplicate uploads) until this many newer ones
 # have finished.
 KEEP_FINISHED_ROUNDS = 256
+# A leaf fails a partial round that its root has not finished this long after the deadline.
+PARTIAL_ROUND_TTL_S = 3600.0
+# Seconds a root keeps trying to reach a leaf before it leaves that leaf's share out.
+LEAF_RETRY_S = 30.0
 
 
 def _plan_of(journal: AggregationRecord) -> RoundPlan:
     return RoundPlan(
         journal.run_id, journal.round, journal.kind, journal.base_version,
         tuple(journal.participants), journal.min_updates, journal.deadline_unix,
-        journal.strategy, journal.strategy_params, journal.compression,
+        journal.strategy, journal.strategy_params, journal.compression, journal.partial,
     )
 
 
@@ -304,6 +350,8 @@ class AggregatorService:
         chunk_bytes: int,
         keep_last: int = 0,
         durable: bool = False,
+        journal: str = "",
+        leaves: Iterable[LeafLink] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
@@ -313,6 +361,8 @@ class AggregatorService:
         self.chunk_bytes = chunk_bytes
         self.keep_last = keep_last
         self.durable = durable
+        self.journal = journal
+        self.leaves = list(leaves)
         self.clock = clock
         self._rounds: dict[tuple[str, int], _Round] = {}
         self._lock = threading.Lock()
@@ -322,11 +372,13 @@ class AggregatorService:
 
     # Round control.
 
-    def open_round(self, plan: RoundPlan) -> None:
-        """Opens a round for uploads; opening the same plan twice is a no-op.
+    def open_round(self, plan: RoundPlan) -> dict[str, str]:
+        """Opens a round for uploads; opening the same plan twice is a no-op. Returns where
+        each participant that does not use this aggregator goes instead (a root's leaves).
 
         Raises InvalidArgument for a malformed plan, ModelNotFound for a missing base version,
-        FailedPrecondition when a different plan for the same round exists.
+        FailedPrecondition when a different plan for the same round exists, Unavailable when
+        a leaf cannot be reached.
         """
         if not self.ready:
             raise Unavailable("the aggregator is starting; retry shortly")
@@ -349,40 +401,135 @@ class AggregatorService:
         check_compression(plan.compression)
         if not strategy.linear and plan.compression != "none":
             raise InvalidArgument(f"strategy {strategy.name!r} needs uncompressed updates")
+        if plan.partial and (plan.kind != "train" or not strategy.linear):
+            raise InvalidArgument("only training rounds of linear strategies can be shared among aggregators")
         key = (plan.run_id, plan.round)
         with self._lock:
             existing = self._rounds.get(key)
-            if existing is not None:
-                if existing.plan != plan:
-                    raise FailedPrecondition(
-                        f"round {plan.round} of run {plan.run_id!r} is already open with another plan"
-                    )
-                return
+            if existing is not None and existing.plan != plan:
+                raise FailedPrecondition(
+                    f"round {plan.round} of run {plan.run_id!r} is already open with another plan"
+                )
+        if existing is not None:
+            return self._open_shares(existing)
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
         try:
             self.state.create_aggregation(
                 AggregationRecord(
                     plan.run_id, plan.round, plan.kind, plan.base_version, list(plan.participants),
                     plan.min_updates, plan.deadline_unix, plan.strategy, plan.strategy_params,
-                    plan.compression,
+                    plan.compression, journal=self.journal, partial=plan.partial,
                 )
             )
         except AlreadyExists:
-            journal = self.state.get_aggregation(plan.run_id, plan.round)
+            journal = self.state.get_aggregation(plan.run_id, plan.round, self.journal)
             if _plan_of(journal) != plan:
                 raise FailedPrecondition(
                     f"round {plan.round} of run {plan.run_id!r} is already open with another plan"
                 ) from None
             self._restore(journal)
-            return
-        folds = layout is not None and strategy.linear
+            return self._open_shares(self._get(plan.run_id, plan.round))
+        shares = self._shares(plan, strategy)
+        folds = layout is not None and strategy.linear and not shares
         rnd = _Round(plan, strategy, layout, WeightedAccumulator(layout) if folds else None,
-                     wire=wire_layout(layout, plan.compression) if layout is not None else None)
+                     wire=wire_layout(layout, plan.compression) if layout is not None else None,
+                     shares=shares)
         if self._install(rnd):
             log.info(
-                "round %d of %s open: %s, %d participants, base %s",
-                plan.round, plan.run_id, plan.kind, len(plan.participants), plan.base_version or "-",
+                "round %d of %s open: %s, %d participants%s, base %s",
+                plan.round, plan.run_id, plan.kind, len(plan.participants),
+                f" shared among {len(shares)} leaves" if shares else "", plan.base_version or "-",
             )
+        return self._open_shares(self._get(plan.run_id, plan.round))
+
+    def _shares(self, plan: RoundPlan, strategy: Strategy) -> dict[int, tuple[str, ...]]:
+        """Deals a root's training round round-robin among its leaves; init rounds and robust
+        strategies (which need every update in one place) stay on the root."""
+        if not self.leaves or plan.kind != "train" or not strategy.linear or plan.partial:
+            return {}
+        n = len(self.leaves)
+        return {i: plan.participants[i::n] for i in range(n) if plan.participants[i::n]}
+
+    def _open_shares(self, rnd: _Round) -> dict[str, str]:
+        """Opens (again: leaves treat a repeat as a no-op) each leaf's share of a root's round
+        and follows the leaves; returns each participant's leaf endpoint."""
+        if not rnd.shares:
+            return {}
+        with rnd.lock:
+            training = rnd.state == "training"
+        if training:
+            for i, agents in rnd.shares.items():
+                self.leaves[i].open_round(
+                    dataclasses.replace(rnd.plan, participants=agents, min_updates=1, partial=True)
+                )
+            self._follow_leaves(rnd)
+        return {a: self.leaves[i].public_endpoint for i, agents in rnd.shares.items() for a in agents}
+
+    def _follow_leaves(self, rnd: _Round) -> None:
+        with rnd.lock:
+            if rnd.watching:
+                return
+            rnd.watching = True
+        for i in rnd.shares:
+            threading.Thread(target=self._follow_leaf, args=(rnd, i), daemon=True, name="leaf-watch").start()
+
+    def _follow_leaf(self, rnd: _Round, index: int) -> None:
+        """Counts the updates a leaf reports, until the root's round stops training."""
+        leaf, plan = self.leaves[index], rnd.plan
+        delay = 0.2
+        while not self._closed:
+            with rnd.lock:
+                if rnd.state != "training":
+                    return
+            try:
+                events, cancel = leaf.watch(plan.run_id, plan.round)
+            except FedstreamError:
+                return  # shutting down
+            with rnd.lock:
+                rnd.cancels.append(cancel)
+            try:
+                for state, reports in events:
+                    delay = 0.2
+                    if not self._count_leaf_reports(rnd, reports):
+                        return
+                    if state == "failed":
+                        log.warning("round %d of %s failed on leaf %s", plan.round, plan.run_id, leaf.endpoint)
+                        return
+            except FedstreamError as e:
+                with rnd.lock:
+                    if rnd.state != "training" or self._closed:
+                        return  # the stream was ended on purpose
+                log.warning("following round %d of %s on leaf %s: %s; retrying",
+                            plan.round, plan.run_id, leaf.endpoint, e.public)
+            finally:
+                cancel()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _count_leaf_reports(self, rnd: _Round, reports: list[dict[str, Any]]) -> bool:
+        """Counts newly reported updates of a leaf in the root's round; False once the round
+        no longer trains."""
+        plan = rnd.plan
+        with rnd.lock:
+            if rnd.state != "training":
+                return False
+            added = False
+            for report in reports:
+                agent = report["agent_id"]
+                if agent in rnd.reports or agent not in plan.participants:
+                    continue
+                try:
+                    self.state.count_update(plan.run_id, plan.round, agent, report, self.journal)
+                except RoundNotOpen:
+                    return False
+                rnd.reports[agent] = report
+                added = True
+            complete = len(rnd.reports) == len(plan.participants)
+        if added:
+            self._notify(rnd)
+        if complete:
+            self._close(rnd, "all participants reported")
+        return True
 
     def _install(self, rnd: _Round) -> bool:
         """Makes a round current and arms its deadline; False if one was installed meanwhile."""
@@ -392,7 +539,8 @@ class AggregatorService:
                 return False
             self._rounds[key] = rnd
             self._prune()
-        delay = max(0.0, rnd.plan.deadline_unix - self.clock())
+        deadline = rnd.plan.deadline_unix + (PARTIAL_ROUND_TTL_S if rnd.plan.partial else 0.0)
+        delay = max(0.0, deadline - self.clock())
         rnd.timer = threading.Timer(delay, self._on_deadline, args=(rnd,))
         rnd.timer.daemon = True
         rnd.timer.start()
@@ -406,7 +554,7 @@ class AggregatorService:
         (``durable=False``) cannot be rebuilt and is failed.
         """
         recovered = 0
-        for journal in self.state.list_aggregations():
+        for journal in self.state.list_aggregations(self.journal):
             with self._lock:
                 if (journal.run_id, journal.round) in self._rounds:
                     continue
@@ -417,7 +565,8 @@ class AggregatorService:
                 log.error("cannot recover round %d of %s: %s", journal.round, journal.run_id, e.public)
                 with contextlib.suppress(FedstreamError):
                     self.state.set_aggregation_state(
-                        journal.run_id, journal.round, "failed", reason=f"lost in a restart: {e.public}"
+                        journal.run_id, journal.round, "failed", self.journal,
+                        reason=f"lost in a restart: {e.public}",
                     )
         return recovered
 
@@ -430,11 +579,14 @@ class AggregatorService:
             raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
-        accumulator = WeightedAccumulator(layout) if layout is not None and strategy.linear else None
+        shares = self._shares(plan, strategy)
+        accumulator = (
+            WeightedAccumulator(layout) if layout is not None and strategy.linear and not shares else None
+        )
         wire = wire_layout(layout, plan.compression) if layout is not None else None
         for agent, report in journal.reports.items():
-            if plan.kind == "train" and not strategy.linear:
-                continue  # kept in the store; combined at commit
+            if plan.kind == "train" and (not strategy.linear or shares):
+                continue  # kept in the store and combined at commit, or held by a leaf
             with self.store.open_update(plan.run_id, plan.round, agent) as reader:
                 if accumulator is not None:
                     weight = float(report.get("weight", report["num_examples"]))
@@ -442,17 +594,37 @@ class AggregatorService:
                 else:
                     layout = reader.layout
         rnd = _Round(plan, strategy, layout, accumulator, wire=wire, state=journal.state,
-                     reports=dict(journal.reports))
+                     reports=dict(journal.reports), shares=shares)
         if not self._install(rnd):
             return
         log.info(
             "round %d of %s recovered: %s, %d of %d updates counted",
             plan.round, plan.run_id, journal.state, len(journal.reports), len(plan.participants),
         )
+        if plan.partial:
+            return  # the root collects it
         if journal.state == "aggregating":
             threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
         elif len(rnd.reports) == len(plan.participants):
             self._close(rnd, "all participants reported")
+        elif shares:
+            threading.Thread(target=self._reopen_shares, args=(rnd,), daemon=True, name="leaf-open").start()
+
+    def _reopen_shares(self, rnd: _Round) -> None:
+        """After a restart: makes sure every leaf has its share open again, and follows them."""
+        give_up = time.monotonic() + max(LEAF_RETRY_S, rnd.plan.deadline_unix - self.clock())
+        delay = 0.2
+        while True:
+            try:
+                self._open_shares(rnd)
+                return
+            except FedstreamError as e:
+                if time.monotonic() + delay > give_up or not isinstance(e, Unavailable):
+                    log.error("cannot reopen round %d of %s on the leaves: %s", rnd.plan.round, rnd.plan.run_id, e.public)
+                    self._follow_leaves(rnd)
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _prune(self) -> None:
         """Forgets the oldest finished rounds beyond KEEP_FINISHED_ROUNDS (caller holds _lock)."""
@@ -516,6 +688,12 @@ class AggregatorService:
             raise AgentNotSelected(
                 f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}"
             )
+        for i, agents in rnd.shares.items():
+            if agent in agents:
+                raise FailedPrecondition(
+                    f"agent {agent!r} uploads round {plan.round} of run {plan.run_id!r} to the leaf "
+                    f"aggregator at {self.leaves[i].public_endpoint}"
+                )
         with rnd.lock:
             if agent in rnd.reports:
                 return True, 0
@@ -558,7 +736,7 @@ class AggregatorService:
                 self._check_accepting(rnd)
                 if agent in rnd.reports:
                     return True, receiver.received
-                if not self.state.count_update(plan.run_id, plan.round, agent, report):
+                if not self.state.count_update(plan.run_id, plan.round, agent, report, self.journal):
                     return True, receiver.received
                 rnd.reports[agent] = report
                 if plan.kind == "train" and rnd.accumulator is not None:
@@ -567,7 +745,7 @@ class AggregatorService:
                     rnd.layout = header.layout
                     rnd.init_spool = spool
                     keep_spool = True
-                complete = len(rnd.reports) == len(plan.participants)
+                complete = len(rnd.reports) == len(plan.participants) and not plan.partial
             with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
                 log.info(
                     "update folded: %d examples, %d bytes in %.2f s",
@@ -606,6 +784,9 @@ class AggregatorService:
     # Closing a round.
 
     def _on_deadline(self, rnd: _Round) -> None:
+        if rnd.plan.partial:
+            self._fail(rnd, "the root aggregator never finished this share of the round")
+            return
         with rnd.lock:
             if rnd.state != "training":
                 return
@@ -621,7 +802,7 @@ class AggregatorService:
 
     def _journal(self, rnd: _Round, state: str, **changes: Any) -> None:
         try:
-            self.state.set_aggregation_state(rnd.plan.run_id, rnd.plan.round, state, **changes)
+            self.state.set_aggregation_state(rnd.plan.run_id, rnd.plan.round, state, self.journal, **changes)
         except FedstreamError as e:
             log.warning("journal of round %d of %s: %s", rnd.plan.round, rnd.plan.run_id, e.public)
 
@@ -632,6 +813,9 @@ class AggregatorService:
             rnd.state = "failed"
             rnd.reason = reason
             rnd.accumulator = None
+            if rnd.timer is not None:
+                rnd.timer.cancel()
+        self._stop_following(rnd)
         self._journal(rnd, "failed", reason=reason)
         log.warning("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
         self._notify(rnd)
@@ -645,14 +829,23 @@ class AggregatorService:
             rnd.state = "aggregating"
             if rnd.timer is not None:
                 rnd.timer.cancel()
+        self._stop_following(rnd)
         self._journal(rnd, "aggregating")
         log.info("round %d of %s aggregating: %s", rnd.plan.round, rnd.plan.run_id, why)
         self._notify(rnd)
         threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
 
+    def _stop_following(self, rnd: _Round) -> None:
+        with rnd.lock:
+            cancels, rnd.cancels = rnd.cancels, []
+        for cancel in cancels:
+            cancel()
+
     def _commit(self, rnd: _Round) -> None:
         plan = rnd.plan
         try:
+            if rnd.shares:
+                self._collect(rnd)
             info = self._write_version(rnd)
         except FedstreamError as e:
             self._fail_aggregating(rnd, f"commit failed: {e.public}")
@@ -689,6 +882,11 @@ class AggregatorService:
         self._discard_updates(rnd)
 
     def _discard_updates(self, rnd: _Round) -> None:
+        for i in rnd.shares:
+            try:
+                self.leaves[i].finish(rnd.plan.run_id, rnd.plan.round, rnd.version, rnd.reason)
+            except FedstreamError as e:
+                log.warning("cannot finish round %d on leaf %s: %s", rnd.plan.round, self.leaves[i].endpoint, e.public)
         if rnd.init_spool is not None:
             self.spools.release(rnd.init_spool)
             rnd.init_spool = None
@@ -697,6 +895,125 @@ class AggregatorService:
                 self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
             except FedstreamError as e:
                 log.warning("cannot delete the kept updates of round %d: %s", rnd.plan.round, e.public)
+
+    # Hierarchical rounds.
+
+    def _collect(self, rnd: _Round) -> None:
+        """On a root: adds every leaf's sums into the round's accumulator; the reports of the
+        sums received replace those counted while following the leaves. A leaf that cannot
+        be reached for LEAF_RETRY_S, or that lost its share, is left out."""
+        plan = rnd.plan
+        assert rnd.layout is not None
+        with contextlib.suppress(ModelNotFound):
+            self.store.info(version_id(plan.run_id, plan.round))
+            return  # committed before a restart; _write_version finds it
+        accumulator = WeightedAccumulator(rnd.layout)
+        reports: dict[str, dict[str, Any]] = {}
+        for i in sorted(rnd.shares):
+            leaf = self.leaves[i]
+            give_up = time.monotonic() + LEAF_RETRY_S
+            delay = 0.2
+            while True:
+                try:
+                    reports.update(self._collect_leaf(leaf, rnd, accumulator))
+                    break
+                except Unavailable as e:
+                    if time.monotonic() + delay > give_up:
+                        log.error("round %d of %s: leaving out leaf %s: %s", plan.round, plan.run_id, leaf.endpoint, e.public)
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except (RoundNotFound, FailedPrecondition) as e:
+                    log.error("round %d of %s: leaving out leaf %s: %s", plan.round, plan.run_id, leaf.endpoint, e.public)
+                    break
+        if len(reports) < plan.min_updates:
+            raise FailedPrecondition(
+                f"the leaves hold {len(reports)} updates, at least {plan.min_updates} needed"
+            )
+        with rnd.lock:
+            rnd.reports = reports
+            rnd.accumulator = accumulator
+        log.info("round %d of %s: %d updates collected from %d leaves", plan.round, plan.run_id, len(reports), len(rnd.shares))
+
+    def _collect_leaf(
+        self, leaf: LeafLink, rnd: _Round, accumulator: WeightedAccumulator
+    ) -> dict[str, dict[str, Any]]:
+        """Receives one leaf's sums (verified chunk by chunk into a spool file) and adds them;
+        the accumulator is unchanged unless every byte arrived sound."""
+        plan = rnd.plan
+        expected = accumulator.sums_layout()
+        layout, total_weight, reports, chunks = leaf.collect(
+            plan.run_id, plan.round, max(60.0, expected.total_bytes / 10e6)
+        )
+        problem = layout.mismatch(expected)
+        if problem:
+            raise FailedPrecondition(f"leaf {leaf.endpoint} sent sums that do not fit the model: {problem}")
+        foreign = [r["agent_id"] for r in reports if r["agent_id"] not in plan.participants]
+        if foreign:
+            raise FailedPrecondition(f"leaf {leaf.endpoint} reported agents not in the round: {foreign}")
+        spool = self.spools.acquire(layout.total_bytes)
+        try:
+            receiver = ChunkReceiver(layout, spool.write)
+            for offset, data, crc in chunks:
+                receiver.accept(offset, data, crc)
+            receiver.finish()
+            if reports:
+                accumulator.merge(spool.read_into, total_weight, len(reports))
+        finally:
+            self.spools.release(spool)
+        return {r["agent_id"]: r for r in reports}
+
+    def collect_partial(
+        self, run_id: str, round_: int
+    ) -> tuple[Layout, float, list[dict[str, Any]], Iterator[Chunk]]:
+        """On a leaf: stops the partial round taking updates and returns its sums' layout,
+        total weight, reports and the sums as chunks. Repeatable until the round is finished.
+        Raises RoundNotFound, or FailedPrecondition for a round that is not partial or is
+        finished."""
+        rnd = self._get(run_id, round_)
+        if not rnd.plan.partial:
+            raise FailedPrecondition(f"round {round_} of run {run_id!r} is not a share of a hierarchical round")
+        with rnd.lock:
+            if rnd.terminal() or rnd.accumulator is None:
+                raise FailedPrecondition(f"round {round_} of run {run_id!r} is {rnd.state} on this leaf")
+            moved = rnd.state == "training"
+            rnd.state = "aggregating"
+            accumulator = rnd.accumulator
+            reports = [dict(r) for r in rnd.reports.values()]
+        if moved:
+            self._journal(rnd, "aggregating")
+            self._notify(rnd)
+            log.info("round %d of %s: %d updates handed to the root", round_, run_id, len(reports))
+        layout = accumulator.sums_layout()
+        buffers = [a.view(np.uint8) for a in accumulator.sums()]
+        return layout, accumulator.total_weight, reports, iter_chunks(layout, buffers, self.chunk_bytes)
+
+    def finish_partial(self, run_id: str, round_: int, version: str, reason: str) -> None:
+        """On a leaf: the root finished the round (committed ``version``, or failed for
+        ``reason``); frees the round's sums and kept updates. A share the root never collected
+        is failed. Finishing a finished round is a no-op."""
+        rnd = self._get(run_id, round_)
+        if not rnd.plan.partial:
+            raise FailedPrecondition(f"round {round_} of run {run_id!r} is not a share of a hierarchical round")
+        with rnd.lock:
+            if rnd.terminal():
+                return
+            collected = rnd.state == "aggregating"
+            if version and collected:
+                rnd.state, rnd.version = "committed", version
+            else:
+                rnd.state = "failed"
+                rnd.reason = reason or f"the root committed {version} without this share"
+            rnd.accumulator = None
+            if rnd.timer is not None:
+                rnd.timer.cancel()
+        if rnd.state == "committed":
+            self._journal(rnd, "committed", version=version)
+        else:
+            self._journal(rnd, "failed", reason=rnd.reason)
+        log.info("round %d of %s finished by the root: %s", round_, run_id, rnd.state)
+        self._notify(rnd)
+        self._discard_updates(rnd)
 
     def _write_version(self, rnd: _Round) -> ModelVersion:
         plan = rnd.plan
@@ -864,8 +1181,10 @@ class AggregatorService:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             rounds = list(self._rounds.values())
         for rnd in rounds:
             if rnd.timer is not None:
                 rnd.timer.cancel()
+            self._stop_following(rnd)
         self.spools.close()

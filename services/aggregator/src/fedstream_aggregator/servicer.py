@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -27,20 +28,21 @@ STATES = {
 }
 
 
+def _report_to_proto(r: dict[str, Any]) -> round_pb2.UpdateReport:
+    return round_pb2.UpdateReport(
+        agent_id=r["agent_id"],
+        num_examples=r["num_examples"],
+        metrics=r["metrics"],
+        bytes_received=r["bytes_received"],
+    )
+
+
 def snapshot_to_proto(s: RoundSnapshot) -> pb.RoundEvent:
     return pb.RoundEvent(
         run_id=s.run_id,
         round=s.round,
         state=STATES[s.state],
-        reports=[
-            round_pb2.UpdateReport(
-                agent_id=r["agent_id"],
-                num_examples=r["num_examples"],
-                metrics=r["metrics"],
-                bytes_received=r["bytes_received"],
-            )
-            for r in s.reports
-        ],
+        reports=[_report_to_proto(r) for r in s.reports],
         stragglers=s.stragglers,
         version=s.version,
         reason=s.reason,
@@ -126,7 +128,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
         if kind is None:
             raise InvalidArgument(f"unknown round kind {request.kind}")
         params = json_format.MessageToDict(request.strategy.params) if request.HasField("strategy") else {}
-        self.service.open_round(
+        endpoints = self.service.open_round(
             RoundPlan(
                 run_id=request.run_id,
                 round=request.round,
@@ -138,9 +140,10 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
                 strategy=request.strategy.name or "fedavg",
                 strategy_params=json.dumps(params, sort_keys=True),
                 compression=request.compression or "none",
+                partial=request.partial,
             )
         )
-        return pb.OpenRoundResponse()
+        return pb.OpenRoundResponse(endpoints=endpoints)
 
     @translate_errors
     def WatchRound(
@@ -148,3 +151,25 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     ) -> Iterator[pb.RoundEvent]:
         for snap in self.service.watch(request.run_id, request.round, context.is_active):
             yield snapshot_to_proto(snap)
+
+    @translate_errors
+    def CollectPartial(
+        self, request: pb.CollectPartialRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.CollectPartialResponse]:
+        layout, total_weight, reports, chunks = self.service.collect_partial(request.run_id, request.round)
+        yield pb.CollectPartialResponse(
+            header=pb.PartialHeader(
+                layout=layout.to_proto(),
+                total_weight=total_weight,
+                reports=[_report_to_proto(r) for r in reports],
+            )
+        )
+        for chunk in chunks:
+            yield pb.CollectPartialResponse(chunk=chunk.to_proto())
+
+    @translate_errors
+    def FinishPartial(
+        self, request: pb.FinishPartialRequest, context: grpc.ServicerContext
+    ) -> pb.FinishPartialResponse:
+        self.service.finish_partial(request.run_id, request.round, request.version, request.reason)
+        return pb.FinishPartialResponse()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import (
@@ -16,6 +16,15 @@ from fedstream.config import (
     StoreSettings,
     TenantSettings,
 )
+
+
+class LeafSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    endpoint: str = Field(min_length=1, description="host:port where the root reaches this leaf.")
+    public_endpoint: str = Field(
+        "", description="host:port where agents reach this leaf; empty means endpoint."
+    )
 
 
 class AggregatorSettings(BaseSettings):
@@ -40,4 +49,19 @@ class AggregatorSettings(BaseSettings):
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
         description="Directory where incoming updates are spooled until verified and folded.",
+    )
+    name: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="This aggregator's name when several share one state store (each leaf of a "
+        "hierarchical layout): its journal is kept apart under 'leaf/<name>'. Empty for a single "
+        "or root aggregator.",
+    )
+    leaves: list[LeafSettings] = Field(
+        default_factory=list,
+        description="Makes this aggregator a root: each training round of a linear strategy is "
+        "dealt round-robin among these leaf aggregators, which fold the updates; the root adds "
+        "their sums and commits. JSON, e.g. "
+        '\'[{"endpoint": "leaf-0:50052"}, {"endpoint": "leaf-1:50052"}]\'. Every aggregator of a '
+        "layout must use the same model store.",
     )

@@ -23,13 +23,14 @@ class AggregatorClient:
         self._channel = aio_channel(target)
         self._stub = pb_grpc.AggregatorControlStub(self._channel)
 
-    async def open_round(self, plan: pb.RoundPlan, give_up_at: float) -> None:
-        """Opens a round, retrying with backoff while the aggregator is unreachable."""
+    async def open_round(self, plan: pb.RoundPlan, give_up_at: float) -> dict[str, str]:
+        """Opens a round, retrying with backoff while the aggregator is unreachable; returns
+        the participants that the aggregator sends elsewhere (to its leaves), with where."""
         delay = 0.2
         while True:
             try:
-                await self._stub.OpenRound(plan, timeout=10)
-                return
+                response = await self._stub.OpenRound(plan, timeout=30)
+                return dict(response.endpoints)
             except grpc.aio.AioRpcError as e:
                 loop_time = asyncio.get_running_loop().time()
                 if e.code() not in RETRYABLE or loop_time + delay > give_up_at:

@@ -73,8 +73,8 @@ class SchedulerService:
         # This replica's name on the leases of the runs it drives.
         self.instance_id = f"scheduler-{uuid.uuid4().hex[:12]}"
         self._adopter: asyncio.Task[None] | None = None
-        # Assignments of the rounds in progress here, for agents that connect mid-round.
-        self._pending: dict[tuple[str, int], tuple[scheduler_pb2.AgentEvent, frozenset[str]]] = {}
+        # Each running round's assignment of every participant, sent again when one reconnects.
+        self._pending: dict[tuple[str, int], dict[str, scheduler_pb2.AgentEvent]] = {}
 
     # Agents.
 
@@ -108,9 +108,9 @@ class SchedulerService:
         if old is not None:
             old.put_nowait(_CLOSE)
         self._streams[agent_id] = queue
-        for event, participants in list(self._pending.values()):
-            if agent_id in participants:
-                queue.put_nowait(event)
+        for events in list(self._pending.values()):
+            if agent_id in events:
+                queue.put_nowait(events[agent_id])
         log.info("agent %s connected", agent_id)
         try:
             while True:
@@ -374,7 +374,9 @@ class SchedulerService:
         )
         loop = asyncio.get_running_loop()
         try:
-            await self.aggregator.open_round(plan, loop.time() + max(5.0, rec.deadline_unix - self.clock()))
+            endpoints = await self.aggregator.open_round(
+                plan, loop.time() + max(5.0, rec.deadline_unix - self.clock())
+            )
         except grpc.aio.AioRpcError as e:
             return await self._round_failed(run_id, rec.round, f"aggregator refused the round: {e.details()}")
         if rec.state == "open":
@@ -383,21 +385,27 @@ class SchedulerService:
         # Sent to every participant connected now, and to any that connects while the round
         # runs (one that lost its stream, or all of them after a scheduler restart). Agents do
         # each (run, round) once, so a repeat is harmless.
-        assignment = scheduler_pb2.Assignment(
-            run_id=run_id,
-            round=rec.round,
-            kind=_KIND_PROTO[rec.kind],
-            task=spec.task,
-            base_version=rec.base_version,
-            model_endpoint=self.public_endpoint,
-            upload_endpoint=self.public_endpoint,
-            training=round_pb2.TrainingConfig(**spec.training.model_dump(), **strategy.configure()),
-            deadline_unix=rec.deadline_unix,
-        )
-        event = scheduler_pb2.AgentEvent(assignment=assignment)
-        key = (run_id, rec.round)
-        self._pending[key] = (event, frozenset(rec.participants))
+        # A root aggregator may send participants to its leaves: each downloads and uploads there.
+        training = round_pb2.TrainingConfig(**spec.training.model_dump(), **strategy.configure())
+        events: dict[str, scheduler_pb2.AgentEvent] = {}
         for agent_id in rec.participants:
+            endpoint = endpoints.get(agent_id, self.public_endpoint)
+            events[agent_id] = scheduler_pb2.AgentEvent(
+                assignment=scheduler_pb2.Assignment(
+                    run_id=run_id,
+                    round=rec.round,
+                    kind=_KIND_PROTO[rec.kind],
+                    task=spec.task,
+                    base_version=rec.base_version,
+                    model_endpoint=endpoint,
+                    upload_endpoint=endpoint,
+                    training=training,
+                    deadline_unix=rec.deadline_unix,
+                )
+            )
+        key = (run_id, rec.round)
+        self._pending[key] = events
+        for agent_id, event in events.items():
             queue = self._streams.get(agent_id)
             if queue is not None:
                 queue.put_nowait(event)

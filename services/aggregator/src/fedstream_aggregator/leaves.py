@@ -1,0 +1,153 @@
+"""A root aggregator's gRPC clients of its leaves (hierarchical aggregation).
+
+The root opens each leaf's share of a round, follows the leaf's progress, collects the leaf's
+weighted sums when the round closes and tells the leaf when the round is finished. Errors come
+back as the catalog's: Unavailable when the leaf cannot be reached (worth retrying),
+RoundNotFound or FailedPrecondition when it refuses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from fedstream.errors import DataLoss, FailedPrecondition, FedstreamError, RoundNotFound, Unavailable
+from fedstream.grpcutil import channel
+from fedstream.tensors import Layout
+from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import round_pb2
+from fedstream_aggregator.service import RoundPlan
+
+_KIND = {"init": round_pb2.ROUND_KIND_INIT, "train": round_pb2.ROUND_KIND_TRAIN}
+_STATE = {
+    round_pb2.ROUND_STATE_OPEN: "open",
+    round_pb2.ROUND_STATE_TRAINING: "training",
+    round_pb2.ROUND_STATE_AGGREGATING: "aggregating",
+    round_pb2.ROUND_STATE_COMMITTED: "committed",
+    round_pb2.ROUND_STATE_FAILED: "failed",
+}
+# Seconds a unary call to a leaf may take.
+CALL_TIMEOUT_S = 10.0
+
+
+def plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
+    msg = pb.RoundPlan(
+        run_id=plan.run_id,
+        round=plan.round,
+        kind=_KIND[plan.kind],
+        base_version=plan.base_version,
+        participants=plan.participants,
+        min_updates=plan.min_updates,
+        deadline_unix=plan.deadline_unix,
+        strategy=round_pb2.StrategySpec(name=plan.strategy),
+        compression=plan.compression,
+        partial=plan.partial,
+    )
+    msg.strategy.params.update(json.loads(plan.strategy_params))
+    return msg
+
+
+def report_from_proto(r: round_pb2.UpdateReport) -> dict[str, Any]:
+    return {
+        "agent_id": r.agent_id,
+        "num_examples": r.num_examples,
+        "metrics": dict(r.metrics),
+        "bytes_received": r.bytes_received,
+    }
+
+
+def _error(endpoint: str, e: grpc.RpcError) -> FedstreamError:
+    code, details = e.code(), e.details()  # type: ignore[attr-defined]
+    message = f"leaf aggregator {endpoint}: {details or code.name}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return Unavailable(message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return RoundNotFound(message)
+    return FailedPrecondition(message)
+
+
+class Leaf:
+    """One leaf aggregator: ``endpoint`` is where the root reaches it, ``public_endpoint``
+    where agents do (the same when empty)."""
+
+    def __init__(self, endpoint: str, public_endpoint: str = "") -> None:
+        self.endpoint = endpoint
+        self.public_endpoint = public_endpoint or endpoint
+        self._channel = channel(endpoint)
+        self._stub = pb_grpc.AggregatorControlStub(self._channel)
+
+    def _closed(self) -> Unavailable:
+        return Unavailable(f"leaf aggregator {self.endpoint}: the root is shutting down")
+
+    def open_round(self, plan: RoundPlan) -> None:
+        try:
+            self._stub.OpenRound(plan_to_proto(plan), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            raise _error(self.endpoint, e) from None
+        except ValueError:  # the channel was closed
+            raise self._closed() from None
+
+    def watch(
+        self, run_id: str, round_: int
+    ) -> tuple[Iterator[tuple[str, list[dict[str, Any]]]], Callable[[], None]]:
+        """The leaf round's (state, reports) after every change, and a function that ends the
+        stream from another thread."""
+        try:
+            call = self._stub.WatchRound(pb.WatchRoundRequest(run_id=run_id, round=round_))
+        except ValueError:
+            raise self._closed() from None
+
+        def events() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+            try:
+                for event in call:
+                    yield _STATE.get(event.state, "open"), [report_from_proto(r) for r in event.reports]
+            except grpc.RpcError as e:
+                raise _error(self.endpoint, e) from None
+
+        return events(), call.cancel
+
+    def collect(
+        self, run_id: str, round_: int, timeout_s: float
+    ) -> tuple[Layout, float, list[dict[str, Any]], Iterator[tuple[int, bytes, int]]]:
+        """The leaf's sums layout, total weight, reports, and its sums as (offset, data, crc)."""
+        try:
+            call = self._stub.CollectPartial(pb.CollectPartialRequest(run_id=run_id, round=round_), timeout=timeout_s)
+            first = next(call, None)
+        except grpc.RpcError as e:
+            raise _error(self.endpoint, e) from None
+        except ValueError:
+            raise self._closed() from None
+        if first is None or first.WhichOneof("payload") != "header":
+            call.cancel()
+            raise DataLoss(f"leaf aggregator {self.endpoint} sent partial sums without a header")
+        header = first.header
+
+        def chunks() -> Iterator[tuple[int, bytes, int]]:
+            try:
+                for msg in call:
+                    if msg.WhichOneof("payload") != "chunk":
+                        raise DataLoss(f"leaf aggregator {self.endpoint} sent a second header")
+                    yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
+            except grpc.RpcError as e:
+                raise _error(self.endpoint, e) from None
+            finally:
+                call.cancel()
+
+        reports = [report_from_proto(r) for r in header.reports]
+        return Layout.from_proto(header.layout), header.total_weight, reports, chunks()
+
+    def finish(self, run_id: str, round_: int, version: str, reason: str) -> None:
+        request = pb.FinishPartialRequest(run_id=run_id, round=round_, version=version, reason=reason)
+        try:
+            self._stub.FinishPartial(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            raise _error(self.endpoint, e) from None
+        except ValueError:
+            raise self._closed() from None
+
+    def close(self) -> None:
+        self._channel.close()
