@@ -139,7 +139,7 @@ def test_unknown_strategy_in_a_plan_is_refused(model_store, tmp_path):
 def test_robust_strategies_combine_kept_updates_piece_by_piece(strategy, params, reference, model_store, tmp_path, monkeypatch):
     from fedstream_aggregator import service as svc
 
-    monkeypatch.setattr(svc, "FOLD_PIECE_BYTES", 64)  # many pieces per tensor
+    monkeypatch.setattr(svc, "COMBINE_PIECE_BYTES", 64)  # many pieces per tensor
     base = random_model(0, 4)
     store_model(model_store, f"{RUN}/000000", base)
     rng = np.random.default_rng(3)

@@ -13,8 +13,10 @@ import numpy as np
 
 from fedstream.tensors import DType, Layout, TensorSpec
 
-# Bytes read and folded at a time when folding from a file.
-FOLD_PIECE_BYTES = 4 << 20
+# Bytes read and folded at a time. Small enough that the piece and its scaled copy stay in
+# the CPU's cache between the multiply and the add: 256 KiB folds ~40% faster than 4 MiB here
+# (bench/strategies.py).
+FOLD_PIECE_BYTES = 256 << 10
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -39,7 +39,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedstream.aggregation import (
-    FOLD_PIECE_BYTES,
     WeightedAccumulator,
     accumulator_dtype,
     from_accumulator,
@@ -186,6 +185,8 @@ class _Round:
 KEEP_FINISHED_ROUNDS = 256
 # A leaf fails a partial round that its root has not finished this long after the deadline.
 PARTIAL_ROUND_TTL_S = 3600.0
+# Bytes of each kept update read at a time when a robust statistic combines them.
+COMBINE_PIECE_BYTES = 4 << 20
 # Seconds a root keeps trying to reach a leaf before it leaves that leaf's share out.
 LEAF_RETRY_S = 30.0
 
@@ -1145,7 +1146,7 @@ class AggregatorService:
                 _Blocks(stack.enter_context(self.store.open_update(plan.run_id, plan.round, a))) for a in agents
             ]
             # agents x piece bytes are in memory at once: keep that near one model's size.
-            budget = max(64 << 10, min(FOLD_PIECE_BYTES, layout.total_bytes // max(1, len(agents))))
+            budget = max(64 << 10, min(COMBINE_PIECE_BYTES, layout.total_bytes // max(1, len(agents))))
             piece = bytearray(budget)
             for t in layout.tensors:
                 item = t.dt.itemsize
