@@ -21,15 +21,10 @@ from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
 from fedstream_aggregator.service import RoundPlan
+from fedstream_aggregator.servicer import KINDS, STATES
 
-_KIND = {"init": round_pb2.ROUND_KIND_INIT, "train": round_pb2.ROUND_KIND_TRAIN}
-_STATE = {
-    round_pb2.ROUND_STATE_OPEN: "open",
-    round_pb2.ROUND_STATE_TRAINING: "training",
-    round_pb2.ROUND_STATE_AGGREGATING: "aggregating",
-    round_pb2.ROUND_STATE_COMMITTED: "committed",
-    round_pb2.ROUND_STATE_FAILED: "failed",
-}
+_KIND = {name: kind for kind, name in KINDS.items()}
+_STATE = {state: name for name, state in STATES.items()}
 # Seconds a unary call to a leaf may take.
 CALL_TIMEOUT_S = 10.0
 

@@ -18,7 +18,7 @@ from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
 from fedstream_aggregator.service import AggregatorService, RoundPlan, RoundSnapshot, UpdateHeader
 
-_KINDS = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train"}
+KINDS = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train"}
 STATES = {
     "open": round_pb2.ROUND_STATE_OPEN,
     "training": round_pb2.ROUND_STATE_TRAINING,
@@ -124,7 +124,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
 
     @translate_errors
     def OpenRound(self, request: pb.RoundPlan, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
-        kind = _KINDS.get(request.kind)
+        kind = KINDS.get(request.kind)
         if kind is None:
             raise InvalidArgument(f"unknown round kind {request.kind}")
         params = json_format.MessageToDict(request.strategy.params) if request.HasField("strategy") else {}
