@@ -59,11 +59,17 @@ def test_cli_reports_errors_with_their_status(federation):
     assert no_model.returncode == 1 and "NOT_FOUND" in no_model.stderr
 
 
-def test_demo_runs_and_stops_every_process(tmp_path):
-    result = fedstream("demo", "--agents", "2", "--rounds", "1", "--epochs", "1", "--workdir", str(tmp_path), timeout=300)
+@pytest.mark.parametrize("leaves", [0, 2], ids=["one-aggregator", "two-leaves"])
+def test_demo_runs_and_stops_every_process(tmp_path, leaves):
+    result = fedstream("demo", "--agents", "2", "--rounds", "1", "--epochs", "1", "--leaves", str(leaves),
+                       "--workdir", str(tmp_path), timeout=300)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round 1/1: committed" in result.stdout
+    if leaves:
+        assert "leaf aggregators on" in result.stdout
+        for i in range(leaves):  # each leaf folded one agent's update
+            assert "update folded" in (tmp_path / f"leaf-{i}.log").read_text()
     assert "held-out accuracy" in result.stdout
     assert "stopped all demo processes" in result.stdout
     assert not _processes_using(tmp_path)

@@ -1,6 +1,6 @@
 """`fedstream demo`: a whole federation on this machine, on embedded defaults.
 
-Starts the aggregator, the scheduler and N agents as separate processes on free loopback
+Starts the aggregator (with ``--leaves``, a root and its leaf aggregators), the scheduler and N agents as separate processes on free loopback
 ports, runs the digits task for a few rounds, prints each round's global accuracy on the
 held-out split and each agent's example count, and stops every process it started.
 """
@@ -8,6 +8,7 @@ held-out split and each agent's example count, and stops every process it starte
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -31,7 +32,13 @@ def run_demo(args: argparse.Namespace) -> int:
     procs = LocalFederation(workdir)
     print(f"fedstream demo: {args.agents} agents, {args.rounds} rounds, task digits; logs in {workdir}")
     try:
-        agg_addr = procs.start_aggregator()
+        leaves = [
+            procs.start_aggregator({"NAME": f"leaf-{i}"}, name=f"leaf-{i}") for i in range(args.leaves)
+        ]
+        root = {"LEAVES": json.dumps([{"endpoint": a} for a in leaves])} if leaves else {}
+        agg_addr = procs.start_aggregator(root)
+        if leaves:
+            print(f"leaf aggregators on {', '.join(leaves)}")
         sched_addr = procs.start_scheduler(
             agg_addr, {"HEARTBEAT_INTERVAL_S": "1", "HEARTBEAT_TTL_S": "5"}
         )
@@ -102,6 +109,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--lr", type=float, default=0.05, help="local learning rate (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split and initialisation")
     p.add_argument("--round-timeout", type=float, default=120.0, help="seconds per round")
+    p.add_argument("--leaves", type=int, default=0,
+                   help="hierarchical aggregation: this many leaf aggregators fold the updates and "
+                   "the aggregator adds their sums (default 0: one aggregator)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="agents' device")
     p.add_argument("--workdir", default="", help="directory for logs and models (default: a temp dir)")
     p.set_defaults(func=run_demo)
