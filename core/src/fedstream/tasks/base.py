@@ -1,8 +1,18 @@
-"""The task interface: what agents and the demo's evaluation need from a workload."""
+"""The task plug-in interface: what a workload gives agents, the demo and the evaluation.
+
+A task is one class: its model factory, which tensors stay private to a site, how a site loads
+its data, the loss of a batch, and its evaluation. The training loop is shared by every task
+(``Task.train``): local epochs over shuffled batches, the device chosen for the agent (CUDA
+with float16 mixed precision where present, the CPU otherwise), FedProx's proximal term, the
+cosine distance FedReID weighs updates by, and the per-round report (training loss, examples
+seen, seconds spent). docs/tasks.md shows a complete small task.
+"""
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,8 @@ class TrainParams:
     seed: int
     # FedProx: mu/2 * ||w - w_global||^2 is added to the local loss when positive.
     proximal_mu: float = 0.0
+    # On CUDA: float16 autocast with a gradient scaler.
+    mixed_precision: bool = True
 
 
 def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
@@ -44,7 +56,9 @@ def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float)
 def cosine_distance(before: torch.Tensor, after: torch.Tensor) -> float:
     """Mean over a batch of 1 - cos(logits before local training, logits after): FedReID's
     measure of how far an agent moved the model."""
-    cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=1)
+    cos = torch.nn.functional.cosine_similarity(
+        before.float().flatten(1), after.float().flatten(1), dim=1
+    )
     return float((1 - cos).mean().item())
 
 
@@ -55,10 +69,15 @@ class TrainResult:
 
 
 class Task(ABC):
-    name: str
+    """A workload. Subclasses set ``name`` and implement the abstract methods; ``optimizer``
+    and ``outputs`` have defaults."""
+
+    name: str = ""
     # Tensors whose names start with one of these stay on the site under partial averaging
     # (FedPav): a site's own classifier, for instance. Everything else is shared.
     private_prefixes: tuple[str, ...] = ()
+    # The metrics ``evaluate`` reports (besides "examples"), the first being the headline.
+    metrics: tuple[str, ...] = ()
 
     def is_shared(self, tensor_name: str) -> bool:
         return not tensor_name.startswith(self.private_prefixes) if self.private_prefixes else True
@@ -73,20 +92,81 @@ class Task(ABC):
 
     @abstractmethod
     def load_heldout(self, settings: SiteDataSettings) -> Any:
-        """The held-out evaluation data."""
+        """This site's held-out evaluation data."""
 
     @abstractmethod
     def num_examples(self, data: Any) -> int: ...
 
     @abstractmethod
-    def train(
-        self, model: torch.nn.Module, data: Any, params: TrainParams, device: torch.device
-    ) -> TrainResult:
-        """Trains in place; returns examples seen per epoch and metrics (loss, seconds)."""
+    def batches(self, data: Any, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+        """One epoch of training batches in an order drawn from ``generator``."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+        """The mean loss of a batch (moved to ``device``) and its number of examples."""
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, data: Any, device: torch.device) -> dict[str, float]:
-        """Metrics of the model on ``data`` (accuracy, loss)."""
+        """``metrics`` of the model on ``data``, plus "examples"."""
+
+    def outputs(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        """The model's raw outputs (logits) on a batch, one row per example: what the cosine
+        distance compares before and after local training. Default: ``model(batch[0])``."""
+        return model(batch[0].to(device))
+
+    def optimizer(self, model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+        """Default: SGD with momentum 0.9 at the assignment's learning rate."""
+        return torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=0.9)
+
+    def train(
+        self, model: torch.nn.Module, data: Any, params: TrainParams, device: torch.device
+    ) -> TrainResult:
+        """Trains in place for ``params.local_epochs``; reports the mean training loss, the
+        examples seen, the seconds spent and the cosine distance of the first batch's outputs
+        before and after training."""
+        start = time.perf_counter()
+        model.to(device)
+        generator = torch.Generator().manual_seed(params.seed)
+        opt = self.optimizer(model, params)
+        amp = device.type == "cuda" and params.mixed_precision
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        anchor = [p.detach().clone() for p in model.parameters()] if params.proximal_mu > 0 else []
+        probe = next(self.batches(data, params.batch_size, torch.Generator().manual_seed(params.seed)), None)
+        before = self._probe(model, probe, device)
+        model.train()
+        total_loss, seen = 0.0, 0
+        for _ in range(params.local_epochs):
+            for batch in self.batches(data, params.batch_size, generator):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss, n = self.loss(model, batch, device)
+                if anchor:
+                    loss = loss + proximal_term(model, anchor, params.proximal_mu)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                total_loss += float(loss.item()) * n
+                seen += n
+        after = self._probe(model, probe, device)
+        metrics = {
+            "train_loss": total_loss / max(seen, 1),
+            "examples_seen": float(seen),
+            "train_seconds": time.perf_counter() - start,
+        }
+        if before is not None and after is not None:
+            metrics["cosine_distance"] = max(cosine_distance(before, after), 1e-12)
+        return TrainResult(num_examples=self.num_examples(data), metrics=metrics)
+
+    def _probe(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        model.eval()
+        with torch.no_grad():
+            return self.outputs(model, batch, device).float()
 
 
 def pick_device() -> torch.device:

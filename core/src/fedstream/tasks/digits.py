@@ -3,7 +3,7 @@ split across sites by a seeded Dirichlet partition over labels."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -11,14 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedstream.tasks.base import (
-    SiteDataSettings,
-    Task,
-    TrainParams,
-    TrainResult,
-    cosine_distance,
-    proximal_term,
-)
+from fedstream.tasks.base import SiteDataSettings, Task
 
 HELDOUT_FRACTION = 0.2
 MIN_SITE_EXAMPLES = 20
@@ -86,6 +79,7 @@ def dirichlet_partition(
 
 class DigitsTask(Task):
     name = "digits"
+    metrics = ("accuracy", "loss")
     # Under FedPav each site keeps its own last layer (the classifier over the ten digits).
     private_prefixes = ("head.3.",)
 
@@ -110,47 +104,16 @@ class DigitsTask(Task):
     def num_examples(self, data: DigitsData) -> int:
         return len(data.labels)
 
-    def train(self, model: nn.Module, data: DigitsData, params: TrainParams, device: torch.device) -> TrainResult:
-        start = time.perf_counter()
-        model.to(device)
-        gen = torch.Generator().manual_seed(params.seed)
-        opt = torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=0.9)
-        loss_fn = nn.CrossEntropyLoss()
-        n = len(data.labels)
-        anchor = [p.detach().clone() for p in model.parameters()] if params.proximal_mu > 0 else []
-        probe = data.images[torch.randperm(n, generator=torch.Generator().manual_seed(params.seed))[: params.batch_size]].to(device)
-        model.eval()
-        with torch.no_grad():
-            before = model(probe)
-        model.train()
-        total_loss, seen = 0.0, 0
-        for _ in range(params.local_epochs):
-            order = torch.randperm(n, generator=gen)
-            for i in range(0, n, params.batch_size):
-                batch = order[i : i + params.batch_size]
-                if len(batch) < 2:  # BatchNorm needs more than one example
-                    continue
-                xb, yb = data.images[batch].to(device), data.labels[batch].to(device)
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yb)
-                if anchor:
-                    loss = loss + proximal_term(model, anchor, params.proximal_mu)
-                loss.backward()
-                opt.step()
-                total_loss += loss.item() * len(batch)
-                seen += len(batch)
-        model.eval()
-        with torch.no_grad():
-            after = model(probe)
-        return TrainResult(
-            num_examples=n,
-            metrics={
-                "train_loss": total_loss / max(seen, 1),
-                "examples_seen": float(seen),
-                "train_seconds": time.perf_counter() - start,
-                "cosine_distance": max(cosine_distance(before, after), 1e-12),
-            },
-        )
+    def batches(self, data: DigitsData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(data.labels), generator=generator)
+        for i in range(0, len(order), batch_size):
+            batch = order[i : i + batch_size]
+            if len(batch) >= 2:  # BatchNorm needs more than one example
+                yield data.images[batch], data.labels[batch]
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int]:
+        images, labels = batch
+        return nn.functional.cross_entropy(model(images.to(device)), labels.to(device)), len(labels)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: DigitsData, device: torch.device) -> dict[str, float]:
