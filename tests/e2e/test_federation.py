@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedstream.cli.local import LocalFederation
+from fedstream.store import LocalModelStore
 from fedstream.tasks.digits import DigitsCNN
 
 BIN = Path(sys.executable).parent
@@ -49,6 +51,42 @@ def test_two_agents_two_rounds_through_separate_processes(federation, tmp_path):
     model.load_state_dict(load_file(out))  # a standard safetensors file, loaded without pickle
     assert '"latest_version": "e2e/000002"' in got.stdout
     procs.check_alive()
+
+
+def test_federated_evaluation_rounds(federation, tmp_path):
+    """Evaluation rounds after training rounds, and a run that only evaluates a version: each
+    agent evaluates on its held-out split; the metrics are combined by example count and
+    recorded with the version."""
+    procs, sched_addr, agg_addr = federation
+
+    trained = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+                        "--evaluate-every", "1", "--round-timeout", "120", "--run-id", "ev", "--follow")
+    assert trained.returncode == 0, trained.stdout + trained.stderr + procs.tail("scheduler")
+    assert "round 1/2: committed ev/000001" in trained.stdout
+    assert "round 2 (evaluation of ev/000001): accuracy" in trained.stdout
+    assert "round 3 (training 2/2): committed ev/000003" in trained.stdout
+    assert "round 4 (evaluation of ev/000003): accuracy" in trained.stdout
+    assert "latest model ev/000003" in trained.stdout
+
+    only = fedstream("run", "start", "--scheduler", sched_addr, "--evaluate-only", "--min-agents", "2",
+                     "--initial-version", "ev/000003", "--run-id", "ev-only", "--follow")
+    assert only.returncode == 0, only.stdout + only.stderr
+    got = json.loads(fedstream("run", "get", "ev-only", "--scheduler", sched_addr).stdout)
+    (evaluation,) = got["rounds"]
+    assert evaluation["kind"] == "ROUND_KIND_EVALUATE" and evaluation["version"] == "ev/000003"
+    reports = evaluation["reports"]
+    assert sorted(r["agent_id"] for r in reports) == ["site-0", "site-1"]
+    total = sum(int(r["num_examples"]) for r in reports)
+    expected = sum(int(r["num_examples"]) * r["metrics"]["accuracy"] for r in reports) / total
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(expected)
+    assert 0.5 < expected <= 1.0
+    records = LocalModelStore(tmp_path / "models", "default").evaluations("ev/000003")
+    assert set(records) == {"ev-000004", "ev-only-000001"}
+    assert records["ev-only-000001"]["metrics"]["accuracy"] == pytest.approx(expected)
+    assert "latest model -" in only.stdout  # an evaluation commits no version
+
+    refused = fedstream("run", "start", "--scheduler", sched_addr, "--evaluate-only")
+    assert refused.returncode == 1 and "evaluate_only run needs the initial_version" in refused.stderr
 
 
 def test_cli_reports_errors_with_their_status(federation):

@@ -327,3 +327,56 @@ def test_finished_rounds_are_forgotten_beyond_a_bound(tmp_path, model_store, mon
             agg.snapshot(RUN, r)
     agg.close()
     assert not list((tmp_path / "spool").rglob("*"))
+
+
+def evaluation_plan(participants, version=BASE, min_updates=0, timeout=30.0):
+    p = plan(RUN, 5, participants, base=version, min_updates=min_updates, timeout=timeout)
+    p.kind = round_pb2.ROUND_KIND_EVALUATE
+    return p
+
+
+def report(ch, agent, examples, metrics, layout=None, round_=5):
+    return upload_update(
+        ch, run_id=RUN, round_=round_, agent_id=agent, layout=layout or Layout(()), buffers=[],
+        num_examples=examples, metrics=metrics, timeout=30,
+    )
+
+
+def test_evaluation_round_combines_reports_by_example_count(stubs, base_model, model_store):
+    control, _, ch = stubs
+    control.OpenRound(evaluation_plan(["a", "b", "c"]), timeout=5)
+    report(ch, "a", 30, {"map50": 0.5, "map": 0.2})
+    report(ch, "b", 10, {"map50": 0.9, "map": 0.4})
+    report(ch, "c", 60, {"map50": 0.1})  # a metric it lacks is averaged over the others
+    event = wait_terminal(control, RUN, 5)
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    assert event.version == BASE
+    expected = {"map50": (30 * 0.5 + 10 * 0.9 + 60 * 0.1) / 100, "map": (30 * 0.2 + 10 * 0.4) / 40}
+    assert dict(event.metrics) == pytest.approx(expected)
+    (record,) = model_store.evaluations(BASE).values()
+    assert record["metrics"] == pytest.approx(expected)
+    assert record["examples"] == 100 and record["round"] == 5
+    assert model_store.versions(RUN) == [BASE]  # nothing committed
+
+
+def test_evaluation_round_bad_inputs(stubs, base_model):
+    control, _, ch = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        control.OpenRound(evaluation_plan(["a"], version=f"{RUN}/000042"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    control.OpenRound(evaluation_plan(["a", "b"], min_updates=1, timeout=2), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        report(ch, "a", 10, {"map": 0.1}, layout=layout_of(base_model))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "layout must be empty" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        report(ch, "a", 0, {"map": 0.1})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "number of examples" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        report(ch, "a", 10, {"map": float("nan")})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    report(ch, "a", 10, {"map": 0.3})  # still open after the bad reports
+    event = wait_terminal(control, RUN, 5)  # at the deadline, with 1 of 2
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED
+    assert dict(event.metrics) == pytest.approx({"map": 0.3})
+    assert list(event.stragglers) == ["b"]

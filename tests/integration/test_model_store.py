@@ -182,6 +182,31 @@ def test_pins_and_retention(store):
     assert store.versions("r1") == ["r1/000004", "r1/000005"]
 
 
+def test_evaluations_are_recorded_with_the_version(store):
+    store_model(store, "r1/000000", random_model(0))
+    store_model(store, "r1/000001", random_model(1))
+    assert store.evaluations("r1/000001") == {}
+
+    store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.5}, "examples": 30})
+    store.put_evaluation("r1/000001", "eval-run-000001", {"metrics": {"map50": 0.6}, "examples": 40})
+    store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.55}, "examples": 30})
+
+    assert store.evaluations("r1/000001") == {
+        "eval-run-000001": {"metrics": {"map50": 0.6}, "examples": 40},
+        "r1-000002": {"metrics": {"map50": 0.55}, "examples": 30},
+    }
+    assert store.versions("r1") == ["r1/000000", "r1/000001"]  # records are not versions
+    with pytest.raises(ModelNotFound):
+        store.put_evaluation("r1/000009", "x", {})
+    with pytest.raises(InvalidArgument, match="evaluation name"):
+        store.put_evaluation("r1/000001", "../escape", {})
+    store.delete("r1/000000")
+    store.put_evaluation("r1/000001", "r1-000003", {})
+    store_model(store, "r1/000002", random_model(2))
+    store.delete("r1/000001")  # its records go with it
+    assert store.evaluations("r1/000001") == {}
+
+
 def test_s3_outage_is_retried_then_unavailable(tmp_path):
     from servers import free_port
 

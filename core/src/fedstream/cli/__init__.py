@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from fedstream.cli import demo, runs
+from fedstream.cli import data, demo, runs
 from fedstream.memtune import tune_allocator
 
 
@@ -14,11 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedstream",
         description="fedstream: federated learning for computer vision. Run a local demo, start "
-        "and follow runs on a scheduler, download model versions.",
+        "and follow runs on a scheduler, download model versions, write sample data sets.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     runs.add_parsers(sub)
+    data.add_parsers(sub)
     return parser
 
 

@@ -38,13 +38,22 @@ class RoundPrinter:
             if key in self._seen:
                 continue
             self._seen[key] = True
+            evaluation = r.kind == round_pb2.ROUND_KIND_EVALUATE
             label = "init" if r.kind == round_pb2.ROUND_KIND_INIT else f"round {r.round}"
-            if self.total and r.kind != round_pb2.ROUND_KIND_INIT:
-                label += f"/{self.total}"
+            if r.kind == round_pb2.ROUND_KIND_TRAIN:
+                nth = sum(x.kind == round_pb2.ROUND_KIND_TRAIN and x.round <= r.round for x in run.rounds)
+                of = f"/{self.total}" if self.total else ""
+                label += of if nth == r.round else f" (training {nth}{of})"
+            if evaluation:
+                label += f" (evaluation of {r.base_version})"
             if state == "training" and not r.reports:
-                self.out(f"{label}: training on {', '.join(r.participants)}")
+                self.out(f"{label}: {'evaluating' if evaluation else 'training'} on {', '.join(r.participants)}")
             elif state == "training":
-                self.out(f"{label}: {len(r.reports)}/{len(r.participants)} updates in")
+                self.out(f"{label}: {len(r.reports)}/{len(r.participants)} {'reports' if evaluation else 'updates'} in")
+            elif state == "committed" and evaluation:
+                metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(r.metrics.items()) if not k.endswith("_seconds"))
+                agents = "  ".join(f"{rep.agent_id}:{rep.num_examples}" for rep in r.reports)
+                self.out(f"{label}: {metrics}  examples {agents}")
             elif state == "committed":
                 took = r.finished_unix - r.started_unix
                 agents = "  ".join(f"{rep.agent_id}:{rep.num_examples}" for rep in r.reports)
@@ -86,6 +95,8 @@ def _spec_from_args(args: argparse.Namespace) -> scheduler_pb2.RunSpec:
         ),
         initial_version=args.initial_version,
         wait_for_agents_s=args.wait_for_agents,
+        evaluate_every=args.evaluate_every,
+        evaluate_only=args.evaluate_only,
     )
 
 
@@ -187,6 +198,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     start.add_argument("--compression", default="none", choices=["none", "float16", "bfloat16", "int8"],
                        help="how updates travel (default: none)")
     start.add_argument("--initial-version", default="", help="start from this model version")
+    start.add_argument("--evaluate-every", type=int, default=0, metavar="N",
+                       help="federated evaluation of the new version after every N training rounds and "
+                       "after the last (default 0: never)")
+    start.add_argument("--evaluate-only", action="store_true",
+                       help="train nothing: one federated evaluation of --initial-version")
     start.add_argument("--wait-for-agents", type=float, default=60.0, help="seconds to wait for agents")
     start.add_argument("--run-id", default="", help="id of the new run (default: generated)")
     start.add_argument("--follow", action="store_true", help="print progress until the run ends")

@@ -54,7 +54,7 @@ class RunRecord:
 class RoundRecord:
     run_id: str
     round: int
-    kind: str
+    kind: str  # "init", "train" or "evaluate"
     state: str = "open"
     participants: list[str] = field(default_factory=list)
     base_version: str = ""
@@ -68,6 +68,8 @@ class RoundRecord:
     # What the round was opened with, so that another scheduler can open it again as it was.
     deadline_unix: float = 0.0
     min_updates: int = 0
+    # An evaluation round's metrics, combined over its reports.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

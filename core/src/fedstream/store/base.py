@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from fedstream.errors import CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
 from fedstream.tensors import (
@@ -27,6 +28,7 @@ from fedstream.tensors import (
 )
 
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+EVALUATION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 
 def check_run_id(run_id: str) -> str:
@@ -45,6 +47,12 @@ def agent_key(agent_id: str) -> str:
 
 def version_id(run_id: str, round_: int) -> str:
     return f"{check_run_id(run_id)}/{round_:06d}"
+
+
+def check_evaluation_name(name: str) -> str:
+    if not EVALUATION_NAME.fullmatch(name):
+        raise InvalidArgument(f"evaluation name {name!r} must match {EVALUATION_NAME.pattern}")
+    return name
 
 
 def parse_version(version: str) -> tuple[str, int]:
@@ -291,6 +299,17 @@ class ModelStore(ABC):
     @abstractmethod
     def open_state(self, version: str) -> ModelReader:
         """Raises ModelNotFound when the version has no strategy state."""
+
+    # Federated evaluations of a version, one JSON record per evaluation round.
+
+    @abstractmethod
+    def put_evaluation(self, version: str, name: str, record: dict[str, Any]) -> None:
+        """Records an evaluation of a version under ``name`` (replacing one of that name);
+        raises ModelNotFound for a missing version."""
+
+    @abstractmethod
+    def evaluations(self, version: str) -> dict[str, dict[str, Any]]:
+        """The version's evaluation records by name (empty when none)."""
 
     @abstractmethod
     def delete(self, version: str) -> None:

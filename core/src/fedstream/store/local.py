@@ -7,11 +7,13 @@ version. Files appear by atomic rename, so a reader never sees a half-written ve
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from fedstream.errors import AlreadyExists, CorruptModel, ModelNotFound
 from fedstream.safetensors_io import encode_header, read_header
@@ -21,6 +23,7 @@ from fedstream.store.base import (
     ModelVersion,
     ModelWriter,
     agent_key,
+    check_evaluation_name,
     check_run_id,
     manifest_bytes,
     parse_version,
@@ -177,6 +180,23 @@ class LocalModelStore(ModelStore):
         path.unlink(missing_ok=True)
         for suffix in (".state.json", ".state.safetensors"):
             path.with_suffix(suffix).unlink(missing_ok=True)
+        shutil.rmtree(path.with_suffix(".eval"), ignore_errors=True)
+
+    def put_evaluation(self, version: str, name: str, record: dict[str, Any]) -> None:
+        check_evaluation_name(name)
+        if not self.exists(version):
+            raise ModelNotFound(f"model {version} not found")
+        directory = self._path(version).with_suffix(".eval")
+        directory.mkdir(exist_ok=True)
+        tmp = directory / f".{name}.tmp"
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp, directory / f"{name}.json")
+
+    def evaluations(self, version: str) -> dict[str, dict[str, Any]]:
+        directory = self._path(version).with_suffix(".eval")
+        if not directory.is_dir():
+            return {}
+        return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
 
     def pin(self, version: str) -> None:
         if not self.exists(version):

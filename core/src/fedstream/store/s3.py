@@ -12,6 +12,7 @@ Every operation is retried with backoff while the endpoint is unreachable.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
@@ -33,6 +34,7 @@ from fedstream.store.base import (
     ModelVersion,
     ModelWriter,
     agent_key,
+    check_evaluation_name,
     check_run_id,
     manifest_bytes,
     parse_version,
@@ -240,9 +242,21 @@ class S3ModelStore(ModelStore):
         if not self._exists(self._key(version, ".json")):
             raise ModelNotFound(f"model {version} not found")
         self.check_deletable(version)
-        for suffix in (".json", ".safetensors", ".state.json", ".state.safetensors"):
-            key = self._key(version, suffix)
+        keys = [self._key(version, s) for s in (".json", ".safetensors", ".state.json", ".state.safetensors")]
+        keys += self._list(self._key(version, ".eval/"))
+        for key in keys:
             self._retry(lambda k=key: self.client.remove_object(self.bucket, k), f"delete {key}")
+
+    def put_evaluation(self, version: str, name: str, record: dict[str, Any]) -> None:
+        check_evaluation_name(name)
+        if not self._exists(self._key(version, ".json")):
+            raise ModelNotFound(f"model {version} not found")
+        self._put_bytes(self._key(version, f".eval/{name}.json"), json.dumps(record, sort_keys=True).encode())
+
+    def evaluations(self, version: str) -> dict[str, dict[str, Any]]:
+        prefix = self._key(version, ".eval/")
+        names = sorted(n for n in self._list(prefix) if n.endswith(".json"))
+        return {n[len(prefix) : -5]: json.loads(self._get_bytes(n)) for n in names}
 
     def pin(self, version: str) -> None:
         if not self._exists(self._key(version, ".json")):

@@ -170,7 +170,14 @@ class WatchRoundRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
-    __slots__ = ("run_id", "round", "state", "reports", "stragglers", "version", "reason")
+    __slots__ = ("run_id", "round", "state", "reports", "stragglers", "version", "reason", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +185,7 @@ class RoundEvent(_message.Message):
     STRAGGLERS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     state: _round_pb2.RoundState
@@ -185,4 +193,5 @@ class RoundEvent(_message.Message):
     stragglers: _containers.RepeatedScalarFieldContainer[str]
     version: str
     reason: str
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...

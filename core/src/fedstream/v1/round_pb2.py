@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64stream/v1/round.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xad\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05no_op\x18\x05 \x01(\x08\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x13\n\x0bshared_only\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\"E\n\x0cStrategySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb8\x01\n\x0cUpdateReport\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.fedstream.v1.UpdateReport.MetricsEntry\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*R\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUND_KIND_INIT\x10\x01\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x02*\xa9\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x18\n\x14ROUND_STATE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x03\x12\x19\n\x15ROUND_STATE_COMMITTED\x10\x04\x12\x16\n\x12ROUND_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64stream/v1/round.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xad\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05no_op\x18\x05 \x01(\x08\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x13\n\x0bshared_only\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\"E\n\x0cStrategySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb8\x01\n\x0cUpdateReport\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.fedstream.v1.UpdateReport.MetricsEntry\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*k\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUND_KIND_INIT\x10\x01\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x02\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x03*\xa9\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x18\n\x14ROUND_STATE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x03\x12\x19\n\x15ROUND_STATE_COMMITTED\x10\x04\x12\x16\n\x12ROUND_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEREPORT_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEREPORT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDKIND']._serialized_start=506
-  _globals['_ROUNDKIND']._serialized_end=588
-  _globals['_ROUNDSTATE']._serialized_start=591
-  _globals['_ROUNDSTATE']._serialized_end=760
+  _globals['_ROUNDKIND']._serialized_end=613
+  _globals['_ROUNDSTATE']._serialized_start=616
+  _globals['_ROUNDSTATE']._serialized_end=785
   _globals['_TRAININGCONFIG']._serialized_start=73
   _globals['_TRAININGCONFIG']._serialized_end=246
   _globals['_STRATEGYSPEC']._serialized_start=248

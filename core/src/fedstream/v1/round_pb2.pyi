@@ -13,6 +13,7 @@ class RoundKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_KIND_UNSPECIFIED: _ClassVar[RoundKind]
     ROUND_KIND_INIT: _ClassVar[RoundKind]
     ROUND_KIND_TRAIN: _ClassVar[RoundKind]
+    ROUND_KIND_EVALUATE: _ClassVar[RoundKind]
 
 class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ROUND_KIND_UNSPECIFIED: RoundKind
 ROUND_KIND_INIT: RoundKind
 ROUND_KIND_TRAIN: RoundKind
+ROUND_KIND_EVALUATE: RoundKind
 ROUND_STATE_UNSPECIFIED: RoundState
 ROUND_STATE_OPEN: RoundState
 ROUND_STATE_TRAINING: RoundState

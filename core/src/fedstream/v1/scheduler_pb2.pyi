@@ -115,7 +115,7 @@ class AgentEvent(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy")
+    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,8 @@ class RunSpec(_message.Message):
     INITIAL_VERSION_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_AGENTS_S_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     task: str
     rounds: int
     min_agents: int
@@ -136,10 +138,19 @@ class RunSpec(_message.Message):
     initial_version: str
     wait_for_agents_s: float
     strategy: _round_pb2.StrategySpec
-    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ...) -> None: ...
+    evaluate_every: int
+    evaluate_only: bool
+    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round", "kind", "state", "participants", "reports", "stragglers", "base_version", "version", "reason", "started_unix", "finished_unix")
+    __slots__ = ("round", "kind", "state", "participants", "reports", "stragglers", "base_version", "version", "reason", "started_unix", "finished_unix", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +162,7 @@ class RoundInfo(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     round: int
     kind: _round_pb2.RoundKind
     state: _round_pb2.RoundState
@@ -162,7 +174,8 @@ class RoundInfo(_message.Message):
     reason: str
     started_unix: float
     finished_unix: float
-    def __init__(self, round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., participants: _Optional[_Iterable[str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., base_version: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., participants: _Optional[_Iterable[str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., base_version: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("run_id", "spec", "state", "rounds", "reason", "latest_version")

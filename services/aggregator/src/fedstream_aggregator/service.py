@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 class RoundPlan:
     run_id: str
     round: int
-    kind: str  # "init" or "train"
+    kind: str  # "init", "train" or "evaluate"
     base_version: str
     participants: tuple[str, ...]
     min_updates: int
@@ -95,6 +95,18 @@ class RoundPlan:
     compression: str = "none"
     # A leaf's share of a hierarchical round (see the module's docstring).
     partial: bool = False
+
+
+def combine_metrics(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric's mean over the reports that carry it, weighted by their example counts."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for r in reports:
+        n = float(r["num_examples"])
+        for name, value in r["metrics"].items():
+            sums[name] = sums.get(name, 0.0) + n * float(value)
+            weights[name] = weights.get(name, 0.0) + n
+    return {name: sums[name] / weights[name] for name in sorted(sums) if weights[name] > 0}
 
 
 class LeafLink(Protocol):
@@ -135,6 +147,8 @@ class RoundSnapshot:
     stragglers: list[str]
     version: str
     reason: str
+    # An evaluation round's combined metrics, once committed.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +164,7 @@ class _Round:
     uploading: set[str] = field(default_factory=set)
     version: str = ""
     reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
     seq: int = 0
     init_spool: _Spool | None = None
     timer: threading.Timer | None = None
@@ -177,6 +192,7 @@ class _Round:
             stragglers,
             self.version,
             self.reason,
+            dict(self.metrics),
         )
 
 
@@ -384,7 +400,7 @@ class AggregatorService:
         if not self.ready:
             raise Unavailable("the aggregator is starting; retry shortly")
         check_run_id(plan.run_id)
-        if plan.kind not in ("init", "train"):
+        if plan.kind not in ("init", "train", "evaluate"):
             raise InvalidArgument(f"unknown round kind {plan.kind!r}")
         if not plan.participants:
             raise InvalidArgument("a round needs at least one participant")
@@ -396,8 +412,10 @@ class AggregatorService:
             )
         if plan.kind == "init" and plan.base_version:
             raise InvalidArgument("an init round has no base version")
-        if plan.kind == "train" and not plan.base_version:
-            raise InvalidArgument("a training round needs a base version")
+        if plan.kind in ("train", "evaluate") and not plan.base_version:
+            raise InvalidArgument(f"a{'n evaluation' if plan.kind == 'evaluate' else ' training'} round needs a base version")
+        if plan.kind == "evaluate" and plan.compression != "none":
+            raise InvalidArgument("an evaluation round uploads reports only: its compression must be none")
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         check_compression(plan.compression)
         if not strategy.linear and plan.compression != "none":
@@ -414,6 +432,8 @@ class AggregatorService:
         if existing is not None:
             return self._open_shares(existing)
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
+        if plan.kind == "evaluate":
+            self.store.info(plan.base_version)  # ModelNotFound for a version that is not there
         try:
             self.state.create_aggregation(
                 AggregationRecord(
@@ -576,18 +596,21 @@ class AggregatorService:
         with self._lock:
             if (plan.run_id, plan.round) in self._rounds:
                 return
-        if journal.reports and not self.durable:
-            raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         strategy = make_strategy(plan.strategy, json.loads(plan.strategy_params))
         layout = self.store.info(plan.base_version).layout if plan.kind == "train" else None
         shares = self._shares(plan, strategy)
+        # Init rounds and linear folds need the counted updates' bytes again; robust rounds
+        # read theirs at commit, leaves hold a root's, evaluation rounds have none.
+        refold = plan.kind == "init" or (plan.kind == "train" and strategy.linear and not shares)
+        if journal.reports and refold and not self.durable:
+            raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         accumulator = (
             WeightedAccumulator(layout) if layout is not None and strategy.linear and not shares else None
         )
         wire = wire_layout(layout, plan.compression) if layout is not None else None
         for agent, report in journal.reports.items():
-            if plan.kind == "train" and (not strategy.linear or shares):
-                continue  # kept in the store and combined at commit, or held by a leaf
+            if not refold:
+                break
             with self.store.open_update(plan.run_id, plan.round, agent) as reader:
                 if accumulator is not None:
                     weight = float(report.get("weight", report["num_examples"]))
@@ -709,6 +732,11 @@ class AggregatorService:
                 how = "" if plan.compression == "none" else f" sent as {plan.compression}"
                 raise InvalidLayout(f"update does not match model {plan.base_version}{how}: {problem}")
             weight = rnd.strategy.weight(header.num_examples, header.metrics)
+        elif plan.kind == "evaluate":
+            if header.layout.tensors:
+                raise InvalidLayout("an evaluation round takes a report only: its layout must be empty")
+            if header.num_examples == 0:
+                raise InvalidArgument("an evaluation report needs the number of examples evaluated")
         with rnd.lock:
             if agent in rnd.uploading:
                 raise UploadInProgress(
@@ -724,7 +752,7 @@ class AggregatorService:
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
-            if self.durable or not rnd.strategy.linear:
+            if plan.kind != "evaluate" and (self.durable or not rnd.strategy.linear):
                 self._keep_update(plan, agent, header.layout, spool)
             report = {
                 "agent_id": agent,
@@ -742,7 +770,7 @@ class AggregatorService:
                 rnd.reports[agent] = report
                 if plan.kind == "train" and rnd.accumulator is not None:
                     rnd.accumulator.fold(spool.read_into, weight, rnd.wire)
-                else:
+                elif plan.kind != "evaluate":
                     rnd.layout = header.layout
                     rnd.init_spool = spool
                     keep_spool = True
@@ -836,6 +864,32 @@ class AggregatorService:
         self._notify(rnd)
         threading.Thread(target=self._commit, args=(rnd,), daemon=True, name="commit").start()
 
+    def _commit_evaluation(self, rnd: _Round) -> None:
+        """Combines an evaluation round's reports and records them with the version."""
+        plan = rnd.plan
+        metrics = combine_metrics(list(rnd.reports.values()))
+        record = {
+            "run_id": plan.run_id,
+            "round": plan.round,
+            "metrics": metrics,
+            "examples": sum(r["num_examples"] for r in rnd.reports.values()),
+            "reports": [dict(r) for r in rnd.reports.values()],
+            "finished_unix": self.clock(),
+        }
+        try:
+            self.store.put_evaluation(plan.base_version, f"{plan.run_id}-{plan.round:06d}", record)
+        except FedstreamError as e:
+            self._fail_aggregating(rnd, f"cannot record the evaluation: {e.public}")
+            return
+        self._journal(rnd, "committed", version=plan.base_version)
+        with rnd.lock:
+            rnd.state = "committed"
+            rnd.version = plan.base_version
+            rnd.metrics = metrics
+        log.info("round %d of %s: evaluation of %s recorded: %s", plan.round, plan.run_id, plan.base_version,
+                 ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        self._notify(rnd)
+
     def _stop_following(self, rnd: _Round) -> None:
         with rnd.lock:
             cancels, rnd.cancels = rnd.cancels, []
@@ -844,6 +898,9 @@ class AggregatorService:
 
     def _commit(self, rnd: _Round) -> None:
         plan = rnd.plan
+        if plan.kind == "evaluate":
+            self._commit_evaluation(rnd)
+            return
         try:
             if rnd.shares:
                 self._collect(rnd)

@@ -18,7 +18,11 @@ from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
 from fedstream_aggregator.service import AggregatorService, RoundPlan, RoundSnapshot, UpdateHeader
 
-KINDS = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train"}
+KINDS = {
+    round_pb2.ROUND_KIND_INIT: "init",
+    round_pb2.ROUND_KIND_TRAIN: "train",
+    round_pb2.ROUND_KIND_EVALUATE: "evaluate",
+}
 STATES = {
     "open": round_pb2.ROUND_STATE_OPEN,
     "training": round_pb2.ROUND_STATE_TRAINING,
@@ -46,6 +50,7 @@ def snapshot_to_proto(s: RoundSnapshot) -> pb.RoundEvent:
         stragglers=s.stragglers,
         version=s.version,
         reason=s.reason,
+        metrics=s.metrics,
     )
 
 

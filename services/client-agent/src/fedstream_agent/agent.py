@@ -61,6 +61,7 @@ class Agent:
         self.stop = threading.Event()
         self._tasks: dict[str, Task] = {}
         self._data: dict[str, Any] = {}
+        self._heldout: dict[str, Any] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._scheduler = channel(settings.scheduler_endpoint)
         self._agents = scheduler_pb2_grpc.AgentServiceStub(self._scheduler)
@@ -82,6 +83,11 @@ class Agent:
             self._data[name] = task.load_site(self.settings.data)
             self._tasks[name] = task
         return self._tasks[name], self._data[name]
+
+    def _heldout_of(self, name: str) -> Any:
+        if name not in self._heldout:
+            self._heldout[name] = self._task(name)[0].load_heldout(self.settings.data)
+        return self._heldout[name]
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
@@ -172,7 +178,7 @@ class Agent:
         self._buffer = base.buffer
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
-        if a.training.no_op:
+        if a.training.no_op and a.kind == round_pb2.ROUND_KIND_TRAIN:
             buf = base.buffer
             self._upload(
                 a,
@@ -185,15 +191,12 @@ class Agent:
             return
         model = task.build_model(a.training.seed)
         incoming = state_of(base.buffer)
-        if a.training.shared_only:
-            # The global model holds the shared tensors; this site's private ones come from
-            # its own previous round of the run (or the fresh model in its first).
-            incoming = {**self._private.get(a.run_id, {}), **incoming}
-            missing, unexpected = model.load_state_dict(incoming, strict=False)
-            if unexpected or any(task.is_shared(n) for n in missing):
-                raise ValueError(f"global model does not fit task {a.task!r}: missing {missing}, unexpected {unexpected}")
-        else:
-            model.load_state_dict(incoming)
+        if a.kind == round_pb2.ROUND_KIND_EVALUATE:
+            self._load(task, a, model, incoming)
+            del base, incoming
+            self._evaluate(task, a, model, download_s, chunk_bytes)
+            return
+        self._load(task, a, model, incoming)
         compression = a.training.compression or "none"
         global_floats = (
             {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if compression == "int8" else {}
@@ -205,6 +208,7 @@ class Agent:
             learning_rate=a.training.learning_rate,
             seed=zlib.crc32(f"{a.training.seed}:{a.round}:{self.agent_id}".encode()),
             proximal_mu=a.training.proximal_mu,
+            mixed_precision=self.settings.mixed_precision,
         )
         result = task.train(model, data, params, self.device)
         state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
@@ -212,6 +216,32 @@ class Agent:
         metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+
+    def _load(self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module, incoming: dict[str, torch.Tensor]) -> None:
+        """Loads the global model; under partial averaging, with this site's private tensors."""
+        if a.training.shared_only:
+            # The global model holds the shared tensors; this site's private ones come from
+            # its own previous round of the run (or the fresh model in its first).
+            incoming = {**self._private.get(a.run_id, {}), **incoming}
+            missing, unexpected = model.load_state_dict(incoming, strict=False)
+            if unexpected or any(task.is_shared(n) for n in missing):
+                raise ValueError(f"global model does not fit task {a.task!r}: missing {missing}, unexpected {unexpected}")
+        else:
+            model.load_state_dict(incoming)
+
+    def _evaluate(
+        self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module, download_s: float, chunk_bytes: int
+    ) -> None:
+        """Federated evaluation: the task's metrics of the version on this site's held-out
+        data, reported with an empty layout (no tensor leaves the site)."""
+        heldout = self._heldout_of(a.task)
+        started = time.perf_counter()
+        metrics = task.evaluate(model, heldout, self.device)
+        examples = int(metrics.pop("examples", task.num_examples(heldout)))
+        metrics.update(eval_seconds=time.perf_counter() - started, download_seconds=download_s)
+        log.info("evaluated %s on %d held-out examples: %s", a.base_version, examples,
+                 ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        self._upload(a, Layout(()), lambda: iter(()), examples, metrics, chunk_bytes)
 
     def _outgoing(self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """What leaves the site: the whole model, or under partial averaging only its shared

@@ -20,13 +20,26 @@ EXIT_BAD_DATA = 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fedstream-agent",
         description="fedstream client agent: dials out to the scheduler, trains on this site's "
         "data when assigned and streams updates to the aggregator. Configured by environment "
         "variables prefixed FEDSTREAM_AGENT_ (nested names joined by '__', e.g. "
-        "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT=scheduler:50051, FEDSTREAM_AGENT_DATA__SITE_INDEX=0).",
-    ).parse_args(argv)
+        "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT=scheduler:50051, FEDSTREAM_AGENT_DATA__SITE_INDEX=0, "
+        "FEDSTREAM_AGENT_TASKS='[\"fedvision\"]', FEDSTREAM_AGENT_DATA__PATH=/data/voc).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    infer = sub.add_parser(
+        "infer", help="run a model version on a folder of images and write the detections as JSON"
+    )
+    from fedstream_agent.infer import add_arguments
+
+    add_arguments(infer)
+    args = parser.parse_args(argv)
+    if args.command == "infer":
+        from fedstream_agent.infer import run_inference
+
+        return run_inference(args)
     settings = load_settings(AgentSettings, "fedstream-agent")
     if settings is None:
         return EXIT_BAD_SETTINGS

@@ -32,6 +32,9 @@ class AgentSettings(BaseSettings):
         0, ge=0, description="Threads PyTorch uses on the CPU; 0 keeps PyTorch's default "
         "(set it when several agents share a machine)."
     )
+    mixed_precision: bool = Field(
+        True, description="On CUDA, train with float16 autocast and a gradient scaler."
+    )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     reconnect_max_s: float = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainingSpec(BaseModel):
@@ -44,3 +44,18 @@ class RunSpec(BaseModel):
     wait_for_agents_s: float = Field(
         60.0, ge=0, description="Seconds to wait for min_agents before a round fails."
     )
+    evaluate_every: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Federated evaluation of the version just committed after every this many "
+        "training rounds, and after the last; 0 never.",
+    )
+
+    evaluate_only: bool = Field(
+        False, description="Train nothing: one federated evaluation of initial_version."
+    )
+
+    @model_validator(mode="after")
+    def _evaluation_needs_a_version(self) -> RunSpec:
+        if self.evaluate_only and not self.initial_version:
+            raise ValueError("an evaluate_only run needs the initial_version to evaluate")
+        return self

@@ -39,7 +39,11 @@ from fedstream_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
 
-_KIND_PROTO = {"init": round_pb2.ROUND_KIND_INIT, "train": round_pb2.ROUND_KIND_TRAIN}
+KIND_PROTO = {
+    "init": round_pb2.ROUND_KIND_INIT,
+    "train": round_pb2.ROUND_KIND_TRAIN,
+    "evaluate": round_pb2.ROUND_KIND_EVALUATE,
+}
 _STATE_NAMES = {
     round_pb2.ROUND_STATE_AGGREGATING: "aggregating",
     round_pb2.ROUND_STATE_COMMITTED: "committed",
@@ -288,11 +292,14 @@ class SchedulerService:
                 failures = 0
             elif r.state == "failed" and r.kind == "train":
                 failures += 1
+        evaluated = {r.base_version for r in rounds if r.kind == "evaluate" and r.state == "committed"}
         last = rounds[-1] if rounds else None
         if last is not None and last.state not in TERMINAL_ROUND_STATES:
             log.info("resuming round %d (%s)", last.round, last.state)
             version = await self._resume_round(run_id, spec, last)
-            if version:
+            if version and last.kind == "evaluate":
+                evaluated.add(version)
+            elif version:
                 base = version
                 committed += last.kind == "train"
                 failures = 0
@@ -305,7 +312,7 @@ class SchedulerService:
             if not version:
                 raise _RunFailed("the init round failed: no initial model")
             base = version
-        while committed < spec.rounds:
+        while committed < spec.rounds and not spec.evaluate_only:
             if failures >= self.settings.max_consecutive_failed_rounds:
                 raise _RunFailed(f"{failures} rounds in a row failed")
             if self.state.get_run(run_id).state != "running":  # cancelled through another replica
@@ -316,8 +323,15 @@ class SchedulerService:
                 base = version
                 committed += 1
                 failures = 0
+                every = spec.evaluate_every
+                if every and (committed % every == 0 or committed == spec.rounds):
+                    round_no += 1
+                    await self._round(run_id, spec, round_no, "evaluate", base)  # a failure is only logged
             else:
                 failures += 1
+        pending = spec.evaluate_only and base not in evaluated
+        if pending and not await self._round(run_id, spec, round_no + 1, "evaluate", base):
+            raise _RunFailed(f"the evaluation of {base} failed")
         if failures >= self.settings.max_consecutive_failed_rounds:
             raise _RunFailed(f"{failures} rounds in a row failed")
         self.state.update_run(run_id, state="succeeded", finished_unix=self.clock())
@@ -364,7 +378,7 @@ class SchedulerService:
         plan = aggregator_pb2.RoundPlan(
             run_id=run_id,
             round=rec.round,
-            kind=_KIND_PROTO[rec.kind],
+            kind=KIND_PROTO[rec.kind],
             base_version=rec.base_version,
             participants=rec.participants,
             min_updates=rec.min_updates,
@@ -394,7 +408,7 @@ class SchedulerService:
                 assignment=scheduler_pb2.Assignment(
                     run_id=run_id,
                     round=rec.round,
-                    kind=_KIND_PROTO[rec.kind],
+                    kind=KIND_PROTO[rec.kind],
                     task=spec.task,
                     base_version=rec.base_version,
                     model_endpoint=endpoint,
@@ -449,10 +463,15 @@ class SchedulerService:
                             version=event.version,
                             stragglers=list(event.stragglers),
                             finished_unix=self.clock(),
+                            metrics=dict(event.metrics),
                         )
-                        self.state.update_run(run_id, latest_version=event.version)
+                        if current.kind == "evaluate":
+                            log.info("round %d evaluated %s: %s", round_no, event.version,
+                                     ", ".join(f"{k} {v:.4f}" for k, v in sorted(event.metrics.items())))
+                        else:
+                            self.state.update_run(run_id, latest_version=event.version)
+                            log.info("round %d committed as %s", round_no, event.version)
                         await self._notify()
-                        log.info("round %d committed as %s", round_no, event.version)
                         return event.version
                     elif state == "failed":
                         self.state.transition_round(

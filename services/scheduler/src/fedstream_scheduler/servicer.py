@@ -12,7 +12,7 @@ from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.v1 import round_pb2
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
-from fedstream_scheduler.service import SchedulerService
+from fedstream_scheduler.service import KIND_PROTO, SchedulerService
 
 _ROUND_STATES = {
     "open": round_pb2.ROUND_STATE_OPEN,
@@ -27,13 +27,12 @@ _RUN_STATES = {
     "failed": pb.RUN_STATE_FAILED,
     "cancelled": pb.RUN_STATE_CANCELLED,
 }
-_KINDS = {"init": round_pb2.ROUND_KIND_INIT, "train": round_pb2.ROUND_KIND_TRAIN}
 
 
 def round_to_proto(r: RoundRecord) -> pb.RoundInfo:
     return pb.RoundInfo(
         round=r.round,
-        kind=_KINDS[r.kind],
+        kind=KIND_PROTO[r.kind],
         state=_ROUND_STATES[r.state],
         participants=r.participants,
         reports=[round_pb2.UpdateReport(**rep) for rep in r.reports],
@@ -43,6 +42,7 @@ def round_to_proto(r: RoundRecord) -> pb.RoundInfo:
         reason=r.reason,
         started_unix=r.started_unix,
         finished_unix=r.finished_unix,
+        metrics=r.metrics,
     )
 
 

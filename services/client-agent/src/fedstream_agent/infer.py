@@ -1,0 +1,68 @@
+"""`fedstream-agent infer`: FedVision's last step, the global model deployed at a site. Downloads
+a model version from the aggregator (verified chunk by chunk), runs the task on a folder of
+images and writes the detections as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from fedstream.grpcutil import channel
+from fedstream.tasks import get_task
+from fedstream.transfer import download_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aggregator", required=True, help="aggregator host:port to download the model from")
+    p.add_argument("--run", required=True, help="run id")
+    p.add_argument("--version", default="", help="model version (default: the run's latest)")
+    p.add_argument("--task", required=True, help="task name, e.g. fedvision")
+    p.add_argument("--images", required=True, type=Path, help="folder of images (jpg, png, bmp)")
+    p.add_argument("-o", "--output", default="-", help="JSON file to write (default: standard output)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+
+
+def run_inference(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedstream.tasks.base import pick_device
+    from fedstream.tasks.torchio import state_of
+
+    task = get_task(args.task)
+    if not hasattr(task, "predict"):
+        print(f"error: task {args.task!r} cannot run inference on images", file=sys.stderr)
+        return 2
+    if not args.images.is_dir():
+        print(f"error: {args.images} is not a folder", file=sys.stderr)
+        return 2
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        model = download_model(channel(args.aggregator), args.run, args.version, timeout=600)
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    net = task.build_model(0)
+    missing, unexpected = net.load_state_dict(state_of(model.buffer), strict=False)
+    if unexpected or any(task.is_shared(n) for n in missing):
+        print(f"error: model {model.version} does not fit task {args.task!r}", file=sys.stderr)
+        return 1
+    device = pick_device() if args.device == "auto" else torch.device(args.device)
+    started = time.perf_counter()
+    results = task.predict(net, paths, device)
+    doc = {"version": model.version, "task": args.task, "seconds": round(time.perf_counter() - started, 3),
+           "images": results}
+    text = json.dumps(doc, indent=2)
+    if args.output == "-":
+        print(text)
+    else:
+        Path(args.output).write_text(text + "\n")
+        found = sum(len(r["detections"]) for r in results)
+        print(f"{len(paths)} images, {found} detections with {model.version} -> {args.output}", file=sys.stderr)
+    return 0
