@@ -75,12 +75,13 @@ def federated(args: argparse.Namespace, sites: list[Path], workdir: Path) -> tup
             ),
         )
         started_run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id="fedvision"), timeout=10)
-        run = started_run
+        run, shown = started_run, -1
         for run in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=started_run.run_id)):
             fed.check_alive()
             done = sum(r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED for r in run.rounds)
-            print(f"\rfederated: {done}/{args.rounds} rounds", end="", file=sys.stderr)
-        print(file=sys.stderr)
+            if done != shown:
+                print(f"federated: {done}/{args.rounds} rounds committed", file=sys.stderr)
+                shown = done
         if run.state != scheduler_pb2.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"federated run {run.state}: {run.reason}")
         task = get_task(task_name)

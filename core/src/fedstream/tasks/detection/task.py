@@ -61,7 +61,12 @@ def read_image(path: Path, size: int) -> tuple[torch.Tensor, int, int]:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    return (images.float() / 255.0 - 0.5) / 0.25
+    """Each image standardised by its own mean and spread: what a camera's exposure and
+    contrast do to an image is taken out before the network sees it."""
+    x = images.float() / 255.0
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / (std + 0.05)
 
 
 class DetectionTask(Task):
