@@ -39,6 +39,9 @@ REGISTRY: dict[str, Callable[[], Task]] = {
     "fedvision": _lazy("fedstream.tasks.detection:DetectionTask", preset="full"),
     "fedvision-small": _lazy("fedstream.tasks.detection:DetectionTask", preset="small"),
     "fedvision-tiny": _lazy("fedstream.tasks.detection:DetectionTask", preset="tiny"),
+    # FedReID: person re-identification with private classifiers (fedstream.tasks.reid).
+    "fedreid": _lazy("fedstream.tasks.reid:ReIDTask", preset="full"),
+    "fedreid-tiny": _lazy("fedstream.tasks.reid:ReIDTask", preset="tiny"),
 }
 
 
