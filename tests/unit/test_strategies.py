@@ -48,6 +48,13 @@ def test_weights():
         make_strategy("cosine").weight(30, {"cosine_distance": 0.0})
     with pytest.raises(InvalidArgument, match="num_examples must be at least 1"):
         make_strategy("fedavg").weight(0, {})
+    # FedPav weighs by training images, or by cosine distance (FedReID's two variants).
+    assert make_strategy("fedpav").weight(30, {"cosine_distance": 0.25}) == 30
+    assert make_strategy("fedpav", {"weights": "cosine"}).weight(30, {"cosine_distance": 0.25}) == 0.25
+    with pytest.raises(InvalidArgument, match="strategy 'fedpav' needs the metric 'cosine_distance'"):
+        make_strategy("fedpav", {"weights": "cosine"}).weight(30, {})
+    with pytest.raises(InvalidArgument, match="strategy 'fedpav': weights:"):
+        make_strategy("fedpav", {"weights": "loudest"})
 
 
 def test_fedprox_sends_mu_to_agents():

@@ -4,6 +4,7 @@ arrive, in memory of one model whatever the number of agents."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,20 +53,40 @@ class CosineWeighted(Strategy):
     name = "cosine"
 
     def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
-        d = metrics.get(COSINE_METRIC)
-        if d is None:
-            raise InvalidArgument(f"strategy 'cosine' needs the metric {COSINE_METRIC!r} with each update")
-        if not math.isfinite(d) or d <= 0:
-            raise InvalidArgument(f"metric {COSINE_METRIC!r} must be a positive number, got {d}")
-        return float(d)
+        return cosine_weight(self.name, metrics)
+
+
+def cosine_weight(strategy: str, metrics: dict[str, float]) -> float:
+    d = metrics.get(COSINE_METRIC)
+    if d is None:
+        raise InvalidArgument(f"strategy {strategy!r} needs the metric {COSINE_METRIC!r} with each update")
+    if not math.isfinite(d) or d <= 0:
+        raise InvalidArgument(f"metric {COSINE_METRIC!r} must be a positive number, got {d}")
+    return float(d)
+
+
+class FedPavParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: Literal["examples", "cosine"] = Field(
+        "examples",
+        description="What an update weighs: its training images, or FedReID's cosine distance "
+        "(the agent's reported cosine_distance, normalised over the round).",
+    )
 
 
 class FedPav(Strategy):
     """FedReID's federated partial averaging: only the tensors a task shares (the backbone,
-    BatchNorm statistics included) are uploaded and averaged, weighted by example count; each
-    site's private tensors (its identity classifier) never leave it."""
+    BatchNorm statistics included) are uploaded and averaged, weighted by example count or by
+    cosine distance; each site's private tensors (its identity classifier) never leave it."""
 
     name = "fedpav"
+    Params = FedPavParams
+
+    def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
+        assert isinstance(self.params, FedPavParams)
+        if self.params.weights == "cosine":
+            return cosine_weight(self.name, metrics)
+        return super().weight(num_examples, metrics)
 
     def configure(self) -> dict[str, float | bool]:
         return {"shared_only": True}

@@ -237,7 +237,7 @@ class Agent:
         heldout = self._heldout_of(a.task)
         started = time.perf_counter()
         metrics = task.evaluate(model, heldout, self.device)
-        examples = int(metrics.pop("examples", task.num_examples(heldout)))
+        examples = int(metrics.pop("examples")) if "examples" in metrics else task.num_examples(heldout)
         metrics.update(eval_seconds=time.perf_counter() - started, download_seconds=download_s)
         log.info("evaluated %s on %d held-out examples: %s", a.base_version, examples,
                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))

@@ -101,8 +101,9 @@ class ReIDTask(Task):
         root = self._root(settings)
         return ReIDHeldout(self._data(read_split(root, "query")), self._data(read_split(root, "bounding_box_test")))
 
-    def num_examples(self, data: ReIDData) -> int:
-        return len(data.labels)
+    def num_examples(self, data: ReIDData | ReIDHeldout) -> int:
+        """Training images, or the queries of held-out data."""
+        return len(data.query.labels if isinstance(data, ReIDHeldout) else data.labels)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The paper's training transform on resized images: pad, random crop back to size,
