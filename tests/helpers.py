@@ -1,6 +1,11 @@
-"""Test helpers: random models in every dtype, written to stores and uploaded over gRPC."""
+"""Test helpers: random models in every dtype, written to stores and uploaded over gRPC; the
+project's console scripts run as processes."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -66,3 +71,9 @@ def as_float(dtype: str, raw: np.ndarray) -> np.ndarray:
     if dtype == "bfloat16":
         return bf16_to_f32(raw).astype(np.float64)
     return raw.astype(np.float64)
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs one of the virtual environment's console scripts (``fedstream``, ``fedstream-agent``)."""
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run([str(bin_dir / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)

@@ -5,22 +5,15 @@ Market-1501 protocol. No site's classifier ever leaves it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 from fedstream.cli.local import LocalFederation
 from fedstream.tasks.reid.data import SiteSpec, generate_sites
+from helpers import run_script as run
 
-BIN = Path(sys.executable).parent
 TASK = "fedreid-tiny"
-
-
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

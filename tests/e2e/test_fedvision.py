@@ -5,21 +5,15 @@ folder of images with `fedstream-agent infer`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedstream.cli.local import LocalFederation
 from fedstream.tasks.detection.data import generate_sites
+from helpers import run_script as run
 
-BIN = Path(sys.executable).parent
 TASK = "fedvision-tiny"
-
-
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
