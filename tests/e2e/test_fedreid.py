@@ -1,6 +1,7 @@
 """FedReID through the services at CI size: three sites of very different sizes with disjoint
-identities, FedPav with cosine-distance weights, then a federated evaluation round by the
-Market-1501 protocol. No site's classifier ever leaves it."""
+identities, FedPav with cosine-distance weights and server-side distillation every second
+round, then a federated evaluation round by the Market-1501 protocol. No site's classifier
+ever leaves it."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ TASK = "fedreid-tiny"
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     specs = (SiteSpec("big", 18, 3), SiteSpec("mid", 9, 2), SiteSpec("small", 6, 2, 1))
-    return generate_sites(tmp_path_factory.mktemp("fedreid"), seed=4, sites=specs)[0]
+    return generate_sites(tmp_path_factory.mktemp("fedreid"), seed=4, sites=specs)
 
 
-def test_fedpav_with_cosine_weights_through_the_services(sites, tmp_path):
+def test_fedpav_with_cosine_weights_and_distillation_through_the_services(sites, tmp_path):
+    sites, public = sites
     with LocalFederation(tmp_path / "services") as fed:
-        agg = fed.start_aggregator()
+        agg = fed.start_aggregator({"DISTILL__PUBLIC_DATA": str(public), "DISTILL__DEVICE": "cpu"})
         sched = fed.start_scheduler(agg, {"HEARTBEAT_INTERVAL_S": "0.5"})
         for site in sites:
             fed.start_agent(site.name, sched, 0, 1, {
@@ -32,7 +34,7 @@ def test_fedpav_with_cosine_weights_through_the_services(sites, tmp_path):
             })
         started = run("fedstream", "run", "start", "--scheduler", sched, "--task", TASK, "--rounds", "2",
                       "--min-agents", "3", "--epochs", "1", "--batch-size", "16", "--strategy", "fedpav",
-                      "--strategy-param", "weights=cosine", "--evaluate-every", "2", "--round-timeout", "180",
+                      "--strategy-param", "weights=cosine", "--strategy-param", "distill_every=2", "--evaluate-every", "2", "--round-timeout", "180",
                       "--run-id", "reid", "--follow")
         assert started.returncode == 0, started.stdout + started.stderr + fed.tail("scheduler") + fed.tail("big")
         assert "round 3 (evaluation of reid/000002): map" in started.stdout
@@ -42,6 +44,11 @@ def test_fedpav_with_cosine_weights_through_the_services(sites, tmp_path):
     for rnd in got["rounds"][1:3]:
         assert {r["agent_id"] for r in rnd["reports"]} == {"big", "mid", "small"}
         assert all(r["metrics"]["cosine_distance"] > 0 for r in rnd["reports"])
+    # Distillation ends the second training round only; its embedding error falls.
+    assert not any(k.startswith("distill") for k in got["rounds"][1].get("metrics", {}))
+    figures = got["rounds"][2]["metrics"]
+    assert figures["distill_teachers"] == 3 and figures["distill_images"] > 0
+    assert figures["distill_mse_after"] < figures["distill_mse_before"]
     evaluation = got["rounds"][-1]
     assert {"rank1", "rank5", "rank10", "map"} <= set(evaluation["metrics"])
     # Training images 12 x 3 x 2, 6 x 2 x 2, 4 x 2 x 1: the sites differ in size.

@@ -12,6 +12,7 @@ from fedstream.tasks.base import SiteDataSettings, TrainParams
 from fedstream.tasks.reid.data import ReIDDataError, SiteSpec, generate_sites, parse_name, training_entries
 from fedstream.tasks.reid.metrics import evaluate_reid, query_result
 from fedstream.tasks.reid.model import ReIDConfig, ReIDNet
+from helpers import run_script
 
 
 def test_one_query_by_hand():
@@ -90,6 +91,31 @@ def test_shared_and_private_tensors():
     assert any(n.startswith("backbone.") and n.endswith("running_var") for n in names)
 
 
+def test_distillation_moves_the_student_toward_the_teachers_mean_embedding(tmp_path):
+    _, public_dir = generate_sites(tmp_path, seed=3, sites=(SiteSpec("a", 3, 2),), public_images=48)
+    task = get_task("fedreid-tiny")
+    public = task.load_public(public_dir)
+    assert public.shape == (48, 3, 64, 32) and public.dtype == torch.uint8
+
+    def shared(seed):
+        return {k: v for k, v in task.build_model(seed).state_dict().items() if task.is_shared(k)}
+
+    student, teachers = shared(0), [shared(1), shared(2)]
+    out, figures = task.distill(student, iter(teachers), public, 0.05, torch.device("cpu"))
+    assert set(out) == set(student)
+    assert figures["distill_teachers"] == 2 and figures["distill_images"] == 48
+    assert figures["distill_mse_after"] < figures["distill_mse_before"]
+    # Teachers are used in evaluation mode: their embeddings are deterministic, so is the result.
+    again, _ = task.distill(student, iter(teachers), public, 0.05, torch.device("cpu"))
+    for k in out:
+        torch.testing.assert_close(out[k], again[k])
+    with pytest.raises(ValueError, match="missing"):
+        task.distill({"x": torch.zeros(1)}, iter(teachers), public, 0.05, torch.device("cpu"))
+    with pytest.raises(ValueError, match="at least one teacher"):
+        task.distill(student, iter([]), public, 0.05, torch.device("cpu"))
+    assert task.supports_distillation and not get_task("digits").supports_distillation
+
+
 def test_full_size_is_resnet50():
     model = ReIDNet(ReIDConfig(), 751)
     backbone = sum(p.numel() for p in model.backbone.parameters())
@@ -113,3 +139,15 @@ def test_site_trains_and_evaluates(tmp_path):
     assert set(metrics) == {"rank1", "rank5", "rank10", "map", "examples"}
     assert metrics["examples"] == 4 * 2  # 4 test identities, a query from each camera but the last
     assert 0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1
+
+
+def test_generate_reid_command_writes_loadable_sites(tmp_path):
+    done = run_script("fedstream", "data", "generate-reid", "--out", str(tmp_path), "--scale", "0.5", "--public-images", "8")
+    assert done.returncode == 0, done.stderr
+    for site, ids in (("market", 20), ("duke", 12), ("cuhk", 6), ("viper", 3)):
+        assert f"{tmp_path / site}: {ids} identities" in done.stdout
+        entries, num_ids = training_entries(tmp_path / site)
+        assert entries and num_ids == ids - max(1, ids // 3)
+    assert len(list((tmp_path / "public").iterdir())) == 8
+    bad = run_script("fedstream", "data", "generate-reid", "--out", str(tmp_path), "--scale", "0")
+    assert bad.returncode != 0 and "--scale must be positive" in bad.stderr

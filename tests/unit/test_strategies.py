@@ -57,6 +57,17 @@ def test_weights():
         make_strategy("fedpav", {"weights": "loudest"})
 
 
+def test_fedpav_distills_every_nth_training_round():
+    assert not any(make_strategy("fedpav").distills(n) for n in range(1, 10))
+    every3 = make_strategy("fedpav", {"distill_every": 3})
+    assert [n for n in range(1, 10) if every3.distills(n)] == [3, 6, 9]
+    assert not make_strategy("fedavg").distills(1)
+    with pytest.raises(InvalidArgument, match="distill_every"):
+        make_strategy("fedpav", {"distill_every": -1})
+    with pytest.raises(InvalidArgument, match="distill_lr"):
+        make_strategy("fedpav", {"distill_lr": 0})
+
+
 def test_fedprox_sends_mu_to_agents():
     assert make_strategy("fedprox", {"mu": 0.1}).configure() == {"proximal_mu": 0.1}
     assert make_strategy("fedavg").configure() == {}

@@ -99,6 +99,9 @@ class AggregationRecord:
     # Which aggregator's journal this is: "" for a single or root aggregator, "leaf/<name>"
     # for a leaf, so that aggregators sharing one state store never share a record.
     journal: str = ""
+    # The run's task, and whether the round ends with server-side distillation.
+    task: str = ""
+    distill: bool = False
     # A leaf's share of a hierarchical round: its sums go to the root instead of a version.
     partial: bool = False
 

@@ -51,6 +51,11 @@ class Strategy(ABC):
         proximal_mu, shared_only)."""
         return {}
 
+    def distills(self, ordinal: int) -> bool:
+        """Whether the run's ``ordinal``-th training round (from 1) ends with server-side
+        knowledge distillation. Default: never."""
+        return False
+
     def server_update(
         self,
         spec: TensorSpec,

@@ -72,6 +72,15 @@ class FedPavParams(BaseModel):
         description="What an update weighs: its training images, or FedReID's cosine distance "
         "(the agent's reported cosine_distance, normalised over the round).",
     )
+    distill_every: int = Field(
+        0,
+        ge=0,
+        description="Server-side knowledge distillation after every N-th training round (0: "
+        "never): the aggregator regresses the average's embedding of its public set onto the "
+        "mean embedding of the participants' models. Needs a task that supports it and an "
+        "aggregator with a public set (FEDSTREAM_AGGREGATOR_DISTILL__PUBLIC_DATA).",
+    )
+    distill_lr: float = Field(5e-4, gt=0, le=1, description="Learning rate of the distillation pass (SGD).")
 
 
 class FedPav(Strategy):
@@ -90,3 +99,9 @@ class FedPav(Strategy):
 
     def configure(self) -> dict[str, float | bool]:
         return {"shared_only": True}
+
+    def distills(self, ordinal: int) -> bool:
+        """Whether the run's ``ordinal``-th training round (from 1) ends with distillation."""
+        assert isinstance(self.params, FedPavParams)
+        every = self.params.distill_every
+        return every > 0 and ordinal % every == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,30 @@ class Task(ABC):
         if before is not None and after is not None:
             metrics["cosine_distance"] = max(cosine_distance(before, after), 1e-12)
         return TrainResult(num_examples=self.num_examples(data), metrics=metrics)
+
+    # Server-side knowledge distillation (FedPav's distill_every), run by the aggregator. A task
+    # that supports it overrides both methods.
+
+    @property
+    def supports_distillation(self) -> bool:
+        return type(self).distill is not Task.distill
+
+    def load_public(self, path: Path) -> Any:
+        """The unlabeled public set distillation runs on, from a directory."""
+        raise ValueError(f"task {self.name} does not support server-side distillation")
+
+    def distill(
+        self,
+        student: dict[str, torch.Tensor],
+        teachers: Iterable[dict[str, torch.Tensor]],
+        public: Any,
+        lr: float,
+        device: torch.device,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The student's shared tensors after distillation from the teachers (participants'
+        shared tensors) on the public set, and figures about it (logged, kept with the
+        version)."""
+        raise ValueError(f"task {self.name} does not support server-side distillation")
 
     def _probe(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor | None:
         if batch is None:

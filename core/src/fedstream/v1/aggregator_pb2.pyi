@@ -83,7 +83,7 @@ class UploadUpdateResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,8 @@ class RoundPlan(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DISTILL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -104,7 +106,9 @@ class RoundPlan(_message.Message):
     strategy: _round_pb2.StrategySpec
     compression: str
     partial: bool
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ...) -> None: ...
+    task: str
+    distill: bool
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ("endpoints",)

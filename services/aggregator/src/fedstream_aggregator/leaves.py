@@ -41,6 +41,8 @@ def plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         strategy=round_pb2.StrategySpec(name=plan.strategy),
         compression=plan.compression,
         partial=plan.partial,
+        task=plan.task,
+        distill=plan.distill,
     )
     msg.strategy.params.update(json.loads(plan.strategy_params))
     return msg

@@ -13,6 +13,7 @@ from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.readiness import wait_until_reachable
+from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
@@ -42,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     tenant = settings.tenant.tenant
     state = make_state_store(settings.state, tenant)
     store = make_model_store(settings.store, tenant)
+    distiller = None
+    if settings.distill.public_data is not None:
+        try:
+            distiller = Distiller(settings.distill.public_data, settings.distill.device)
+        except (RuntimeError, ValueError) as e:
+            log.error("distillation: %s", e)
+            return EXIT_BAD_SETTINGS
+        log.info("distillation on the public set %s (%s)", settings.distill.public_data, distiller.device)
     durable = settings.durable_updates
     if durable is None:
         durable = settings.state.backend == "redis"
@@ -50,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_last=settings.store.keep_last, durable=durable,
         journal=f"leaf/{settings.name}" if settings.name else "",
         leaves=[Leaf(leaf.endpoint, leaf.public_endpoint) for leaf in settings.leaves],
+        distiller=distiller,
     )
     service.ready = False
     try:

@@ -70,12 +70,14 @@ from fedstream.strategies.robust import pairwise_sq_dist_update
 from fedstream.tensors import (
     Chunk,
     ChunkReceiver,
+    FlatBuffer,
     Layout,
     TensorSpec,
     check_chunk_bytes,
     crc32c,
     iter_chunks,
 )
+from fedstream_aggregator.distill import Distiller
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,9 @@ class RoundPlan:
     compression: str = "none"
     # A leaf's share of a hierarchical round (see the module's docstring).
     partial: bool = False
+    # The run's task, and whether this round ends with server-side distillation.
+    task: str = ""
+    distill: bool = False
 
 
 def combine_metrics(reports: list[dict[str, Any]]) -> dict[str, float]:
@@ -212,6 +217,7 @@ def _plan_of(journal: AggregationRecord) -> RoundPlan:
         journal.run_id, journal.round, journal.kind, journal.base_version,
         tuple(journal.participants), journal.min_updates, journal.deadline_unix,
         journal.strategy, journal.strategy_params, journal.compression, journal.partial,
+        journal.task, journal.distill,
     )
 
 
@@ -369,6 +375,7 @@ class AggregatorService:
         durable: bool = False,
         journal: str = "",
         leaves: Iterable[LeafLink] = (),
+        distiller: Distiller | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
@@ -380,6 +387,7 @@ class AggregatorService:
         self.durable = durable
         self.journal = journal
         self.leaves = list(leaves)
+        self.distiller = distiller
         self.clock = clock
         self._rounds: dict[tuple[str, int], _Round] = {}
         self._lock = threading.Lock()
@@ -422,6 +430,8 @@ class AggregatorService:
             raise InvalidArgument(f"strategy {strategy.name!r} needs uncompressed updates")
         if plan.partial and (plan.kind != "train" or not strategy.linear):
             raise InvalidArgument("only training rounds of linear strategies can be shared among aggregators")
+        if plan.distill:
+            self._check_distill(plan, strategy)
         key = (plan.run_id, plan.round)
         with self._lock:
             existing = self._rounds.get(key)
@@ -440,6 +450,7 @@ class AggregatorService:
                     plan.run_id, plan.round, plan.kind, plan.base_version, list(plan.participants),
                     plan.min_updates, plan.deadline_unix, plan.strategy, plan.strategy_params,
                     plan.compression, journal=self.journal, partial=plan.partial,
+                    task=plan.task, distill=plan.distill,
                 )
             )
         except AlreadyExists:
@@ -463,10 +474,29 @@ class AggregatorService:
             )
         return self._open_shares(self._get(plan.run_id, plan.round))
 
+    def _check_distill(self, plan: RoundPlan, strategy: Strategy) -> None:
+        if plan.kind != "train" or plan.partial or not strategy.linear:
+            raise InvalidArgument("only whole training rounds of linear strategies end with distillation")
+        if plan.compression != "none":
+            raise InvalidArgument("a round that ends with distillation needs uncompressed updates (compression none)")
+        if not plan.task:
+            raise InvalidArgument("a round that ends with distillation needs the run's task")
+        if self.distiller is None:
+            raise FailedPrecondition(
+                "this aggregator holds no public set for distillation "
+                "(set FEDSTREAM_AGGREGATOR_DISTILL__PUBLIC_DATA)"
+            )
+        self.distiller.check(plan.task)
+
+    def _keeps_updates(self, plan: RoundPlan, strategy: Strategy) -> bool:
+        """Whether counted updates are copied to the model store: to survive a restart, for
+        strategies that combine them all at once, and as the teachers of distillation."""
+        return plan.kind != "evaluate" and (self.durable or not strategy.linear or plan.distill)
+
     def _shares(self, plan: RoundPlan, strategy: Strategy) -> dict[int, tuple[str, ...]]:
-        """Deals a root's training round round-robin among its leaves; init rounds and robust
-        strategies (which need every update in one place) stay on the root."""
-        if not self.leaves or plan.kind != "train" or not strategy.linear or plan.partial:
+        """Deals a root's training round round-robin among its leaves; init rounds, robust
+        strategies and distillation (which need every update in one place) stay on the root."""
+        if not self.leaves or plan.kind != "train" or not strategy.linear or plan.partial or plan.distill:
             return {}
         n = len(self.leaves)
         return {i: plan.participants[i::n] for i in range(n) if plan.participants[i::n]}
@@ -602,7 +632,7 @@ class AggregatorService:
         # Init rounds and linear folds need the counted updates' bytes again; robust rounds
         # read theirs at commit, leaves hold a root's, evaluation rounds have none.
         refold = plan.kind == "init" or (plan.kind == "train" and strategy.linear and not shares)
-        if journal.reports and refold and not self.durable:
+        if journal.reports and refold and not self._keeps_updates(plan, strategy):
             raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         accumulator = (
             WeightedAccumulator(layout) if layout is not None and strategy.linear and not shares else None
@@ -752,7 +782,7 @@ class AggregatorService:
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
-            if plan.kind != "evaluate" and (self.durable or not rnd.strategy.linear):
+            if self._keeps_updates(plan, rnd.strategy):
                 self._keep_update(plan, agent, header.layout, spool)
             report = {
                 "agent_id": agent,
@@ -948,7 +978,7 @@ class AggregatorService:
         if rnd.init_spool is not None:
             self.spools.release(rnd.init_spool)
             rnd.init_spool = None
-        if self.durable or not rnd.strategy.linear:
+        if self._keeps_updates(rnd.plan, rnd.strategy):
             try:
                 self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
             except FedstreamError as e:
@@ -1121,6 +1151,9 @@ class AggregatorService:
         if not strategy.linear:
             self._finish_robust(rnd, writer)
             return
+        if plan.distill:
+            self._finish_distilled(rnd, version, writer)
+            return
         assert rnd.accumulator is not None and rnd.layout is not None
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
@@ -1164,6 +1197,37 @@ class AggregatorService:
                         new_state.write(np.ascontiguousarray(state_out[s], dtype=np.float32).view(np.uint8).data)
             if new_state is not None:
                 new_state.commit(set_latest=False)
+
+    def _finish_distilled(self, rnd: _Round, version: str, writer: Any) -> None:
+        """The weighted mean (held whole: one model), distilled on the public set with every
+        counted update, read back from the model store one at a time, as a teacher."""
+        plan = rnd.plan
+        assert rnd.accumulator is not None and rnd.layout is not None and self.distiller is not None
+        mean = FlatBuffer(rnd.layout)
+        for spec, values in rnd.accumulator.means():
+            out, _ = rnd.strategy.server_update(spec, values, None, None)
+            mean.write(spec.offset, np.ascontiguousarray(from_accumulator(spec.dt, out)).view(np.uint8).data)
+
+        def teachers() -> Iterator[FlatBuffer]:
+            for agent in rnd.reports:
+                with self.store.open_update(plan.run_id, plan.round, agent) as reader:
+                    buffer = FlatBuffer(reader.layout)
+                    for chunk in reader.iter_chunks(self.chunk_bytes):
+                        buffer.write(chunk.offset, chunk.data)
+                yield buffer
+
+        started = time.perf_counter()
+        lr = float(getattr(rnd.strategy.params, "distill_lr", 5e-4))
+        pieces, figures = self.distiller.distill(plan.task, mean, teachers(), lr)
+        for piece in pieces:
+            writer.write(piece)
+        with rnd.lock:
+            rnd.metrics = dict(figures)
+        log.info(
+            "round %d of %s distilled on %d public images from %d teachers in %.1f s: embedding MSE %.5f -> %.5f",
+            plan.round, plan.run_id, int(figures.get("distill_images", 0)), int(figures.get("distill_teachers", 0)),
+            time.perf_counter() - started, figures.get("distill_mse_before", 0.0), figures.get("distill_mse_after", 0.0),
+        )
 
     def _finish_robust(self, rnd: _Round, writer: Any) -> None:
         """Combines every kept update piece by piece (a robust statistic per coordinate), with a

@@ -146,6 +146,8 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
                 strategy_params=json.dumps(params, sort_keys=True),
                 compression=request.compression or "none",
                 partial=request.partial,
+                task=request.task,
+                distill=request.distill,
             )
         )
         return pb.OpenRoundResponse(endpoints=endpoints)

@@ -27,6 +27,21 @@ class LeafSettings(BaseModel):
     )
 
 
+class DistillSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    public_data: Path | None = Field(
+        None,
+        description="Directory of unlabeled public images for server-side knowledge distillation "
+        "(FedPav's distill_every). Unset: rounds that ask for distillation are refused. Needs "
+        "PyTorch in the aggregator (fedstream-aggregator[distill]).",
+    )
+    device: str = Field(
+        "", pattern=r"^(|cpu|cuda(:[0-9]+)?)$",
+        description="Where distillation runs: cpu, cuda or cuda:N; empty means CUDA when present.",
+    )
+
+
 class AggregatorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FEDSTREAM_AGGREGATOR_", env_nested_delimiter="__", extra="forbid"
@@ -56,6 +71,9 @@ class AggregatorSettings(BaseSettings):
         description="This aggregator's name when several share one state store (each leaf of a "
         "hierarchical layout): its journal is kept apart under 'leaf/<name>'. Empty for a single "
         "or root aggregator.",
+    )
+    distill: DistillSettings = Field(
+        default_factory=DistillSettings, description="Server-side knowledge distillation."
     )
     leaves: list[LeafSettings] = Field(
         default_factory=list,

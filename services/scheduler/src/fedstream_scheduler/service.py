@@ -375,6 +375,14 @@ class SchedulerService:
         strategy = make_strategy(spec.strategy.name, spec.strategy.params)
         params = struct_pb2.Struct()
         params.update(spec.strategy.params)
+        distill = False
+        if rec.kind == "train":
+            # This round's place among the run's training rounds: after those committed before it.
+            ordinal = 1 + sum(
+                1 for r in self.state.list_rounds(run_id)
+                if r.kind == "train" and r.state == "committed" and r.round < rec.round
+            )
+            distill = strategy.distills(ordinal)
         plan = aggregator_pb2.RoundPlan(
             run_id=run_id,
             round=rec.round,
@@ -385,6 +393,8 @@ class SchedulerService:
             deadline_unix=rec.deadline_unix,
             strategy=round_pb2.StrategySpec(name=strategy.name, params=params),
             compression=spec.training.compression if rec.kind == "train" else "none",
+            task=spec.task,
+            distill=distill,
         )
         loop = asyncio.get_running_loop()
         try:

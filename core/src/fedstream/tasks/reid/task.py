@@ -3,7 +3,7 @@ identity classifier; evaluation follows the Market-1501 protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,10 @@ from fedstream.tasks.reid.model import ReIDConfig, ReIDNet
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Batch size of the distillation pass.
+DISTILL_BATCH = 32
 
 PRESETS = {
     # CPU tests: 64x32 images, one narrow bottleneck block per stage.
@@ -165,3 +169,89 @@ class ReIDTask(Task):
         scores = evaluate_reid(q, data.query.labels.numpy(), data.query.cams.numpy(),
                                g, data.gallery.labels.numpy(), data.gallery.cams.numpy())
         return {**scores.as_metrics(), "examples": float(scores.queries)}
+
+    # Server-side knowledge distillation.
+
+    def load_public(self, path: Path) -> torch.Tensor:
+        """Every image of the directory (unlabeled), resized: (n, 3, H, W) uint8."""
+        if not path.is_dir():
+            raise ValueError(f"public set {path} is not a directory")
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(paths) < 2:
+            raise ValueError(f"public set {path} holds {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}); at least 2 needed")
+        return read_images(paths, self.config.height, self.config.width)
+
+    def shared_model(self, state: dict[str, torch.Tensor]) -> ReIDNet:
+        """A model holding these shared tensors (its classifier unused); raises ValueError when
+        they are not exactly this task's shared tensors."""
+        model = ReIDNet(self.config, 1)
+        expected = {k for k in model.state_dict() if self.is_shared(k)}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"not the shared tensors of {self.name}: missing {missing[:3]}, unexpected {extra[:3]}")
+        model.load_state_dict(state, strict=False)
+        return model
+
+    def distill(
+        self,
+        student: dict[str, torch.Tensor],
+        teachers: Iterable[dict[str, torch.Tensor]],
+        public: torch.Tensor,
+        lr: float,
+        device: torch.device,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """FedReID's server-side distillation: the student's 512-d embedding of each public
+        image regresses by MSE onto the mean of the teachers' embeddings of it (one pass, SGD
+        with Nesterov momentum 0.9 and weight decay 5e-4, batches of 32). Teachers run in
+        evaluation mode without gradients: their dropout off and their BatchNorm statistics
+        their own. The student too learns in evaluation mode (the paper's ran in training
+        mode): its BatchNorm statistics stay the federation's average instead of drifting
+        toward the public set's, and without dropout it regresses the very embedding that
+        retrieval uses. In training mode the evaluation-mode error rose instead of falling
+        (docs/fedreid.md)."""
+        targets = torch.zeros((len(public), self.config.embedding))
+        count = 0
+        with torch.no_grad():
+            for state in teachers:
+                teacher = self.shared_model(state).to(device).eval()
+                for i in range(0, len(public), 64):
+                    targets[i : i + 64] += teacher.embed(normalise(public[i : i + 64].to(device))).float().cpu()
+                count += 1
+        if count == 0:
+            raise ValueError("distillation needs at least one teacher")
+        targets /= count
+        model = self.shared_model(student).to(device)
+        before = self._embedding_mse(model, public, targets, device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        order = torch.randperm(len(public), generator=torch.Generator().manual_seed(0))
+        model.eval()
+        total, seen = 0.0, 0
+        for i in range(0, len(order), DISTILL_BATCH):
+            idx = order[i : i + DISTILL_BATCH]
+            if len(idx) < 2:  # BatchNorm needs more than one example
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss = F.mse_loss(model.embed(normalise(public[idx].to(device))), targets[idx].to(device))
+            loss.backward()
+            opt.step()
+            total += float(loss.item()) * len(idx)
+            seen += len(idx)
+        after = self._embedding_mse(model, public, targets, device)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if self.is_shared(k)}
+        return state, {
+            "distill_mse_before": before,
+            "distill_mse_after": after,
+            "distill_train_loss": total / max(seen, 1),
+            "distill_images": float(seen),
+            "distill_teachers": float(count),
+        }
+
+    @torch.no_grad()
+    def _embedding_mse(self, model: ReIDNet, public: torch.Tensor, targets: torch.Tensor, device: torch.device) -> float:
+        """Mean squared error of the model's evaluation-mode embeddings against the targets."""
+        model.eval()
+        total = 0.0
+        for i in range(0, len(public), 64):
+            out = model.embed(normalise(public[i : i + 64].to(device))).float().cpu()
+            total += float(((out - targets[i : i + 64]) ** 2).sum())
+        return total / targets.numel()
