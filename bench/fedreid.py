@@ -68,6 +68,15 @@ class Curve:
         return [statistics.fmean(r[0] for r in rnd.values()) for rnd in self.rounds]
 
 
+def average(curves: list[Curve]) -> Curve:
+    """The element-wise mean of the same configuration's curves over training seeds."""
+    out = Curve(seconds=statistics.fmean(c.seconds for c in curves))
+    for rounds in zip(*(c.rounds for c in curves), strict=True):
+        out.rounds.append({site: (statistics.fmean(r[site][0] for r in rounds), statistics.fmean(r[site][1] for r in rounds))
+                           for site in rounds[0]})
+    return out
+
+
 def evaluate_all(task: ReIDTask, model: torch.nn.Module, heldout: dict[str, ReIDHeldout], device: torch.device) -> dict[str, tuple[float, float]]:
     out = {}
     for site, data in heldout.items():
@@ -90,7 +99,7 @@ def find_sites(args: argparse.Namespace, workdir: Path, task: ReIDTask) -> tuple
 
 
 def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object], sites: list[Path],
-              public: Path | None, heldout: dict[str, ReIDHeldout], workdir: Path, label: str) -> Curve:
+              public: Path | None, heldout: dict[str, ReIDHeldout], workdir: Path, label: str, seed: int) -> Curve:
     device = torch.device(args.device)
     curve = Curve()
     started = time.perf_counter()
@@ -111,7 +120,7 @@ def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object
             task=task.name, rounds=args.rounds, min_agents=len(sites), round_timeout_s=3600,
             wait_for_agents_s=300, strategy=strategy,
             training=round_pb2.TrainingConfig(
-                local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed
+                local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=seed
             ),
         )
         started_run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id="fedreid"), timeout=10)
@@ -132,7 +141,7 @@ def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object
     return curve
 
 
-def local_only(args: argparse.Namespace, task: ReIDTask, sites: list[Path], heldout: dict[str, ReIDHeldout]) -> Curve:
+def local_only(args: argparse.Namespace, task: ReIDTask, sites: list[Path], heldout: dict[str, ReIDHeldout], seed: int) -> Curve:
     device = torch.device(args.device)
     curve = Curve(rounds=[{} for _ in range(args.rounds)])
     started = time.perf_counter()
@@ -140,7 +149,7 @@ def local_only(args: argparse.Namespace, task: ReIDTask, sites: list[Path], held
         data = task.load_site(SiteDataSettings(path=site))  # sizes the site's classifier
         model = task.build_model(0)
         for r in range(args.rounds):
-            task.train(model, data, TrainParams(args.epochs, args.batch_size, args.lr, args.seed + r), device)
+            task.train(model, data, TrainParams(args.epochs, args.batch_size, args.lr, seed * 1000 + r), device)
             m = task.evaluate(model, heldout[site.name], device)
             curve.rounds[r][site.name] = (m["rank1"], m["map"])
         print(f"local only: {site.name} done", file=sys.stderr)
@@ -153,22 +162,36 @@ def spread(curve: Curve, last: int) -> float:
     return statistics.pstdev(tail) if len(tail) > 1 else 0.0
 
 
-def table(curves: dict[str, Curve], sites: list[str], last: int) -> list[str]:
+def table(runs: dict[str, list[Curve]], sites: list[str], last: int) -> list[str]:
+    """Per site: Rank-1 / mAP after the last round (mean over seeds); the site-mean Rank-1 and
+    mAP (± their standard deviation over seeds); the spread of the site-mean Rank-1 over the
+    last rounds (mean over seeds)."""
     head = " | ".join(f"{s} R1 / mAP" for s in sites)
-    lines = [f"| configuration | {head} | mean R1 | mean mAP | R1 std, last {last} rounds | seconds |",
+    lines = [f"| configuration | {head} | mean R1 | mean mAP | R1 std, last {last} rounds | seconds per run |",
              "| --- |" + " --- |" * (len(sites) + 4)]
-    for name, c in curves.items():
-        final = c.rounds[-1]
+    for name, curves in runs.items():
+        final = average(curves).rounds[-1]
         cells = " | ".join(f"{final[s][0]:.3f} / {final[s][1]:.3f}" for s in sites)
-        r1 = statistics.fmean(final[s][0] for s in sites)
-        mp = statistics.fmean(final[s][1] for s in sites)
-        lines.append(f"| {name} | {cells} | {r1:.3f} | {mp:.3f} | {spread(c, last):.4f} | {c.seconds:.0f} |")
+        r1s = [statistics.fmean(c.rounds[-1][s][0] for s in sites) for c in curves]
+        maps = [statistics.fmean(c.rounds[-1][s][1] for s in sites) for c in curves]
+
+        def pm(values: list[float]) -> str:
+            return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else "")
+
+        stab = statistics.fmean(spread(c, last) for c in curves)
+        seconds = statistics.fmean(c.seconds for c in curves)
+        lines.append(f"| {name} | {cells} | {pm(r1s)} | {pm(maps)} | {stab:.4f} | {seconds:.0f} |")
     return lines
 
 
-def claims(curves: dict[str, Curve], sites: list[str], largest: str, last: int) -> list[str]:
-    """The paper's claims, checked on these figures (only for configurations that ran)."""
+def claims(runs: dict[str, list[Curve]], sites: list[str], largest: str, last: int) -> list[str]:
+    """The paper's claims, checked on these figures (only for configurations that ran); curves
+    averaged over seeds, spreads the mean of each seed's."""
     out = []
+    curves = {name: average(c) for name, c in runs.items()}
+
+    def stability(name: str) -> float:
+        return statistics.fmean(spread(c, last) for c in runs[name])
 
     def final(name: str, site: str) -> float:
         return curves[name].rounds[-1][site][0]
@@ -181,7 +204,7 @@ def claims(curves: dict[str, Curve], sites: list[str], largest: str, last: int) 
         out.append(f"cosine-distance weights help the largest site ({largest}): "
                    f"{'yes' if b > a else 'no'} (Rank-1 {a:.3f} -> {b:.3f})")
     if "FedPav" in curves and "FedPav + KD" in curves:
-        a, b = spread(curves["FedPav"], last), spread(curves["FedPav + KD"], last)
+        a, b = stability("FedPav"), stability("FedPav + KD")
         out.append(f"distillation steadies convergence (std of mean Rank-1 over the last {last} rounds): "
                    f"{'yes' if b < a else 'no'} ({a:.4f} -> {b:.4f})")
         a1 = statistics.fmean(curves["FedPav"].mean_rank1()[-last:])
@@ -217,7 +240,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round (E)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate of the head (the backbone's is a tenth)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds each configuration runs with (0..N-1)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies each generated site's identity count")
     parser.add_argument("--public-images", type=int, default=128, help="generated public set size")
     parser.add_argument("--data", type=Path, default=None, help="directory of sites in the Market-1501 layout (+ public/)")
@@ -245,26 +269,34 @@ def main() -> int:
     print(f"sites: {', '.join(f'{k} {v} training images' for k, v in sizes.items())}; {args.rounds} rounds x "
           f"{args.epochs} epochs; workdir {workdir}", file=sys.stderr)
 
-    curves: dict[str, Curve] = {}
+    runs: dict[str, list[Curve]] = {}
     for i, name in enumerate(names):
         params = CONFIGS[name]
-        if params is None:
-            curves[name] = local_only(args, task, sites, heldout)
-        else:
-            curves[name] = federated(args, task, params, sites, public, heldout, workdir / f"fed-{i}", name)
+        for seed in range(args.seeds):
+            if params is None:
+                curve = local_only(args, task, sites, heldout, seed)
+            else:
+                curve = federated(args, task, params, sites, public, heldout, workdir / f"fed-{i}-{seed}",
+                                  f"{name} (seed {seed})", seed)
+            runs.setdefault(name, []).append(curve)
 
     command = (f".venv/bin/python bench/fedreid.py --preset {args.preset} --rounds {args.rounds} --epochs {args.epochs}"
-               + (f" --data {args.data}" if args.data else f" --scale {args.scale} --seed {args.seed}"))
+               + (f" --data {args.data}" if args.data else f" --scale {args.scale} --seed {args.seed}")
+               + f" --seeds {args.seeds}")
     site_names = [s.name for s in sites]
-    lines = [f"FedReID, preset {args.preset}: {len(sites)} sites, {args.rounds} rounds x {args.epochs} local epochs, "
-             f"batch {args.batch_size}, lr {args.lr}; Rank-1 / mAP after the last round on each site's query/gallery split.",
-             f"Reproduce: `{command}`", "", *table(curves, site_names, last), "", *[f"- {c}" for c in claims(curves, site_names, largest, last)]]
+    lines = [f"FedReID, preset {args.preset}: {len(sites)} sites ({', '.join(f'{k} {v}' for k, v in sizes.items())} "
+             f"training images), {args.rounds} rounds x {args.epochs} local epochs, batch {args.batch_size}, lr {args.lr}, "
+             f"{args.seeds} training seed(s). Rank-1 / mAP after the last round on each site's query/gallery split "
+             "(mean over seeds; ± is the standard deviation over seeds).",
+             f"Reproduce: `{command}`", "", *table(runs, site_names, last), "",
+             *[f"- {c}" for c in claims(runs, site_names, largest, last)]]
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fedreid-benchmark.md").write_text(
         "# FedReID benchmark (generated by bench/fedreid.py)\n\n" + "\n".join(lines) + "\n\n![Rank-1 per round](fedreid-rank1.png)\n")
-    plot(curves, args.out / "fedreid-rank1.png", f"FedReID ({args.preset}, {len(sites)} sites, E={args.epochs})")
-    (workdir / "curves.json").write_text(json.dumps({k: v.rounds for k, v in curves.items()}))
+    plot({k: average(v) for k, v in runs.items()}, args.out / "fedreid-rank1.png",
+         f"FedReID ({args.preset}, {len(sites)} sites, E={args.epochs}, mean of {args.seeds} seed(s))")
+    (workdir / "curves.json").write_text(json.dumps({k: [c.rounds for c in v] for k, v in runs.items()}))
     print(f"\nwrote {args.out / 'fedreid-benchmark.md'} and {args.out / 'fedreid-rank1.png'}; per-round figures in {workdir / 'curves.json'}")
     return 0
 

@@ -199,6 +199,8 @@ class ReIDTask(Task):
         public: torch.Tensor,
         lr: float,
         device: torch.device,
+        *,
+        student_mode: str = "eval",
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """FedReID's server-side distillation: the student's 512-d embedding of each public
         image regresses by MSE onto the mean of the teachers' embeddings of it (one pass, SGD
@@ -207,8 +209,10 @@ class ReIDTask(Task):
         their own. The student too learns in evaluation mode (the paper's ran in training
         mode): its BatchNorm statistics stay the federation's average instead of drifting
         toward the public set's, and without dropout it regresses the very embedding that
-        retrieval uses. In training mode the evaluation-mode error rose instead of falling
-        (docs/fedreid.md)."""
+        retrieval uses. ``student_mode="train"`` runs it as the paper did, for comparison
+        (bench/fedreid_distill.py; docs/fedreid.md)."""
+        if student_mode not in ("eval", "train"):
+            raise ValueError(f"student_mode must be eval or train, not {student_mode!r}")
         targets = torch.zeros((len(public), self.config.embedding))
         count = 0
         with torch.no_grad():
@@ -224,7 +228,7 @@ class ReIDTask(Task):
         before = self._embedding_mse(model, public, targets, device)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
         order = torch.randperm(len(public), generator=torch.Generator().manual_seed(0))
-        model.eval()
+        model.train(student_mode == "train")
         total, seen = 0.0, 0
         for i in range(0, len(order), DISTILL_BATCH):
             idx = order[i : i + DISTILL_BATCH]
