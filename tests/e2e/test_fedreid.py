@@ -6,6 +6,9 @@ ever leaves it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -59,3 +62,27 @@ def test_fedpav_with_cosine_weights_and_distillation_through_the_services(sites,
         names = set(f.keys())
     assert not any(n.startswith("classifier.") for n in names)
     assert "bottleneck.1.running_mean" in names and "bottleneck.0.weight" in names
+
+
+def test_benchmark_command_on_a_data_directory(tmp_path):
+    """bench/fedreid.py on sites in their published layout (here generated), as a user with the
+    real data sets runs it: the table and the PNG are written."""
+    data = tmp_path / "data"
+    assert run("fedstream", "data", "generate-reid", "--out", str(data), "--scale", "0.5", "--public-images", "16").returncode == 0
+    bench = Path(__file__).resolve().parents[2] / "bench" / "fedreid.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--data", str(data), "--rounds", "2", "--last", "2",
+         "--configs", "local only,FedPav + KD", "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| local only |" in done.stdout and "| FedPav + KD |" in done.stdout
+    assert f"--data {data}" in done.stdout
+    for site in ("market", "duke", "cuhk", "viper"):
+        assert f"{site} R1 / mAP" in done.stdout
+    assert (tmp_path / "out" / "fedreid-rank1.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| FedPav + KD |" in (tmp_path / "out" / "fedreid-benchmark.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = subprocess.run([sys.executable, str(bench), "--data", str(empty)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "holds no site in the Market-1501 layout" in refused.stderr
