@@ -11,6 +11,7 @@ from fedstream.errors import (
     AgentNotFound,
     AlreadyExists,
     InvalidTransition,
+    NotFound,
     RoundNotFound,
     RoundNotOpen,
     RunNotFound,
@@ -18,10 +19,12 @@ from fedstream.errors import (
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
+    FederationRecord,
     MemoryStateStore,
     RoundRecord,
     RunRecord,
     StateStore,
+    TokenRecord,
 )
 
 
@@ -260,3 +263,36 @@ def test_racing_counts_of_one_update_have_one_winner(store):
     for t in threads:
         t.join()
     assert len(wins) == 1
+
+
+def test_federations(store):
+    rec = FederationRecord("nightly", {"task": "digits"}, description="d", created_unix=1.0, updated_unix=1.0)
+    store.create_federation(rec)
+    with pytest.raises(AlreadyExists):
+        store.create_federation(rec)
+    assert store.get_federation("nightly") == rec
+    store.create_federation(FederationRecord("adhoc", {"task": "fedreid"}))
+    assert [f.federation_id for f in store.list_federations()] == ["adhoc", "nightly"]
+    updated = store.update_federation("nightly", schedule={"cron": "0 2 * * *"}, updated_unix=2.0)
+    assert updated.schedule == {"cron": "0 2 * * *"} and updated.spec == {"task": "digits"}
+    assert store.get_federation("nightly") == updated
+    store.delete_federation("adhoc")
+    for call in (lambda: store.get_federation("adhoc"), lambda: store.update_federation("adhoc", description="x"),
+                 lambda: store.delete_federation("adhoc")):
+        with pytest.raises(NotFound, match="federation 'adhoc' not found"):
+            call()
+    assert [f.federation_id for f in store.list_federations()] == ["nightly"]
+
+
+def test_tokens_are_found_by_hash(store):
+    store.create_token(TokenRecord("tok1", "a" * 64, "admin", "bootstrap"))
+    store.create_token(TokenRecord("tok2", "b" * 64, "viewer"))
+    with pytest.raises(AlreadyExists):
+        store.create_token(TokenRecord("tok1", "c" * 64, "viewer"))
+    assert store.find_token("b" * 64).token_id == "tok2"
+    assert store.find_token("c" * 64) is None
+    store.delete_token("tok2")
+    assert store.find_token("b" * 64) is None
+    assert [t.token_id for t in store.list_tokens()] == ["tok1"]
+    with pytest.raises(NotFound):
+        store.delete_token("tok2")

@@ -109,6 +109,18 @@ class PermissionDenied(FedstreamError):
     code = "permission_denied"
 
 
+class Unauthenticated(FedstreamError):
+    """No credentials, or credentials nobody issued (or that were revoked)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = HTTPStatus.UNAUTHORIZED
+    code = "unauthenticated"
+
+
+class FederationNotFound(NotFound):
+    code = "federation_not_found"
+
+
 class AgentNotSelected(PermissionDenied):
     code = "agent_not_selected"
 

@@ -4,9 +4,11 @@ from fedstream.state.base import (
     ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
+    FederationRecord,
     RoundRecord,
     RunRecord,
     StateStore,
+    TokenRecord,
 )
 from fedstream.state.memory import MemoryStateStore
 
@@ -14,8 +16,10 @@ __all__ = [
     "ROUND_TRANSITIONS",
     "AgentRecord",
     "AggregationRecord",
+    "FederationRecord",
     "MemoryStateStore",
     "RoundRecord",
     "RunRecord",
     "StateStore",
+    "TokenRecord",
 ]

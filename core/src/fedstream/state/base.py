@@ -6,9 +6,13 @@ plain dataclasses that serialise to JSON; keys are scoped by the tenant the stor
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from fedstream.errors import AlreadyExists, FederationNotFound, NotFound
 
 # Allowed round transitions: open -> training -> aggregating -> committed, or failed.
 ROUND_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -48,6 +52,35 @@ class RunRecord:
     latest_version: str = ""
     created_unix: float = 0.0
     finished_unix: float = 0.0
+    # The federation the run belongs to; empty for a run started on its own.
+    federation: str = ""
+    # Who or what started it: "api", "grpc" or "schedule".
+    trigger: str = ""
+
+
+@dataclass
+class FederationRecord:
+    """A federation: what its runs train and how (a run specification), and when."""
+
+    federation_id: str
+    # The runs' specification (the scheduler's RunSpec fields).
+    spec: dict[str, Any]
+    description: str = ""
+    # {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip" | "run_once"}; empty: none.
+    schedule: dict[str, Any] = field(default_factory=dict)
+    created_unix: float = 0.0
+    updated_unix: float = 0.0
+
+
+@dataclass
+class TokenRecord:
+    """An API bearer token, kept only as the SHA-256 of its secret."""
+
+    token_id: str
+    sha256: str
+    role: str  # viewer, operator or admin
+    name: str = ""
+    created_unix: float = 0.0
 
 
 @dataclass
@@ -211,6 +244,74 @@ class StateStore(ABC):
 
     @abstractmethod
     def is_marked(self, scope: str, key: str) -> bool: ...
+
+    # Documents: small JSON records of one kind, by id (federations, API tokens). Each backend
+    # implements these primitives; the typed methods below are built on them.
+    @abstractmethod
+    def _doc_create(self, kind: str, doc_id: str, doc: dict[str, Any]) -> bool:
+        """Stores the document unless one of that id exists; False when it does."""
+
+    @abstractmethod
+    def _doc_get(self, kind: str, doc_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def _doc_list(self, kind: str) -> list[dict[str, Any]]:
+        """Every document of the kind, by id."""
+
+    @abstractmethod
+    def _doc_update(
+        self, kind: str, doc_id: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Atomically replaces the document by ``mutate(current)``; None when there is none."""
+
+    @abstractmethod
+    def _doc_delete(self, kind: str, doc_id: str) -> bool: ...
+
+    # Federations.
+    def create_federation(self, rec: FederationRecord) -> None:
+        if not self._doc_create("federation", rec.federation_id, dataclasses.asdict(rec)):
+            raise AlreadyExists(f"federation {rec.federation_id!r} already exists")
+
+    def get_federation(self, federation_id: str) -> FederationRecord:
+        doc = self._doc_get("federation", federation_id)
+        if doc is None:
+            raise FederationNotFound(f"federation {federation_id!r} not found")
+        return FederationRecord(**doc)
+
+    def list_federations(self) -> list[FederationRecord]:
+        return [FederationRecord(**d) for d in self._doc_list("federation")]
+
+    def update_federation(self, federation_id: str, **changes: Any) -> FederationRecord:
+        doc = self._doc_update(
+            "federation", federation_id,
+            lambda d: dataclasses.asdict(dataclasses.replace(FederationRecord(**d), **changes)),
+        )
+        if doc is None:
+            raise FederationNotFound(f"federation {federation_id!r} not found")
+        return FederationRecord(**doc)
+
+    def delete_federation(self, federation_id: str) -> None:
+        if not self._doc_delete("federation", federation_id):
+            raise FederationNotFound(f"federation {federation_id!r} not found")
+
+    # API tokens, by their id (the secret's hash is a field: lookups by hash scan the tenant's
+    # few tokens).
+    def create_token(self, rec: TokenRecord) -> None:
+        if not self._doc_create("token", rec.token_id, dataclasses.asdict(rec)):
+            raise AlreadyExists(f"token {rec.token_id!r} already exists")
+
+    def find_token(self, sha256: str) -> TokenRecord | None:
+        for d in self._doc_list("token"):
+            if d["sha256"] == sha256:
+                return TokenRecord(**d)
+        return None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return [TokenRecord(**d) for d in self._doc_list("token")]
+
+    def delete_token(self, token_id: str) -> None:
+        if not self._doc_delete("token", token_id):
+            raise NotFound(f"token {token_id!r} not found")
 
     # Leases.
     @abstractmethod

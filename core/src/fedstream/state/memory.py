@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from fedstream.errors import (
@@ -39,6 +40,7 @@ class MemoryStateStore(StateStore):
         self._leases: dict[str, tuple[str, float]] = {}
         self._counters: dict[str, int] = {}
         self._aggregations: dict[tuple[str, str, int], AggregationRecord] = {}
+        self._docs: dict[str, dict[str, dict[str, Any]]] = {}
 
     def put_agent(self, agent: AgentRecord) -> None:
         with self._lock:
@@ -182,6 +184,36 @@ class MemoryStateStore(StateStore):
             updated = dataclasses.replace(rec, state=state, **copy.deepcopy(changes))
             self._aggregations[(journal, run_id, round_)] = updated
             return copy.deepcopy(updated)
+
+    def _doc_create(self, kind: str, doc_id: str, doc: dict[str, Any]) -> bool:
+        with self._lock:
+            docs = self._docs.setdefault(kind, {})
+            if doc_id in docs:
+                return False
+            docs[doc_id] = copy.deepcopy(doc)
+            return True
+
+    def _doc_get(self, kind: str, doc_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._docs.get(kind, {}).get(doc_id))
+
+    def _doc_list(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [copy.deepcopy(d) for _, d in sorted(self._docs.get(kind, {}).items())]
+
+    def _doc_update(
+        self, kind: str, doc_id: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        with self._lock:
+            docs = self._docs.get(kind, {})
+            if doc_id not in docs:
+                return None
+            docs[doc_id] = mutate(copy.deepcopy(docs[doc_id]))
+            return copy.deepcopy(docs[doc_id])
+
+    def _doc_delete(self, kind: str, doc_id: str) -> bool:
+        with self._lock:
+            return self._docs.get(kind, {}).pop(doc_id, None) is not None
 
     def mark_once(self, scope: str, key: str) -> bool:
         with self._lock:

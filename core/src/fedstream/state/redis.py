@@ -90,6 +90,10 @@ def connect(url: str, password: str | None = None, retry_s: float = 60.0) -> red
     )
 
 
+class _NoDocument(Exception):
+    """Raised inside a read-modify-write when the document is absent."""
+
+
 class RedisStateStore(StateStore):
     def __init__(self, client: redis.Redis, tenant: str = "default") -> None:
         self.tenant = tenant
@@ -199,6 +203,48 @@ class RedisStateStore(StateStore):
         ids = [i.decode() for i in self.r.zrange(self._k("runs"), 0, -1)]
         raws = self.r.mget([self._k("run", i) for i in ids]) if ids else []
         return [RunRecord(**json.loads(raw)) for raw in raws if raw is not None]
+
+    # Documents.
+
+    @_unavailable
+    def _doc_create(self, kind: str, doc_id: str, doc: dict[str, Any]) -> bool:
+        if not self.r.set(self._k(kind, doc_id), json.dumps(doc), nx=True):
+            return False
+        self.r.sadd(self._k(kind + "s"), doc_id)
+        return True
+
+    @_unavailable
+    def _doc_get(self, kind: str, doc_id: str) -> dict[str, Any] | None:
+        raw = self.r.get(self._k(kind, doc_id))
+        return json.loads(raw) if raw is not None else None
+
+    @_unavailable
+    def _doc_list(self, kind: str) -> list[dict[str, Any]]:
+        ids = sorted(i.decode() for i in self.r.smembers(self._k(kind + "s")))
+        raws = self.r.mget([self._k(kind, i) for i in ids]) if ids else []
+        return [json.loads(raw) for raw in raws if raw is not None]
+
+    @_unavailable
+    def _doc_update(
+        self, kind: str, doc_id: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise _NoDocument
+            return mutate(current)
+
+        try:
+            return self._update(self._k(kind, doc_id), change)
+        except _NoDocument:
+            return None
+
+    @_unavailable
+    def _doc_delete(self, kind: str, doc_id: str) -> bool:
+        with self.r.pipeline() as pipe:
+            pipe.delete(self._k(kind, doc_id))
+            pipe.srem(self._k(kind + "s"), doc_id)
+            deleted, _ = pipe.execute()
+        return bool(deleted)
 
     # Rounds.
 
