@@ -115,7 +115,7 @@ class AgentEvent(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only")
+    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only", "fraction")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class RunSpec(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_EVERY_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
     task: str
     rounds: int
     min_agents: int
@@ -140,7 +141,8 @@ class RunSpec(_message.Message):
     strategy: _round_pb2.StrategySpec
     evaluate_every: int
     evaluate_only: bool
-    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ...) -> None: ...
+    fraction: float
+    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
     __slots__ = ("round", "kind", "state", "participants", "reports", "stragglers", "base_version", "version", "reason", "started_unix", "finished_unix", "metrics")

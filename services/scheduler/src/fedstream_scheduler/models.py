@@ -33,7 +33,12 @@ class RunSpec(BaseModel):
     task: str = Field(min_length=1, max_length=128, description="Task name from the registry.")
     rounds: int = Field(1, ge=1, le=1_000_000, description="Training rounds to commit.")
     min_agents: int = Field(1, ge=1, description="Alive agents needed before a round opens.")
-    max_agents: int = Field(0, ge=0, description="Agents selected per round; 0 means all alive.")
+    max_agents: int = Field(0, ge=0, description="Agents selected per round at most; 0 means no limit.")
+    fraction: float = Field(
+        1.0, gt=0, le=1,
+        description="Share of the live agents selected per round, rounded up; at least min_agents "
+        "and at most max_agents.",
+    )
     round_timeout_s: float = Field(300.0, gt=0, description="Seconds until a round's deadline.")
     min_updates: int = Field(
         0, ge=0, description="Updates needed to commit at the deadline; 0 means min_agents."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -52,6 +53,13 @@ _STATE_NAMES = {
 }
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _CLOSE = object()
+
+
+def selection_size(spec: RunSpec, live: int) -> int:
+    """Participants of a training round among ``live`` agents: the fraction rounded up, at
+    least min_agents, at most max_agents (when set) and the live agents."""
+    want = max(spec.min_agents, math.ceil(spec.fraction * live - 1e-9))
+    return min(live, spec.max_agents or live, want)
 
 
 class _RunFailed(Exception):
@@ -351,7 +359,7 @@ class SchedulerService:
             await asyncio.sleep(0.2)
 
     def _select(self, spec: RunSpec, live: list[str], round_no: int, kind: str) -> list[str]:
-        want = 1 if kind == "init" else min(len(live), spec.max_agents or len(live))
+        want = 1 if kind == "init" else selection_size(spec, len(live))
         rng = random.Random(f"{spec.training.seed}:{round_no}")
         return sorted(rng.sample(sorted(live), want))
 
