@@ -8,7 +8,7 @@ PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
 	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test bench proto check-proto lint clean system-deps
+.PHONY: all demo test bench proto openapi check-proto lint clean system-deps
 
 all: test
 
@@ -44,6 +44,10 @@ bench: $(STAMP) system-deps
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=core/src --pyi_out=core/src \
 		--grpc_python_out=core/src $(PROTOS)
+
+# The admin API's OpenAPI document, committed as the contract (a test fails when it is stale).
+openapi: $(STAMP)
+	$(BIN)/python -m fedstream_scheduler.api.openapi > docs/openapi.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -68,3 +68,10 @@ def test_bad_settings_exit_with_a_numbered_code_and_name_the_field(command, env,
     result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_committed_openapi_document_is_current():
+    from fedstream_scheduler.api.openapi import document
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+    assert committed.read_text() == document(), "docs/openapi.json is stale: run make openapi"

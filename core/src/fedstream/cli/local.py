@@ -63,13 +63,21 @@ class LocalFederation:
     def start_scheduler(
         self, aggregator: str, settings: dict[str, str] | None = None, name: str = "scheduler"
     ) -> str:
-        """Starts a scheduler that reaches the aggregator at ``aggregator``; its address."""
+        """Starts a scheduler that reaches the aggregator at ``aggregator``; its gRPC address.
+        Its admin API listens on a free loopback port too (``api_url``)."""
+        api_port_file = self.workdir / f"{name}.api-port"
+        api_port_file.unlink(missing_ok=True)
         return self._start_server(
             name,
             "fedstream_scheduler",
             "FEDSTREAM_SCHEDULER_",
-            {"AGGREGATOR_ENDPOINT": aggregator, **(settings or {})},
+            {"AGGREGATOR_ENDPOINT": aggregator, "API__HOST": "127.0.0.1", "API__PORT": "0",
+             "API__PORT_FILE": str(api_port_file), **(settings or {})},
         )
+
+    def api_url(self, name: str = "scheduler") -> str:
+        """The admin API's base URL of a scheduler started here."""
+        return f"http://127.0.0.1:{int((self.workdir / f'{name}.api-port').read_text())}/api/v1"
 
     def start_agent(
         self, agent_id: str, scheduler: str, site_index: int, num_sites: int,

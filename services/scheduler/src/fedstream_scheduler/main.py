@@ -14,7 +14,10 @@ from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.readiness import wait_until_reachable
+from fedstream_scheduler.admin import AdminService
 from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.api import build_api
+from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
@@ -38,6 +41,18 @@ async def serve(settings: SchedulerSettings) -> int:
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
+    admin = AdminService(service)
+    api = None
+    if settings.api.enabled:
+        api = ApiServer(build_api({settings.tenant.tenant: admin}), settings.api.host, settings.api.port)
+        try:
+            await api.start()
+        except OSError as e:
+            log.error("admin API: %s", e)
+            await server.stop()
+            return EXIT_CANNOT_BIND
+        write_port_file(settings.api.port_file, api.port)
+        log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
         "listening on %s:%d (tenant %s, aggregator %s)",
@@ -50,11 +65,15 @@ async def serve(settings: SchedulerSettings) -> int:
         loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
     checks = {getattr(state, "endpoint", "state store"): lambda: check_state_store(state)}
     if await asyncio.to_thread(wait_until_reachable, checks, stopping):
+        if settings.api.bootstrap_token is not None:
+            admin.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
         service.start_adopting()
         await server.set_serving(True)
         log.info("serving")
     await stop.wait()
     log.info("shutting down")
+    if api is not None:
+        await api.stop()
     await server.stop()
     return EXIT_OK
 
@@ -63,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog="fedstream-scheduler",
         description="fedstream scheduler: registers agents, selects participants, drives rounds "
-        "and serves the run API. Configured by environment variables prefixed "
+        "and serves the run API over gRPC and the REST admin API (/api/v1, port 8080 by "
+        "default; docs/api.md). Configured by environment variables prefixed "
         "FEDSTREAM_SCHEDULER_ (nested names joined by '__', e.g. FEDSTREAM_SCHEDULER_GRPC__PORT=50051, "
         "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052).",
     ).parse_args(argv)

@@ -136,6 +136,23 @@ class SchedulerService:
                 del self._streams[agent_id]
             log.info("agent %s disconnected", agent_id)
 
+    def is_connected(self, agent_id: str) -> bool:
+        """Whether the agent has its assignment stream open on this replica."""
+        return agent_id in self._streams
+
+    def set_agent_disabled(self, agent_id: str, disabled: bool) -> AgentRecord:
+        """Disables (or enables again) an agent: a disabled one is never selected, its open
+        stream is closed and it cannot open another. Raises AgentNotFound."""
+        agent = self.state.get_agent(agent_id)
+        if agent.disabled != disabled:
+            agent.disabled = disabled
+            self.state.put_agent(agent)
+            log.info("agent %s %s", agent_id, "disabled" if disabled else "enabled")
+        stream = self._streams.get(agent_id)
+        if disabled and stream is not None:
+            stream.put_nowait(_CLOSE)
+        return agent
+
     def live_agents(self, task: str) -> list[str]:
         """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
         now = self.clock()
@@ -151,7 +168,9 @@ class SchedulerService:
 
     # Runs.
 
-    def start_run(self, spec_fields: dict[str, object], run_id: str = "") -> RunRecord:
+    def start_run(
+        self, spec_fields: dict[str, object], run_id: str = "", *, federation: str = "", trigger: str = "grpc"
+    ) -> RunRecord:
         """Validates a run spec and starts the run; raises InvalidArgument or AlreadyExists."""
         try:
             spec = RunSpec.model_validate(spec_fields)
@@ -166,7 +185,7 @@ class SchedulerService:
         if not strategy.linear and spec.training.compression != "none":
             raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
-        run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock())
+        run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger)
         self.state.create_run(run)
         self._try_lead(run_id)
         self._launch(run_id, spec)

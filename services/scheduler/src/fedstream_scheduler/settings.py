@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, TenantSettings
+
+
+class ApiSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(True, description="Serve the REST admin API.")
+    host: str = Field("0.0.0.0", description="Address the admin API binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="Admin API port; 0 picks a free one.")
+    port_file: Path | None = Field(None, description="If set, the bound port is written here.")
+    bootstrap_token: SecretStr | None = Field(
+        None,
+        description="This tenant's bootstrap admin token (at least 16 characters; from a secret). "
+        "Stored only as a hash; create the other tokens with it.",
+    )
 
 
 class SchedulerSettings(BaseSettings):
@@ -15,6 +31,7 @@ class SchedulerSettings(BaseSettings):
 
     tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
     grpc: GrpcServerSettings = Field(default_factory=GrpcServerSettings, description="gRPC server.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="REST admin API.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     aggregator_endpoint: str = Field(

@@ -1,0 +1,217 @@
+"""The admin surface's logic, independent of HTTP: federations, runs, agents and API tokens of
+one tenant. The REST API (fedstream_scheduler.api) translates requests into these calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import ValidationError
+
+from fedstream.errors import FailedPrecondition, InvalidArgument
+from fedstream.state import AgentRecord, FederationRecord, RoundRecord, RunRecord, TokenRecord
+from fedstream.strategies import make_strategy
+from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.service import SchedulerService
+
+ROLES = ("viewer", "operator", "admin")
+MISSED_POLICIES = ("skip", "run_once")
+BOOTSTRAP_TOKEN_ID = "bootstrap"
+# Token secrets: a recognisable prefix and 32 random bytes (URL-safe base64).
+TOKEN_PREFIX = "fst_"
+
+
+def token_hash(secret: str) -> str:
+    """Tokens are 256-bit random secrets, so one SHA-256 is enough to store them safely (a
+    slow password hash protects guessable secrets; these are not guessable)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
+    """A schedule with its defaults filled in; raises InvalidArgument naming the bad field."""
+    cron = schedule.get("cron", "")
+    if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise InvalidArgument(f"schedule.cron: {cron!r} is not a five-field cron expression")
+    tz = schedule.get("timezone", "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidArgument(f"schedule.timezone: unknown time zone {tz!r}") from None
+    missed = schedule.get("missed", "skip")
+    if missed not in MISSED_POLICIES:
+        raise InvalidArgument(f"schedule.missed: must be one of {', '.join(MISSED_POLICIES)}, not {missed!r}")
+    return {"cron": cron, "timezone": tz, "missed": missed}
+
+
+def check_spec(fields: dict[str, Any]) -> RunSpec:
+    try:
+        return RunSpec.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise InvalidArgument(f"spec.{where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    role: str
+    token_id: str
+
+    def allows(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class AdminService:
+    """One tenant's admin operations over its scheduler and state store."""
+
+    def __init__(self, scheduler: SchedulerService, clock: Callable[[], float] | None = None) -> None:
+        self.scheduler = scheduler
+        self.state = scheduler.state
+        self.tenant = scheduler.state.tenant
+        self.clock = clock or scheduler.clock
+
+    # Tokens.
+
+    def ensure_bootstrap(self, secret: str) -> None:
+        """Makes ``secret`` this tenant's bootstrap admin token (replacing an older one)."""
+        if len(secret) < 16:
+            raise InvalidArgument("the bootstrap token must be at least 16 characters")
+        digest = token_hash(secret)
+        existing = {t.token_id: t for t in self.state.list_tokens()}.get(BOOTSTRAP_TOKEN_ID)
+        if existing is not None and existing.sha256 == digest:
+            return
+        if existing is not None:
+            self.state.delete_token(BOOTSTRAP_TOKEN_ID)
+        self.state.create_token(TokenRecord(BOOTSTRAP_TOKEN_ID, digest, "admin", "bootstrap", self.clock()))
+
+    def authenticate(self, secret: str) -> Principal | None:
+        rec = self.state.find_token(token_hash(secret))
+        return Principal(self.tenant, rec.role, rec.token_id) if rec is not None else None
+
+    def create_token(self, role: str, name: str) -> tuple[TokenRecord, str]:
+        if role not in ROLES:
+            raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        rec = TokenRecord(f"tok-{uuid.uuid4().hex[:12]}", token_hash(secret), role, name, self.clock())
+        self.state.create_token(rec)
+        return rec, secret
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self.state.list_tokens()
+
+    def delete_token(self, token_id: str) -> None:
+        self.state.delete_token(token_id)
+
+    # Federations.
+
+    def create_federation(self, federation_id: str, spec: dict[str, Any], description: str,
+                          schedule: dict[str, Any] | None) -> FederationRecord:
+        check_federation_id(federation_id)
+        run_spec = check_spec(spec)
+        now = self.clock()
+        rec = FederationRecord(
+            federation_id, self._normalised(run_spec), description,
+            check_schedule(schedule) if schedule else {}, now, now,
+        )
+        self.state.create_federation(rec)
+        return rec
+
+    def _normalised(self, spec: RunSpec) -> dict[str, Any]:
+        strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+        spec.strategy.params = strategy.params.model_dump()
+        return spec.model_dump()
+
+    def get_federation(self, federation_id: str) -> FederationRecord:
+        return self.state.get_federation(federation_id)
+
+    def list_federations(self) -> list[FederationRecord]:
+        return self.state.list_federations()
+
+    def update_federation(self, federation_id: str, *, spec: dict[str, Any] | None = None,
+                          description: str | None = None, schedule: dict[str, Any] | None = None,
+                          clear_schedule: bool = False) -> FederationRecord:
+        current = self.state.get_federation(federation_id)
+        changes: dict[str, Any] = {"updated_unix": self.clock()}
+        if spec is not None:
+            changes["spec"] = self._normalised(check_spec({**current.spec, **spec}))
+        if description is not None:
+            changes["description"] = description
+        if clear_schedule:
+            changes["schedule"] = {}
+        elif schedule is not None:
+            changes["schedule"] = check_schedule({**current.schedule, **schedule})
+        return self.state.update_federation(federation_id, **changes)
+
+    def delete_federation(self, federation_id: str) -> None:
+        running = [r.run_id for r in self.state.list_runs() if r.federation == federation_id and r.state == "running"]
+        if running:
+            raise FailedPrecondition(
+                f"federation {federation_id!r} has a running run ({running[0]}); cancel it first"
+            )
+        self.state.delete_federation(federation_id)
+
+    def latest_version(self, federation_id: str) -> str:
+        """The newest model any run of the federation committed; empty when none has."""
+        runs = [r for r in self.state.list_runs() if r.federation == federation_id and r.latest_version]
+        return max(runs, key=lambda r: (r.created_unix, r.run_id)).latest_version if runs else ""
+
+    def start_run(self, federation_id: str, run_id: str = "", initial_version: str = "",
+                  trigger: str = "api") -> RunRecord:
+        """Starts a run of the federation, warm-started from ``initial_version`` or else the
+        federation's latest model (an init round when it has none)."""
+        fed = self.state.get_federation(federation_id)
+        spec = dict(fed.spec)
+        spec["initial_version"] = initial_version or self.latest_version(federation_id) or spec.get("initial_version", "")
+        return self.scheduler.start_run(spec, run_id, federation=federation_id, trigger=trigger)
+
+    # Runs.
+
+    def list_runs(self, federation: str = "", state: str = "") -> list[RunRecord]:
+        if federation:
+            self.state.get_federation(federation)  # FederationNotFound
+        runs = self.state.list_runs()
+        return [r for r in runs if (not federation or r.federation == federation) and (not state or r.state == state)]
+
+    def get_run(self, run_id: str) -> tuple[RunRecord, list[RoundRecord]]:
+        return self.scheduler.get_run(run_id)
+
+    async def cancel_run(self, run_id: str) -> RunRecord:
+        return await self.scheduler.cancel_run(run_id)
+
+    # Agents.
+
+    def agent_status(self, agent: AgentRecord) -> str:
+        if agent.disabled:
+            return "disabled"
+        fresh = self.clock() - agent.last_heartbeat_unix <= self.scheduler.settings.heartbeat_ttl_s
+        return "alive" if fresh else "stale"
+
+    def connected(self, agent_id: str) -> bool:
+        return self.scheduler.is_connected(agent_id)
+
+    def list_agents(self, status: str = "") -> list[AgentRecord]:
+        return [a for a in self.state.list_agents() if not status or self.agent_status(a) == status]
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        return self.state.get_agent(agent_id)
+
+    def set_agent_disabled(self, agent_id: str, disabled: bool) -> AgentRecord:
+        return self.scheduler.set_agent_disabled(agent_id, disabled)
+
+
+def check_federation_id(federation_id: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", federation_id):
+        raise InvalidArgument(
+            f"invalid federation id {federation_id!r}: 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return federation_id

@@ -1,0 +1,144 @@
+"""The REST admin API's request and response bodies: the OpenAPI document is built from these."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedstream_scheduler.models import RunSpec
+
+T = TypeVar("T")
+
+FEDERATION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Problem(BaseModel):
+    """An error, as application/problem+json (RFC 9457), with a stable code."""
+
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What was wrong, for a person.")
+    code: str = Field(description="Stable machine-readable error code, e.g. federation_not_found.")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_page_token: str | None = Field(None, description="Pass as page_token for the next page; null on the last.")
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(description="Five-field cron expression, e.g. '0 2 * * *' for 02:00 every night.",
+                      examples=["0 2 * * *"])
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in.")
+    missed: Literal["skip", "run_once"] = Field(
+        "skip", description="A slot missed while every scheduler was down: skipped, or run once on recovery."
+    )
+
+
+class FederationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    federation_id: str = Field(pattern=FEDERATION_ID, description="Lowercase letters, digits and '-'.")
+    description: str = Field("", max_length=1000)
+    spec: RunSpec = Field(description="What each run of the federation trains and how.")
+    schedule: Schedule | None = Field(None, description="When runs start by themselves; none: on request only.")
+
+
+class FederationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(None, max_length=1000)
+    spec: dict[str, Any] | None = Field(None, description="Fields of the run spec to change (merged).")
+    schedule: Schedule | None = Field(None, description="A new schedule.")
+    clear_schedule: bool = Field(False, description="Remove the schedule.")
+
+
+class Federation(BaseModel):
+    federation_id: str
+    description: str
+    spec: RunSpec
+    schedule: Schedule | None
+    created_unix: float
+    updated_unix: float
+    latest_version: str = Field(description="The newest model its runs committed; empty when none.")
+
+
+class RunStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field("", max_length=63, description="Empty: one is generated.")
+    initial_version: str = Field(
+        "", max_length=200, description="Start from this version; empty: the federation's latest model, "
+        "or an init round when it has none."
+    )
+
+
+class Run(BaseModel):
+    run_id: str
+    federation: str
+    state: Literal["running", "succeeded", "failed", "cancelled"]
+    reason: str
+    trigger: str = Field(description="api, grpc or schedule.")
+    latest_version: str
+    created_unix: float
+    finished_unix: float
+    rounds_committed: int
+    spec: dict[str, Any]
+
+
+class Round(BaseModel):
+    round: int
+    kind: Literal["init", "train", "evaluate"]
+    state: Literal["open", "training", "aggregating", "committed", "failed"]
+    participants: list[str]
+    stragglers: list[str]
+    updates: int = Field(description="Updates counted.")
+    base_version: str
+    version: str
+    reason: str
+    started_unix: float
+    finished_unix: float
+    duration_s: float | None = Field(description="Null while the round runs.")
+    bytes_received: int = Field(description="Bytes of updates the aggregator received.")
+    metrics: dict[str, float] = Field(description="Aggregated metrics (evaluation, distillation).")
+
+
+class RunDetail(Run):
+    rounds: list[Round]
+
+
+class Agent(BaseModel):
+    agent_id: str
+    status: Literal["alive", "stale", "disabled"]
+    connected: bool = Field(description="Whether its assignment stream is open on the replica that answered.")
+    labels: dict[str, str]
+    capabilities: dict[str, Any] = Field(description="device, GPU model and memory, CPUs, free disk, ...")
+    tasks: list[str]
+    registered_unix: float
+    last_heartbeat_unix: float
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["viewer", "operator", "admin"]
+    name: str = Field("", max_length=200)
+
+
+class Token(BaseModel):
+    token_id: str
+    role: Literal["viewer", "operator", "admin"]
+    name: str
+    created_unix: float
+
+
+class TokenCreated(Token):
+    token: str = Field(description="The secret: shown once, stored only as a hash.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

@@ -1,0 +1,344 @@
+"""The REST admin API over real HTTP (uvicorn on loopback) with its schedulers on a real Redis
+and a real aggregator: every endpoint with every role, tenants that cannot see each other,
+bad input refused as problem+json, and a federation's runs end to end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from fedstream.state.redis import RedisStateStore, connect
+from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.api import build_api
+from fedstream_scheduler.api.server import ApiServer
+from fedstream_scheduler.server import SchedulerServer, build_server
+from fedstream_scheduler.service import SchedulerService
+from fedstream_scheduler.settings import SchedulerSettings
+from integration.test_scheduler import LoopThread
+from sim_agent import SimAgent, add_constant
+
+ROLES = ("viewer", "operator", "admin")
+SPEC = {"task": "digits", "rounds": 2, "min_agents": 2, "round_timeout_s": 20, "wait_for_agents_s": 30,
+        "training": {"seed": 1}}
+
+
+@dataclass
+class Tenant:
+    name: str
+    admin: AdminService
+    grpc: SchedulerServer
+    tokens: dict[str, str]
+
+
+@dataclass
+class Api:
+    url: str
+    loop: LoopThread
+    tenants: dict[str, Tenant]
+
+    def call(self, method: str, path: str, token: str | None, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kw)
+
+
+@pytest.fixture
+def api(aggregator, redis_url) -> Iterator[Api]:
+    loop = LoopThread()
+    settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{aggregator.port}", heartbeat_interval_s=0.2,
+                                 heartbeat_ttl_s=2.0)
+    tenants: dict[str, Tenant] = {}
+
+    async def build() -> ApiServer:
+        for name in ("t1", "t2"):
+            service = SchedulerService(RedisStateStore(connect(redis_url), name),
+                                       AggregatorClient(settings.aggregator_endpoint), settings)
+            admin = AdminService(service)
+            admin.ensure_bootstrap(f"bootstrap-secret-of-{name}")
+            tokens = {"bootstrap": f"bootstrap-secret-of-{name}"}
+            for role in ROLES:
+                tokens[role] = admin.create_token(role, f"{role} token")[1]
+            tenants[name] = Tenant(name, admin, await build_server(service, "127.0.0.1", 0), tokens)
+        server = ApiServer(build_api({t.name: t.admin for t in tenants.values()}), "127.0.0.1", 0)
+        await server.start()
+        return server
+
+    server = loop.run(build())
+    yield Api(f"http://127.0.0.1:{server.port}/api/v1", loop, tenants)
+    for t in tenants.values():
+        for run in t.admin.state.list_runs():
+            if run.state == "running":
+                loop.run(t.admin.cancel_run(run.run_id))
+        loop.run(t.grpc.stop(0))
+    loop.run(server.stop())
+    loop.close()
+
+
+def make_federation(api: Api, tenant: str, fid: str, **spec) -> None:
+    api.tenants[tenant].admin.create_federation(fid, {**SPEC, **spec}, "", None)
+
+
+def start_waiting_run(api: Api, tenant: str, fid: str, run_id: str) -> None:
+    """A run that waits for agents that never come: running until cancelled."""
+    make_federation(api, tenant, fid, min_agents=50, wait_for_agents_s=300)
+    api.loop.run(_start(api.tenants[tenant].admin, fid, run_id))
+
+
+async def _start(admin: AdminService, fid: str, run_id: str) -> None:
+    admin.start_run(fid, run_id)
+
+
+def register_agent(api: Api, tenant: str, agent_id: str) -> None:
+    from fedstream.state import AgentRecord
+
+    api.tenants[tenant].admin.scheduler.register(AgentRecord(agent_id, labels={"site": "lyon"},
+                                                             capabilities={"device": "cpu"}, tasks=["digits"]))
+
+
+# Each endpoint: method, path, least role, a body, and what must exist first (by tenant).
+def setup_federation(api, t, n):
+    make_federation(api, t, f"fed-{n}")
+    return {"fid": f"fed-{n}"}
+
+
+def setup_run(api, t, n):
+    start_waiting_run(api, t, f"fed-{n}", f"run-{n}")
+    return {"fid": f"fed-{n}", "run": f"run-{n}"}
+
+
+def setup_agent(api, t, n):
+    register_agent(api, t, f"agent-{n}")
+    return {"agent": f"agent-{n}"}
+
+
+def setup_token(api, t, n):
+    return {"token": api.tenants[t].admin.create_token("viewer", f"spare {n}")[0].token_id}
+
+
+def setup_nothing(api, t, n):
+    return {}
+
+
+ENDPOINTS = [
+    ("POST", "/federations", "admin", lambda p: {"federation_id": f"new-{p['n']}", "spec": SPEC}, setup_nothing, 201),
+    ("GET", "/federations", "viewer", None, setup_federation, 200),
+    ("GET", "/federations/{fid}", "viewer", None, setup_federation, 200),
+    ("PATCH", "/federations/{fid}", "admin", lambda p: {"description": "changed"}, setup_federation, 200),
+    ("DELETE", "/federations/{fid}", "admin", None, setup_federation, 204),
+    ("POST", "/federations/{fid}/runs", "operator", lambda p: {"run_id": f"started-{p['n']}"}, setup_federation, 201),
+    ("GET", "/runs", "viewer", None, setup_run, 200),
+    ("GET", "/runs/{run}", "viewer", None, setup_run, 200),
+    ("GET", "/runs/{run}/rounds", "viewer", None, setup_run, 200),
+    ("POST", "/runs/{run}/cancel", "operator", None, setup_run, 200),
+    ("GET", "/agents", "viewer", None, setup_agent, 200),
+    ("GET", "/agents/{agent}", "viewer", None, setup_agent, 200),
+    ("POST", "/agents/{agent}/disable", "operator", None, setup_agent, 200),
+    ("POST", "/agents/{agent}/enable", "operator", None, setup_agent, 200),
+    ("POST", "/tokens", "admin", lambda p: {"role": "viewer"}, setup_nothing, 201),
+    ("GET", "/tokens", "admin", None, setup_nothing, 200),
+    ("DELETE", "/tokens/{token}", "admin", None, setup_token, 204),
+]
+IDS = [f"{m} {p}" for m, p, *_ in ENDPOINTS]
+
+
+def is_problem(r: httpx.Response, status: int, code: str) -> bool:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["code"] == code and body["detail"]
+    return True
+
+
+@pytest.mark.parametrize(("method", "path", "least", "body", "setup", "ok"), ENDPOINTS, ids=IDS)
+def test_every_endpoint_with_every_role(api, method, path, least, body, setup, ok):
+    for n, who in enumerate((None, "not-a-token", *ROLES), start=1):
+        params = setup(api, "t1", n)
+        params["n"] = n
+        url = path.format(**params)
+        token = api.tenants["t1"].tokens.get(who, who) if who else None
+        r = api.call(method, url, token, json=body(params) if body else None)
+        if who is None or who == "not-a-token":
+            assert is_problem(r, 401, "unauthenticated")
+            assert r.headers["www-authenticate"] == "Bearer"
+        elif ROLES.index(who) < ROLES.index(least):
+            assert is_problem(r, 403, "permission_denied")
+            assert least in r.json()["detail"]
+        else:
+            assert r.status_code == ok, (who, r.text)
+
+
+@pytest.mark.parametrize(("method", "path", "least", "body", "setup", "ok"),
+                         [e for e in ENDPOINTS if "{" in e[1]], ids=[i for i, e in zip(IDS, ENDPOINTS, strict=True) if "{" in e[1]])
+def test_a_tenants_token_finds_nothing_of_another_tenant(api, method, path, least, body, setup, ok):
+    params = setup(api, "t2", 1)
+    params["n"] = 1
+    r = api.call(method, path.format(**params), api.tenants["t1"].tokens["admin"], json=body(params) if body else None)
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    # ... while the owner's token does reach it.
+    r = api.call(method, path.format(**params), api.tenants["t2"].tokens["admin"], json=body(params) if body else None)
+    assert r.status_code == ok, r.text
+
+
+def test_lists_show_only_the_tokens_tenant(api):
+    make_federation(api, "t1", "mine")
+    make_federation(api, "t2", "theirs")
+    register_agent(api, "t2", "their-agent")
+    t1 = api.tenants["t1"].tokens["viewer"]
+    assert [f["federation_id"] for f in api.call("GET", "/federations", t1).json()["items"]] == ["mine"]
+    assert api.call("GET", "/agents", t1).json()["items"] == []
+    tokens = api.call("GET", "/tokens", api.tenants["t1"].tokens["admin"]).json()["items"]
+    assert {t["name"] for t in tokens} == {"bootstrap", "viewer token", "operator token", "admin token"}
+    assert all("sha256" not in t and "token" not in t for t in tokens)
+
+
+def test_tokens_are_stored_as_hashes_and_revocation_takes_effect(api):
+    admin = api.tenants["t1"].tokens["admin"]
+    created = api.call("POST", "/tokens", admin, json={"role": "operator", "name": "ci"}).json()
+    secret = created["token"]
+    assert secret.startswith("fst_") and len(secret) > 40
+    stored = [t for t in api.tenants["t1"].admin.state.list_tokens() if t.token_id == created["token_id"]]
+    assert stored[0].sha256 != secret and secret not in repr(stored)
+    assert api.call("GET", "/runs", secret).status_code == 200
+    assert api.call("DELETE", f"/tokens/{created['token_id']}", admin).status_code == 204
+    assert is_problem(api.call("GET", "/runs", secret), 401, "unauthenticated")
+
+
+def test_health_needs_no_token(api):
+    r = api.call("GET", "/health", None)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"federation_id": "Bad_Id", "spec": SPEC}, "federation_id"),
+        ({"federation_id": "ok", "spec": {**SPEC, "rounds": 0}}, "spec.rounds"),
+        ({"federation_id": "ok", "spec": {**SPEC, "fraction": 2}}, "spec.fraction"),
+        ({"federation_id": "ok", "spec": {k: v for k, v in SPEC.items() if k != "task"}}, "spec.task"),
+        ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "every night"}}, "schedule.cron"),
+        ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "timezone": "Mars/Olympus"}},
+         "schedule.timezone"),
+        ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "missed": "sometimes"}},
+         "schedule.missed"),
+        ({"federation_id": "ok", "spec": {**SPEC, "strategy": {"name": "fedpav", "params": {"weights": "x"}}}},
+         "weights"),
+        ({"federation_id": "ok", "spec": {**SPEC, "strategy": {"name": "nope"}}}, "nope"),
+        ({"federation_id": "ok", "spec": SPEC, "colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_federations_are_refused_and_nothing_is_created(api, body, where):
+    r = api.call("POST", "/federations", api.tenants["t1"].tokens["admin"], json=body)
+    assert is_problem(r, 400, "invalid_argument")
+    assert where in r.json()["detail"]
+    assert api.tenants["t1"].admin.list_federations() == []
+
+
+def test_conflicts_and_missing_things(api):
+    admin = api.tenants["t1"].tokens["admin"]
+    body = {"federation_id": "nightly", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris"}}
+    created = api.call("POST", "/federations", admin, json=body)
+    assert created.status_code == 201
+    assert created.json()["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip"}
+    assert is_problem(api.call("POST", "/federations", admin, json=body), 409, "already_exists")
+    assert is_problem(api.call("GET", "/federations/absent", admin), 404, "federation_not_found")
+    assert is_problem(api.call("GET", "/runs/absent", admin), 404, "run_not_found")
+    assert is_problem(api.call("GET", "/agents/absent", admin), 404, "agent_not_found")
+    assert is_problem(api.call("GET", "/no/such/path", admin), 404, "not_found")
+    assert is_problem(api.call("GET", "/runs?federation=absent", admin), 404, "federation_not_found")
+    # A federation with a running run cannot be deleted; a finished run cannot be cancelled.
+    start_waiting_run(api, "t1", "busy", "busy-run")
+    assert is_problem(api.call("DELETE", "/federations/busy", admin), 409, "failed_precondition")
+    assert api.call("POST", "/runs/busy-run/cancel", admin).json()["state"] == "cancelled"
+    assert is_problem(api.call("POST", "/runs/busy-run/cancel", admin), 409, "failed_precondition")
+    assert api.call("DELETE", "/federations/busy", admin).status_code == 204
+    # Patching merges the spec and validates it whole.
+    patched = api.call("PATCH", "/federations/nightly", admin, json={"spec": {"rounds": 7}, "clear_schedule": True})
+    assert patched.json()["spec"]["rounds"] == 7 and patched.json()["spec"]["task"] == "digits"
+    assert patched.json()["schedule"] is None
+    bad = api.call("PATCH", "/federations/nightly", admin, json={"spec": {"rounds": -1}})
+    assert is_problem(bad, 400, "invalid_argument") and "spec.rounds" in bad.json()["detail"]
+    assert api.tenants["t1"].admin.get_federation("nightly").spec["rounds"] == 7
+
+
+def test_pagination_and_filters(api):
+    admin = api.tenants["t1"].tokens["admin"]
+    for i in range(7):
+        make_federation(api, "t1", f"f{i}")
+    seen, token, pages = [], "", 0
+    while True:
+        page = api.call("GET", f"/federations?limit=3&page_token={token}", admin).json()
+        seen += [f["federation_id"] for f in page["items"]]
+        pages += 1
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert seen == [f"f{i}" for i in range(7)] and pages == 3
+    assert is_problem(api.call("GET", "/federations?page_token=abc", admin), 400, "invalid_argument")
+    assert is_problem(api.call("GET", "/federations?limit=0", admin), 400, "invalid_argument")
+    assert is_problem(api.call("GET", "/runs?state=sleeping", admin), 400, "invalid_argument")
+    start_waiting_run(api, "t1", "w", "waiting")
+    register_agent(api, "t1", "a-1")
+    assert [r["run_id"] for r in api.call("GET", "/runs?state=running", admin).json()["items"]] == ["waiting"]
+    assert api.call("GET", "/runs?state=succeeded", admin).json()["items"] == []
+    assert [r["run_id"] for r in api.call("GET", "/runs?federation=w", admin).json()["items"]] == ["waiting"]
+    assert [a["agent_id"] for a in api.call("GET", "/agents?status=alive", admin).json()["items"]] == ["a-1"]
+    api.call("POST", "/agents/a-1/disable", admin)
+    assert api.call("GET", "/agents?status=alive", admin).json()["items"] == []
+    assert api.call("GET", "/agents/a-1", admin).json()["status"] == "disabled"
+
+
+def test_a_federations_runs_end_to_end_and_the_second_warm_starts(api):
+    tenant = api.tenants["t1"]
+    operator, viewer = tenant.tokens["operator"], tenant.tokens["viewer"]
+    make_federation(api, "t1", "digits-nightly")
+    agents = [SimAgent(f"a{i}", f"127.0.0.1:{tenant.grpc.port}", examples=10 * (i + 1), update=add_constant(1)).start()
+              for i in range(2)]
+    try:
+        agent = api.call("GET", "/agents/a0", viewer).json()
+        deadline = time.time() + 10
+        while not agent["connected"] and time.time() < deadline:
+            time.sleep(0.1)
+            agent = api.call("GET", "/agents/a0", viewer).json()
+        assert agent["status"] == "alive" and agent["connected"]
+        runs = []
+        for _ in range(2):
+            started = api.call("POST", "/federations/digits-nightly/runs", operator, json={})
+            assert started.status_code == 201, started.text
+            run_id = started.json()["run_id"]
+            deadline = time.time() + 60
+            while (run := api.call("GET", f"/runs/{run_id}", viewer).json())["state"] == "running":
+                assert time.time() < deadline
+                time.sleep(0.2)
+            runs.append(run)
+    finally:
+        for a in agents:
+            a.stop()
+    first, second = runs
+    assert first["state"] == "succeeded" and first["federation"] == "digits-nightly" and first["trigger"] == "api"
+    assert [r["kind"] for r in first["rounds"]] == ["init", "train", "train"]
+    assert first["rounds_committed"] == 2
+    train = first["rounds"][1]
+    assert train["state"] == "committed" and sorted(train["participants"]) == ["a0", "a1"]
+    assert train["updates"] == 2 and train["bytes_received"] > 0 and train["duration_s"] > 0
+    # The second run starts from the first's model: no init round.
+    assert second["spec"]["initial_version"] == first["latest_version"]
+    assert [r["kind"] for r in second["rounds"]] == ["train", "train"]
+    fed = api.call("GET", "/federations/digits-nightly", viewer).json()
+    assert fed["latest_version"] == second["latest_version"]
+    rounds = api.call("GET", f"/runs/{first['run_id']}/rounds?state=committed&limit=2", viewer).json()
+    assert [r["round"] for r in rounds["items"]] == [0, 1] and rounds["next_page_token"] == "2"
+
+
+def test_the_openapi_document_is_the_contract(api):
+    doc = httpx.get(api.url.removesuffix("/api/v1") + "/openapi.json", timeout=10).json()
+    assert doc["info"]["title"] == "fedstream admin API"
+    ops = [(m.upper(), p) for p, item in doc["paths"].items() for m in item]
+    for method, path, *_ in ENDPOINTS:
+        assert (method, "/api/v1" + path.replace("{fid}", "{federation_id}").replace("{run}", "{run_id}")
+                .replace("{agent}", "{agent_id}").replace("{token}", "{token_id}")) in ops
+    assert "Problem" in doc["components"]["schemas"]
