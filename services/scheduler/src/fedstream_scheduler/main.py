@@ -18,6 +18,7 @@ from fedstream_scheduler.admin import AdminService
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
+from fedstream_scheduler.cron import CronScheduler
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
@@ -42,6 +43,8 @@ async def serve(settings: SchedulerSettings) -> int:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
     admin = AdminService(service)
+    cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
+                         grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
     api = None
     if settings.api.enabled:
         api = ApiServer(build_api({settings.tenant.tenant: admin}), settings.api.host, settings.api.port)
@@ -68,10 +71,12 @@ async def serve(settings: SchedulerSettings) -> int:
         if settings.api.bootstrap_token is not None:
             admin.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
         service.start_adopting()
+        cron.start()
         await server.set_serving(True)
         log.info("serving")
     await stop.wait()
     log.info("shutting down")
+    await cron.stop()
     if api is not None:
         await api.stop()
     await server.stop()

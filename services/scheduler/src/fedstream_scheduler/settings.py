@@ -50,6 +50,13 @@ class SchedulerSettings(BaseSettings):
         10.0, gt=0, description="A run whose driving replica has not renewed its lease for "
         "this long is taken over by another (or a restarted) scheduler."
     )
+    schedule_tick_s: float = Field(
+        5.0, gt=0, le=60, description="How often the scheduler looks for due cron slots of its federations."
+    )
+    schedule_grace_s: float = Field(
+        120.0, gt=0, description="A cron slot found later than this (every replica was down) is a "
+        "missed slot, handled by the federation's missed policy (skip or run_once)."
+    )
     max_consecutive_failed_rounds: int = Field(
         3, ge=1, description="A run fails after this many failed rounds in a row."
     )

@@ -1,0 +1,137 @@
+"""Scheduled runs: each federation's cron schedule, fired by the scheduler itself.
+
+Every replica ticks; the one holding the Redis lease ``cron`` fires. A slot is the latest time
+the federation's cron expression matched (read in its time zone). It fires at most once: its
+run id is derived from the federation and the slot, and a run id exists only once, so a lease
+that changes hands mid-tick cannot start a slot twice. A slot that is found more than
+``grace_s`` late (every replica was down when it came) is a missed slot, handled by the
+federation's policy: ``skip`` records it and starts nothing, ``run_once`` starts one run on
+recovery (however many slots were missed). Slots before the federation was created never
+fire; a slot that comes while the federation's previous run still runs is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from fedstream.errors import AlreadyExists, FedstreamError
+from fedstream.state import FederationRecord
+from fedstream_scheduler.admin import AdminService
+
+log = logging.getLogger(__name__)
+
+LEASE = "cron"
+
+
+def latest_slot(schedule: dict[str, str], now_unix: float) -> float:
+    """The latest time at or before ``now_unix`` that the schedule matches. (croniter's
+    get_prev excludes its start when it is itself a match: starting one second on, at a whole
+    second, includes it.)"""
+    tz = ZoneInfo(schedule.get("timezone", "UTC"))
+    start = datetime.fromtimestamp(math.floor(now_unix) + 1, tz)
+    return float(croniter(schedule["cron"], start).get_prev(datetime).timestamp())
+
+
+def slot_run_id(federation_id: str, slot_unix: float) -> str:
+    stamp = datetime.fromtimestamp(slot_unix, UTC).strftime("%Y%m%d-%H%M")
+    name = federation_id
+    if len(name) > 48:
+        name = f"{name[:41]}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return f"{name}-{stamp}"
+
+
+class CronScheduler:
+    def __init__(
+        self,
+        admin: AdminService,
+        holder: str,
+        *,
+        tick_s: float = 5.0,
+        grace_s: float = 120.0,
+        lease_ttl_s: float = 15.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.admin = admin
+        self.state = admin.state
+        self.holder = holder
+        self.tick_s = tick_s
+        self.grace_s = grace_s
+        self.lease_ttl_s = lease_ttl_s
+        self.clock = clock or admin.clock
+        self._task: asyncio.Task[None] | None = None
+
+    def tick(self) -> list[str]:
+        """One pass over every scheduled federation, if this replica holds the lease; returns
+        the runs it started."""
+        now = self.clock()
+        if not self.state.acquire_lease(LEASE, self.holder, self.lease_ttl_s, now):
+            return []
+        started = []
+        for fed in self.state.list_federations():
+            if not fed.schedule:
+                continue
+            try:
+                run_id = self._fire(fed, now)
+            except FedstreamError as e:
+                log.warning("federation %s: scheduled run not started: %s", fed.federation_id, e.public)
+                continue
+            if run_id:
+                started.append(run_id)
+        return started
+
+    def _fire(self, fed: FederationRecord, now: float) -> str:
+        slot = latest_slot(fed.schedule, now)
+        if slot < fed.created_unix:
+            return ""
+        marker = f"{fed.federation_id}:{slot:.0f}"
+        if self.state.is_marked("cron-slot", marker):
+            return ""
+        late = now - slot > self.grace_s
+        if late and fed.schedule.get("missed", "skip") == "skip":
+            if self.state.mark_once("cron-slot", marker):
+                log.warning("federation %s: slot %s missed (%.0f s late): skipped", fed.federation_id,
+                            datetime.fromtimestamp(slot, UTC).isoformat(), now - slot)
+            return ""
+        running = [r.run_id for r in self.state.list_runs() if r.federation == fed.federation_id and r.state == "running"]
+        if running:
+            if self.state.mark_once("cron-slot", marker):
+                log.warning("federation %s: slot %s skipped: run %s still runs", fed.federation_id,
+                            datetime.fromtimestamp(slot, UTC).isoformat(), running[0])
+            return ""
+        run_id = slot_run_id(fed.federation_id, slot)
+        try:
+            self.admin.start_run(fed.federation_id, run_id, trigger="schedule")
+        except AlreadyExists:
+            self.state.mark_once("cron-slot", marker)
+            return ""
+        self.state.mark_once("cron-slot", marker)
+        log.info("federation %s: scheduled run %s started%s", fed.federation_id, run_id,
+                 f" ({now - slot:.0f} s late: missed slot run once)" if late else "")
+        return run_id
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except FedstreamError as e:
+                log.warning("schedules: %s", e.public)
+            except Exception:
+                log.exception("schedules: tick failed")
+            await asyncio.sleep(self.tick_s)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self.state.release_lease(LEASE, self.holder)
