@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from fedstream.state import RunRecord
 from fedstream.state.redis import RedisStateStore, connect
+from fedstream.store import LocalModelStore
 from fedstream_scheduler.admin import AdminService
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
@@ -19,6 +21,7 @@ from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.server import SchedulerServer, build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
+from helpers import random_model, store_model
 from integration.test_scheduler import LoopThread
 from sim_agent import SimAgent, add_constant
 
@@ -47,7 +50,7 @@ class Api:
 
 
 @pytest.fixture
-def api(aggregator, redis_url) -> Iterator[Api]:
+def api(aggregator, model_store, redis_url, tmp_path) -> Iterator[Api]:
     loop = LoopThread()
     settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{aggregator.port}", heartbeat_interval_s=0.2,
                                  heartbeat_ttl_s=2.0)
@@ -57,7 +60,8 @@ def api(aggregator, redis_url) -> Iterator[Api]:
         for name in ("t1", "t2"):
             service = SchedulerService(RedisStateStore(connect(redis_url), name),
                                        AggregatorClient(settings.aggregator_endpoint), settings)
-            admin = AdminService(service)
+            store = model_store if name == "t1" else LocalModelStore(tmp_path / "models", tenant=name)
+            admin = AdminService(service, store)
             admin.ensure_bootstrap(f"bootstrap-secret-of-{name}")
             tokens = {"bootstrap": f"bootstrap-secret-of-{name}"}
             for role in ROLES:
@@ -119,6 +123,15 @@ def setup_token(api, t, n):
     return {"token": api.tenants[t].admin.create_token("viewer", f"spare {n}")[0].token_id}
 
 
+def setup_model(api, t, n):
+    admin = api.tenants[t].admin
+    make_federation(api, t, f"mfed-{n}")
+    admin.state.create_run(RunRecord(f"mrun-{n}", {}, state="succeeded", federation=f"mfed-{n}",
+                                     latest_version=f"mrun-{n}/000001"))
+    store_model(admin.store, f"mrun-{n}/000001", random_model(n))
+    return {"fid": f"mfed-{n}", "run": f"mrun-{n}", "number": "000001"}
+
+
 def setup_nothing(api, t, n):
     return {}
 
@@ -138,6 +151,11 @@ ENDPOINTS = [
     ("GET", "/agents/{agent}", "viewer", None, setup_agent, 200),
     ("POST", "/agents/{agent}/disable", "operator", None, setup_agent, 200),
     ("POST", "/agents/{agent}/enable", "operator", None, setup_agent, 200),
+    ("GET", "/federations/{fid}/models", "viewer", None, setup_model, 200),
+    ("GET", "/models/{run}/{number}", "viewer", None, setup_model, 200),
+    ("GET", "/models/{run}/{number}/download", "viewer", None, setup_model, 200),
+    ("POST", "/models/{run}/{number}/pin", "operator", None, setup_model, 200),
+    ("POST", "/models/{run}/{number}/unpin", "operator", None, setup_model, 200),
     ("POST", "/tokens", "admin", lambda p: {"role": "viewer"}, setup_nothing, 201),
     ("GET", "/tokens", "admin", None, setup_nothing, 200),
     ("DELETE", "/tokens/{token}", "admin", None, setup_token, 204),
@@ -340,5 +358,45 @@ def test_the_openapi_document_is_the_contract(api):
     ops = [(m.upper(), p) for p, item in doc["paths"].items() for m in item]
     for method, path, *_ in ENDPOINTS:
         assert (method, "/api/v1" + path.replace("{fid}", "{federation_id}").replace("{run}", "{run_id}")
-                .replace("{agent}", "{agent_id}").replace("{token}", "{token_id}")) in ops
+                .replace("{agent}", "{agent_id}").replace("{token}", "{token_id}").replace("{run}", "{run_id}")) in ops
     assert "Problem" in doc["components"]["schemas"]
+
+
+def test_models_listed_described_downloaded_and_pinned(api, tmp_path):
+    from safetensors.torch import load_file
+
+    admin_token, viewer = api.tenants["t1"].tokens["operator"], api.tenants["t1"].tokens["viewer"]
+    setup_model(api, "t1", 1)
+    store = api.tenants["t1"].admin.store
+    store_model(store, "mrun-1/000002", random_model(2))
+    models = api.call("GET", "/federations/mfed-1/models", viewer).json()["items"]
+    assert [m["version"] for m in models] == ["mrun-1/000001", "mrun-1/000002"]
+    assert not any(m["pinned"] for m in models)
+    one = api.call("GET", "/models/mrun-1/000002", viewer).json()
+    assert one["run_id"] == "mrun-1" and one["round"] == 2 and one["metadata"] == {"test": "yes"}
+    assert {t["name"] for t in one["tensors"]} == set(random_model(2))
+    with httpx.stream("GET", api.url + "/models/mrun-1/000002/download", headers={"Authorization": f"Bearer {viewer}"},
+                      timeout=30) as r:
+        assert r.status_code == 200
+        assert int(r.headers["content-length"]) == one["size_bytes"]
+        path = tmp_path / "m.safetensors"
+        path.write_bytes(b"".join(r.iter_bytes()))
+    got = load_file(str(path))
+    assert set(got) == set(random_model(2))
+    for name, (dtype, arr) in random_model(2).items():
+        if dtype != "bfloat16":
+            assert (got[name].numpy() == arr).all(), name
+    # Pinning: a new run of the federation starts from the newest pinned model, not the latest.
+    assert api.call("POST", "/models/mrun-1/000001/pin", admin_token).json()["pinned"]
+    assert store.pinned("mrun-1") == ["mrun-1/000001"]
+
+    async def start() -> str:
+        return api.tenants["t1"].admin.start_run("mfed-1", "from-pin").spec["initial_version"]
+
+    assert api.loop.run(start()) == "mrun-1/000001"
+    assert not api.call("POST", "/models/mrun-1/000001/unpin", admin_token).json()["pinned"]
+    # Bad and missing versions.
+    assert is_problem(api.call("GET", "/models/mrun-1/000009", viewer), 404, "model_not_found")
+    assert is_problem(api.call("GET", "/models/mrun-1/12", viewer), 400, "invalid_argument")
+    assert is_problem(api.call("GET", "/models/no-such-run/000001", viewer), 404, "model_not_found")
+    assert is_problem(api.call("GET", "/federations/absent/models", viewer), 404, "federation_not_found")

@@ -71,7 +71,8 @@ class LocalFederation:
             name,
             "fedstream_scheduler",
             "FEDSTREAM_SCHEDULER_",
-            {"AGGREGATOR_ENDPOINT": aggregator, "API__HOST": "127.0.0.1", "API__PORT": "0",
+            {"AGGREGATOR_ENDPOINT": aggregator, "STORE__PATH": str(self.workdir / "models"),
+             "API__HOST": "127.0.0.1", "API__PORT": "0",
              "API__PORT_FILE": str(api_port_file), **(settings or {})},
         )
 

@@ -16,8 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import ValidationError
 
-from fedstream.errors import FailedPrecondition, InvalidArgument
+from fedstream.errors import FailedPrecondition, FedstreamError, InvalidArgument, ModelNotFound, Unavailable
 from fedstream.state import AgentRecord, FederationRecord, RoundRecord, RunRecord, TokenRecord
+from fedstream.store import ModelReader, ModelStore, ModelVersion
+from fedstream.store.base import parse_version
 from fedstream.strategies import make_strategy
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.service import SchedulerService
@@ -73,8 +75,11 @@ class Principal:
 class AdminService:
     """One tenant's admin operations over its scheduler and state store."""
 
-    def __init__(self, scheduler: SchedulerService, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, scheduler: SchedulerService, store: ModelStore | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
         self.scheduler = scheduler
+        self.store = store
         self.state = scheduler.state
         self.tenant = scheduler.state.tenant
         self.clock = clock or scheduler.clock
@@ -164,14 +169,77 @@ class AdminService:
         runs = [r for r in self.state.list_runs() if r.federation == federation_id and r.latest_version]
         return max(runs, key=lambda r: (r.created_unix, r.run_id)).latest_version if runs else ""
 
+    def pinned_version(self, federation_id: str) -> str:
+        """The newest pinned model of the federation's runs; empty when none is pinned."""
+        if self.store is None:
+            return ""
+        pinned = []
+        for run in self._runs_of(federation_id):
+            pinned += [(run.created_unix, v) for v in self.store.pinned(run.run_id)]
+        return max(pinned)[1] if pinned else ""
+
+    def _runs_of(self, federation_id: str) -> list[RunRecord]:
+        return [r for r in self.state.list_runs() if r.federation == federation_id]
+
     def start_run(self, federation_id: str, run_id: str = "", initial_version: str = "",
                   trigger: str = "api") -> RunRecord:
-        """Starts a run of the federation, warm-started from ``initial_version`` or else the
-        federation's latest model (an init round when it has none)."""
+        """Starts a run of the federation, warm-started from ``initial_version``, else the
+        federation's newest pinned model, else its latest (an init round when it has none)."""
         fed = self.state.get_federation(federation_id)
         spec = dict(fed.spec)
-        spec["initial_version"] = initial_version or self.latest_version(federation_id) or spec.get("initial_version", "")
+        spec["initial_version"] = (
+            initial_version or self.pinned_version(federation_id) or self.latest_version(federation_id)
+            or spec.get("initial_version", "")
+        )
         return self.scheduler.start_run(spec, run_id, federation=federation_id, trigger=trigger)
+
+    # Models.
+
+    def _models(self) -> ModelStore:
+        if self.store is None:
+            raise Unavailable("this scheduler has no model store configured")
+        return self.store
+
+    def list_models(self, federation_id: str) -> list[tuple[ModelVersion, bool]]:
+        """Every stored version of the federation's runs, oldest run first, with whether it is
+        pinned."""
+        self.state.get_federation(federation_id)
+        store = self._models()
+        out = []
+        for run in self._runs_of(federation_id):
+            pinned = set(store.pinned(run.run_id))
+            for version in store.versions(run.run_id):
+                try:
+                    out.append((store.info(version), version in pinned))
+                except ModelNotFound:
+                    continue  # removed by retention meanwhile
+        return out
+
+    def _check_ours(self, version: str) -> str:
+        """The version, if one of this tenant's runs made it (ModelNotFound otherwise)."""
+        run_id, _ = parse_version(version)
+        try:
+            self.state.get_run(run_id)
+        except FedstreamError:
+            raise ModelNotFound(f"model {version} not found") from None
+        return version
+
+    def model_info(self, version: str) -> tuple[ModelVersion, bool]:
+        store = self._models()
+        info = store.info(self._check_ours(version))
+        return info, version in store.pinned(parse_version(version)[0])
+
+    def open_model(self, version: str) -> ModelReader:
+        return self._models().open(self._check_ours(version))
+
+    def pin(self, version: str, pinned: bool) -> tuple[ModelVersion, bool]:
+        store = self._models()
+        self._check_ours(version)
+        if pinned:
+            store.pin(version)
+        else:
+            store.unpin(version)
+        return self.model_info(version)
 
     # Runs.
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 
-from fedstream.backends import check_state_store, make_state_store
+from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
@@ -42,7 +42,8 @@ async def serve(settings: SchedulerSettings) -> int:
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
-    admin = AdminService(service)
+    store = make_model_store(settings.store, settings.tenant.tenant)
+    admin = AdminService(service, store)
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
     api = None
@@ -66,7 +67,10 @@ async def serve(settings: SchedulerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
-    checks = {getattr(state, "endpoint", "state store"): lambda: check_state_store(state)}
+    checks = {
+        getattr(state, "endpoint", "state store"): lambda: check_state_store(state),
+        getattr(store, "endpoint", "model store"): lambda: check_model_store(store),
+    }
     if await asyncio.to_thread(wait_until_reachable, checks, stopping):
         if settings.api.bootstrap_token is not None:
             admin.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())

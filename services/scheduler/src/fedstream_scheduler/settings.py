@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, TenantSettings
+from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, StoreSettings, TenantSettings
 
 
 class ApiSettings(BaseModel):
@@ -34,6 +34,10 @@ class SchedulerSettings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST admin API.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
+    store: StoreSettings = Field(
+        default_factory=StoreSettings,
+        description="Model store (the aggregator's): the admin API lists, serves and pins its versions.",
+    )
     aggregator_endpoint: str = Field(
         "localhost:50052", description="host:port where the scheduler reaches the aggregator."
     )

@@ -14,12 +14,15 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated
+from fedstream.safetensors_io import encode_header
 from fedstream.state import AgentRecord, FederationRecord, RoundRecord, RunRecord, TokenRecord
+from fedstream.store import ModelVersion
+from fedstream.store.base import parse_version
 from fedstream_scheduler.admin import AdminService, Principal
 from fedstream_scheduler.api import schemas as s
 
@@ -84,6 +87,16 @@ def agent_body(admin: AdminService, a: AgentRecord) -> s.Agent:
         agent_id=a.agent_id, status=admin.agent_status(a), connected=admin.connected(a.agent_id),  # type: ignore[arg-type]
         labels=a.labels, capabilities=a.capabilities, tasks=a.tasks,
         registered_unix=a.registered_unix, last_heartbeat_unix=a.last_heartbeat_unix,
+    )
+
+
+def model_body(info: ModelVersion, pinned: bool) -> s.Model:
+    run_id, rnd = parse_version(info.version)
+    return s.Model(
+        version=info.version, run_id=run_id, round=rnd, created_unix=info.created_unix,
+        size_bytes=len(encode_header(info.layout, info.metadata)) + info.layout.total_bytes,
+        sha256=info.sha256, pinned=pinned, metadata=info.metadata,
+        tensors=[s.TensorInfo(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in info.layout.tensors],
     )
 
 
@@ -190,6 +203,51 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         admin, _ = auth
         rec = admin.start_run(federation_id, body.run_id, body.initial_version)
         return s.Run(**run_body(rec, []))
+
+    # Models.
+
+    @app.get("/api/v1/federations/{federation_id}/models", tags=["models"])
+    async def list_models(federation_id: str, auth: Viewer, limit: Limit = 50, page_token: PageToken = "") -> s.Page[s.Model]:
+        admin, _ = auth
+        items, nxt = paginate(admin.list_models(federation_id), limit, page_token)
+        return s.Page[s.Model](items=[model_body(i, p) for i, p in items], next_page_token=nxt)
+
+    @app.get("/api/v1/models/{run_id}/{number}", tags=["models"])
+    async def get_model(run_id: str, number: str, auth: Viewer) -> s.Model:
+        admin, _ = auth
+        return model_body(*admin.model_info(f"{run_id}/{number}"))
+
+    @app.get(
+        "/api/v1/models/{run_id}/{number}/download", tags=["models"], response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file."}},
+    )
+    async def download_model(run_id: str, number: str, auth: Viewer) -> StreamingResponse:
+        admin, _ = auth
+        reader = admin.open_model(f"{run_id}/{number}")
+        header = encode_header(reader.info.layout, reader.info.metadata)
+
+        def body() -> Any:
+            with reader:
+                yield header
+                for chunk in reader.iter_chunks(1 << 20):
+                    yield bytes(chunk.data)
+
+        filename = f"{run_id}-{number}.safetensors"
+        return StreamingResponse(body(), media_type="application/octet-stream", headers={
+            "Content-Length": str(len(header) + reader.info.layout.total_bytes),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Fedstream-Sha256": reader.info.sha256,
+        })
+
+    @app.post("/api/v1/models/{run_id}/{number}/pin", tags=["models"])
+    async def pin_model(run_id: str, number: str, auth: Operator) -> s.Model:
+        admin, _ = auth
+        return model_body(*admin.pin(f"{run_id}/{number}", True))
+
+    @app.post("/api/v1/models/{run_id}/{number}/unpin", tags=["models"])
+    async def unpin_model(run_id: str, number: str, auth: Operator) -> s.Model:
+        admin, _ = auth
+        return model_body(*admin.pin(f"{run_id}/{number}", False))
 
     # Runs.
 

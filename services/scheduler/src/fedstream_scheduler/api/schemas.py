@@ -111,6 +111,24 @@ class RunDetail(Run):
     rounds: list[Round]
 
 
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+class Model(BaseModel):
+    version: str = Field(description="RUN/NNNNNN: the run and the round that committed it.")
+    run_id: str
+    round: int
+    created_unix: float
+    size_bytes: int = Field(description="Bytes of the safetensors file a download returns.")
+    sha256: str = Field(description="SHA-256 of the tensor data section.")
+    pinned: bool = Field(description="Kept through retention; a federation's runs start from its newest pinned model.")
+    metadata: dict[str, str]
+    tensors: list[TensorInfo]
+
+
 class Agent(BaseModel):
     agent_id: str
     status: Literal["alive", "stale", "disabled"]
