@@ -22,12 +22,13 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 		-e 'core[torch]' -e services/scheduler -e services/aggregator -e services/client-agent
 	touch $@
 
-# Servers the tests start on loopback ports of their own: Debian's redis-server. (The S3 server
+# Servers the tests start on loopback ports of their own: Debian's redis-server and prometheus
+# (whose promtool checks the alerting rules). (The S3 server
 # is moto's, installed with the Python test requirements.)
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+		echo "installing redis-server and prometheus"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/fedstream demo

@@ -45,6 +45,7 @@ class LocalFederation:
             f"{prefix}GRPC__HOST": "127.0.0.1",
             f"{prefix}GRPC__PORT": "0",
             f"{prefix}GRPC__PORT_FILE": str(port_file),
+            **self._metrics_env(name, prefix),
             **{prefix + k: v for k, v in settings.items()},
         }
         proc = self.start(name, module, env)
@@ -92,7 +93,26 @@ class LocalFederation:
             "DATA__NUM_SITES": str(num_sites),
             **(settings or {}),
         }
-        return self.start(agent_id, "fedstream_agent", {f"FEDSTREAM_AGENT_{k}": v for k, v in env.items()})
+        return self.start(agent_id, "fedstream_agent", {
+            **self._metrics_env(agent_id, "FEDSTREAM_AGENT_"), **{f"FEDSTREAM_AGENT_{k}": v for k, v in env.items()},
+        })
+
+    def _metrics_env(self, name: str, prefix: str) -> dict[str, str]:
+        """Each process's /metrics on a free loopback port, written to ``<name>.metrics-port``."""
+        port_file = self.workdir / f"{name}.metrics-port"
+        port_file.unlink(missing_ok=True)
+        return {f"{prefix}METRICS__HOST": "127.0.0.1", f"{prefix}METRICS__PORT": "0",
+                f"{prefix}METRICS__PORT_FILE": str(port_file)}
+
+    def metrics_address(self, name: str, timeout: float = 60) -> str:
+        """host:port of a process's /metrics (waiting for it to bind)."""
+        port_file = self.workdir / f"{name}.metrics-port"
+        give_up = time.monotonic() + timeout
+        while not port_file.exists():
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"{name} never served its metrics:\n{self.tail(name)}")
+            time.sleep(0.05)
+        return f"127.0.0.1:{int(port_file.read_text())}"
 
     def wait_port(self, name: str, proc: subprocess.Popen[bytes], port_file: Path, timeout: float = 60) -> int:
         give_up = time.monotonic() + timeout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from fedstream.errors import (
     RunNotFound,
     Unavailable,
 )
+from fedstream.metrics import STATE_OPERATION_ERRORS, STATE_OPERATION_SECONDS
 from fedstream.state.base import (
     AGGREGATION_TRANSITIONS,
     ROUND_TRANSITIONS,
@@ -66,12 +68,20 @@ return 1
 
 
 def _unavailable(fn: F) -> F:
+    """Redis errors become Unavailable; every call's latency and failures are measured."""
+    operation = fn.__name__
+
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        labels = (self.tenant, "redis", operation)
+        start = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return fn(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as e:
+            STATE_OPERATION_ERRORS.labels(*labels).inc()
             raise Unavailable("state store unreachable", detail=str(e)) from e
+        finally:
+            STATE_OPERATION_SECONDS.labels(*labels).observe(time.perf_counter() - start)
 
     return wrapper  # type: ignore[return-value]
 

@@ -31,6 +31,13 @@ _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 EVALUATION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 
+# The methods whose latency and failures are measured (fedstream.metrics.instrument).
+STORE_METHODS = (
+    "writer", "open", "info", "latest", "versions", "update_writer", "open_update", "delete_updates",
+    "state_writer", "open_state", "put_evaluation", "evaluations", "delete", "pin", "unpin", "pinned",
+)
+
+
 def check_run_id(run_id: str) -> str:
     if not _RUN_ID_RE.match(run_id):
         raise InvalidArgument(

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fedstream.errors import AlreadyExists, CorruptModel, ModelNotFound
+from fedstream.metrics import STORE_OPERATION_ERRORS, STORE_OPERATION_SECONDS, instrument
 from fedstream.safetensors_io import encode_header, read_header
 from fedstream.store.base import (
+    STORE_METHODS,
     ModelReader,
     ModelStore,
     ModelVersion,
@@ -218,3 +220,6 @@ class LocalModelStore(ModelStore):
             p.stem for p in d.glob("*.safetensors") if p.stem.isdigit() and p.with_suffix(".json").exists()
         )
         return [f"{run_id}/{n}" for n in names]
+
+
+instrument(LocalModelStore, STORE_METHODS, STORE_OPERATION_SECONDS, STORE_OPERATION_ERRORS, "local")

@@ -27,8 +27,10 @@ from minio.error import S3Error
 
 from fedstream.config import S3Settings
 from fedstream.errors import AlreadyExists, CorruptModel, ModelNotFound, Unavailable
+from fedstream.metrics import STORE_OPERATION_ERRORS, STORE_OPERATION_SECONDS, instrument
 from fedstream.safetensors_io import MAX_HEADER_BYTES, encode_header, read_header
 from fedstream.store.base import (
+    STORE_METHODS,
     ModelReader,
     ModelStore,
     ModelVersion,
@@ -372,3 +374,5 @@ def check_reachable(store: ModelStore) -> None:
     if isinstance(store, S3ModelStore):
         store.ensure_bucket()
 
+
+instrument(S3ModelStore, STORE_METHODS, STORE_OPERATION_SECONDS, STORE_OPERATION_ERRORS, "s3")

@@ -77,6 +77,7 @@ from fedstream.tensors import (
     crc32c,
     iter_chunks,
 )
+from fedstream_aggregator import metrics as m
 from fedstream_aggregator.distill import Distiller
 
 log = logging.getLogger(__name__)
@@ -729,6 +730,32 @@ class AggregatorService:
     def receive_update(
         self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]]
     ) -> tuple[bool, int]:
+        """``_receive_update``, measured: chunks and bytes received, updates counted or refused."""
+        tenant = self.state.tenant
+        counted = 0
+
+        def counting() -> Iterator[tuple[int, bytes, int]]:
+            nonlocal counted
+            for item in chunks:
+                counted += 1
+                m.CHUNKS_RECEIVED.labels(tenant).inc()
+                m.BYTES_RECEIVED.labels(tenant).inc(len(item[1]))
+                yield item
+
+        try:
+            duplicate, received = self._receive_update(header, counting())
+        except FedstreamError as e:
+            m.UPDATES_REJECTED.labels(tenant, e.code).inc()
+            raise
+        if not duplicate:
+            with self._lock:
+                rnd = self._rounds.get((header.run_id, header.round))
+            m.UPDATES_FOLDED.labels(tenant, rnd.plan.kind if rnd is not None else "train").inc()
+        return duplicate, received
+
+    def _receive_update(
+        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]]
+    ) -> tuple[bool, int]:
         """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
 
         Raises RoundNotFound, AgentNotSelected, RoundNotOpen, InvalidLayout, InvalidArgument,
@@ -927,6 +954,16 @@ class AggregatorService:
             cancel()
 
     def _commit(self, rnd: _Round) -> None:
+        started = time.perf_counter()
+        try:
+            self._commit_round(rnd)
+        finally:
+            outcome = rnd.state if rnd.state in ("committed", "failed") else "unknown"
+            m.COMMITS.labels(self.state.tenant, rnd.plan.kind, outcome).inc()
+            if outcome == "committed":
+                m.AGGREGATION_SECONDS.labels(self.state.tenant, rnd.strategy.name).observe(time.perf_counter() - started)
+
+    def _commit_round(self, rnd: _Round) -> None:
         plan = rnd.plan
         if plan.kind == "evaluate":
             self._commit_evaluation(rnd)
@@ -1295,9 +1332,14 @@ class AggregatorService:
             version = latest
         reader = self.store.open(version)
 
+        tenant = self.state.tenant
+
         def chunks() -> Iterator[Chunk]:
             with reader:
-                yield from reader.iter_chunks(chunk_bytes)
+                for chunk in reader.iter_chunks(chunk_bytes):
+                    m.CHUNKS_SENT.labels(tenant).inc()
+                    m.BYTES_SENT.labels(tenant).inc(len(chunk.data))
+                    yield chunk
 
         return reader.info, chunks()
 

@@ -16,6 +16,7 @@ from fedstream.config import (
     StoreSettings,
     TenantSettings,
 )
+from fedstream.metrics import MetricsSettings
 
 
 class LeafSettings(BaseModel):
@@ -52,6 +53,7 @@ class AggregatorSettings(BaseSettings):
         default_factory=lambda: GrpcServerSettings(port=50052), description="gRPC server."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Model store.")
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Download chunks.")

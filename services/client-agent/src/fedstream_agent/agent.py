@@ -25,6 +25,7 @@ from fedstream.tasks.torchio import buffers_of, layout_of, state_of
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel, download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_agent import metrics as m
 from fedstream_agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,20 @@ class Agent:
             log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
             return
         self._handled.add(key)
+        kind = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train",
+                round_pb2.ROUND_KIND_EVALUATE: "evaluate"}.get(a.kind, "unknown")
+        outcome = "abandoned"
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
             try:
                 self._handle(a)
                 self.rounds_done += 1
+                outcome = "done"
             except grpc.RpcError as e:
                 log.error("round abandoned: %s: %s", e.code().name, e.details())
             except Exception:
                 log.exception("round abandoned")
+            finally:
+                m.ROUNDS.labels(a.task, kind, outcome).inc()
 
     def _handle(self, a: scheduler_pb2.Assignment) -> None:
         task, data = self._task(a.task)
@@ -211,6 +218,8 @@ class Agent:
             mixed_precision=self.settings.mixed_precision,
         )
         result = task.train(model, data, params, self.device)
+        m.TRAIN_SECONDS.labels(a.task).observe(result.metrics.get("train_seconds", 0.0))
+        m.SAMPLES.labels(a.task).inc(result.metrics.get("examples_seen", 0.0))
         state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
         layout = layout_of(state)
         metrics = {**result.metrics, "download_seconds": download_s}
@@ -326,6 +335,7 @@ class Agent:
                     chunk_bytes=chunk_bytes,
                 )
                 log.info("update uploaded: %d bytes%s", reply.bytes_received, " (duplicate)" if reply.duplicate else "")
+                m.BYTES_UPLOADED.labels(a.task).inc(reply.bytes_received)
                 return
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():

@@ -45,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
     tune_allocator()
+    from fedstream.metrics import serve_metrics
     from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
+    try:
+        port = serve_metrics(settings.metrics, "agent")
+    except OSError as e:
+        log.error("metrics: %s", e)
+        return EXIT_BAD_SETTINGS
+    if port:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
     agent = Agent(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.shutdown())

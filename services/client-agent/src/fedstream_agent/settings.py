@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
+from fedstream.metrics import MetricsSettings
 from fedstream.tasks.base import SiteDataSettings
 
 
@@ -37,6 +38,7 @@ class AgentSettings(BaseSettings):
     )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Longest wait between attempts to reach the scheduler."
     )

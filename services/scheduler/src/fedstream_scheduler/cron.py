@@ -24,6 +24,7 @@ from croniter import croniter
 
 from fedstream.errors import AlreadyExists, FedstreamError
 from fedstream.state import FederationRecord
+from fedstream_scheduler import metrics as m
 from fedstream_scheduler.admin import AdminService
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ class CronScheduler:
         """One pass over every scheduled federation, if this replica holds the lease; returns
         the runs it started."""
         now = self.clock()
+        federations = self.state.list_federations()
+        self._refresh_gauges(federations)
         if not self.state.acquire_lease(LEASE, self.holder, self.lease_ttl_s, now):
             return []
         started = []
-        for fed in self.state.list_federations():
+        for fed in federations:
             if not fed.schedule:
                 continue
             try:
@@ -87,6 +90,16 @@ class CronScheduler:
                 started.append(run_id)
         return started
 
+    def _refresh_gauges(self, federations: list[FederationRecord]) -> None:
+        """Fleet and schedule gauges, from the shared state (every replica reports the same)."""
+        tenant = self.admin.tenant
+        m.SCHEDULED_FEDERATIONS.labels(tenant).set(sum(1 for f in federations if f.schedule))
+        counts = {"alive": 0, "stale": 0, "disabled": 0}
+        for agent in self.state.list_agents():
+            counts[self.admin.agent_status(agent)] += 1
+        for status, n in counts.items():
+            m.AGENTS_REGISTERED.labels(tenant, status).set(n)
+
     def _fire(self, fed: FederationRecord, now: float) -> str:
         slot = latest_slot(fed.schedule, now)
         if slot < fed.created_unix:
@@ -97,12 +110,14 @@ class CronScheduler:
         late = now - slot > self.grace_s
         if late and fed.schedule.get("missed", "skip") == "skip":
             if self.state.mark_once("cron-slot", marker):
+                m.SCHEDULED_SLOTS.labels(self.admin.tenant, fed.federation_id, "missed").inc()
                 log.warning("federation %s: slot %s missed (%.0f s late): skipped", fed.federation_id,
                             datetime.fromtimestamp(slot, UTC).isoformat(), now - slot)
             return ""
         running = [r.run_id for r in self.state.list_runs() if r.federation == fed.federation_id and r.state == "running"]
         if running:
             if self.state.mark_once("cron-slot", marker):
+                m.SCHEDULED_SLOTS.labels(self.admin.tenant, fed.federation_id, "skipped_running").inc()
                 log.warning("federation %s: slot %s skipped: run %s still runs", fed.federation_id,
                             datetime.fromtimestamp(slot, UTC).isoformat(), running[0])
             return ""
@@ -113,6 +128,7 @@ class CronScheduler:
             self.state.mark_once("cron-slot", marker)
             return ""
         self.state.mark_once("cron-slot", marker)
+        m.SCHEDULED_SLOTS.labels(self.admin.tenant, fed.federation_id, "started").inc()
         log.info("federation %s: scheduled run %s started%s", fed.federation_id, run_id,
                  f" ({now - slot:.0f} s late: missed slot run once)" if late else "")
         return run_id

@@ -34,6 +34,7 @@ from fedstream.state.base import TERMINAL_ROUND_STATES
 from fedstream.store.base import check_run_id
 from fedstream.strategies import make_strategy
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
+from fedstream_scheduler import metrics as m
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.settings import SchedulerSettings
@@ -87,6 +88,8 @@ class SchedulerService:
         self._adopter: asyncio.Task[None] | None = None
         # Each running round's assignment of every participant, sent again when one reconnects.
         self._pending: dict[tuple[str, int], dict[str, scheduler_pb2.AgentEvent]] = {}
+        # When each round this replica follows entered aggregation (for the phase histogram).
+        self._aggregating_since: dict[tuple[str, int], float] = {}
 
     # Agents.
 
@@ -120,6 +123,7 @@ class SchedulerService:
         if old is not None:
             old.put_nowait(_CLOSE)
         self._streams[agent_id] = queue
+        m.AGENTS_CONNECTED.labels(self.state.tenant).set(len(self._streams))
         for events in list(self._pending.values()):
             if agent_id in events:
                 queue.put_nowait(events[agent_id])
@@ -134,6 +138,7 @@ class SchedulerService:
         finally:
             if self._streams.get(agent_id) is queue:
                 del self._streams[agent_id]
+            m.AGENTS_CONNECTED.labels(self.state.tenant).set(len(self._streams))
             log.info("agent %s disconnected", agent_id)
 
     def is_connected(self, agent_id: str) -> bool:
@@ -189,6 +194,7 @@ class SchedulerService:
         self.state.create_run(run)
         self._try_lead(run_id)
         self._launch(run_id, spec)
+        m.RUNS_STARTED.labels(self.state.tenant, federation or "none", trigger).inc()
         log.info("run %s started: task %s, %d rounds", run_id, spec.task, spec.rounds)
         return run
 
@@ -235,7 +241,45 @@ class SchedulerService:
         for rnd in self.state.list_rounds(run_id):
             if rnd.state not in TERMINAL_ROUND_STATES:
                 self._try_transition(run_id, rnd.round, "failed", reason=reason or state, finished_unix=self.clock())
+                self._round_ended(run_id, rnd.round)
+        m.RUNS_FINISHED.labels(self.state.tenant, run.federation or "none", state).inc()
         return self.state.update_run(run_id, state=state, reason=reason, finished_unix=self.clock())
+
+    def _phase(self, run_id: str, rnd: RoundRecord, phase: str) -> None:
+        """Observes how long the round spent in ``phase``: training (open to aggregating), or
+        aggregating (to the commit, measured from this replica's view of the phase start)."""
+        try:
+            fed = self.state.get_run(run_id).federation or "none"
+        except FedstreamError:
+            return
+        if phase == "training":
+            seconds = self.clock() - rnd.started_unix
+            self._aggregating_since[(run_id, rnd.round)] = self.clock()
+        else:
+            since = self._aggregating_since.pop((run_id, rnd.round), None)
+            if since is None:
+                return
+            seconds = self.clock() - since
+        m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, phase).observe(seconds)
+
+    def _round_ended(self, run_id: str, round_no: int) -> None:
+        """Counts a round that has just committed or failed (never raises)."""
+        try:
+            run, rnd = self.state.get_run(run_id), self.state.get_round(run_id, round_no)
+        except FedstreamError:
+            return
+        tenant, fed = self.state.tenant, run.federation or "none"
+        if rnd.state == "committed":
+            m.ROUNDS_COMMITTED.labels(tenant, fed, rnd.kind).inc()
+            if rnd.kind == "train":
+                m.LAST_COMMIT.labels(tenant, fed).set(rnd.finished_unix)
+            m.STRAGGLERS.labels(tenant, fed).inc(len(rnd.stragglers))
+        elif rnd.state == "failed":
+            m.ROUNDS_FAILED.labels(tenant, fed, rnd.kind, m.failure_reason(rnd.reason)).inc()
+        else:
+            return
+        if rnd.finished_unix and rnd.started_unix:
+            m.ROUND_DURATION.labels(tenant, fed, rnd.kind).observe(rnd.finished_unix - rnd.started_unix)
 
     def _try_transition(self, run_id: str, round_: int, to: str, **changes: object) -> None:
         try:
@@ -361,7 +405,8 @@ class SchedulerService:
             raise _RunFailed(f"the evaluation of {base} failed")
         if failures >= self.settings.max_consecutive_failed_rounds:
             raise _RunFailed(f"{failures} rounds in a row failed")
-        self.state.update_run(run_id, state="succeeded", finished_unix=self.clock())
+        run = self.state.update_run(run_id, state="succeeded", finished_unix=self.clock())
+        m.RUNS_FINISHED.labels(self.state.tenant, run.federation or "none", "succeeded").inc()
         log.info("run succeeded: %d rounds committed, latest %s", committed, base)
 
     async def _wait_for_agents(self, spec: RunSpec) -> list[str]:
@@ -384,7 +429,10 @@ class SchedulerService:
 
     async def _round(self, run_id: str, spec: RunSpec, round_no: int, kind: str, base: str) -> str:
         """Runs one round to its end; returns the committed version, or "" when it failed."""
+        waited = self.clock()
         live = await self._wait_for_agents(spec)
+        fed = self.state.get_run(run_id).federation or "none"
+        m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, "waiting_for_agents").observe(self.clock() - waited)
         participants = self._select(spec, live, round_no, kind)
         now = self.clock()
         rec = RoundRecord(
@@ -393,6 +441,8 @@ class SchedulerService:
             min_updates=max(1, min(len(participants), spec.min_updates or spec.min_agents)),
         )
         self.state.create_round(rec)
+        m.ROUNDS_STARTED.labels(self.state.tenant, fed, kind).inc()
+        m.AGENTS_SELECTED.labels(self.state.tenant, fed).inc(len(participants))
         await self._notify()
         return await self._resume_round(run_id, spec, rec)
 
@@ -489,6 +539,7 @@ class SchedulerService:
                         self.state.update_round(run_id, round_no, reports=reports)
                     elif state == "aggregating" and current.state == "training":
                         self.state.transition_round(run_id, round_no, "aggregating", reports=reports)
+                        self._phase(run_id, current, "training")
                     elif state == "committed":
                         if current.state == "training":
                             self.state.transition_round(run_id, round_no, "aggregating", reports=reports)
@@ -502,6 +553,8 @@ class SchedulerService:
                             finished_unix=self.clock(),
                             metrics=dict(event.metrics),
                         )
+                        self._round_ended(run_id, round_no)
+                        self._phase(run_id, current, "aggregating")
                         if current.kind == "evaluate":
                             log.info("round %d evaluated %s: %s", round_no, event.version,
                                      ", ".join(f"{k} {v:.4f}" for k, v in sorted(event.metrics.items())))
@@ -520,6 +573,7 @@ class SchedulerService:
                             stragglers=list(event.stragglers),
                             finished_unix=self.clock(),
                         )
+                        self._round_ended(run_id, round_no)
                         await self._notify()
                         log.warning("round %d failed: %s", round_no, event.reason)
                         return ""
@@ -537,6 +591,7 @@ class SchedulerService:
 
     async def _round_failed(self, run_id: str, round_no: int, reason: str) -> str:
         self._try_transition(run_id, round_no, "failed", reason=reason, finished_unix=self.clock())
+        self._round_ended(run_id, round_no)
         await self._notify()
         log.warning("round %d failed: %s", round_no, reason)
         return ""

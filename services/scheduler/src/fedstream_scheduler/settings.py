@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, StoreSettings, TenantSettings
+from fedstream.metrics import MetricsSettings
 
 
 class ApiSettings(BaseModel):
@@ -32,6 +33,7 @@ class SchedulerSettings(BaseSettings):
     tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
     grpc: GrpcServerSettings = Field(default_factory=GrpcServerSettings, description="gRPC server.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST admin API.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     store: StoreSettings = Field(

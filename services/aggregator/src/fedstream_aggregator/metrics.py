@@ -1,0 +1,23 @@
+"""The aggregator's Prometheus metrics (docs/metrics.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from fedstream.metrics import OPERATION_BUCKETS
+
+UPDATES_FOLDED = Counter("fedstream_updates_counted_total", "Updates verified and counted, by round kind.",
+                         ["tenant", "kind"])
+UPDATES_REJECTED = Counter("fedstream_updates_rejected_total", "Uploads refused, by reason (the error code).",
+                           ["tenant", "reason"])
+BYTES_RECEIVED = Counter("fedstream_update_bytes_received_total", "Bytes of verified update chunks received.",
+                         ["tenant"])
+CHUNKS_RECEIVED = Counter("fedstream_update_chunks_received_total", "Update chunks received.", ["tenant"])
+BYTES_SENT = Counter("fedstream_model_bytes_sent_total", "Bytes of model chunks sent to downloaders.", ["tenant"])
+CHUNKS_SENT = Counter("fedstream_model_chunks_sent_total", "Model chunks sent to downloaders.", ["tenant"])
+AGGREGATION_SECONDS = Histogram(
+    "fedstream_aggregation_seconds", "Time from a round's close to its committed version (strategy finish, "
+    "distillation, write).", ["tenant", "strategy"], buckets=OPERATION_BUCKETS,
+)
+COMMITS = Counter("fedstream_aggregator_rounds_total", "Rounds this aggregator finished, by outcome.",
+                  ["tenant", "kind", "outcome"])
