@@ -10,7 +10,7 @@ UPDATES_FOLDED = Counter("fedstream_updates_counted_total", "Updates verified an
                          ["tenant", "kind"])
 UPDATES_REJECTED = Counter("fedstream_updates_rejected_total", "Uploads refused, by reason (the error code).",
                            ["tenant", "reason"])
-BYTES_RECEIVED = Counter("fedstream_update_bytes_received_total", "Bytes of verified update chunks received.",
+BYTES_RECEIVED = Counter("fedstream_update_bytes_received_total", "Bytes of update chunks received (refused uploads included).",
                          ["tenant"])
 CHUNKS_RECEIVED = Counter("fedstream_update_chunks_received_total", "Update chunks received.", ["tenant"])
 BYTES_SENT = Counter("fedstream_model_bytes_sent_total", "Bytes of model chunks sent to downloaders.", ["tenant"])
