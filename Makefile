@@ -19,7 +19,7 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	$(PIP) install -q --upgrade pip
 	# torch==2.13.0 is pinned in core's [torch] extra: a CPU wheel, never an unpinned CUDA build.
 	$(PIP) install -q -r requirements-dev.txt \
-		-e 'core[torch]' -e services/scheduler -e services/aggregator -e services/client-agent
+		-e 'core[torch,plot]' -e services/scheduler -e services/aggregator -e services/client-agent
 	touch $@
 
 # Servers the tests start on loopback ports of their own: Debian's redis-server and prometheus

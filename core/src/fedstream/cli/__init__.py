@@ -6,18 +6,20 @@ import argparse
 import signal
 import sys
 
-from fedstream.cli import data, demo, runs
+from fedstream.cli import admin, data, demo, runs
 from fedstream.memtune import tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedstream",
-        description="fedstream: federated learning for computer vision. Run a local demo, start "
-        "and follow runs on a scheduler, download model versions, write sample data sets.",
+        description="fedstream: federated learning for computer vision. Run a local demo; drive a "
+        "control plane through its admin API (login, federations, runs, models, plot); start and "
+        "follow runs over gRPC (run, model); write sample data sets.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    admin.add_parsers(sub)
     runs.add_parsers(sub)
     data.add_parsers(sub)
     return parser
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
+    except admin.ApiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return admin.ERRORS_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -79,7 +79,19 @@ def round_body(r: RoundRecord) -> s.Round:
         duration_s=(r.finished_unix - r.started_unix) if r.finished_unix else None,
         bytes_received=sum(int(x.get("bytes_received", 0)) for x in r.reports),
         metrics=r.metrics,
+        update_metrics=weighted_metrics(r.reports),
     )
+
+
+def weighted_metrics(reports: list[dict[str, Any]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for report in reports:
+        n = float(report.get("num_examples", 0) or 0)
+        for key, value in (report.get("metrics") or {}).items():
+            totals[key] = totals.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0.0) + n
+    return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
 
 
 def agent_body(admin: AdminService, a: AgentRecord) -> s.Agent:

@@ -105,6 +105,9 @@ class Round(BaseModel):
     duration_s: float | None = Field(description="Null while the round runs.")
     bytes_received: int = Field(description="Bytes of updates the aggregator received.")
     metrics: dict[str, float] = Field(description="Aggregated metrics (evaluation, distillation).")
+    update_metrics: dict[str, float] = Field(
+        description="The updates' own metrics (train_loss, train_seconds, ...), weighted by example count."
+    )
 
 
 class RunDetail(Run):

@@ -1,0 +1,78 @@
+"""The fedstream CLI over the REST admin API, against services as processes: log in, create a
+federation, run it with progress shown, list and download its models, pin one, plot the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+from fedstream.cli.local import LocalFederation
+
+TOKEN = "bootstrap-token-for-the-cli-test"
+
+
+def test_cli_drives_a_federation_through_the_admin_api(tmp_path):
+    env = {**os.environ, "FEDSTREAM_CONFIG": str(tmp_path / "cfg" / "credentials.json")}
+    env.pop("FEDSTREAM_API", None)
+    env.pop("FEDSTREAM_TOKEN", None)
+    fedstream = str(Path(sys.executable).parent / "fedstream")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([fedstream, *args], capture_output=True, text=True, timeout=300, env=env)
+
+    with LocalFederation(tmp_path / "services") as fed:
+        agg = fed.start_aggregator()
+        sched = fed.start_scheduler(agg, {"HEARTBEAT_INTERVAL_S": "0.5", "API__BOOTSTRAP_TOKEN": TOKEN})
+        for i in range(2):
+            fed.start_agent(f"site-{i}", sched, i, 2, {"DEVICE": "cpu", "CPU_THREADS": "1"})
+        api = fed.api_url()
+
+        refused = cli("login", "--api", api, "--token", "wrong-token")
+        assert refused.returncode == 1 and "unauthenticated" in refused.stderr
+        assert not (tmp_path / "cfg" / "credentials.json").exists()
+        assert cli("runs", "list").returncode != 0  # not logged in: a clear message
+        logged = cli("login", "--api", api.removesuffix("/api/v1"), "--token", TOKEN)
+        assert logged.returncode == 0, logged.stderr
+        creds = tmp_path / "cfg" / "credentials.json"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+
+        created = cli("federations", "create", "digits", "--task", "digits", "--rounds", "2", "--min-agents", "2",
+                      "--cron", "0 3 * * *", "--timezone", "Europe/Berlin", "--output", "json")
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["schedule"]["timezone"] == "Europe/Berlin"
+        assert "digits" in cli("federations", "list").stdout
+        bad = cli("federations", "create", "Bad_Id", "--task", "digits")
+        assert bad.returncode == 1 and "invalid_argument" in bad.stderr and "federation_id" in bad.stderr
+
+        ran = cli("federations", "run", "digits", "--follow", "--run-id", "cli-run")
+        assert ran.returncode == 0, ran.stdout + ran.stderr + fed.tail("scheduler")
+        assert "run cli-run [" in ran.stderr and "2/2" in ran.stderr  # the progress bar
+        assert "run cli-run succeeded" in ran.stdout and "train_loss" in ran.stdout
+
+        runs = json.loads(cli("runs", "list", "--federation", "digits", "--output", "json").stdout)
+        assert [r["run_id"] for r in runs] == ["cli-run"]
+        models = json.loads(cli("models", "list", "digits", "--output", "json").stdout)
+        assert [m["version"] for m in models] == ["cli-run/000000", "cli-run/000001", "cli-run/000002"]
+
+        out = tmp_path / "m.safetensors"
+        got = cli("models", "download", "cli-run/000002", "-o", str(out))
+        assert got.returncode == 0 and "SHA-256 verified" in got.stdout, got.stderr
+        assert "downloading cli-run/000002 [" in got.stderr
+        with safe_open(str(out), "np") as f:
+            assert set(f.keys()) == {t["name"] for t in models[2]["tensors"]}
+        missing = cli("models", "download", "nope/000001", "-o", str(tmp_path / "x.safetensors"))
+        assert missing.returncode == 1 and "model_not_found" in missing.stderr
+        assert not (tmp_path / "x.safetensors").exists()
+
+        assert "pinned" in cli("models", "pin", "cli-run/000001").stdout
+        png = tmp_path / "run.png"
+        plotted = cli("plot", "cli-run", "-o", str(png))
+        assert plotted.returncode == 0, plotted.stderr
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        fed.check_alive()
