@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -141,7 +141,7 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return problem(e.status_code, code, str(e.detail))
+        return problem(e.status_code, code, str(e.detail), dict(e.headers) if e.headers else None)  # Allow on 405
 
     def role(needed: str) -> Callable[..., Awaitable[tuple[AdminService, Principal]]]:
         async def check(
@@ -165,7 +165,12 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
     Operator = Annotated[tuple[AdminService, Principal], Depends(role("operator"))]
     Admin = Annotated[tuple[AdminService, Principal], Depends(role("admin"))]
     Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
-    PageToken = Annotated[str, Query(max_length=20, description="next_page_token of the previous page.")]
+    PageToken = Annotated[str, Query(max_length=12, pattern="^[0-9]*$", description="next_page_token of the previous page.")]
+    FederationId = Annotated[str, Path(pattern=s.FEDERATION_ID, description="A federation's id.")]
+    RunId = Annotated[str, Path(pattern=s.RUN_ID, description="A run's id.")]
+    Number = Annotated[str, Path(pattern="^[0-9]{6}$", description="The round that committed the version, 6 digits.")]
+    AgentId = Annotated[str, Path(min_length=1, max_length=128, description="An agent's id.")]
+    TokenId = Annotated[str, Path(min_length=1, max_length=64, description="A token's id.")]
 
     @app.get("/api/v1/health", tags=["health"])
     async def health() -> s.Health:
@@ -191,12 +196,12 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         )
 
     @app.get("/api/v1/federations/{federation_id}", tags=["federations"])
-    async def get_federation(federation_id: str, auth: Viewer) -> s.Federation:
+    async def get_federation(federation_id: FederationId, auth: Viewer) -> s.Federation:
         admin, _ = auth
         return federation_body(admin.get_federation(federation_id), admin.latest_version(federation_id))
 
     @app.patch("/api/v1/federations/{federation_id}", tags=["federations"])
-    async def update_federation(federation_id: str, body: s.FederationUpdate, auth: Admin) -> s.Federation:
+    async def update_federation(federation_id: FederationId, body: s.FederationUpdate, auth: Admin) -> s.Federation:
         admin, _ = auth
         rec = admin.update_federation(
             federation_id, spec=body.spec, description=body.description,
@@ -205,13 +210,13 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         return federation_body(rec, admin.latest_version(federation_id))
 
     @app.delete("/api/v1/federations/{federation_id}", status_code=204, tags=["federations"])
-    async def delete_federation(federation_id: str, auth: Admin) -> Response:
+    async def delete_federation(federation_id: FederationId, auth: Admin) -> Response:
         admin, _ = auth
         admin.delete_federation(federation_id)
         return Response(status_code=204)
 
     @app.post("/api/v1/federations/{federation_id}/runs", status_code=201, tags=["runs"])
-    async def start_run(federation_id: str, body: s.RunStart, auth: Operator) -> s.Run:
+    async def start_run(federation_id: FederationId, body: s.RunStart, auth: Operator) -> s.Run:
         admin, _ = auth
         rec = admin.start_run(federation_id, body.run_id, body.initial_version)
         return s.Run(**run_body(rec, []))
@@ -219,13 +224,13 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
     # Models.
 
     @app.get("/api/v1/federations/{federation_id}/models", tags=["models"])
-    async def list_models(federation_id: str, auth: Viewer, limit: Limit = 50, page_token: PageToken = "") -> s.Page[s.Model]:
+    async def list_models(federation_id: FederationId, auth: Viewer, limit: Limit = 50, page_token: PageToken = "") -> s.Page[s.Model]:
         admin, _ = auth
         items, nxt = paginate(admin.list_models(federation_id), limit, page_token)
         return s.Page[s.Model](items=[model_body(i, p) for i, p in items], next_page_token=nxt)
 
     @app.get("/api/v1/models/{run_id}/{number}", tags=["models"])
-    async def get_model(run_id: str, number: str, auth: Viewer) -> s.Model:
+    async def get_model(run_id: RunId, number: Number, auth: Viewer) -> s.Model:
         admin, _ = auth
         return model_body(*admin.model_info(f"{run_id}/{number}"))
 
@@ -233,7 +238,7 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         "/api/v1/models/{run_id}/{number}/download", tags=["models"], response_class=StreamingResponse,
         responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file."}},
     )
-    async def download_model(run_id: str, number: str, auth: Viewer) -> StreamingResponse:
+    async def download_model(run_id: RunId, number: Number, auth: Viewer) -> StreamingResponse:
         admin, _ = auth
         reader = admin.open_model(f"{run_id}/{number}")
         header = encode_header(reader.info.layout, reader.info.metadata)
@@ -252,12 +257,12 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         })
 
     @app.post("/api/v1/models/{run_id}/{number}/pin", tags=["models"])
-    async def pin_model(run_id: str, number: str, auth: Operator) -> s.Model:
+    async def pin_model(run_id: RunId, number: Number, auth: Operator) -> s.Model:
         admin, _ = auth
         return model_body(*admin.pin(f"{run_id}/{number}", True))
 
     @app.post("/api/v1/models/{run_id}/{number}/unpin", tags=["models"])
-    async def unpin_model(run_id: str, number: str, auth: Operator) -> s.Model:
+    async def unpin_model(run_id: RunId, number: Number, auth: Operator) -> s.Model:
         admin, _ = auth
         return model_body(*admin.pin(f"{run_id}/{number}", False))
 
@@ -276,14 +281,14 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         )
 
     @app.get("/api/v1/runs/{run_id}", tags=["runs"])
-    async def get_run(run_id: str, auth: Viewer) -> s.RunDetail:
+    async def get_run(run_id: RunId, auth: Viewer) -> s.RunDetail:
         admin, _ = auth
         run, rounds = admin.get_run(run_id)
         return s.RunDetail(**run_body(run, rounds), rounds=[round_body(r) for r in rounds])
 
     @app.get("/api/v1/runs/{run_id}/rounds", tags=["runs"])
     async def list_rounds(
-        run_id: str, auth: Viewer, limit: Limit = 50, page_token: PageToken = "",
+        run_id: RunId, auth: Viewer, limit: Limit = 50, page_token: PageToken = "",
         state: Annotated[str, Query(pattern=f"^({ROUND_STATES})?$", description="Only rounds in this state.")] = "",
     ) -> s.Page[s.Round]:
         admin, _ = auth
@@ -292,7 +297,7 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         return s.Page[s.Round](items=[round_body(r) for r in items], next_page_token=nxt)
 
     @app.post("/api/v1/runs/{run_id}/cancel", tags=["runs"])
-    async def cancel_run(run_id: str, auth: Operator) -> s.Run:
+    async def cancel_run(run_id: RunId, auth: Operator) -> s.Run:
         admin, _ = auth
         rec = await admin.cancel_run(run_id)
         return s.Run(**run_body(rec, admin.state.list_rounds(run_id)))
@@ -309,17 +314,17 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         return s.Page[s.Agent](items=[agent_body(admin, a) for a in items], next_page_token=nxt)
 
     @app.get("/api/v1/agents/{agent_id}", tags=["agents"])
-    async def get_agent(agent_id: str, auth: Viewer) -> s.Agent:
+    async def get_agent(agent_id: AgentId, auth: Viewer) -> s.Agent:
         admin, _ = auth
         return agent_body(admin, admin.get_agent(agent_id))
 
     @app.post("/api/v1/agents/{agent_id}/disable", tags=["agents"])
-    async def disable_agent(agent_id: str, auth: Operator) -> s.Agent:
+    async def disable_agent(agent_id: AgentId, auth: Operator) -> s.Agent:
         admin, _ = auth
         return agent_body(admin, admin.set_agent_disabled(agent_id, True))
 
     @app.post("/api/v1/agents/{agent_id}/enable", tags=["agents"])
-    async def enable_agent(agent_id: str, auth: Operator) -> s.Agent:
+    async def enable_agent(agent_id: AgentId, auth: Operator) -> s.Agent:
         admin, _ = auth
         return agent_body(admin, admin.set_agent_disabled(agent_id, False))
 
@@ -338,7 +343,7 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
         return s.Page[s.Token](items=[token_body(t) for t in items], next_page_token=nxt)
 
     @app.delete("/api/v1/tokens/{token_id}", status_code=204, tags=["tokens"])
-    async def delete_token(token_id: str, auth: Admin) -> Response:
+    async def delete_token(token_id: TokenId, auth: Admin) -> Response:
         admin, _ = auth
         admin.delete_token(token_id)
         return Response(status_code=204)

@@ -11,6 +11,8 @@ from fedstream_scheduler.models import RunSpec
 T = TypeVar("T")
 
 FEDERATION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+RUN_ID = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+VERSION = r"^[a-z0-9][a-z0-9._-]{0,62}/[0-9]{6}$"
 
 
 class Problem(BaseModel):
@@ -70,9 +72,9 @@ class Federation(BaseModel):
 class RunStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str = Field("", max_length=63, description="Empty: one is generated.")
+    run_id: str = Field("", pattern=f"^$|{RUN_ID}", description="Empty: one is generated.")
     initial_version: str = Field(
-        "", max_length=200, description="Start from this version; empty: the federation's latest model, "
+        "", pattern=f"^$|{VERSION}", description="Start from this version; empty: the federation's latest model, "
         "or an init round when it has none."
     )
 
