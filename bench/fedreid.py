@@ -44,7 +44,7 @@ from fedstream.tasks.reid import ReIDHeldout, ReIDTask
 from fedstream.tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
 from fedstream.tasks.torchio import state_of
 from fedstream.transfer import download_model
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 # Configuration name -> FedPav parameters (None: every site trains alone).
@@ -113,7 +113,6 @@ def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object
                 "TASKS": f'["{task.name}"]', "DATA__PATH": str(site), "CPU_THREADS": str(threads),
                 "DEVICE": args.device,
             })
-        runs = scheduler_pb2_grpc.RunServiceStub(channel(sched))
         strategy = round_pb2.StrategySpec(name="fedpav")
         strategy.params.update(params)
         spec = scheduler_pb2.RunSpec(
@@ -123,14 +122,7 @@ def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object
                 local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=seed
             ),
         )
-        started_run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id="fedreid"), timeout=10)
-        run, shown = started_run, -1
-        for run in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=started_run.run_id)):
-            fed.check_alive()
-            done = sum(r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED for r in run.rounds)
-            if done != shown:
-                print(f"{label}: {done}/{args.rounds} rounds committed", file=sys.stderr)
-                shown = done
+        run = fed.run(sched, spec, "fedreid", label)
         if run.state != scheduler_pb2.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"{label}: run {run.state}: {run.reason}\n{fed.tail('aggregator')}")
         curve.seconds = time.perf_counter() - started

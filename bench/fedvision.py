@@ -32,7 +32,7 @@ from fedstream.tasks.detection import DetectionData, DetectionTask
 from fedstream.tasks.detection.data import generate_sites
 from fedstream.tasks.torchio import state_of
 from fedstream.transfer import download_model
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2
 
 SIZES = {"tiny": 64, "small": 96, "full": 416}
 
@@ -66,7 +66,6 @@ def federated(args: argparse.Namespace, sites: list[Path], workdir: Path) -> tup
             fed.start_agent(site.name, sched, 0, 1, {
                 "TASKS": f'["{task_name}"]', "DATA__PATH": str(site), "CPU_THREADS": str(threads),
             })
-        runs = scheduler_pb2_grpc.RunServiceStub(channel(sched))
         spec = scheduler_pb2.RunSpec(
             task=task_name, rounds=args.rounds, min_agents=len(sites), round_timeout_s=1800,
             wait_for_agents_s=300, evaluate_every=args.rounds,
@@ -74,14 +73,7 @@ def federated(args: argparse.Namespace, sites: list[Path], workdir: Path) -> tup
                 local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed
             ),
         )
-        started_run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id="fedvision"), timeout=10)
-        run, shown = started_run, -1
-        for run in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=started_run.run_id)):
-            fed.check_alive()
-            done = sum(r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED for r in run.rounds)
-            if done != shown:
-                print(f"federated: {done}/{args.rounds} rounds committed", file=sys.stderr)
-                shown = done
+        run = fed.run(sched, spec, "fedvision", "federated")
         if run.state != scheduler_pb2.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"federated run {run.state}: {run.reason}")
         task = get_task(task_name)

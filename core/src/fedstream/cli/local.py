@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 class LocalFederation:
@@ -149,6 +150,25 @@ class LocalFederation:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def run(self, scheduler: str, spec: Any, run_id: str, label: str) -> Any:
+        """Starts a run (a fedstream.v1.RunSpec) over gRPC and follows it to its end, printing
+        each newly committed training round to stderr and checking that every process lives;
+        returns the finished fedstream.v1.Run."""
+        from fedstream.grpcutil import channel
+        from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+        runs = scheduler_pb2_grpc.RunServiceStub(channel(scheduler))
+        started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id=run_id), timeout=10)
+        run, shown = started, -1
+        for run in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=started.run_id)):
+            self.check_alive()
+            done = sum(r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED
+                       for r in run.rounds)
+            if done != shown:
+                print(f"{label}: {done}/{spec.rounds} rounds committed", file=sys.stderr)
+                shown = done
+        return run
 
     def __enter__(self) -> LocalFederation:
         return self
