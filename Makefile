@@ -8,7 +8,7 @@ PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
 	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test bench proto openapi check-proto lint clean system-deps
+.PHONY: all demo test bench proto openapi images check-proto lint clean system-deps
 
 all: test
 
@@ -45,6 +45,17 @@ bench: $(STAMP) system-deps
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=core/src --pyi_out=core/src \
 		--grpc_python_out=core/src $(PROTOS)
+
+# Container images (docker/*.Dockerfile), built from the repository root. Needs a Docker engine;
+# IMAGE_PREFIX and IMAGE_TAG name them (e.g. IMAGE_PREFIX=registry.example.com/fedstream/).
+IMAGE_PREFIX ?= fedstream-
+IMAGE_TAG ?= 0.1.0
+images:
+	docker build -f docker/scheduler.Dockerfile -t $(IMAGE_PREFIX)scheduler:$(IMAGE_TAG) .
+	docker build -f docker/aggregator.Dockerfile -t $(IMAGE_PREFIX)aggregator:$(IMAGE_TAG) .
+	docker build -f docker/aggregator.Dockerfile --build-arg EXTRAS=distill -t $(IMAGE_PREFIX)aggregator:$(IMAGE_TAG)-distill .
+	docker build -f docker/agent.Dockerfile -t $(IMAGE_PREFIX)agent:$(IMAGE_TAG) .
+	docker build -f docker/agent.Dockerfile --build-arg VARIANT=cpu -t $(IMAGE_PREFIX)agent:$(IMAGE_TAG)-cpu .
 
 # The admin API's OpenAPI document, committed as the contract (a test fails when it is stale).
 openapi: $(STAMP)
