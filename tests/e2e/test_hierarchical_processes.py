@@ -67,6 +67,11 @@ def federation(workdir: Path, redis: RedisServer, s3: S3Server, leaves: int, run
             fed.check_alive()
             assert time.monotonic() < give_up, "\n".join(fed.tail(n) for n, _ in fed.procs)
             time.sleep(0.2)
+        # The root tells its leaves to finish their shares just after it commits: give it a
+        # moment before the processes stop (the run may succeed first).
+        journals = ["", *(f"leaf/l{i}" for i in range(leaves))]
+        while any(state.list_aggregations(j) for j in journals) and time.monotonic() < give_up:
+            time.sleep(0.2)
         logs = {name: (workdir / f"{name}.log").read_text() for name, _ in fed.procs}
     assert state.get_run(run_id).state == "succeeded", state.get_run(run_id).reason
     return {"rounds": state.list_rounds(run_id), "logs": logs, "state": state}
