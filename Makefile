@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins packaging<24, which pytest 9 cannot run with: it gets a virtual environment of
+# its own, used by the chart tests.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 PIP := $(BIN)/python -m pip
 PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
 	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
@@ -22,6 +26,12 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 		-e 'core[torch,plot]' -e services/scheduler -e services/aggregator -e services/client-agent
 	touch $@
 
+$(TOOLS_STAMP): requirements-tools.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt
+	touch $@
+
 # Servers the tests start on loopback ports of their own: Debian's redis-server and prometheus
 # (whose promtool checks the alerting rules). (The S3 server
 # is moto's, installed with the Python test requirements.)
@@ -33,7 +43,7 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/fedstream demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(TOOLS_STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system-deps
