@@ -38,8 +38,10 @@ class _Server:
 
 
 class RedisServer(_Server):
-    def __init__(self, workdir: Path, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False, port: int | None = None,
+                 password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -57,10 +59,10 @@ class RedisServer(_Server):
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              "--dir", str(self.workdir),
-             "--protected-mode", "no"],
+             "--protected-mode", "no", *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, password=self.password)
         give_up = time.monotonic() + 20
         while True:
             try:
