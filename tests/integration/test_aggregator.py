@@ -380,3 +380,34 @@ def test_evaluation_round_bad_inputs(stubs, base_model):
     assert event.state == round_pb2.ROUND_STATE_COMMITTED
     assert dict(event.metrics) == pytest.approx({"map": 0.3})
     assert list(event.stragglers) == ["b"]
+
+
+def poisoned(model, name, value, index=3):
+    out = {k: (d, a.copy()) for k, (d, a) in model.items()}
+    dtype, arr = out[name]
+    flat = arr.reshape(-1)
+    if dtype == "bfloat16":
+        flat[index] = {"nan": 0x7FC0, "inf": 0x7F80, "-inf": 0xFF80}[value]
+    else:
+        flat[index] = float(value)
+    return out
+
+
+@pytest.mark.parametrize(("tensor", "value"), [("conv.weight", "nan"), ("half.weight", "inf"),
+                                                ("bf.weight", "-inf"), ("double.weight", "nan")])
+def test_non_finite_updates_are_refused_at_ingest(stubs, base_model, model_store, tensor, value):
+    control, _, ch = stubs
+    control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE), timeout=5)
+    good_a, good_b = random_model(11, 16), random_model(12, 16)
+    with pytest.raises(grpc.RpcError) as e:
+        upload(ch, "a", poisoned(good_a, tensor, value), 10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"tensor {tensor!r} holds NaN or infinite values (first at element 3)" in e.value.details()
+    snapshot = next(control.WatchRound(pb.WatchRoundRequest(run_id=RUN, round=1), timeout=5))
+    assert snapshot.state == round_pb2.ROUND_STATE_TRAINING and not snapshot.reports
+    # The same agent's sound update is then accepted; the round's mean never saw the bad one.
+    upload(ch, "a", good_a, 10)
+    upload(ch, "b", good_b, 30)
+    event = wait_terminal(control, RUN, 1)
+    layout = layout_of(good_a)
+    check_model(model_store, event.version, reference([(good_a, 10), (good_b, 30)], layout), layout)

@@ -35,6 +35,12 @@ class InvalidLayout(InvalidArgument):
     code = "invalid_layout"
 
 
+class NonFinite(InvalidArgument):
+    """An update holding NaN or infinite values: refused at ingest, before it counts."""
+
+    code = "non_finite_values"
+
+
 class BadOffset(InvalidArgument):
     """A chunk that leaves a gap, overlaps an earlier one or runs past the layout's end."""
 

@@ -55,6 +55,7 @@ from fedstream.errors import (
     InvalidArgument,
     InvalidLayout,
     ModelNotFound,
+    NonFinite,
     ResourceExhausted,
     RoundNotFound,
     RoundNotOpen,
@@ -211,6 +212,30 @@ PARTIAL_ROUND_TTL_S = 3600.0
 COMBINE_PIECE_BYTES = 4 << 20
 # Seconds a root keeps trying to reach a leaf before it leaves that leaf's share out.
 LEAF_RETRY_S = 30.0
+
+
+# Bytes of an update read at a time when checking its values are finite.
+FINITE_PIECE_BYTES = 1 << 20
+
+
+def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
+    """Raises NonFinite naming the first floating tensor of the update that holds a NaN or an
+    infinity (scales of compressed updates included): such an update would poison the round's
+    mean, so it is refused before it counts. Reads the spooled update piece by piece."""
+    piece = bytearray(FINITE_PIECE_BYTES)
+    for t in layout.tensors:
+        if not t.dt.is_float or t.nbytes == 0:
+            continue
+        item = t.dt.itemsize
+        step = FINITE_PIECE_BYTES - FINITE_PIECE_BYTES % item
+        for start in range(0, t.nbytes, step):
+            n = min(step, t.nbytes - start)
+            view = memoryview(piece)[:n]
+            read_into(t.offset + start, view)
+            values = to_accumulator(t.dt, np.frombuffer(view, dtype=t.dt.storage))
+            if not np.isfinite(values).all():
+                bad = int(np.flatnonzero(~np.isfinite(values))[0]) + start // item
+                raise NonFinite(f"tensor {t.name!r} holds NaN or infinite values (first at element {bad})")
 
 
 def _plan_of(journal: AggregationRecord) -> RoundPlan:
@@ -809,6 +834,8 @@ class AggregatorService:
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
+            if plan.kind != "evaluate":
+                check_finite(header.layout, spool.read_into)
             if self._keeps_updates(plan, rnd.strategy):
                 self._keep_update(plan, agent, header.layout, spool)
             report = {
