@@ -29,8 +29,11 @@ def echo(base: FlatBuffer, _: scheduler_pb2.Assignment) -> FlatBuffer:
 
 class SimAgent:
     def __init__(self, agent_id: str, scheduler: str, *, examples: int = 10, update: UpdateFn = echo,
-                 tasks: tuple[str, ...] = ("digits",), init_seed: int = 0) -> None:
+                 tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
+                 init: Callable[[scheduler_pb2.Assignment], dict[str, tuple[str, np.ndarray]]] | None = None) -> None:
         self.agent_id = agent_id
+        # The initial model it uploads when chosen for an init round: random_model by default.
+        self.init = init
         self.examples = examples
         self.update = update
         self.tasks = tasks
@@ -84,7 +87,7 @@ class SimAgent:
         ch = channel(a.upload_endpoint)
         try:
             if a.kind == round_pb2.ROUND_KIND_INIT:
-                model = random_model(self.init_seed)
+                model = self.init(a) if self.init is not None else random_model(self.init_seed)
                 layout = layout_of(model)
                 buffers = buffers_of(layout, model)
             else:

@@ -31,7 +31,7 @@ class Prometheus:
         jobs = "\n".join(
             f"  - job_name: {name}\n    static_configs:\n      - targets: ['{address}']" for name, address in targets.items()
         )
-        config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n{jobs}\n")
+        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}\n")
         self.log = (workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [shutil.which("prometheus") or "prometheus", f"--config.file={config}",
@@ -47,6 +47,17 @@ class Prometheus:
                 pass
             assert time.time() < give_up, "prometheus did not become ready"
             time.sleep(0.2)
+
+    def eventually(self, query: str, check, timeout: float = 30) -> float:
+        """The query's value once ``check`` holds for it (scrapes arrive every second or so;
+        on a loaded machine one may time out), failing with the last value."""
+        give_up = time.time() + timeout
+        while True:
+            value = self.value(query)
+            if check(value) or time.time() > give_up:
+                assert check(value), f"{query} = {value}"
+                return value
+            time.sleep(0.5)
 
     def value(self, query: str) -> float:
         result = httpx.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=10).json()
@@ -86,30 +97,29 @@ def test_prometheus_scrapes_every_service_during_a_federation(tmp_path, redis_ur
                 assert time.time() < give_up, fed.tail("scheduler")
                 time.sleep(0.5)
             assert state["state"] == "succeeded", state
-            time.sleep(3)  # a few scrapes after the end
 
             fed_labels = 'tenant="default",federation="digits"'
-            assert prom.value(f'fedstream_rounds_committed_total{{{fed_labels},kind="train"}}') == 2
-            assert prom.value(f'fedstream_rounds_started_total{{{fed_labels}}}') == 3  # init + 2
-            assert prom.value(f'fedstream_runs_finished_total{{{fed_labels},state="succeeded"}}') == 1
-            assert prom.value(f'fedstream_agents_selected_total{{{fed_labels}}}') == 5  # 1 + 2 + 2
-            assert prom.value(f'fedstream_round_duration_seconds_count{{{fed_labels}}}') == 3
-            assert prom.value(f'fedstream_last_committed_round_timestamp_seconds{{{fed_labels}}}') > time.time() - 300
-            assert prom.value('fedstream_agents{status="alive"}') == 2
-            assert prom.value("fedstream_agents_connected") == 2
-            assert prom.value('fedstream_updates_counted_total{kind="train"}') == 4
-            assert prom.value("fedstream_update_bytes_received_total") > 0
-            assert prom.value("fedstream_update_chunks_received_total") >= 5
-            assert prom.value("fedstream_model_bytes_sent_total") > 0
-            assert prom.value('fedstream_aggregation_seconds_count{strategy="fedavg"}') == 3
-            assert prom.value('fedstream_state_operation_seconds_count{backend="redis"}') > 0
-            assert prom.value('fedstream_store_operation_seconds_count{backend="local"}') > 0
-            assert prom.value('fedstream_agent_samples_total{task="digits"}') > 0
-            assert prom.value('fedstream_agent_train_seconds_count{task="digits"}') == 4
-            assert prom.value('fedstream_agent_rounds_total{outcome="done"}') == 5
-            assert prom.value("fedstream_updates_rejected_total") == 0
+            prom.eventually(f'fedstream_rounds_committed_total{{{fed_labels},kind="train"}}', lambda v: v == 2)
+            prom.eventually(f'fedstream_rounds_started_total{{{fed_labels}}}', lambda v: v == 3)  # init + 2
+            prom.eventually(f'fedstream_runs_finished_total{{{fed_labels},state="succeeded"}}', lambda v: v == 1)
+            prom.eventually(f'fedstream_agents_selected_total{{{fed_labels}}}', lambda v: v == 5)  # 1 + 2 + 2
+            prom.eventually(f'fedstream_round_duration_seconds_count{{{fed_labels}}}', lambda v: v == 3)
+            prom.eventually(f'fedstream_last_committed_round_timestamp_seconds{{{fed_labels}}}', lambda v: v > time.time() - 300)
+            prom.eventually('fedstream_agents{status="alive"}', lambda v: v == 2)
+            prom.eventually("fedstream_agents_connected", lambda v: v == 2)
+            prom.eventually('fedstream_updates_counted_total{kind="train"}', lambda v: v == 4)
+            prom.eventually("fedstream_update_bytes_received_total", lambda v: v > 0)
+            prom.eventually("fedstream_update_chunks_received_total", lambda v: v >= 5)
+            prom.eventually("fedstream_model_bytes_sent_total", lambda v: v > 0)
+            prom.eventually('fedstream_aggregation_seconds_count{strategy="fedavg"}', lambda v: v == 3)
+            prom.eventually('fedstream_state_operation_seconds_count{backend="redis"}', lambda v: v > 0)
+            prom.eventually('fedstream_store_operation_seconds_count{backend="local"}', lambda v: v > 0)
+            prom.eventually('fedstream_agent_samples_total{task="digits"}', lambda v: v > 0)
+            prom.eventually('fedstream_agent_train_seconds_count{task="digits"}', lambda v: v == 4)
+            prom.eventually('fedstream_agent_rounds_total{outcome="done"}', lambda v: v == 5)
+            prom.eventually("fedstream_updates_rejected_total", lambda v: v == 0)
             # Every service was scraped, all the while.
-            assert prom.value("up") == 4
+            prom.eventually("up", lambda v: v == 4)
         finally:
             prom.stop()
         fed.check_alive()
