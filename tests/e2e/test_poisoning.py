@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_robust_statistics_resist_poisoning_and_nan_is_refused(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "poisoning.py"), "--rounds", "3", "--round-timeout", "15",
+        [sys.executable, str(ROOT / "bench" / "poisoning.py"), "--rounds", "3", "--round-timeout", "10",
          "--attacks", "scaled,nan", "--strategies", "fedavg,median", "--json", str(out)],
         capture_output=True, text=True, timeout=900,
     )
