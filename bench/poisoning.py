@@ -71,8 +71,10 @@ def digits_init(a: scheduler_pb2.Assignment) -> dict[str, tuple[str, np.ndarray]
     return {k: (TORCH_NAMES[v.dtype], v.detach().numpy()) for k, v in model.state_dict().items()}
 
 
-def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path) -> tuple[float, int]:
-    """The final model's held-out accuracy and how many attacker uploads were refused."""
+def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path) -> tuple[float, int, str]:
+    """The final model's held-out accuracy, how many attacker uploads were refused, and why the
+    run failed ("" when it succeeded: a poisoned FedAvg model can diverge until honest agents'
+    own updates turn non-finite and are refused, and the run fails; its latest model counts)."""
     task = get_task("digits")
     with LocalFederation(workdir) as fed:
         agg = fed.start_aggregator()
@@ -96,8 +98,9 @@ def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path
                 training=round_pb2.TrainingConfig(local_epochs=args.epochs, seed=args.seed),
             )
             final = fed.run(sched, spec, "poison", f"{strategy} / {attack_kind}")
-            if final.state != scheduler_pb2.RUN_STATE_SUCCEEDED:
-                raise SystemExit(f"{strategy} / {attack_kind}: run {final.state}: {final.reason}\n{fed.tail('aggregator')}")
+            failed = "" if final.state == scheduler_pb2.RUN_STATE_SUCCEEDED else final.reason
+            if not final.latest_version:
+                raise SystemExit(f"{strategy} / {attack_kind}: no model: {final.reason}\n{fed.tail('aggregator')}")
             model = task.build_model(0)
             model.load_state_dict(state_of(download_model(channel(agg), final.run_id, final.latest_version).buffer))
         finally:
@@ -105,7 +108,7 @@ def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path
                 a.stop()
         refused = sum(1 for a in attackers for e in a.errors if "INVALID_ARGUMENT" in e)
     heldout = task.load_heldout(SiteDataSettings())
-    return task.evaluate(model, heldout, torch.device("cpu"))["accuracy"], refused
+    return task.evaluate(model, heldout, torch.device("cpu"))["accuracy"], refused, failed
 
 
 def main() -> int:
@@ -121,11 +124,13 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fedstream-poisoning-"))
     torch.set_num_threads(1)
     started = time.perf_counter()
-    clean, _ = run("fedavg", "none", args, workdir / "clean")
+    clean, _, why = run("fedavg", "none", args, workdir / "clean")
+    if why:
+        raise SystemExit(f"the clean run failed: {why}")
     print(f"clean FedAvg: accuracy {clean:.4f}", file=sys.stderr)
     attacks = [a for a in args.attacks.split(",") if a]
     strategies = [s for s in args.strategies.split(",") if s]
-    table: dict[str, dict[str, tuple[float, int]]] = {}
+    table: dict[str, dict[str, tuple[float, int, str]]] = {}
     for s in strategies:
         for a in attacks:
             table.setdefault(s, {})[a] = run(s, a, args, workdir / f"{s}-{a}")
@@ -138,9 +143,10 @@ def main() -> int:
     for s, row in table.items():
         cells = []
         for a in attacks:
-            acc, refused = row[a]
+            acc, refused, failed = row[a]
             mark = "" if abs(acc - clean) <= 0.02 else " (more than 2 points off)"
-            cells.append(f"{acc:.4f}{mark}" + (f", {refused} uploads refused" if refused else ""))
+            cells.append(f"{acc:.4f}{mark}" + (f", {refused} uploads refused" if refused else "")
+                         + (f"; run failed: {failed}" if failed else ""))
         print(f"| {s} | {' | '.join(cells)} |")
     if args.json is not None:
         args.json.write_text(json.dumps({"clean": clean, "table": table}))

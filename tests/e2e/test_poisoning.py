@@ -24,7 +24,7 @@ def test_robust_statistics_resist_poisoning_and_nan_is_refused(tmp_path):
     clean, table = figures["clean"], figures["table"]
     assert clean > 0.6
     assert table["fedavg"]["scaled"][0] < clean - 0.2  # FedAvg follows the attackers
-    assert table["median"]["scaled"][0] > clean - 0.05  # the median does not
+    assert table["median"]["scaled"][0] > clean - 0.05 and table["median"]["scaled"][2] == ""  # the median does not
     # NaN never counts: both attackers refused in every round, and the honest FedAvg model
     # is the clean run's exactly (same seeds, same honest updates).
     assert table["fedavg"]["nan"][1] == 2 * 3
