@@ -25,8 +25,9 @@ def test_robust_statistics_resist_poisoning_and_nan_is_refused(tmp_path):
     assert clean > 0.6
     assert table["fedavg"]["scaled"][0] < clean - 0.2  # FedAvg follows the attackers
     assert table["median"]["scaled"][0] > clean - 0.05 and table["median"]["scaled"][2] == ""  # the median does not
-    # NaN never counts: both attackers refused in every round, and the honest FedAvg model
-    # is the clean run's exactly (same seeds, same honest updates).
+    # NaN never counts: both attackers refused in every round, and the honest FedAvg model is
+    # the clean run's (same seeds, same honest updates; only the order the fold adds them in
+    # differs, so float32 sums may differ in their last bits).
     assert table["fedavg"]["nan"][1] == 2 * 3
-    assert table["fedavg"]["nan"][0] == clean
+    assert abs(table["fedavg"]["nan"][0] - clean) <= 0.01
     assert "| median |" in done.stdout
