@@ -12,7 +12,7 @@ PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
 	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test bench proto openapi images check-proto lint clean system-deps
+.PHONY: all demo test bench fuzz proto openapi images check-proto lint clean system-deps
 
 all: test
 
@@ -55,6 +55,14 @@ bench: $(STAMP) system-deps
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=core/src --pyi_out=core/src \
 		--grpc_python_out=core/src $(PROTOS)
+
+# Coverage-guided fuzzing (atheris) of the chunk decoder, the layout parser and the receiver,
+# for FUZZ_SECONDS; new coverage goes to fuzz/corpus-work/, inputs that find bugs belong in
+# fuzz/corpus/ (replayed by tests/unit/test_fuzz_corpus.py).
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	mkdir -p fuzz/corpus-work
+	$(BIN)/python fuzz/fuzz_wire.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 fuzz/corpus-work fuzz/corpus
 
 # Container images (docker/*.Dockerfile), built from the repository root. Needs a Docker engine;
 # IMAGE_PREFIX and IMAGE_TAG name them (e.g. IMAGE_PREFIX=registry.example.com/fedstream/).
