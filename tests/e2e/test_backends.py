@@ -115,3 +115,24 @@ def test_bad_backend_names_are_refused_at_start(command):
                             env={**os.environ, prefix + "STATE__BACKEND": "etcd"})
     assert result.returncode == 2
     assert "state.backend" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["fedstream-scheduler", "fedstream-aggregator"])
+def test_a_taken_metrics_port_exits_3_naming_it(command, tmp_path):
+    import os
+    import socket
+
+    prefix = "FEDSTREAM_SCHEDULER_" if "scheduler" in command else "FEDSTREAM_AGGREGATOR_"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, prefix + "GRPC__PORT": "0", prefix + "GRPC__HOST": "127.0.0.1",
+               prefix + "METRICS__HOST": "127.0.0.1", prefix + "METRICS__PORT": str(port),
+               prefix + "API__PORT": "0", prefix + "STORE__PATH": str(tmp_path / "models"),
+               prefix + "SPOOL_DIR": str(tmp_path / "spool")}
+        if "aggregator" in command:
+            env.pop(prefix + "API__PORT")
+        result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 3, result.stderr
+    assert f"metrics: cannot serve on 127.0.0.1:{port}" in result.stderr

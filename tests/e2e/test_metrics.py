@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from fedstream.cli.local import LocalFederation
 
@@ -71,8 +70,8 @@ class Prometheus:
         self.log.close()
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="make test installs Debian's prometheus")
 def test_prometheus_scrapes_every_service_during_a_federation(tmp_path, redis_url):
+    assert shutil.which("prometheus"), "prometheus is missing: make test installs Debian's package"
     redis = {"STATE__BACKEND": "redis", "STATE__REDIS__URL": redis_url}
     with LocalFederation(tmp_path / "services") as fed:
         agg = fed.start_aggregator(redis)

@@ -7,6 +7,7 @@ operation; never an agent id, a run id or a round number. docs/metrics.md lists 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,19 @@ def serve_metrics(settings: MetricsSettings, service: str) -> int:
         tmp.write_text(str(port))
         tmp.replace(settings.port_file)
     return port
+
+
+def start_metrics(settings: MetricsSettings, service: str) -> bool:
+    """``serve_metrics``, logged: where /metrics is served, or why it could not bind (False)."""
+    log = logging.getLogger(f"fedstream_{service}")
+    try:
+        port = serve_metrics(settings, service)
+    except OSError as e:
+        log.error("metrics: cannot serve on %s:%d: %s", settings.host, settings.port, e)
+        return False
+    if port:
+        log.info("metrics on http://%s:%d/metrics", settings.host, port)
+    return True
 
 
 def cgroup_memory_limit() -> int:

@@ -12,7 +12,7 @@ from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
-from fedstream.metrics import serve_metrics
+from fedstream.metrics import start_metrics
 from fedstream.readiness import wait_until_reachable
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.leaves import Leaf
@@ -75,13 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
-    try:
-        metrics_port = serve_metrics(settings.metrics, "aggregator")
-    except OSError as e:
-        log.error("metrics: %s", e)
+    if not start_metrics(settings.metrics, "aggregator"):
         return EXIT_CANNOT_BIND
-    if metrics_port:
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, metrics_port)
     write_port_file(settings.grpc.port_file, server.port)
     log.info("listening on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
     if settings.leaves:

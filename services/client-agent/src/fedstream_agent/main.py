@@ -16,6 +16,7 @@ log = logging.getLogger("fedstream_agent")
 # Exit codes, so that a crash-looping pod says why.
 EXIT_OK = 0
 EXIT_BAD_SETTINGS = 2
+EXIT_CANNOT_BIND = 3
 EXIT_BAD_DATA = 4
 
 
@@ -45,16 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
     tune_allocator()
-    from fedstream.metrics import serve_metrics
+    from fedstream.metrics import start_metrics
     from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
-    try:
-        port = serve_metrics(settings.metrics, "agent")
-    except OSError as e:
-        log.error("metrics: %s", e)
-        return EXIT_BAD_SETTINGS
-    if port:
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
+    if not start_metrics(settings.metrics, "agent"):
+        return EXIT_CANNOT_BIND
     agent = Agent(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.shutdown())

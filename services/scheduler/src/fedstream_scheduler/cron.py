@@ -140,7 +140,7 @@ class CronScheduler:
             except FedstreamError as e:
                 log.warning("schedules: %s", e.public)
             except Exception:
-                log.exception("schedules: tick failed")
+                log.exception("schedules: tick failed; trying again in %g s", self.tick_s)
             await asyncio.sleep(self.tick_s)
 
     def start(self) -> None:

@@ -13,7 +13,7 @@ from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
-from fedstream.metrics import serve_metrics
+from fedstream.metrics import start_metrics
 from fedstream.readiness import wait_until_reachable
 from fedstream_scheduler.admin import AdminService
 from fedstream_scheduler.aggregator_client import AggregatorClient
@@ -58,14 +58,9 @@ async def serve(settings: SchedulerSettings) -> int:
             return EXIT_CANNOT_BIND
         write_port_file(settings.api.port_file, api.port)
         log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)
-    try:
-        metrics_port = serve_metrics(settings.metrics, "scheduler")
-    except OSError as e:
-        log.error("metrics: %s", e)
+    if not start_metrics(settings.metrics, "scheduler"):
         await server.stop()
         return EXIT_CANNOT_BIND
-    if metrics_port:
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, metrics_port)
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
         "listening on %s:%d (tenant %s, aggregator %s)",
