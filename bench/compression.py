@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from fedstream.cli.local import LocalFederation
-from fedstream.grpcutil import channel
 from fedstream.memtune import tune_allocator
 from fedstream.tasks import get_task
 from fedstream.tasks.base import SiteDataSettings, pick_device
@@ -31,7 +30,7 @@ def run_mode(mode: str) -> tuple[float, float]:
         sched = fed.start_scheduler(agg, {"LOG__LEVEL": "WARNING", "HEARTBEAT_INTERVAL_S": "0.5"})
         for i in range(AGENTS):
             fed.start_agent(f"site-{i}", sched, i, AGENTS, {"CPU_THREADS": "1", "DEVICE": "cpu", "LOG__LEVEL": "WARNING"})
-        runs = scheduler_pb2_grpc.RunServiceStub(channel(sched))
+        runs = scheduler_pb2_grpc.RunServiceStub(fed.channel(sched))
         run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(
             task="digits", rounds=ROUNDS, min_agents=AGENTS, round_timeout_s=120, wait_for_agents_s=120,
             training=round_pb2.TrainingConfig(local_epochs=2, batch_size=32, learning_rate=0.05, seed=SEED,
@@ -46,7 +45,7 @@ def run_mode(mode: str) -> tuple[float, float]:
                      if rnd.kind == round_pb2.ROUND_KIND_TRAIN]
         task = get_task("digits")
         model = task.build_model(0)
-        model.load_state_dict(state_of(download_model(channel(agg), run.run_id).buffer))
+        model.load_state_dict(state_of(download_model(fed.channel(agg), run.run_id).buffer))
         heldout = task.load_heldout(SiteDataSettings(num_sites=AGENTS, partition_seed=SEED))
         accuracy = task.evaluate(model, heldout, pick_device())["accuracy"]
     return statistics.mean(per_round), accuracy

@@ -37,7 +37,6 @@ import grpc
 import torch
 
 from fedstream.cli.local import LocalFederation
-from fedstream.grpcutil import channel
 from fedstream.tasks import get_task
 from fedstream.tasks.base import SiteDataSettings, TrainParams
 from fedstream.tasks.reid import ReIDHeldout, ReIDTask
@@ -128,7 +127,7 @@ def federated(args: argparse.Namespace, task: ReIDTask, params: dict[str, object
         curve.seconds = time.perf_counter() - started
         committed = [r for r in run.rounds if r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED]
         for r in committed:
-            model = task.shared_model(state_of(download_model(channel(agg), run.run_id, r.version).buffer))
+            model = task.shared_model(state_of(download_model(fed.channel(agg), run.run_id, r.version).buffer))
             curve.rounds.append(evaluate_all(task, model, heldout, device))
     return curve
 

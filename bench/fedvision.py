@@ -25,7 +25,6 @@ import grpc
 import torch
 
 from fedstream.cli.local import LocalFederation
-from fedstream.grpcutil import channel
 from fedstream.tasks import get_task
 from fedstream.tasks.base import SiteDataSettings, TrainParams
 from fedstream.tasks.detection import DetectionData, DetectionTask
@@ -78,7 +77,7 @@ def federated(args: argparse.Namespace, sites: list[Path], workdir: Path) -> tup
             raise SystemExit(f"federated run {run.state}: {run.reason}")
         task = get_task(task_name)
         model = task.build_model(0)
-        model.load_state_dict(state_of(download_model(channel(agg), run.run_id, run.latest_version).buffer))
+        model.load_state_dict(state_of(download_model(fed.channel(agg), run.run_id, run.latest_version).buffer))
     return model, run, time.perf_counter() - started
 
 

@@ -28,7 +28,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fedstream.cli.local import LocalFederation  # noqa: E402
-from fedstream.grpcutil import channel  # noqa: E402
 from fedstream.tasks import get_task  # noqa: E402
 from fedstream.tasks.base import SiteDataSettings  # noqa: E402
 from fedstream.tasks.torchio import TORCH_DTYPES as TORCH_NAMES  # noqa: E402
@@ -83,7 +82,9 @@ def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path
             fed.start_agent(f"honest-{i}", sched, i, HONEST, {"DEVICE": "cpu", "CPU_THREADS": "1"})
         attackers = []
         if attack_kind != "none":
-            attackers = [SimAgent(f"attacker-{i}", sched, examples=300, update=attack(attack_kind), init=digits_init).start()
+            # Attackers are enrolled agents like any other: TLS authenticates, it does not vouch.
+            attackers = [SimAgent(f"attacker-{i}", sched, examples=300, update=attack(attack_kind), init=digits_init,
+                                  identity=fed.enroll(sched, f"attacker-{i}")).start()
                          for i in range(ATTACKERS)]
         try:
             strat = round_pb2.StrategySpec(name=strategy)
@@ -102,7 +103,7 @@ def run(strategy: str, attack_kind: str, args: argparse.Namespace, workdir: Path
             if not final.latest_version:
                 raise SystemExit(f"{strategy} / {attack_kind}: no model: {final.reason}\n{fed.tail('aggregator')}")
             model = task.build_model(0)
-            model.load_state_dict(state_of(download_model(channel(agg), final.run_id, final.latest_version).buffer))
+            model.load_state_dict(state_of(download_model(fed.channel(agg), final.run_id, final.latest_version).buffer))
         finally:
             for a in attackers:
                 a.stop()

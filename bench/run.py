@@ -60,16 +60,17 @@ def start_aggregator(procs: LocalFederation) -> tuple[str, psutil.Process]:
     return addr, psutil.Process(procs.pid("aggregator"))
 
 
-def open_round(addr: str, run: str, participants: list[str], base: str, round_: int = 1) -> None:
-    control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr))
+def open_round(procs: LocalFederation, addr: str, run: str, participants: list[str], base: str, round_: int = 1) -> None:
+    control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr, procs.identity("service", "bench")))
     control.OpenRound(aggregator_pb2.RoundPlan(
         run_id=run, round=round_, kind=round_pb2.ROUND_KIND_TRAIN, base_version=base,
         participants=participants, min_updates=len(participants), deadline_unix=time.time() + 600,
     ), timeout=60)
 
 
-def upload(addr: str, run: str, agent: str, layout: Layout, arrays: list[np.ndarray], round_: int = 1) -> float:
-    ch = channel(addr)
+def upload(procs: LocalFederation, addr: str, run: str, agent: str, layout: Layout, arrays: list[np.ndarray],
+           round_: int = 1) -> float:
+    ch = channel(addr, procs.identity("agent", agent))
     start = time.perf_counter()
     upload_update(ch, timeout=600, run_id=run, round_=round_, agent_id=agent, layout=layout,
                   buffers=[memoryview(a) for a in arrays], num_examples=10, metrics={})
@@ -78,19 +79,27 @@ def upload(addr: str, run: str, agent: str, layout: Layout, arrays: list[np.ndar
 
 def bench_upload(rounds: int = 5) -> dict[str, float]:
     """One aggregator process, one upload per round; the first upload warms the process up
-    (spool file, allocator), the median of the others is the steady-state figure."""
+    (spool file, allocator), the median of the others is the steady-state figure. Over mutual
+    TLS, as deployed, and in plaintext development mode for the cost of TLS."""
+    out = {}
+    for tls in (True, False):
+        out["upload_mb_s" if tls else "upload_plaintext_mb_s"] = _bench_upload(rounds, tls)
+    return out
+
+
+def _bench_upload(rounds: int, tls: bool) -> float:
     layout, arrays = make_model(256 * MiB)
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        procs = LocalFederation(work)
+        procs = LocalFederation(work, tls=tls)
         try:
             store_model(work / "models", "up/000000", layout, arrays)
             addr, _ = start_aggregator(procs)
-            control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr))
+            control = aggregator_pb2_grpc.AggregatorControlStub(channel(addr, procs.identity("service", "bench")))
             for r in range(1, rounds + 1):
-                open_round(addr, "up", ["a"], "up/000000", round_=r)
-                took = upload(addr, "up", "a", layout, arrays, round_=r)
+                open_round(procs, addr, "up", ["a"], "up/000000", round_=r)
+                took = upload(procs, addr, "up", "a", layout, arrays, round_=r)
                 rates.append(layout.total_bytes / MB / took)
                 # Let the round's commit finish, so that it does not compete with the next upload.
                 for _ in control.WatchRound(aggregator_pb2.WatchRoundRequest(run_id="up", round=r)):
@@ -98,10 +107,10 @@ def bench_upload(rounds: int = 5) -> dict[str, float]:
         finally:
             procs.stop()
     med = statistics.median(rates[1:])
-    print(f"upload: 256 MiB over one stream, each chunk verified, spooled, then folded: median "
-          f"{med:.0f} MB/s over uploads 2..{rounds} (first upload of the process {rates[0]:.0f} MB/s; "
-          f"all: {', '.join(f'{r:.0f}' for r in rates)})")
-    return {"upload_mb_s": med}
+    print(f"upload ({'mutual TLS' if tls else 'plaintext'}): 256 MiB over one stream, each chunk verified, "
+          f"spooled, then folded: median {med:.0f} MB/s over uploads 2..{rounds} (first upload of the process "
+          f"{rates[0]:.0f} MB/s; all: {', '.join(f'{r:.0f}' for r in rates)})")
+    return med
 
 
 def bench_memory(agents: int = 8) -> dict[str, float]:
@@ -117,8 +126,8 @@ def bench_memory(agents: int = 8) -> dict[str, float]:
             # Reset the kernel's peak-RSS mark so VmHWM measures this round alone.
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
             names = [f"agent-{i}" for i in range(agents)]
-            open_round(addr, "mem", names, "mem/000000")
-            threads = [threading.Thread(target=upload, args=(addr, "mem", n, layout, arrays)) for n in names]
+            open_round(procs, addr, "mem", names, "mem/000000")
+            threads = [threading.Thread(target=upload, args=(procs, addr, "mem", n, layout, arrays)) for n in names]
             start = time.perf_counter()
             for t in threads:
                 t.start()
@@ -157,7 +166,7 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
                     "DEVICE": "cpu",
                     "LOG__LEVEL": "WARNING",
                 })
-            runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
+            runs = scheduler_pb2_grpc.RunServiceStub(procs.channel(sched_addr))
             run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(
                 task="digits", rounds=rounds, min_agents=agents, round_timeout_s=120,
                 initial_version="seed/000000", wait_for_agents_s=120,

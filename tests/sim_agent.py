@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from fedstream.grpcutil import channel
+from fedstream.pki import TlsIdentity
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -30,15 +31,18 @@ def echo(base: FlatBuffer, _: scheduler_pb2.Assignment) -> FlatBuffer:
 class SimAgent:
     def __init__(self, agent_id: str, scheduler: str, *, examples: int = 10, update: UpdateFn = echo,
                  tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
-                 init: Callable[[scheduler_pb2.Assignment], dict[str, tuple[str, np.ndarray]]] | None = None) -> None:
+                 init: Callable[[scheduler_pb2.Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
+                 identity: TlsIdentity | None = None) -> None:
         self.agent_id = agent_id
+        # Mutual TLS as this identity (LocalFederation.enroll); plaintext without.
+        self.identity = identity
         # The initial model it uploads when chosen for an init round: random_model by default.
         self.init = init
         self.examples = examples
         self.update = update
         self.tasks = tasks
         self.init_seed = init_seed
-        self._channel = channel(scheduler)
+        self._channel = channel(scheduler, identity)
         self._stub = scheduler_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
         self._stream = None
@@ -84,7 +88,7 @@ class SimAgent:
 
     def _handle(self, a: scheduler_pb2.Assignment) -> None:
         self.assignments.append(a)
-        ch = channel(a.upload_endpoint)
+        ch = channel(a.upload_endpoint, self.identity)
         try:
             if a.kind == round_pb2.ROUND_KIND_INIT:
                 model = self.init(a) if self.init is not None else random_model(self.init_seed)

@@ -14,15 +14,14 @@ from servers import RedisServer, S3Server, free_port
 
 from fedstream.cli.local import LocalFederation
 from fedstream.config import S3Settings
-from fedstream.grpcutil import channel
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store.s3 import S3ModelStore, make_client
 
 BIN = Path(sys.executable).parent
 
 
-def health(addr: str) -> int:
-    stub = health_pb2_grpc.HealthStub(channel(addr))
+def health(procs: LocalFederation, addr: str) -> int:
+    stub = health_pb2_grpc.HealthStub(procs.channel(addr))
     return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
 
 
@@ -60,15 +59,15 @@ def test_services_wait_not_serving_until_redis_and_s3_answer(tmp_path):
         try:
             assert wait_for(lambda: "cannot reach redis" in procs.tail("scheduler")
                             and "cannot reach S3" in procs.tail("aggregator"))
-            assert health(agg) == health_pb2.HealthCheckResponse.NOT_SERVING
-            assert health(sched) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health(procs, agg) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health(procs, sched) == health_pb2.HealthCheckResponse.NOT_SERVING
 
             time.sleep(2)  # several retries happen meanwhile: still one line each, no traceback
             redis_server.start()
             s3_server.start()
 
-            assert wait_for(lambda: health(agg) == health_pb2.HealthCheckResponse.SERVING)
-            assert wait_for(lambda: health(sched) == health_pb2.HealthCheckResponse.SERVING)
+            assert wait_for(lambda: health(procs, agg) == health_pb2.HealthCheckResponse.SERVING)
+            assert wait_for(lambda: health(procs, sched) == health_pb2.HealthCheckResponse.SERVING)
             procs.check_alive()
             for name in ("aggregator", "scheduler"):
                 log = (tmp_path / f"{name}.log").read_text()
@@ -92,7 +91,7 @@ def test_a_run_keeps_its_state_in_redis_and_its_models_in_s3(tmp_path, redis_url
 
         result = subprocess.run(
             [str(BIN / "fedstream"), "run", "start", "--scheduler", sched, "--rounds", "2", "--min-agents", "2",
-             "--epochs", "1", "--run-id", "on-redis", "--follow"],
+             "--epochs", "1", "--run-id", "on-redis", "--follow", "--identity", str(procs.pki / "operator")],
             capture_output=True, text=True, timeout=300,
         )
 
@@ -130,9 +129,36 @@ def test_a_taken_metrics_port_exits_3_naming_it(command, tmp_path):
         env = {**os.environ, prefix + "GRPC__PORT": "0", prefix + "GRPC__HOST": "127.0.0.1",
                prefix + "METRICS__HOST": "127.0.0.1", prefix + "METRICS__PORT": str(port),
                prefix + "API__PORT": "0", prefix + "STORE__PATH": str(tmp_path / "models"),
-               prefix + "SPOOL_DIR": str(tmp_path / "spool")}
+               prefix + "SPOOL_DIR": str(tmp_path / "spool"), prefix + "TLS__INSECURE_PLAINTEXT": "true"}
         if "aggregator" in command:
             env.pop(prefix + "API__PORT")
         result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 3, result.stderr
     assert f"metrics: cannot serve on 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["fedstream-scheduler", "fedstream-aggregator"])
+def test_without_tls_settings_a_service_exits_2_and_plaintext_must_be_asked_for(command, tmp_path):
+    import os
+    import socket
+
+    prefix = "FEDSTREAM_SCHEDULER_" if "scheduler" in command else "FEDSTREAM_AGGREGATOR_"
+    env = {**os.environ, prefix + "GRPC__PORT": "0", prefix + "GRPC__HOST": "127.0.0.1",
+           prefix + "METRICS__ENABLED": "false", prefix + "STORE__PATH": str(tmp_path / "models"),
+           prefix + "SPOOL_DIR": str(tmp_path / "spool")}
+    if "scheduler" in command:
+        env[prefix + "API__ENABLED"] = "false"
+
+    refused = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
+    # Plaintext when asked: it warns and serves (until its gRPC port is taken).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        env[prefix + "GRPC__PORT"] = str(taken.getsockname()[1])
+        env[prefix + "TLS__INSECURE_PLAINTEXT"] = "true"
+        env.pop(prefix + "GRPC__HOST")
+        env[prefix + "GRPC__HOST"] = "127.0.0.1"
+        plaintext = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
+
+    assert refused.returncode == 2 and "tls.ca_file is required" in refused.stderr, refused.stderr
+    assert "PLAINTEXT" in plaintext.stderr and "development" in plaintext.stderr, plaintext.stderr
+    assert plaintext.returncode == 3, plaintext.stderr

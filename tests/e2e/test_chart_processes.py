@@ -20,6 +20,8 @@ import httpx
 import yaml
 from servers import RedisServer, S3Server, free_port
 
+from fedstream.pki import CertificateAuthority
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RELEASE, NAMESPACE = "t1", "tenant-a"
@@ -79,13 +81,14 @@ class Cluster:
             mounts[m["mountPath"]] = local
         env = {e["name"]: self.value(e, mounts) for e in container["env"]}
         env.update(extra_env or {})
-        # Probes and ports must name the ports the service is told to listen on.
+        # Probes and ports must name the ports the service is told to listen on (probes: the
+        # plaintext health port, since the kubelet cannot present a client certificate).
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for probe in ("readinessProbe", "livenessProbe"):
             spec = container.get(probe, {})
             if "grpc" in spec:
                 prefix = env_prefix(env)
-                assert str(spec["grpc"]["port"]) == env[f"{prefix}GRPC__PORT"], (name, probe)
+                assert str(spec["grpc"]["port"]) == env[f"{prefix}GRPC__HEALTH_PORT"], (name, probe)
         log = (self.workdir / f"{name}.log").open("wb")
         command = [str(BIN / entrypoint(container["image"])), *container.get("args", [])]
         proc = subprocess.Popen(command, env={"PATH": str(BIN), "HOME": str(self.workdir), **env},
@@ -127,14 +130,23 @@ def wait_http(url: str, proc_tail, give_up: float = 60) -> None:
 
 
 def test_rendered_manifests_run_a_federation_round(tmp_path):
-    ports = {k: free_port() for k in ("sched_grpc", "api", "sched_metrics", "agg_grpc", "agg_metrics")}
+    ports = {k: free_port() for k in ("sched_grpc", "api", "sched_metrics", "agg_grpc", "agg_metrics", "enroll",
+                                      "sched_health", "agg_health")}
     values = {
         "scheduler": {"replicaCount": 1, "grpcPort": ports["sched_grpc"], "apiPort": ports["api"],
-                      "metricsPort": ports["sched_metrics"], "heartbeatIntervalSeconds": 0.5},
-        "aggregator": {"grpcPort": ports["agg_grpc"], "metricsPort": ports["agg_metrics"]},
+                      "metricsPort": ports["sched_metrics"], "heartbeatIntervalSeconds": 0.5,
+                      "enrollPort": ports["enroll"], "healthPort": ports["sched_health"]},
+        "aggregator": {"grpcPort": ports["agg_grpc"], "metricsPort": ports["agg_metrics"],
+                       "healthPort": ports["agg_health"]},
+        # The services' host names become 127.0.0.1 here: their certificates must name it.
+        "tls": {"serverNames": ["127.0.0.1"]},
     }
     docs = render("fedstream", values, RELEASE)
     cluster = Cluster(docs, tmp_path)
+    # The tenant's authority, as `fedstream pki init-ca` makes it for the CA secret.
+    ca = CertificateAuthority.create(NAMESPACE)
+    for name in ("aggregator", "scheduler"):
+        ca.save(tmp_path / name / "tenant-ca")
     redis_secret = workload(docs, "StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]["env"][0]
     redis = RedisServer(tmp_path / "redis", password=cluster.value(redis_secret, {})).start()
     s3 = S3Server().start()
@@ -142,6 +154,7 @@ def test_rendered_manifests_run_a_federation_round(tmp_path):
     cluster.map_service(f"{RELEASE}-fedstream-minio", 9000, s3.port)
     cluster.map_service(f"{RELEASE}-fedstream-aggregator", ports["agg_grpc"], ports["agg_grpc"])
     cluster.map_service(f"{RELEASE}-fedstream-scheduler", ports["sched_grpc"], ports["sched_grpc"])
+    cluster.map_service(f"{RELEASE}-fedstream-scheduler", ports["enroll"], ports["enroll"])
     try:
         agg = cluster.start(workload(docs, "Deployment", "-aggregator"), "aggregator",
                             {"FEDSTREAM_AGGREGATOR_GRPC__HOST": "127.0.0.1", "FEDSTREAM_AGGREGATOR_METRICS__HOST": "127.0.0.1"})
@@ -153,16 +166,24 @@ def test_rendered_manifests_run_a_federation_round(tmp_path):
         wait_http(f"{api}/health", lambda: cluster.tail("scheduler"))
         wait_http(f"http://127.0.0.1:{agg['ports']['metrics']}/metrics", lambda: cluster.tail("aggregator"))
 
+        token = cluster.secrets[f"{RELEASE}-fedstream-credentials"]["bootstrap-token"]
+        headers = {"Authorization": f"Bearer {token}"}
         for site in ("lyon", "depot"):
-            agent_values = {"scheduler": {"endpoint": f"{RELEASE}-fedstream-scheduler:{ports['sched_grpc']}"},
+            agent_values = {"scheduler": {"endpoint": f"{RELEASE}-fedstream-scheduler:{ports['sched_grpc']}",
+                                          "enrollEndpoint": f"{RELEASE}-fedstream-scheduler:{ports['enroll']}"},
                             "data": {"hostPath": "/srv/fedstream/data"}, "gpu": {"enabled": False},
                             "cpuThreads": 1, "metricsPort": free_port(), "labels": {"site": site}}
             agent_docs = render("fedstream-agent", agent_values, site)
+            # The site's enrollment secret: a one-time token from the admin API and the CA certificate.
+            made = httpx.post(f"{api}/enrollment-tokens", headers=headers, timeout=10, json={"agent_id": site})
+            assert made.status_code == 201, made.text
+            secret = tmp_path / site / "enrollment"
+            secret.mkdir(parents=True)
+            (secret / "token").write_text(made.json()["token"])
+            (secret / "ca.pem").write_bytes(ca.cert_pem)
             cluster.start(workload(agent_docs, "Deployment", "-fedstream-agent"), site,
                           {"FEDSTREAM_AGENT_METRICS__HOST": "127.0.0.1"})
 
-        token = cluster.secrets[f"{RELEASE}-fedstream-credentials"]["bootstrap-token"]
-        headers = {"Authorization": f"Bearer {token}"}
         deadline = time.time() + 90
         while len(httpx.get(f"{api}/agents?status=alive", headers=headers, timeout=10).json()["items"]) < 2:
             assert time.time() < deadline, cluster.tail("scheduler") + cluster.tail("lyon")

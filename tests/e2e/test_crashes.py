@@ -13,7 +13,6 @@ from servers import RedisServer, S3Server, TcpProxy, free_port
 
 from fedstream.cli.local import LocalFederation
 from fedstream.config import S3Settings
-from fedstream.grpcutil import channel
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import FlatBuffer
@@ -75,7 +74,7 @@ class Cluster:
         fields = dict(task="digits", rounds=2, min_agents=3, round_timeout_s=90, wait_for_agents_s=60,
                       training=round_pb2.TrainingConfig(local_epochs=1, seed=7))
         fields.update(spec)
-        stub = scheduler_pb2_grpc.RunServiceStub(channel(self.sched_addr))
+        stub = scheduler_pb2_grpc.RunServiceStub(self.fed.channel(self.sched_addr))
         stub.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(**fields), run_id=run_id), timeout=10)
 
     def wait_run(self, run_id: str, timeout: float = 180) -> str:

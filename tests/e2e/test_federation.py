@@ -25,8 +25,9 @@ def fedstream(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def federation(tmp_path):
+def federation(tmp_path, monkeypatch):
     with LocalFederation(tmp_path) as procs:
+        monkeypatch.setenv("FEDSTREAM_IDENTITY", str(procs.pki / "operator"))  # the CLI's operator certificate
         agg_addr = procs.start_aggregator()
         sched_addr = procs.start_scheduler(agg_addr, {"HEARTBEAT_INTERVAL_S": "0.5"})
         for i in range(2):

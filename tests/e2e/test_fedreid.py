@@ -26,9 +26,10 @@ def sites(tmp_path_factory):
     return generate_sites(tmp_path_factory.mktemp("fedreid"), seed=4, sites=specs)
 
 
-def test_fedpav_with_cosine_weights_and_distillation_through_the_services(sites, tmp_path):
+def test_fedpav_with_cosine_weights_and_distillation_through_the_services(sites, tmp_path, monkeypatch):
     sites, public = sites
     with LocalFederation(tmp_path / "services") as fed:
+        monkeypatch.setenv("FEDSTREAM_IDENTITY", str(fed.pki / "operator"))
         agg = fed.start_aggregator({"DISTILL__PUBLIC_DATA": str(public), "DISTILL__DEVICE": "cpu"})
         sched = fed.start_scheduler(agg, {"HEARTBEAT_INTERVAL_S": "0.5"})
         for site in sites:

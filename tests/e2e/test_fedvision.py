@@ -21,8 +21,9 @@ def sites(tmp_path_factory):
     return generate_sites(tmp_path_factory.mktemp("fedvision"), seed=1, size=64, scale=0.3)
 
 
-def test_three_camera_owners_train_evaluate_and_deploy(sites, tmp_path):
+def test_three_camera_owners_train_evaluate_and_deploy(sites, tmp_path, monkeypatch):
     with LocalFederation(tmp_path / "services") as fed:
+        monkeypatch.setenv("FEDSTREAM_IDENTITY", str(fed.pki / "operator"))  # the CLI's operator certificate
         agg = fed.start_aggregator()
         sched = fed.start_scheduler(agg, {"HEARTBEAT_INTERVAL_S": "0.5"})
         for site in sites:

@@ -14,7 +14,6 @@ from servers import RedisServer, S3Server
 
 from fedstream.cli.local import LocalFederation
 from fedstream.config import S3Settings
-from fedstream.grpcutil import channel
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import FlatBuffer
@@ -60,7 +59,7 @@ def federation(workdir: Path, redis: RedisServer, s3: S3Server, leaves: int, run
             task="digits", rounds=2, min_agents=AGENTS, round_timeout_s=120, wait_for_agents_s=90,
             training=round_pb2.TrainingConfig(local_epochs=1, seed=11),
         )
-        stub = scheduler_pb2_grpc.RunServiceStub(channel(sched))
+        stub = scheduler_pb2_grpc.RunServiceStub(fed.channel(sched))
         stub.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id=run_id), timeout=10)
         give_up = time.monotonic() + 240
         while state.get_run(run_id).state == "running":

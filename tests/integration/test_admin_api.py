@@ -123,6 +123,10 @@ def setup_token(api, t, n):
     return {"token": api.tenants[t].admin.create_token("viewer", f"spare {n}")[0].token_id}
 
 
+def setup_enrollment(api, t, n):
+    return {"token": api.tenants[t].admin.create_enrollment_token(f"site-{n}", 60, "spare")[0].token_id}
+
+
 def setup_model(api, t, n):
     admin = api.tenants[t].admin
     make_federation(api, t, f"mfed-{n}")
@@ -151,6 +155,10 @@ ENDPOINTS = [
     ("GET", "/agents/{agent}", "viewer", None, setup_agent, 200),
     ("POST", "/agents/{agent}/disable", "operator", None, setup_agent, 200),
     ("POST", "/agents/{agent}/enable", "operator", None, setup_agent, 200),
+    ("DELETE", "/agents/{agent}", "operator", None, setup_agent, 204),
+    ("POST", "/enrollment-tokens", "operator", lambda p: {"agent_id": f"site-{p['n']}", "ttl_s": 60}, setup_nothing, 201),
+    ("GET", "/enrollment-tokens", "operator", None, setup_enrollment, 200),
+    ("DELETE", "/enrollment-tokens/{token}", "operator", None, setup_enrollment, 204),
     ("GET", "/federations/{fid}/models", "viewer", None, setup_model, 200),
     ("GET", "/models/{run}/{number}", "viewer", None, setup_model, 200),
     ("GET", "/models/{run}/{number}/download", "viewer", None, setup_model, 200),
@@ -350,6 +358,34 @@ def test_a_federations_runs_end_to_end_and_the_second_warm_starts(api):
     assert fed["latest_version"] == second["latest_version"]
     rounds = api.call("GET", f"/runs/{first['run_id']}/rounds?state=committed&limit=2", viewer).json()
     assert [r["round"] for r in rounds["items"]] == [0, 1] and rounds["next_page_token"] == "2"
+
+
+def test_enrollment_tokens_are_shown_once_stored_as_hashes_and_checked(api):
+    operator = api.tenants["t1"].tokens["operator"]
+
+    made = api.call("POST", "/enrollment-tokens", operator, json={"agent_id": "site-1", "ttl_s": 120, "name": "lyon"})
+    listed = api.call("GET", "/enrollment-tokens", operator).json()["items"]
+    stored = api.tenants["t1"].admin.state.list_enrollment_tokens()
+    other = api.call("GET", "/enrollment-tokens", api.tenants["t2"].tokens["operator"]).json()["items"]
+
+    assert made.status_code == 201 and made.json()["token"].startswith("fse_")
+    assert [t["token_id"] for t in listed] == [made.json()["token_id"]] and "token" not in listed[0]
+    assert made.json()["token"] not in repr(stored) and other == []
+    assert 0 < made.json()["expires_unix"] - made.json()["created_unix"] <= 120
+    for body, field in (({"ttl_s": 0}, "ttl_s"), ({"ttl_s": 10 ** 9}, "ttl_s"), ({"agent_id": "a/b"}, "agent_id"), ({"agent_id": "-x"}, "agent_id"),
+                        ({"agent_id": "x" * 129}, "agent_id"), ({"secret": "x"}, "secret")):
+        r = api.call("POST", "/enrollment-tokens", operator, json=body)
+        assert r.status_code == 400 and field in r.json()["detail"], (body, r.text)
+    assert len(api.tenants["t1"].admin.state.list_enrollment_tokens()) == 1
+
+
+def test_deleting_an_agent_forgets_it(api):
+    operator = api.tenants["t1"].tokens["operator"]
+    register_agent(api, "t1", "gone")
+
+    assert api.call("DELETE", "/agents/gone", operator).status_code == 204
+    assert is_problem(api.call("GET", "/agents/gone", operator), 404, "agent_not_found")
+    assert is_problem(api.call("DELETE", "/agents/gone", operator), 404, "agent_not_found")
 
 
 def test_the_openapi_document_is_the_contract(api):

@@ -5,6 +5,7 @@ tenants that share nothing, and the chart's copies of the rules and dashboards c
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -98,7 +99,14 @@ def test_default_control_plane():
                     if ref:
                         assert ref["key"] in secrets[ref["name"]], (d["metadata"]["name"], ref)
     probe = sched["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
-    assert probe["grpc"]["port"] == 50051
+    assert probe["grpc"]["port"] == 50060  # the plaintext health-only port: kubelets have no client certificate
+    assert env["FEDSTREAM_SCHEDULER_GRPC__HEALTH_PORT"]["value"] == "50060"
+    assert env["FEDSTREAM_SCHEDULER_TLS__CA_KEY_FILE"]["value"] == "/etc/fedstream/ca/ca-key.pem"
+    assert json.loads(env["FEDSTREAM_SCHEDULER_TLS__SERVER_NAMES"]["value"])[:2] == [
+        "t1-fedstream-scheduler", "t1-fedstream-scheduler.tenant-a.svc"]
+    assert "FEDSTREAM_SCHEDULER_TLS__INSECURE_PLAINTEXT" not in env
+    ca = next(v for v in sched["spec"]["template"]["spec"]["volumes"] if v["name"] == "tenant-ca")
+    assert ca["secret"]["secretName"] == "t1-fedstream-ca"
     assert "checksum/credentials" in sched["spec"]["template"]["metadata"]["annotations"]
 
 
@@ -124,13 +132,19 @@ def test_external_backends_and_ingress():
     assert env["FEDSTREAM_SCHEDULER_STATE__REDIS__URL"]["value"] == "rediss://redis.data.svc:6380/0"
     assert env["FEDSTREAM_SCHEDULER_STATE__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "fedstream-redis"
     assert env["FEDSTREAM_SCHEDULER_STORE__S3__SECURE"]["value"] == "true"
-    assert env["FEDSTREAM_SCHEDULER_AGGREGATOR_PUBLIC_ENDPOINT"]["value"] == "grpc.tenant-a.example.com:443"
-    grpc = next(d for d in docs if d["kind"] == "Ingress" and d["metadata"]["name"].endswith("grpc"))
-    assert grpc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
-    assert grpc["spec"]["tls"][0]["secretName"] == "grpc-tls"
-    routes = {p["path"]: p["backend"]["service"]["name"] for p in grpc["spec"]["rules"][0]["http"]["paths"]}
-    assert routes["/fedstream.v1.AgentService"].endswith("scheduler")
-    assert routes["/fedstream.v1.UpdateService"].endswith("aggregator")
+    assert env["FEDSTREAM_SCHEDULER_AGGREGATOR_PUBLIC_ENDPOINT"]["value"] == "aggregator.tenant-a.example.com:443"
+    # Agents' gRPC passes through: one host per backend port, TLS ending at the service.
+    grpc = {d["spec"]["rules"][0]["host"]: d for d in docs if d["kind"] == "Ingress" and "-grpc-" in d["metadata"]["name"]}
+    backends = {h: (d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"].rsplit("-", 1)[1],
+                    d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["name"]) for h, d in grpc.items()}
+    assert backends == {"scheduler.tenant-a.example.com": ("scheduler", "grpc"),
+                        "enroll.tenant-a.example.com": ("scheduler", "enroll"),
+                        "aggregator.tenant-a.example.com": ("aggregator", "grpc")}
+    assert all(d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true" for d in grpc.values())
+    names = json.loads(env["FEDSTREAM_SCHEDULER_TLS__SERVER_NAMES"]["value"])
+    assert {"scheduler.tenant-a.example.com", "enroll.tenant-a.example.com", "fedstream.tenant-a.example.com"} <= set(names)
+    ca = next(v for v in sched["spec"]["template"]["spec"]["volumes"] if v["name"] == "tenant-ca")
+    assert ca["secret"]["secretName"] == "tenant-a-ca"
 
 
 def test_metrics_objects_carry_the_operations_rules_and_dashboards():
@@ -145,7 +159,7 @@ def test_metrics_objects_carry_the_operations_rules_and_dashboards():
         assert text.strip() == (ROOT / "deploy" / "grafana" / name).read_text().strip()
     sched_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-scheduler"))
     assert sched_policy["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
-    assert [p["port"] for p in sched_policy["spec"]["ingress"][0]["ports"]] == [50051]
+    assert [p["port"] for p in sched_policy["spec"]["ingress"][0]["ports"]] == [50051, 50053]
     redis_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-redis"))
     (peer,) = redis_policy["spec"]["ingress"][0]["from"]
     assert {"key": "app.kubernetes.io/instance", "operator": "In", "values": ["t1"]} in peer["podSelector"]["matchExpressions"]
@@ -222,7 +236,8 @@ def test_bad_values_are_refused_naming_the_key(chart, values, message):
         ("fedstream", {"redis": {"bundled": False}}, "redis.external.url is required when redis.bundled is false"),
         ("fedstream", {"s3": {"bundled": False}}, "s3.external.endpoint is required"),
         ("fedstream", {"s3": {"bundled": False, "external": {"endpoint": "s3:9000"}}}, "s3.auth.existingSecret is required"),
-        ("fedstream", {"ingress": {"enabled": True, "api": {"host": "api.x"}}}, "ingress.grpc.host is required"),
+        ("fedstream", {"ingress": {"enabled": True, "api": {"host": "api.x"}}},
+         "ingress.grpc.schedulerHost, enrollHost and aggregatorHost are required"),
         ("fedstream", {"aggregator": {"distill": {"enabled": True}}}, "aggregator.distill.publicDataClaim is required"),
         ("fedstream", {"aggregator": {"leaves": 2, "distill": {"enabled": True, "publicDataClaim": "pub"}}},
          "distillation rounds run on the root"),

@@ -29,7 +29,7 @@ def created_secrets() -> dict[tuple[str, str], set[str]]:
             ns = cmd[cmd.index("-n") + 1]
             kind = cmd[cmd.index("secret") + 1]
             name = cmd[cmd.index("secret") + 2]
-            keys = {a.split("=", 2)[1] for a in cmd if a.startswith("--from-literal=")}
+            keys = {a.split("=", 2)[1] for a in cmd if a.startswith(("--from-literal=", "--from-file="))}
             if kind == "tls":
                 keys = {"tls.crt", "tls.key"}
             out[(ns, name)] = keys

@@ -24,13 +24,53 @@ class GrpcServerSettings(BaseModel):
     port_file: Path | None = Field(
         None, description="If set, the bound port is written here once the server serves."
     )
+    health_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="A plaintext port serving only grpc.health.v1, for probes that cannot present a "
+        "client certificate (kubelet's gRPC probes); unset: none. It carries no data and no identity.",
+    )
     max_workers: int = Field(64, ge=4, description="Threads serving gRPC calls.")
+    max_concurrent_rpcs: int = Field(
+        4096, ge=16,
+        description="Calls in progress or waiting at once, streams included; beyond it calls are "
+        "refused with RESOURCE_EXHAUSTED instead of queueing without bound.",
+    )
     stream_window_bytes: int = Field(
         4 << 20,
         ge=0,
         description="HTTP/2 flow-control window per stream: the most a stream can have buffered "
         "in the server. Raise it for links whose bandwidth x round-trip time is larger; 0 lets "
         "gRPC grow windows by bandwidth-delay probing, without a bound.",
+    )
+
+
+class TlsSettings(BaseModel):
+    """Mutual TLS of a service's gRPC server and of the channels it dials."""
+
+    model_config = {"extra": "forbid"}
+
+    insecure_plaintext: bool = Field(
+        False,
+        description="Development only: serve and dial gRPC without TLS, and take agents at the "
+        "id their messages claim. Logged as a warning at start. Never on an untrusted network.",
+    )
+    ca_file: Path | None = Field(
+        None, description="The tenant's CA certificate (PEM): the only authority whose "
+        "certificates this process accepts from peers.",
+    )
+    ca_key_file: Path | None = Field(
+        None, description="The tenant's CA key (PEM). With it the process issues its own "
+        "certificate at start (naming server_names), and the scheduler signs agents' enrollments.",
+    )
+    cert_file: Path | None = Field(
+        None, description="This process's certificate (PEM), when not issued from ca_key_file "
+        "(e.g. by cert-manager); its URI name must be spiffe://fedstream/tenant/<tenant>/service/<name>.",
+    )
+    key_file: Path | None = Field(None, description="The key of cert_file (PEM).")
+    server_names: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"],
+        description="Host names and IP addresses that peers use to reach this process; the "
+        "certificate issued from ca_key_file names them. JSON list.",
     )
 
 

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedstream.errors import FedstreamError
+from fedstream.pki import TlsIdentity
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +151,48 @@ def set_serving(servicer: health.HealthServicer, services: Iterable[str], servin
         servicer.set(name, status)
 
 
-def make_server(max_workers: int, stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> grpc.Server:
-    """A thread-pool gRPC server with fedstream's options; message limits stay at defaults."""
+DEFAULT_MAX_CONCURRENT_RPCS = 4096
+
+
+def make_server(
+    max_workers: int,
+    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+) -> grpc.Server:
+    """A thread-pool gRPC server with fedstream's options; message limits stay at defaults.
+    Calls beyond ``max_concurrent_rpcs`` are refused (RESOURCE_EXHAUSTED), never queued
+    without bound."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=server_options(stream_window_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 
 
-def make_aio_server(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> grpc.aio.Server:
-    return grpc.aio.server(options=server_options(stream_window_bytes))
+def make_aio_server(
+    stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES, max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+) -> grpc.aio.Server:
+    return grpc.aio.server(options=server_options(stream_window_bytes), maximum_concurrent_rpcs=max_concurrent_rpcs)
 
 
-def bind(server: Any, host: str, port: int) -> int:
-    """Binds an insecure port and returns the port actually bound (port 0 picks one)."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def server_credentials(identity: TlsIdentity, client_certificates: bool = True) -> grpc.ServerCredentials:
+    """TLS with ``identity``'s certificate; with ``client_certificates`` every client must
+    present a certificate of the same authority (mutual TLS)."""
+    return grpc.ssl_server_credentials(
+        [(identity.key_pem, identity.cert_pem)],
+        root_certificates=identity.ca_pem,
+        require_client_auth=client_certificates,
+    )
+
+
+def bind(server: Any, host: str, port: int, tls: grpc.ServerCredentials | None = None) -> int:
+    """Binds a port (TLS with ``tls``, plaintext without) and returns the port actually bound
+    (port 0 picks one)."""
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, tls) if tls is not None else server.add_insecure_port(address)
+    except RuntimeError:  # the asyncio server raises where the threaded one returns 0
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     return bound
@@ -178,9 +206,21 @@ def write_port_file(path: Path | None, port: int) -> None:
     os.replace(tmp, path)
 
 
-def channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=KEEPALIVE_OPTIONS)
+def channel_credentials(identity: TlsIdentity) -> grpc.ChannelCredentials:
+    """Mutual TLS: trust only ``identity``'s authority and present its certificate."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=identity.ca_pem, private_key=identity.key_pem, certificate_chain=identity.cert_pem
+    )
 
 
-def aio_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=KEEPALIVE_OPTIONS)
+def channel(target: str, identity: TlsIdentity | None = None) -> grpc.Channel:
+    """A channel to ``target``: mutual TLS with ``identity``, plaintext without."""
+    if identity is None:
+        return grpc.insecure_channel(target, options=KEEPALIVE_OPTIONS)
+    return grpc.secure_channel(target, channel_credentials(identity), options=KEEPALIVE_OPTIONS)
+
+
+def aio_channel(target: str, identity: TlsIdentity | None = None) -> grpc.aio.Channel:
+    if identity is None:
+        return grpc.aio.insecure_channel(target, options=KEEPALIVE_OPTIONS)
+    return grpc.aio.secure_channel(target, channel_credentials(identity), options=KEEPALIVE_OPTIONS)

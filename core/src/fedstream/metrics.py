@@ -40,6 +40,11 @@ STORE_OPERATION_ERRORS = Counter(
     "fedstream_store_operation_errors_total", "Model store operations that failed on the server's side.",
     ["tenant", "backend", "operation"],
 )
+LIMIT_HITS = Counter(
+    "fedstream_limit_hits_total",
+    "Calls refused or slowed by a protective limit (docs/security.md), by service and limit.",
+    ["tenant", "service", "limit"],
+)
 MEMORY_LIMIT_BYTES = Gauge(
     "fedstream_memory_limit_bytes", "The process's memory limit (its cgroup's), 0 when none.", ["service"]
 )

@@ -77,8 +77,8 @@ redis://{{ include "fedstream.redis" . }}:6379/0
 {{- if and (not .Values.s3.bundled) (not .Values.s3.auth.existingSecret) -}}
 {{- fail "s3.auth.existingSecret is required with an external S3 (its access and secret keys)" -}}
 {{- end -}}
-{{- if and .Values.ingress.enabled (not .Values.ingress.grpc.host) -}}
-{{- fail "ingress.grpc.host is required when ingress.enabled is true (agents dial it)" -}}
+{{- if and .Values.ingress.enabled (not (and .Values.ingress.grpc.schedulerHost .Values.ingress.grpc.enrollHost .Values.ingress.grpc.aggregatorHost)) -}}
+{{- fail "ingress.grpc.schedulerHost, enrollHost and aggregatorHost are required when ingress.enabled is true (agents dial them)" -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled (not .Values.ingress.api.host) -}}
 {{- fail "ingress.api.host is required when ingress.enabled is true" -}}
@@ -149,4 +149,28 @@ redis://{{ include "fedstream.redis" . }}:6379/0
 {{- $out = append $out (dict "endpoint" $host "public_endpoint" $host) -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* The tenant's CA secret. */}}
+{{- define "fedstream.caSecret" -}}{{ default (printf "%s-ca" (include "fedstream.fullname" .)) .Values.tls.caSecret }}{{- end -}}
+
+{{/* Mutual TLS settings of a service: fedstream.tlsEnv (dict "ctx" $ "prefix" "FEDSTREAM_SCHEDULER_" "names" (list ...)) */}}
+{{- define "fedstream.tlsEnv" -}}
+{{- if .ctx.Values.tls.insecurePlaintext -}}
+- name: {{ .prefix }}TLS__INSECURE_PLAINTEXT
+  value: "true"
+{{- else -}}
+- name: {{ .prefix }}TLS__CA_FILE
+  value: /etc/fedstream/ca/ca.pem
+- name: {{ .prefix }}TLS__CA_KEY_FILE
+  value: /etc/fedstream/ca/ca-key.pem
+- name: {{ .prefix }}TLS__SERVER_NAMES
+  value: {{ concat .names .ctx.Values.tls.serverNames | compact | uniq | toJson | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* The in-cluster DNS names of a Service. */}}
+{{- define "fedstream.dnsNames" -}}
+{{- $ns := .ctx.Release.Namespace -}}
+{{- toJson (list .service (printf "%s.%s.svc" .service $ns) (printf "%s.%s.svc.cluster.local" .service $ns)) -}}
 {{- end -}}

@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from fedstream.cli import admin, data, demo, runs
+from fedstream.cli import admin, data, demo, pki, runs
 from fedstream.memtune import tune_allocator
 
 
@@ -15,13 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedstream",
         description="fedstream: federated learning for computer vision. Run a local demo; drive a "
         "control plane through its admin API (login, federations, runs, models, plot); start and "
-        "follow runs over gRPC (run, model); write sample data sets.",
+        "follow runs over gRPC (run, model); write sample data sets; make a tenant's certificate authority (pki).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     admin.add_parsers(sub)
     runs.add_parsers(sub)
     data.add_parsers(sub)
+    pki.add_parsers(sub)
     return parser
 
 

@@ -305,6 +305,57 @@ def cmd_models_pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enrollment_create(args: argparse.Namespace) -> int:
+    body = {"agent_id": args.agent_id, "ttl_s": args.ttl, "name": args.name}
+    tok = client_from(args).call("POST", "/enrollment-tokens", json=body)
+    if args.write:
+        fd = os.open(args.write, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(tok["token"] + "\n")
+    who = f"agent {tok['agent_id']}" if tok["agent_id"] else "any agent id"
+    lines = [f"enrollment token {tok['token_id']} for {who}, usable once until "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(tok['expires_unix']))}"]
+    lines.append(f"written to {args.write}" if args.write else tok["token"])
+    emit(args, tok, lines)
+    return 0
+
+
+def cmd_enrollment_list(args: argparse.Namespace) -> int:
+    toks = client_from(args).pages("/enrollment-tokens")
+    lines = [f"{'TOKEN':18} {'AGENT':24} {'EXPIRES':20} NAME"]
+    for t in toks:
+        lines.append(f"{t['token_id']:18} {t['agent_id'] or '(any)':24} "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t['expires_unix'])):20} {t['name']}")
+    emit(args, toks, lines)
+    return 0
+
+
+def cmd_enrollment_delete(args: argparse.Namespace) -> int:
+    client_from(args).call("DELETE", f"/enrollment-tokens/{args.token_id}")
+    print(f"enrollment token {args.token_id} deleted")
+    return 0
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    agents = client_from(args).pages("/agents")
+    lines = [f"{'AGENT':24} {'STATUS':9} {'CONNECTED':9} {'DEVICE':6} {'CERTS':>5}  TASKS"]
+    for a in agents:
+        lines.append(f"{a['agent_id']:24} {a['status']:9} {'yes' if a['connected'] else 'no':9} "
+                     f"{a['capabilities'].get('device', '-'):6} {a['certificates']:>5}  {','.join(a['tasks'])}")
+    emit(args, agents, lines)
+    return 0
+
+
+def cmd_agents_change(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    if args.action == "delete":
+        client.call("DELETE", f"/agents/{args.agent_id}")
+    else:
+        client.call("POST", f"/agents/{args.agent_id}/{args.action}")
+    print(f"agent {args.agent_id} {args.action}d")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     try:
         import matplotlib
@@ -410,6 +461,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         p = models.add_parser(name, parents=[common], help=f"{name} a version")
         p.add_argument("version", help="RUN/NNNNNN")
         p.set_defaults(func=cmd_models_pin, pin=pin)
+
+    agents = sub.add_parser("agents", help="agents (admin API)").add_subparsers(dest="agents_command", required=True)
+    als = agents.add_parser("list", parents=[common], help="list agents")
+    als.set_defaults(func=cmd_agents_list)
+    for action, text in (("disable", "refuse its calls and close its stream until enabled"),
+                         ("enable", "let a disabled agent back"),
+                         ("delete", "forget it and revoke its certificates (it must enroll again)")):
+        p = agents.add_parser(action, parents=[common], help=f"{action} an agent: {text}")
+        p.add_argument("agent_id")
+        p.set_defaults(func=cmd_agents_change, action=action)
+
+    enr = sub.add_parser("enrollment-tokens", help="one-time agent enrollment tokens (admin API)").add_subparsers(
+        dest="enrollment_command", required=True)
+    ecreate = enr.add_parser("create", parents=[common], help="make a token an agent enrolls with once")
+    ecreate.add_argument("--agent-id", default="", help="the agent id it enrolls (default: any id the agent names)")
+    ecreate.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires unused (default 3600)")
+    ecreate.add_argument("--name", default="", help="what it is for")
+    ecreate.add_argument("--write", default="", metavar="FILE",
+                         help="write the secret to FILE (mode 0600) instead of printing it")
+    ecreate.set_defaults(func=cmd_enrollment_create)
+    els = enr.add_parser("list", parents=[common], help="tokens not yet used")
+    els.set_defaults(func=cmd_enrollment_list)
+    edel = enr.add_parser("delete", parents=[common], help="withdraw a token")
+    edel.add_argument("token_id")
+    edel.set_defaults(func=cmd_enrollment_delete)
 
     plot = sub.add_parser("plot", parents=[common], help="write a PNG of a run's metrics per round")
     plot.add_argument("run")

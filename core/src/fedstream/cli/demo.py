@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 
 from fedstream.cli.local import LocalFederation
-from fedstream.grpcutil import channel
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -50,8 +49,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 "DEVICE": args.device,
                 "CPU_THREADS": str(threads),
             })
-        runs = scheduler_pb2_grpc.RunServiceStub(channel(sched_addr))
-        models = channel(agg_addr)
+        runs = scheduler_pb2_grpc.RunServiceStub(procs.channel(sched_addr))
+        models = procs.channel(agg_addr)
         task = get_task("digits")
         data_settings = SiteDataSettings(num_sites=args.agents, partition_seed=args.seed)
         heldout = task.load_heldout(data_settings)

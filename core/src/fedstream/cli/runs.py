@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from fedstream.grpcutil import channel
+from fedstream.cli.pki import add_identity_arguments, dial
 from fedstream.safetensors_io import encode_header
 from fedstream.tensors import ChunkReceiver, Layout
 from fedstream.transfer import download_call
@@ -116,7 +116,7 @@ def _fail(e: grpc.RpcError) -> int:
 
 
 def cmd_run_start(args: argparse.Namespace) -> int:
-    stub = scheduler_pb2_grpc.RunServiceStub(channel(args.scheduler))
+    stub = scheduler_pb2_grpc.RunServiceStub(dial(args, args.scheduler))
     try:
         run = stub.StartRun(scheduler_pb2.StartRunRequest(spec=_spec_from_args(args), run_id=args.run_id), timeout=10)
         print(f"run {run.run_id} started")
@@ -131,7 +131,7 @@ def cmd_run_start(args: argparse.Namespace) -> int:
 
 
 def cmd_run_get(args: argparse.Namespace) -> int:
-    stub = scheduler_pb2_grpc.RunServiceStub(channel(args.scheduler))
+    stub = scheduler_pb2_grpc.RunServiceStub(dial(args, args.scheduler))
     try:
         run = stub.GetRun(scheduler_pb2.GetRunRequest(run_id=args.run_id), timeout=10)
     except grpc.RpcError as e:
@@ -141,7 +141,7 @@ def cmd_run_get(args: argparse.Namespace) -> int:
 
 
 def cmd_run_watch(args: argparse.Namespace) -> int:
-    stub = scheduler_pb2_grpc.RunServiceStub(channel(args.scheduler))
+    stub = scheduler_pb2_grpc.RunServiceStub(dial(args, args.scheduler))
     try:
         run = follow(stub, args.run_id)
     except grpc.RpcError as e:
@@ -152,7 +152,7 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
 
 def cmd_model_download(args: argparse.Namespace) -> int:
     """Streams a version into a safetensors file, verifying every chunk on the way."""
-    call = download_call(channel(args.aggregator))
+    call = download_call(dial(args, args.aggregator))
     out = Path(args.output)
     tmp = out.with_name(out.name + ".part")
     try:
@@ -206,14 +206,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     start.add_argument("--wait-for-agents", type=float, default=60.0, help="seconds to wait for agents")
     start.add_argument("--run-id", default="", help="id of the new run (default: generated)")
     start.add_argument("--follow", action="store_true", help="print progress until the run ends")
+    add_identity_arguments(start)
     start.set_defaults(func=cmd_run_start)
     get = run.add_parser("get", help="print a run as JSON")
     get.add_argument("run_id")
     get.add_argument("--scheduler", default="localhost:50051", help="scheduler host:port")
+    add_identity_arguments(get)
     get.set_defaults(func=cmd_run_get)
     watch = run.add_parser("watch", help="print a run's progress until it ends")
     watch.add_argument("run_id")
     watch.add_argument("--scheduler", default="localhost:50051", help="scheduler host:port")
+    add_identity_arguments(watch)
     watch.set_defaults(func=cmd_run_watch)
     model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_command", required=True)
     dl = model.add_parser("download", help="download a model version as a safetensors file")
@@ -221,4 +224,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     dl.add_argument("--version", default="", help="version id (default: the run's latest)")
     dl.add_argument("--aggregator", default="localhost:50052", help="aggregator host:port")
     dl.add_argument("-o", "--output", required=True, help="file to write")
+    add_identity_arguments(dl)
     dl.set_defaults(func=cmd_model_download)

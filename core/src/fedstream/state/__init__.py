@@ -4,6 +4,7 @@ from fedstream.state.base import (
     ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
+    EnrollmentTokenRecord,
     FederationRecord,
     RoundRecord,
     RunRecord,
@@ -15,6 +16,7 @@ from fedstream.state.memory import MemoryStateStore
 __all__ = [
     "ROUND_TRANSITIONS",
     "AgentRecord",
+    "EnrollmentTokenRecord",
     "AggregationRecord",
     "FederationRecord",
     "MemoryStateStore",

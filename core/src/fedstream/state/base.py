@@ -40,6 +40,11 @@ class AgentRecord:
     registered_unix: float = 0.0
     last_heartbeat_unix: float = 0.0
     disabled: bool = False
+    # Serial numbers (hex) of the agent's current certificates, newest last: a certificate
+    # not listed here is refused (revoked or replaced). Empty for agents of a plaintext
+    # (development) control plane.
+    cert_serials: list[str] = field(default_factory=list)
+    enrolled_unix: float = 0.0
 
 
 @dataclass
@@ -79,6 +84,19 @@ class TokenRecord:
     token_id: str
     sha256: str
     role: str  # viewer, operator or admin
+    name: str = ""
+    created_unix: float = 0.0
+
+
+@dataclass
+class EnrollmentTokenRecord:
+    """A one-time agent enrollment token, kept only as the SHA-256 of its secret."""
+
+    token_id: str
+    sha256: str
+    expires_unix: float
+    # The agent id the token enrolls; empty lets the agent name itself.
+    agent_id: str = ""
     name: str = ""
     created_unix: float = 0.0
 
@@ -163,6 +181,10 @@ class StateStore(ABC):
     @abstractmethod
     def list_agents(self) -> list[AgentRecord]:
         """All registered agents, ordered by id."""
+
+    @abstractmethod
+    def delete_agent(self, agent_id: str) -> None:
+        """Removes an agent's record; raises AgentNotFound."""
 
     # Runs.
     @abstractmethod
@@ -312,6 +334,27 @@ class StateStore(ABC):
     def delete_token(self, token_id: str) -> None:
         if not self._doc_delete("token", token_id):
             raise NotFound(f"token {token_id!r} not found")
+
+    # Enrollment tokens, by id; using one deletes it, so it enrolls at most once.
+    def create_enrollment_token(self, rec: EnrollmentTokenRecord) -> None:
+        if not self._doc_create("enrollment", rec.token_id, dataclasses.asdict(rec)):
+            raise AlreadyExists(f"enrollment token {rec.token_id!r} already exists")
+
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        return [EnrollmentTokenRecord(**d) for d in self._doc_list("enrollment")]
+
+    def delete_enrollment_token(self, token_id: str) -> None:
+        if not self._doc_delete("enrollment", token_id):
+            raise NotFound(f"enrollment token {token_id!r} not found")
+
+    def consume_enrollment_token(self, sha256: str) -> EnrollmentTokenRecord | None:
+        """Takes the token whose secret hashes to ``sha256`` away and returns it; None when
+        there is none (never made, already used, or deleted)."""
+        for d in self._doc_list("enrollment"):
+            if d["sha256"] == sha256:
+                # Deleting is atomic: of two callers with the same secret, one gets True.
+                return EnrollmentTokenRecord(**d) if self._doc_delete("enrollment", d["token_id"]) else None
+        return None
 
     # Leases.
     @abstractmethod

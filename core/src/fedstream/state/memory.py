@@ -64,6 +64,11 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return [copy.deepcopy(self._agents[k]) for k in sorted(self._agents)]
 
+    def delete_agent(self, agent_id: str) -> None:
+        with self._lock:
+            if self._agents.pop(agent_id, None) is None:
+                raise AgentNotFound(f"agent {agent_id!r} is not registered")
+
     def create_run(self, run: RunRecord) -> None:
         with self._lock:
             if run.run_id in self._runs:

@@ -184,6 +184,15 @@ class RedisStateStore(StateStore):
             raws = pipe.execute()
         return [self._agent_from(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
 
+    @_unavailable
+    def delete_agent(self, agent_id: str) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.delete(self._k("agent", agent_id))
+            pipe.srem(self._k("agents"), agent_id)
+            deleted, _ = pipe.execute()
+        if not deleted:
+            raise AgentNotFound(f"agent {agent_id!r} is not registered")
+
     # Runs.
 
     @_unavailable

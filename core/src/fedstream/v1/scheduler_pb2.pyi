@@ -56,6 +56,36 @@ class AgentInfo(_message.Message):
     tasks: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, agent_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "agent_id", "csr_pem")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    agent_id: str
+    csr_pem: bytes
+    def __init__(self, token: _Optional[str] = ..., agent_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class AgentCertificate(_message.Message):
+    __slots__ = ("agent_id", "certificate_pem", "ca_certificate_pem", "not_after_unix", "renew_after_unix")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RENEW_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    not_after_unix: float
+    renew_after_unix: float
+    def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., not_after_unix: _Optional[float] = ..., renew_after_unix: _Optional[float] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("agent",)
     AGENT_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class AgentServiceStub:
                 request_serializer=fedstream_dot_v1_dot_scheduler__pb2.ReceiveAssignmentsRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.AgentEvent.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/fedstream.v1.AgentService/Renew',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.RenewRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -73,6 +78,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Trades a signing request for a new certificate before the caller's expires; the
+        identity is the calling certificate's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReceiveAssignments,
                     request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.ReceiveAssignmentsRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_scheduler__pb2.AgentEvent.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.RenewRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,114 @@ class AgentService:
             '/fedstream.v1.AgentService/ReceiveAssignments',
             fedstream_dot_v1_dot_scheduler__pb2.ReceiveAssignmentsRequest.SerializeToString,
             fedstream_dot_v1_dot_scheduler__pb2.AgentEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.AgentService/Renew',
+            fedstream_dot_v1_dot_scheduler__pb2.RenewRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class EnrollmentServiceStub:
+    """Agent enrollment, on the scheduler's enrollment port (TLS that asks no client
+    certificate): an agent holding a one-time enrollment token trades a certificate signing
+    request for its first certificate. Only the request's public key is used.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enroll = channel.unary_unary(
+                '/fedstream.v1.EnrollmentService/Enroll',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
+                _registered_method=True)
+
+
+class EnrollmentServiceServicer:
+    """Agent enrollment, on the scheduler's enrollment port (TLS that asks no client
+    certificate): an agent holding a one-time enrollment token trades a certificate signing
+    request for its first certificate. Only the request's public key is used.
+    """
+
+    def Enroll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrollmentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedstream.v1.EnrollmentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedstream.v1.EnrollmentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EnrollmentService:
+    """Agent enrollment, on the scheduler's enrollment port (TLS that asks no client
+    certificate): an agent holding a one-time enrollment token trades a certificate signing
+    request for its first certificate. Only the request's public key is used.
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.EnrollmentService/Enroll',
+            fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,6 +16,7 @@ import grpc
 
 from fedstream.errors import DataLoss, FailedPrecondition, FedstreamError, RoundNotFound, Unavailable
 from fedstream.grpcutil import channel
+from fedstream.pki import TlsIdentity
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
@@ -71,10 +72,10 @@ class Leaf:
     """One leaf aggregator: ``endpoint`` is where the root reaches it, ``public_endpoint``
     where agents do (the same when empty)."""
 
-    def __init__(self, endpoint: str, public_endpoint: str = "") -> None:
+    def __init__(self, endpoint: str, public_endpoint: str = "", identity: TlsIdentity | None = None) -> None:
         self.endpoint = endpoint
         self.public_endpoint = public_endpoint or endpoint
-        self._channel = channel(endpoint)
+        self._channel = channel(endpoint, identity)
         self._stub = pb_grpc.AggregatorControlStub(self._channel)
 
     def _closed(self) -> Unavailable:

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 
+from fedstream.auth import service_identity
 from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
@@ -42,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log.level, settings.log.json_format, "aggregator")
     tune_allocator()
     tenant = settings.tenant.tenant
+    try:
+        identity = service_identity(settings.tls, tenant, "aggregator")
+    except ValueError as e:
+        log.error("invalid TLS settings: %s", e)
+        return EXIT_BAD_SETTINGS
     state = make_state_store(settings.state, tenant)
+    if identity is not None and settings.state.backend != "redis":
+        log.warning("the in-process state store does not hold the scheduler's agents: revoked or "
+                    "disabled agents' certificates are refused here only once they expire")
     store = make_model_store(settings.store, tenant)
     distiller = None
     if settings.distill.public_data is not None:
@@ -59,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
         keep_last=settings.store.keep_last, durable=durable,
         journal=f"leaf/{settings.name}" if settings.name else "",
-        leaves=[Leaf(leaf.endpoint, leaf.public_endpoint) for leaf in settings.leaves],
+        leaves=[Leaf(leaf.endpoint, leaf.public_endpoint, identity) for leaf in settings.leaves],
         distiller=distiller,
     )
     service.ready = False
@@ -71,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             settings.grpc.max_workers,
             settings.grpc.stream_window_bytes,
             serving=False,
+            tls=identity,
+            # Agents' records are the scheduler's: only a shared (Redis) store has them.
+            check_agents=settings.state.backend == "redis",
+            limits=settings.limits,
+            max_concurrent_rpcs=settings.grpc.max_concurrent_rpcs,
+            health_port=settings.grpc.health_port,
         )
     except OSError as e:
         log.error("%s", e)
@@ -78,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if not start_metrics(settings.metrics, "aggregator"):
         return EXIT_CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
-    log.info("listening on %s:%d (tenant %s)", settings.grpc.host, server.port, tenant)
+    log.info("listening on %s:%d (%s, tenant %s)", settings.grpc.host, server.port,
+             "mutual TLS" if identity else "PLAINTEXT", tenant)
     if settings.leaves:
         log.info("root of %d leaf aggregators: %s", len(settings.leaves), ", ".join(x.endpoint for x in settings.leaves))
     stop = threading.Event()

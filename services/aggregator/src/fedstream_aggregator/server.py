@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2_grpc
 
-from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, add_health, bind, make_server, set_serving
+from fedstream.auth import Guard
+from fedstream.grpcutil import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_STREAM_WINDOW_BYTES,
+    add_health,
+    bind,
+    make_server,
+    server_credentials,
+    set_serving,
+)
+from fedstream.limits import RateLimiter, StreamSlots
+from fedstream.pki import TlsIdentity
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.servicer import (
@@ -16,6 +27,7 @@ from fedstream_aggregator.servicer import (
     UpdateServicer,
     add_transfer_servicers,
 )
+from fedstream_aggregator.settings import AggregatorLimits
 
 SERVICE_NAMES = (
     "fedstream.v1.ModelService",
@@ -30,12 +42,17 @@ class AggregatorServer:
     port: int
     health: health.HealthServicer
     service: AggregatorService
+    # The plaintext health-only server for probes, when there is one.
+    health_server: grpc.Server | None = None
+    health_port: int = 0
 
     def set_serving(self, serving: bool) -> None:
         set_serving(self.health, SERVICE_NAMES, serving)
 
     def stop(self, grace: float | None = 2.0) -> None:
         set_serving(self.health, SERVICE_NAMES, False)
+        if self.health_server is not None:
+            self.health_server.stop(grace).wait()
         self.server.stop(grace).wait()
         self.service.close()
 
@@ -47,14 +64,40 @@ def build_server(
     max_workers: int = 64,
     stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
     serving: bool = True,
+    tls: TlsIdentity | None = None,
+    check_agents: bool = True,
+    limits: AggregatorLimits | None = None,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    health_port: int | None = None,
 ) -> AggregatorServer:
     """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
-    ``serving=False``, when the caller says so (once the backends answer)."""
-    server = make_server(max_workers, stream_window_bytes)
-    add_transfer_servicers(server, ModelServicer(service), UpdateServicer(service))
-    pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service), server)
+    ``serving=False``, when the caller says so (once the backends answer).
+
+    With ``tls`` every client must present a certificate of the tenant's authority: agents
+    download and upload as themselves, only services control rounds. Without, the server is
+    plaintext (development). ``check_agents``: whether the service's state store is the
+    scheduler's, so that each agent's record (enrolled, not disabled, certificate current) is
+    checked on every call. With ``health_port`` not None, a plaintext server on it answers
+    grpc.health.v1 only (kubelet probes cannot present certificates)."""
+    guard = Guard(service.state.tenant, tls is not None, service.state, check_agents)
+    limits = limits or AggregatorLimits()
+    service.max_update_bytes = limits.max_update_bytes
+    slots = StreamSlots(limits.streams_per_agent)
+    server = make_server(max_workers, stream_window_bytes, max_concurrent_rpcs)
+    add_transfer_servicers(
+        server,
+        ModelServicer(service, guard, slots),
+        UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s)),
+    )
+    pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)
     health_servicer = add_health(server, SERVICE_NAMES)
-    bound = bind(server, host, port)
+    bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
+    health_server, health_bound = None, 0
+    if health_port is not None:
+        health_server = make_server(4, stream_window_bytes, 64)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_bound = bind(health_server, host, health_port)
+        health_server.start()
     server.start()
     set_serving(health_servicer, SERVICE_NAMES, serving)
-    return AggregatorServer(server, bound, health_servicer, service)
+    return AggregatorServer(server, bound, health_servicer, service, health_server, health_bound)

@@ -63,6 +63,7 @@ from fedstream.errors import (
     UploadInProgress,
 )
 from fedstream.logs import log_context
+from fedstream.metrics import LIMIT_HITS
 from fedstream.state import AggregationRecord, StateStore
 from fedstream.store import ModelReader, ModelStore, ModelVersion, version_id
 from fedstream.store.base import check_run_id
@@ -409,6 +410,8 @@ class AggregatorService:
         _remove_dead_spools(Path(spool_dir))
         self.spools = SpoolPool(Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.chunk_bytes = chunk_bytes
+        # Largest update accepted (its declared bytes); the server sets it from its limits.
+        self.max_update_bytes = 2 << 30
         self.keep_last = keep_last
         self.durable = durable
         self.journal = journal
@@ -793,6 +796,12 @@ class AggregatorService:
         if agent not in plan.participants:
             raise AgentNotSelected(
                 f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}"
+            )
+        if header.layout.total_bytes > self.max_update_bytes:
+            LIMIT_HITS.labels(self.state.tenant, "aggregator", "max_update_bytes").inc()
+            raise ResourceExhausted(
+                f"the update declares {header.layout.total_bytes} bytes; this aggregator takes at most "
+                f"{self.max_update_bytes}"
             )
         for i, agents in rnd.shares.items():
             if agent in agents:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
 from fedstream import wire
+from fedstream.auth import Guard
 from fedstream.errors import InvalidArgument
 from fedstream.grpcutil import translate_errors
+from fedstream.limits import RateLimiter, StreamSlots
+from fedstream.metrics import LIMIT_HITS
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
@@ -55,26 +60,45 @@ def snapshot_to_proto(s: RoundSnapshot) -> pb.RoundEvent:
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
-    def __init__(self, service: AggregatorService) -> None:
+    """Enrolled agents of the tenant (and its services and operators) download its models."""
+
+    def __init__(self, service: AggregatorService, guard: Guard, slots: StreamSlots) -> None:
         self.service = service
+        self.guard = guard
+        self.slots = slots
 
     @translate_errors
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadModelResponse | wire.ChunkFrame]:
-        info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
-        yield pb.DownloadModelResponse(
-            header=pb.ModelHeader(
-                version=info.version, layout=info.layout.to_proto(), metadata=info.metadata
+        agent = ""
+        if not self.guard.tls or self.guard.caller(context).identity.role == "agent":
+            agent = self.guard.agent(context)
+        with self.slots.hold(agent, self._limited) if agent else nullcontext():
+            info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
+            yield pb.DownloadModelResponse(
+                header=pb.ModelHeader(
+                    version=info.version, layout=info.layout.to_proto(), metadata=info.metadata
+                )
             )
-        )
-        for chunk in chunks:
-            yield wire.ChunkFrame(chunk)
+            for chunk in chunks:
+                yield wire.ChunkFrame(chunk)
+
+    def _limited(self) -> None:
+        LIMIT_HITS.labels(self.service.state.tenant, "aggregator", "streams_per_agent").inc()
 
 
 class UpdateServicer(pb_grpc.UpdateServiceServicer):
-    def __init__(self, service: AggregatorService) -> None:
+    """Agents upload as the agent their certificate names, never as another."""
+
+    def __init__(self, service: AggregatorService, guard: Guard, slots: StreamSlots, rate: RateLimiter) -> None:
         self.service = service
+        self.guard = guard
+        self.slots = slots
+        self.rate = rate
+
+    def _limited(self, limit: str) -> None:
+        LIMIT_HITS.labels(self.service.state.tenant, "aggregator", limit).inc()
 
     @translate_errors
     def UploadUpdate(
@@ -84,10 +108,11 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         if first is None or first.WhichOneof("payload") != "header":
             raise InvalidArgument("the first message of an upload must be its header")
         h = first.header
+        agent_id = self.guard.agent(context, h.agent_id)
         header = UpdateHeader(
             run_id=h.run_id,
             round=h.round,
-            agent_id=h.agent_id,
+            agent_id=agent_id,
             layout=Layout.from_proto(h.layout),
             num_examples=h.num_examples,
             metrics=dict(h.metrics),
@@ -97,9 +122,15 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             for msg in request_iterator:
                 if msg.WhichOneof("payload") != "chunk":
                     raise InvalidArgument("only chunks may follow an upload's header")
+                wait = self.rate.delay(agent_id)
+                if wait > 0:
+                    # Slowed, not refused: the stream's flow control holds the sender back.
+                    self._limited("chunks_per_s")
+                    time.sleep(wait)
                 yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
 
-        duplicate, received = self.service.receive_update(header, chunks())
+        with self.slots.hold(agent_id, lambda: self._limited("streams_per_agent")):
+            duplicate, received = self.service.receive_update(header, chunks())
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
 
 
@@ -124,11 +155,15 @@ def add_transfer_servicers(server: grpc.Server, models: ModelServicer, updates: 
 
 
 class ControlServicer(pb_grpc.AggregatorControlServicer):
-    def __init__(self, service: AggregatorService) -> None:
+    """Round control: the scheduler and a root aggregator only."""
+
+    def __init__(self, service: AggregatorService, guard: Guard) -> None:
         self.service = service
+        self.guard = guard
 
     @translate_errors
     def OpenRound(self, request: pb.RoundPlan, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
+        self.guard.require_role(context, "service")
         kind = KINDS.get(request.kind)
         if kind is None:
             raise InvalidArgument(f"unknown round kind {request.kind}")
@@ -156,6 +191,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     def WatchRound(
         self, request: pb.WatchRoundRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RoundEvent]:
+        self.guard.require_role(context, "service")
         for snap in self.service.watch(request.run_id, request.round, context.is_active):
             yield snapshot_to_proto(snap)
 
@@ -163,6 +199,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     def CollectPartial(
         self, request: pb.CollectPartialRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.CollectPartialResponse]:
+        self.guard.require_role(context, "service")
         layout, total_weight, reports, chunks = self.service.collect_partial(request.run_id, request.round)
         yield pb.CollectPartialResponse(
             header=pb.PartialHeader(
@@ -178,5 +215,6 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     def FinishPartial(
         self, request: pb.FinishPartialRequest, context: grpc.ServicerContext
     ) -> pb.FinishPartialResponse:
+        self.guard.require_role(context, "service")
         self.service.finish_partial(request.run_id, request.round, request.version, request.reason)
         return pb.FinishPartialResponse()

@@ -15,6 +15,7 @@ from fedstream.config import (
     StateSettings,
     StoreSettings,
     TenantSettings,
+    TlsSettings,
 )
 from fedstream.metrics import MetricsSettings
 
@@ -43,6 +44,28 @@ class DistillSettings(BaseModel):
     )
 
 
+class AggregatorLimits(BaseModel):
+    """Per-agent limits; each one hit counts in fedstream_limit_hits_total{limit=...}."""
+
+    model_config = {"extra": "forbid"}
+
+    max_update_bytes: int = Field(
+        2 << 30, ge=1,
+        description="Largest update (its declared layout's bytes) accepted, refused from the header "
+        "before any chunk (RESOURCE_EXHAUSTED). Training rounds also refuse any layout that is not "
+        "the round's model.",
+    )
+    chunks_per_s: float = Field(
+        2000.0, ge=0,
+        description="Chunks per second one agent may send (bursts of as many); faster streams are "
+        "slowed down to it. 0: no limit.",
+    )
+    streams_per_agent: int = Field(
+        4, ge=0, description="Downloads and uploads one agent may have open at once; more are refused "
+        "(RESOURCE_EXHAUSTED). 0: no limit.",
+    )
+
+
 class AggregatorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FEDSTREAM_AGGREGATOR_", env_nested_delimiter="__", extra="forbid"
@@ -52,11 +75,15 @@ class AggregatorSettings(BaseSettings):
     grpc: GrpcServerSettings = Field(
         default_factory=lambda: GrpcServerSettings(port=50052), description="gRPC server."
     )
+    tls: TlsSettings = Field(
+        default_factory=TlsSettings, description="Mutual TLS of gRPC (agents, scheduler, leaves)."
+    )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Model store.")
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Download chunks.")
+    limits: AggregatorLimits = Field(default_factory=AggregatorLimits, description="Per-agent limits.")
     durable_updates: bool | None = Field(
         None,
         description="Keep each counted update in the model store until its round commits, so "

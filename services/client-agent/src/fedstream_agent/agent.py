@@ -18,7 +18,9 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.grpcutil import channel
+from fedstream.identity import AgentIdentity, EnrollmentError, renew_after_unix
 from fedstream.logs import log_context
+from fedstream.pki import TlsIdentity
 from fedstream.tasks import get_task
 from fedstream.tasks.base import Task, TrainParams, pick_device
 from fedstream.tasks.torchio import buffers_of, layout_of, state_of
@@ -64,8 +66,21 @@ class Agent:
         self._data: dict[str, Any] = {}
         self._heldout: dict[str, Any] = {}
         self._channels: dict[str, grpc.Channel] = {}
-        self._scheduler = channel(settings.scheduler_endpoint)
-        self._agents = scheduler_pb2_grpc.AgentServiceStub(self._scheduler)
+        tls = settings.tls
+        self.identity: AgentIdentity | None = None
+        if tls.insecure_plaintext:
+            log.warning("gRPC is PLAINTEXT (tls.insecure_plaintext=true): for development only")
+        else:
+            if tls.ca_file is None:
+                raise EnrollmentError("tls.ca_file is required (or tls.insecure_plaintext=true, for development only)")
+            self.identity = AgentIdentity(
+                tls.identity_dir, self.agent_id, tls.ca_file, tls.enroll_endpoint, tls.enrollment_token_file
+            )
+        # The certificate the channels present; replaced on renewal.
+        self._tls: TlsIdentity | None = None
+        self._renew_at = float("inf")
+        self._scheduler: grpc.Channel | None = None
+        self._agents: Any = None
         self._stream: Any = None
         # The last downloaded model's buffer, reused while the layout stays the same.
         self._buffer: FlatBuffer | None = None
@@ -92,8 +107,36 @@ class Agent:
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
-            self._channels[endpoint] = channel(endpoint)
+            self._channels[endpoint] = channel(endpoint, self._tls)
         return self._channels[endpoint]
+
+    def _connect(self) -> None:
+        """(Re)builds the scheduler channel with the current certificate, enrolling first when
+        there is none. Raises EnrollmentError, grpc.RpcError."""
+        if self.identity is not None and self._tls is None:
+            self._tls = self.identity.ensure()
+            self._renew_at = renew_after_unix(self._tls)
+        if self._scheduler is None:
+            self._scheduler = channel(self.settings.scheduler_endpoint, self._tls)
+            self._agents = scheduler_pb2_grpc.AgentServiceStub(self._scheduler)
+
+    def _renew_if_due(self) -> None:
+        """Renews the certificate two thirds into its life; the channels are rebuilt with the
+        new one (the assignment stream reconnects)."""
+        scheduler = self._scheduler
+        if self.identity is None or self._tls is None or scheduler is None or time.time() < self._renew_at:
+            return
+        try:
+            fresh = self.identity.renew(scheduler, self._tls)
+        except grpc.RpcError as e:
+            log.warning("certificate renewal failed (%s: %s); retrying at the next heartbeat", e.code().name, e.details())
+            return
+        # Calls in flight finish on the old channels: the replaced certificate stays valid
+        # until it expires or the next renewal.
+        self._tls, self._renew_at = fresh, renew_after_unix(fresh)
+        self._scheduler, self._channels = None, {}
+        if self._stream is not None:
+            self._stream.cancel()
 
     def run(self) -> None:
         """Registers, heartbeats and serves assignments until ``stop`` is set, reconnecting
@@ -105,6 +148,7 @@ class Agent:
         heartbeat_started = False
         while not self.stop.is_set():
             try:
+                self._connect()
                 reply = self._agents.Register(
                     scheduler_pb2.RegisterRequest(
                         agent=scheduler_pb2.AgentInfo(
@@ -133,14 +177,22 @@ class Agent:
             except grpc.RpcError as e:
                 if self.stop.is_set():
                     break
+                if e.code() == grpc.StatusCode.CANCELLED and self._scheduler is None:
+                    delay = 0.2  # the stream was closed for a renewed certificate
+                    continue
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.identity is not None:
+                    # Revoked or replaced: this certificate is no good; a new enrollment is.
+                    log.error("the scheduler refused this agent's certificate: %s", e.details())
                 log.warning("scheduler %s: %s; retrying in %.1f s", self.settings.scheduler_endpoint, e.code().name, delay)
             self.stop.wait(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
     def _heartbeat_loop(self) -> None:
         while not self.stop.wait(self._interval):
+            self._renew_if_due()
             try:
-                self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=5)
+                if self._agents is not None:
+                    self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=5)
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from fedstream.grpcutil import channel
+from fedstream.cli.pki import add_identity_arguments, dial
 from fedstream.tasks import get_task
 from fedstream.transfer import download_model
 
@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, type=Path, help="folder of images (jpg, png, bmp)")
     p.add_argument("-o", "--output", default="-", help="JSON file to write (default: standard output)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    add_identity_arguments(p)
 
 
 def run_inference(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def run_inference(args: argparse.Namespace) -> int:
         return 2
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     try:
-        model = download_model(channel(args.aggregator), args.run, args.version, timeout=600)
+        model = download_model(dial(args, args.aggregator), args.run, args.version, timeout=600)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1

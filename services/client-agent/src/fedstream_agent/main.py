@@ -18,6 +18,7 @@ EXIT_OK = 0
 EXIT_BAD_SETTINGS = 2
 EXIT_CANNOT_BIND = 3
 EXIT_BAD_DATA = 4
+EXIT_NO_IDENTITY = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not start_metrics(settings.metrics, "agent"):
         return EXIT_CANNOT_BIND
-    agent = Agent(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.shutdown())
+    from fedstream.identity import EnrollmentError
+
     try:
+        agent = Agent(settings)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: agent.shutdown())
         agent.run()
+    except EnrollmentError as e:
+        log.error("%s", e)
+        return EXIT_NO_IDENTITY
     except ValueError as e:
         log.error("cannot load the site's data: %s", e)
         return EXIT_BAD_DATA

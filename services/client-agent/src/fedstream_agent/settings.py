@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
 from fedstream.metrics import MetricsSettings
 from fedstream.tasks.base import SiteDataSettings
+
+
+class AgentTlsSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    insecure_plaintext: bool = Field(
+        False, description="Development only: dial the control plane without TLS. Logged as a warning at start."
+    )
+    ca_file: Path | None = Field(
+        None, description="The tenant's CA certificate (PEM), given with the enrollment token: the only "
+        "authority this agent trusts for the control plane.",
+    )
+    identity_dir: Path = Field(
+        Path("fedstream-identity"),
+        description="Where the agent keeps its key and certificate (keep it on a persistent volume: "
+        "an agent that loses it needs a new enrollment token).",
+    )
+    enrollment_token_file: Path | None = Field(
+        None, description="File holding the one-time enrollment token, used when identity_dir holds "
+        "no current certificate.",
+    )
+    enroll_endpoint: str = Field(
+        "localhost:50053", description="host:port of the scheduler's enrollment service."
+    )
 
 
 class AgentSettings(BaseSettings):
@@ -23,6 +48,7 @@ class AgentSettings(BaseSettings):
         description="This agent's id (default: the host name).",
     )
     scheduler_endpoint: str = Field("localhost:50051", description="host:port of the scheduler.")
+    tls: AgentTlsSettings = Field(default_factory=AgentTlsSettings, description="Mutual TLS and enrollment.")
     tasks: list[str] = Field(default_factory=lambda: ["digits"], description="Tasks this site offers.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels reported for selection.")
     data: SiteDataSettings = Field(default_factory=SiteDataSettings, description="The site's data.")

@@ -17,10 +17,18 @@ from croniter import croniter
 from pydantic import ValidationError
 
 from fedstream.errors import FailedPrecondition, FedstreamError, InvalidArgument, ModelNotFound, Unavailable
-from fedstream.state import AgentRecord, FederationRecord, RoundRecord, RunRecord, TokenRecord
+from fedstream.state import (
+    AgentRecord,
+    EnrollmentTokenRecord,
+    FederationRecord,
+    RoundRecord,
+    RunRecord,
+    TokenRecord,
+)
 from fedstream.store import ModelReader, ModelStore, ModelVersion
 from fedstream.store.base import parse_version
 from fedstream.strategies import make_strategy
+from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.service import SchedulerService
 
@@ -76,10 +84,14 @@ class AdminService:
     """One tenant's admin operations over its scheduler and state store."""
 
     def __init__(
-        self, scheduler: SchedulerService, store: ModelStore | None = None, clock: Callable[[], float] | None = None
+        self, scheduler: SchedulerService, store: ModelStore | None = None, clock: Callable[[], float] | None = None,
+        enrollment: Enrollment | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
+        self.enrollment = enrollment or Enrollment(
+            scheduler.state, None, scheduler.settings.enrollment.cert_lifetime_s, clock or scheduler.clock,
+        )
         self.state = scheduler.state
         self.tenant = scheduler.state.tenant
         self.clock = clock or scheduler.clock
@@ -274,6 +286,20 @@ class AdminService:
 
     def set_agent_disabled(self, agent_id: str, disabled: bool) -> AgentRecord:
         return self.scheduler.set_agent_disabled(agent_id, disabled)
+
+    def delete_agent(self, agent_id: str) -> None:
+        self.scheduler.delete_agent(agent_id)
+
+    # Enrollment tokens.
+
+    def create_enrollment_token(self, agent_id: str, ttl_s: float, name: str) -> tuple[EnrollmentTokenRecord, str]:
+        return self.enrollment.create_token(agent_id, ttl_s, name)
+
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        return self.enrollment.list_tokens()
+
+    def delete_enrollment_token(self, token_id: str) -> None:
+        self.enrollment.delete_token(token_id)
 
 
 def check_federation_id(federation_id: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fedstream.grpcutil import aio_channel
+from fedstream.pki import TlsIdentity
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 
@@ -18,9 +19,9 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class AggregatorClient:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, identity: TlsIdentity | None = None) -> None:
         self.target = target
-        self._channel = aio_channel(target)
+        self._channel = aio_channel(target, identity)
         self._stub = pb_grpc.AggregatorControlStub(self._channel)
 
     async def open_round(self, plan: pb.RoundPlan, give_up_at: float) -> dict[str, str]:

@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 
+from fedstream.auth import load_authority, service_identity
 from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
@@ -20,6 +21,7 @@ from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.cron import CronScheduler
+from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
@@ -33,18 +35,30 @@ EXIT_CANNOT_BIND = 3
 
 
 async def serve(settings: SchedulerSettings) -> int:
-    state = make_state_store(settings.state, settings.tenant.tenant)
-    service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint), settings)
+    tenant = settings.tenant.tenant
+    try:
+        identity = service_identity(settings.tls, tenant, "scheduler")
+        authority = load_authority(settings.tls, tenant)
+    except ValueError as e:
+        log.error("invalid TLS settings: %s", e)
+        return EXIT_BAD_SETTINGS
+    state = make_state_store(settings.state, tenant)
+    service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
+    enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s)
     try:
         server = await build_server(
             service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
-            serving=False,
+            serving=False, tls=identity, enrollment=enrollment, enroll_port=settings.enrollment.port,
+            health_port=settings.grpc.health_port,
         )
     except OSError as e:
         log.error("%s", e)
         return EXIT_CANNOT_BIND
-    store = make_model_store(settings.store, settings.tenant.tenant)
-    admin = AdminService(service, store)
+    if server.enroll_server is not None:
+        write_port_file(settings.enrollment.port_file, server.enroll_port)
+        log.info("agents enroll on %s:%d", settings.grpc.host, server.enroll_port)
+    store = make_model_store(settings.store, tenant)
+    admin = AdminService(service, store, enrollment=enrollment)
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
     api = None
@@ -63,8 +77,9 @@ async def serve(settings: SchedulerSettings) -> int:
         return EXIT_CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
-        "listening on %s:%d (tenant %s, aggregator %s)",
-        settings.grpc.host, server.port, settings.tenant.tenant, settings.aggregator_endpoint,
+        "listening on %s:%d (%s, tenant %s, aggregator %s)",
+        settings.grpc.host, server.port, "mutual TLS" if identity else "PLAINTEXT", tenant,
+        settings.aggregator_endpoint,
     )
     stop = asyncio.Event()
     stopping = threading.Event()

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_server
+from fedstream.auth import Guard
+from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_server, server_credentials
+from fedstream.pki import TlsIdentity
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
+from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.service import SchedulerService
-from fedstream_scheduler.servicer import AgentServicer, RunServicer
+from fedstream_scheduler.servicer import AgentServicer, EnrollmentServicer, RunServicer
 
 SERVICE_NAMES = ("fedstream.v1.AgentService", "fedstream.v1.RunService")
 
@@ -21,6 +24,13 @@ class SchedulerServer:
     port: int
     health: health.aio.HealthServicer
     service: SchedulerService
+    enrollment: Enrollment
+    # The enrollment server (TLS without client certificates), when there is one.
+    enroll_server: grpc.aio.Server | None = None
+    enroll_port: int = 0
+    # The plaintext health-only server for probes, when there is one.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -34,6 +44,9 @@ class SchedulerServer:
     async def stop(self, grace: float | None = 2.0) -> None:
         await self.set_serving(False)
         await self.service.close()
+        for extra in (self.enroll_server, self.health_server):
+            if extra is not None:
+                await extra.stop(grace)
         await self.server.stop(grace)
         await self.service.aggregator.close()
 
@@ -44,16 +57,42 @@ async def build_server(
     port: int,
     stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES,
     serving: bool = True,
+    tls: TlsIdentity | None = None,
+    enrollment: Enrollment | None = None,
+    enroll_port: int | None = None,
+    health_port: int | None = None,
 ) -> SchedulerServer:
     """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
-    ``serving=False``, when the caller says so (once the state store answers)."""
-    server = make_aio_server(stream_window_bytes)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)
-    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service), server)
+    ``serving=False``, when the caller says so (once the state store answers).
+
+    With ``tls`` every client must present a certificate of the tenant's authority; without,
+    the server is plaintext (development). With ``tls``, an enrollment that holds the
+    authority and ``enroll_port`` not None, agents enroll on that port (TLS, no client
+    certificate asked). With ``health_port`` not None, a plaintext server on it answers
+    grpc.health.v1 only (kubelet probes cannot present certificates)."""
+    if enrollment is None:
+        enrollment = Enrollment(service.state, None, 86400.0, service.clock)
+    guard = Guard(service.state.tenant, tls is not None, service.state)
+    server = make_aio_server(stream_window_bytes, service.settings.grpc.max_concurrent_rpcs)
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment), server)
+    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = bind(server, host, port)
+    bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
+    enroll_server, enroll_bound = None, 0
+    if tls is not None and enrollment.ca is not None and enroll_port is not None:
+        enroll_server = make_aio_server(stream_window_bytes)
+        pb_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(enrollment), enroll_server)
+        enroll_bound = bind(enroll_server, host, enroll_port, server_credentials(tls, client_certificates=False))
+        await enroll_server.start()
+    health_server, health_bound = None, 0
+    if health_port is not None:
+        health_server = make_aio_server(stream_window_bytes)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_bound = bind(health_server, host, health_port)
+        await health_server.start()
     await server.start()
-    out = SchedulerServer(server, bound, health_servicer, service)
+    out = SchedulerServer(server, bound, health_servicer, service, enrollment, enroll_server, enroll_bound,
+                          health_server, health_bound)
     await out.set_serving(serving)
     return out

@@ -27,8 +27,11 @@ from fedstream.errors import (
     InvalidArgument,
     InvalidTransition,
     PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
 )
 from fedstream.logs import log_context
+from fedstream.metrics import LIMIT_HITS
 from fedstream.state import AgentRecord, RoundRecord, RunRecord, StateStore
 from fedstream.state.base import TERMINAL_ROUND_STATES
 from fedstream.store.base import check_run_id
@@ -102,6 +105,8 @@ class SchedulerService:
             previous = self.state.get_agent(agent.agent_id)
             agent.registered_unix = previous.registered_unix
             agent.disabled = previous.disabled
+            agent.cert_serials = previous.cert_serials
+            agent.enrolled_unix = previous.enrolled_unix
         except AgentNotFound:
             agent.registered_unix = now
         agent.last_heartbeat_unix = now
@@ -113,26 +118,39 @@ class SchedulerService:
         """Raises AgentNotFound for an agent that never registered."""
         self.state.heartbeat(agent_id, self.clock())
 
-    async def assignments(self, agent_id: str) -> AsyncIterator[scheduler_pb2.AgentEvent]:
-        """The agent's assignment stream; a newer stream of the same agent replaces it."""
+    async def assignments(
+        self, agent_id: str, still_allowed: Callable[[], object] | None = None
+    ) -> AsyncIterator[scheduler_pb2.AgentEvent]:
+        """The agent's assignment stream; a newer stream of the same agent replaces it.
+
+        ``still_allowed`` is called every heartbeat interval while the stream is idle and ends
+        it by raising (a revoked certificate, an agent deleted or disabled through another
+        replica)."""
         agent = self.state.get_agent(agent_id)
         if agent.disabled:
             raise PermissionDenied(f"agent {agent_id!r} is disabled")
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        queue: asyncio.Queue[object] = asyncio.Queue(self.settings.limits.assignment_queue)
         old = self._streams.get(agent_id)
         if old is not None:
-            old.put_nowait(_CLOSE)
+            self._offer(old, _CLOSE)
         self._streams[agent_id] = queue
         m.AGENTS_CONNECTED.labels(self.state.tenant).set(len(self._streams))
         for events in list(self._pending.values()):
             if agent_id in events:
-                queue.put_nowait(events[agent_id])
+                self._offer(queue, events[agent_id])
         log.info("agent %s connected", agent_id)
         try:
             while True:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), self.settings.heartbeat_interval_s)
+                except TimeoutError:
+                    if still_allowed is not None:
+                        still_allowed()
+                    continue
                 if event is _CLOSE:
                     return
+                if isinstance(event, FedstreamError):
+                    raise event
                 assert isinstance(event, scheduler_pb2.AgentEvent)
                 yield event
         finally:
@@ -140,6 +158,18 @@ class SchedulerService:
                 del self._streams[agent_id]
             m.AGENTS_CONNECTED.labels(self.state.tenant).set(len(self._streams))
             log.info("agent %s disconnected", agent_id)
+
+    def _offer(self, queue: asyncio.Queue[object], item: object) -> None:
+        """Puts an item on an agent's stream queue. A queue that is full (an agent not reading
+        its stream) is emptied and its stream closed: the agent reconnects and is sent its
+        pending assignments again, so nothing is lost and memory stays bounded."""
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            LIMIT_HITS.labels(self.state.tenant, "scheduler", "assignment_queue").inc()
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(ResourceExhausted("this agent's assignment stream fell behind; reconnect"))
 
     def is_connected(self, agent_id: str) -> bool:
         """Whether the agent has its assignment stream open on this replica."""
@@ -155,8 +185,17 @@ class SchedulerService:
             log.info("agent %s %s", agent_id, "disabled" if disabled else "enabled")
         stream = self._streams.get(agent_id)
         if disabled and stream is not None:
-            stream.put_nowait(_CLOSE)
+            self._offer(stream, PermissionDenied(f"agent {agent_id!r} is disabled"))
         return agent
+
+    def delete_agent(self, agent_id: str) -> None:
+        """Forgets an agent: its certificates are refused from now on and its open stream is
+        closed; it needs a new enrollment to come back. Raises AgentNotFound."""
+        self.state.delete_agent(agent_id)
+        stream = self._streams.get(agent_id)
+        if stream is not None:
+            self._offer(stream, Unauthenticated(f"agent {agent_id!r} was deleted"))
+        log.info("agent %s deleted", agent_id)
 
     def live_agents(self, task: str) -> list[str]:
         """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
@@ -509,7 +548,7 @@ class SchedulerService:
         for agent_id, event in events.items():
             queue = self._streams.get(agent_id)
             if queue is not None:
-                queue.put_nowait(event)
+                self._offer(queue, event)
         log.info("round %d (%s) assigned to %s", rec.round, rec.kind, ", ".join(rec.participants))
         try:
             return await self._follow(run_id, rec.round, rec.deadline_unix)
@@ -607,4 +646,4 @@ class SchedulerService:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for queue in self._streams.values():
-            queue.put_nowait(_CLOSE)
+            self._offer(queue, _CLOSE)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
 
+from fedstream.auth import Guard
+from fedstream.errors import FailedPrecondition, ResourceExhausted
 from fedstream.grpcutil import translate_errors
+from fedstream.limits import RateLimiter
+from fedstream.metrics import LIMIT_HITS
 from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.v1 import round_pb2
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
+from fedstream_scheduler.enrollment import Enrollment, Issued
 from fedstream_scheduler.service import KIND_PROTO, SchedulerService
 
 _ROUND_STATES = {
@@ -57,15 +63,39 @@ def run_to_proto(run: RunRecord, rounds: list[RoundRecord]) -> pb.Run:
     )
 
 
+def certificate_to_proto(issued: Issued) -> pb.AgentCertificate:
+    return pb.AgentCertificate(
+        agent_id=issued.agent_id,
+        certificate_pem=issued.certificate_pem,
+        ca_certificate_pem=issued.ca_certificate_pem,
+        not_after_unix=issued.not_after_unix,
+        renew_after_unix=issued.renew_after_unix,
+    )
+
+
 class AgentServicer(pb_grpc.AgentServiceServicer):
-    def __init__(self, service: SchedulerService) -> None:
+    """Every method acts for the agent the client certificate names (fedstream.auth)."""
+
+    def __init__(self, service: SchedulerService, guard: Guard, enrollment: Enrollment) -> None:
         self.service = service
+        self.guard = guard
+        self.enrollment = enrollment
+        limits = service.settings.limits
+        self.registrations = RateLimiter(limits.registrations_per_min / 60, 10)
+        self.heartbeats = RateLimiter(limits.heartbeats_per_interval / service.settings.heartbeat_interval_s, 10)
+
+    def _within(self, limiter: RateLimiter, agent_id: str, limit: str, what: str) -> None:
+        if not limiter.try_take(agent_id):
+            LIMIT_HITS.labels(self.service.state.tenant, "scheduler", limit).inc()
+            raise ResourceExhausted(f"too many {what} from agent {agent_id!r}")
 
     @translate_errors
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         a = request.agent
+        agent_id = self.guard.agent(context, a.agent_id)
+        self._within(self.registrations, agent_id, "registrations_per_min", "registrations")
         record = AgentRecord(
-            agent_id=a.agent_id,
+            agent_id=agent_id,
             labels=dict(a.labels),
             capabilities=json_format.MessageToDict(a.capabilities, preserving_proto_field_name=True),
             tasks=list(a.tasks),
@@ -75,37 +105,66 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     @translate_errors
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
-        self.service.heartbeat(request.agent_id)
+        agent_id = self.guard.agent(context, request.agent_id)
+        self._within(self.heartbeats, agent_id, "heartbeats_per_interval", "heartbeats")
+        self.service.heartbeat(agent_id)
         return pb.HeartbeatResponse()
 
     @translate_errors
     async def ReceiveAssignments(
         self, request: pb.ReceiveAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AgentEvent]:
-        async for event in self.service.assignments(request.agent_id):
+        agent_id = self.guard.agent(context, request.agent_id)
+        still_allowed = (lambda: self.guard.agent(context, agent_id)) if self.guard.tls else None
+        async for event in self.service.assignments(agent_id, still_allowed):
             yield event
+
+    @translate_errors
+    async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.AgentCertificate:
+        if not self.guard.tls:
+            raise FailedPrecondition("certificates are renewed only over TLS")
+        self.guard.agent(context)
+        peer = self.guard.caller(context)
+        return certificate_to_proto(await asyncio.to_thread(self.enrollment.renew, peer, request.csr_pem))
+
+
+class EnrollmentServicer(pb_grpc.EnrollmentServiceServicer):
+    def __init__(self, enrollment: Enrollment) -> None:
+        self.enrollment = enrollment
+
+    @translate_errors
+    async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.AgentCertificate:
+        issued = await asyncio.to_thread(self.enrollment.enroll, request.token, request.agent_id, request.csr_pem)
+        return certificate_to_proto(issued)
 
 
 class RunServicer(pb_grpc.RunServiceServicer):
-    def __init__(self, service: SchedulerService) -> None:
+    """Operators' and services' calls; agents may not drive runs."""
+
+    def __init__(self, service: SchedulerService, guard: Guard) -> None:
         self.service = service
+        self.guard = guard
 
     @translate_errors
     async def StartRun(self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        self.guard.require_role(context, "operator", "service")
         fields = json_format.MessageToDict(request.spec, preserving_proto_field_name=True)
         run = self.service.start_run(fields, request.run_id)
         return run_to_proto(run, [])
 
     @translate_errors
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        self.guard.require_role(context, "operator", "service")
         return run_to_proto(*self.service.get_run(request.run_id))
 
     @translate_errors
     async def WatchRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Run]:
+        self.guard.require_role(context, "operator", "service")
         async for run, rounds in self.service.watch_run(request.run_id):
             yield run_to_proto(run, rounds)
 
     @translate_errors
     async def CancelRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        self.guard.require_role(context, "operator", "service")
         run = await self.service.cancel_run(request.run_id)
         return run_to_proto(run, self.service.state.list_rounds(run.run_id))

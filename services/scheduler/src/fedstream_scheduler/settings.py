@@ -7,7 +7,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedstream.config import GrpcServerSettings, LogSettings, StateSettings, StoreSettings, TenantSettings
+from fedstream.config import (
+    GrpcServerSettings,
+    LogSettings,
+    StateSettings,
+    StoreSettings,
+    TenantSettings,
+    TlsSettings,
+)
 from fedstream.metrics import MetricsSettings
 
 
@@ -25,6 +32,40 @@ class ApiSettings(BaseModel):
     )
 
 
+class EnrollmentSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    port: int = Field(
+        50053, ge=0, le=65535,
+        description="Port of the enrollment service (TLS without client certificates), on grpc.host; "
+        "0 picks a free one. Served only with TLS and tls.ca_key_file.",
+    )
+    port_file: Path | None = Field(None, description="If set, the bound enrollment port is written here.")
+    cert_lifetime_s: float = Field(
+        86400.0, ge=60, le=90 * 86400,
+        description="Lifetime of agents' certificates; agents renew at two thirds of it.",
+    )
+
+
+class SchedulerLimits(BaseModel):
+    """Per-agent limits; each one hit counts in fedstream_limit_hits_total{limit=...}."""
+
+    model_config = {"extra": "forbid"}
+
+    registrations_per_min: float = Field(
+        30.0, ge=0, description="Registrations per minute one agent may make (bursts of 10); more "
+        "are refused with RESOURCE_EXHAUSTED. 0: no limit.",
+    )
+    heartbeats_per_interval: float = Field(
+        3.0, ge=0, description="Heartbeats one agent may send per heartbeat_interval_s (bursts of 10); "
+        "more are refused with RESOURCE_EXHAUSTED. 0: no limit.",
+    )
+    assignment_queue: int = Field(
+        64, ge=1, description="Events waiting on one agent's assignment stream; an agent that falls "
+        "this far behind has its stream closed and is sent its assignments again when it reconnects.",
+    )
+
+
 class SchedulerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FEDSTREAM_SCHEDULER_", env_nested_delimiter="__", extra="forbid"
@@ -32,6 +73,11 @@ class SchedulerSettings(BaseSettings):
 
     tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
     grpc: GrpcServerSettings = Field(default_factory=GrpcServerSettings, description="gRPC server.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="Mutual TLS of gRPC (agents, aggregator).")
+    limits: SchedulerLimits = Field(default_factory=SchedulerLimits, description="Per-agent limits.")
+    enrollment: EnrollmentSettings = Field(
+        default_factory=EnrollmentSettings, description="Agent enrollment and certificates."
+    )
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST admin API.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")

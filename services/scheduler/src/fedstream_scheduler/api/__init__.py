@@ -20,7 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated
 from fedstream.safetensors_io import encode_header
-from fedstream.state import AgentRecord, FederationRecord, RoundRecord, RunRecord, TokenRecord
+from fedstream.state import (
+    AgentRecord,
+    EnrollmentTokenRecord,
+    FederationRecord,
+    RoundRecord,
+    RunRecord,
+    TokenRecord,
+)
 from fedstream.store import ModelVersion
 from fedstream.store.base import parse_version
 from fedstream_scheduler.admin import AdminService, Principal
@@ -99,6 +106,7 @@ def agent_body(admin: AdminService, a: AgentRecord) -> s.Agent:
         agent_id=a.agent_id, status=admin.agent_status(a), connected=admin.connected(a.agent_id),  # type: ignore[arg-type]
         labels=a.labels, capabilities=a.capabilities, tasks=a.tasks,
         registered_unix=a.registered_unix, last_heartbeat_unix=a.last_heartbeat_unix,
+        enrolled_unix=a.enrolled_unix, certificates=len(a.cert_serials),
     )
 
 
@@ -110,6 +118,11 @@ def model_body(info: ModelVersion, pinned: bool) -> s.Model:
         sha256=info.sha256, pinned=pinned, metadata=info.metadata,
         tensors=[s.TensorInfo(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in info.layout.tensors],
     )
+
+
+def enrollment_body(t: EnrollmentTokenRecord) -> s.EnrollmentToken:
+    return s.EnrollmentToken(token_id=t.token_id, agent_id=t.agent_id, name=t.name,
+                             created_unix=t.created_unix, expires_unix=t.expires_unix)
 
 
 def token_body(t: TokenRecord) -> s.Token:
@@ -327,6 +340,38 @@ def build_api(admins: dict[str, AdminService]) -> FastAPI:
     async def enable_agent(agent_id: AgentId, auth: Operator) -> s.Agent:
         admin, _ = auth
         return agent_body(admin, admin.set_agent_disabled(agent_id, False))
+
+    @app.delete("/api/v1/agents/{agent_id}", status_code=204, tags=["agents"])
+    async def delete_agent(agent_id: AgentId, auth: Operator) -> Response:
+        """Forgets the agent and revokes its certificates: its next call is refused and its
+        open stream closed. It needs a new enrollment token to come back."""
+        admin, _ = auth
+        admin.delete_agent(agent_id)
+        return Response(status_code=204)
+
+    # Enrollment tokens.
+
+    @app.post("/api/v1/enrollment-tokens", status_code=201, tags=["enrollment"])
+    async def create_enrollment_token(body: s.EnrollmentTokenCreate, auth: Operator) -> s.EnrollmentTokenCreated:
+        """A one-time token with which an agent enrolls (gets its first certificate)."""
+        admin, _ = auth
+        rec, secret = admin.create_enrollment_token(body.agent_id, body.ttl_s, body.name)
+        return s.EnrollmentTokenCreated(**enrollment_body(rec).model_dump(), token=secret)
+
+    @app.get("/api/v1/enrollment-tokens", tags=["enrollment"])
+    async def list_enrollment_tokens(
+        auth: Operator, limit: Limit = 50, page_token: PageToken = ""
+    ) -> s.Page[s.EnrollmentToken]:
+        """Tokens not used yet and not expired."""
+        admin, _ = auth
+        items, nxt = paginate(admin.list_enrollment_tokens(), limit, page_token)
+        return s.Page[s.EnrollmentToken](items=[enrollment_body(t) for t in items], next_page_token=nxt)
+
+    @app.delete("/api/v1/enrollment-tokens/{token_id}", status_code=204, tags=["enrollment"])
+    async def delete_enrollment_token(token_id: TokenId, auth: Operator) -> Response:
+        admin, _ = auth
+        admin.delete_enrollment_token(token_id)
+        return Response(status_code=204)
 
     # Tokens.
 

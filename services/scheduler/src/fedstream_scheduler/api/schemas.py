@@ -6,6 +6,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedstream_scheduler.enrollment import MAX_TOKEN_TTL_S
 from fedstream_scheduler.models import RunSpec
 
 T = TypeVar("T")
@@ -143,6 +144,8 @@ class Agent(BaseModel):
     tasks: list[str]
     registered_unix: float
     last_heartbeat_unix: float
+    enrolled_unix: float = Field(description="When it last enrolled; 0 for an agent of a plaintext (development) control plane.")
+    certificates: int = Field(description="How many of its certificates are valid (the newest and the one it replaced).")
 
 
 class TokenCreate(BaseModel):
@@ -161,6 +164,29 @@ class Token(BaseModel):
 
 class TokenCreated(Token):
     token: str = Field(description="The secret: shown once, stored only as a hash.")
+
+
+class EnrollmentTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(
+        "", max_length=128, pattern=r"^([A-Za-z0-9][A-Za-z0-9._:@-]*)?$",
+        description="The agent id the token enrolls; empty lets the agent name itself.",
+    )
+    ttl_s: float = Field(3600.0, gt=0, le=MAX_TOKEN_TTL_S, description="Seconds until the token expires unused.")
+    name: str = Field("", max_length=200, description="What the token is for, shown in listings.")
+
+
+class EnrollmentToken(BaseModel):
+    token_id: str
+    agent_id: str
+    name: str
+    created_unix: float
+    expires_unix: float
+
+
+class EnrollmentTokenCreated(EnrollmentToken):
+    token: str = Field(description="The secret (fse_...): shown once, stored only as a hash, usable once.")
 
 
 class Health(BaseModel):

@@ -1,0 +1,96 @@
+"""`fedstream pki`: a tenant's certificate authority and the certificates an operator hands
+out by hand (services that do not hold the CA key, operators driving runs over gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from fedstream.pki import CA_CERT, CA_KEY, CertificateAuthority, Identity, TlsIdentity
+
+IDENTITY_ENV = "FEDSTREAM_IDENTITY"
+
+
+def cmd_init_ca(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / CA_KEY).exists():
+        print(f"error: {out / CA_KEY} exists; refusing to replace a tenant's authority", file=sys.stderr)
+        return 1
+    ca = CertificateAuthority.create(args.tenant, dt.timedelta(days=args.days))
+    ca.save(out)
+    print(f"tenant {args.tenant!r}: {out / CA_CERT} (give it to agents with their enrollment token) and "
+          f"{out / CA_KEY} (the scheduler's and aggregator's secret; never to a site)")
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    ca_dir = Path(args.ca)
+    try:
+        ca = CertificateAuthority.load(ca_dir / CA_CERT, ca_dir / CA_KEY)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot load the authority in {ca_dir}: {e}", file=sys.stderr)
+        return 1
+    names = tuple(args.dns or ())
+    if args.role == "service" and not names:
+        print("error: a service certificate needs --dns (the names peers reach it by)", file=sys.stderr)
+        return 1
+    identity = ca.issue_identity(Identity(ca.tenant, args.role, args.name), dt.timedelta(days=args.days), names)
+    identity.save(Path(args.out))
+    print(f"{args.role} {args.name!r} of tenant {ca.tenant!r}: {Path(args.out)}/cert.pem, key.pem, ca.pem "
+          f"(valid {args.days} days)")
+    return 0
+
+
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    """--identity / --plaintext for commands that dial the control plane over gRPC."""
+    p.add_argument("--identity", default=os.environ.get(IDENTITY_ENV, ""), metavar="DIR",
+                   help=f"directory with this operator's cert.pem, key.pem and the tenant's ca.pem "
+                   f"(`fedstream pki issue --role operator`; default ${IDENTITY_ENV})")
+    p.add_argument("--plaintext", action="store_true",
+                   help="dial without TLS: only for a control plane in development mode")
+
+
+def identity_of_args(args: argparse.Namespace) -> TlsIdentity | None:
+    """The identity the command presents; None with --plaintext. Raises SystemExit when there
+    is neither."""
+    if args.plaintext:
+        return None
+    if not args.identity:
+        raise SystemExit(f"error: --identity DIR (or ${IDENTITY_ENV}) is required, or --plaintext for a "
+                         "development control plane")
+    try:
+        return TlsIdentity.load(Path(args.identity))
+    except OSError as e:
+        raise SystemExit(f"error: cannot read the identity in {args.identity}: {e.strerror}") from None
+
+
+def dial(args: argparse.Namespace, target: str) -> grpc.Channel:
+    from fedstream.grpcutil import channel
+
+    return channel(target, identity_of_args(args))
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pki = sub.add_parser("pki", help="a tenant's certificate authority and hand-issued certificates")
+    cmds = pki.add_subparsers(dest="pki_command", required=True)
+    init = cmds.add_parser("init-ca", help="create a tenant's certificate authority")
+    init.add_argument("--tenant", required=True, help="the tenant's name (as in tenant.tenant)")
+    init.add_argument("--out", required=True, help="directory to write ca.pem and ca-key.pem to")
+    init.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    init.set_defaults(func=cmd_init_ca)
+    issue = cmds.add_parser(
+        "issue", help="issue a certificate: an operator's (for run/model commands) or a service's "
+        "(when it should not hold the CA key). Agents enroll with tokens instead.")
+    issue.add_argument("--ca", required=True, help="directory of the authority (init-ca --out)")
+    issue.add_argument("--role", choices=["operator", "service"], required=True)
+    issue.add_argument("--name", required=True, help="operator or service name, e.g. alice, aggregator")
+    issue.add_argument("--dns", action="append", metavar="NAME",
+                       help="host name or IP address a service is reached by (repeatable)")
+    issue.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    issue.add_argument("--out", required=True, help="directory to write cert.pem, key.pem and ca.pem to")
+    issue.set_defaults(func=cmd_issue)

@@ -1,0 +1,170 @@
+"""Agent enrollment, independent of gRPC and HTTP: one-time tokens, first certificates and
+renewals, signed by the tenant's certificate authority.
+
+An operator makes a token (kept only as its SHA-256, expiring, usable once); an agent sends
+it with a signing request for a key it made itself and gets a certificate naming its id and
+the tenant. The certificate's serial joins the agent's record: a certificate not listed there
+is refused on every call (fedstream.auth), so deleting the agent revokes it, and a renewal
+retires the certificate before the one it replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedstream.auth import AGENT_CERTS_KEPT
+from fedstream.errors import (
+    AgentNotFound,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
+from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, cert_pem, public_key_of_csr
+from fedstream.state import AgentRecord, EnrollmentTokenRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+ENROLLMENT_PREFIX = "fse_"
+MAX_CSR_BYTES = 16 << 10
+# The longest an enrollment token may wait to be used.
+MAX_TOKEN_TTL_S = 30 * 86400.0
+
+
+def check_agent_id(agent_id: str) -> str:
+    if not agent_id or len(agent_id) > 128 or not agent_id.isprintable() or "/" in agent_id:
+        raise InvalidArgument("agent_id must be 1-128 printable characters without '/'")
+    return agent_id
+
+
+def enrollment_hash(secret: str) -> str:
+    # 256-bit random secrets: one SHA-256 is enough to keep them safely.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Issued:
+    agent_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    not_after_unix: float
+    renew_after_unix: float
+
+
+class Enrollment:
+    """Tokens and certificates of one tenant's agents. Without an authority (plaintext
+    development mode, or a scheduler given a certificate but not the CA key) tokens can be
+    made but enrolling fails with FAILED_PRECONDITION."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        ca: CertificateAuthority | None,
+        cert_lifetime_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.ca = ca
+        self.cert_lifetime_s = cert_lifetime_s
+        self.clock = clock
+
+    def create_token(self, agent_id: str, ttl_s: float, name: str = "") -> tuple[EnrollmentTokenRecord, str]:
+        """A new token and its secret (shown once). Raises InvalidArgument for a bad agent id
+        or a lifetime outside (0, MAX_TOKEN_TTL_S]."""
+        if agent_id:
+            check_agent_id(agent_id)
+        if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
+            raise InvalidArgument(f"ttl_s must be above 0 and at most {MAX_TOKEN_TTL_S:g} seconds")
+        secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
+        now = self.clock()
+        rec = EnrollmentTokenRecord(
+            f"enr-{uuid.uuid4().hex[:12]}", enrollment_hash(secret), now + ttl_s, agent_id, name, now
+        )
+        self.state.create_enrollment_token(rec)
+        log.info("enrollment token %s made (agent %s, expires in %.0f s)", rec.token_id, agent_id or "any", ttl_s)
+        return rec, secret
+
+    def list_tokens(self) -> list[EnrollmentTokenRecord]:
+        """Tokens not yet used; expired ones are removed on the way."""
+        now = self.clock()
+        out = []
+        for rec in self.state.list_enrollment_tokens():
+            if rec.expires_unix <= now:
+                self.state.consume_enrollment_token(rec.sha256)
+            else:
+                out.append(rec)
+        return out
+
+    def delete_token(self, token_id: str) -> None:
+        self.state.delete_enrollment_token(token_id)
+
+    def _authority(self) -> CertificateAuthority:
+        if self.ca is None:
+            raise FailedPrecondition("this scheduler cannot sign certificates: tls.ca_key_file is not set")
+        return self.ca
+
+    def _issue(self, agent_id: str, csr_pem: bytes) -> tuple[Issued, str]:
+        ca = self._authority()
+        if len(csr_pem) > MAX_CSR_BYTES:
+            raise InvalidArgument(f"csr_pem exceeds {MAX_CSR_BYTES} bytes")
+        key = public_key_of_csr(csr_pem)
+        cert = ca.issue(key, Identity(ca.tenant, "agent", agent_id), dt.timedelta(seconds=self.cert_lifetime_s))
+        start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        issued = Issued(agent_id, cert_pem(cert), ca.cert_pem, end, start + (end - start) * 2 / 3)
+        return issued, format(cert.serial_number, "x")
+
+    def enroll(self, token: str, agent_id: str, csr_pem: bytes) -> Issued:
+        """Uses ``token`` to certify ``agent_id``'s key. Raises Unauthenticated for an unknown,
+        used or expired token, PermissionDenied for another agent's token or a disabled agent,
+        InvalidArgument for a bad id or request (the token is not used up then)."""
+        ca = self._authority()
+        check_agent_id(agent_id)
+        if len(csr_pem) > MAX_CSR_BYTES:
+            raise InvalidArgument(f"csr_pem exceeds {MAX_CSR_BYTES} bytes")
+        public_key_of_csr(csr_pem)  # a bad request does not use the token up
+        digest = enrollment_hash(token)
+        candidate = next((t for t in self.state.list_enrollment_tokens() if t.sha256 == digest), None)
+        if candidate is None:
+            raise Unauthenticated("unknown or already used enrollment token")
+        if candidate.agent_id and candidate.agent_id != agent_id:
+            raise PermissionDenied(f"this enrollment token is for agent {candidate.agent_id!r}")
+        try:
+            existing = self.state.get_agent(agent_id)
+        except AgentNotFound:
+            existing = None
+        if existing is not None and existing.disabled:
+            raise PermissionDenied(f"agent {agent_id!r} is disabled")
+        rec = self.state.consume_enrollment_token(digest)
+        if rec is None:
+            raise Unauthenticated("unknown or already used enrollment token")
+        if rec.expires_unix <= self.clock():
+            raise Unauthenticated("the enrollment token has expired")
+        issued, serial = self._issue(agent_id, csr_pem)
+        now = self.clock()
+        agent = existing or AgentRecord(agent_id=agent_id, registered_unix=now)
+        # A new enrollment (a lost key, a rebuilt site) retires every older certificate.
+        agent.cert_serials = [serial]
+        agent.enrolled_unix = now
+        self.state.put_agent(agent)
+        log.info("agent %s enrolled with token %s (tenant %s)", agent_id, rec.token_id, ca.tenant)
+        return issued
+
+    def renew(self, peer: PeerCertificate, csr_pem: bytes) -> Issued:
+        """A new certificate for the agent ``peer`` names (already checked current). The one
+        it replaces stays valid until it expires or the next renewal."""
+        agent_id = peer.identity.name
+        issued, serial = self._issue(agent_id, csr_pem)
+        agent = self.state.get_agent(agent_id)
+        if peer.serial not in agent.cert_serials:
+            raise Unauthenticated(f"this certificate of agent {agent_id!r} was revoked or replaced")
+        agent.cert_serials = [*agent.cert_serials, serial][-AGENT_CERTS_KEPT:]
+        self.state.put_agent(agent)
+        log.info("agent %s renewed its certificate", agent_id)
+        return issued
