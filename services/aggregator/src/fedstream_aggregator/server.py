@@ -45,6 +45,8 @@ class AggregatorServer:
     # The plaintext health-only server for probes, when there is one.
     health_server: grpc.Server | None = None
     health_port: int = 0
+    # Each agent's open downloads and uploads.
+    slots: StreamSlots | None = None
 
     def set_serving(self, serving: bool) -> None:
         set_serving(self.health, SERVICE_NAMES, serving)
@@ -100,4 +102,4 @@ def build_server(
         health_server.start()
     server.start()
     set_serving(health_servicer, SERVICE_NAMES, serving)
-    return AggregatorServer(server, bound, health_servicer, service, health_server, health_bound)
+    return AggregatorServer(server, bound, health_servicer, service, health_server, health_bound, slots)

@@ -1,0 +1,234 @@
+"""Per-agent limits on real servers: each refuses (or slows) what it should, counts in
+fedstream_limit_hits_total, changes nothing else and leaves other agents alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from fedstream.grpcutil import channel
+from fedstream.state import MemoryStateStore
+from fedstream.store import LocalModelStore
+from fedstream.transfer import upload_call, upload_update
+from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from fedstream_aggregator.server import AggregatorServer, build_server
+from fedstream_aggregator.service import AggregatorService
+from fedstream_aggregator.settings import AggregatorLimits
+from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.server import SchedulerServer
+from fedstream_scheduler.server import build_server as build_scheduler
+from fedstream_scheduler.service import SchedulerService
+from fedstream_scheduler.settings import SchedulerLimits, SchedulerSettings
+from helpers import buffers_of, layout_of, random_model, store_model
+from integration.conftest import plan, wait_terminal
+from integration.test_scheduler import LoopThread
+
+RUN = "lim"
+
+
+def hits(tenant: str, service: str, limit: str) -> float:
+    return REGISTRY.get_sample_value("fedstream_limit_hits_total",
+                                     {"tenant": tenant, "service": service, "limit": limit}) or 0.0
+
+
+def start_aggregator(tmp_path: Path, tenant: str, **limits) -> tuple[AggregatorServer, LocalModelStore]:
+    store = LocalModelStore(tmp_path / "models", tenant)
+    service = AggregatorService(MemoryStateStore(tenant), store, tmp_path / "spool", chunk_bytes=1024)
+    return build_server(service, "127.0.0.1", 0, max_workers=16, limits=AggregatorLimits(**limits)), store
+
+
+@pytest.fixture
+def agg_factory(tmp_path: Path) -> Iterator:
+    servers = []
+
+    def make(tenant: str, **limits):
+        server, store = start_aggregator(tmp_path / tenant, tenant, **limits)
+        servers.append(server)
+        return server, store, channel(f"127.0.0.1:{server.port}")
+
+    yield make
+    for s in servers:
+        s.stop(0)
+
+
+def upload(ch, agent: str, model, round_: int = 0, chunk_bytes: int = 1024) -> pb.UploadUpdateResponse:
+    layout = layout_of(model)
+    return upload_update(ch, timeout=30, run_id=RUN, round_=round_, agent_id=agent, layout=layout,
+                         buffers=buffers_of(layout, model), num_examples=5, metrics={}, chunk_bytes=chunk_bytes)
+
+
+def test_an_update_larger_than_allowed_is_refused_from_its_header(agg_factory):
+    model = random_model(0, scale=4)
+    size = layout_of(model).total_bytes
+    server, _, ch = agg_factory("lim-size", max_update_bytes=size - 1)
+    control = pb_grpc.AggregatorControlStub(ch)
+    control.OpenRound(plan(RUN, 0, ["big", "small"], kind="init", min_updates=1, timeout=2), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload(ch, "big", model)
+
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and str(size) in e.value.details()
+    assert hits("lim-size", "aggregator", "max_update_bytes") == 1
+    # Refused from the header: not one chunk was taken in.
+    assert not REGISTRY.get_sample_value("fedstream_update_chunks_received_total", {"tenant": "lim-size"})
+    assert server.service.state.get_aggregation(RUN, 0).reports == {}
+    small = random_model(1)
+    assert upload(ch, "small", small).bytes_received == layout_of(small).total_bytes
+    assert [r.agent_id for r in wait_terminal(control, RUN, 0).reports] == ["small"]
+
+
+def test_a_fast_agent_is_slowed_to_its_chunk_rate_not_refused(agg_factory):
+    model = random_model(0, scale=16)
+    chunks = -(-layout_of(model).total_bytes // 256)
+    _, _, ch = agg_factory("lim-rate", chunks_per_s=max(1.0, chunks / 2))
+    control = pb_grpc.AggregatorControlStub(ch)
+    control.OpenRound(plan(RUN, 0, ["fast"], kind="init"), timeout=5)
+
+    reply = upload(ch, "fast", model, chunk_bytes=256)
+
+    assert chunks > 8 and reply.bytes_received == layout_of(model).total_bytes
+    assert hits("lim-rate", "aggregator", "chunks_per_s") > 0
+    assert wait_terminal(control, RUN, 0).reports[0].agent_id == "fast"
+
+
+def test_an_agent_cannot_hold_more_streams_than_allowed(agg_factory):
+    model = random_model(0, scale=4)
+    server, store, ch = agg_factory("lim-streams", streams_per_agent=1)
+    store_model(store, f"{RUN}/000000", model)
+    control = pb_grpc.AggregatorControlStub(ch)
+    control.OpenRound(plan(RUN, 1, ["site"], base=f"{RUN}/000000"), timeout=5)
+    other = channel(f"127.0.0.1:{server.port}")
+
+    release = threading.Event()
+    held = upload_call(ch).future(_held_upload(model, release), timeout=30)
+    _wait_for(lambda: server.slots.open("site") == 1)
+    with pytest.raises(grpc.RpcError) as e:
+        upload(other, "site", model, round_=1)
+
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 1" in e.value.details()
+    assert hits("lim-streams", "aggregator", "streams_per_agent") == 1
+    held.cancel()
+    release.set()
+    _wait_for(lambda: server.slots.open("site") == 0)
+    assert not upload(other, "site", model, round_=1).duplicate  # the slot is free again
+
+
+def _held_upload(model, release: threading.Event):
+    """An upload that sends its header and then waits, holding its stream open."""
+    from fedstream.transfer import update_requests
+
+    layout = layout_of(model)
+    requests = update_requests(run_id=RUN, round_=1, agent_id="site", layout=layout,
+                               buffers=buffers_of(layout, model), num_examples=5, metrics={})
+    yield next(requests)
+    release.wait(30)
+
+
+def _wait_for(predicate, timeout: float = 10) -> None:
+    import time
+
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < give_up
+        time.sleep(0.02)
+
+
+# The scheduler's limits.
+
+@pytest.fixture
+def scheduler_factory(aggregator) -> Iterator:
+    loop = LoopThread()
+    servers: list[SchedulerServer] = []
+
+    def make(tenant: str, **limits) -> tuple[SchedulerServer, scheduler_pb2_grpc.AgentServiceStub]:
+        settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{aggregator.port}", heartbeat_interval_s=1.0,
+                                     limits=SchedulerLimits(**limits))
+
+        async def build() -> SchedulerServer:
+            service = SchedulerService(MemoryStateStore(tenant), AggregatorClient(settings.aggregator_endpoint), settings)
+            return await build_server_plain(service)
+
+        server = loop.run(build())
+        servers.append(server)
+        return server, scheduler_pb2_grpc.AgentServiceStub(channel(f"127.0.0.1:{server.port}"))
+
+    yield make
+    for s in servers:
+        loop.run(s.stop(0))
+    loop.close()
+
+
+async def build_server_plain(service: SchedulerService) -> SchedulerServer:
+    return await build_scheduler(service, "127.0.0.1", 0)
+
+
+def register(stub, agent_id: str) -> None:
+    stub.Register(scheduler_pb2.RegisterRequest(agent=scheduler_pb2.AgentInfo(agent_id=agent_id)), timeout=5)
+
+
+def test_registrations_beyond_an_agents_rate_are_refused_others_unaffected(scheduler_factory):
+    server, stub = scheduler_factory("lim-reg", registrations_per_min=1)
+    for _ in range(10):  # the burst
+        register(stub, "noisy")
+
+    with pytest.raises(grpc.RpcError) as e:
+        register(stub, "noisy")
+    register(stub, "quiet")
+
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "noisy" in e.value.details()
+    assert hits("lim-reg", "scheduler", "registrations_per_min") == 1
+    assert {a.agent_id for a in server.service.state.list_agents()} == {"noisy", "quiet"}
+
+
+def test_heartbeats_beyond_an_agents_rate_are_refused(scheduler_factory):
+    server, stub = scheduler_factory("lim-hb", heartbeats_per_interval=0.01)
+    register(stub, "chatty")
+    for _ in range(10):
+        stub.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id="chatty"), timeout=5)
+    before = server.service.state.get_agent("chatty").last_heartbeat_unix
+
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id="chatty"), timeout=5)
+
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert hits("lim-hb", "scheduler", "heartbeats_per_interval") == 1
+    assert server.service.state.get_agent("chatty").last_heartbeat_unix == before
+
+
+def test_an_agent_that_falls_behind_its_stream_is_cut_off_and_sent_its_assignments_again():
+    async def scenario() -> tuple[str, list[int]]:
+        settings = SchedulerSettings(heartbeat_interval_s=60, limits=SchedulerLimits(assignment_queue=1))
+        service = SchedulerService(MemoryStateStore("lim-queue"), AggregatorClient("127.0.0.1:1"), settings)
+        from fedstream.state import AgentRecord
+
+        service.register(AgentRecord("slow"))
+        events = {r: scheduler_pb2.AgentEvent(assignment=scheduler_pb2.Assignment(run_id="r", round=r)) for r in (1, 2)}
+        for r, ev in events.items():  # two rounds waiting for it: more than its queue holds
+            service._pending[("r", r)] = {"slow": ev}
+        overflow = ""
+        try:
+            async for _ in service.assignments("slow"):
+                pass
+        except Exception as e:  # noqa: BLE001 - the stream's end is what is checked
+            overflow = type(e).__name__
+        service._pending.pop(("r", 1))  # round 1 finished meanwhile: only round 2 is re-sent
+        got = []
+        stream = service.assignments("slow")
+        got.append((await stream.__anext__()).assignment.round)
+        await stream.aclose()
+        await service.aggregator.close()
+        return overflow, got
+
+    overflow, got = asyncio.run(scenario())
+
+    assert overflow == "ResourceExhausted"
+    assert got == [2]
+    assert hits("lim-queue", "scheduler", "assignment_queue") == 1
