@@ -50,6 +50,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/strategies.py
+	$(BIN)/python bench/scale.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)

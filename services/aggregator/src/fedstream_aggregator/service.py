@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -83,6 +84,9 @@ from fedstream_aggregator import metrics as m
 from fedstream_aggregator.distill import Distiller
 
 log = logging.getLogger(__name__)
+
+# Watchers of a training round get at most one snapshot per this many seconds.
+WATCH_BATCH_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -732,18 +736,26 @@ class AggregatorService:
     def watch(
         self, run_id: str, round_: int, is_active: Callable[[], bool] = lambda: True
     ) -> Iterator[RoundSnapshot]:
-        """Yields the round's state now and after every change, until it is terminal."""
+        """Yields the round's state now and after every change, until it is terminal.
+
+        While the round trains, changes are batched: at most one snapshot per
+        WATCH_BATCH_S, since each carries every report so far (a thousand uploads would
+        otherwise send a million reports). A terminal state is sent at once."""
         rnd = self._get(run_id, round_)
         seen = -1
+        last = -math.inf
         while is_active():
             with rnd.changed:
                 if rnd.seq == seen:
                     rnd.changed.wait(timeout=1.0)
                     if rnd.seq == seen:
                         continue
+                while rnd.state == "training" and (left := last + WATCH_BATCH_S - time.monotonic()) > 0:
+                    rnd.changed.wait(timeout=left)
                 seen = rnd.seq
             with rnd.lock:
                 snap = rnd.snapshot()
+            last = time.monotonic()
             yield snap
             if snap.state in ("committed", "failed"):
                 return
