@@ -1,5 +1,6 @@
 """Agents as processes over mutual TLS: a token made with the CLI, the agent's own key, a
-renewal without anyone's help, and revocation by deleting the agent."""
+renewal without anyone's help, revocation by deleting the agent, and a new token bringing it
+back."""
 
 from __future__ import annotations
 
@@ -67,6 +68,21 @@ def test_an_agent_enrolls_with_a_cli_token_renews_alone_and_is_revoked_by_deleti
         assert started.returncode == 0, started.stdout + started.stderr + fed.tail("lyon")
 
         assert cli("agents", "delete", "lyon").returncode == 0
-        wait(lambda: "refused this agent's certificate" in fed.tail("lyon", 200), 30, fed.tail("lyon"))
+        # Revoked: the agent sets its certificate aside, cannot enroll again with the used
+        # token, and exits saying so (5), until an operator gives it a new token.
+        agent = next(p for n, p in fed.procs if n == "lyon")
+        assert agent.wait(60) == 5, fed.tail("lyon")
+        log = fed.tail("lyon", 200)
+        assert "refused this agent's certificate" in log and "enrollment refused" in log
         assert json.loads(cli("agents", "list", "--output", "json").stdout) == []
-        fed.check_alive()
+        assert (identity / "cert.pem.refused").exists() and not (identity / "cert.pem").exists()
+
+        again = json.loads(cli("enrollment-tokens", "create", "--agent-id", "lyon", "--output", "json").stdout)
+        token_file.write_text(again["token"])  # the operator's new token: the agent comes back
+        fed.start_agent("lyon-again", "127.0.0.1:1", 0, 1, {
+            "AGENT_ID": "lyon", "SCHEDULER_ENDPOINT": sched, "DEVICE": "cpu", "CPU_THREADS": "1",
+            "TLS__IDENTITY_DIR": str(identity), "TLS__ENROLLMENT_TOKEN_FILE": str(token_file),
+            "TLS__ENROLL_ENDPOINT": fed.enroll_endpoint(sched),
+        })
+        wait(lambda: " alive " in cli("agents", "list").stdout, 60, fed.tail("lyon-again"))
+        assert read_peer((identity / "cert.pem").read_bytes()).serial not in (first.serial, second.serial)

@@ -112,6 +112,13 @@ class AgentIdentity:
         log.info("enrolled as %s; certificate kept in %s", self.agent_id, self.directory)
         return fresh
 
+    def discard(self) -> None:
+        """Sets the stored certificate aside (the control plane refused it): the next
+        ``ensure`` enrolls again, with a new token."""
+        cert = self.directory / "cert.pem"
+        if cert.exists():
+            cert.replace(self.directory / "cert.pem.refused")
+
     def renew(self, scheduler: grpc.Channel, current: TlsIdentity) -> TlsIdentity:
         fresh = renew(scheduler, current)
         fresh.save(self.directory)

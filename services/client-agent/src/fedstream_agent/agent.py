@@ -181,8 +181,11 @@ class Agent:
                     delay = 0.2  # the stream was closed for a renewed certificate
                     continue
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.identity is not None:
-                    # Revoked or replaced: this certificate is no good; a new enrollment is.
-                    log.error("the scheduler refused this agent's certificate: %s", e.details())
+                    # Revoked (the agent was deleted) or replaced: only a new enrollment helps,
+                    # with a new token in the token file; without one the agent exits.
+                    log.error("the scheduler refused this agent's certificate: %s; enrolling again", e.details())
+                    self.identity.discard()
+                    self._tls, self._scheduler, self._channels = None, None, {}
                 log.warning("scheduler %s: %s; retrying in %.1f s", self.settings.scheduler_endpoint, e.code().name, delay)
             self.stop.wait(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
