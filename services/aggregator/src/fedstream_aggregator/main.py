@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         description="fedstream aggregator: verifies agents' streamed updates, folds them into a "
         "running accumulator and commits each round's model. Configured by environment "
         "variables prefixed FEDSTREAM_AGGREGATOR_ (nested names joined by '__', e.g. "
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052).",
+        "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052). gRPC is mutual TLS under the tenant's CA: "
+        "FEDSTREAM_AGGREGATOR_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
+        "TLS__INSECURE_PLAINTEXT=true is for development only (docs/security.md).",
     ).parse_args(argv)
     settings = load_settings(AggregatorSettings, "fedstream-aggregator")
     if settings is None:

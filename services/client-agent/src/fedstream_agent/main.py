@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         "data when assigned and streams updates to the aggregator. Configured by environment "
         "variables prefixed FEDSTREAM_AGENT_ (nested names joined by '__', e.g. "
         "FEDSTREAM_AGENT_SCHEDULER_ENDPOINT=scheduler:50051, FEDSTREAM_AGENT_DATA__SITE_INDEX=0, "
-        "FEDSTREAM_AGENT_TASKS='[\"fedvision\"]', FEDSTREAM_AGENT_DATA__PATH=/data/voc).",
+        "FEDSTREAM_AGENT_TASKS='[\"fedvision\"]', FEDSTREAM_AGENT_DATA__PATH=/data/voc). It enrolls "
+        "once with a one-time token (FEDSTREAM_AGENT_TLS__ENROLLMENT_TOKEN_FILE, TLS__CA_FILE, "
+        "TLS__ENROLL_ENDPOINT), keeps its key in TLS__IDENTITY_DIR and renews its certificate itself.",
     )
     sub = parser.add_subparsers(dest="command")
     infer = sub.add_parser(

@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         "and serves the run API over gRPC and the REST admin API (/api/v1, port 8080 by "
         "default; docs/api.md). Configured by environment variables prefixed "
         "FEDSTREAM_SCHEDULER_ (nested names joined by '__', e.g. FEDSTREAM_SCHEDULER_GRPC__PORT=50051, "
-        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052).",
+        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052). gRPC is mutual TLS under the "
+        "tenant's CA: FEDSTREAM_SCHEDULER_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
+        "agents enroll with one-time tokens on ENROLLMENT__PORT (50053). TLS__INSECURE_PLAINTEXT=true "
+        "is for development only (docs/security.md).",
     ).parse_args(argv)
     settings = load_settings(SchedulerSettings, "fedstream-scheduler")
     if settings is None:
