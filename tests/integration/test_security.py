@@ -388,3 +388,36 @@ def test_an_enrolled_agent_downloads_its_tenants_model(planes):
     want = random_model(0)
     for name, (_, arr) in want.items():
         np.testing.assert_array_equal(model.buffer.arrays()[name], arr)
+
+
+def test_an_agent_revoked_while_it_uploads_does_not_count(planes):
+    import threading
+
+    from fedstream.transfer import update_requests, upload_call
+
+    x, _ = planes
+    a = x.enroll("site-a")
+    control = aggregator_pb2_grpc.AggregatorControlStub(channel(x.agg, x.service))
+    control.OpenRound(plan("run-1", 0, ["site-a"], kind="init", timeout=3), timeout=5)
+    model = random_model(0)
+    layout = layout_of(model)
+    halfway, go_on = threading.Event(), threading.Event()
+
+    def requests():
+        for i, req in enumerate(update_requests(run_id="run-1", round_=0, agent_id="", layout=layout,
+                                                buffers=buffers_of(layout, model), num_examples=5, metrics={},
+                                                chunk_bytes=512)):
+            if i == 2:
+                halfway.set()
+                go_on.wait(10)
+            yield req
+
+    call = upload_call(channel(x.agg, a)).future(requests(), timeout=30)
+    assert halfway.wait(10)
+    x.scheduler.service.delete_agent("site-a")
+    go_on.set()
+
+    with pytest.raises(grpc.RpcError) as e:
+        call.result()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert x.state.get_aggregation("run-1", 0).reports == {}

@@ -768,9 +768,12 @@ class AggregatorService:
     # Uploads.
 
     def receive_update(
-        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]]
+        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]],
+        before_count: Callable[[], object] = lambda: None,
     ) -> tuple[bool, int]:
-        """``_receive_update``, measured: chunks and bytes received, updates counted or refused."""
+        """``_receive_update``, measured: chunks and bytes received, updates counted or refused.
+        ``before_count`` runs once the update is verified, before it counts; what it raises
+        refuses the update (an agent revoked during its upload)."""
         tenant = self.state.tenant
         counted = 0
 
@@ -783,7 +786,7 @@ class AggregatorService:
                 yield item
 
         try:
-            duplicate, received = self._receive_update(header, counting())
+            duplicate, received = self._receive_update(header, counting(), before_count)
         except FedstreamError as e:
             m.UPDATES_REJECTED.labels(tenant, e.code).inc()
             raise
@@ -794,7 +797,8 @@ class AggregatorService:
         return duplicate, received
 
     def _receive_update(
-        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]]
+        self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes, int]],
+        before_count: Callable[[], object] = lambda: None,
     ) -> tuple[bool, int]:
         """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
 
@@ -857,6 +861,7 @@ class AggregatorService:
             receiver.finish()
             if plan.kind != "evaluate":
                 check_finite(header.layout, spool.read_into)
+            before_count()  # the agent may have been revoked while it uploaded
             if self._keeps_updates(plan, rnd.strategy):
                 self._keep_update(plan, agent, header.layout, spool)
             report = {

@@ -130,7 +130,9 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                 yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
 
         with self.slots.hold(agent_id, lambda: self._limited("streams_per_agent")):
-            duplicate, received = self.service.receive_update(header, chunks())
+            duplicate, received = self.service.receive_update(
+                header, chunks(), before_count=lambda: self.guard.agent(context, agent_id)
+            )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
 
 
