@@ -121,12 +121,12 @@ def test_an_agent_cannot_hold_more_streams_than_allowed(agg_factory):
     assert not upload(other, "site", model, round_=1).duplicate  # the slot is free again
 
 
-def _held_upload(model, release: threading.Event):
+def _held_upload(model, release: threading.Event, agent: str = "site"):
     """An upload that sends its header and then waits, holding its stream open."""
     from fedstream.transfer import update_requests
 
     layout = layout_of(model)
-    requests = update_requests(run_id=RUN, round_=1, agent_id="site", layout=layout,
+    requests = update_requests(run_id=RUN, round_=1, agent_id=agent, layout=layout,
                                buffers=buffers_of(layout, model), num_examples=5, metrics={})
     yield next(requests)
     release.wait(30)
@@ -232,3 +232,30 @@ def test_an_agent_that_falls_behind_its_stream_is_cut_off_and_sent_its_assignmen
     assert overflow == "ResourceExhausted"
     assert got == [2]
     assert hits("lim-queue", "scheduler", "assignment_queue") == 1
+
+
+def test_calls_beyond_the_servers_concurrency_are_refused_not_queued(tmp_path):
+    store = LocalModelStore(tmp_path / "models", "lim-rpcs")
+    service = AggregatorService(MemoryStateStore("lim-rpcs"), store, tmp_path / "spool", chunk_bytes=1024)
+    server = build_server(service, "127.0.0.1", 0, max_workers=8, max_concurrent_rpcs=2)
+    ch = channel(f"127.0.0.1:{server.port}")
+    model = random_model(0)
+    store_model(store, f"{RUN}/000000", model)
+    pb_grpc.AggregatorControlStub(ch).OpenRound(plan(RUN, 1, ["a", "b", "c"], base=f"{RUN}/000000"), timeout=5)
+    release = threading.Event()
+    try:
+        held = [upload_call(ch).future(_held_upload(model, release, agent), timeout=30) for agent in ("a", "b")]
+        _wait_for(lambda: server.slots.open("a") == 1 and server.slots.open("b") == 1)
+
+        with pytest.raises(grpc.RpcError) as e:
+            upload(channel(f"127.0.0.1:{server.port}"), "c", model, round_=1)
+
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        for h in held:
+            h.cancel()
+        _wait_for(lambda: server.slots.open("a") == 0 and server.slots.open("b") == 0)
+        assert not upload(ch, "c", model, round_=1).duplicate
+    finally:
+        release.set()
+        server.stop(0)
