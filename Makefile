@@ -51,6 +51,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/strategies.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/scale.py --state redis
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)

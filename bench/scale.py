@@ -144,82 +144,101 @@ def main() -> int:
     p.add_argument("--hold", type=float, default=30.0, help="seconds the connected fleet is measured")
     p.add_argument("--heartbeat", type=float, default=5.0, help="the scheduler's heartbeat interval (s)")
     p.add_argument("--model-kib", type=int, default=64, help="size of the model the rounds move")
+    p.add_argument("--state", choices=["memory", "redis"], default="memory",
+                   help="the control plane's state store: redis (a local redis-server, as deployed: the "
+                   "aggregator then checks every agent's record on every call) or in-process")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args()
-    figures: dict[str, object] = {"agents": args.agents}
+    figures: dict[str, object] = {"agents": args.agents, "state": args.state}
     with tempfile.TemporaryDirectory(prefix="fedstream-scale-") as tmp, LocalFederation(Path(tmp)) as fed:
-        n = args.model_kib * 256
-        layout = Layout.build([("w", "float32", (n,))])
-        store = LocalModelStore(Path(tmp) / "models", "default")
-        with store.writer(SEED_VERSION, layout, {}) as w:
-            w.write(memoryview(np.random.default_rng(0).standard_normal(n, dtype=np.float32)))
-            w.commit()
-        agg = fed.start_aggregator({"LOG__LEVEL": "WARNING"})
-        sched = fed.start_scheduler(agg, {"LOG__LEVEL": "WARNING", "HEARTBEAT_INTERVAL_S": str(args.heartbeat),
-                                          "HEARTBEAT_TTL_S": str(3 * args.heartbeat)})
-        services = {name: psutil.Process(fed.pid(name)) for name in ("scheduler", "aggregator")}
-        started = time.perf_counter()
-        tokens = [(f"sim-{i:05d}", fed.enrollment_token(sched, f"sim-{i:05d}", ttl_s=3600)) for i in range(args.agents)]
-        cfg = {"scheduler": sched, "enroll": fed.enroll_endpoint(sched), "ca": fed.operator.ca_pem.decode()}
-        ctx = mp.get_context("spawn")
-        stop, ready = ctx.Event(), ctx.Value("i", 0)
-        outs = [Path(tmp) / f"worker-{k}.json" for k in range(args.workers)]
-        procs = [ctx.Process(target=worker, args=(tokens[k::args.workers], cfg, outs[k], stop, ready), daemon=True)
-                 for k in range(args.workers)]
-        for proc in procs:
-            proc.start()
-        give_up = time.monotonic() + 600
-        while connected(fed) < args.agents:
-            fed.check_alive()
-            if time.monotonic() > give_up:
-                raise SystemExit(f"only {connected(fed)} of {args.agents} agents connected after 600 s")
-            time.sleep(1)
-        took = time.perf_counter() - started
-        print(f"connect: {args.agents} agents enrolled (own key, one-time token), registered and streaming "
-              f"over mutual TLS in {took:.0f} s from {args.workers} processes")
-        time.sleep(args.heartbeat)  # every agent has heartbeated once
-        cpu, rss = usage(services["scheduler"], args.hold)
-        agg_cpu, agg_rss = services["aggregator"].cpu_percent(None), services["aggregator"].memory_info().rss / (1 << 20)
-        still = connected(fed)
-        print(f"connect: scheduler {cpu:.1f}% of a core, {rss:.0f} MiB RSS over {args.hold:.0f} s with {still} "
-              f"agents connected and heartbeating every {args.heartbeat:g} s ({args.agents / args.heartbeat:.0f}/s); "
-              f"aggregator idle {agg_rss:.0f} MiB")
-        figures.update(connect_s=took, connected=still, scheduler_cpu_pct=cpu, scheduler_rss_mib=rss,
-                       aggregator_idle_rss_mib=agg_rss, heartbeats_per_s=args.agents / args.heartbeat)
-        del agg_cpu
+        state: dict[str, str] = {}
+        redis = None
+        if args.state == "redis":
+            sys.path.insert(0, str(ROOT / "tests"))
+            from servers import RedisServer
 
-        runs = scheduler_pb2_grpc.RunServiceStub(fed.channel(sched))
+            redis = RedisServer(Path(tmp) / "redis").start()
+            state = {"STATE__BACKEND": "redis", "STATE__REDIS__URL": redis.url}
+        try:
+            return _measure(args, fed, Path(tmp), state, figures)
+        finally:
+            if redis is not None:
+                fed.stop()
+                redis.stop()
 
-        def run(run_id: str, rounds: int, agents: int) -> scheduler_pb2.Run:
-            runs.StartRun(scheduler_pb2.StartRunRequest(run_id=run_id, spec=scheduler_pb2.RunSpec(
-                task=TASK, rounds=rounds, min_agents=agents, max_agents=agents, round_timeout_s=600,
-                wait_for_agents_s=60, initial_version=SEED_VERSION,
-                training=round_pb2.TrainingConfig(no_op=True))), timeout=30)
-            final = None
-            for final in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=run_id), timeout=3600):  # noqa: B007
-                pass
-            assert final is not None
-            return final
 
-        for proc in services.values():
-            proc.cpu_percent(None)
-        t0 = time.perf_counter()
-        print(f"fanout starts at {time.time():.1f}", flush=True)
-        fan = run("fanout", 1, args.agents)
-        fan_s = time.perf_counter() - t0
-        fan_cpu = {k: v.cpu_percent(None) for k, v in services.items()}
-        for proc in services.values():
-            proc.cpu_percent(None)
-        t0 = time.perf_counter()
-        print(f"rounds start at {time.time():.1f}", flush=True)
-        many = run("rounds", args.rounds, args.selected)
-        rounds_s = time.perf_counter() - t0
-        rounds_cpu = {k: v.cpu_percent(None) for k, v in services.items()}
-        rounds_rss = {k: v.memory_info().rss / (1 << 20) for k, v in services.items()}
-        stop.set()
-        for proc in procs:
-            proc.join(60)
-        results = [json.loads(o.read_text()) for o in outs if o.exists()]
+def _measure(args: argparse.Namespace, fed: LocalFederation, tmp: Path, state: dict[str, str],
+             figures: dict[str, object]) -> int:
+    n = args.model_kib * 256
+    layout = Layout.build([("w", "float32", (n,))])
+    store = LocalModelStore(Path(tmp) / "models", "default")
+    with store.writer(SEED_VERSION, layout, {}) as w:
+        w.write(memoryview(np.random.default_rng(0).standard_normal(n, dtype=np.float32)))
+        w.commit()
+    agg = fed.start_aggregator({"LOG__LEVEL": "WARNING", **state})
+    sched = fed.start_scheduler(agg, {"LOG__LEVEL": "WARNING", "HEARTBEAT_INTERVAL_S": str(args.heartbeat),
+                                      "HEARTBEAT_TTL_S": str(3 * args.heartbeat), **state})
+    services = {name: psutil.Process(fed.pid(name)) for name in ("scheduler", "aggregator")}
+    started = time.perf_counter()
+    tokens = [(f"sim-{i:05d}", fed.enrollment_token(sched, f"sim-{i:05d}", ttl_s=3600)) for i in range(args.agents)]
+    cfg = {"scheduler": sched, "enroll": fed.enroll_endpoint(sched), "ca": fed.operator.ca_pem.decode()}
+    ctx = mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Value("i", 0)
+    outs = [Path(tmp) / f"worker-{k}.json" for k in range(args.workers)]
+    procs = [ctx.Process(target=worker, args=(tokens[k::args.workers], cfg, outs[k], stop, ready), daemon=True)
+             for k in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    give_up = time.monotonic() + 600
+    while connected(fed) < args.agents:
+        fed.check_alive()
+        if time.monotonic() > give_up:
+            raise SystemExit(f"only {connected(fed)} of {args.agents} agents connected after 600 s")
+        time.sleep(1)
+    took = time.perf_counter() - started
+    print(f"connect: {args.agents} agents enrolled (own key, one-time token), registered and streaming "
+          f"over mutual TLS in {took:.0f} s from {args.workers} processes")
+    time.sleep(args.heartbeat)  # every agent has heartbeated once
+    cpu, rss = usage(services["scheduler"], args.hold)
+    agg_cpu, agg_rss = services["aggregator"].cpu_percent(None), services["aggregator"].memory_info().rss / (1 << 20)
+    still = connected(fed)
+    print(f"connect: scheduler {cpu:.1f}% of a core, {rss:.0f} MiB RSS over {args.hold:.0f} s with {still} "
+          f"agents connected and heartbeating every {args.heartbeat:g} s ({args.agents / args.heartbeat:.0f}/s); "
+          f"aggregator idle {agg_rss:.0f} MiB")
+    figures.update(connect_s=took, connected=still, scheduler_cpu_pct=cpu, scheduler_rss_mib=rss,
+                   aggregator_idle_rss_mib=agg_rss, heartbeats_per_s=args.agents / args.heartbeat)
+    del agg_cpu
+
+    runs = scheduler_pb2_grpc.RunServiceStub(fed.channel(sched))
+
+    def run(run_id: str, rounds: int, agents: int) -> scheduler_pb2.Run:
+        runs.StartRun(scheduler_pb2.StartRunRequest(run_id=run_id, spec=scheduler_pb2.RunSpec(
+            task=TASK, rounds=rounds, min_agents=agents, max_agents=agents, round_timeout_s=600,
+            wait_for_agents_s=60, initial_version=SEED_VERSION,
+            training=round_pb2.TrainingConfig(no_op=True))), timeout=30)
+        final = None
+        for final in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=run_id), timeout=3600):  # noqa: B007
+            pass
+        assert final is not None
+        return final
+
+    for proc in services.values():
+        proc.cpu_percent(None)
+    t0 = time.perf_counter()
+    fan = run("fanout", 1, args.agents)
+    fan_s = time.perf_counter() - t0
+    fan_cpu = {k: v.cpu_percent(None) for k, v in services.items()}
+    for proc in services.values():
+        proc.cpu_percent(None)
+    t0 = time.perf_counter()
+    many = run("rounds", args.rounds, args.selected)
+    rounds_s = time.perf_counter() - t0
+    rounds_cpu = {k: v.cpu_percent(None) for k, v in services.items()}
+    rounds_rss = {k: v.memory_info().rss / (1 << 20) for k, v in services.items()}
+    stop.set()
+    for proc in procs:
+        proc.join(60)
+    results = [json.loads(o.read_text()) for o in outs if o.exists()]
     received = [r for res in results for r in res["received"]]
     errors = [e for res in results for e in res["errors"]]
     uploads = [u for res in results for u in res["uploads"]]
@@ -259,7 +278,7 @@ def main() -> int:
         agent_errors=len(errors), duplicates=dup,
     )
     print(f"Reproduce: .venv/bin/python bench/scale.py --agents {args.agents} --workers {args.workers} "
-          f"--selected {args.selected} --rounds {args.rounds} --hold {args.hold:g}")
+          f"--selected {args.selected} --rounds {args.rounds} --hold {args.hold:g} --state {args.state}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if ok else 1
