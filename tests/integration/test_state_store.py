@@ -51,6 +51,54 @@ def test_agents_register_heartbeat_and_list(store):
         store.get_agent("nobody")
 
 
+def test_agent_updates_are_atomic_and_a_failed_one_changes_nothing(store):
+    store.put_agent(AgentRecord("a", cert_serials=["1"]))
+    store.heartbeat("a", 7.0)
+
+    def add(n: int) -> None:
+        for i in range(n):
+            store.update_agent("a", lambda r, i=i: dataclasses.replace(r, cert_serials=[*r.cert_serials, f"{i}"]))
+
+    threads = [threading.Thread(target=add, args=(25,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def refuse(r: AgentRecord) -> AgentRecord:
+        raise NotFound("no")
+
+    with pytest.raises(NotFound):
+        store.update_agent("a", refuse)
+    with pytest.raises(AgentNotFound):
+        store.update_agent("nobody", lambda r: r)
+    got = store.get_agent("a")
+    assert len(got.cert_serials) == 1 + 4 * 25  # no update lost
+    assert got.last_heartbeat_unix == 7.0  # the heartbeat is kept
+    store.delete_agent("a")
+    with pytest.raises(AgentNotFound):
+        store.delete_agent("a")
+    assert store.list_agents() == []
+
+
+def test_enrollment_tokens_are_used_once(store):
+    from fedstream.state import EnrollmentTokenRecord
+
+    store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-1", 100.0, "site"))
+    with pytest.raises(AlreadyExists):
+        store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-2", 100.0))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(store.consume_enrollment_token("hash-1")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
+    assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
+
+
 def test_records_are_copies(store):
     store.put_agent(AgentRecord("a", labels={"k": "v"}))
     got = store.get_agent("a")

@@ -183,6 +183,12 @@ class StateStore(ABC):
         """All registered agents, ordered by id."""
 
     @abstractmethod
+    def update_agent(self, agent_id: str, mutate: Callable[[AgentRecord], AgentRecord]) -> AgentRecord:
+        """Atomically replaces an agent's record by ``mutate(current)`` (retried if another
+        writer got there first, so ``mutate`` must be pure; what it raises propagates and
+        changes nothing). Raises AgentNotFound."""
+
+    @abstractmethod
     def delete_agent(self, agent_id: str) -> None:
         """Removes an agent's record; raises AgentNotFound."""
 

@@ -64,6 +64,15 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return [copy.deepcopy(self._agents[k]) for k in sorted(self._agents)]
 
+    def update_agent(self, agent_id: str, mutate: Callable[[AgentRecord], AgentRecord]) -> AgentRecord:
+        with self._lock:
+            current = self._agents.get(agent_id)
+            if current is None:
+                raise AgentNotFound(f"agent {agent_id!r} is not registered")
+            new = mutate(copy.deepcopy(current))
+            self._agents[agent_id] = copy.deepcopy(new)
+            return new
+
     def delete_agent(self, agent_id: str) -> None:
         with self._lock:
             if self._agents.pop(agent_id, None) is None:

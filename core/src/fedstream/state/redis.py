@@ -185,6 +185,26 @@ class RedisStateStore(StateStore):
         return [self._agent_from(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
 
     @_unavailable
+    def update_agent(self, agent_id: str, mutate: Callable[[AgentRecord], AgentRecord]) -> AgentRecord:
+        key = self._k("agent", agent_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hgetall(key)
+                    if not raw:
+                        raise AgentNotFound(f"agent {agent_id!r} is not registered")
+                    new = mutate(self._agent_from(agent_id, raw))
+                    fields = dataclasses.asdict(new)
+                    heartbeat = fields.pop("last_heartbeat_unix")
+                    pipe.multi()
+                    pipe.hset(key, mapping={"record": json.dumps(fields), "heartbeat": repr(heartbeat)})
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    @_unavailable
     def delete_agent(self, agent_id: str) -> None:
         with self.r.pipeline() as pipe:
             pipe.delete(self._k("agent", agent_id))

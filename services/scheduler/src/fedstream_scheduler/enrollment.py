@@ -10,6 +10,7 @@ retires the certificate before the one it replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -148,11 +149,18 @@ class Enrollment:
             raise Unauthenticated("the enrollment token has expired")
         issued, serial = self._issue(agent_id, csr_pem)
         now = self.clock()
-        agent = existing or AgentRecord(agent_id=agent_id, registered_unix=now)
-        # A new enrollment (a lost key, a rebuilt site) retires every older certificate.
-        agent.cert_serials = [serial]
-        agent.enrolled_unix = now
-        self.state.put_agent(agent)
+
+        def enrolled(current: AgentRecord) -> AgentRecord:
+            if current.disabled:
+                raise PermissionDenied(f"agent {agent_id!r} is disabled")
+            # A new enrollment (a lost key, a rebuilt site) retires every older certificate.
+            return dataclasses.replace(current, cert_serials=[serial], enrolled_unix=now)
+
+        try:
+            self.state.update_agent(agent_id, enrolled)
+        except AgentNotFound:
+            self.state.put_agent(AgentRecord(agent_id=agent_id, registered_unix=now, cert_serials=[serial],
+                                             enrolled_unix=now))
         log.info("agent %s enrolled with token %s (tenant %s)", agent_id, rec.token_id, ca.tenant)
         return issued
 
@@ -161,10 +169,15 @@ class Enrollment:
         it replaces stays valid until it expires or the next renewal."""
         agent_id = peer.identity.name
         issued, serial = self._issue(agent_id, csr_pem)
-        agent = self.state.get_agent(agent_id)
-        if peer.serial not in agent.cert_serials:
-            raise Unauthenticated(f"this certificate of agent {agent_id!r} was revoked or replaced")
-        agent.cert_serials = [*agent.cert_serials, serial][-AGENT_CERTS_KEPT:]
-        self.state.put_agent(agent)
+
+        def renewed(current: AgentRecord) -> AgentRecord:
+            if peer.serial not in current.cert_serials:
+                raise Unauthenticated(f"this certificate of agent {agent_id!r} was revoked or replaced")
+            return dataclasses.replace(current, cert_serials=[*current.cert_serials, serial][-AGENT_CERTS_KEPT:])
+
+        try:
+            self.state.update_agent(agent_id, renewed)
+        except AgentNotFound:
+            raise Unauthenticated(f"agent {agent_id!r} is not enrolled (or was deleted)") from None
         log.info("agent %s renewed its certificate", agent_id)
         return issued

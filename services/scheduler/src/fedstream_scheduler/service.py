@@ -8,6 +8,7 @@ then follow the aggregator until the round is committed or failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -101,16 +102,17 @@ class SchedulerService:
         if not agent.agent_id or len(agent.agent_id) > 128 or not agent.agent_id.isprintable():
             raise InvalidArgument("agent_id must be 1-128 printable characters")
         now = self.clock()
+
+        def refresh(current: AgentRecord) -> AgentRecord:
+            # What the agent reports changes; what operators and enrollment decided does not.
+            return dataclasses.replace(current, labels=agent.labels, capabilities=agent.capabilities,
+                                       tasks=agent.tasks, last_heartbeat_unix=now)
+
         try:
-            previous = self.state.get_agent(agent.agent_id)
-            agent.registered_unix = previous.registered_unix
-            agent.disabled = previous.disabled
-            agent.cert_serials = previous.cert_serials
-            agent.enrolled_unix = previous.enrolled_unix
+            self.state.update_agent(agent.agent_id, refresh)
         except AgentNotFound:
-            agent.registered_unix = now
-        agent.last_heartbeat_unix = now
-        self.state.put_agent(agent)
+            agent.registered_unix = agent.last_heartbeat_unix = now
+            self.state.put_agent(agent)
         log.info("agent %s registered (%s)", agent.agent_id, agent.capabilities.get("device", "?"))
         return self.settings.heartbeat_interval_s
 
@@ -178,11 +180,8 @@ class SchedulerService:
     def set_agent_disabled(self, agent_id: str, disabled: bool) -> AgentRecord:
         """Disables (or enables again) an agent: a disabled one is never selected, its open
         stream is closed and it cannot open another. Raises AgentNotFound."""
-        agent = self.state.get_agent(agent_id)
-        if agent.disabled != disabled:
-            agent.disabled = disabled
-            self.state.put_agent(agent)
-            log.info("agent %s %s", agent_id, "disabled" if disabled else "enabled")
+        agent = self.state.update_agent(agent_id, lambda a: dataclasses.replace(a, disabled=disabled))
+        log.info("agent %s %s", agent_id, "disabled" if disabled else "enabled")
         stream = self._streams.get(agent_id)
         if disabled and stream is not None:
             self._offer(stream, PermissionDenied(f"agent {agent_id!r} is disabled"))
