@@ -251,6 +251,9 @@ def test_calls_beyond_the_servers_concurrency_are_refused_not_queued(tmp_path):
             upload(channel(f"127.0.0.1:{server.port}"), "c", model, round_=1)
 
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # gRPC refuses before fedstream's code runs: saturation shows as calls in progress.
+        assert REGISTRY.get_sample_value("fedstream_grpc_max_concurrent_calls") == 2
+        assert REGISTRY.get_sample_value("fedstream_grpc_calls_in_progress") >= 2
         release.set()
         for h in held:
             h.cancel()

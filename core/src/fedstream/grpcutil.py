@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedstream.errors import FedstreamError
+from fedstream.metrics import GRPC_CALLS_IN_PROGRESS
 from fedstream.pki import TlsIdentity
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,12 @@ def translate_errors(fn: F) -> F:
         log.exception("unexpected error in %s", fn.__qualname__, exc_info=exc)
         return grpc.StatusCode.INTERNAL, "internal error"
 
+    in_progress = GRPC_CALLS_IN_PROGRESS
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
         async def agen(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            in_progress.inc()
             try:
                 async for item in fn(self, request, context):
                     yield item
@@ -84,12 +87,15 @@ def translate_errors(fn: F) -> F:
                 raise
             except Exception as e:
                 await context.abort(*unexpected(e))
+            finally:
+                in_progress.dec()
 
         return agen  # type: ignore[return-value]
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def coro(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            in_progress.inc()
             try:
                 return await fn(self, request, context)
             except FedstreamError as e:
@@ -98,12 +104,15 @@ def translate_errors(fn: F) -> F:
                 raise
             except Exception as e:
                 await context.abort(*unexpected(e))
+            finally:
+                in_progress.dec()
 
         return coro  # type: ignore[return-value]
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            in_progress.inc()
             try:
                 yield from fn(self, request, context)
             except FedstreamError as e:
@@ -112,11 +121,14 @@ def translate_errors(fn: F) -> F:
                 if _is_abort(e):
                     raise
                 context.abort(*unexpected(e))
+            finally:
+                in_progress.dec()
 
         return gen  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def plain(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        in_progress.inc()
         try:
             return fn(self, request, context)
         except FedstreamError as e:
@@ -125,6 +137,8 @@ def translate_errors(fn: F) -> F:
             if _is_abort(e):
                 raise
             context.abort(*unexpected(e))
+        finally:
+            in_progress.dec()
 
     return plain  # type: ignore[return-value]
 

@@ -45,6 +45,14 @@ LIMIT_HITS = Counter(
     "Calls refused or slowed by a protective limit (docs/security.md), by service and limit.",
     ["tenant", "service", "limit"],
 )
+GRPC_CALLS_IN_PROGRESS = Gauge(
+    "fedstream_grpc_calls_in_progress",
+    "gRPC calls this process is serving now, streams included (beyond grpc.max_concurrent_rpcs "
+    "calls are refused with RESOURCE_EXHAUSTED).",
+)
+GRPC_MAX_CONCURRENT_CALLS = Gauge(
+    "fedstream_grpc_max_concurrent_calls", "The grpc.max_concurrent_rpcs setting of the process's gRPC server."
+)
 MEMORY_LIMIT_BYTES = Gauge(
     "fedstream_memory_limit_bytes", "The process's memory limit (its cgroup's), 0 when none.", ["service"]
 )

@@ -18,6 +18,7 @@ from fedstream.grpcutil import (
     set_serving,
 )
 from fedstream.limits import RateLimiter, StreamSlots
+from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS
 from fedstream.pki import TlsIdentity
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
@@ -86,6 +87,7 @@ def build_server(
     service.max_update_bytes = limits.max_update_bytes
     slots = StreamSlots(limits.streams_per_agent)
     server = make_server(max_workers, stream_window_bytes, max_concurrent_rpcs)
+    GRPC_MAX_CONCURRENT_CALLS.set(max_concurrent_rpcs)
     add_transfer_servicers(
         server,
         ModelServicer(service, guard, slots),

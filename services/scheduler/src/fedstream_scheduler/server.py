@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedstream.auth import Guard
 from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_server, server_credentials
+from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS
 from fedstream.pki import TlsIdentity
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.enrollment import Enrollment
@@ -74,6 +75,7 @@ async def build_server(
         enrollment = Enrollment(service.state, None, 86400.0, service.clock)
     guard = Guard(service.state.tenant, tls is not None, service.state)
     server = make_aio_server(stream_window_bytes, service.settings.grpc.max_concurrent_rpcs)
+    GRPC_MAX_CONCURRENT_CALLS.set(service.settings.grpc.max_concurrent_rpcs)
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment), server)
     pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
     health_servicer = health.aio.HealthServicer()
