@@ -4,7 +4,6 @@ one tenant. The REST API (fedstream_scheduler.api) translates requests into thes
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import uuid
@@ -28,7 +27,7 @@ from fedstream.state import (
 from fedstream.store import ModelReader, ModelStore, ModelVersion
 from fedstream.store.base import parse_version
 from fedstream.strategies import make_strategy
-from fedstream_scheduler.enrollment import Enrollment
+from fedstream_scheduler.enrollment import Enrollment, secret_hash
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.service import SchedulerService
 
@@ -39,10 +38,6 @@ BOOTSTRAP_TOKEN_ID = "bootstrap"
 TOKEN_PREFIX = "fst_"
 
 
-def token_hash(secret: str) -> str:
-    """Tokens are 256-bit random secrets, so one SHA-256 is enough to store them safely (a
-    slow password hash protects guessable secrets; these are not guessable)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def check_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +97,7 @@ class AdminService:
         """Makes ``secret`` this tenant's bootstrap admin token (replacing an older one)."""
         if len(secret) < 16:
             raise InvalidArgument("the bootstrap token must be at least 16 characters")
-        digest = token_hash(secret)
+        digest = secret_hash(secret)
         existing = {t.token_id: t for t in self.state.list_tokens()}.get(BOOTSTRAP_TOKEN_ID)
         if existing is not None and existing.sha256 == digest:
             return
@@ -111,14 +106,14 @@ class AdminService:
         self.state.create_token(TokenRecord(BOOTSTRAP_TOKEN_ID, digest, "admin", "bootstrap", self.clock()))
 
     def authenticate(self, secret: str) -> Principal | None:
-        rec = self.state.find_token(token_hash(secret))
+        rec = self.state.find_token(secret_hash(secret))
         return Principal(self.tenant, rec.role, rec.token_id) if rec is not None else None
 
     def create_token(self, role: str, name: str) -> tuple[TokenRecord, str]:
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        rec = TokenRecord(f"tok-{uuid.uuid4().hex[:12]}", token_hash(secret), role, name, self.clock())
+        rec = TokenRecord(f"tok-{uuid.uuid4().hex[:12]}", secret_hash(secret), role, name, self.clock())
         self.state.create_token(rec)
         return rec, secret
 

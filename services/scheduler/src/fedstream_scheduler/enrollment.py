@@ -45,8 +45,10 @@ def check_agent_id(agent_id: str) -> str:
     return agent_id
 
 
-def enrollment_hash(secret: str) -> str:
-    # 256-bit random secrets: one SHA-256 is enough to keep them safely.
+def secret_hash(secret: str) -> str:
+    """How token secrets (API and enrollment) are stored. They are 256-bit random secrets, so
+    one SHA-256 is enough to keep them safely (a slow password hash protects guessable
+    secrets; these are not guessable)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -86,7 +88,7 @@ class Enrollment:
         secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
         now = self.clock()
         rec = EnrollmentTokenRecord(
-            f"enr-{uuid.uuid4().hex[:12]}", enrollment_hash(secret), now + ttl_s, agent_id, name, now
+            f"enr-{uuid.uuid4().hex[:12]}", secret_hash(secret), now + ttl_s, agent_id, name, now
         )
         self.state.create_enrollment_token(rec)
         log.info("enrollment token %s made (agent %s, expires in %.0f s)", rec.token_id, agent_id or "any", ttl_s)
@@ -130,7 +132,7 @@ class Enrollment:
         if len(csr_pem) > MAX_CSR_BYTES:
             raise InvalidArgument(f"csr_pem exceeds {MAX_CSR_BYTES} bytes")
         public_key_of_csr(csr_pem)  # a bad request does not use the token up
-        digest = enrollment_hash(token)
+        digest = secret_hash(token)
         candidate = next((t for t in self.state.list_enrollment_tokens() if t.sha256 == digest), None)
         if candidate is None:
             raise Unauthenticated("unknown or already used enrollment token")

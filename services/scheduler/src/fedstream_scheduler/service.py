@@ -40,6 +40,7 @@ from fedstream.strategies import make_strategy
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.enrollment import check_agent_id
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.settings import SchedulerSettings
 
@@ -99,8 +100,7 @@ class SchedulerService:
 
     def register(self, agent: AgentRecord) -> float:
         """Creates or refreshes an agent's record; returns the heartbeat interval."""
-        if not agent.agent_id or len(agent.agent_id) > 128 or not agent.agent_id.isprintable():
-            raise InvalidArgument("agent_id must be 1-128 printable characters")
+        check_agent_id(agent.agent_id)
         now = self.clock()
 
         def refresh(current: AgentRecord) -> AgentRecord:
