@@ -1,0 +1,165 @@
+"""Conversion between the wire contracts (protobuf) and the round vocabulary of ``fedstream.rounds``.
+
+Every service converts here, once, at its edge; nothing past a servicer or a gRPC client sees
+a protobuf round message. A value the wire carries that the vocabulary does not know (an
+unspecified or newer enum number) raises InvalidArgument naming it.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from fedstream.errors import InvalidArgument
+from fedstream.rounds import (
+    RoundKind,
+    RoundPlan,
+    RoundSnapshot,
+    RoundState,
+    RunState,
+    UpdateReport,
+    canonical_params,
+)
+from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
+
+_KINDS: dict[RoundKind, int] = {
+    RoundKind.INIT: round_pb2.ROUND_KIND_INIT,
+    RoundKind.TRAIN: round_pb2.ROUND_KIND_TRAIN,
+    RoundKind.EVALUATE: round_pb2.ROUND_KIND_EVALUATE,
+}
+_KINDS_BACK = {v: k for k, v in _KINDS.items()}
+
+_STATES: dict[RoundState, int] = {
+    RoundState.OPEN: round_pb2.ROUND_STATE_OPEN,
+    RoundState.TRAINING: round_pb2.ROUND_STATE_TRAINING,
+    RoundState.AGGREGATING: round_pb2.ROUND_STATE_AGGREGATING,
+    RoundState.COMMITTED: round_pb2.ROUND_STATE_COMMITTED,
+    RoundState.FAILED: round_pb2.ROUND_STATE_FAILED,
+}
+_STATES_BACK = {v: k for k, v in _STATES.items()}
+
+_RUN_STATES: dict[RunState, int] = {
+    RunState.RUNNING: scheduler_pb2.RUN_STATE_RUNNING,
+    RunState.SUCCEEDED: scheduler_pb2.RUN_STATE_SUCCEEDED,
+    RunState.FAILED: scheduler_pb2.RUN_STATE_FAILED,
+    RunState.CANCELLED: scheduler_pb2.RUN_STATE_CANCELLED,
+}
+_RUN_STATES_BACK = {v: k for k, v in _RUN_STATES.items()}
+
+
+def kind_to_proto(kind: RoundKind | str) -> round_pb2.RoundKind.ValueType:
+    return _KINDS[RoundKind(kind)]  # type: ignore[return-value]
+
+
+def kind_from_proto(value: int) -> RoundKind:
+    """Raises InvalidArgument for an unspecified or unknown kind."""
+    try:
+        return _KINDS_BACK[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown round kind {value}") from None
+
+
+def state_to_proto(state: RoundState | str) -> round_pb2.RoundState.ValueType:
+    return _STATES[RoundState(state)]  # type: ignore[return-value]
+
+
+def state_from_proto(value: int) -> RoundState:
+    """Raises InvalidArgument for an unspecified or unknown state."""
+    try:
+        return _STATES_BACK[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown round state {value}") from None
+
+
+def run_state_to_proto(state: RunState | str) -> scheduler_pb2.RunState.ValueType:
+    return _RUN_STATES[RunState(state)]  # type: ignore[return-value]
+
+
+def run_state_from_proto(value: int) -> RunState:
+    """Raises InvalidArgument for an unspecified or unknown run state."""
+    try:
+        return _RUN_STATES_BACK[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown run state {value}") from None
+
+
+def report_to_proto(r: UpdateReport) -> round_pb2.UpdateReport:
+    return round_pb2.UpdateReport(
+        agent_id=r.agent_id, num_examples=r.num_examples, metrics=r.metrics, bytes_received=r.bytes_received
+    )
+
+
+def report_from_proto(r: round_pb2.UpdateReport) -> UpdateReport:
+    """The weight does not travel: a report from the wire weighs its example count."""
+    return UpdateReport(
+        agent_id=r.agent_id,
+        num_examples=r.num_examples,
+        metrics=dict(r.metrics),
+        bytes_received=r.bytes_received,
+        weight=float(r.num_examples),
+    )
+
+
+def plan_to_proto(plan: RoundPlan) -> aggregator_pb2.RoundPlan:
+    msg = aggregator_pb2.RoundPlan(
+        run_id=plan.run_id,
+        round=plan.round,
+        kind=kind_to_proto(plan.kind),
+        base_version=plan.base_version,
+        participants=plan.participants,
+        min_updates=plan.min_updates,
+        deadline_unix=plan.deadline_unix,
+        strategy=round_pb2.StrategySpec(name=plan.strategy),
+        compression=plan.compression,
+        partial=plan.partial,
+        task=plan.task,
+        distill=plan.distill,
+    )
+    msg.strategy.params.update(plan.params())
+    return msg
+
+
+def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
+    """Raises InvalidArgument for an unknown round kind."""
+    params = json_format.MessageToDict(msg.strategy.params) if msg.HasField("strategy") else {}
+    return RoundPlan(
+        run_id=msg.run_id,
+        round=msg.round,
+        kind=kind_from_proto(msg.kind),
+        base_version=msg.base_version,
+        participants=tuple(msg.participants),
+        min_updates=msg.min_updates,
+        deadline_unix=msg.deadline_unix,
+        strategy=msg.strategy.name or "fedavg",
+        strategy_params=canonical_params(params),
+        compression=msg.compression or "none",
+        partial=msg.partial,
+        task=msg.task,
+        distill=msg.distill,
+    )
+
+
+def snapshot_to_proto(s: RoundSnapshot) -> aggregator_pb2.RoundEvent:
+    return aggregator_pb2.RoundEvent(
+        run_id=s.run_id,
+        round=s.round,
+        state=state_to_proto(s.state),
+        reports=[report_to_proto(r) for r in s.reports],
+        stragglers=s.stragglers,
+        version=s.version,
+        reason=s.reason,
+        metrics=s.metrics,
+    )
+
+
+def snapshot_from_proto(e: aggregator_pb2.RoundEvent) -> RoundSnapshot:
+    """Raises InvalidArgument for an unknown round state."""
+    return RoundSnapshot(
+        run_id=e.run_id,
+        round=e.round,
+        state=state_from_proto(e.state),
+        reports=[report_from_proto(r) for r in e.reports],
+        stragglers=list(e.stragglers),
+        version=e.version,
+        reason=e.reason,
+        metrics=dict(e.metrics),
+    )
