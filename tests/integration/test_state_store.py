@@ -1,4 +1,4 @@
-"""Contract tests of the state store interface, run against every implementation."""
+"""Contract tests of the state store, one suite per role, each run against every backend."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from fedstream.errors import (
     RoundNotFound,
     RoundNotOpen,
     RunNotFound,
+    Unavailable,
 )
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
+    EnrollmentTokenRecord,
     FederationRecord,
     MemoryStateStore,
     RoundRecord,
@@ -26,9 +28,12 @@ from fedstream.state import (
     StateStore,
     TokenRecord,
 )
+from servers import free_port
+
+BACKENDS = ["memory", "redis"]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def store(request) -> StateStore:
     if request.param == "redis":
         from fedstream.state.redis import RedisStateStore, connect
@@ -37,173 +42,300 @@ def store(request) -> StateStore:
     return MemoryStateStore("t1")
 
 
-def test_agents_register_heartbeat_and_list(store):
-    store.put_agent(AgentRecord("b", labels={"site": "x"}, registered_unix=1.0))
-    store.put_agent(AgentRecord("a"))
-    store.heartbeat("b", 42.0)
-
-    assert [a.agent_id for a in store.list_agents()] == ["a", "b"]
-    assert store.get_agent("b").last_heartbeat_unix == 42.0
-    assert store.get_agent("b").labels == {"site": "x"}
-    with pytest.raises(AgentNotFound):
-        store.heartbeat("nobody", 1.0)
-    with pytest.raises(AgentNotFound):
-        store.get_agent("nobody")
+def journal(round_: int = 1) -> AggregationRecord:
+    return AggregationRecord("r", round_, "train", "r/000000", ["a", "b"], 2, 123.0)
 
 
-def test_agent_updates_are_atomic_and_a_failed_one_changes_nothing(store):
-    store.put_agent(AgentRecord("a", cert_serials=["1"]))
-    store.heartbeat("a", 7.0)
+class TestAgentRegistry:
+    """AgentRegistry: agents, heartbeats, atomic updates."""
 
-    def add(n: int) -> None:
-        for i in range(n):
-            store.update_agent("a", lambda r, i=i: dataclasses.replace(r, cert_serials=[*r.cert_serials, f"{i}"]))
+    def test_agents_register_heartbeat_and_list(self, store):
+        store.put_agent(AgentRecord("b", labels={"site": "x"}, registered_unix=1.0))
+        store.put_agent(AgentRecord("a"))
+        store.heartbeat("b", 42.0)
 
-    threads = [threading.Thread(target=add, args=(25,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        assert [a.agent_id for a in store.list_agents()] == ["a", "b"]
+        assert store.get_agent("b").last_heartbeat_unix == 42.0
+        assert store.get_agent("b").labels == {"site": "x"}
+        with pytest.raises(AgentNotFound):
+            store.heartbeat("nobody", 1.0)
+        with pytest.raises(AgentNotFound):
+            store.get_agent("nobody")
 
-    def refuse(r: AgentRecord) -> AgentRecord:
-        raise NotFound("no")
+    def test_agent_updates_are_atomic_and_a_failed_one_changes_nothing(self, store):
+        store.put_agent(AgentRecord("a", cert_serials=["1"]))
+        store.heartbeat("a", 7.0)
 
-    with pytest.raises(NotFound):
-        store.update_agent("a", refuse)
-    with pytest.raises(AgentNotFound):
-        store.update_agent("nobody", lambda r: r)
-    got = store.get_agent("a")
-    assert len(got.cert_serials) == 1 + 4 * 25  # no update lost
-    assert got.last_heartbeat_unix == 7.0  # the heartbeat is kept
-    store.delete_agent("a")
-    with pytest.raises(AgentNotFound):
+        def add(n: int) -> None:
+            for i in range(n):
+                store.update_agent("a", lambda r, i=i: dataclasses.replace(r, cert_serials=[*r.cert_serials, f"{i}"]))
+
+        threads = [threading.Thread(target=add, args=(25,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        def refuse(r: AgentRecord) -> AgentRecord:
+            raise NotFound("no")
+
+        with pytest.raises(NotFound):
+            store.update_agent("a", refuse)
+        with pytest.raises(AgentNotFound):
+            store.update_agent("nobody", lambda r: r)
+        got = store.get_agent("a")
+        assert len(got.cert_serials) == 1 + 4 * 25  # no update lost
+        assert got.last_heartbeat_unix == 7.0  # the heartbeat is kept
         store.delete_agent("a")
-    assert store.list_agents() == []
+        with pytest.raises(AgentNotFound):
+            store.delete_agent("a")
+        assert store.list_agents() == []
+
+    def test_records_are_copies(self, store):
+        store.put_agent(AgentRecord("a", labels={"k": "v"}))
+        got = store.get_agent("a")
+        got.labels["k"] = "changed"
+        assert store.get_agent("a").labels == {"k": "v"}
 
 
-def test_enrollment_tokens_are_used_once(store):
-    from fedstream.state import EnrollmentTokenRecord
+class TestRunStore:
+    """RunStore: runs, and rounds with their state machine."""
 
-    store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-1", 100.0, "site"))
-    with pytest.raises(AlreadyExists):
-        store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-2", 100.0))
-    got = []
-    threads = [threading.Thread(target=lambda: got.append(store.consume_enrollment_token("hash-1")))
-               for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    def test_runs(self, store):
+        store.create_run(RunRecord("r1", {"task": "digits"}, created_unix=1))
+        store.create_run(RunRecord("r0", {"task": "digits"}, created_unix=2))
+        with pytest.raises(AlreadyExists):
+            store.create_run(RunRecord("r1", {}))
 
-    assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
-    assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
+        updated = store.update_run("r1", state="succeeded", latest_version="r1/000001")
 
+        assert updated.state == "succeeded"
+        assert store.get_run("r1").latest_version == "r1/000001"
+        assert [r.run_id for r in store.list_runs()] == ["r1", "r0"]
+        with pytest.raises(RunNotFound):
+            store.get_run("nope")
+        with pytest.raises(RunNotFound):
+            store.update_run("nope", state="failed")
 
-def test_records_are_copies(store):
-    store.put_agent(AgentRecord("a", labels={"k": "v"}))
-    got = store.get_agent("a")
-    got.labels["k"] = "changed"
-    assert store.get_agent("a").labels == {"k": "v"}
+    def test_round_state_machine(self, store):
+        store.create_round(RoundRecord("r", 1, "train", participants=["a"]))
+        with pytest.raises(AlreadyExists):
+            store.create_round(RoundRecord("r", 1, "train"))
+        with pytest.raises(InvalidTransition, match="cannot go from open to committed"):
+            store.transition_round("r", 1, "committed")
 
+        store.transition_round("r", 1, "training")
+        store.update_round("r", 1, reports=[{"agent_id": "a"}])
+        store.transition_round("r", 1, "aggregating")
+        done = store.transition_round("r", 1, "committed", version="r/000001")
 
-def test_runs(store):
-    store.create_run(RunRecord("r1", {"task": "digits"}, created_unix=1))
-    store.create_run(RunRecord("r0", {"task": "digits"}, created_unix=2))
-    with pytest.raises(AlreadyExists):
-        store.create_run(RunRecord("r1", {}))
+        assert done.state == "committed" and done.version == "r/000001"
+        assert store.get_round("r", 1).reports == [{"agent_id": "a"}]
+        with pytest.raises(InvalidTransition):
+            store.transition_round("r", 1, "failed")
+        with pytest.raises(InvalidTransition):
+            store.update_round("r", 1, state="open")
+        with pytest.raises(RoundNotFound):
+            store.transition_round("r", 2, "training")
+        with pytest.raises(RoundNotFound):
+            store.get_round("r", 2)
 
-    updated = store.update_run("r1", state="succeeded", latest_version="r1/000001")
+    def test_any_state_but_terminal_can_fail(self, store):
+        for i, path in enumerate([[], ["training"], ["training", "aggregating"]]):
+            store.create_round(RoundRecord("r", i, "train"))
+            for s in path:
+                store.transition_round("r", i, s)
+            assert store.transition_round("r", i, "failed", reason="x").reason == "x"
 
-    assert updated.state == "succeeded"
-    assert store.get_run("r1").latest_version == "r1/000001"
-    assert [r.run_id for r in store.list_runs()] == ["r1", "r0"]
-    with pytest.raises(RunNotFound):
-        store.get_run("nope")
-    with pytest.raises(RunNotFound):
-        store.update_run("nope", state="failed")
-
-
-def test_round_state_machine(store):
-    store.create_round(RoundRecord("r", 1, "train", participants=["a"]))
-    with pytest.raises(AlreadyExists):
+    def test_racing_transitions_have_one_winner(self, store):
         store.create_round(RoundRecord("r", 1, "train"))
-    with pytest.raises(InvalidTransition, match="cannot go from open to committed"):
-        store.transition_round("r", 1, "committed")
+        store.transition_round("r", 1, "training")
+        wins, barrier = [], threading.Barrier(8)
 
-    store.transition_round("r", 1, "training")
-    store.update_round("r", 1, reports=[{"agent_id": "a"}])
-    store.transition_round("r", 1, "aggregating")
-    done = store.transition_round("r", 1, "committed", version="r/000001")
+        def race():
+            barrier.wait()
+            try:
+                store.transition_round("r", 1, "aggregating")
+                wins.append(1)
+            except InvalidTransition:
+                pass
 
-    assert done.state == "committed" and done.version == "r/000001"
-    assert store.get_round("r", 1).reports == [{"agent_id": "a"}]
-    with pytest.raises(InvalidTransition):
-        store.transition_round("r", 1, "failed")
-    with pytest.raises(InvalidTransition):
-        store.update_round("r", 1, state="open")
-    with pytest.raises(RoundNotFound):
-        store.transition_round("r", 2, "training")
-    with pytest.raises(RoundNotFound):
-        store.get_round("r", 2)
+        threads = [threading.Thread(target=race) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
 
-
-def test_any_state_but_terminal_can_fail(store):
-    for i, path in enumerate([[], ["training"], ["training", "aggregating"]]):
-        store.create_round(RoundRecord("r", i, "train"))
-        for s in path:
-            store.transition_round("r", i, s)
-        assert store.transition_round("r", i, "failed", reason="x").reason == "x"
+    def test_rounds_listed_in_order(self, store):
+        for i in (3, 1, 2):
+            store.create_round(RoundRecord("r", i, "train"))
+        store.create_round(RoundRecord("other", 1, "train"))
+        assert [r.round for r in store.list_rounds("r")] == [1, 2, 3]
 
 
-def test_racing_transitions_have_one_winner(store):
-    store.create_round(RoundRecord("r", 1, "train"))
-    store.transition_round("r", 1, "training")
-    wins, barrier = [], threading.Barrier(8)
+class TestAggregationJournal:
+    """AggregationJournal: each round's record, updates counted once, journals apart."""
 
-    def race():
-        barrier.wait()
-        try:
-            store.transition_round("r", 1, "aggregating")
-            wins.append(1)
-        except InvalidTransition:
-            pass
+    def test_aggregation_journal_counts_each_update_once(self, store):
+        store.create_aggregation(journal())
+        with pytest.raises(AlreadyExists):
+            store.create_aggregation(journal())
 
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
+        assert store.count_update("r", 1, "a", {"num_examples": 3}) is True
+        assert store.count_update("r", 1, "a", {"num_examples": 99}) is False
+        assert store.count_update("r", 1, "b", {"num_examples": 5}) is True
+
+        rec = store.get_aggregation("r", 1)
+        assert rec.reports == {"a": {"num_examples": 3}, "b": {"num_examples": 5}}
+        assert [(j.run_id, j.round) for j in store.list_aggregations()] == [("r", 1)]
+
+    def test_aggregation_journal_states(self, store):
+        store.create_aggregation(journal(1))
+        store.create_aggregation(journal(2))
+        store.set_aggregation_state("r", 1, "aggregating")
+        with pytest.raises(RoundNotOpen):
+            store.count_update("r", 1, "a", {})
+        store.set_aggregation_state("r", 1, "committed", version="r/000001")
+        store.set_aggregation_state("r", 2, "failed", reason="deadline")
+
+        assert store.get_aggregation("r", 1).version == "r/000001"
+        assert store.get_aggregation("r", 2).reason == "deadline"
+        assert store.list_aggregations() == []
+        with pytest.raises(InvalidTransition):
+            store.set_aggregation_state("r", 1, "training")
+        with pytest.raises(RoundNotFound):
+            store.count_update("r", 9, "a", {})
+        with pytest.raises(RoundNotFound):
+            store.get_aggregation("r", 9)
+
+    def test_aggregation_journals_are_separate(self, store):
+        """A leaf's journal of a round never meets the root's journal of the same round."""
+        store.create_aggregation(journal())
+        leaf = dataclasses.replace(journal(), journal="leaf/a", participants=["a"], partial=True)
+        store.create_aggregation(leaf)
+        with pytest.raises(AlreadyExists):
+            store.create_aggregation(leaf)
+
+        assert store.count_update("r", 1, "a", {"num_examples": 1}, journal="leaf/a") is True
+        assert store.count_update("r", 1, "a", {"num_examples": 2}) is True
+        store.set_aggregation_state("r", 1, "aggregating", journal="leaf/a")
+
+        assert store.get_aggregation("r", 1).reports == {"a": {"num_examples": 2}}
+        assert store.get_aggregation("r", 1).state == "training"
+        got = store.get_aggregation("r", 1, journal="leaf/a")
+        assert (got.state, got.partial, got.reports) == ("aggregating", True, {"a": {"num_examples": 1}})
+        assert [j.journal for j in store.list_aggregations()] == [""]
+        assert [j.journal for j in store.list_aggregations("leaf/a")] == ["leaf/a"]
+        assert store.list_aggregations("leaf/b") == []
+        with pytest.raises(RoundNotFound):
+            store.get_aggregation("r", 1, journal="leaf/b")
+        store.set_aggregation_state("r", 1, "failed", journal="leaf/a", reason="x")
+        assert store.list_aggregations("leaf/a") == []
+        assert len(store.list_aggregations()) == 1
+
+    def test_racing_counts_of_one_update_have_one_winner(self, store):
+        store.create_aggregation(journal())
+        wins, barrier = [], threading.Barrier(6)
+
+        def race():
+            barrier.wait()
+            if store.count_update("r", 1, "a", {"n": 1}):
+                wins.append(1)
+
+        threads = [threading.Thread(target=race) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
 
 
-def test_rounds_listed_in_order(store):
-    for i in (3, 1, 2):
-        store.create_round(RoundRecord("r", i, "train"))
-    store.create_round(RoundRecord("other", 1, "train"))
-    assert [r.round for r in store.list_rounds("r")] == [1, 2, 3]
+class TestDocuments:
+    """Documents: federations, API tokens, enrollment tokens."""
+
+    def test_federations(self, store):
+        rec = FederationRecord("nightly", {"task": "digits"}, description="d", created_unix=1.0, updated_unix=1.0)
+        store.create_federation(rec)
+        with pytest.raises(AlreadyExists):
+            store.create_federation(rec)
+        assert store.get_federation("nightly") == rec
+        store.create_federation(FederationRecord("adhoc", {"task": "fedreid"}))
+        assert [f.federation_id for f in store.list_federations()] == ["adhoc", "nightly"]
+        updated = store.update_federation("nightly", schedule={"cron": "0 2 * * *"}, updated_unix=2.0)
+        assert updated.schedule == {"cron": "0 2 * * *"} and updated.spec == {"task": "digits"}
+        assert store.get_federation("nightly") == updated
+        store.delete_federation("adhoc")
+        for call in (lambda: store.get_federation("adhoc"), lambda: store.update_federation("adhoc", description="x"),
+                     lambda: store.delete_federation("adhoc")):
+            with pytest.raises(NotFound, match="federation 'adhoc' not found"):
+                call()
+        assert [f.federation_id for f in store.list_federations()] == ["nightly"]
+
+    def test_tokens_are_found_by_hash(self, store):
+        store.create_token(TokenRecord("tok1", "a" * 64, "admin", "bootstrap"))
+        store.create_token(TokenRecord("tok2", "b" * 64, "viewer"))
+        with pytest.raises(AlreadyExists):
+            store.create_token(TokenRecord("tok1", "c" * 64, "viewer"))
+        assert store.find_token("b" * 64).token_id == "tok2"
+        assert store.find_token("c" * 64) is None
+        store.delete_token("tok2")
+        assert store.find_token("b" * 64) is None
+        assert [t.token_id for t in store.list_tokens()] == ["tok1"]
+        with pytest.raises(NotFound):
+            store.delete_token("tok2")
+
+    def test_enrollment_tokens_are_used_once(self, store):
+        store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-1", 100.0, "site"))
+        with pytest.raises(AlreadyExists):
+            store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-2", 100.0))
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(store.consume_enrollment_token("hash-1")))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
+        assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
 
 
-def test_mark_once(store):
-    assert store.mark_once("s", "a") is True
-    assert store.mark_once("s", "a") is False
-    assert store.mark_once("other", "a") is True
-    assert store.is_marked("s", "a") and not store.is_marked("s", "b")
+class TestCoordination:
+    """Coordination: idempotency marks and leases."""
+
+    def test_mark_once(self, store):
+        assert store.mark_once("s", "a") is True
+        assert store.mark_once("s", "a") is False
+        assert store.mark_once("other", "a") is True
+        assert store.is_marked("s", "a") and not store.is_marked("s", "b")
+
+    def test_leases(self, store):
+        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=100)
+        assert not store.acquire_lease("cron", "two", ttl_s=10, now_unix=105)
+        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=105)
+        assert store.acquire_lease("cron", "two", ttl_s=10, now_unix=116)
+        store.release_lease("cron", "one")  # not the holder: no effect
+        assert not store.acquire_lease("cron", "one", ttl_s=10, now_unix=117)
+        store.release_lease("cron", "two")
+        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=118)
 
 
-def test_leases(store):
-    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=100)
-    assert not store.acquire_lease("cron", "two", ttl_s=10, now_unix=105)
-    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=105)
-    assert store.acquire_lease("cron", "two", ttl_s=10, now_unix=116)
-    store.release_lease("cron", "one")  # not the holder: no effect
-    assert not store.acquire_lease("cron", "one", ttl_s=10, now_unix=117)
-    store.release_lease("cron", "two")
-    assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=118)
+class TestHealth:
+    """Health: the tenant, a printable endpoint, and a ping that answers while the server does."""
+
+    def test_a_reachable_store_answers_ping(self, store):
+        assert store.ping() is None
+        assert store.tenant == "t1"
+
+    def test_endpoint_is_a_stable_name(self, store):
+        endpoint = store.endpoint()
+
+        assert isinstance(endpoint, str) and endpoint
+        assert store.endpoint() == endpoint
 
 
-def test_counters(store):
-    assert store.incr("rounds") == 1
-    assert store.incr("rounds", 5) == 6
+# The Redis backend's own promises.
 
 
 def test_redis_keys_are_scoped_by_tenant(redis_url):
@@ -222,9 +354,6 @@ def test_redis_keys_are_scoped_by_tenant(redis_url):
 
 
 def test_redis_unreachable_is_unavailable():
-    from servers import free_port
-
-    from fedstream.errors import Unavailable
     from fedstream.state.redis import RedisStateStore, connect
 
     store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
@@ -232,115 +361,25 @@ def test_redis_unreachable_is_unavailable():
         store.get_run("r")
 
 
-def journal(round_: int = 1) -> AggregationRecord:
-    return AggregationRecord("r", round_, "train", "r/000000", ["a", "b"], 2, 123.0)
+def test_redis_ping_of_a_dead_server_is_unavailable_naming_it():
+    from fedstream.state.redis import RedisStateStore, connect
+
+    port = free_port()
+    store = RedisStateStore(connect(f"redis://127.0.0.1:{port}/0", retry_s=60), "t1")
+
+    with pytest.raises(Unavailable, match=f"redis at 127.0.0.1:{port} does not answer"):
+        store.ping()
 
 
-def test_aggregation_journal_counts_each_update_once(store):
-    store.create_aggregation(journal())
-    with pytest.raises(AlreadyExists):
-        store.create_aggregation(journal())
+def test_redis_endpoint_names_the_server(redis_server, redis_url):
+    from fedstream.state.redis import RedisStateStore, connect
 
-    assert store.count_update("r", 1, "a", {"num_examples": 3}) is True
-    assert store.count_update("r", 1, "a", {"num_examples": 99}) is False
-    assert store.count_update("r", 1, "b", {"num_examples": 5}) is True
-
-    rec = store.get_aggregation("r", 1)
-    assert rec.reports == {"a": {"num_examples": 3}, "b": {"num_examples": 5}}
-    assert [(j.run_id, j.round) for j in store.list_aggregations()] == [("r", 1)]
+    assert RedisStateStore(connect(redis_url), "t1").endpoint() == f"redis at 127.0.0.1:{redis_server.port}"
 
 
-def test_aggregation_journal_states(store):
-    store.create_aggregation(journal(1))
-    store.create_aggregation(journal(2))
-    store.set_aggregation_state("r", 1, "aggregating")
-    with pytest.raises(RoundNotOpen):
-        store.count_update("r", 1, "a", {})
-    store.set_aggregation_state("r", 1, "committed", version="r/000001")
-    store.set_aggregation_state("r", 2, "failed", reason="deadline")
+def test_redis_endpoint_never_shows_the_password():
+    from fedstream.state.redis import RedisStateStore, connect
 
-    assert store.get_aggregation("r", 1).version == "r/000001"
-    assert store.get_aggregation("r", 2).reason == "deadline"
-    assert store.list_aggregations() == []
-    with pytest.raises(InvalidTransition):
-        store.set_aggregation_state("r", 1, "training")
-    with pytest.raises(RoundNotFound):
-        store.count_update("r", 9, "a", {})
-    with pytest.raises(RoundNotFound):
-        store.get_aggregation("r", 9)
+    store = RedisStateStore(connect("redis://:hunter2@127.0.0.1:6390/0", password="hunter2"), "t1")
 
-
-def test_aggregation_journals_are_separate(store):
-    """A leaf's journal of a round never meets the root's journal of the same round."""
-    store.create_aggregation(journal())
-    leaf = dataclasses.replace(journal(), journal="leaf/a", participants=["a"], partial=True)
-    store.create_aggregation(leaf)
-    with pytest.raises(AlreadyExists):
-        store.create_aggregation(leaf)
-
-    assert store.count_update("r", 1, "a", {"num_examples": 1}, journal="leaf/a") is True
-    assert store.count_update("r", 1, "a", {"num_examples": 2}) is True
-    store.set_aggregation_state("r", 1, "aggregating", journal="leaf/a")
-
-    assert store.get_aggregation("r", 1).reports == {"a": {"num_examples": 2}}
-    assert store.get_aggregation("r", 1).state == "training"
-    got = store.get_aggregation("r", 1, journal="leaf/a")
-    assert (got.state, got.partial, got.reports) == ("aggregating", True, {"a": {"num_examples": 1}})
-    assert [j.journal for j in store.list_aggregations()] == [""]
-    assert [j.journal for j in store.list_aggregations("leaf/a")] == ["leaf/a"]
-    assert store.list_aggregations("leaf/b") == []
-    with pytest.raises(RoundNotFound):
-        store.get_aggregation("r", 1, journal="leaf/b")
-    store.set_aggregation_state("r", 1, "failed", journal="leaf/a", reason="x")
-    assert store.list_aggregations("leaf/a") == []
-    assert len(store.list_aggregations()) == 1
-
-
-def test_racing_counts_of_one_update_have_one_winner(store):
-    store.create_aggregation(journal())
-    wins, barrier = [], threading.Barrier(6)
-
-    def race():
-        barrier.wait()
-        if store.count_update("r", 1, "a", {"n": 1}):
-            wins.append(1)
-
-    threads = [threading.Thread(target=race) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-
-
-def test_federations(store):
-    rec = FederationRecord("nightly", {"task": "digits"}, description="d", created_unix=1.0, updated_unix=1.0)
-    store.create_federation(rec)
-    with pytest.raises(AlreadyExists):
-        store.create_federation(rec)
-    assert store.get_federation("nightly") == rec
-    store.create_federation(FederationRecord("adhoc", {"task": "fedreid"}))
-    assert [f.federation_id for f in store.list_federations()] == ["adhoc", "nightly"]
-    updated = store.update_federation("nightly", schedule={"cron": "0 2 * * *"}, updated_unix=2.0)
-    assert updated.schedule == {"cron": "0 2 * * *"} and updated.spec == {"task": "digits"}
-    assert store.get_federation("nightly") == updated
-    store.delete_federation("adhoc")
-    for call in (lambda: store.get_federation("adhoc"), lambda: store.update_federation("adhoc", description="x"),
-                 lambda: store.delete_federation("adhoc")):
-        with pytest.raises(NotFound, match="federation 'adhoc' not found"):
-            call()
-    assert [f.federation_id for f in store.list_federations()] == ["nightly"]
-
-
-def test_tokens_are_found_by_hash(store):
-    store.create_token(TokenRecord("tok1", "a" * 64, "admin", "bootstrap"))
-    store.create_token(TokenRecord("tok2", "b" * 64, "viewer"))
-    with pytest.raises(AlreadyExists):
-        store.create_token(TokenRecord("tok1", "c" * 64, "viewer"))
-    assert store.find_token("b" * 64).token_id == "tok2"
-    assert store.find_token("c" * 64) is None
-    store.delete_token("tok2")
-    assert store.find_token("b" * 64) is None
-    assert [t.token_id for t in store.list_tokens()] == ["tok1"]
-    with pytest.raises(NotFound):
-        store.delete_token("tok2")
+    assert store.endpoint() == "redis at 127.0.0.1:6390"

@@ -22,17 +22,3 @@ def make_model_store(settings: StoreSettings, tenant: str) -> ModelStore:
 
         return S3ModelStore(make_client(settings.s3), settings.s3, settings.path / "staging", tenant)
     return LocalModelStore(settings.path, tenant)
-
-
-def check_state_store(store: StateStore) -> None:
-    """Raises Unavailable when the store's server does not answer."""
-    ping = getattr(store, "ping", None)
-    if ping is not None:
-        ping()
-
-
-def check_model_store(store: ModelStore) -> None:
-    """Raises Unavailable when the store's server does not answer."""
-    ensure = getattr(store, "ensure_bucket", None)
-    if ensure is not None:
-        ensure()

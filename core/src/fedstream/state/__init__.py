@@ -1,6 +1,13 @@
-"""Shared state of the control plane: agents, runs, rounds, leases, idempotency records."""
+"""Shared state of the control plane: agents, runs, rounds, journals, documents, leases."""
 
-from fedstream.state.base import (
+from fedstream.state.agents import AgentRegistry
+from fedstream.state.base import StateStore
+from fedstream.state.coordination import Coordination
+from fedstream.state.documents import Documents
+from fedstream.state.health import Health
+from fedstream.state.journal import AggregationJournal
+from fedstream.state.memory import MemoryStateStore
+from fedstream.state.records import (
     ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
@@ -8,20 +15,25 @@ from fedstream.state.base import (
     FederationRecord,
     RoundRecord,
     RunRecord,
-    StateStore,
     TokenRecord,
 )
-from fedstream.state.memory import MemoryStateStore
+from fedstream.state.runs import RunStore
 
 __all__ = [
     "ROUND_TRANSITIONS",
     "AgentRecord",
-    "EnrollmentTokenRecord",
+    "AgentRegistry",
+    "AggregationJournal",
     "AggregationRecord",
+    "Coordination",
+    "Documents",
+    "EnrollmentTokenRecord",
     "FederationRecord",
+    "Health",
     "MemoryStateStore",
     "RoundRecord",
     "RunRecord",
+    "RunStore",
     "StateStore",
     "TokenRecord",
 ]

@@ -16,14 +16,14 @@ from fedstream.errors import (
     RoundNotOpen,
     RunNotFound,
 )
-from fedstream.state.base import (
+from fedstream.state.base import StateStore
+from fedstream.state.records import (
     AGGREGATION_TRANSITIONS,
     ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
     RoundRecord,
     RunRecord,
-    StateStore,
 )
 
 
@@ -38,9 +38,14 @@ class MemoryStateStore(StateStore):
         self._rounds: dict[tuple[str, int], RoundRecord] = {}
         self._marks: dict[str, set[str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
-        self._counters: dict[str, int] = {}
         self._aggregations: dict[tuple[str, str, int], AggregationRecord] = {}
         self._docs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def endpoint(self) -> str:
+        return "in-process state store"
+
+    def ping(self) -> None:
+        """Always answers: the state is in this process."""
 
     def put_agent(self, agent: AgentRecord) -> None:
         with self._lock:
@@ -254,8 +259,3 @@ class MemoryStateStore(StateStore):
             current = self._leases.get(name)
             if current is not None and current[0] == holder:
                 del self._leases[name]
-
-    def incr(self, name: str, by: int = 1) -> int:
-        with self._lock:
-            self._counters[name] = self._counters.get(name, 0) + by
-            return self._counters[name]

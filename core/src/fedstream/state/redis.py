@@ -29,14 +29,14 @@ from fedstream.errors import (
     Unavailable,
 )
 from fedstream.metrics import STATE_OPERATION_ERRORS, STATE_OPERATION_SECONDS
-from fedstream.state.base import (
+from fedstream.state.base import StateStore
+from fedstream.state.records import (
     AGGREGATION_TRANSITIONS,
     ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
     RoundRecord,
     RunRecord,
-    StateStore,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,7 +109,7 @@ class RedisStateStore(StateStore):
         self.tenant = tenant
         self.r = client
         kwargs = client.connection_pool.connection_kwargs
-        self.endpoint = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self._endpoint = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         self._prefix = f"fedstream:{tenant}:"
         self._acquire = self.r.register_script(_ACQUIRE_LEASE)
         self._release = self.r.register_script(_RELEASE_LEASE)
@@ -117,6 +117,9 @@ class RedisStateStore(StateStore):
 
     def _k(self, *parts: object) -> str:
         return self._prefix + ":".join(str(p) for p in parts)
+
+    def endpoint(self) -> str:
+        return self._endpoint
 
     def ping(self) -> None:
         """Raises Unavailable at once (no retries) when Redis does not answer."""
@@ -127,9 +130,9 @@ class RedisStateStore(StateStore):
         try:
             probe.ping()
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise Unavailable(f"{self.endpoint} does not answer ({type(e).__name__})") from e
+            raise Unavailable(f"{self._endpoint} does not answer ({type(e).__name__})") from e
         except redis.AuthenticationError as e:
-            raise Unavailable(f"{self.endpoint} refused the credentials") from e
+            raise Unavailable(f"{self._endpoint} refused the credentials") from e
         finally:
             probe.close()
 
@@ -412,7 +415,7 @@ class RedisStateStore(StateStore):
             self.r.srem(self._agg_set(journal), key)
         return rec
 
-    # Idempotency records, leases, counters.
+    # Idempotency records and leases.
 
     @_unavailable
     def mark_once(self, scope: str, key: str) -> bool:
@@ -432,7 +435,3 @@ class RedisStateStore(StateStore):
     @_unavailable
     def release_lease(self, name: str, holder: str) -> None:
         self._release(keys=[self._k("lease", name)], args=[holder])
-
-    @_unavailable
-    def incr(self, name: str, by: int = 1) -> int:
-        return int(self.r.incrby(self._k("counter", name), by))

@@ -1,4 +1,4 @@
-"""The model store interface.
+"""What every model store shares: version ids, the version record, writers and readers.
 
 A version is immutable once committed and named ``<run_id>/<round:06d>``. Writers take the
 model's bytes in layout order as they arrive; readers hand out byte ranges. Neither ever holds
@@ -15,9 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
-from fedstream.errors import CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
+from fedstream.errors import CorruptModel, InvalidArgument
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
@@ -254,112 +253,3 @@ class ModelReader(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ModelStore(ABC):
-    """Immutable model versions of one tenant, and each run's latest pointer."""
-
-    tenant: str
-
-    @abstractmethod
-    def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
-        """Starts writing a new version; raises AlreadyExists if it was committed before."""
-
-    @abstractmethod
-    def open(self, version: str) -> ModelReader:
-        """Raises ModelNotFound, or CorruptModel when the stored header does not parse."""
-
-    @abstractmethod
-    def info(self, version: str) -> ModelVersion:
-        """Raises ModelNotFound."""
-
-    @abstractmethod
-    def latest(self, run_id: str) -> str | None:
-        """The run's latest committed version, or None."""
-
-    @abstractmethod
-    def versions(self, run_id: str) -> list[str]:
-        """The run's committed versions, oldest first."""
-
-    # Spooled updates: what an aggregator has counted, kept until the round is committed, so
-    # that a restarted aggregator can fold them again.
-
-    @abstractmethod
-    def update_writer(self, run_id: str, round_: int, agent_id: str, layout: Layout) -> ModelWriter:
-        """Starts writing an agent's update for a round; a later one for the same agent replaces
-        it. Commit it with ``set_latest=False``."""
-
-    @abstractmethod
-    def open_update(self, run_id: str, round_: int, agent_id: str) -> ModelReader:
-        """Raises ModelNotFound."""
-
-    @abstractmethod
-    def delete_updates(self, run_id: str, round_: int) -> None:
-        """Removes every spooled update of a round."""
-
-    # A strategy's state beside a version (server optimizer moments), replaced if rewritten.
-
-    @abstractmethod
-    def state_writer(self, version: str, layout: Layout) -> ModelWriter:
-        """Starts writing the strategy state of a version; commit with ``set_latest=False``."""
-
-    @abstractmethod
-    def open_state(self, version: str) -> ModelReader:
-        """Raises ModelNotFound when the version has no strategy state."""
-
-    # Federated evaluations of a version, one JSON record per evaluation round.
-
-    @abstractmethod
-    def put_evaluation(self, version: str, name: str, record: dict[str, Any]) -> None:
-        """Records an evaluation of a version under ``name`` (replacing one of that name);
-        raises ModelNotFound for a missing version."""
-
-    @abstractmethod
-    def evaluations(self, version: str) -> dict[str, dict[str, Any]]:
-        """The version's evaluation records by name (empty when none)."""
-
-    @abstractmethod
-    def delete(self, version: str) -> None:
-        """Removes a version (its manifest first, so it is never listed half-deleted).
-
-        Raises ModelNotFound, or FailedPrecondition for a pinned version or a run's latest.
-        """
-
-    @abstractmethod
-    def pin(self, version: str) -> None:
-        """Keeps a version through retention; raises ModelNotFound."""
-
-    @abstractmethod
-    def unpin(self, version: str) -> None: ...
-
-    @abstractmethod
-    def pinned(self, run_id: str) -> list[str]:
-        """The run's pinned versions."""
-
-    def exists(self, version: str) -> bool:
-        try:
-            self.info(version)
-        except ModelNotFound:
-            return False
-        return True
-
-    def check_deletable(self, version: str) -> None:
-        run_id, _ = parse_version(version)
-        if version in self.pinned(run_id):
-            raise FailedPrecondition(f"model {version} is pinned")
-        if self.latest(run_id) == version:
-            raise FailedPrecondition(f"model {version} is the latest of run {run_id!r}")
-
-    def apply_retention(self, run_id: str, keep_last: int) -> list[str]:
-        """Deletes all but the newest ``keep_last`` versions of a run, sparing pinned ones and
-        the latest; returns what was deleted. ``keep_last`` 0 keeps everything."""
-        if keep_last <= 0:
-            return []
-        keep = set(self.pinned(run_id))
-        latest = self.latest(run_id)
-        if latest:
-            keep.add(latest)
-        doomed = [v for v in self.versions(run_id)[:-keep_last] if v not in keep]
-        for version in doomed:
-            self.delete(version)
-        return doomed

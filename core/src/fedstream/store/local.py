@@ -21,7 +21,6 @@ from fedstream.safetensors_io import encode_header, read_header
 from fedstream.store.base import (
     STORE_METHODS,
     ModelReader,
-    ModelStore,
     ModelVersion,
     ModelWriter,
     agent_key,
@@ -31,6 +30,7 @@ from fedstream.store.base import (
     parse_version,
     version_from_manifest,
 )
+from fedstream.store.interface import ModelStore
 from fedstream.tensors import Layout
 
 
@@ -103,10 +103,18 @@ class _LocalReader(ModelReader):
 
 
 class LocalModelStore(ModelStore):
+    """Versions as files under ``<root>/<tenant>/runs/<run_id>/``, each replaced atomically."""
+
     def __init__(self, root: str | Path, tenant: str = "default") -> None:
         self.tenant = tenant
         self.root = Path(root) / tenant
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def endpoint(self) -> str:
+        return f"model directory {self.root}"
+
+    def ping(self) -> None:
+        """Always answers: the directory is local."""
 
     def _run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / check_run_id(run_id)

@@ -32,7 +32,6 @@ from fedstream.safetensors_io import MAX_HEADER_BYTES, encode_header, read_heade
 from fedstream.store.base import (
     STORE_METHODS,
     ModelReader,
-    ModelStore,
     ModelVersion,
     ModelWriter,
     agent_key,
@@ -42,6 +41,7 @@ from fedstream.store.base import (
     parse_version,
     version_from_manifest,
 )
+from fedstream.store.interface import ModelStore
 from fedstream.tensors import Layout
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,14 @@ class S3ModelStore(ModelStore):
         self.staging = Path(staging)
         self.staging.mkdir(parents=True, exist_ok=True)
         self._create_bucket = settings.create_bucket
-        self.endpoint = f"S3 at {settings.endpoint} (bucket {settings.bucket})"
+        self._endpoint = f"S3 at {settings.endpoint} (bucket {settings.bucket})"
+
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def ping(self) -> None:
+        """Checks the bucket as ``ensure_bucket`` does."""
+        self.ensure_bucket()
 
     def ensure_bucket(self) -> None:
         """Checks that the endpoint answers (creating the bucket if allowed); raises Unavailable."""
@@ -90,9 +97,9 @@ class S3ModelStore(ModelStore):
         try:
             self._retry(check, "check the bucket", retry_s=0)
         except Unavailable as e:
-            raise Unavailable(f"{self.endpoint}: {e.public}") from e
+            raise Unavailable(f"{self._endpoint}: {e.public}") from e
         except S3Error as e:
-            raise Unavailable(f"{self.endpoint}: {e.code}") from e
+            raise Unavailable(f"{self._endpoint}: {e.code}") from e
 
     # Keys.
 
@@ -367,12 +374,6 @@ class _S3Reader(ModelReader):
 
     def close(self) -> None:
         self._close_stream()
-
-
-def check_reachable(store: ModelStore) -> None:
-    """Raises Unavailable when a store's backend cannot be reached."""
-    if isinstance(store, S3ModelStore):
-        store.ensure_bucket()
 
 
 instrument(S3ModelStore, STORE_METHODS, STORE_OPERATION_SECONDS, STORE_OPERATION_ERRORS, "s3")

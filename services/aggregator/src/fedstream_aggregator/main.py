@@ -8,7 +8,7 @@ import signal
 import threading
 
 from fedstream.auth import service_identity
-from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
+from fedstream.backends import make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    checks = {
-        getattr(state, "endpoint", "state store"): lambda: check_state_store(state),
-        getattr(store, "endpoint", "model store"): lambda: check_model_store(store),
-    }
+    checks = {state.endpoint(): state.ping, store.endpoint(): store.ping}
     if wait_until_reachable(checks, stop):
         recovered = service.recover()
         if recovered:

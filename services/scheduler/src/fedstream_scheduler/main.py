@@ -9,7 +9,7 @@ import signal
 import threading
 
 from fedstream.auth import load_authority, service_identity
-from fedstream.backends import check_model_store, check_state_store, make_model_store, make_state_store
+from fedstream.backends import make_model_store, make_state_store
 from fedstream.config import load_settings
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
@@ -86,10 +86,7 @@ async def serve(settings: SchedulerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
-    checks = {
-        getattr(state, "endpoint", "state store"): lambda: check_state_store(state),
-        getattr(store, "endpoint", "model store"): lambda: check_model_store(store),
-    }
+    checks = {state.endpoint(): state.ping, store.endpoint(): store.ping}
     if await asyncio.to_thread(wait_until_reachable, checks, stopping):
         if settings.api.bootstrap_token is not None:
             admin.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
