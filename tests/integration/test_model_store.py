@@ -1,24 +1,32 @@
-"""Contract tests of the model store interface, run against every implementation."""
+"""Contract tests of the model store, one suite per role, each run against every backend."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from servers import free_port
 
-from fedstream.errors import AlreadyExists, CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
+from fedstream.config import S3Settings
+from fedstream.errors import (
+    AlreadyExists,
+    CorruptModel,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotFound,
+    Unavailable,
+)
 from fedstream.store import LocalModelStore, ModelStore
+from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import Layout
 from helpers import buffers_of, layout_of, random_model, store_model
 
 
 def make_store(kind: str, request, tmp_path, tenant: str = "t1") -> ModelStore:
     if kind == "s3":
-        from fedstream.store.s3 import S3ModelStore, make_client
-
         settings = request.getfixturevalue("s3_settings")
         store = S3ModelStore(make_client(settings), settings, tmp_path / "staging", tenant)
-        store.ensure_bucket()
+        store.ping()
         return store
     return LocalModelStore(tmp_path / "models", tenant=tenant)
 
@@ -41,48 +49,206 @@ def overwrite_model(store: ModelStore, version: str, data: bytes) -> None:
         store._put_bytes(store._key(version, ".safetensors"), data)
 
 
-def test_write_read_and_latest(store):
-    model = random_model(3)
-    assert store.latest("r1") is None
+class TestModelVersions:
+    """ModelVersions: immutable versions, verified reads, latest, pins and retention."""
 
-    info = store_model(store, "r1/000000", model)
-    store_model(store, "r1/000001", random_model(4))
+    def test_write_read_and_latest(self, store):
+        model = random_model(3)
+        assert store.latest("r1") is None
 
-    assert store.latest("r1") == "r1/000001"
-    assert store.versions("r1") == ["r1/000000", "r1/000001"]
-    with store.open("r1/000000") as reader:
-        assert reader.layout == layout_of(model)
-        assert reader.info.metadata == {"test": "yes"}
-        data = b"".join(c.data for c in reader.iter_chunks(7))
-    for t in info.layout.tensors:
-        assert data[t.offset : t.end] == np.ascontiguousarray(model[t.name][1]).tobytes()
+        info = store_model(store, "r1/000000", model)
+        store_model(store, "r1/000001", random_model(4))
+
+        assert store.latest("r1") == "r1/000001"
+        assert store.versions("r1") == ["r1/000000", "r1/000001"]
+        with store.open("r1/000000") as reader:
+            assert reader.layout == layout_of(model)
+            assert reader.info.metadata == {"test": "yes"}
+            data = b"".join(c.data for c in reader.iter_chunks(7))
+        for t in info.layout.tensors:
+            assert data[t.offset : t.end] == np.ascontiguousarray(model[t.name][1]).tobytes()
+
+    def test_versions_are_immutable(self, store):
+        store_model(store, "r1/000000", random_model(1))
+        with pytest.raises(AlreadyExists):
+            store_model(store, "r1/000000", random_model(2))
+
+    def test_incomplete_write_is_refused_and_invisible(self, store):
+        layout = Layout.build([("w", "float32", (4,))])
+        w = store.writer("r1/000000", layout, {})
+        w.write(b"\0" * 8)
+        with pytest.raises(InvalidArgument, match="8 of 16 bytes"):
+            w.commit()
+        w.abort()
+        assert store.versions("r1") == [] and store.latest("r1") is None
+        with pytest.raises(InvalidArgument, match="past the layout"):
+            store.writer("r1/000000", layout, {}).write(b"\0" * 17)
+
+    def test_missing_and_malformed_versions(self, store):
+        with pytest.raises(ModelNotFound):
+            store.open("r1/000009")
+        with pytest.raises(InvalidArgument, match="invalid model version"):
+            store.open("r1/9")
+        with pytest.raises(InvalidArgument, match="invalid run id"):
+            store.open("../000001")
+
+    def test_corruption_is_reported_not_loaded(self, store):
+        store_model(store, "r1/000000", random_model(5))
+        raw = bytearray(raw_model(store, "r1/000000"))
+        raw[-3] ^= 0xFF
+        overwrite_model(store, "r1/000000", bytes(raw))
+
+        with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match="checksum mismatch"):
+            list(reader.iter_chunks(1 << 20))
+
+        overwrite_model(store, "r1/000000", b"\xff" * 8 + b"{}")
+        with pytest.raises(CorruptModel, match="exceeds|header length"):
+            store.open("r1/000000")
+        overwrite_model(store, "r1/000000", (5).to_bytes(8, "little") + b"[1,2]")
+        with pytest.raises(CorruptModel, match="not a JSON object"):
+            store.open("r1/000000")
+
+    def test_corruption_is_found_before_the_bad_block_is_handed_out(self, store):
+        layout = Layout.build([("w", "uint8", (3 << 20,))])
+        with store.writer("r1/000000", layout, {}) as w:
+            w.write(bytes(3 << 20))
+            w.commit()
+        raw = bytearray(raw_model(store, "r1/000000"))
+        raw[-(1 << 20) - 5] ^= 1  # inside the second of three 1 MiB blocks
+        overwrite_model(store, "r1/000000", bytes(raw))
+
+        handed_out = []
+        with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match=r"bytes 1048576\.\.2097152"):
+            for chunk in reader.iter_chunks(1 << 20):
+                handed_out.append(chunk.offset)
+
+        assert handed_out == [0]
+
+    def test_pins_and_retention(self, store):
+        for r in range(6):
+            store_model(store, f"r1/{r:06d}", random_model(r))
+        store.pin("r1/000001")
+
+        deleted = store.apply_retention("r1", keep_last=2)
+
+        assert deleted == ["r1/000000", "r1/000002", "r1/000003"]
+        assert store.versions("r1") == ["r1/000001", "r1/000004", "r1/000005"]
+        assert store.pinned("r1") == ["r1/000001"]
+        assert store.apply_retention("r1", keep_last=0) == []
+        with pytest.raises(FailedPrecondition, match="pinned"):
+            store.delete("r1/000001")
+        with pytest.raises(FailedPrecondition, match="latest"):
+            store.delete("r1/000005")
+        with pytest.raises(ModelNotFound):
+            store.pin("r1/000003")
+        store.unpin("r1/000001")
+        store.delete("r1/000001")
+        assert store.versions("r1") == ["r1/000004", "r1/000005"]
+
+    @pytest.mark.parametrize("kind", ["local", "s3"])
+    def test_tenants_are_separate(self, kind, request, tmp_path):
+        a, b = make_store(kind, request, tmp_path, "a"), make_store(kind, request, tmp_path, "b")
+        store_model(a, "r1/000000", random_model(1))
+        assert b.latest("r1") is None
+        with pytest.raises(ModelNotFound):
+            b.open("r1/000000")
 
 
-def test_versions_are_immutable(store):
-    store_model(store, "r1/000000", random_model(1))
-    with pytest.raises(AlreadyExists):
-        store_model(store, "r1/000000", random_model(2))
+class TestKeptUpdates:
+    """KeptUpdates: agents' updates of a round, kept apart from versions."""
+
+    def test_spooled_updates_round_trip_and_are_deleted_per_round(self, store):
+        model = random_model(4)
+        layout = layout_of(model)
+        for agent in ("a", "../evil/agent"):
+            with store.update_writer("r1", 3, agent, layout) as w:
+                for buf in buffers_of(layout, model):
+                    w.write(buf)
+                w.commit(set_latest=False)
+        with store.update_writer("r1", 4, "a", layout) as w:
+            for buf in buffers_of(layout, model):
+                w.write(buf)
+            w.commit(set_latest=False)
+
+        with store.open_update("r1", 3, "../evil/agent") as reader:
+            data = b"".join(c.data for c in reader.iter_chunks(1 << 20))
+        store.delete_updates("r1", 3)
+
+        assert data == b"".join(bytes(b) for b in buffers_of(layout, model))
+        assert store.latest("r1") is None and store.versions("r1") == []
+        with pytest.raises(ModelNotFound):
+            store.open_update("r1", 3, "a")
+        store.open_update("r1", 4, "a").close()
 
 
-def test_incomplete_write_is_refused_and_invisible(store):
-    layout = Layout.build([("w", "float32", (4,))])
-    w = store.writer("r1/000000", layout, {})
-    w.write(b"\0" * 8)
-    with pytest.raises(InvalidArgument, match="8 of 16 bytes"):
-        w.commit()
-    w.abort()
-    assert store.versions("r1") == [] and store.latest("r1") is None
-    with pytest.raises(InvalidArgument, match="past the layout"):
-        store.writer("r1/000000", layout, {}).write(b"\0" * 17)
+class TestStrategyStates:
+    """StrategyStates: a strategy's state beside a version, replaced when rewritten."""
+
+    def test_strategy_state_round_trips_and_is_replaced(self, store):
+        store_model(store, "r1/000000", random_model(0))
+        with pytest.raises(ModelNotFound):
+            store.open_state("r1/000000")
+        for seed in (1, 2):
+            model = random_model(seed)
+            layout = layout_of(model)
+            with store.state_writer("r1/000000", layout) as w:
+                for buf in buffers_of(layout, model):
+                    w.write(buf)
+                w.commit(set_latest=False)
+
+        with store.open_state("r1/000000") as reader:
+            data = b"".join(c.data for c in reader.iter_chunks(1 << 20))
+
+        assert data == b"".join(bytes(b) for b in buffers_of(layout, model))  # the second one
+        assert store.versions("r1") == ["r1/000000"]  # a state is not a version
+        assert store.latest("r1") == "r1/000000"
+        with pytest.raises(ModelNotFound):
+            store.open_state("r1/000001")
 
 
-def test_missing_and_malformed_versions(store):
-    with pytest.raises(ModelNotFound):
-        store.open("r1/000009")
-    with pytest.raises(InvalidArgument, match="invalid model version"):
-        store.open("r1/9")
-    with pytest.raises(InvalidArgument, match="invalid run id"):
-        store.open("../000001")
+class TestEvaluations:
+    """Evaluations: records of a version, by name, going with it."""
+
+    def test_evaluations_are_recorded_with_the_version(self, store):
+        store_model(store, "r1/000000", random_model(0))
+        store_model(store, "r1/000001", random_model(1))
+        assert store.evaluations("r1/000001") == {}
+
+        store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.5}, "examples": 30})
+        store.put_evaluation("r1/000001", "eval-run-000001", {"metrics": {"map50": 0.6}, "examples": 40})
+        store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.55}, "examples": 30})
+
+        assert store.evaluations("r1/000001") == {
+            "eval-run-000001": {"metrics": {"map50": 0.6}, "examples": 40},
+            "r1-000002": {"metrics": {"map50": 0.55}, "examples": 30},
+        }
+        assert store.versions("r1") == ["r1/000000", "r1/000001"]  # records are not versions
+        with pytest.raises(ModelNotFound):
+            store.put_evaluation("r1/000009", "x", {})
+        with pytest.raises(InvalidArgument, match="evaluation name"):
+            store.put_evaluation("r1/000001", "../escape", {})
+        store.delete("r1/000000")
+        store.put_evaluation("r1/000001", "r1-000003", {})
+        store_model(store, "r1/000002", random_model(2))
+        store.delete("r1/000001")  # its records go with it
+        assert store.evaluations("r1/000001") == {}
+
+
+class TestHealth:
+    """Health: the tenant, a printable endpoint, and a ping that answers while the server does."""
+
+    def test_a_reachable_store_answers_ping(self, store):
+        assert store.ping() is None
+        assert store.tenant == "t1"
+
+    def test_endpoint_is_a_stable_name(self, store):
+        endpoint = store.endpoint()
+
+        assert isinstance(endpoint, str) and endpoint
+        assert store.endpoint() == endpoint
+
+
+# The local directory backend's own promises.
 
 
 def test_local_files_are_standard_safetensors(tmp_path):
@@ -94,49 +260,6 @@ def test_local_files_are_standard_safetensors(tmp_path):
 
     for name, (_, arr) in model.items():
         np.testing.assert_array_equal(loaded[name], arr)
-
-
-def test_corruption_is_reported_not_loaded(store):
-    store_model(store, "r1/000000", random_model(5))
-    raw = bytearray(raw_model(store, "r1/000000"))
-    raw[-3] ^= 0xFF
-    overwrite_model(store, "r1/000000", bytes(raw))
-
-    with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match="checksum mismatch"):
-        list(reader.iter_chunks(1 << 20))
-
-    overwrite_model(store, "r1/000000", b"\xff" * 8 + b"{}")
-    with pytest.raises(CorruptModel, match="exceeds|header length"):
-        store.open("r1/000000")
-    overwrite_model(store, "r1/000000", (5).to_bytes(8, "little") + b"[1,2]")
-    with pytest.raises(CorruptModel, match="not a JSON object"):
-        store.open("r1/000000")
-
-
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_tenants_are_separate(kind, request, tmp_path):
-    a, b = make_store(kind, request, tmp_path, "a"), make_store(kind, request, tmp_path, "b")
-    store_model(a, "r1/000000", random_model(1))
-    assert b.latest("r1") is None
-    with pytest.raises(ModelNotFound):
-        b.open("r1/000000")
-
-
-def test_corruption_is_found_before_the_bad_block_is_handed_out(store):
-    layout = Layout.build([("w", "uint8", (3 << 20,))])
-    with store.writer("r1/000000", layout, {}) as w:
-        w.write(bytes(3 << 20))
-        w.commit()
-    raw = bytearray(raw_model(store, "r1/000000"))
-    raw[-(1 << 20) - 5] ^= 1  # inside the second of three 1 MiB blocks
-    overwrite_model(store, "r1/000000", bytes(raw))
-
-    handed_out = []
-    with store.open("r1/000000") as reader, pytest.raises(CorruptModel, match=r"bytes 1048576\.\.2097152"):
-        for chunk in reader.iter_chunks(1 << 20):
-            handed_out.append(chunk.offset)
-
-    assert handed_out == [0]
 
 
 def test_versions_without_a_block_table_are_checked_by_digest(tmp_path):
@@ -160,85 +283,39 @@ def test_versions_without_a_block_table_are_checked_by_digest(tmp_path):
         list(reader.iter_chunks(100))
 
 
-def test_pins_and_retention(store):
-    for r in range(6):
-        store_model(store, f"r1/{r:06d}", random_model(r))
-    store.pin("r1/000001")
-
-    deleted = store.apply_retention("r1", keep_last=2)
-
-    assert deleted == ["r1/000000", "r1/000002", "r1/000003"]
-    assert store.versions("r1") == ["r1/000001", "r1/000004", "r1/000005"]
-    assert store.pinned("r1") == ["r1/000001"]
-    assert store.apply_retention("r1", keep_last=0) == []
-    with pytest.raises(FailedPrecondition, match="pinned"):
-        store.delete("r1/000001")
-    with pytest.raises(FailedPrecondition, match="latest"):
-        store.delete("r1/000005")
-    with pytest.raises(ModelNotFound):
-        store.pin("r1/000003")
-    store.unpin("r1/000001")
-    store.delete("r1/000001")
-    assert store.versions("r1") == ["r1/000004", "r1/000005"]
+def test_local_endpoint_names_the_directory(tmp_path):
+    assert LocalModelStore(tmp_path, tenant="t1").endpoint() == f"model directory {tmp_path / 't1'}"
 
 
-def test_evaluations_are_recorded_with_the_version(store):
-    store_model(store, "r1/000000", random_model(0))
-    store_model(store, "r1/000001", random_model(1))
-    assert store.evaluations("r1/000001") == {}
-
-    store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.5}, "examples": 30})
-    store.put_evaluation("r1/000001", "eval-run-000001", {"metrics": {"map50": 0.6}, "examples": 40})
-    store.put_evaluation("r1/000001", "r1-000002", {"metrics": {"map50": 0.55}, "examples": 30})
-
-    assert store.evaluations("r1/000001") == {
-        "eval-run-000001": {"metrics": {"map50": 0.6}, "examples": 40},
-        "r1-000002": {"metrics": {"map50": 0.55}, "examples": 30},
-    }
-    assert store.versions("r1") == ["r1/000000", "r1/000001"]  # records are not versions
-    with pytest.raises(ModelNotFound):
-        store.put_evaluation("r1/000009", "x", {})
-    with pytest.raises(InvalidArgument, match="evaluation name"):
-        store.put_evaluation("r1/000001", "../escape", {})
-    store.delete("r1/000000")
-    store.put_evaluation("r1/000001", "r1-000003", {})
-    store_model(store, "r1/000002", random_model(2))
-    store.delete("r1/000001")  # its records go with it
-    assert store.evaluations("r1/000001") == {}
+# The S3 backend's own promises.
 
 
 def test_s3_outage_is_retried_then_unavailable(tmp_path):
-    from servers import free_port
-
-    from fedstream.config import S3Settings
-    from fedstream.errors import Unavailable
-    from fedstream.store.s3 import S3ModelStore, make_client
-
     settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", retry_s=0.5)
     store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
     with pytest.raises(Unavailable, match="unreachable"):
         store.latest("r1")
 
 
-def test_spooled_updates_round_trip_and_are_deleted_per_round(store):
-    model = random_model(4)
-    layout = layout_of(model)
-    for agent in ("a", "../evil/agent"):
-        with store.update_writer("r1", 3, agent, layout) as w:
-            for buf in buffers_of(layout, model):
-                w.write(buf)
-            w.commit(set_latest=False)
-    with store.update_writer("r1", 4, "a", layout) as w:
-        for buf in buffers_of(layout, model):
-            w.write(buf)
-        w.commit(set_latest=False)
+def test_s3_endpoint_names_the_server_and_bucket(s3_settings, tmp_path):
+    store = S3ModelStore(make_client(s3_settings), s3_settings, tmp_path, "t1")
 
-    with store.open_update("r1", 3, "../evil/agent") as reader:
-        data = b"".join(c.data for c in reader.iter_chunks(1 << 20))
-    store.delete_updates("r1", 3)
+    assert store.endpoint() == f"S3 at {s3_settings.endpoint} (bucket {s3_settings.bucket})"
 
-    assert data == b"".join(bytes(b) for b in buffers_of(layout, model))
-    assert store.latest("r1") is None and store.versions("r1") == []
-    with pytest.raises(ModelNotFound):
-        store.open_update("r1", 3, "a")
-    store.open_update("r1", 4, "a").close()
+
+def test_s3_ping_creates_the_bucket_or_says_it_is_missing(s3_settings, tmp_path):
+    refusing = s3_settings.model_copy(update={"create_bucket": False})
+    with pytest.raises(Unavailable, match=f"bucket {s3_settings.bucket!r} does not exist"):
+        S3ModelStore(make_client(refusing), refusing, tmp_path, "t1").ping()
+    store = S3ModelStore(make_client(s3_settings), s3_settings, tmp_path, "t1")
+    store.ping()
+
+    assert store.versions("r1") == []
+
+
+def test_s3_ping_of_a_dead_server_is_unavailable_naming_it(tmp_path):
+    settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", retry_s=60)
+    store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
+
+    with pytest.raises(Unavailable, match=f"S3 at {settings.endpoint}"):
+        store.ping()

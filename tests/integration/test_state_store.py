@@ -6,6 +6,7 @@ import dataclasses
 import threading
 
 import pytest
+from servers import free_port
 
 from fedstream.errors import (
     AgentNotFound,
@@ -28,7 +29,7 @@ from fedstream.state import (
     StateStore,
     TokenRecord,
 )
-from servers import free_port
+from fedstream.state.redis import RedisStateStore, connect
 
 BACKENDS = ["memory", "redis"]
 
@@ -36,8 +37,6 @@ BACKENDS = ["memory", "redis"]
 @pytest.fixture(params=BACKENDS)
 def store(request) -> StateStore:
     if request.param == "redis":
-        from fedstream.state.redis import RedisStateStore, connect
-
         return RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
     return MemoryStateStore("t1")
 
@@ -339,8 +338,6 @@ class TestHealth:
 
 
 def test_redis_keys_are_scoped_by_tenant(redis_url):
-    from fedstream.state.redis import RedisStateStore, connect
-
     a, b = RedisStateStore(connect(redis_url), "a"), RedisStateStore(connect(redis_url), "b")
     a.put_agent(AgentRecord("x"))
     a.create_run(RunRecord("r", {}))
@@ -354,16 +351,12 @@ def test_redis_keys_are_scoped_by_tenant(redis_url):
 
 
 def test_redis_unreachable_is_unavailable():
-    from fedstream.state.redis import RedisStateStore, connect
-
     store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
     with pytest.raises(Unavailable, match="state store unreachable"):
         store.get_run("r")
 
 
 def test_redis_ping_of_a_dead_server_is_unavailable_naming_it():
-    from fedstream.state.redis import RedisStateStore, connect
-
     port = free_port()
     store = RedisStateStore(connect(f"redis://127.0.0.1:{port}/0", retry_s=60), "t1")
 
@@ -372,14 +365,10 @@ def test_redis_ping_of_a_dead_server_is_unavailable_naming_it():
 
 
 def test_redis_endpoint_names_the_server(redis_server, redis_url):
-    from fedstream.state.redis import RedisStateStore, connect
-
     assert RedisStateStore(connect(redis_url), "t1").endpoint() == f"redis at 127.0.0.1:{redis_server.port}"
 
 
 def test_redis_endpoint_never_shows_the_password():
-    from fedstream.state.redis import RedisStateStore, connect
-
     store = RedisStateStore(connect("redis://:hunter2@127.0.0.1:6390/0", password="hunter2"), "t1")
 
     assert store.endpoint() == "redis at 127.0.0.1:6390"
