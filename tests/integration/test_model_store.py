@@ -234,20 +234,6 @@ class TestEvaluations:
         assert store.evaluations("r1/000001") == {}
 
 
-class TestHealth:
-    """Health: the tenant, a printable endpoint, and a ping that answers while the server does."""
-
-    def test_a_reachable_store_answers_ping(self, store):
-        assert store.ping() is None
-        assert store.tenant == "t1"
-
-    def test_endpoint_is_a_stable_name(self, store):
-        endpoint = store.endpoint()
-
-        assert isinstance(endpoint, str) and endpoint
-        assert store.endpoint() == endpoint
-
-
 # The local directory backend's own promises.
 
 
@@ -283,10 +269,6 @@ def test_versions_without_a_block_table_are_checked_by_digest(tmp_path):
         list(reader.iter_chunks(100))
 
 
-def test_local_endpoint_names_the_directory(tmp_path):
-    assert LocalModelStore(tmp_path, tenant="t1").endpoint() == f"model directory {tmp_path / 't1'}"
-
-
 # The S3 backend's own promises.
 
 
@@ -295,27 +277,3 @@ def test_s3_outage_is_retried_then_unavailable(tmp_path):
     store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
     with pytest.raises(Unavailable, match="unreachable"):
         store.latest("r1")
-
-
-def test_s3_endpoint_names_the_server_and_bucket(s3_settings, tmp_path):
-    store = S3ModelStore(make_client(s3_settings), s3_settings, tmp_path, "t1")
-
-    assert store.endpoint() == f"S3 at {s3_settings.endpoint} (bucket {s3_settings.bucket})"
-
-
-def test_s3_ping_creates_the_bucket_or_says_it_is_missing(s3_settings, tmp_path):
-    refusing = s3_settings.model_copy(update={"create_bucket": False})
-    with pytest.raises(Unavailable, match=f"bucket {s3_settings.bucket!r} does not exist"):
-        S3ModelStore(make_client(refusing), refusing, tmp_path, "t1").ping()
-    store = S3ModelStore(make_client(s3_settings), s3_settings, tmp_path, "t1")
-    store.ping()
-
-    assert store.versions("r1") == []
-
-
-def test_s3_ping_of_a_dead_server_is_unavailable_naming_it(tmp_path):
-    settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", retry_s=60)
-    store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")
-
-    with pytest.raises(Unavailable, match=f"S3 at {settings.endpoint}"):
-        store.ping()

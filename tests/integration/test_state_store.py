@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 
 import pytest
 from servers import free_port
@@ -41,6 +42,15 @@ def store(request) -> StateStore:
     return MemoryStateStore("t1")
 
 
+def in_threads(n: int, target: Callable[[], object]) -> None:
+    """Runs ``target`` in ``n`` threads at once and waits for them all."""
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def journal(round_: int = 1) -> AggregationRecord:
     return AggregationRecord("r", round_, "train", "r/000000", ["a", "b"], 2, 123.0)
 
@@ -69,11 +79,7 @@ class TestAgentRegistry:
             for i in range(n):
                 store.update_agent("a", lambda r, i=i: dataclasses.replace(r, cert_serials=[*r.cert_serials, f"{i}"]))
 
-        threads = [threading.Thread(target=add, args=(25,)) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(4, lambda: add(25))
 
         def refuse(r: AgentRecord) -> AgentRecord:
             raise NotFound("no")
@@ -159,11 +165,7 @@ class TestRunStore:
             except InvalidTransition:
                 pass
 
-        threads = [threading.Thread(target=race) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(8, race)
         assert len(wins) == 1
 
     def test_rounds_listed_in_order(self, store):
@@ -242,11 +244,7 @@ class TestAggregationJournal:
             if store.count_update("r", 1, "a", {"n": 1}):
                 wins.append(1)
 
-        threads = [threading.Thread(target=race) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(6, race)
         assert len(wins) == 1
 
 
@@ -289,12 +287,7 @@ class TestDocuments:
         with pytest.raises(AlreadyExists):
             store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-2", 100.0))
         got = []
-        threads = [threading.Thread(target=lambda: got.append(store.consume_enrollment_token("hash-1")))
-                   for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(8, lambda: got.append(store.consume_enrollment_token("hash-1")))
 
         assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
         assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
@@ -320,20 +313,6 @@ class TestCoordination:
         assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=118)
 
 
-class TestHealth:
-    """Health: the tenant, a printable endpoint, and a ping that answers while the server does."""
-
-    def test_a_reachable_store_answers_ping(self, store):
-        assert store.ping() is None
-        assert store.tenant == "t1"
-
-    def test_endpoint_is_a_stable_name(self, store):
-        endpoint = store.endpoint()
-
-        assert isinstance(endpoint, str) and endpoint
-        assert store.endpoint() == endpoint
-
-
 # The Redis backend's own promises.
 
 
@@ -354,21 +333,3 @@ def test_redis_unreachable_is_unavailable():
     store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
     with pytest.raises(Unavailable, match="state store unreachable"):
         store.get_run("r")
-
-
-def test_redis_ping_of_a_dead_server_is_unavailable_naming_it():
-    port = free_port()
-    store = RedisStateStore(connect(f"redis://127.0.0.1:{port}/0", retry_s=60), "t1")
-
-    with pytest.raises(Unavailable, match=f"redis at 127.0.0.1:{port} does not answer"):
-        store.ping()
-
-
-def test_redis_endpoint_names_the_server(redis_server, redis_url):
-    assert RedisStateStore(connect(redis_url), "t1").endpoint() == f"redis at 127.0.0.1:{redis_server.port}"
-
-
-def test_redis_endpoint_never_shows_the_password():
-    store = RedisStateStore(connect("redis://:hunter2@127.0.0.1:6390/0", password="hunter2"), "t1")
-
-    assert store.endpoint() == "redis at 127.0.0.1:6390"

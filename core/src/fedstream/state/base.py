@@ -14,33 +14,11 @@ from fedstream.state.coordination import Coordination
 from fedstream.state.documents import Documents
 from fedstream.state.health import Health
 from fedstream.state.journal import AggregationJournal
-from fedstream.state.records import (
-    AGGREGATION_TRANSITIONS,
-    ROUND_TRANSITIONS,
-    TERMINAL_ROUND_STATES,
-    AgentRecord,
-    AggregationRecord,
-    EnrollmentTokenRecord,
-    FederationRecord,
-    RoundRecord,
-    RunRecord,
-    TokenRecord,
-)
+from fedstream.state.records import TERMINAL_ROUND_STATES
 from fedstream.state.runs import RunStore
 
-__all__ = [
-    "AGGREGATION_TRANSITIONS",
-    "ROUND_TRANSITIONS",
-    "TERMINAL_ROUND_STATES",
-    "AgentRecord",
-    "AggregationRecord",
-    "EnrollmentTokenRecord",
-    "FederationRecord",
-    "RoundRecord",
-    "RunRecord",
-    "StateStore",
-    "TokenRecord",
-]
+# TERMINAL_ROUND_STATES stays importable from here, where the scheduler takes it.
+__all__ = ["TERMINAL_ROUND_STATES", "StateStore"]
 
 
 class StateStore(AgentRegistry, RunStore, AggregationJournal, Documents, Coordination, Health):
