@@ -20,6 +20,16 @@ from fedstream.config import (
 from fedstream.metrics import MetricsSettings
 
 
+class AggregatorGrpcSettings(GrpcServerSettings):
+    """The aggregator's gRPC server: the shared settings, on port 50052 by default.
+
+    The port's default belongs to the model, not to a default instance, so that setting any
+    other ``GRPC__*`` variable keeps it (the environment builds the nested model from its class).
+    """
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+
+
 class LeafSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -72,9 +82,7 @@ class AggregatorSettings(BaseSettings):
     )
 
     tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
-    grpc: GrpcServerSettings = Field(
-        default_factory=lambda: GrpcServerSettings(port=50052), description="gRPC server."
-    )
+    grpc: AggregatorGrpcSettings = Field(default_factory=AggregatorGrpcSettings, description="gRPC server.")
     tls: TlsSettings = Field(
         default_factory=TlsSettings, description="Mutual TLS of gRPC (agents, scheduler, leaves)."
     )
