@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import (
@@ -31,7 +31,7 @@ class AggregatorGrpcSettings(GrpcServerSettings):
 
 
 class LeafSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     endpoint: str = Field(min_length=1, description="host:port where the root reaches this leaf.")
     public_endpoint: str = Field(
@@ -40,7 +40,7 @@ class LeafSettings(BaseModel):
 
 
 class DistillSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     public_data: Path | None = Field(
         None,
@@ -57,7 +57,7 @@ class DistillSettings(BaseModel):
 class AggregatorLimits(BaseModel):
     """Per-agent limits; each one hit counts in fedstream_limit_hits_total{limit=...}."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     max_update_bytes: int = Field(
         2 << 30, ge=1,
