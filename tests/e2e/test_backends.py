@@ -132,6 +132,8 @@ def test_a_taken_metrics_port_exits_3_naming_it(command, tmp_path):
                prefix + "SPOOL_DIR": str(tmp_path / "spool"), prefix + "TLS__INSECURE_PLAINTEXT": "true"}
         if "aggregator" in command:
             env.pop(prefix + "API__PORT")
+        else:
+            env.pop(prefix + "SPOOL_DIR")
         result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 3, result.stderr
     assert f"metrics: cannot serve on 127.0.0.1:{port}" in result.stderr
@@ -148,6 +150,7 @@ def test_without_tls_settings_a_service_exits_2_and_plaintext_must_be_asked_for(
            prefix + "SPOOL_DIR": str(tmp_path / "spool")}
     if "scheduler" in command:
         env[prefix + "API__ENABLED"] = "false"
+        env.pop(prefix + "SPOOL_DIR")
 
     refused = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
     # Plaintext when asked: it warns and serves (until its gRPC port is taken).

@@ -6,11 +6,15 @@ Each process has one typed settings object (pydantic-settings, an env prefix per
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from types import UnionType
+from typing import Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings
 
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -19,6 +23,8 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 class GrpcServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     port_file: Path | None = Field(
@@ -47,7 +53,7 @@ class GrpcServerSettings(BaseModel):
 class TlsSettings(BaseModel):
     """Mutual TLS of a service's gRPC server and of the channels it dials."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     insecure_plaintext: bool = Field(
         False,
@@ -75,11 +81,15 @@ class TlsSettings(BaseModel):
 
 
 class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     json_format: bool = Field(False, description="One JSON object per log line.")
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     url: str = Field(
         "redis://localhost:6379/0",
         description="Redis URL; rediss:// for TLS (e.g. rediss://redis:6380/0).",
@@ -91,6 +101,8 @@ class RedisSettings(BaseModel):
 
 
 class StateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     backend: Literal["memory", "redis"] = Field(
         "memory",
         description="State store: 'memory' keeps state inside this process (one machine only); "
@@ -100,6 +112,8 @@ class StateSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     endpoint: str = Field("localhost:9000", description="host:port of the S3/MinIO endpoint.")
     access_key: str = Field("", description="Access key.")
     secret_key: SecretStr = Field(SecretStr(""), description="Secret key.")
@@ -116,6 +130,8 @@ class S3Settings(BaseModel):
 
 
 class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     backend: Literal["local", "s3"] = Field(
         "local",
         description="Model store: 'local' keeps safetensors files in a directory; 's3' in an "
@@ -132,6 +148,8 @@ class StoreSettings(BaseModel):
 
 
 class ChunkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     chunk_bytes: int = Field(
         DEFAULT_CHUNK_BYTES,
         ge=1,
@@ -141,6 +159,8 @@ class ChunkSettings(BaseModel):
 
 
 class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     tenant: str = Field("default", description="Tenant whose state and models this process owns.")
 
     @field_validator("tenant")
@@ -151,12 +171,94 @@ class TenantSettings(BaseModel):
         return v
 
 
+def _alternatives(annotation: object) -> tuple[object, ...]:
+    """The types a field may hold: the members of a union (``X | None``), else the type itself."""
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _nested_model(annotation: object) -> type[BaseModel] | None:
+    """The settings model a field holds (``X`` or ``X | None``), or None for any other value."""
+    for candidate in _alternatives(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_mapping(annotation: object) -> bool:
+    """Whether a field is a ``dict``, whose keys the environment may name one by one."""
+    return any(get_origin(a) is dict or a is dict for a in _alternatives(annotation))
+
+
+def _known(model: type[BaseModel], parts: list[str]) -> bool:
+    """Whether ``parts`` (a variable's name after the prefix, split at the delimiter) names a
+    field of ``model``: a nested model's field, a key of a dict field, or a whole field."""
+    field = model.model_fields.get(parts[0].lower())
+    if field is None:
+        return False
+    if len(parts) == 1 or _is_mapping(field.annotation):
+        return True
+    nested = _nested_model(field.annotation)
+    return nested is not None and _known(nested, parts[1:])
+
+
+def variable_names(model: type[BaseModel], prefix: str, delimiter: str) -> list[str]:
+    """Every variable naming a field of ``model``, nested models' fields included."""
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(prefix + name.upper())
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            names += variable_names(nested, prefix + name.upper() + delimiter, delimiter)
+    return names
+
+
+def _service_links(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The prefixes of the variables Kubernetes sets for each Service of the namespace
+    (``<SVC>_SERVICE_HOST``, ``<SVC>_SERVICE_PORT...``, ``<SVC>_PORT...``): a Service named
+    ``fedstream-scheduler`` puts ``FEDSTREAM_SCHEDULER_PORT`` in every pod, and those are not
+    settings."""
+    services = [n[: -len("SERVICE_HOST")] for n in (k.upper() for k in environ) if n.endswith("_SERVICE_HOST")]
+    return tuple(p for svc in services for p in (svc + "SERVICE_", svc + "PORT"))
+
+
+def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """Variables of ``environ`` that carry the prefix of ``cls`` but name none of its settings,
+    each as a message naming it and the nearest valid name.
+
+    pydantic-settings ignores such a variable: a misspelt one would otherwise leave its setting
+    at the default without a word. Names are compared as pydantic-settings reads them, without
+    regard to case; the variables Kubernetes sets for its Services are not settings.
+    """
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
+    links = _service_links(environ)
+    valid = variable_names(cls, prefix, delimiter)
+    messages = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper.startswith(links):
+            continue
+        if _known(cls, upper[len(prefix):].split(delimiter)):
+            continue
+        nearest = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        messages.append(f"unknown setting {name}{hint}")
+    return messages
+
+
 def load_settings(cls: type[S], prog: str) -> S | None:
     """Reads a service's settings from the environment, validated once.
 
-    When they are invalid, prints every offending field to stderr and returns None, so that
-    the caller exits with its bad-settings code instead of a traceback.
+    When they are invalid, or a variable with the service's prefix names no setting (a
+    misspelling), prints every offender to stderr and returns None, so that the caller exits
+    with ``ExitCode.BAD_SETTINGS`` instead of a traceback.
     """
+    unknown = unknown_variables(cls, os.environ)
+    if unknown:
+        print(f"{prog}: invalid settings:\n" + "\n".join(f"  {m}" for m in unknown), file=sys.stderr)
+        return None
     try:
         return cls()
     except ValidationError as e:

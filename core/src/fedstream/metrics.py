@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedstream.errors import FedstreamError
 
@@ -59,6 +59,8 @@ MEMORY_LIMIT_BYTES = Gauge(
 
 
 class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
     host: str = Field("0.0.0.0", description="Address the metrics server binds to.")
     port: int = Field(9464, ge=0, le=65535, description="Metrics port; 0 picks a free one.")

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SiteDataSettings(BaseModel):
     """Where a site's data comes from. Tasks with bundled data use the partition fields."""
+
+    model_config = ConfigDict(extra="forbid")
 
     path: Path | None = Field(None, description="Directory holding the site's data set.")
     site_index: int = Field(0, ge=0, description="This site's slice of a partitioned data set.")

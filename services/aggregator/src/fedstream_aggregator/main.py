@@ -10,11 +10,13 @@ import threading
 from fedstream.auth import service_identity
 from fedstream.backends import make_model_store, make_state_store
 from fedstream.config import load_settings
+from fedstream.exitcodes import ExitCode
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
 from fedstream.readiness import wait_until_reachable
+from fedstream.version import add_version_argument
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import build_server
@@ -23,14 +25,9 @@ from fedstream_aggregator.settings import AggregatorSettings
 
 log = logging.getLogger("fedstream_aggregator")
 
-# Exit codes, so that a crash-looping pod says why.
-EXIT_OK = 0
-EXIT_BAD_SETTINGS = 2
-EXIT_CANNOT_BIND = 3
-
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fedstream-aggregator",
         description="fedstream aggregator: verifies agents' streamed updates, folds them into a "
         "running accumulator and commits each round's model. Configured by environment "
@@ -38,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052). gRPC is mutual TLS under the tenant's CA: "
         "FEDSTREAM_AGGREGATOR_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
         "TLS__INSECURE_PLAINTEXT=true is for development only (docs/security.md).",
-    ).parse_args(argv)
+    )
+    add_version_argument(parser, "fedstream-aggregator")
+    parser.parse_args(argv)
     settings = load_settings(AggregatorSettings, "fedstream-aggregator")
     if settings is None:
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "aggregator")
     tune_allocator()
     tenant = settings.tenant.tenant
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         identity = service_identity(settings.tls, tenant, "aggregator")
     except ValueError as e:
         log.error("invalid TLS settings: %s", e)
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_SETTINGS
     state = make_state_store(settings.state, tenant)
     if identity is not None and settings.state.backend != "redis":
         log.warning("the in-process state store does not hold the scheduler's agents: revoked or "
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             distiller = Distiller(settings.distill.public_data, settings.distill.device)
         except (RuntimeError, ValueError) as e:
             log.error("distillation: %s", e)
-            return EXIT_BAD_SETTINGS
+            return ExitCode.BAD_SETTINGS
         log.info("distillation on the public set %s (%s)", settings.distill.public_data, distiller.device)
     durable = settings.durable_updates
     if durable is None:
@@ -91,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as e:
         log.error("%s", e)
-        return EXIT_CANNOT_BIND
+        return ExitCode.CANNOT_BIND
     if not start_metrics(settings.metrics, "aggregator"):
-        return EXIT_CANNOT_BIND
+        return ExitCode.CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
     log.info("listening on %s:%d (%s, tenant %s)", settings.grpc.host, server.port,
              "mutual TLS" if identity else "PLAINTEXT", tenant)
@@ -114,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
         pass
     log.info("shutting down")
     server.stop()
-    return EXIT_OK
+    return ExitCode.OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import (
@@ -20,8 +20,18 @@ from fedstream.config import (
 from fedstream.metrics import MetricsSettings
 
 
+class AggregatorGrpcSettings(GrpcServerSettings):
+    """The aggregator's gRPC server: the shared settings, on port 50052 by default.
+
+    The port's default belongs to the model, not to a default instance, so that setting any
+    other ``GRPC__*`` variable keeps it (the environment builds the nested model from its class).
+    """
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+
+
 class LeafSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     endpoint: str = Field(min_length=1, description="host:port where the root reaches this leaf.")
     public_endpoint: str = Field(
@@ -30,7 +40,7 @@ class LeafSettings(BaseModel):
 
 
 class DistillSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     public_data: Path | None = Field(
         None,
@@ -47,7 +57,7 @@ class DistillSettings(BaseModel):
 class AggregatorLimits(BaseModel):
     """Per-agent limits; each one hit counts in fedstream_limit_hits_total{limit=...}."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     max_update_bytes: int = Field(
         2 << 30, ge=1,
@@ -72,9 +82,7 @@ class AggregatorSettings(BaseSettings):
     )
 
     tenant: TenantSettings = Field(default_factory=TenantSettings, description="Tenant.")
-    grpc: GrpcServerSettings = Field(
-        default_factory=lambda: GrpcServerSettings(port=50052), description="gRPC server."
-    )
+    grpc: AggregatorGrpcSettings = Field(default_factory=AggregatorGrpcSettings, description="gRPC server.")
     tls: TlsSettings = Field(
         default_factory=TlsSettings, description="Mutual TLS of gRPC (agents, scheduler, leaves)."
     )

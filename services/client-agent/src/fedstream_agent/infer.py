@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from fedstream.cli.pki import add_identity_arguments, dial
+from fedstream.exitcodes import ExitCode
 from fedstream.tasks import get_task
 from fedstream.transfer import download_model
 
@@ -39,21 +40,21 @@ def run_inference(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     if not hasattr(task, "predict"):
         print(f"error: task {args.task!r} cannot run inference on images", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_SETTINGS
     if not args.images.is_dir():
         print(f"error: {args.images} is not a folder", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_SETTINGS
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     try:
         model = download_model(dial(args, args.aggregator), args.run, args.version, timeout=600)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     net = task.build_model(0)
     missing, unexpected = net.load_state_dict(state_of(model.buffer), strict=False)
     if unexpected or any(task.is_shared(n) for n in missing):
         print(f"error: model {model.version} does not fit task {args.task!r}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     device = pick_device() if args.device == "auto" else torch.device(args.device)
     started = time.perf_counter()
     results = task.predict(net, paths, device)
@@ -66,4 +67,4 @@ def run_inference(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text + "\n")
         found = sum(len(r["detections"]) for r in results)
         print(f"{len(paths)} images, {found} detections with {model.version} -> {args.output}", file=sys.stderr)
-    return 0
+    return ExitCode.OK

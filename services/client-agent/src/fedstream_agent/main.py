@@ -7,18 +7,13 @@ import logging
 import signal
 
 from fedstream.config import load_settings
+from fedstream.exitcodes import ExitCode
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
+from fedstream.version import add_version_argument
 from fedstream_agent.settings import AgentSettings
 
 log = logging.getLogger("fedstream_agent")
-
-# Exit codes, so that a crash-looping pod says why.
-EXIT_OK = 0
-EXIT_BAD_SETTINGS = 2
-EXIT_CANNOT_BIND = 3
-EXIT_BAD_DATA = 4
-EXIT_NO_IDENTITY = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "once with a one-time token (FEDSTREAM_AGENT_TLS__ENROLLMENT_TOKEN_FILE, TLS__CA_FILE, "
         "TLS__ENROLL_ENDPOINT), keeps its key in TLS__IDENTITY_DIR and renews its certificate itself.",
     )
+    add_version_argument(parser, "fedstream-agent")
     sub = parser.add_subparsers(dest="command")
     infer = sub.add_parser(
         "infer", help="run a model version on a folder of images and write the detections as JSON"
@@ -46,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_inference(args)
     settings = load_settings(AgentSettings, "fedstream-agent")
     if settings is None:
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
     tune_allocator()
     from fedstream.metrics import start_metrics
     from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
     if not start_metrics(settings.metrics, "agent"):
-        return EXIT_CANNOT_BIND
+        return ExitCode.CANNOT_BIND
     from fedstream.identity import EnrollmentError
 
     try:
@@ -63,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         agent.run()
     except EnrollmentError as e:
         log.error("%s", e)
-        return EXIT_NO_IDENTITY
+        return ExitCode.NO_IDENTITY
     except ValueError as e:
         log.error("cannot load the site's data: %s", e)
-        return EXIT_BAD_DATA
-    return EXIT_OK
+        return ExitCode.BAD_DATA
+    return ExitCode.OK

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
@@ -15,7 +15,7 @@ from fedstream.tasks.base import SiteDataSettings
 
 
 class AgentTlsSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     insecure_plaintext: bool = Field(
         False, description="Development only: dial the control plane without TLS. Logged as a warning at start."

@@ -11,11 +11,13 @@ import threading
 from fedstream.auth import load_authority, service_identity
 from fedstream.backends import make_model_store, make_state_store
 from fedstream.config import load_settings
+from fedstream.exitcodes import ExitCode
 from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
 from fedstream.readiness import wait_until_reachable
+from fedstream.version import add_version_argument
 from fedstream_scheduler.admin import AdminService
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
@@ -28,11 +30,6 @@ from fedstream_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger("fedstream_scheduler")
 
-# Exit codes, so that a crash-looping pod says why.
-EXIT_OK = 0
-EXIT_BAD_SETTINGS = 2
-EXIT_CANNOT_BIND = 3
-
 
 async def serve(settings: SchedulerSettings) -> int:
     tenant = settings.tenant.tenant
@@ -41,7 +38,7 @@ async def serve(settings: SchedulerSettings) -> int:
         authority = load_authority(settings.tls, tenant)
     except ValueError as e:
         log.error("invalid TLS settings: %s", e)
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_SETTINGS
     state = make_state_store(settings.state, tenant)
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
     enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s)
@@ -53,7 +50,7 @@ async def serve(settings: SchedulerSettings) -> int:
         )
     except OSError as e:
         log.error("%s", e)
-        return EXIT_CANNOT_BIND
+        return ExitCode.CANNOT_BIND
     if server.enroll_server is not None:
         write_port_file(settings.enrollment.port_file, server.enroll_port)
         log.info("agents enroll on %s:%d", settings.grpc.host, server.enroll_port)
@@ -69,12 +66,12 @@ async def serve(settings: SchedulerSettings) -> int:
         except OSError as e:
             log.error("admin API: %s", e)
             await server.stop()
-            return EXIT_CANNOT_BIND
+            return ExitCode.CANNOT_BIND
         write_port_file(settings.api.port_file, api.port)
         log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)
     if not start_metrics(settings.metrics, "scheduler"):
         await server.stop()
-        return EXIT_CANNOT_BIND
+        return ExitCode.CANNOT_BIND
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
         "listening on %s:%d (%s, tenant %s, aggregator %s)",
@@ -100,11 +97,11 @@ async def serve(settings: SchedulerSettings) -> int:
     if api is not None:
         await api.stop()
     await server.stop()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fedstream-scheduler",
         description="fedstream scheduler: registers agents, selects participants, drives rounds "
         "and serves the run API over gRPC and the REST admin API (/api/v1, port 8080 by "
@@ -114,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         "tenant's CA: FEDSTREAM_SCHEDULER_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
         "agents enroll with one-time tokens on ENROLLMENT__PORT (50053). TLS__INSECURE_PLAINTEXT=true "
         "is for development only (docs/security.md).",
-    ).parse_args(argv)
+    )
+    add_version_argument(parser, "fedstream-scheduler")
+    parser.parse_args(argv)
     settings = load_settings(SchedulerSettings, "fedstream-scheduler")
     if settings is None:
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_SETTINGS
     setup_logging(settings.log.level, settings.log.json_format, "scheduler")
     tune_allocator()
     return asyncio.run(serve(settings))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import (
@@ -19,7 +19,7 @@ from fedstream.metrics import MetricsSettings
 
 
 class ApiSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Serve the REST admin API.")
     host: str = Field("0.0.0.0", description="Address the admin API binds to.")
@@ -33,7 +33,7 @@ class ApiSettings(BaseModel):
 
 
 class EnrollmentSettings(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     port: int = Field(
         50053, ge=0, le=65535,
@@ -50,7 +50,7 @@ class EnrollmentSettings(BaseModel):
 class SchedulerLimits(BaseModel):
     """Per-agent limits; each one hit counts in fedstream_limit_hits_total{limit=...}."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     registrations_per_min: float = Field(
         30.0, ge=0, description="Registrations per minute one agent may make (bursts of 10); more "

@@ -1,0 +1,35 @@
+"""The exit codes of the services' console scripts, one table for all, so a crash-looping pod says why."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """How a fedstream service process ended. The numbers are a contract (probes, alerts and
+    scripts read them): never renumber one; add new ones at the end."""
+
+    OK = 0
+    """Stopped as asked (SIGTERM or SIGINT), or a one-shot command (``--help``, ``--version``,
+    ``fedstream-agent infer``) done."""
+
+    FAILED = 1
+    """An unexpected error: an uncaught exception, whose traceback is in the log (Python's own
+    status for it); or ``fedstream-agent infer`` could not download the model or the model
+    does not fit the task."""
+
+    BAD_SETTINGS = 2
+    """The settings are invalid: a variable out of range, unparsable or naming no setting
+    (a misspelling; the message names the nearest valid one), TLS files that cannot be used,
+    distillation that cannot start; or the command line is (argparse's usage errors exit 2)."""
+
+    CANNOT_BIND = 3
+    """A port cannot be bound (gRPC, enrollment, admin API or /metrics): taken, or not allowed."""
+
+    BAD_DATA = 4
+    """The agent cannot load its site's data."""
+
+    NO_IDENTITY = 5
+    """The agent has no usable certificate and cannot get one without an operator: no
+    enrollment token, a token the scheduler refuses (spent, expired, revoked), or no
+    ``tls.ca_file`` (and no ``tls.insecure_plaintext``)."""

@@ -1,0 +1,52 @@
+"""Exit codes are defined once, listed in the README, and `--version` answers without settings."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from fedstream.exitcodes import ExitCode
+
+ROOT = Path(__file__).resolve().parents[2]
+MAINS = {
+    "fedstream-scheduler": "fedstream_scheduler.main",
+    "fedstream-aggregator": "fedstream_aggregator.main",
+    "fedstream-agent": "fedstream_agent.main",
+}
+
+
+def test_the_codes_keep_their_numbers():
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0, "FAILED": 1, "BAD_SETTINGS": 2, "CANNOT_BIND": 3, "BAD_DATA": 4, "NO_IDENTITY": 5}
+
+
+def test_the_readme_lists_every_code():
+    readme = (ROOT / "README.md").read_text()
+
+    listed = [int(n) for n in re.findall(r"^\| (\d+) \| .+ \| .+ \|$", readme, re.MULTILINE)]
+
+    assert listed == [int(c) for c in ExitCode]
+
+
+def test_no_service_defines_its_own_codes():
+    mains = [ROOT / "services" / d for d in ("scheduler", "aggregator", "client-agent")]
+
+    defined = [p for d in mains for p in d.rglob("*.py") if re.search(r"^EXIT_\w+ = \d", p.read_text(), re.M)]
+
+    assert defined == []
+
+
+@pytest.mark.parametrize("command, module", MAINS.items())
+def test_version_prints_the_distribution_version_and_exits_0(command, module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"{command} {version(command)}\n"
