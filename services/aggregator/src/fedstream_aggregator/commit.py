@@ -102,12 +102,15 @@ class Committer:
             self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
             return
         self.journal.move(plan, RoundState.COMMITTED, version=result.version)
+        # Freed before the commit is visible: a watcher that sees it finds the updates gone.
+        with rnd.lock:
+            rnd.version = result.version
+        self.discard(rnd)
         with rnd.lock:
             rnd.move(RoundState.COMMITTED, version=result.version)
             rnd.metrics = dict(result.metrics)
         log.info("round %d of %s committed as %s", plan.round, plan.run_id, result.version)
         rnd.notify()
-        self.discard(rnd)
         if self.keep_last and plan.kind is not RoundKind.EVALUATE:
             self._apply_retention(plan.run_id)
 
