@@ -3,41 +3,24 @@ the round vocabulary (plans, states, reports)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from fedstream.errors import FedstreamError
-from fedstream.rounds import RoundKind, RoundPlan, RoundState, UpdateReport
+from fedstream.rounds import RoundPlan, RoundState, UpdateReport
 from fedstream.state import AggregationRecord, StateStore
 
 log = logging.getLogger(__name__)
 
 
 def plan_of(record: AggregationRecord) -> RoundPlan:
-    """The plan a journal record was opened with."""
-    return RoundPlan(
-        run_id=record.run_id,
-        round=record.round,
-        kind=RoundKind(record.kind),
-        base_version=record.base_version,
-        participants=tuple(record.participants),
-        min_updates=record.min_updates,
-        deadline_unix=record.deadline_unix,
-        strategy=record.strategy,
-        strategy_params=record.strategy_params,
-        compression=record.compression,
-        partial=record.partial,
-        task=record.task,
-        distill=record.distill,
-    )
+    """The plan a journal record was opened with (the record's plan fields are the plan's)."""
+    return RoundPlan.from_dict(dataclasses.asdict(record))
 
 
 def record_of(plan: RoundPlan, journal: str) -> AggregationRecord:
     """A new journal record (training, nothing counted) of ``plan`` in ``journal``."""
-    return AggregationRecord(
-        plan.run_id, plan.round, plan.kind.value, plan.base_version, list(plan.participants),
-        plan.min_updates, plan.deadline_unix, plan.strategy, plan.strategy_params,
-        plan.compression, journal=journal, partial=plan.partial, task=plan.task, distill=plan.distill,
-    )
+    return AggregationRecord(**plan.to_dict(), journal=journal)
 
 
 def state_of(record: AggregationRecord) -> RoundState:
