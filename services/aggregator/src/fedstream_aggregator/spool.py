@@ -34,7 +34,7 @@ class Spool:
                 raise ResourceExhausted(f"no room to receive an update of {size} bytes") from e
             self.capacity = size
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
