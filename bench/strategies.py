@@ -52,10 +52,12 @@ def vm_hwm() -> int:
 def run_case(strategy: str, agents: int, mib: int) -> dict[str, float]:
     from fedstream import aggregation
     from fedstream.memtune import tune_allocator
+    from fedstream.rounds import RoundPlan
     from fedstream.state import MemoryStateStore
     from fedstream.store import LocalModelStore
     from fedstream.tensors import Layout, iter_chunks
-    from fedstream_aggregator.service import AggregatorService, RoundPlan, UpdateHeader
+    from fedstream_aggregator.ingest import UpdateHeader
+    from fedstream_aggregator.service import AggregatorService
 
     tune_allocator()
     n = max(1, mib // 4)

@@ -308,22 +308,25 @@ def test_watch_of_an_unknown_round_is_not_found(stubs):
 
 
 def test_finished_rounds_are_forgotten_beyond_a_bound(tmp_path, model_store, monkeypatch):
+    from fedstream.errors import RoundNotFound
+    from fedstream.rounds import RoundPlan
     from fedstream.state import MemoryStateStore
-    from fedstream_aggregator import service as svc
+    from fedstream_aggregator import rounds
+    from fedstream_aggregator.service import AggregatorService
 
-    monkeypatch.setattr(svc, "KEEP_FINISHED_ROUNDS", 2)
+    monkeypatch.setattr(rounds, "KEEP_FINISHED_ROUNDS", 2)
     store_model(model_store, BASE, random_model(0))
-    agg = svc.AggregatorService(MemoryStateStore(), model_store, tmp_path / "spool", chunk_bytes=4096)
+    agg = AggregatorService(MemoryStateStore(), model_store, tmp_path / "spool", chunk_bytes=4096)
     for r in range(1, 5):
-        agg.open_round(svc.RoundPlan(RUN, r, "train", BASE, ("a",), 1, time.time() + 0.2))
+        agg.open_round(RoundPlan(RUN, r, "train", BASE, ("a",), 1, time.time() + 0.2))
     give_up = time.time() + 30  # every deadline passes with no update: all four fail
     while not all(agg.snapshot(RUN, r).state == "failed" for r in range(1, 5)) and time.time() < give_up:
         time.sleep(0.05)
-    agg.open_round(svc.RoundPlan(RUN, 5, "train", BASE, ("a",), 1, time.time() + 30))
+    agg.open_round(RoundPlan(RUN, 5, "train", BASE, ("a",), 1, time.time() + 30))
 
     assert [agg.snapshot(RUN, r).state for r in (3, 4, 5)] == ["failed", "failed", "training"]
     for r in (1, 2):
-        with pytest.raises(svc.RoundNotFound):
+        with pytest.raises(RoundNotFound):
             agg.snapshot(RUN, r)
     agg.close()
     assert not list((tmp_path / "spool").rglob("*"))

@@ -9,9 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from fedstream.rounds import RoundPlan
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.tensors import FlatBuffer, iter_chunks
-from fedstream_aggregator.service import AggregatorService, RoundPlan, UpdateHeader
+from fedstream_aggregator.ingest import UpdateHeader
+from fedstream_aggregator.service import AggregatorService
 from helpers import as_float, buffers_of, layout_of, random_model, store_model
 
 RUN = "run-r"
@@ -60,7 +62,7 @@ def test_a_restarted_aggregator_counts_every_update_once(journal, model_store, t
     snap = wait_state(second, "committed")
 
     assert duplicate
-    assert sorted(r["agent_id"] for r in snap.reports) == ["a", "b", "c"]
+    assert sorted(r.agent_id for r in snap.reports) == ["a", "b", "c"]
     layout = layout_of(updates["a"][0])
     with model_store.open(snap.version) as reader:
         got = FlatBuffer(layout)

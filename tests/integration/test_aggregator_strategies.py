@@ -9,10 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from fedstream.rounds import RoundPlan
 from fedstream.state import MemoryStateStore
 from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
 from fedstream.tensors import FlatBuffer, iter_chunks
-from fedstream_aggregator.service import AggregatorService, RoundPlan, UpdateHeader
+from fedstream_aggregator.ingest import UpdateHeader
+from fedstream_aggregator.service import AggregatorService
 from helpers import buffers_of, layout_of, random_model, store_model
 
 RUN = "strat"
@@ -137,9 +139,9 @@ def test_unknown_strategy_in_a_plan_is_refused(model_store, tmp_path):
     ],
 )
 def test_robust_strategies_combine_kept_updates_piece_by_piece(strategy, params, reference, model_store, tmp_path, monkeypatch):
-    from fedstream_aggregator import service as svc
+    from fedstream_aggregator import finishers
 
-    monkeypatch.setattr(svc, "COMBINE_PIECE_BYTES", 64)  # many pieces per tensor
+    monkeypatch.setattr(finishers, "COMBINE_PIECE_BYTES", 64)  # many pieces per tensor
     base = random_model(0, 4)
     store_model(model_store, f"{RUN}/000000", base)
     rng = np.random.default_rng(3)

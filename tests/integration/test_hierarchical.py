@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-import fedstream_aggregator.service as service_module
+import fedstream_aggregator.hierarchy as hierarchy_module
 from fedstream.grpcutil import channel
 from fedstream.state import MemoryStateStore
 from fedstream.tensors import FlatBuffer
@@ -236,7 +236,7 @@ def test_leaf_round_control_errors(tree, model_store):
 
 
 def test_a_leaf_that_is_gone_at_commit_is_left_out(tree, model_store, monkeypatch):
-    monkeypatch.setattr(service_module, "LEAF_RETRY_S", 1.0)
+    monkeypatch.setattr(hierarchy_module, "LEAF_RETRY_S", 1.0)
     store_model(model_store, BASE, random_model(0, 4))
     root = pb_grpc.AggregatorControlStub(tree.channel(tree.root_endpoint))
     # Leaf 0 takes a and c, leaf 1 takes b and d; d never reports.

@@ -48,7 +48,7 @@ class Harness:
         self.accepted: list[tuple[dict, int]] = []
 
     def snapshot(self) -> tuple:
-        rnd = self.service._rounds[(RUN, ROUND)]
+        rnd = self.service.rounds.get(RUN, ROUND)
         acc = rnd.accumulator
         sums = {k: v.copy() for k, v in acc._sums.items()}
         return acc.total_weight, acc.count, sums, dict(self.service.state.get_aggregation(RUN, ROUND).reports)

@@ -1,7 +1,8 @@
 """Aggregation strategies by name: an explicit registry, parameters validated by pydantic.
 
-To add one, subclass ``Strategy`` in a module of your own and register it:
-``REGISTRY["mine"] = Mine`` (see docs/strategies.md).
+Two families (``fedstream.strategies.base``): ``LinearStrategy`` (folded as updates arrive) and
+``RobustStrategy`` (every update combined at once). To add one, subclass either in a module of
+your own and register it: ``REGISTRY["mine"] = Mine`` (see docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedstream.errors import InvalidArgument
-from fedstream.strategies.base import Strategy
+from fedstream.strategies.base import LinearStrategy, RobustStrategy, Strategy
 from fedstream.strategies.linear import CosineWeighted, FedAvg, FedPav, FedProx, Uniform
 from fedstream.strategies.robust import Median, MultiKrum, TrimmedMean
 from fedstream.strategies.server_opt import FedAdagrad, FedAdam, FedYogi
 
-REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (
-        FedAvg, Uniform, FedProx, FedPav, CosineWeighted, FedAdagrad, FedYogi, FedAdam,
-        Median, TrimmedMean, MultiKrum,
-    )
+REGISTRY: dict[str, type[LinearStrategy] | type[RobustStrategy]] = {
+    "fedavg": FedAvg,
+    "uniform": Uniform,
+    "fedprox": FedProx,
+    "fedpav": FedPav,
+    "cosine": CosineWeighted,
+    "fedadagrad": FedAdagrad,
+    "fedyogi": FedYogi,
+    "fedadam": FedAdam,
+    "median": Median,
+    "trimmed-mean": TrimmedMean,
+    "multi-krum": MultiKrum,
 }
 DEFAULT = "fedavg"
 
@@ -41,4 +48,4 @@ def make_strategy(name: str = "", params: dict[str, Any] | None = None) -> Strat
         raise InvalidArgument(f"strategy {name!r}: {where}: {first['msg']}") from None
 
 
-__all__ = ["DEFAULT", "REGISTRY", "Strategy", "make_strategy"]
+__all__ = ["DEFAULT", "REGISTRY", "LinearStrategy", "RobustStrategy", "Strategy", "make_strategy"]

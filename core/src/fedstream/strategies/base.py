@@ -1,15 +1,18 @@
-"""The strategy interface: a handful of hooks around pure functions.
+"""The two strategy families and the hooks each declares: linear (folded) and robust (combined).
 
-A strategy says how much each update weighs in the running fold (``weight``), what agents are
-told to do locally (``configure``), and how the round's weighted mean becomes the next global
-tensor (``server_update``, called tensor by tensor, with the base tensor and the strategy's
-persisted state when it declares it needs them). The arithmetic lives in pure functions that
-the tests check against direct reference computations.
+A linear strategy says how much each update weighs in the running fold (``weight``), what
+agents are told to do locally (``configure``), how the round's weighted mean becomes the next
+global tensor (``server_update``, called tensor by tensor, with the base tensor and the
+strategy's persisted state when it declares it needs them) and whether a round ends with
+server-side distillation (``distills``, ``distill_lr``). A robust strategy needs every update at
+once: it may select updates from their pairwise distances (``select``, when it declares
+``needs_distances``) and combines them coordinate by coordinate (``combine``). The arithmetic
+lives in pure functions that the tests check against direct reference computations.
 """
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,23 +21,32 @@ from pydantic import BaseModel, ConfigDict
 from fedstream.errors import InvalidArgument
 from fedstream.tensors import TensorSpec
 
+# Learning rate of a distillation pass for strategies that do not choose one.
+DEFAULT_DISTILL_LR = 5e-4
+
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Strategy(ABC):
-    """Subclasses set ``name`` and ``Params`` (a pydantic model), and override hooks."""
+def example_weight(num_examples: int) -> float:
+    """An update's example count as its weight; raises InvalidArgument below one example."""
+    if num_examples < 1:
+        raise InvalidArgument("num_examples must be at least 1")
+    return float(num_examples)
+
+
+class LinearStrategy(ABC):
+    """A strategy whose round result is a function of the weighted mean of the updates: the
+    aggregator folds each update as it arrives. Subclasses set ``name`` and ``Params`` (a
+    pydantic model) and override the hooks they change."""
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
-    # Server update needs the base tensor / keeps per-tensor state between rounds.
+    # ``server_update`` is given the base tensor.
     needs_base: ClassVar[bool] = False
+    # Per-tensor state kept beside each version between rounds (empty: none).
     state_slots: ClassVar[tuple[str, ...]] = ()
-    # Linear strategies fold updates as they arrive; the others (robust statistics) need
-    # every update at once and implement select/combine instead.
-    linear: ClassVar[bool] = True
-    needs_distances: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -42,9 +54,7 @@ class Strategy(ABC):
     def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
         """The update's weight in the round's weighted mean; raises InvalidArgument when the
         update lacks what the strategy needs. Default: its example count (FedAvg)."""
-        if num_examples < 1:
-            raise InvalidArgument("num_examples must be at least 1")
-        return float(num_examples)
+        return example_weight(num_examples)
 
     def configure(self) -> dict[str, float | bool]:
         """Local-training settings sent to agents with each assignment (TrainingConfig fields:
@@ -55,6 +65,10 @@ class Strategy(ABC):
         """Whether the run's ``ordinal``-th training round (from 1) ends with server-side
         knowledge distillation. Default: never."""
         return False
+
+    def distill_lr(self) -> float:
+        """The learning rate of a round's distillation pass."""
+        return DEFAULT_DISTILL_LR
 
     def server_update(
         self,
@@ -70,3 +84,42 @@ class Strategy(ABC):
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params.model_dump()}
+
+
+class RobustStrategy(ABC):
+    """A strategy that combines every update of a round at once, coordinate by coordinate
+    (robust statistics): the aggregator keeps the updates and reads them back piece by piece.
+    Subclasses set ``name`` and ``Params`` and implement ``combine``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    # ``select`` is given the updates' pairwise squared distances (a first pass over them).
+    needs_distances: ClassVar[bool] = False
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def weight(self, num_examples: int, metrics: dict[str, float]) -> float:
+        """The weight recorded with an update (the statistic itself ignores it): its example
+        count; raises InvalidArgument below one example."""
+        return example_weight(num_examples)
+
+    def configure(self) -> dict[str, float | bool]:
+        """Local-training settings sent to agents: none."""
+        return {}
+
+    def select(self, sq_dist: np.ndarray) -> list[int] | None:
+        """Updates to combine, from their squared distances (agents, agents), when
+        ``needs_distances``; None when all are."""
+        return None
+
+    @abstractmethod
+    def combine(self, x: np.ndarray) -> np.ndarray:
+        """The coordinate-wise statistic of x (agents, n)."""
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params.model_dump()}
+
+
+# What the registry holds and ``make_strategy`` builds.
+Strategy = LinearStrategy | RobustStrategy

@@ -9,16 +9,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedstream.errors import InvalidArgument
-from fedstream.strategies.base import Strategy
+from fedstream.strategies.base import LinearStrategy
 
 
-class FedAvg(Strategy):
+class FedAvg(LinearStrategy):
     """McMahan et al.: the mean of the agents' weights, weighted by their example counts."""
 
     name = "fedavg"
 
 
-class Uniform(Strategy):
+class Uniform(LinearStrategy):
     """Every update weighs the same, whatever its example count."""
 
     name = "uniform"
@@ -32,7 +32,7 @@ class FedProxParams(BaseModel):
     mu: float = Field(0.01, ge=0, description="Weight of the proximal term mu/2 * ||w - w_global||^2.")
 
 
-class FedProx(Strategy):
+class FedProx(LinearStrategy):
     """Li et al.: FedAvg on the server; agents add a proximal term to their local loss."""
 
     name = "fedprox"
@@ -46,7 +46,7 @@ class FedProx(Strategy):
 COSINE_METRIC = "cosine_distance"
 
 
-class CosineWeighted(Strategy):
+class CosineWeighted(LinearStrategy):
     """FedReID's cosine-distance weights: each agent reports d_k, the mean over one batch of
     1 - cos(logits before local training, logits after); updates weigh d_k / sum_j d_j."""
 
@@ -83,7 +83,7 @@ class FedPavParams(BaseModel):
     distill_lr: float = Field(5e-4, gt=0, le=1, description="Learning rate of the distillation pass (SGD).")
 
 
-class FedPav(Strategy):
+class FedPav(LinearStrategy):
     """FedReID's federated partial averaging: only the tensors a task shares (the backbone,
     BatchNorm statistics included) are uploaded and averaged, weighted by example count or by
     cosine distance; each site's private tensors (its identity classifier) never leave it."""
@@ -105,3 +105,7 @@ class FedPav(Strategy):
         assert isinstance(self.params, FedPavParams)
         every = self.params.distill_every
         return every > 0 and ordinal % every == 0
+
+    def distill_lr(self) -> float:
+        assert isinstance(self.params, FedPavParams)
+        return self.params.distill_lr

@@ -6,13 +6,12 @@ piece), not O(agents x model)."""
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedstream.errors import FailedPrecondition
-from fedstream.strategies.base import Strategy
+from fedstream.strategies.base import RobustStrategy
 
 
 def coordinate_median(x: np.ndarray) -> np.ndarray:
@@ -56,19 +55,7 @@ def pairwise_sq_dist_update(acc: np.ndarray, x: np.ndarray) -> None:
     acc += np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
 
 
-class _Robust(Strategy):
-    linear = False
-
-    def select(self, sq_dist: np.ndarray) -> list[int] | None:
-        """Updates to combine, from their squared distances; None when all are (no pre-pass)."""
-        return None
-
-    @abstractmethod
-    def combine(self, x: np.ndarray) -> np.ndarray:
-        """The coordinate-wise statistic of x (agents, n)."""
-
-
-class Median(_Robust):
+class Median(RobustStrategy):
     name = "median"
 
     def combine(self, x: np.ndarray) -> np.ndarray:
@@ -80,7 +67,7 @@ class TrimmedMeanParams(BaseModel):
     beta: float = Field(0.1, ge=0, lt=0.5, description="Fraction trimmed from each end, per coordinate.")
 
 
-class TrimmedMean(_Robust):
+class TrimmedMean(RobustStrategy):
     name = "trimmed-mean"
     Params = TrimmedMeanParams
 
@@ -95,7 +82,7 @@ class MultiKrumParams(BaseModel):
     m: int = Field(0, ge=0, description="Updates averaged; 0 means all but f.")
 
 
-class MultiKrum(_Robust):
+class MultiKrum(RobustStrategy):
     name = "multi-krum"
     Params = MultiKrumParams
     needs_distances = True

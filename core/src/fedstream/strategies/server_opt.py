@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedstream.strategies.base import Strategy
+from fedstream.strategies.base import LinearStrategy
 from fedstream.tensors import TensorSpec
 
 
@@ -43,7 +43,7 @@ def adaptive_step(
     return x, m, v
 
 
-class _Adaptive(Strategy):
+class _Adaptive(LinearStrategy):
     Params = ServerOptParams
     needs_base = True
     state_slots = ("m", "v")

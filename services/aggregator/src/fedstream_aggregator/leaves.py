@@ -8,54 +8,21 @@ RoundNotFound or FailedPrecondition when it refuses.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import grpc
 
+from fedstream import convert
 from fedstream.errors import DataLoss, FailedPrecondition, FedstreamError, RoundNotFound, Unavailable
 from fedstream.grpcutil import channel
 from fedstream.pki import TlsIdentity
+from fedstream.rounds import RoundPlan, RoundSnapshot, UpdateReport
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
-from fedstream.v1 import round_pb2
-from fedstream_aggregator.service import RoundPlan
-from fedstream_aggregator.servicer import KINDS, STATES
 
-_KIND = {name: kind for kind, name in KINDS.items()}
-_STATE = {state: name for name, state in STATES.items()}
 # Seconds a unary call to a leaf may take.
 CALL_TIMEOUT_S = 10.0
-
-
-def plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
-    msg = pb.RoundPlan(
-        run_id=plan.run_id,
-        round=plan.round,
-        kind=_KIND[plan.kind],
-        base_version=plan.base_version,
-        participants=plan.participants,
-        min_updates=plan.min_updates,
-        deadline_unix=plan.deadline_unix,
-        strategy=round_pb2.StrategySpec(name=plan.strategy),
-        compression=plan.compression,
-        partial=plan.partial,
-        task=plan.task,
-        distill=plan.distill,
-    )
-    msg.strategy.params.update(json.loads(plan.strategy_params))
-    return msg
-
-
-def report_from_proto(r: round_pb2.UpdateReport) -> dict[str, Any]:
-    return {
-        "agent_id": r.agent_id,
-        "num_examples": r.num_examples,
-        "metrics": dict(r.metrics),
-        "bytes_received": r.bytes_received,
-    }
 
 
 def _error(endpoint: str, e: grpc.RpcError) -> FedstreamError:
@@ -83,7 +50,7 @@ class Leaf:
 
     def open_round(self, plan: RoundPlan) -> None:
         try:
-            self._stub.OpenRound(plan_to_proto(plan), timeout=CALL_TIMEOUT_S)
+            self._stub.OpenRound(convert.plan_to_proto(plan), timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as e:
             raise _error(self.endpoint, e) from None
         except ValueError:  # the channel was closed
@@ -91,18 +58,18 @@ class Leaf:
 
     def watch(
         self, run_id: str, round_: int
-    ) -> tuple[Iterator[tuple[str, list[dict[str, Any]]]], Callable[[], None]]:
-        """The leaf round's (state, reports) after every change, and a function that ends the
-        stream from another thread."""
+    ) -> tuple[Iterator[RoundSnapshot], Callable[[], None]]:
+        """The leaf round after every change, and a function that ends the stream from another
+        thread."""
         try:
             call = self._stub.WatchRound(pb.WatchRoundRequest(run_id=run_id, round=round_))
         except ValueError:
             raise self._closed() from None
 
-        def events() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        def events() -> Iterator[RoundSnapshot]:
             try:
                 for event in call:
-                    yield _STATE.get(event.state, "open"), [report_from_proto(r) for r in event.reports]
+                    yield convert.snapshot_from_proto(event)
             except grpc.RpcError as e:
                 raise _error(self.endpoint, e) from None
 
@@ -110,7 +77,7 @@ class Leaf:
 
     def collect(
         self, run_id: str, round_: int, timeout_s: float
-    ) -> tuple[Layout, float, list[dict[str, Any]], Iterator[tuple[int, bytes, int]]]:
+    ) -> tuple[Layout, float, list[UpdateReport], Iterator[tuple[int, bytes, int]]]:
         """The leaf's sums layout, total weight, reports, and its sums as (offset, data, crc)."""
         try:
             call = self._stub.CollectPartial(pb.CollectPartialRequest(run_id=run_id, round=round_), timeout=timeout_s)
@@ -135,7 +102,7 @@ class Leaf:
             finally:
                 call.cancel()
 
-        reports = [report_from_proto(r) for r in header.reports]
+        reports = [convert.report_from_proto(r) for r in header.reports]
         return Layout.from_proto(header.layout), header.total_weight, reports, chunks()
 
     def finish(self, run_id: str, round_: int, version: str, reason: str) -> None:

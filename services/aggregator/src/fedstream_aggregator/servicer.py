@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
-from fedstream import wire
+from fedstream import convert, wire
 from fedstream.auth import Guard
 from fedstream.errors import InvalidArgument
 from fedstream.grpcutil import translate_errors
@@ -20,43 +17,8 @@ from fedstream.metrics import LIMIT_HITS
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
-from fedstream.v1 import round_pb2
-from fedstream_aggregator.service import AggregatorService, RoundPlan, RoundSnapshot, UpdateHeader
-
-KINDS = {
-    round_pb2.ROUND_KIND_INIT: "init",
-    round_pb2.ROUND_KIND_TRAIN: "train",
-    round_pb2.ROUND_KIND_EVALUATE: "evaluate",
-}
-STATES = {
-    "open": round_pb2.ROUND_STATE_OPEN,
-    "training": round_pb2.ROUND_STATE_TRAINING,
-    "aggregating": round_pb2.ROUND_STATE_AGGREGATING,
-    "committed": round_pb2.ROUND_STATE_COMMITTED,
-    "failed": round_pb2.ROUND_STATE_FAILED,
-}
-
-
-def _report_to_proto(r: dict[str, Any]) -> round_pb2.UpdateReport:
-    return round_pb2.UpdateReport(
-        agent_id=r["agent_id"],
-        num_examples=r["num_examples"],
-        metrics=r["metrics"],
-        bytes_received=r["bytes_received"],
-    )
-
-
-def snapshot_to_proto(s: RoundSnapshot) -> pb.RoundEvent:
-    return pb.RoundEvent(
-        run_id=s.run_id,
-        round=s.round,
-        state=STATES[s.state],
-        reports=[_report_to_proto(r) for r in s.reports],
-        stragglers=s.stragglers,
-        version=s.version,
-        reason=s.reason,
-        metrics=s.metrics,
-    )
+from fedstream_aggregator.ingest import UpdateHeader
+from fedstream_aggregator.service import AggregatorService
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
@@ -166,27 +128,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     @translate_errors
     def OpenRound(self, request: pb.RoundPlan, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
         self.guard.require_role(context, "service")
-        kind = KINDS.get(request.kind)
-        if kind is None:
-            raise InvalidArgument(f"unknown round kind {request.kind}")
-        params = json_format.MessageToDict(request.strategy.params) if request.HasField("strategy") else {}
-        endpoints = self.service.open_round(
-            RoundPlan(
-                run_id=request.run_id,
-                round=request.round,
-                kind=kind,
-                base_version=request.base_version,
-                participants=tuple(request.participants),
-                min_updates=request.min_updates,
-                deadline_unix=request.deadline_unix,
-                strategy=request.strategy.name or "fedavg",
-                strategy_params=json.dumps(params, sort_keys=True),
-                compression=request.compression or "none",
-                partial=request.partial,
-                task=request.task,
-                distill=request.distill,
-            )
-        )
+        endpoints = self.service.open_round(convert.plan_from_proto(request))
         return pb.OpenRoundResponse(endpoints=endpoints)
 
     @translate_errors
@@ -195,7 +137,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     ) -> Iterator[pb.RoundEvent]:
         self.guard.require_role(context, "service")
         for snap in self.service.watch(request.run_id, request.round, context.is_active):
-            yield snapshot_to_proto(snap)
+            yield convert.snapshot_to_proto(snap)
 
     @translate_errors
     def CollectPartial(
@@ -207,7 +149,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
             header=pb.PartialHeader(
                 layout=layout.to_proto(),
                 total_weight=total_weight,
-                reports=[_report_to_proto(r) for r in reports],
+                reports=[convert.report_to_proto(r) for r in reports],
             )
         )
         for chunk in chunks:

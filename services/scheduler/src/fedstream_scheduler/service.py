@@ -36,7 +36,7 @@ from fedstream.metrics import LIMIT_HITS
 from fedstream.state import AgentRecord, RoundRecord, RunRecord, StateStore
 from fedstream.state.base import TERMINAL_ROUND_STATES
 from fedstream.store.base import check_run_id
-from fedstream.strategies import make_strategy
+from fedstream.strategies import LinearStrategy, RobustStrategy, make_strategy
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.aggregator_client import AggregatorClient
@@ -225,7 +225,7 @@ class SchedulerService:
             raise InvalidArgument("invalid run spec: min_updates exceeds the agents a round can have")
         strategy = make_strategy(spec.strategy.name, spec.strategy.params)
         spec.strategy.params = strategy.params.model_dump()
-        if not strategy.linear and spec.training.compression != "none":
+        if isinstance(strategy, RobustStrategy) and spec.training.compression != "none":
             raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger)
@@ -497,7 +497,7 @@ class SchedulerService:
                 1 for r in self.state.list_rounds(run_id)
                 if r.kind == "train" and r.state == "committed" and r.round < rec.round
             )
-            distill = strategy.distills(ordinal)
+            distill = isinstance(strategy, LinearStrategy) and strategy.distills(ordinal)
         plan = aggregator_pb2.RoundPlan(
             run_id=run_id,
             round=rec.round,

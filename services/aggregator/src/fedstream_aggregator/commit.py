@@ -1,0 +1,144 @@
+"""How a round ends: closed (all reported, or its deadline passed with enough updates) and
+committed by its finisher in a worker thread, or failed; then its kept updates are freed."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fedstream.errors import FedstreamError
+from fedstream.rounds import RoundKind, RoundState
+from fedstream.store import ModelStore
+from fedstream_aggregator import background
+from fedstream_aggregator import metrics as m
+from fedstream_aggregator.hierarchy import Hierarchy
+from fedstream_aggregator.journal import Journal
+from fedstream_aggregator.rounds import Round
+from fedstream_aggregator.spool import SpoolPool
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    """Closes, commits and fails rounds; ``keep_last`` > 0 applies the run's retention after
+    each commit."""
+
+    def __init__(
+        self, journal: Journal, store: ModelStore, spools: SpoolPool, hierarchy: Hierarchy,
+        *, tenant: str, keep_last: int = 0,
+    ) -> None:
+        self.journal = journal
+        self.store = store
+        self.spools = spools
+        self.hierarchy = hierarchy
+        self.tenant = tenant
+        self.keep_last = keep_last
+
+    def on_deadline(self, rnd: Round) -> None:
+        """A round's deadline passed: it closes with enough updates, fails without. A leaf's
+        share fails: its root never finished it."""
+        if rnd.plan.partial:
+            self.fail(rnd, "the root aggregator never finished this share of the round")
+            return
+        with rnd.lock:
+            if rnd.state is not RoundState.TRAINING:
+                return
+            n = len(rnd.reports)
+        total, needed = len(rnd.plan.participants), rnd.plan.min_updates
+        if n >= needed:
+            self.close(rnd, f"deadline passed with {n} of {total} updates")
+        else:
+            self.fail(rnd, f"deadline passed with {n} of {total} updates, at least {needed} needed")
+
+    def fail(self, rnd: Round, reason: str) -> None:
+        """Fails a round that is not finished yet."""
+        with rnd.lock:
+            if rnd.terminal() or not rnd.move(RoundState.FAILED, reason=reason):
+                return
+        rnd.stop_following()
+        self.journal.move(rnd.plan, RoundState.FAILED, reason=reason)
+        log.warning("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
+        rnd.notify()
+        self.discard(rnd)
+
+    def close(self, rnd: Round, why: str) -> None:
+        """Moves the round to aggregating (once) and commits it in a worker thread."""
+        with rnd.lock:
+            if rnd.state is not RoundState.TRAINING:
+                return
+            rnd.move(RoundState.AGGREGATING)
+        rnd.stop_following()
+        self.journal.move(rnd.plan, RoundState.AGGREGATING)
+        log.info("round %d of %s aggregating: %s", rnd.plan.round, rnd.plan.run_id, why)
+        rnd.notify()
+        self.commit_later(rnd)
+
+    def commit_later(self, rnd: Round) -> None:
+        """Commits an aggregating round in a worker thread."""
+        background.spawn("commit", self.commit, rnd)
+
+    def commit(self, rnd: Round) -> None:
+        """Commits an aggregating round (measured)."""
+        started = time.perf_counter()
+        try:
+            self._commit(rnd)
+        finally:
+            outcome = rnd.state.value if rnd.state.terminal else "unknown"
+            m.COMMITS.labels(self.tenant, rnd.plan.kind.value, outcome).inc()
+            if rnd.state is RoundState.COMMITTED:
+                m.AGGREGATION_SECONDS.labels(self.tenant, rnd.strategy.name).observe(time.perf_counter() - started)
+
+    def _commit(self, rnd: Round) -> None:
+        plan = rnd.plan
+        try:
+            if rnd.shares:
+                self.hierarchy.collect(rnd)
+            result = rnd.finisher.finish(rnd)
+        except FedstreamError as e:
+            self._fail_aggregating(rnd, f"{rnd.finisher.failure}: {e.public}")
+            return
+        except Exception as e:
+            log.exception("commit of round %d of %s failed", plan.round, plan.run_id)
+            self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
+            return
+        self.journal.move(plan, RoundState.COMMITTED, version=result.version)
+        # Freed before the commit is visible: a watcher that sees it finds the updates gone.
+        with rnd.lock:
+            rnd.version = result.version
+        self.discard(rnd)
+        with rnd.lock:
+            rnd.move(RoundState.COMMITTED, version=result.version)
+            rnd.metrics = dict(result.metrics)
+        log.info("round %d of %s committed as %s", plan.round, plan.run_id, result.version)
+        rnd.notify()
+        if self.keep_last and plan.kind is not RoundKind.EVALUATE:
+            self._apply_retention(plan.run_id)
+
+    def _apply_retention(self, run_id: str) -> None:
+        try:
+            deleted = self.store.apply_retention(run_id, self.keep_last)
+        except FedstreamError as e:
+            log.warning("retention of run %s failed: %s", run_id, e.public)
+        else:
+            if deleted:
+                log.info("retention removed %s", ", ".join(deleted))
+
+    def _fail_aggregating(self, rnd: Round, reason: str) -> None:
+        with rnd.lock:
+            rnd.move(RoundState.FAILED, reason=reason)
+        self.journal.move(rnd.plan, RoundState.FAILED, reason=reason)
+        log.error("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
+        rnd.notify()
+        self.discard(rnd)
+
+    def discard(self, rnd: Round) -> None:
+        """Frees what a finished round holds: its leaves' shares, its spool, its kept updates."""
+        self.hierarchy.finish_leaves(rnd)
+        if rnd.init_spool is not None:
+            self.spools.release(rnd.init_spool)
+            rnd.init_spool = None
+        if rnd.keeps_updates:
+            try:
+                self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
+            except FedstreamError as e:
+                log.warning("cannot delete the kept updates of round %d: %s", rnd.plan.round, e.public)

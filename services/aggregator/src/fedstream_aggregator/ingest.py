@@ -1,0 +1,238 @@
+"""Uploads: an update is verified chunk by chunk (order, bounds, checksum) into a spool file,
+checked finite, optionally kept in the model store, then counted in the journal (atomically,
+once per agent) and folded into the round's accumulator under the round's lock. A bad upload
+never touches the accumulator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedstream.aggregation import to_accumulator
+from fedstream.errors import (
+    AgentNotSelected,
+    FailedPrecondition,
+    FedstreamError,
+    InvalidArgument,
+    InvalidLayout,
+    NonFinite,
+    ResourceExhausted,
+    UploadInProgress,
+)
+from fedstream.logs import log_context
+from fedstream.metrics import LIMIT_HITS
+from fedstream.rounds import RoundKind, UpdateReport
+from fedstream.store import ModelStore
+from fedstream.tensors import ChunkReceiver, Layout
+from fedstream_aggregator import metrics as m
+from fedstream_aggregator.commit import Committer
+from fedstream_aggregator.hierarchy import Hierarchy
+from fedstream_aggregator.journal import Journal
+from fedstream_aggregator.rounds import Round, RoundTable
+from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
+
+log = logging.getLogger(__name__)
+
+# Bytes of an update read at a time when checking its values are finite.
+FINITE_PIECE_BYTES = 1 << 20
+# Largest update accepted by default (its declared bytes); the server sets it from its limits.
+DEFAULT_MAX_UPDATE_BYTES = 2 << 30
+
+Chunks = Iterable[tuple[int, bytes, int]]
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """What an upload declares before its chunks."""
+
+    run_id: str
+    round: int
+    agent_id: str
+    layout: Layout
+    num_examples: int
+    metrics: dict[str, float]
+
+
+def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
+    """Raises NonFinite naming the first floating tensor of the update that holds a NaN or an
+    infinity (scales of compressed updates included): such an update would poison the round's
+    mean, so it is refused before it counts. Reads the spooled update piece by piece."""
+    piece = bytearray(FINITE_PIECE_BYTES)
+    for t in layout.tensors:
+        if not t.dt.is_float or t.nbytes == 0:
+            continue
+        item = t.dt.itemsize
+        step = FINITE_PIECE_BYTES - FINITE_PIECE_BYTES % item
+        for start in range(0, t.nbytes, step):
+            n = min(step, t.nbytes - start)
+            view = memoryview(piece)[:n]
+            read_into(t.offset + start, view)
+            values = to_accumulator(t.dt, np.frombuffer(view, dtype=t.dt.storage))
+            if not np.isfinite(values).all():
+                bad = int(np.flatnonzero(~np.isfinite(values))[0]) + start // item
+                raise NonFinite(f"tensor {t.name!r} holds NaN or infinite values (first at element {bad})")
+
+
+class Ingest:
+    """Receives the updates of the rounds in ``table``."""
+
+    def __init__(
+        self, table: RoundTable, journal: Journal, store: ModelStore, spools: SpoolPool,
+        hierarchy: Hierarchy, committer: Committer, *, tenant: str, chunk_bytes: int,
+    ) -> None:
+        self.table = table
+        self.journal = journal
+        self.store = store
+        self.spools = spools
+        self.hierarchy = hierarchy
+        self.committer = committer
+        self.tenant = tenant
+        self.chunk_bytes = chunk_bytes
+        self.max_update_bytes = DEFAULT_MAX_UPDATE_BYTES
+
+    def receive(
+        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None
+    ) -> tuple[bool, int]:
+        """``_receive``, measured: chunks and bytes received, updates counted or refused."""
+        tenant = self.tenant
+
+        def counting() -> Iterator[tuple[int, bytes, int]]:
+            for item in chunks:
+                m.CHUNKS_RECEIVED.labels(tenant).inc()
+                m.BYTES_RECEIVED.labels(tenant).inc(len(item[1]))
+                yield item
+
+        try:
+            duplicate, received = self._receive(header, counting(), before_count)
+        except FedstreamError as e:
+            m.UPDATES_REJECTED.labels(tenant, e.code).inc()
+            raise
+        if not duplicate:
+            rnd = self.table.find(header.run_id, header.round)
+            kind = rnd.plan.kind if rnd is not None else RoundKind.TRAIN
+            m.UPDATES_FOLDED.labels(tenant, kind.value).inc()
+        return duplicate, received
+
+    def _receive(self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object]) -> tuple[bool, int]:
+        """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
+
+        Raises RoundNotFound, AgentNotSelected, RoundNotOpen, InvalidLayout, InvalidArgument,
+        BadOffset, ChecksumMismatch, Truncated or UploadInProgress. Whatever it raises, the
+        accumulator is unchanged.
+        """
+        rnd = self.table.get(header.run_id, header.round)
+        self._check_sender(rnd, header)
+        with rnd.lock:
+            if header.agent_id in rnd.reports:
+                return True, 0
+        rnd.check_accepting(self.table.clock())
+        weight = self._check_content(rnd, header)
+        agent = header.agent_id
+        with rnd.lock:
+            if agent in rnd.uploading:
+                raise UploadInProgress(f"an upload from agent {agent!r} for this round is already in progress")
+            rnd.uploading.add(agent)
+        try:
+            return self._spool_and_count(rnd, header, chunks, weight, before_count)
+        finally:
+            with rnd.lock:
+                rnd.uploading.discard(agent)
+
+    def _check_sender(self, rnd: Round, header: UpdateHeader) -> None:
+        """Raises unless the agent takes part in the round here, with an update not too large."""
+        plan, agent = rnd.plan, header.agent_id
+        if agent not in plan.participants:
+            raise AgentNotSelected(f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}")
+        if header.layout.total_bytes > self.max_update_bytes:
+            LIMIT_HITS.labels(self.tenant, "aggregator", "max_update_bytes").inc()
+            raise ResourceExhausted(
+                f"the update declares {header.layout.total_bytes} bytes; this aggregator takes at most "
+                f"{self.max_update_bytes}"
+            )
+        leaf = self.hierarchy.leaf_of(rnd, agent)
+        if leaf:
+            raise FailedPrecondition(
+                f"agent {agent!r} uploads round {plan.round} of run {plan.run_id!r} to the leaf aggregator at {leaf}"
+            )
+
+    def _check_content(self, rnd: Round, header: UpdateHeader) -> float:
+        """Checks what the header declares against the round; returns the update's weight."""
+        plan = rnd.plan
+        if not all(np.isfinite(v) for v in header.metrics.values()):
+            raise InvalidArgument("metrics must be finite numbers")
+        if plan.kind is RoundKind.TRAIN:
+            assert rnd.wire is not None
+            problem = header.layout.mismatch(rnd.wire)
+            if problem:
+                how = "" if plan.compression == "none" else f" sent as {plan.compression}"
+                raise InvalidLayout(f"update does not match model {plan.base_version}{how}: {problem}")
+            return rnd.strategy.weight(header.num_examples, header.metrics)
+        if plan.kind is RoundKind.EVALUATE:
+            if header.layout.tensors:
+                raise InvalidLayout("an evaluation round takes a report only: its layout must be empty")
+            if header.num_examples == 0:
+                raise InvalidArgument("an evaluation report needs the number of examples evaluated")
+        return 0.0
+
+    def _spool_and_count(
+        self, rnd: Round, header: UpdateHeader, chunks: Chunks, weight: float, before_count: Callable[[], object]
+    ) -> tuple[bool, int]:
+        plan, agent = rnd.plan, header.agent_id
+        started = time.perf_counter()
+        spool: Spool | None = None
+        keep_spool = False
+        try:
+            spool = self.spools.acquire(header.layout.total_bytes)
+            receiver = ChunkReceiver(header.layout, spool.write)
+            for offset, data, crc in chunks:
+                receiver.accept(offset, data, crc)
+            receiver.finish()
+            if plan.kind.uploads_model:
+                check_finite(header.layout, spool.read_into)
+            before_count()  # the agent may have been revoked while it uploaded
+            if rnd.keeps_updates:
+                self._keep_update(rnd, agent, header.layout, spool)
+            report = UpdateReport(agent, header.num_examples, dict(header.metrics), receiver.received, weight)
+            counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
+            if not counted:
+                return True, receiver.received
+            with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
+                log.info("update folded: %d examples, %d bytes in %.2f s",
+                         header.num_examples, receiver.received, time.perf_counter() - started)
+            rnd.notify()
+            if complete:
+                self.committer.close(rnd, "all participants reported")
+            return False, receiver.received
+        finally:
+            if spool is not None and not keep_spool:
+                self.spools.release(spool)
+
+    def _count(self, rnd: Round, report: UpdateReport, layout: Layout, spool: Spool) -> tuple[bool, bool, bool]:
+        """Counts a verified update in the journal and folds it; returns (counted, the round
+        holds the spool now, every participant reported)."""
+        plan = rnd.plan
+        with rnd.lock:
+            rnd.check_accepting(self.table.clock())
+            if report.agent_id in rnd.reports or not self.journal.count(plan, report):
+                return False, False, False
+            rnd.reports[report.agent_id] = report
+            held = False
+            if plan.kind is RoundKind.TRAIN and rnd.accumulator is not None:
+                rnd.accumulator.fold(spool.read_into, report.weight, rnd.wire)
+            elif plan.kind.uploads_model:
+                rnd.layout = layout
+                rnd.init_spool = spool
+                held = True
+            complete = len(rnd.reports) == len(plan.participants) and not plan.partial
+            return True, held, complete
+
+    def _keep_update(self, rnd: Round, agent: str, layout: Layout, spool: Spool) -> None:
+        """Copies a verified update from its spool file into the model store."""
+        plan = rnd.plan
+        with self.store.update_writer(plan.run_id, plan.round, agent, layout) as writer:
+            copy_out(spool.read_into, layout.total_bytes, self.chunk_bytes, writer.write)
+            writer.commit(set_latest=False)
