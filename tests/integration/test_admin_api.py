@@ -14,7 +14,7 @@ import pytest
 from fedstream.state import RunRecord
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
-from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
@@ -33,7 +33,7 @@ SPEC = {"task": "digits", "rounds": 2, "min_agents": 2, "round_timeout_s": 20, "
 @dataclass
 class Tenant:
     name: str
-    admin: AdminService
+    admin: AdminServices
     grpc: SchedulerServer
     tokens: dict[str, str]
 
@@ -61,11 +61,11 @@ def api(aggregator, model_store, redis_url, tmp_path) -> Iterator[Api]:
             service = SchedulerService(RedisStateStore(connect(redis_url), name),
                                        AggregatorClient(settings.aggregator_endpoint), settings)
             store = model_store if name == "t1" else LocalModelStore(tmp_path / "models", tenant=name)
-            admin = AdminService(service, store)
-            admin.ensure_bootstrap(f"bootstrap-secret-of-{name}")
+            admin = AdminServices(service, store)
+            admin.tokens.ensure_bootstrap(f"bootstrap-secret-of-{name}")
             tokens = {"bootstrap": f"bootstrap-secret-of-{name}"}
             for role in ROLES:
-                tokens[role] = admin.create_token(role, f"{role} token")[1]
+                tokens[role] = admin.tokens.create(role, f"{role} token")[1]
             tenants[name] = Tenant(name, admin, await build_server(service, "127.0.0.1", 0), tokens)
         server = ApiServer(build_api({t.name: t.admin for t in tenants.values()}), "127.0.0.1", 0)
         await server.start()
@@ -76,14 +76,14 @@ def api(aggregator, model_store, redis_url, tmp_path) -> Iterator[Api]:
     for t in tenants.values():
         for run in t.admin.state.list_runs():
             if run.state == "running":
-                loop.run(t.admin.cancel_run(run.run_id))
+                loop.run(t.admin.runs.cancel_run(run.run_id))
         loop.run(t.grpc.stop(0))
     loop.run(server.stop())
     loop.close()
 
 
 def make_federation(api: Api, tenant: str, fid: str, **spec) -> None:
-    api.tenants[tenant].admin.create_federation(fid, {**SPEC, **spec}, "", None)
+    api.tenants[tenant].admin.federations.create(fid, {**SPEC, **spec}, "", None)
 
 
 def start_waiting_run(api: Api, tenant: str, fid: str, run_id: str) -> None:
@@ -92,14 +92,14 @@ def start_waiting_run(api: Api, tenant: str, fid: str, run_id: str) -> None:
     api.loop.run(_start(api.tenants[tenant].admin, fid, run_id))
 
 
-async def _start(admin: AdminService, fid: str, run_id: str) -> None:
-    admin.start_run(fid, run_id)
+async def _start(admin: AdminServices, fid: str, run_id: str) -> None:
+    admin.federations.start_run(fid, run_id)
 
 
 def register_agent(api: Api, tenant: str, agent_id: str) -> None:
     from fedstream.state import AgentRecord
 
-    api.tenants[tenant].admin.scheduler.register(AgentRecord(agent_id, labels={"site": "lyon"},
+    api.tenants[tenant].admin.agents.register(AgentRecord(agent_id, labels={"site": "lyon"},
                                                              capabilities={"device": "cpu"}, tasks=["digits"]))
 
 
@@ -120,11 +120,11 @@ def setup_agent(api, t, n):
 
 
 def setup_token(api, t, n):
-    return {"token": api.tenants[t].admin.create_token("viewer", f"spare {n}")[0].token_id}
+    return {"token": api.tenants[t].admin.tokens.create("viewer", f"spare {n}")[0].token_id}
 
 
 def setup_enrollment(api, t, n):
-    return {"token": api.tenants[t].admin.create_enrollment_token(f"site-{n}", 60, "spare")[0].token_id}
+    return {"token": api.tenants[t].admin.enrollment.create_token(f"site-{n}", 60, "spare")[0].token_id}
 
 
 def setup_model(api, t, n):
@@ -261,7 +261,7 @@ def test_bad_federations_are_refused_and_nothing_is_created(api, body, where):
     r = api.call("POST", "/federations", api.tenants["t1"].tokens["admin"], json=body)
     assert is_problem(r, 400, "invalid_argument")
     assert where in r.json()["detail"]
-    assert api.tenants["t1"].admin.list_federations() == []
+    assert api.tenants["t1"].admin.state.list_federations() == []
 
 
 def test_conflicts_and_missing_things(api):
@@ -288,7 +288,7 @@ def test_conflicts_and_missing_things(api):
     assert patched.json()["schedule"] is None
     bad = api.call("PATCH", "/federations/nightly", admin, json={"spec": {"rounds": -1}})
     assert is_problem(bad, 400, "invalid_argument") and "spec.rounds" in bad.json()["detail"]
-    assert api.tenants["t1"].admin.get_federation("nightly").spec["rounds"] == 7
+    assert api.tenants["t1"].admin.state.get_federation("nightly").spec["rounds"] == 7
 
 
 def test_pagination_and_filters(api):
@@ -427,7 +427,7 @@ def test_models_listed_described_downloaded_and_pinned(api, tmp_path):
     assert store.pinned("mrun-1") == ["mrun-1/000001"]
 
     async def start() -> str:
-        return api.tenants["t1"].admin.start_run("mfed-1", "from-pin").spec["initial_version"]
+        return api.tenants["t1"].admin.federations.start_run("mfed-1", "from-pin").spec["initial_version"]
 
     assert api.loop.run(start()) == "mrun-1/000001"
     assert not api.call("POST", "/models/mrun-1/000001/unpin", admin_token).json()["pinned"]

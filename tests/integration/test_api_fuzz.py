@@ -15,7 +15,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
-from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
@@ -36,14 +36,14 @@ TOKEN = "fuzzing-bootstrap-token-0123456789"
 def base_url(redis_server, tmp_path_factory) -> Iterator[str]:
     loop = LoopThread()
     settings = SchedulerSettings(aggregator_endpoint="127.0.0.1:1")
-    holder: dict[str, AdminService] = {}
+    holder: dict[str, AdminServices] = {}
 
     async def build() -> ApiServer:
         service = SchedulerService(RedisStateStore(connect(redis_server.url), "fuzz"),
                                    AggregatorClient("127.0.0.1:1"), settings)
-        admin = AdminService(service, LocalModelStore(tmp_path_factory.mktemp("fuzz-models"), "fuzz"))
-        admin.ensure_bootstrap(TOKEN)
-        admin.create_federation("fed", {"task": "digits", "min_agents": 100, "wait_for_agents_s": 600}, "", None)
+        admin = AdminServices(service, LocalModelStore(tmp_path_factory.mktemp("fuzz-models"), "fuzz"))
+        admin.tokens.ensure_bootstrap(TOKEN)
+        admin.federations.create("fed", {"task": "digits", "min_agents": 100, "wait_for_agents_s": 600}, "", None)
         holder["admin"] = admin
         server = ApiServer(build_api({"fuzz": admin}), "127.0.0.1", 0)
         await server.start()
@@ -54,7 +54,7 @@ def base_url(redis_server, tmp_path_factory) -> Iterator[str]:
     admin = holder["admin"]
     for run in admin.state.list_runs():
         if run.state == "running":
-            loop.run(admin.cancel_run(run.run_id))
+            loop.run(admin.runs.cancel_run(run.run_id))
     loop.run(admin.scheduler.close())
     loop.run(server.stop())
     loop.close()

@@ -11,7 +11,7 @@ import pytest
 
 from fedstream.state import RunRecord
 from fedstream.state.redis import RedisStateStore, connect
-from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.cron import CronScheduler, latest_slot, slot_run_id
 from fedstream_scheduler.service import SchedulerService
@@ -43,7 +43,7 @@ def replicas(redis_url) -> Iterator[tuple[LoopThread, Clock, list[CronScheduler]
         for i in range(2):
             service = SchedulerService(RedisStateStore(connect(redis_url), "t1"), AggregatorClient("127.0.0.1:1"),
                                        settings, clock=clock)
-            crons.append(CronScheduler(AdminService(service), f"replica-{i}", grace_s=120, lease_ttl_s=15,
+            crons.append(CronScheduler(AdminServices(service), f"replica-{i}", grace_s=120, lease_ttl_s=15,
                                        clock=clock))
 
     loop.run(build())
@@ -51,7 +51,7 @@ def replicas(redis_url) -> Iterator[tuple[LoopThread, Clock, list[CronScheduler]
     for c in crons:
         for run in c.state.list_runs():
             if run.state == "running":
-                loop.run(c.admin.cancel_run(run.run_id))
+                loop.run(c.admin.runs.cancel_run(run.run_id))
         loop.run(c.admin.scheduler.close())
     loop.close()
 
@@ -64,7 +64,7 @@ def tick(loop: LoopThread, cron: CronScheduler) -> list[str]:
 
 
 def nightly(cron: CronScheduler, fid: str = "nightly", missed: str = "skip") -> None:
-    cron.admin.create_federation(fid, SPEC, "", {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": missed})
+    cron.admin.federations.create(fid, SPEC, "", {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": missed})
 
 
 def test_latest_slot_reads_the_cron_in_the_federations_time_zone():
@@ -91,11 +91,11 @@ def test_each_slot_fires_once_whichever_replica_ticks(replicas):
     assert tick(loop, a) == []
     run = a.state.get_run("nightly-20261124-0100")
     assert run.trigger == "schedule" and run.federation == "nightly"
-    loop.run(a.admin.cancel_run(run.run_id))
+    loop.run(a.admin.runs.cancel_run(run.run_id))
     clock.now = SLOT + 86400 + 10  # the next night, on replica-1
     assert tick(loop, b) == ["nightly-20261125-0100"]
     # Both racing on one slot: whatever the interleaving, one run.
-    loop.run(a.admin.cancel_run("nightly-20261125-0100"))
+    loop.run(a.admin.runs.cancel_run("nightly-20261125-0100"))
     a.state.create_run(RunRecord("nightly-20261126-0100", {}, state="succeeded", federation="other"))
     clock.now = SLOT + 2 * 86400 + 100
     assert tick(loop, a) == [] and tick(loop, b) == []  # the slot's run id exists: never a second
@@ -117,12 +117,12 @@ def test_slots_before_creation_and_while_a_run_runs_do_not_fire(replicas):
     nightly(a)  # created after tonight's slot
     assert tick(loop, a) == []
     async def by_hand() -> None:
-        a.admin.start_run("nightly", "by-hand")
+        a.admin.federations.start_run("nightly", "by-hand")
 
     loop.run(by_hand())
     clock.now = SLOT + 86400 + 5
     assert tick(loop, a) == []  # by-hand still runs: the slot is skipped, and stays skipped
-    loop.run(a.admin.cancel_run("by-hand"))
+    loop.run(a.admin.runs.cancel_run("by-hand"))
     assert tick(loop, a) == []
 
 

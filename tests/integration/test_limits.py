@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from fedstream.errors import ResourceExhausted
 from fedstream.grpcutil import channel
+from fedstream.rounds import Assignment, RoundKind, TrainingConfig
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
 from fedstream.transfer import upload_call, upload_update
@@ -210,20 +211,21 @@ def test_an_agent_that_falls_behind_its_stream_is_cut_off_and_sent_its_assignmen
         service = SchedulerService(MemoryStateStore("lim-queue"), AggregatorClient("127.0.0.1:1"), settings)
         from fedstream.state import AgentRecord
 
-        service.register(AgentRecord("slow"))
-        events = {r: scheduler_pb2.AgentEvent(assignment=scheduler_pb2.Assignment(run_id="r", round=r)) for r in (1, 2)}
+        agents = service.agents
+        agents.register(AgentRecord("slow"))
+        events = {r: Assignment("r", r, RoundKind.TRAIN, "", "", "", "", TrainingConfig(), 0.0) for r in (1, 2)}
         for r, ev in events.items():  # two rounds waiting for it: more than its queue holds
-            service._pending[("r", r)] = {"slow": ev}
+            agents.publish(("r", r), {"slow": ev})
         overflow = ""
         try:
-            async for _ in service.assignments("slow"):
+            async for _ in agents.assignments("slow"):
                 pass
         except ResourceExhausted as e:
             overflow = type(e).__name__
-        service._pending.pop(("r", 1))  # round 1 finished meanwhile: only round 2 is re-sent
+        agents.withdraw(("r", 1))  # round 1 finished meanwhile: only round 2 is re-sent
         got = []
-        stream = service.assignments("slow")
-        got.append((await stream.__anext__()).assignment.round)
+        stream = agents.assignments("slow")
+        got.append((await stream.__anext__()).round)
         await stream.aclose()
         await service.aggregator.close()
         return overflow, got

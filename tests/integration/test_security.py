@@ -310,7 +310,7 @@ def open_stream(target: str, identity: TlsIdentity):
 
 def wait_connected(plane: ControlPlane, agent_id: str) -> None:
     give_up = time.monotonic() + 10
-    while not plane.scheduler.service.is_connected(agent_id):
+    while not plane.scheduler.service.agents.is_connected(agent_id):
         assert time.monotonic() < give_up, "the stream never opened"
         time.sleep(0.02)
 
@@ -326,9 +326,9 @@ def test_disabling_or_deleting_an_agent_refuses_its_next_call_and_closes_its_str
     wait_connected(x, "site-a")
 
     if action == "disable":
-        x.scheduler.service.set_agent_disabled("site-a", True)
+        x.scheduler.service.agents.set_disabled("site-a", True)
     else:
-        x.scheduler.service.delete_agent("site-a")
+        x.scheduler.service.agents.delete("site-a")
 
     with pytest.raises(grpc.RpcError) as closed:
         next(stream)
@@ -341,7 +341,7 @@ def test_disabling_or_deleting_an_agent_refuses_its_next_call_and_closes_its_str
 def test_a_deleted_agent_comes_back_only_with_a_new_enrollment(planes):
     x, _ = planes
     old = x.enroll("site-a")
-    x.scheduler.service.delete_agent("site-a")
+    x.scheduler.service.agents.delete("site-a")
 
     refused = code_of(lambda: register(agents_stub(x.sched, old)))
     fresh = x.enroll("site-a")
@@ -369,7 +369,7 @@ def test_renewal_keeps_the_replaced_certificate_until_the_next_one(planes):
 def test_only_agents_renew_and_a_revoked_one_cannot(planes):
     x, _ = planes
     a = x.enroll("site-a")
-    x.scheduler.service.set_agent_disabled("site-a", True)
+    x.scheduler.service.agents.set_disabled("site-a", True)
 
     assert code_of(lambda: renew(channel(x.sched, a), a)) == grpc.StatusCode.PERMISSION_DENIED
     assert code_of(lambda: renew(channel(x.sched, x.operator), x.operator)) == grpc.StatusCode.PERMISSION_DENIED
@@ -414,7 +414,7 @@ def test_an_agent_revoked_while_it_uploads_does_not_count(planes):
 
     call = upload_call(channel(x.agg, a)).future(requests(), timeout=30)
     assert halfway.wait(10)
-    x.scheduler.service.delete_agent("site-a")
+    x.scheduler.service.agents.delete("site-a")
     go_on.set()
 
     with pytest.raises(grpc.RpcError) as e:

@@ -11,11 +11,13 @@ from google.protobuf import json_format
 
 from fedstream.errors import InvalidArgument
 from fedstream.rounds import (
+    Assignment,
     RoundKind,
     RoundPlan,
     RoundSnapshot,
     RoundState,
     RunState,
+    TrainingConfig,
     UpdateReport,
     canonical_params,
 )
@@ -162,4 +164,34 @@ def snapshot_from_proto(e: aggregator_pb2.RoundEvent) -> RoundSnapshot:
         version=e.version,
         reason=e.reason,
         metrics=dict(e.metrics),
+    )
+
+
+def training_to_proto(t: TrainingConfig) -> round_pb2.TrainingConfig:
+    return round_pb2.TrainingConfig(
+        local_epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        seed=t.seed,
+        no_op=t.no_op,
+        proximal_mu=t.proximal_mu,
+        shared_only=t.shared_only,
+        compression=t.compression,
+    )
+
+
+def assignment_to_proto(a: Assignment) -> scheduler_pb2.AgentEvent:
+    """An assignment as the agent event that carries it on an agent's stream."""
+    return scheduler_pb2.AgentEvent(
+        assignment=scheduler_pb2.Assignment(
+            run_id=a.run_id,
+            round=a.round,
+            kind=kind_to_proto(a.kind),
+            task=a.task,
+            base_version=a.base_version,
+            model_endpoint=a.model_endpoint,
+            upload_endpoint=a.upload_endpoint,
+            training=training_to_proto(a.training),
+            deadline_unix=a.deadline_unix,
+        )
     )

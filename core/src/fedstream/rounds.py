@@ -209,3 +209,34 @@ def combine_metrics(reports: list[UpdateReport]) -> dict[str, float]:
             sums[name] = sums.get(name, 0.0) + n * float(value)
             weights[name] = weights.get(name, 0.0) + n
     return {name: sums[name] / weights[name] for name in sorted(sums) if weights[name] > 0}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How an agent trains locally: the run's training spec with its strategy's settings."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    seed: int = 0
+    no_op: bool = False
+    compression: str = "none"
+    # FedProx: weight of the proximal term in the local loss.
+    proximal_mu: float = 0.0
+    # FedPav: only the tensors the task shares travel.
+    shared_only: bool = False
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What the scheduler asks one agent to do in one round, and where."""
+
+    run_id: str
+    round: int
+    kind: RoundKind
+    task: str
+    base_version: str
+    model_endpoint: str
+    upload_endpoint: str
+    training: TrainingConfig
+    deadline_unix: float

@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from fedstream.errors import AlreadyExists, FedstreamError
+from fedstream.rounds import RunState
 from fedstream.state import FederationRecord
 from fedstream_scheduler import metrics as m
-from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.admin import AdminServices
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def slot_run_id(federation_id: str, slot_unix: float) -> str:
 class CronScheduler:
     def __init__(
         self,
-        admin: AdminService,
+        admin: AdminServices,
         holder: str,
         *,
         tick_s: float = 5.0,
@@ -96,7 +97,7 @@ class CronScheduler:
         m.SCHEDULED_FEDERATIONS.labels(tenant).set(sum(1 for f in federations if f.schedule))
         counts = {"alive": 0, "stale": 0, "disabled": 0}
         for agent in self.state.list_agents():
-            counts[self.admin.agent_status(agent)] += 1
+            counts[self.admin.agents.status(agent)] += 1
         for status, n in counts.items():
             m.AGENTS_REGISTERED.labels(tenant, status).set(n)
 
@@ -114,7 +115,7 @@ class CronScheduler:
                 log.warning("federation %s: slot %s missed (%.0f s late): skipped", fed.federation_id,
                             datetime.fromtimestamp(slot, UTC).isoformat(), now - slot)
             return ""
-        running = [r.run_id for r in self.state.list_runs() if r.federation == fed.federation_id and r.state == "running"]
+        running = [r.run_id for r in self.state.list_runs() if r.federation == fed.federation_id and r.state == RunState.RUNNING]
         if running:
             if self.state.mark_once("cron-slot", marker):
                 m.SCHEDULED_SLOTS.labels(self.admin.tenant, fed.federation_id, "skipped_running").inc()
@@ -123,7 +124,7 @@ class CronScheduler:
             return ""
         run_id = slot_run_id(fed.federation_id, slot)
         try:
-            self.admin.start_run(fed.federation_id, run_id, trigger="schedule")
+            self.admin.federations.start_run(fed.federation_id, run_id, trigger="schedule")
         except AlreadyExists:
             self.state.mark_once("cron-slot", marker)
             return ""

@@ -18,7 +18,7 @@ from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
 from fedstream.readiness import wait_until_reachable
 from fedstream.version import add_version_argument
-from fedstream_scheduler.admin import AdminService
+from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
@@ -55,7 +55,7 @@ async def serve(settings: SchedulerSettings) -> int:
         write_port_file(settings.enrollment.port_file, server.enroll_port)
         log.info("agents enroll on %s:%d", settings.grpc.host, server.enroll_port)
     store = make_model_store(settings.store, tenant)
-    admin = AdminService(service, store, enrollment=enrollment)
+    admin = AdminServices(service, store, enrollment=enrollment)
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
     api = None
@@ -86,7 +86,7 @@ async def serve(settings: SchedulerSettings) -> int:
     checks = {state.endpoint(): state.ping, store.endpoint(): store.ping}
     if await asyncio.to_thread(wait_until_reachable, checks, stopping):
         if settings.api.bootstrap_token is not None:
-            admin.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
+            admin.tokens.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
         service.start_adopting()
         cron.start()
         await server.set_serving(True)

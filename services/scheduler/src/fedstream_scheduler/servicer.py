@@ -1,4 +1,5 @@
-"""gRPC servicers of the scheduler: translate messages and delegate to SchedulerService."""
+"""gRPC servicers of the scheduler: convert messages through fedstream.convert and delegate to
+the agent registry, the run service and enrollment."""
 
 from __future__ import annotations
 
@@ -9,39 +10,32 @@ import grpc
 from google.protobuf import json_format
 
 from fedstream.auth import Guard
+from fedstream.convert import (
+    assignment_to_proto,
+    kind_to_proto,
+    report_to_proto,
+    run_state_to_proto,
+    state_to_proto,
+)
 from fedstream.errors import FailedPrecondition, ResourceExhausted
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter
 from fedstream.metrics import LIMIT_HITS
+from fedstream.rounds import UpdateReport
 from fedstream.state import AgentRecord, RoundRecord, RunRecord
-from fedstream.v1 import round_pb2
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.enrollment import Enrollment, Issued
-from fedstream_scheduler.service import KIND_PROTO, SchedulerService
-
-_ROUND_STATES = {
-    "open": round_pb2.ROUND_STATE_OPEN,
-    "training": round_pb2.ROUND_STATE_TRAINING,
-    "aggregating": round_pb2.ROUND_STATE_AGGREGATING,
-    "committed": round_pb2.ROUND_STATE_COMMITTED,
-    "failed": round_pb2.ROUND_STATE_FAILED,
-}
-_RUN_STATES = {
-    "running": pb.RUN_STATE_RUNNING,
-    "succeeded": pb.RUN_STATE_SUCCEEDED,
-    "failed": pb.RUN_STATE_FAILED,
-    "cancelled": pb.RUN_STATE_CANCELLED,
-}
+from fedstream_scheduler.service import SchedulerService
 
 
 def round_to_proto(r: RoundRecord) -> pb.RoundInfo:
     return pb.RoundInfo(
         round=r.round,
-        kind=KIND_PROTO[r.kind],
-        state=_ROUND_STATES[r.state],
+        kind=kind_to_proto(r.kind),
+        state=state_to_proto(r.state),
         participants=r.participants,
-        reports=[round_pb2.UpdateReport(**rep) for rep in r.reports],
+        reports=[report_to_proto(UpdateReport.from_dict(rep)) for rep in r.reports],
         stragglers=r.stragglers,
         base_version=r.base_version,
         version=r.version,
@@ -56,7 +50,7 @@ def run_to_proto(run: RunRecord, rounds: list[RoundRecord]) -> pb.Run:
     return pb.Run(
         run_id=run.run_id,
         spec=json_format.ParseDict(run.spec, pb.RunSpec()),
-        state=_RUN_STATES[run.state],
+        state=run_state_to_proto(run.state),
         rounds=[round_to_proto(r) for r in rounds],
         reason=run.reason,
         latest_version=run.latest_version,
@@ -100,14 +94,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             capabilities=json_format.MessageToDict(a.capabilities, preserving_proto_field_name=True),
             tasks=list(a.tasks),
         )
-        interval = self.service.register(record)
+        interval = self.service.agents.register(record)
         return pb.RegisterResponse(heartbeat_interval_s=interval)
 
     @translate_errors
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         agent_id = self.guard.agent(context, request.agent_id)
         self._within(self.heartbeats, agent_id, "heartbeats_per_interval", "heartbeats")
-        self.service.heartbeat(agent_id)
+        self.service.agents.heartbeat(agent_id)
         return pb.HeartbeatResponse()
 
     @translate_errors
@@ -116,8 +110,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     ) -> AsyncIterator[pb.AgentEvent]:
         agent_id = self.guard.agent(context, request.agent_id)
         still_allowed = (lambda: self.guard.agent(context, agent_id)) if self.guard.tls else None
-        async for event in self.service.assignments(agent_id, still_allowed):
-            yield event
+        async for assignment in self.service.agents.assignments(agent_id, still_allowed):
+            yield assignment_to_proto(assignment)
 
     @translate_errors
     async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.AgentCertificate:
@@ -149,22 +143,22 @@ class RunServicer(pb_grpc.RunServiceServicer):
     async def StartRun(self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         self.guard.require_role(context, "operator", "service")
         fields = json_format.MessageToDict(request.spec, preserving_proto_field_name=True)
-        run = self.service.start_run(fields, request.run_id)
+        run = self.service.runs.start_run(fields, request.run_id)
         return run_to_proto(run, [])
 
     @translate_errors
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         self.guard.require_role(context, "operator", "service")
-        return run_to_proto(*self.service.get_run(request.run_id))
+        return run_to_proto(*self.service.runs.get_run(request.run_id))
 
     @translate_errors
     async def WatchRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Run]:
         self.guard.require_role(context, "operator", "service")
-        async for run, rounds in self.service.watch_run(request.run_id):
+        async for run, rounds in self.service.runs.watch_run(request.run_id):
             yield run_to_proto(run, rounds)
 
     @translate_errors
     async def CancelRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         self.guard.require_role(context, "operator", "service")
-        run = await self.service.cancel_run(request.run_id)
+        run = await self.service.runs.cancel_run(request.run_id)
         return run_to_proto(run, self.service.state.list_rounds(run.run_id))

@@ -1,0 +1,81 @@
+"""What every router of the admin API shares: bearer authentication by role, the tenant it
+resolves to, pagination, problem+json bodies and the annotated parameters."""
+
+# No ``from __future__ import annotations``: FastAPI reads the annotations at run time.
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from fedstream.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from fedstream_scheduler.admin import AdminServices
+from fedstream_scheduler.api import schemas as s
+
+T = TypeVar("T")
+PROBLEM_TYPE = "https://fedstream.dev/problems/"
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.Problem, "content": {"application/problem+json": {}}, "description": HTTPStatus(code).phrase}
+    for code in (400, 401, 403, 404, 409)
+}
+
+bearer = HTTPBearer(auto_error=False, description="A token of the tenant (fst_...).")
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = s.Problem(type=PROBLEM_TYPE + code, title=HTTPStatus(status).phrase, status=status, detail=detail, code=code)
+    return JSONResponse(body.model_dump(), status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def paginate(items: Sequence[T], limit: int, page_token: str) -> tuple[list[T], str | None]:
+    """One page of ``items`` and the token of the next (None on the last page)."""
+    try:
+        start = int(page_token or "0")
+        if start < 0:
+            raise ValueError
+    except ValueError:
+        raise InvalidArgument(f"page_token: {page_token!r} is not a token this API handed out") from None
+    end = start + limit
+    return list(items[start:end]), (str(end) if end < len(items) else None)
+
+
+def tenants_of(request: Request) -> dict[str, AdminServices]:
+    """The served tenants' services, by tenant (set by build_api)."""
+    tenants: dict[str, AdminServices] = request.app.state.tenants
+    return tenants
+
+
+def role(needed: str) -> Callable[..., Awaitable[AdminServices]]:
+    """A dependency: the services of the bearer token's tenant, when its role is ``needed`` or
+    above. Raises Unauthenticated or PermissionDenied."""
+
+    async def check(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> AdminServices:
+        if creds is None:
+            raise Unauthenticated("a bearer token is required")
+        for admin in tenants_of(request).values():
+            who = admin.tokens.authenticate(creds.credentials)
+            if who is not None:
+                break
+        else:
+            raise Unauthenticated("unknown or revoked token")
+        if not who.allows(needed):
+            raise PermissionDenied(f"this needs the {needed} role; the token is {who.role}")
+        return admin
+
+    return check
+
+
+Viewer = Annotated[AdminServices, Depends(role("viewer"))]
+Operator = Annotated[AdminServices, Depends(role("operator"))]
+Admin = Annotated[AdminServices, Depends(role("admin"))]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+PageToken = Annotated[str, Query(max_length=12, pattern="^[0-9]*$", description="next_page_token of the previous page.")]
+FederationId = Annotated[str, Path(pattern=s.FEDERATION_ID, description="A federation's id.")]
+RunId = Annotated[str, Path(pattern=s.RUN_ID, description="A run's id.")]
+Number = Annotated[str, Path(pattern="^[0-9]{6}$", description="The round that committed the version, 6 digits.")]
+AgentId = Annotated[str, Path(min_length=1, max_length=128, description="An agent's id.")]
+TokenId = Annotated[str, Path(min_length=1, max_length=64, description="A token's id.")]

@@ -1,0 +1,36 @@
+"""Enrollment tokens: /api/v1/enrollment-tokens, one-time tokens with which agents enroll."""
+
+from fastapi import APIRouter, Response
+
+from fedstream.state import EnrollmentTokenRecord
+from fedstream_scheduler.api import schemas as s
+from fedstream_scheduler.api.deps import Limit, Operator, PageToken, TokenId, paginate
+
+router = APIRouter(prefix="/api/v1/enrollment-tokens", tags=["enrollment"])
+
+
+def enrollment_body(t: EnrollmentTokenRecord) -> s.EnrollmentToken:
+    return s.EnrollmentToken(token_id=t.token_id, agent_id=t.agent_id, name=t.name,
+                             created_unix=t.created_unix, expires_unix=t.expires_unix)
+
+
+@router.post("", status_code=201)
+async def create_enrollment_token(body: s.EnrollmentTokenCreate, admin: Operator) -> s.EnrollmentTokenCreated:
+    """A one-time token with which an agent enrolls (gets its first certificate)."""
+    rec, secret = admin.enrollment.create_token(body.agent_id, body.ttl_s, body.name)
+    return s.EnrollmentTokenCreated(**enrollment_body(rec).model_dump(), token=secret)
+
+
+@router.get("")
+async def list_enrollment_tokens(
+    admin: Operator, limit: Limit = 50, page_token: PageToken = ""
+) -> s.Page[s.EnrollmentToken]:
+    """Tokens not used yet and not expired."""
+    items, nxt = paginate(admin.enrollment.list_tokens(), limit, page_token)
+    return s.Page[s.EnrollmentToken](items=[enrollment_body(t) for t in items], next_page_token=nxt)
+
+
+@router.delete("/{token_id}", status_code=204)
+async def delete_enrollment_token(token_id: TokenId, admin: Operator) -> Response:
+    admin.enrollment.delete_token(token_id)
+    return Response(status_code=204)

@@ -1,0 +1,56 @@
+"""Federations: /api/v1/federations."""
+
+from fastapi import APIRouter, Response
+
+from fedstream.state import FederationRecord
+from fedstream_scheduler.api import schemas as s
+from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, paginate
+
+router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
+
+
+def federation_body(rec: FederationRecord, latest: str) -> s.Federation:
+    return s.Federation(
+        federation_id=rec.federation_id, description=rec.description, spec=rec.spec,  # type: ignore[arg-type]
+        schedule=s.Schedule(**rec.schedule) if rec.schedule else None,
+        created_unix=rec.created_unix, updated_unix=rec.updated_unix, latest_version=latest,
+    )
+
+
+@router.post("", status_code=201)
+async def create_federation(body: s.FederationCreate, admin: Admin) -> s.Federation:
+    rec = admin.federations.create(
+        body.federation_id, body.spec.model_dump(), body.description,
+        body.schedule.model_dump() if body.schedule else None,
+    )
+    return federation_body(rec, "")
+
+
+@router.get("")
+async def list_federations(admin: Viewer, limit: Limit = 50, page_token: PageToken = "") -> s.Page[s.Federation]:
+    items, nxt = paginate(admin.state.list_federations(), limit, page_token)
+    return s.Page[s.Federation](
+        items=[federation_body(f, admin.federations.latest_version(f.federation_id)) for f in items],
+        next_page_token=nxt,
+    )
+
+
+@router.get("/{federation_id}")
+async def get_federation(federation_id: FederationId, admin: Viewer) -> s.Federation:
+    rec = admin.state.get_federation(federation_id)
+    return federation_body(rec, admin.federations.latest_version(federation_id))
+
+
+@router.patch("/{federation_id}")
+async def update_federation(federation_id: FederationId, body: s.FederationUpdate, admin: Admin) -> s.Federation:
+    rec = admin.federations.update(
+        federation_id, spec=body.spec, description=body.description,
+        schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
+    )
+    return federation_body(rec, admin.federations.latest_version(federation_id))
+
+
+@router.delete("/{federation_id}", status_code=204)
+async def delete_federation(federation_id: FederationId, admin: Admin) -> Response:
+    admin.federations.delete(federation_id)
+    return Response(status_code=204)

@@ -1,0 +1,147 @@
+"""Federations of one tenant: named run specs with an optional cron schedule, and starting
+their runs warm from their newest pinned or latest model."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import ValidationError
+
+from fedstream.errors import FailedPrecondition, InvalidArgument
+from fedstream.rounds import RunState
+from fedstream.state import FederationRecord, RunRecord, StateStore
+from fedstream.store import ModelStore
+from fedstream.strategies import make_strategy
+from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.runs import RunService
+
+MISSED_POLICIES = ("skip", "run_once")
+
+
+def check_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
+    """A schedule with its defaults filled in; raises InvalidArgument naming the bad field."""
+    cron = schedule.get("cron", "")
+    if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise InvalidArgument(f"schedule.cron: {cron!r} is not a five-field cron expression")
+    tz = schedule.get("timezone", "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidArgument(f"schedule.timezone: unknown time zone {tz!r}") from None
+    missed = schedule.get("missed", "skip")
+    if missed not in MISSED_POLICIES:
+        raise InvalidArgument(f"schedule.missed: must be one of {', '.join(MISSED_POLICIES)}, not {missed!r}")
+    return {"cron": cron, "timezone": tz, "missed": missed}
+
+
+def check_spec(fields: dict[str, Any]) -> RunSpec:
+    """A validated run spec; raises InvalidArgument naming the bad field under ``spec.``."""
+    try:
+        return RunSpec.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise InvalidArgument(f"spec.{where}: {first['msg']}") from None
+
+
+def check_federation_id(federation_id: str) -> str:
+    """Raises InvalidArgument unless the id is a DNS label (1-63 lowercase letters, digits, '-')."""
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", federation_id):
+        raise InvalidArgument(
+            f"invalid federation id {federation_id!r}: 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return federation_id
+
+
+def normalised(spec: RunSpec) -> dict[str, Any]:
+    """The spec as stored: its strategy's parameters with their defaults filled in."""
+    strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+    spec.strategy.params = strategy.params.model_dump()
+    return spec.model_dump()
+
+
+class FederationService:
+    """Creates, changes and deletes federations, and starts their runs."""
+
+    def __init__(
+        self, state: StateStore, runs: RunService, store: ModelStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.runs = runs
+        self.store = store
+        self.clock = clock
+
+    def create(self, federation_id: str, spec: dict[str, Any], description: str,
+               schedule: dict[str, Any] | None) -> FederationRecord:
+        """Raises InvalidArgument for a bad id, spec or schedule, AlreadyExists for a taken id."""
+        check_federation_id(federation_id)
+        run_spec = check_spec(spec)
+        now = self.clock()
+        rec = FederationRecord(
+            federation_id, normalised(run_spec), description,
+            check_schedule(schedule) if schedule else {}, now, now,
+        )
+        self.state.create_federation(rec)
+        return rec
+
+    def update(self, federation_id: str, *, spec: dict[str, Any] | None = None,
+               description: str | None = None, schedule: dict[str, Any] | None = None,
+               clear_schedule: bool = False) -> FederationRecord:
+        """Merges ``spec`` and ``schedule`` into the federation's; raises FederationNotFound or
+        InvalidArgument."""
+        current = self.state.get_federation(federation_id)
+        changes: dict[str, Any] = {"updated_unix": self.clock()}
+        if spec is not None:
+            changes["spec"] = normalised(check_spec({**current.spec, **spec}))
+        if description is not None:
+            changes["description"] = description
+        if clear_schedule:
+            changes["schedule"] = {}
+        elif schedule is not None:
+            changes["schedule"] = check_schedule({**current.schedule, **schedule})
+        return self.state.update_federation(federation_id, **changes)
+
+    def delete(self, federation_id: str) -> None:
+        """Raises FailedPrecondition while one of its runs runs."""
+        running = [r.run_id for r in self.runs_of(federation_id) if r.state == RunState.RUNNING]
+        if running:
+            raise FailedPrecondition(
+                f"federation {federation_id!r} has a running run ({running[0]}); cancel it first"
+            )
+        self.state.delete_federation(federation_id)
+
+    def runs_of(self, federation_id: str) -> list[RunRecord]:
+        return [r for r in self.state.list_runs() if r.federation == federation_id]
+
+    def latest_version(self, federation_id: str) -> str:
+        """The newest model any run of the federation committed; empty when none has."""
+        runs = [r for r in self.runs_of(federation_id) if r.latest_version]
+        return max(runs, key=lambda r: (r.created_unix, r.run_id)).latest_version if runs else ""
+
+    def pinned_version(self, federation_id: str) -> str:
+        """The newest pinned model of the federation's runs; empty when none is pinned."""
+        if self.store is None:
+            return ""
+        pinned = []
+        for run in self.runs_of(federation_id):
+            pinned += [(run.created_unix, v) for v in self.store.pinned(run.run_id)]
+        return max(pinned)[1] if pinned else ""
+
+    def start_run(self, federation_id: str, run_id: str = "", initial_version: str = "",
+                  trigger: str = "api") -> RunRecord:
+        """Starts a run of the federation, warm-started from ``initial_version``, else the
+        federation's newest pinned model, else its latest (an init round when it has none)."""
+        fed = self.state.get_federation(federation_id)
+        spec = dict(fed.spec)
+        spec["initial_version"] = (
+            initial_version or self.pinned_version(federation_id) or self.latest_version(federation_id)
+            or spec.get("initial_version", "")
+        )
+        return self.runs.start_run(spec, run_id, federation=federation_id, trigger=trigger)

@@ -1,0 +1,329 @@
+"""Drives one round of a run: waits for agents, selects participants, opens the round on the
+aggregator (through RoundControl), assigns it to the participants and follows it to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedstream.errors import FedstreamError, InvalidTransition, RoundNotFound
+from fedstream.rounds import (
+    TERMINAL_ROUND_STATES,
+    Assignment,
+    RoundKind,
+    RoundPlan,
+    RoundSnapshot,
+    RoundState,
+    TrainingConfig,
+    UpdateReport,
+    canonical_params,
+)
+from fedstream.state import RoundRecord, StateStore
+from fedstream.strategies import LinearStrategy, make_strategy
+from fedstream_scheduler import metrics as m
+from fedstream_scheduler.agents import AgentRegistry
+from fedstream_scheduler.changes import Changes
+from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.round_control import RoundControl
+from fedstream_scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+# How long past a round's deadline the driver keeps trying to reach the aggregator.
+UNREACHABLE_GRACE_S = 30.0
+
+
+class RunFailed(Exception):
+    """The run cannot go on; its message is the run's failure reason."""
+
+
+class _StreamBroken(Exception):
+    def __init__(self, error: FedstreamError) -> None:
+        super().__init__(error.public)
+        self.error = error
+
+
+def selection_size(spec: RunSpec, live: int) -> int:
+    """Participants of a training round among ``live`` agents: the fraction rounded up, at
+    least min_agents, at most max_agents (when set) and the live agents."""
+    want = max(spec.min_agents, math.ceil(spec.fraction * live - 1e-9))
+    return min(live, spec.max_agents or live, want)
+
+
+def select(spec: RunSpec, live: list[str], round_no: int, kind: RoundKind) -> list[str]:
+    """The round's participants: one for an init round, else ``selection_size``, drawn with
+    a seed of the run's seed and the round so that a resumed run draws the same."""
+    want = 1 if kind == RoundKind.INIT else selection_size(spec, len(live))
+    rng = random.Random(f"{spec.training.seed}:{round_no}")
+    return sorted(rng.sample(sorted(live), want))
+
+
+def report_dicts(reports: list[UpdateReport]) -> list[dict[str, Any]]:
+    """Reports as a round record stores them (without the aggregator's weight)."""
+    return [
+        {"agent_id": r.agent_id, "num_examples": r.num_examples, "metrics": dict(r.metrics),
+         "bytes_received": r.bytes_received}
+        for r in reports
+    ]
+
+
+class RoundDriver:
+    """Runs rounds to their end and records them; never raises for a round that fails."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        aggregator: RoundControl,
+        agents: AgentRegistry,
+        changes: Changes,
+        settings: SchedulerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.aggregator = aggregator
+        self.agents = agents
+        self.changes = changes
+        self.settings = settings
+        self.clock = clock
+        self.public_endpoint = settings.aggregator_public_endpoint or settings.aggregator_endpoint
+        # When each round this replica follows entered aggregation (for the phase histogram).
+        self._aggregating_since: dict[tuple[str, int], float] = {}
+
+    async def run_round(self, run_id: str, spec: RunSpec, round_no: int, kind: RoundKind, base: str) -> str:
+        """Runs one new round to its end; returns the committed version, or "" when it failed.
+        Raises RunFailed when too few agents come in time."""
+        waited = self.clock()
+        live = await self._wait_for_agents(spec)
+        fed = self.state.get_run(run_id).federation or "none"
+        m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, "waiting_for_agents").observe(self.clock() - waited)
+        participants = select(spec, live, round_no, kind)
+        now = self.clock()
+        rec = RoundRecord(
+            run_id, round_no, kind, RoundState.OPEN, participants, base, started_unix=now,
+            deadline_unix=now + spec.round_timeout_s,
+            min_updates=max(1, min(len(participants), spec.min_updates or spec.min_agents)),
+        )
+        self.state.create_round(rec)
+        m.ROUNDS_STARTED.labels(self.state.tenant, fed, kind).inc()
+        m.AGENTS_SELECTED.labels(self.state.tenant, fed).inc(len(participants))
+        await self.changes.notify()
+        return await self.resume(run_id, spec, rec)
+
+    async def _wait_for_agents(self, spec: RunSpec) -> list[str]:
+        give_up = self.clock() + spec.wait_for_agents_s
+        while True:
+            live = self.agents.live_agents(spec.task)
+            if len(live) >= spec.min_agents:
+                return live
+            if self.clock() >= give_up:
+                raise RunFailed(
+                    f"only {len(live)} live agents for task {spec.task!r} after "
+                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed"
+                )
+            await asyncio.sleep(0.2)
+
+    def plan(self, spec: RunSpec, rec: RoundRecord) -> RoundPlan:
+        """The plan the aggregator opens for a recorded round."""
+        strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+        distill = False
+        if rec.kind == RoundKind.TRAIN:
+            # This round's place among the run's training rounds: after those committed before it.
+            ordinal = 1 + sum(
+                1 for r in self.state.list_rounds(rec.run_id)
+                if r.kind == RoundKind.TRAIN and r.state == RoundState.COMMITTED and r.round < rec.round
+            )
+            distill = isinstance(strategy, LinearStrategy) and strategy.distills(ordinal)
+        return RoundPlan(
+            run_id=rec.run_id,
+            round=rec.round,
+            kind=RoundKind(rec.kind),
+            base_version=rec.base_version,
+            participants=tuple(rec.participants),
+            min_updates=rec.min_updates,
+            deadline_unix=rec.deadline_unix,
+            strategy=strategy.name,
+            strategy_params=canonical_params(spec.strategy.params),
+            compression=spec.training.compression if rec.kind == RoundKind.TRAIN else "none",
+            task=spec.task,
+            distill=distill,
+        )
+
+    def assignments(self, spec: RunSpec, rec: RoundRecord, endpoints: dict[str, str]) -> dict[str, Assignment]:
+        """Each participant's assignment. A root aggregator may send participants to its
+        leaves (``endpoints``): each downloads and uploads there."""
+        strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+        training = TrainingConfig(**spec.training.model_dump(), **strategy.configure())
+        out = {}
+        for agent_id in rec.participants:
+            endpoint = endpoints.get(agent_id, self.public_endpoint)
+            out[agent_id] = Assignment(
+                run_id=rec.run_id, round=rec.round, kind=RoundKind(rec.kind), task=spec.task,
+                base_version=rec.base_version, model_endpoint=endpoint, upload_endpoint=endpoint,
+                training=training, deadline_unix=rec.deadline_unix,
+            )
+        return out
+
+    async def resume(self, run_id: str, spec: RunSpec, rec: RoundRecord) -> str:
+        """Takes a recorded round from its state to its end: opens it on the aggregator (again:
+        opening the same plan twice is harmless), (re)sends the assignments, then follows it."""
+        loop = asyncio.get_running_loop()
+        try:
+            endpoints = await self.aggregator.open_round(
+                self.plan(spec, rec), loop.time() + max(5.0, rec.deadline_unix - self.clock())
+            )
+        except FedstreamError as e:
+            return await self.round_failed(run_id, rec.round, f"aggregator refused the round: {e.public}")
+        if rec.state == RoundState.OPEN:
+            self.state.transition_round(run_id, rec.round, RoundState.TRAINING)
+            await self.changes.notify()
+        # Sent to every participant connected now, and to any that connects while the round
+        # runs (one that lost its stream, or all of them after a scheduler restart).
+        key = (run_id, rec.round)
+        self.agents.publish(key, self.assignments(spec, rec, endpoints))
+        log.info("round %d (%s) assigned to %s", rec.round, rec.kind, ", ".join(rec.participants))
+        try:
+            return await self._follow(run_id, rec.round, rec.deadline_unix)
+        finally:
+            self.agents.withdraw(key)
+
+    async def _follow(self, run_id: str, round_no: int, deadline: float) -> str:
+        """Records the aggregator's view of the round until it ends; returns its version, or ""
+        when it failed. Reconnects while the aggregator is unreachable, up to a grace period
+        past the deadline."""
+        delay = 0.2
+        while True:
+            try:
+                ended = await self._watch(run_id, round_no)
+            except _StreamBroken as broken:
+                e = broken.error
+                if isinstance(e, RoundNotFound):
+                    return await self.round_failed(run_id, round_no, "the aggregator lost the round")
+                if self.clock() > deadline + UNREACHABLE_GRACE_S:
+                    return await self.round_failed(
+                        run_id, round_no, f"aggregator unreachable past the deadline ({e.detail})"
+                    )
+                log.warning("lost the aggregator's round stream (%s); reconnecting", e.detail)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if ended is not None:
+                return ended
+
+    async def _watch(self, run_id: str, round_no: int) -> str | None:
+        """Follows one stream of the round: its version ("" when failed) once it ended, None
+        when the stream ended first. Raises _StreamBroken when the stream breaks."""
+        stream = self.aggregator.watch_round(run_id, round_no)
+        try:
+            while True:
+                try:
+                    snapshot = await anext(stream)
+                except StopAsyncIteration:
+                    return None
+                except FedstreamError as e:
+                    raise _StreamBroken(e) from e
+                ended = await self._record(run_id, round_no, snapshot)
+                if ended is not None:
+                    return ended
+        finally:
+            await stream.aclose()
+
+    async def _record(self, run_id: str, round_no: int, snap: RoundSnapshot) -> str | None:
+        """Records one snapshot; returns the round's version ("" when failed) once it ended."""
+        reports = report_dicts(snap.reports)
+        current = self.state.get_round(run_id, round_no)
+        if current.state in TERMINAL_ROUND_STATES:  # finished by another replica
+            return current.version if current.state == RoundState.COMMITTED else ""
+        if snap.state == RoundState.TRAINING and reports != current.reports:
+            self.state.update_round(run_id, round_no, reports=reports)
+        elif snap.state == RoundState.AGGREGATING and current.state == RoundState.TRAINING:
+            self.state.transition_round(run_id, round_no, RoundState.AGGREGATING, reports=reports)
+            self._phase(run_id, current, "training")
+        elif snap.state == RoundState.COMMITTED:
+            await self._committed(current, snap, reports)
+            return snap.version
+        elif snap.state == RoundState.FAILED:
+            self.state.transition_round(
+                run_id, round_no, RoundState.FAILED, reports=reports, reason=snap.reason,
+                stragglers=list(snap.stragglers), finished_unix=self.clock(),
+            )
+            self._round_ended(run_id, round_no)
+            await self.changes.notify()
+            log.warning("round %d failed: %s", round_no, snap.reason)
+            return ""
+        await self.changes.notify()
+        return None
+
+    async def _committed(self, current: RoundRecord, snap: RoundSnapshot, reports: list[dict[str, Any]]) -> None:
+        run_id, round_no = current.run_id, current.round
+        if current.state == RoundState.TRAINING:
+            self.state.transition_round(run_id, round_no, RoundState.AGGREGATING, reports=reports)
+        self.state.transition_round(
+            run_id, round_no, RoundState.COMMITTED, reports=reports, version=snap.version,
+            stragglers=list(snap.stragglers), finished_unix=self.clock(), metrics=dict(snap.metrics),
+        )
+        self._round_ended(run_id, round_no)
+        self._phase(run_id, current, "aggregating")
+        if current.kind == RoundKind.EVALUATE:
+            log.info("round %d evaluated %s: %s", round_no, snap.version,
+                     ", ".join(f"{k} {v:.4f}" for k, v in sorted(snap.metrics.items())))
+        else:
+            self.state.update_run(run_id, latest_version=snap.version)
+            log.info("round %d committed as %s", round_no, snap.version)
+        await self.changes.notify()
+
+    async def round_failed(self, run_id: str, round_no: int, reason: str) -> str:
+        """Fails a round (if it has not ended meanwhile); returns "" for the caller to return."""
+        self.fail(run_id, round_no, reason)
+        await self.changes.notify()
+        log.warning("round %d failed: %s", round_no, reason)
+        return ""
+
+    def fail(self, run_id: str, round_no: int, reason: str) -> None:
+        """Moves a round to failed and counts it; only logs when it has ended already."""
+        try:
+            self.state.transition_round(run_id, round_no, RoundState.FAILED, reason=reason,
+                                        finished_unix=self.clock())
+        except InvalidTransition as e:
+            log.warning("%s", e.public)
+        self._round_ended(run_id, round_no)
+
+    def _phase(self, run_id: str, rnd: RoundRecord, phase: str) -> None:
+        """Observes how long the round spent in ``phase``: training (open to aggregating), or
+        aggregating (to the commit, measured from this replica's view of the phase start)."""
+        try:
+            fed = self.state.get_run(run_id).federation or "none"
+        except FedstreamError:
+            return
+        if phase == "training":
+            seconds = self.clock() - rnd.started_unix
+            self._aggregating_since[(run_id, rnd.round)] = self.clock()
+        else:
+            since = self._aggregating_since.pop((run_id, rnd.round), None)
+            if since is None:
+                return
+            seconds = self.clock() - since
+        m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, phase).observe(seconds)
+
+    def _round_ended(self, run_id: str, round_no: int) -> None:
+        """Counts a round that has just committed or failed (never raises)."""
+        try:
+            run, rnd = self.state.get_run(run_id), self.state.get_round(run_id, round_no)
+        except FedstreamError:
+            return
+        tenant, fed = self.state.tenant, run.federation or "none"
+        if rnd.state == RoundState.COMMITTED:
+            m.ROUNDS_COMMITTED.labels(tenant, fed, rnd.kind).inc()
+            if rnd.kind == RoundKind.TRAIN:
+                m.LAST_COMMIT.labels(tenant, fed).set(rnd.finished_unix)
+            m.STRAGGLERS.labels(tenant, fed).inc(len(rnd.stragglers))
+        elif rnd.state == RoundState.FAILED:
+            m.ROUNDS_FAILED.labels(tenant, fed, rnd.kind, m.failure_reason(rnd.reason)).inc()
+        else:
+            return
+        if rnd.finished_unix and rnd.started_unix:
+            m.ROUND_DURATION.labels(tenant, fed, rnd.kind).observe(rnd.finished_unix - rnd.started_unix)
