@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 from fedstream.errors import AlreadyExists, CorruptModel, FailedPrecondition, InvalidArgument, ModelNotFound
 from fedstream.store import LocalModelStore, ModelStore
 from fedstream.tensors import Layout
-from helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
 
 
 def make_store(kind: str, request, tmp_path, tenant: str = "t1") -> ModelStore:
@@ -208,11 +208,10 @@ def test_evaluations_are_recorded_with_the_version(store):
 
 
 def test_s3_outage_is_retried_then_unavailable(tmp_path):
-    from servers import free_port
-
     from fedstream.config import S3Settings
     from fedstream.errors import Unavailable
     from fedstream.store.s3 import S3ModelStore, make_client
+    from fedstream_testing.servers import free_port
 
     settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", retry_s=0.5)
     store = S3ModelStore(make_client(settings), settings, tmp_path, "t1")

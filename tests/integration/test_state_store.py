@@ -222,10 +222,9 @@ def test_redis_keys_are_scoped_by_tenant(redis_url):
 
 
 def test_redis_unreachable_is_unavailable():
-    from servers import free_port
-
     from fedstream.errors import Unavailable
     from fedstream.state.redis import RedisStateStore, connect
+    from fedstream_testing.servers import free_port
 
     store = RedisStateStore(connect(f"redis://127.0.0.1:{free_port()}/0", retry_s=0.5), "t1")
     with pytest.raises(Unavailable, match="state store unreachable"):
