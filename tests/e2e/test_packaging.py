@@ -113,3 +113,9 @@ def test_committed_openapi_document_is_current():
 
     committed = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
     assert committed.read_text() == document(), "docs/openapi.json is stale: run make openapi"
+
+
+def test_make_test_fast_runs_the_unit_tier():
+    done = subprocess.run(["make", "-n", "test-fast"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "-m pytest -q tests/unit" in done.stdout
