@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 PIP := $(BIN)/python -m pip
-PYPROJECTS := core/pyproject.toml services/scheduler/pyproject.toml \
-	services/aggregator/pyproject.toml services/client-agent/pyproject.toml
+PYPROJECTS := core/pyproject.toml tasks/pyproject.toml cli/pyproject.toml testing/pyproject.toml \
+	services/scheduler/pyproject.toml services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test bench fuzz proto openapi images check-proto lint clean system-deps
+.PHONY: all demo test test-fast bench fuzz proto openapi images check-proto lint clean system-deps
 
 all: test
 
@@ -21,9 +21,9 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 		{ echo "fedstream needs Python 3.11 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch==2.13.0 is pinned in core's [torch] extra: a CPU wheel, never an unpinned CUDA build.
-	$(PIP) install -q -r requirements-dev.txt \
-		-e 'core[torch,plot]' -e services/scheduler -e services/aggregator -e services/client-agent
+	# torch==2.13.0 is pinned by the tasks' distribution: a CPU wheel, never an unpinned CUDA build.
+	$(PIP) install -q -r requirements-dev.txt -e core -e tasks -e 'cli[demo,data,plot]' -e testing \
+		-e services/scheduler -e 'services/aggregator[distill]' -e services/client-agent
 	touch $@
 
 $(TOOLS_STAMP): requirements-tools.txt
@@ -45,6 +45,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(TOOLS_STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# The unit tier: no process, no server, no socket; under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py

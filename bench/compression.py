@@ -12,13 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedstream.cli.local import LocalFederation
 from fedstream.memtune import tune_allocator
-from fedstream.tasks import get_task
-from fedstream.tasks.base import SiteDataSettings, pick_device
-from fedstream.tasks.torchio import state_of
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings, pick_device
+from fedstream_tasks.torchio import state_of
+from fedstream_testing.local import LocalFederation
 
 MODES = ("none", "float16", "bfloat16", "int8")
 AGENTS, ROUNDS, SEED = 3, 5, 0

@@ -36,14 +36,14 @@ from pathlib import Path
 import grpc
 import torch
 
-from fedstream.cli.local import LocalFederation
-from fedstream.tasks import get_task
-from fedstream.tasks.base import SiteDataSettings, TrainParams
-from fedstream.tasks.reid import ReIDHeldout, ReIDTask
-from fedstream.tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
-from fedstream.tasks.torchio import state_of
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks.reid import ReIDHeldout, ReIDTask
+from fedstream_tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
+from fedstream_tasks.torchio import state_of
+from fedstream_testing.local import LocalFederation
 
 ROOT = Path(__file__).resolve().parent.parent
 # Configuration name -> FedPav parameters (None: every site trains alone).

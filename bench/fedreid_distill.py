@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from fedstream.tasks import get_task
-from fedstream.tasks.base import SiteDataSettings, TrainParams
-from fedstream.tasks.reid import ReIDTask
-from fedstream.tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks.reid import ReIDTask
+from fedstream_tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
 
 CPU = torch.device("cpu")
 

@@ -24,14 +24,14 @@ from pathlib import Path
 import grpc
 import torch
 
-from fedstream.cli.local import LocalFederation
-from fedstream.tasks import get_task
-from fedstream.tasks.base import SiteDataSettings, TrainParams
-from fedstream.tasks.detection import DetectionData, DetectionTask
-from fedstream.tasks.detection.data import generate_sites
-from fedstream.tasks.torchio import state_of
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks.detection import DetectionData, DetectionTask
+from fedstream_tasks.detection.data import generate_sites
+from fedstream_tasks.torchio import state_of
+from fedstream_testing.local import LocalFederation
 
 SIZES = {"tiny": 64, "small": 96, "full": 416}
 

@@ -2,7 +2,7 @@
 through the services; the global model's accuracy on the digits held-out set after R rounds.
 
 Five honest agents (processes, a Dirichlet slice of the digits each) train; two attackers
-speak the real protocol (tests/sim_agent.py), claim 300 training examples each and upload,
+speak the real protocol (fedstream_testing.sim_agent), claim 300 training examples each and upload,
 from the model they were sent, one of:
   scaled      every floating weight x 20
   sign-flip   every floating weight x -4
@@ -25,17 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from fedstream.cli.local import LocalFederation  # noqa: E402
-from fedstream.tasks import get_task  # noqa: E402
-from fedstream.tasks.base import SiteDataSettings  # noqa: E402
-from fedstream.tasks.torchio import TORCH_DTYPES as TORCH_NAMES  # noqa: E402
-from fedstream.tasks.torchio import state_of  # noqa: E402
-from fedstream.tensors import FlatBuffer  # noqa: E402
-from fedstream.transfer import download_model  # noqa: E402
-from fedstream.v1 import round_pb2, scheduler_pb2  # noqa: E402
-from sim_agent import SimAgent  # noqa: E402
+from fedstream.tensors import FlatBuffer
+from fedstream.transfer import download_model
+from fedstream.v1 import round_pb2, scheduler_pb2
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings
+from fedstream_tasks.torchio import TORCH_DTYPES as TORCH_NAMES
+from fedstream_tasks.torchio import state_of
+from fedstream_testing.local import LocalFederation
+from fedstream_testing.sim_agent import SimAgent
 
 HONEST, ATTACKERS = 5, 2
 STRATEGIES = {

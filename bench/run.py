@@ -26,13 +26,13 @@ import grpc
 import numpy as np
 import psutil
 
-from fedstream.cli.local import LocalFederation
 from fedstream.grpcutil import channel
 from fedstream.memtune import tune_allocator
 from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import upload_update
 from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_testing.local import LocalFederation
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -192,11 +192,9 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
 
 def bench_s3(size: int = 512 * MiB) -> dict[str, float]:
     """Commit of a 512 MiB model to the S3 test server (moto, on loopback) and read back."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from servers import S3Server
-
     from fedstream.config import S3Settings
     from fedstream.store.s3 import S3ModelStore, make_client
+    from fedstream_testing.servers import S3Server
 
     layout, arrays = make_model(size, tensor_bytes=16 * MiB)
     server = S3Server().start()
@@ -236,11 +234,9 @@ def bench_s3(size: int = 512 * MiB) -> dict[str, float]:
 
 def bench_redis(transitions: int = 10_000) -> dict[str, float]:
     """Latency of round state transitions (WATCH/MULTI/EXEC) against a real redis-server."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from servers import RedisServer
-
     from fedstream.state import RoundRecord
     from fedstream.state.redis import RedisStateStore, connect
+    from fedstream_testing.servers import RedisServer
 
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp)).start()

@@ -34,15 +34,13 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from fedstream.cli.local import LocalFederation  # noqa: E402
-from fedstream.grpcutil import KEEPALIVE_OPTIONS, channel, channel_credentials  # noqa: E402
-from fedstream.identity import enroll  # noqa: E402
-from fedstream.store import LocalModelStore  # noqa: E402
-from fedstream.tensors import Layout  # noqa: E402
-from fedstream.transfer import download_model, upload_update  # noqa: E402
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
+from fedstream.grpcutil import KEEPALIVE_OPTIONS, channel, channel_credentials
+from fedstream.store import LocalModelStore
+from fedstream.tensors import Layout
+from fedstream.transfer import download_model, upload_update
+from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_agent.identity import enroll
+from fedstream_testing.local import LocalFederation
 
 TASK = "scale"
 SEED_VERSION = "seed/000000"
@@ -154,8 +152,7 @@ def main() -> int:
         state: dict[str, str] = {}
         redis = None
         if args.state == "redis":
-            sys.path.insert(0, str(ROOT / "tests"))
-            from servers import RedisServer
+            from fedstream_testing.servers import RedisServer
 
             redis = RedisServer(Path(tmp) / "redis").start()
             state = {"STATE__BACKEND": "redis", "STATE__REDIS__URL": redis.url}

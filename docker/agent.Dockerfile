@@ -25,12 +25,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY core/pyproject.toml core/pyproject.toml
 COPY core/src core/src
+COPY tasks/pyproject.toml tasks/pyproject.toml
+COPY tasks/src tasks/src
 COPY services/client-agent/pyproject.toml services/client-agent/pyproject.toml
 COPY services/client-agent/src services/client-agent/src
 # PyTorch 2.13.0 from the index of the variant (a CUDA 12.8 build, or the CPU build).
 RUN python3 -m venv /opt/fedstream \
  && /opt/fedstream/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
- && /opt/fedstream/bin/pip install ./core ./services/client-agent
+ && /opt/fedstream/bin/pip install ./core ./tasks ./services/client-agent
 
 FROM base
 LABEL org.opencontainers.image.title="fedstream-agent" \

@@ -10,10 +10,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY core/pyproject.toml core/pyproject.toml
 COPY core/src core/src
+# The tasks (PyTorch) are installed only for the distill extra.
+COPY tasks/pyproject.toml tasks/pyproject.toml
+COPY tasks/src tasks/src
 COPY services/aggregator/pyproject.toml services/aggregator/pyproject.toml
 COPY services/aggregator/src services/aggregator/src
 RUN python -m venv /opt/fedstream \
- && /opt/fedstream/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" ./core "./services/aggregator${EXTRAS:+[$EXTRAS]}"
+ && /opt/fedstream/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" ./core ${EXTRAS:+./tasks} \
+      "./services/aggregator${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="fedstream-aggregator" \

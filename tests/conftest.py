@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+import redis
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import redis  # noqa: E402
-from servers import RedisServer, S3Server  # noqa: E402
-
-from fedstream.config import S3Settings  # noqa: E402
-from fedstream.state import MemoryStateStore  # noqa: E402
-from fedstream.store import LocalModelStore  # noqa: E402
+from fedstream.config import S3Settings
+from fedstream.state import MemoryStateStore
+from fedstream.store import LocalModelStore
+from fedstream_testing.servers import RedisServer, S3Server
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import RedisServer, S3Server, free_port
 
-from fedstream.cli.local import LocalFederation
 from fedstream.config import S3Settings
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store.s3 import S3ModelStore, make_client
+from fedstream_testing.local import LocalFederation
+from fedstream_testing.servers import RedisServer, S3Server, free_port
+from fedstream_testing.support import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -23,15 +24,6 @@ BIN = Path(sys.executable).parent
 def health(procs: LocalFederation, addr: str) -> int:
     stub = health_pb2_grpc.HealthStub(procs.channel(addr))
     return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def backend_settings(redis_url: str, s3: S3Settings) -> dict[str, str]:
@@ -57,8 +49,8 @@ def test_services_wait_not_serving_until_redis_and_s3_answer(tmp_path):
         agg = procs.start_aggregator(backend_settings(redis_url, s3))
         sched = procs.start_scheduler(agg, {"STATE__BACKEND": "redis", "STATE__REDIS__URL": redis_url})
         try:
-            assert wait_for(lambda: "cannot reach redis" in procs.tail("scheduler")
-                            and "cannot reach S3" in procs.tail("aggregator"))
+            wait_until(lambda: "cannot reach redis" in procs.tail("scheduler")
+                       and "cannot reach S3" in procs.tail("aggregator"), 60, "no retry logged", interval=0.2)
             assert health(procs, agg) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert health(procs, sched) == health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -66,8 +58,10 @@ def test_services_wait_not_serving_until_redis_and_s3_answer(tmp_path):
             redis_server.start()
             s3_server.start()
 
-            assert wait_for(lambda: health(procs, agg) == health_pb2.HealthCheckResponse.SERVING)
-            assert wait_for(lambda: health(procs, sched) == health_pb2.HealthCheckResponse.SERVING)
+            wait_until(lambda: health(procs, agg) == health_pb2.HealthCheckResponse.SERVING, 60, "aggregator",
+                       interval=0.2)
+            wait_until(lambda: health(procs, sched) == health_pb2.HealthCheckResponse.SERVING, 60, "scheduler",
+                       interval=0.2)
             procs.check_alive()
             for name in ("aggregator", "scheduler"):
                 log = (tmp_path / f"{name}.log").read_text()

@@ -18,9 +18,9 @@ from pathlib import Path
 import helm_python as helm
 import httpx
 import yaml
-from servers import RedisServer, S3Server, free_port
 
 from fedstream.pki import CertificateAuthority
+from fedstream_testing.servers import RedisServer, S3Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

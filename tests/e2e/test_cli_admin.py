@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from fedstream.cli.local import LocalFederation
+from fedstream_testing.local import LocalFederation
 
 TOKEN = "bootstrap-token-for-the-cli-test"
 

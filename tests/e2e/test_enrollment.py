@@ -8,20 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-from fedstream.cli.local import LocalFederation
 from fedstream.pki import read_peer
+from fedstream_testing.local import LocalFederation
+from fedstream_testing.support import wait_until
 
 TOKEN = "bootstrap-token-for-the-enrollment-test"
-
-
-def wait(predicate, timeout: float, what: str) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, what
-        time.sleep(0.2)
+# The conditions run the CLI: asked every 0.2 s.
+wait = partial(wait_until, interval=0.2)
 
 
 def test_an_agent_enrolls_with_a_cli_token_renews_alone_and_is_revoked_by_deletion(tmp_path):

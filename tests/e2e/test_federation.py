@@ -13,9 +13,9 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from fedstream.cli.local import LocalFederation
 from fedstream.store import LocalModelStore
-from fedstream.tasks.digits import DigitsCNN
+from fedstream_tasks.digits import DigitsCNN
+from fedstream_testing.local import LocalFederation
 
 BIN = Path(sys.executable).parent
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from fedstream.cli.local import LocalFederation
-from fedstream.tasks.reid.data import SiteSpec, generate_sites
-from helpers import run_script as run
+from fedstream_tasks.reid.data import SiteSpec, generate_sites
+from fedstream_testing.helpers import run_script as run
+from fedstream_testing.local import LocalFederation
 
 TASK = "fedreid-tiny"
 

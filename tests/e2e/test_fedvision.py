@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedstream.cli.local import LocalFederation
-from fedstream.tasks.detection.data import generate_sites
-from helpers import run_script as run
+from fedstream_tasks.detection.data import generate_sites
+from fedstream_testing.helpers import run_script as run
+from fedstream_testing.local import LocalFederation
 
 TASK = "fedvision-tiny"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import RedisServer, S3Server
 
-from fedstream.cli.local import LocalFederation
 from fedstream.config import S3Settings
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import FlatBuffer
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_testing.local import LocalFederation
+from fedstream_testing.servers import RedisServer, S3Server
 
 AGENTS = 4
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from fedstream.cli.local import LocalFederation
+from fedstream_testing.local import LocalFederation
 
 TOKEN = "bootstrap-token-for-the-metrics-test"
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from fedstream.cli.local import LocalFederation
+from fedstream_testing.local import LocalFederation
 
 TOKEN = "bootstrap-token-for-the-schedules-test"
 

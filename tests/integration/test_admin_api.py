@@ -21,9 +21,9 @@ from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.server import SchedulerServer, build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from helpers import random_model, store_model
-from integration.test_scheduler import LoopThread
-from sim_agent import SimAgent, add_constant
+from fedstream_testing.helpers import random_model, store_model
+from fedstream_testing.sim_agent import SimAgent, add_constant
+from fedstream_testing.support import LoopThread
 
 ROLES = ("viewer", "operator", "admin")
 SPEC = {"task": "digits", "rounds": 2, "min_agents": 2, "round_timeout_s": 20, "wait_for_agents_s": 30,

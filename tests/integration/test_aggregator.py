@@ -4,6 +4,7 @@ its status and a message naming the problem, the accumulator untouched, the roun
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import grpc
 import numpy as np
@@ -15,10 +16,13 @@ from fedstream.transfer import download_model, upload_update
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
-from helpers import as_float, buffers_of, layout_of, random_model, store_model
-from integration.conftest import plan, wait_terminal
+from fedstream_testing.helpers import as_float, buffers_of, layout_of, random_model, store_model
+from fedstream_testing.support import plan, wait_terminal
+from fedstream_testing.support import upload as upload_model
 
 RUN = "run-a"
+# This module's uploads: its run, a loss metric, small chunks (several per tensor).
+upload = partial(upload_model, run_id=RUN, metrics={"train_loss": 0.5}, chunk_bytes=1000)
 BASE = f"{RUN}/000000"
 
 
@@ -36,22 +40,6 @@ def base_model(model_store):
     model = random_model(0, scale=16)
     store_model(model_store, BASE, model)
     return model
-
-
-def upload(ch, agent, model, examples, round_=1, chunk_bytes=1000):
-    layout = layout_of(model)
-    return upload_update(
-        ch,
-        run_id=RUN,
-        round_=round_,
-        agent_id=agent,
-        layout=layout,
-        buffers=buffers_of(layout, model),
-        num_examples=examples,
-        metrics={"train_loss": 0.5},
-        chunk_bytes=chunk_bytes,
-        timeout=30,
-    )
 
 
 def raw_requests(agent, model, *, mutate=None, layout_override=None, examples=10, round_=1, chunk_bytes=500):

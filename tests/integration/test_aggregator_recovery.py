@@ -14,7 +14,7 @@ from fedstream.state.redis import RedisStateStore, connect
 from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
-from helpers import as_float, buffers_of, layout_of, random_model, store_model
+from fedstream_testing.helpers import as_float, buffers_of, layout_of, random_model, store_model
 
 RUN = "run-r"
 BASE = f"{RUN}/000000"
@@ -124,10 +124,9 @@ def test_without_kept_updates_a_lost_round_fails_instead_of_miscounting(journal,
 
 
 def test_a_commit_outlasts_a_10_s_s3_outage_and_latest_is_never_half_written(redis_url, s3_server, tmp_path):
-    from servers import TcpProxy
-
     from fedstream.config import S3Settings
     from fedstream.store.s3 import S3ModelStore, make_client
+    from fedstream_testing.servers import TcpProxy
 
     proxy = TcpProxy(s3_server.port)
     try:

@@ -15,7 +15,7 @@ from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
 from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
-from helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
 
 RUN = "strat"
 

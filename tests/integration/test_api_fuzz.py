@@ -21,7 +21,7 @@ from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from integration.test_scheduler import LoopThread
+from fedstream_testing.support import LoopThread
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 schema = schemathesis.openapi.from_dict(json.loads(DOC.read_text()))

@@ -16,7 +16,7 @@ from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.cron import CronScheduler, latest_slot, slot_run_id
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from integration.test_scheduler import LoopThread
+from fedstream_testing.support import LoopThread
 
 PARIS = ZoneInfo("Europe/Paris")
 # 02:00 in Paris on 2026-11-24 is 01:00 UTC.

@@ -4,6 +4,7 @@ against the task's own distillation of the same inputs), and every bad plan is r
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -13,21 +14,23 @@ import torch
 from fedstream.errors import ModelNotFound
 from fedstream.grpcutil import channel
 from fedstream.state import MemoryStateStore
-from fedstream.tasks import get_task
-from fedstream.tasks.reid.data import SiteSpec, generate_sites
-from fedstream.tasks.torchio import buffers_of, layout_of, state_of
 from fedstream.tensors import FlatBuffer
-from fedstream.transfer import upload_update
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
-from integration.conftest import plan, wait_terminal
+from fedstream_tasks import get_task
+from fedstream_tasks.reid.data import SiteSpec, generate_sites
+from fedstream_tasks.torchio import buffers_of, layout_of, state_of
+from fedstream_testing.support import plan, wait_terminal
+from fedstream_testing.support import upload as upload_model
 
 TASK = "fedreid-tiny"
 RUN = "reid"
 BASE = f"{RUN}/000000"
+# This module's uploads: PyTorch state dicts to its run, in 64 KiB chunks.
+upload = partial(upload_model, run_id=RUN, chunk_bytes=1 << 16, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +70,6 @@ def distill_plan(participants, **fields):
     for k, v in fields.items():
         setattr(p, k, v)
     return p
-
-
-def upload(ch, agent, state, examples):
-    layout = layout_of(state)
-    upload_update(ch, run_id=RUN, round_=1, agent_id=agent, layout=layout, buffers=buffers_of(layout, state),
-                  num_examples=examples, metrics={}, chunk_bytes=1 << 16, timeout=60)
 
 
 def test_round_commits_the_distilled_average(tmp_path, model_store, public):

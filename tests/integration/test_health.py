@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servers import free_port
+from fedstream_testing.servers import free_port
 
 from fedstream.config import S3Settings
 from fedstream.errors import Unavailable

@@ -21,8 +21,8 @@ from fedstream.v1 import round_pb2
 from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
-from helpers import buffers_of, layout_of, random_model, store_model
-from integration.conftest import plan, wait_terminal
+from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.support import plan, wait_terminal
 
 RUN = "tree"
 BASE = f"{RUN}/000000"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -17,8 +18,7 @@ from fedstream.grpcutil import channel
 from fedstream.rounds import Assignment, RoundKind, TrainingConfig
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
-from fedstream.transfer import upload_call, upload_update
-from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.transfer import upload_call
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_aggregator.server import AggregatorServer, build_server
@@ -29,11 +29,13 @@ from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerLimits, SchedulerSettings
-from helpers import buffers_of, layout_of, random_model, store_model
-from integration.conftest import plan, wait_terminal
-from integration.test_scheduler import LoopThread
+from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.support import LoopThread, plan, wait_terminal, wait_until
+from fedstream_testing.support import upload as upload_model
 
 RUN = "lim"
+# This module's uploads: its run, round 0 unless told, 1 KiB chunks.
+upload = partial(upload_model, run_id=RUN, round_=0, chunk_bytes=1024)
 
 
 def hits(tenant: str, service: str, limit: str) -> float:
@@ -59,12 +61,6 @@ def agg_factory(tmp_path: Path) -> Iterator:
     yield make
     for s in servers:
         s.stop(0)
-
-
-def upload(ch, agent: str, model, round_: int = 0, chunk_bytes: int = 1024) -> pb.UploadUpdateResponse:
-    layout = layout_of(model)
-    return upload_update(ch, timeout=30, run_id=RUN, round_=round_, agent_id=agent, layout=layout,
-                         buffers=buffers_of(layout, model), num_examples=5, metrics={}, chunk_bytes=chunk_bytes)
 
 
 def test_an_update_larger_than_allowed_is_refused_from_its_header(agg_factory):
@@ -111,7 +107,7 @@ def test_an_agent_cannot_hold_more_streams_than_allowed(agg_factory):
 
     release = threading.Event()
     held = upload_call(ch).future(_held_upload(model, release), timeout=30)
-    _wait_for(lambda: server.slots.open("site") == 1)
+    wait_until(lambda: server.slots.open("site") == 1)
     with pytest.raises(grpc.RpcError) as e:
         upload(other, "site", model, round_=1)
 
@@ -119,7 +115,7 @@ def test_an_agent_cannot_hold_more_streams_than_allowed(agg_factory):
     assert hits("lim-streams", "aggregator", "streams_per_agent") == 1
     held.cancel()
     release.set()
-    _wait_for(lambda: server.slots.open("site") == 0)
+    wait_until(lambda: server.slots.open("site") == 0)
     assert not upload(other, "site", model, round_=1).duplicate  # the slot is free again
 
 
@@ -132,15 +128,6 @@ def _held_upload(model, release: threading.Event, agent: str = "site"):
                                buffers=buffers_of(layout, model), num_examples=5, metrics={})
     yield next(requests)
     release.wait(30)
-
-
-def _wait_for(predicate, timeout: float = 10) -> None:
-    import time
-
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up
-        time.sleep(0.02)
 
 
 # The scheduler's limits.
@@ -248,7 +235,7 @@ def test_calls_beyond_the_servers_concurrency_are_refused_not_queued(tmp_path):
     release = threading.Event()
     try:
         held = [upload_call(ch).future(_held_upload(model, release, agent), timeout=30) for agent in ("a", "b")]
-        _wait_for(lambda: server.slots.open("a") == 1 and server.slots.open("b") == 1)
+        wait_until(lambda: server.slots.open("a") == 1 and server.slots.open("b") == 1)
 
         with pytest.raises(grpc.RpcError) as e:
             upload(channel(f"127.0.0.1:{server.port}"), "c", model, round_=1)
@@ -260,7 +247,7 @@ def test_calls_beyond_the_servers_concurrency_are_refused_not_queued(tmp_path):
         release.set()
         for h in held:
             h.cancel()
-        _wait_for(lambda: server.slots.open("a") == 0 and server.slots.open("b") == 0)
+        wait_until(lambda: server.slots.open("a") == 0 and server.slots.open("b") == 0)
         assert not upload(ch, "c", model, round_=1).duplicate
     finally:
         release.set()

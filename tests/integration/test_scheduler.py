@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -19,23 +17,8 @@ from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.server import SchedulerServer, build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from sim_agent import SimAgent, add_constant
-
-
-class LoopThread:
-    """An asyncio loop in a thread, for the scheduler's aio server."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+from fedstream_testing.sim_agent import SimAgent, add_constant
+from fedstream_testing.support import LoopThread
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -15,12 +16,12 @@ import pytest
 
 from fedstream.errors import AgentNotFound
 from fedstream.grpcutil import channel
-from fedstream.identity import enroll, renew
 from fedstream.pki import CertificateAuthority, Identity, TlsIdentity, cert_pem, key_pem, make_csr, new_key
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
-from fedstream.transfer import download_model, upload_update
-from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.transfer import download_model
+from fedstream.v1 import aggregator_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_agent.identity import enroll, renew
 from fedstream_aggregator.server import AggregatorServer
 from fedstream_aggregator.server import build_server as build_aggregator
 from fedstream_aggregator.service import AggregatorService
@@ -30,11 +31,13 @@ from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from helpers import buffers_of, layout_of, random_model
-from integration.conftest import plan, wait_terminal
-from integration.test_scheduler import LoopThread
+from fedstream_testing.helpers import buffers_of, layout_of, random_model
+from fedstream_testing.support import LoopThread, plan, wait_terminal
+from fedstream_testing.support import upload as upload_model
 
 HOUR = dt.timedelta(hours=1)
+# Uploads to the run the tests open, its init round.
+upload = partial(upload_model, run_id="run-1", round_=0, timeout=10)
 
 
 @dataclass
@@ -112,13 +115,6 @@ def code_of(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as e:
         call()
     return e.value.code()
-
-
-def upload(target: str, identity: TlsIdentity | None, run_id: str, round_: int, agent_id: str = "") -> aggregator_pb2.UploadUpdateResponse:
-    model = random_model(0)
-    layout = layout_of(model)
-    return upload_update(channel(target, identity), timeout=10, run_id=run_id, round_=round_, agent_id=agent_id,
-                         layout=layout, buffers=buffers_of(layout, model), num_examples=5, metrics={})
 
 
 # Enrollment.
@@ -233,9 +229,9 @@ def test_an_agent_cannot_upload_as_another_nor_to_a_round_it_was_not_selected_fo
     control = aggregator_pb2_grpc.AggregatorControlStub(channel(x.agg, x.service))
     control.OpenRound(plan("run-1", 0, ["site-b"], kind="init"), timeout=5)
 
-    as_b = code_of(lambda: upload(x.agg, a, "run-1", 0, agent_id="site-b"))
-    not_selected = code_of(lambda: upload(x.agg, a, "run-1", 0))
-    reply = upload(x.agg, b, "run-1", 0)  # the selected one, without naming itself
+    as_b = code_of(lambda: upload(channel(x.agg, a), "site-b", random_model(0)))
+    not_selected = code_of(lambda: upload(channel(x.agg, a), "", random_model(0)))
+    reply = upload(channel(x.agg, b), "", random_model(0))  # the selected one, without naming itself
 
     assert as_b == grpc.StatusCode.PERMISSION_DENIED
     assert not_selected == grpc.StatusCode.PERMISSION_DENIED
@@ -298,7 +294,7 @@ def test_an_expired_certificate_is_refused(planes):
     x.state.put_agent(rec)
 
     assert code_of(lambda: register(agents_stub(x.sched, expired))) == grpc.StatusCode.UNAVAILABLE
-    assert code_of(lambda: upload(x.agg, expired, "run-1", 0)) == grpc.StatusCode.UNAVAILABLE
+    assert code_of(lambda: upload(channel(x.agg, expired), "", random_model(0))) == grpc.StatusCode.UNAVAILABLE
 
 
 # Revocation and renewal.
@@ -335,7 +331,7 @@ def test_disabling_or_deleting_an_agent_refuses_its_next_call_and_closes_its_str
     assert closed.value.code() == code
     assert code_of(lambda: stub.Heartbeat(scheduler_pb2.HeartbeatRequest(), timeout=5)) == code
     assert code_of(lambda: download_model(channel(x.agg, a), "run-1", "")) == code
-    assert code_of(lambda: upload(x.agg, a, "run-1", 0)) == code
+    assert code_of(lambda: upload(channel(x.agg, a), "", random_model(0))) == code
 
 
 def test_a_deleted_agent_comes_back_only_with_a_new_enrollment(planes):
@@ -380,7 +376,7 @@ def test_an_enrolled_agent_downloads_its_tenants_model(planes):
     a, b = x.enroll("site-a"), x.enroll("site-b")
     control = aggregator_pb2_grpc.AggregatorControlStub(channel(x.agg, x.service))
     control.OpenRound(plan("run-1", 0, ["site-a"], kind="init"), timeout=5)
-    upload(x.agg, a, "run-1", 0)
+    upload(channel(x.agg, a), "", random_model(0))
     version = wait_terminal(control, "run-1", 0).version
 
     model = download_model(channel(x.agg, b), "run-1", version)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from servers import free_port
+from fedstream_testing.servers import free_port
 
 from fedstream.errors import (
     AgentNotFound,

@@ -24,8 +24,8 @@ from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2, tensor_pb2
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
-from helpers import buffers_of, layout_of, random_model, store_model
-from integration.conftest import plan, wait_terminal
+from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.support import plan, wait_terminal
 
 RUN, ROUND = "fuzz", 1
 MAX_EXAMPLES = 60

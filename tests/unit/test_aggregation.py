@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fedstream import aggregation
 from fedstream.aggregation import WeightedAccumulator, bf16_to_f32, f32_to_bf16, weighted_average
 from fedstream.tensors import FlatBuffer
-from helpers import as_float, buffers_of, layout_of, random_model
+from fedstream_testing.helpers import as_float, buffers_of, layout_of, random_model
 
 
 def reader(buf: FlatBuffer):

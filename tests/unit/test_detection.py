@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedstream.tasks.base import SiteDataSettings, TrainParams
-from fedstream.tasks.detection import DetectionTask
-from fedstream.tasks.detection.boxes import batched_nms, giou, iou_matrix, nms
-from fedstream.tasks.detection.data import (
+from fedstream_tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks.detection import DetectionTask
+from fedstream_tasks.detection.boxes import batched_nms, giou, iou_matrix, nms
+from fedstream_tasks.detection.data import (
     AnnotationError,
     SiteDomain,
     generate_site,
@@ -21,8 +21,8 @@ from fedstream.tasks.detection.data import (
     voc_to_coco,
     write_voc_annotation,
 )
-from fedstream.tasks.detection.loss import assign, detection_loss
-from fedstream.tasks.detection.model import STRIDE, Detector, DetectorConfig, cell_centres, decode
+from fedstream_tasks.detection.loss import assign, detection_loss
+from fedstream_tasks.detection.model import STRIDE, Detector, DetectorConfig, cell_centres, decode
 
 
 def t(*rows):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedstream.tasks.detection.metrics import ImageResult, coco_map, voc_map
+from fedstream_tasks.detection.metrics import ImageResult, coco_map, voc_map
 
 
 def im(gt, det, gt_labels=None, det_labels=None, difficult=None):

@@ -4,7 +4,7 @@ the receiver hands its sink only sound chunks."""
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "fuzz"))
-
-from fuzz_wire import one_input  # noqa: E402
+# The fuzz target is a script, not a package: loaded from its file.
+_spec = importlib.util.spec_from_file_location("fuzz_wire", ROOT / "fuzz" / "fuzz_wire.py")
+assert _spec is not None and _spec.loader is not None
+fuzz_wire = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fuzz_wire)
+one_input = fuzz_wire.one_input
 
 CORPUS = sorted((ROOT / "fuzz" / "corpus").iterdir())
 

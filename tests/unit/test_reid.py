@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedstream.tasks import get_task
-from fedstream.tasks.base import SiteDataSettings, TrainParams
-from fedstream.tasks.reid.data import ReIDDataError, SiteSpec, generate_sites, parse_name, training_entries
-from fedstream.tasks.reid.metrics import evaluate_reid, query_result
-from fedstream.tasks.reid.model import ReIDConfig, ReIDNet
-from helpers import run_script
+from fedstream_tasks import get_task
+from fedstream_tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks.reid.data import ReIDDataError, SiteSpec, generate_sites, parse_name, training_entries
+from fedstream_tasks.reid.metrics import evaluate_reid, query_result
+from fedstream_tasks.reid.model import ReIDConfig, ReIDNet
 
 
 def test_one_query_by_hand():
@@ -139,15 +138,3 @@ def test_site_trains_and_evaluates(tmp_path):
     assert set(metrics) == {"rank1", "rank5", "rank10", "map", "examples"}
     assert metrics["examples"] == 4 * 2  # 4 test identities, a query from each camera but the last
     assert 0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1
-
-
-def test_generate_reid_command_writes_loadable_sites(tmp_path):
-    done = run_script("fedstream", "data", "generate-reid", "--out", str(tmp_path), "--scale", "0.5", "--public-images", "8")
-    assert done.returncode == 0, done.stderr
-    for site, ids in (("market", 20), ("duke", 12), ("cuhk", 6), ("viper", 3)):
-        assert f"{tmp_path / site}: {ids} identities" in done.stdout
-        entries, num_ids = training_entries(tmp_path / site)
-        assert entries and num_ids == ids - max(1, ids // 3)
-    assert len(list((tmp_path / "public").iterdir())) == 8
-    bad = run_script("fedstream", "data", "generate-reid", "--out", str(tmp_path), "--scale", "0")
-    assert bad.returncode != 0 and "--scale must be positive" in bad.stderr

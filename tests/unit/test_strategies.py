@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from fedstream.errors import InvalidArgument
 from fedstream.strategies import REGISTRY, make_strategy
 from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
-from fedstream.tasks.base import cosine_distance, proximal_term
 from fedstream.tensors import TensorSpec
+from fedstream_tasks.base import cosine_distance, proximal_term
 
 
 def test_registry_names_and_defaults():

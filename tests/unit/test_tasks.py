@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fedstream.errors import InvalidArgument
-from fedstream.tasks import REGISTRY, get_task, known_tasks, register_task
-from fedstream.tasks.base import SiteDataSettings, TrainParams
+from fedstream_tasks import REGISTRY, get_task, known_tasks, register_task
+from fedstream_tasks.base import SiteDataSettings, TrainParams
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tasks.md"
 

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedstream.errors import BadOffset, ChecksumMismatch, InvalidArgument, InvalidLayout, Truncated
-from fedstream.tasks.torchio import TORCH_DTYPES, buffers_of, layout_of, state_of
 from fedstream.tensors import (
     MAX_CHUNK_BYTES,
     ChunkReceiver,
@@ -19,7 +18,8 @@ from fedstream.tensors import (
     crc32c,
     iter_chunks,
 )
-from helpers import ALL_DTYPES, random_array
+from fedstream_tasks.torchio import TORCH_DTYPES, buffers_of, layout_of, state_of
+from fedstream_testing.helpers import ALL_DTYPES, random_array
 
 shapes = st.lists(st.integers(0, 7), min_size=0, max_size=3).map(tuple)
 tensor_specs = st.lists(

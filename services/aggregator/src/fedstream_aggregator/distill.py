@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fedstream.errors import FailedPrecondition, InvalidArgument
-from fedstream.tasks import get_task
 from fedstream.tensors import FlatBuffer, Layout
+from fedstream_tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Distiller:
         """The distilled model's bytes in the student's layout, and figures about the pass.
         Raises FailedPrecondition when a teacher's layout differs from the student's or the
         task refuses the tensors."""
-        from fedstream.tasks.torchio import buffers_of, layout_of, state_of
+        from fedstream_tasks.torchio import buffers_of, layout_of, state_of
 
         task = get_task(task_name)
         layout = student.layout

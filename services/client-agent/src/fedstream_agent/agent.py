@@ -18,17 +18,17 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.grpcutil import channel
-from fedstream.identity import AgentIdentity, EnrollmentError, renew_after_unix
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
-from fedstream.tasks import get_task
-from fedstream.tasks.base import Task, TrainParams, pick_device
-from fedstream.tasks.torchio import buffers_of, layout_of, state_of
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel, download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent import metrics as m
+from fedstream_agent.identity import AgentIdentity, EnrollmentError, renew_after_unix
 from fedstream_agent.settings import AgentSettings
+from fedstream_tasks import get_task
+from fedstream_tasks.base import Task, TrainParams, pick_device
+from fedstream_tasks.torchio import buffers_of, layout_of, state_of
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 
-from fedstream.cli.pki import add_identity_arguments, dial
+from fedstream.dialing import add_identity_arguments, dial
 from fedstream.exitcodes import ExitCode
-from fedstream.tasks import get_task
 from fedstream.transfer import download_model
+from fedstream_tasks import get_task
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_inference(args: argparse.Namespace) -> int:
     import torch
 
-    from fedstream.tasks.base import pick_device
-    from fedstream.tasks.torchio import state_of
+    from fedstream_tasks.base import pick_device
+    from fedstream_tasks.torchio import state_of
 
     task = get_task(args.task)
     if not hasattr(task, "predict"):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not start_metrics(settings.metrics, "agent"):
         return ExitCode.CANNOT_BIND
-    from fedstream.identity import EnrollmentError
+    from fedstream_agent.identity import EnrollmentError
 
     try:
         agent = Agent(settings)

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
 from fedstream.metrics import MetricsSettings
-from fedstream.tasks.base import SiteDataSettings
+from fedstream_tasks.base import SiteDataSettings
 
 
 class AgentTlsSettings(BaseModel):

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from fedstream.cli.pki import add_identity_arguments, dial
+from fedstream.dialing import add_identity_arguments, dial
 from fedstream.safetensors_io import encode_header
 from fedstream.tensors import ChunkReceiver, Layout
 from fedstream.transfer import download_call

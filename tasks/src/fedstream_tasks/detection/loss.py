@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fedstream.tasks.detection.boxes import area, giou
-from fedstream.tasks.detection.model import STRIDE, boxes_from_distances, cell_centres
+from fedstream_tasks.detection.boxes import area, giou
+from fedstream_tasks.detection.model import STRIDE, boxes_from_distances, cell_centres
 
 CENTRE_RADIUS = 1.5 * STRIDE
 BOX_WEIGHT = 2.0

@@ -6,8 +6,8 @@ import argparse
 import signal
 import sys
 
-from fedstream.cli import admin, data, demo, pki, runs
 from fedstream.memtune import tune_allocator
+from fedstream_cli import admin, data, demo, pki, runs
 
 
 def build_parser() -> argparse.ArgumentParser:

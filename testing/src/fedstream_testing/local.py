@@ -165,7 +165,7 @@ class LocalFederation:
         its identity, or None without TLS. For agents simulated in-process."""
         if not self.tls:
             return None
-        from fedstream.identity import enroll
+        from fedstream_agent.identity import enroll
 
         assert self.operator is not None
         token = self.enrollment_token(scheduler, agent_id)

@@ -2,7 +2,7 @@
 
 A name resolves, in this order, to
 1. a task registered in this process (``register_task``; the built-in ones are),
-2. a task another installed package declares under the ``fedstream.tasks`` entry-point group
+2. a task another installed package declares under the ``fedstream_tasks`` entry-point group
    (``[project.entry-points."fedstream.tasks"] my-task = "my_module:MyTask"``),
 3. ``"module:Class"``: the class imported from an importable module.
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fedstream.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from fedstream.tasks.base import Task
+    from fedstream_tasks.base import Task
 
 ENTRY_POINT_GROUP = "fedstream.tasks"
 
@@ -34,14 +34,14 @@ def _lazy(path: str, **kwargs: Any) -> Callable[[], Task]:
 
 
 REGISTRY: dict[str, Callable[[], Task]] = {
-    "digits": _lazy("fedstream.tasks.digits:DigitsTask"),
-    # FedVision: object detection across camera owners (fedstream.tasks.detection).
-    "fedvision": _lazy("fedstream.tasks.detection:DetectionTask", preset="full"),
-    "fedvision-small": _lazy("fedstream.tasks.detection:DetectionTask", preset="small"),
-    "fedvision-tiny": _lazy("fedstream.tasks.detection:DetectionTask", preset="tiny"),
-    # FedReID: person re-identification with private classifiers (fedstream.tasks.reid).
-    "fedreid": _lazy("fedstream.tasks.reid:ReIDTask", preset="full"),
-    "fedreid-tiny": _lazy("fedstream.tasks.reid:ReIDTask", preset="tiny"),
+    "digits": _lazy("fedstream_tasks.digits:DigitsTask"),
+    # FedVision: object detection across camera owners (fedstream_tasks.detection).
+    "fedvision": _lazy("fedstream_tasks.detection:DetectionTask", preset="full"),
+    "fedvision-small": _lazy("fedstream_tasks.detection:DetectionTask", preset="small"),
+    "fedvision-tiny": _lazy("fedstream_tasks.detection:DetectionTask", preset="tiny"),
+    # FedReID: person re-identification with private classifiers (fedstream_tasks.reid).
+    "fedreid": _lazy("fedstream_tasks.reid:ReIDTask", preset="full"),
+    "fedreid-tiny": _lazy("fedstream_tasks.reid:ReIDTask", preset="tiny"),
 }
 
 
@@ -59,7 +59,7 @@ def known_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     """The task of that name (see the module's docstring); raises InvalidArgument naming what
     could not be found."""
-    from fedstream.tasks.base import Task
+    from fedstream_tasks.base import Task
 
     factory = REGISTRY.get(name)
     if factory is None:

@@ -19,7 +19,7 @@ from fedstream.pki import TlsIdentity
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
-from helpers import buffers_of, layout_of, random_model
+from fedstream_testing.helpers import buffers_of, layout_of, random_model
 
 UpdateFn = Callable[[FlatBuffer, scheduler_pb2.Assignment], FlatBuffer]
 

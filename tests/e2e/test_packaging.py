@@ -29,22 +29,60 @@ def test_generated_code_is_not_stale(tmp_path):
     assert on_disk == generated, "generated files without a proto: run make proto"
 
 
-@pytest.mark.parametrize("module", ["fedstream_scheduler.main", "fedstream_aggregator.main", "fedstream.cli"])
-def test_control_plane_never_imports_torch(module):
+PACKAGES = {  # distribution folder -> its top-level package
+    "core": "fedstream",
+    "tasks": "fedstream_tasks",
+    "cli": "fedstream_cli",
+    "testing": "fedstream_testing",
+    "services/scheduler": "fedstream_scheduler",
+    "services/aggregator": "fedstream_aggregator",
+    "services/client-agent": "fedstream_agent",
+}
+
+
+def dependencies(folder: str) -> list[str]:
+    return tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+@pytest.mark.parametrize("module", [
+    "fedstream_scheduler.main", "fedstream_aggregator.main", "fedstream_cli", "fedstream_testing.local",
+    "fedstream_testing.servers", "fedstream_testing.sim_agent", "fedstream_testing.helpers",
+    "fedstream_testing.support", "fedstream_tasks",
+])
+def test_importing_does_not_pull_in_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-@pytest.mark.parametrize("service", ["scheduler", "aggregator"])
-def test_control_plane_does_not_declare_torch(service):
-    meta = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())
-    deps = " ".join(meta["project"]["dependencies"])
-    assert "torch" not in deps and "[torch]" not in deps
+@pytest.mark.parametrize("folder", ["core", "cli", "services/scheduler", "services/aggregator"])
+def test_control_plane_does_not_declare_torch(folder):
+    deps = " ".join(dependencies(folder))
+    assert "torch" not in deps and "fedstream-tasks" not in deps
 
 
-def test_agent_pins_torch():
-    core = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())
-    assert "torch==2.13.0" in core["project"]["optional-dependencies"]["torch"]
+def test_tasks_pin_torch_and_the_agent_takes_them():
+    assert "torch==2.13.0" in dependencies("tasks")
+    assert "fedstream-tasks" in dependencies("services/client-agent")
+
+
+@pytest.mark.parametrize("folder, package", PACKAGES.items())
+def test_each_distribution_holds_one_package(folder, package):
+    assert sorted(p.name for p in (ROOT / folder / "src").iterdir() if not p.name.endswith(".egg-info")) == [package]
+
+
+def test_the_core_does_not_import_the_packages_built_on_it():
+    core = ROOT / "core" / "src" / "fedstream"
+    others = [p for p in PACKAGES.values() if p != "fedstream"]
+    for path in core.rglob("*.py"):
+        text = path.read_text()
+        assert not any(f"import {p}" in text or f"from {p}" in text for p in others), path
+
+
+def test_no_service_imports_the_cli_or_the_testing_support():
+    for folder in ("services/scheduler", "services/aggregator", "services/client-agent", "tasks"):
+        for path in (ROOT / folder / "src").rglob("*.py"):
+            text = path.read_text()
+            assert "fedstream_cli" not in text and "fedstream_testing" not in text, path
 
 
 @pytest.mark.parametrize("command", ["fedstream", "fedstream-scheduler", "fedstream-aggregator", "fedstream-agent"])
@@ -75,3 +113,9 @@ def test_committed_openapi_document_is_current():
 
     committed = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
     assert committed.read_text() == document(), "docs/openapi.json is stale: run make openapi"
+
+
+def test_make_test_fast_runs_the_unit_tier():
+    done = subprocess.run(["make", "-n", "test-fast"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "-m pytest -q tests/unit" in done.stdout

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedstream.tasks.detection.boxes import batched_nms
+from fedstream_tasks.detection.boxes import batched_nms
 
 STRIDE = 8
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedstream.tasks.base import SiteDataSettings, Task
-from fedstream.tasks.detection.data import SHAPES, Sample, load_dataset
-from fedstream.tasks.detection.loss import detection_loss
-from fedstream.tasks.detection.metrics import coco_map, image_result, voc_map
-from fedstream.tasks.detection.model import Detector, DetectorConfig, decode
+from fedstream_tasks.base import SiteDataSettings, Task
+from fedstream_tasks.detection.data import SHAPES, Sample, load_dataset
+from fedstream_tasks.detection.loss import detection_loss
+from fedstream_tasks.detection.metrics import coco_map, image_result, voc_map
+from fedstream_tasks.detection.model import Detector, DetectorConfig, decode
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

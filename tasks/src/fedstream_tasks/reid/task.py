@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedstream.tasks.base import SiteDataSettings, Task, TrainParams
-from fedstream.tasks.reid.data import Entry, read_split, training_entries
-from fedstream.tasks.reid.metrics import evaluate_reid
-from fedstream.tasks.reid.model import ReIDConfig, ReIDNet
+from fedstream_tasks.base import SiteDataSettings, Task, TrainParams
+from fedstream_tasks.reid.data import Entry, read_split, training_entries
+from fedstream_tasks.reid.metrics import evaluate_reid
+from fedstream_tasks.reid.model import ReIDConfig, ReIDNet
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

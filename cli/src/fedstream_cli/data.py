@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_generate_detection(args: argparse.Namespace) -> int:
-    from fedstream.tasks.detection.data import generate_sites
+    from fedstream_tasks.detection.data import generate_sites
 
     dirs = generate_sites(args.out, seed=args.seed, size=args.size, scale=args.scale)
     for d in dirs:
@@ -18,7 +18,7 @@ def cmd_generate_detection(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_reid(args: argparse.Namespace) -> int:
-    from fedstream.tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
+    from fedstream_tasks.reid.data import DEFAULT_SITES, SiteSpec, generate_sites
 
     if args.scale <= 0:
         raise SystemExit("--scale must be positive")

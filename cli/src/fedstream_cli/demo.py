@@ -16,15 +16,15 @@ from pathlib import Path
 
 import grpc
 
-from fedstream.cli.local import LocalFederation
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_testing.local import LocalFederation
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from fedstream.tasks import get_task  # PyTorch: only the demo's evaluation needs it here
-    from fedstream.tasks.base import SiteDataSettings, pick_device
-    from fedstream.tasks.torchio import state_of
+    from fedstream_tasks import get_task  # PyTorch: only the demo's evaluation needs it here
+    from fedstream_tasks.base import SiteDataSettings, pick_device
+    from fedstream_tasks.torchio import state_of
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedstream-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
             accuracy[r.version] = metrics["accuracy"]
             return f"global accuracy {metrics['accuracy']:.4f}"
 
-        from fedstream.cli.runs import RUN_STATE, RoundPrinter
+        from fedstream_cli.runs import RUN_STATE, RoundPrinter
 
         printer = RoundPrinter(total_rounds=args.rounds)
         final = run

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedstream.tasks.base import SiteDataSettings, Task
+from fedstream_tasks.base import SiteDataSettings, Task
 
 HELDOUT_FRACTION = 0.2
 MIN_SITE_EXAMPLES = 20

@@ -5,6 +5,6 @@ anchor-free detector of ``model`` on a site's VOC or COCO data (``data``) and re
 mAP@0.5 and COCO mAP@[.5:.95] (``metrics``).
 """
 
-from fedstream.tasks.detection.task import PRESETS, DetectionData, DetectionTask
+from fedstream_tasks.detection.task import PRESETS, DetectionData, DetectionTask
 
 __all__ = ["PRESETS", "DetectionData", "DetectionTask"]

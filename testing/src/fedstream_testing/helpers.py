@@ -1,4 +1,4 @@
-"""Test helpers: random models in every dtype, written to stores and uploaded over gRPC; the
+"""Test helpers: random models in every dtype, their layouts and bytes, written to stores; the
 project's console scripts run as processes."""
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from fedstream.tensors import DTYPES, Layout
 
 ALL_DTYPES = list(DTYPES)
 
+# A model as tests make them: tensor name -> (dtype, raw elements in the dtype's storage form).
+Model = dict[str, tuple[str, np.ndarray]]
+
 
 def random_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Raw elements in the dtype's storage form (bfloat16 as its uint16 bits)."""
@@ -30,7 +33,7 @@ def random_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -
     return rng.integers(lo, hi, size=shape, endpoint=True).astype(dt.storage)
 
 
-def random_model(seed: int = 0, scale: int = 1) -> dict[str, tuple[str, np.ndarray]]:
+def random_model(seed: int = 0, scale: int = 1) -> Model:
     """A small model with a tensor of every dtype, a scalar and an empty tensor."""
     rng = np.random.default_rng(seed)
     spec = {
@@ -51,15 +54,15 @@ def random_model(seed: int = 0, scale: int = 1) -> dict[str, tuple[str, np.ndarr
     return {name: (dtype, random_array(rng, dtype, shape)) for name, (dtype, shape) in spec.items()}
 
 
-def layout_of(model: dict[str, tuple[str, np.ndarray]]) -> Layout:
+def layout_of(model: Model) -> Layout:
     return Layout.build((name, dtype, arr.shape) for name, (dtype, arr) in model.items())
 
 
-def buffers_of(layout: Layout, model: dict[str, tuple[str, np.ndarray]]) -> list[memoryview]:
+def buffers_of(layout: Layout, model: Model) -> list[memoryview]:
     return [memoryview(np.ascontiguousarray(model[t.name][1])) for t in layout.tensors]
 
 
-def store_model(store: ModelStore, version: str, model: dict[str, tuple[str, np.ndarray]]) -> ModelVersion:
+def store_model(store: ModelStore, version: str, model: Model) -> ModelVersion:
     layout = layout_of(model)
     with store.writer(version, layout, {"test": "yes"}) as w:
         for buf in buffers_of(layout, model):
