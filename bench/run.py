@@ -239,6 +239,7 @@ def bench_redis(transitions: int = 10_000) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from servers import RedisServer
 
+    from fedstream.rounds import RoundKind, RoundState
     from fedstream.state import RoundRecord
     from fedstream.state.redis import RedisStateStore, connect
 
@@ -249,8 +250,8 @@ def bench_redis(transitions: int = 10_000) -> dict[str, float]:
             latencies = []
             rnd = 0
             while len(latencies) < transitions:
-                store.create_round(RoundRecord("bench", rnd, "train", participants=["a", "b"]))
-                for to in ("training", "aggregating", "committed"):
+                store.create_round(RoundRecord("bench", rnd, RoundKind.TRAIN, participants=["a", "b"]))
+                for to in (RoundState.TRAINING, RoundState.AGGREGATING, RoundState.COMMITTED):
                     start = time.perf_counter()
                     store.transition_round("bench", rnd, to)
                     latencies.append(time.perf_counter() - start)
