@@ -13,6 +13,7 @@ from typing import Any
 from fedstream.errors import InvalidTransition
 from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateReport
 
+
 def round_state(value: RoundState | str) -> RoundState:
     """The state a round or journal is asked to move to; raises InvalidTransition for a word
     that names no round state."""
@@ -186,7 +187,7 @@ class AggregationRecord:
         """From ``to_dict``'s form, or from the flat form of records written before the plan
         was embedded (the plan's fields at the top level, beside the journal's)."""
         return cls(
-            plan=RoundPlan.from_dict(d["plan"] if "plan" in d else d),
+            plan=RoundPlan.from_dict(d.get("plan", d)),
             state=RoundState(d.get("state", RoundState.TRAINING)),
             reports={str(agent): UpdateReport.from_dict(r) for agent, r in d.get("reports", {}).items()},
             version=str(d.get("version", "")),
