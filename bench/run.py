@@ -234,6 +234,7 @@ def bench_s3(size: int = 512 * MiB) -> dict[str, float]:
 
 def bench_redis(transitions: int = 10_000) -> dict[str, float]:
     """Latency of round state transitions (WATCH/MULTI/EXEC) against a real redis-server."""
+    from fedstream.rounds import RoundKind, RoundState
     from fedstream.state import RoundRecord
     from fedstream.state.redis import RedisStateStore, connect
     from fedstream_testing.servers import RedisServer
@@ -245,8 +246,8 @@ def bench_redis(transitions: int = 10_000) -> dict[str, float]:
             latencies = []
             rnd = 0
             while len(latencies) < transitions:
-                store.create_round(RoundRecord("bench", rnd, "train", participants=["a", "b"]))
-                for to in ("training", "aggregating", "committed"):
+                store.create_round(RoundRecord("bench", rnd, RoundKind.TRAIN, participants=["a", "b"]))
+                for to in (RoundState.TRAINING, RoundState.AGGREGATING, RoundState.COMMITTED):
                     start = time.perf_counter()
                     store.transition_round("bench", rnd, to)
                     latencies.append(time.perf_counter() - start)

@@ -143,7 +143,7 @@ def test_aggregator_killed_mid_uploads_counts_every_update_once(cluster):
 
     assert cluster.wait_run("crash") == "succeeded", cluster.logs()
     round1 = cluster.state.get_round("crash", 1)
-    assert sorted(r["agent_id"] for r in round1.reports) == ["site-0", "site-1", "site-2"]
+    assert sorted(r.agent_id for r in round1.reports) == ["site-0", "site-1", "site-2"]
     assert round1.stragglers == []
     # The same federation without a crash: agents train deterministically, so the updates
     # are the same and so must the model be (folding order aside).
@@ -183,7 +183,7 @@ def test_agent_killed_in_its_round_leaves_the_others_to_commit_at_the_deadline(c
     round1 = cluster.state.get_round("lost-agent", 1)
     assert round1.state == "committed"
     assert round1.stragglers == ["site-2"]
-    assert sorted(r["agent_id"] for r in round1.reports) == ["site-0", "site-1"]
+    assert sorted(r.agent_id for r in round1.reports) == ["site-0", "site-1"]
 
 
 def test_redis_restarted_mid_round_the_services_reconnect(cluster):

@@ -99,7 +99,7 @@ def test_two_leaves_and_a_root_give_the_model_of_a_single_aggregator(backends, t
     assert logs["root"].count("update folded") == 1
     assert flat["logs"]["root"].count("update folded") == 1 + 2 * AGENTS  # a single aggregator
     for rnd in tree["rounds"][1:]:
-        assert sorted(r["agent_id"] for r in rnd.reports) == [f"site-{i}" for i in range(AGENTS)]
+        assert sorted(r.agent_id for r in rnd.reports) == [f"site-{i}" for i in range(AGENTS)]
     # Every journal, root's and leaves', is closed.
     for journal in ("", "leaf/l0", "leaf/l1"):
         assert tree["state"].list_aggregations(journal) == []

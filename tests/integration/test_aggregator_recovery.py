@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from fedstream.rounds import RoundPlan
+from fedstream.rounds import RoundKind, RoundPlan, UpdateReport
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream_aggregator.ingest import UpdateHeader
@@ -95,8 +95,8 @@ def test_a_round_that_died_while_aggregating_is_committed_on_recovery(
     store_model(model_store, BASE, random_model(0, 8))
     update = random_model(5, 8)
     keep(model_store, "a", update)
-    journal.create_aggregation(AggregationRecord(RUN, 1, "train", BASE, ["a"], 1, time.time() + 60))
-    journal.count_update(RUN, 1, "a", {"agent_id": "a", "num_examples": 7, "metrics": {}, "bytes_received": 1})
+    journal.create_aggregation(AggregationRecord(RoundPlan(RUN, 1, RoundKind.TRAIN, BASE, ("a",), 1, time.time() + 60)))
+    journal.count_update(RUN, 1, "a", UpdateReport("a", 7, bytes_received=1, weight=7.0))
     journal.set_aggregation_state(RUN, 1, "aggregating")
     if version_written:  # it died after storing the version, before journaling the commit
         store_model(model_store, f"{RUN}/000001", update)

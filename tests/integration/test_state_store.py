@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from fedstream.errors import (
     RunNotFound,
     Unavailable,
 )
+from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateReport
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
@@ -52,7 +54,7 @@ def in_threads(n: int, target: Callable[[], object]) -> None:
 
 
 def journal(round_: int = 1) -> AggregationRecord:
-    return AggregationRecord("r", round_, "train", "r/000000", ["a", "b"], 2, 123.0)
+    return AggregationRecord(RoundPlan("r", round_, RoundKind.TRAIN, "r/000000", ("a", "b"), 2, 123.0))
 
 
 class TestAgentRegistry:
@@ -130,12 +132,12 @@ class TestRunStore:
             store.transition_round("r", 1, "committed")
 
         store.transition_round("r", 1, "training")
-        store.update_round("r", 1, reports=[{"agent_id": "a"}])
+        store.update_round("r", 1, reports=[UpdateReport("a", 4)])
         store.transition_round("r", 1, "aggregating")
         done = store.transition_round("r", 1, "committed", version="r/000001")
 
         assert done.state == "committed" and done.version == "r/000001"
-        assert store.get_round("r", 1).reports == [{"agent_id": "a"}]
+        assert store.get_round("r", 1).reports == [UpdateReport("a", 4)]
         with pytest.raises(InvalidTransition):
             store.transition_round("r", 1, "failed")
         with pytest.raises(InvalidTransition):
@@ -183,12 +185,12 @@ class TestAggregationJournal:
         with pytest.raises(AlreadyExists):
             store.create_aggregation(journal())
 
-        assert store.count_update("r", 1, "a", {"num_examples": 3}) is True
-        assert store.count_update("r", 1, "a", {"num_examples": 99}) is False
-        assert store.count_update("r", 1, "b", {"num_examples": 5}) is True
+        assert store.count_update("r", 1, "a", UpdateReport("a", 3)) is True
+        assert store.count_update("r", 1, "a", UpdateReport("a", 99)) is False
+        assert store.count_update("r", 1, "b", UpdateReport("b", 5, weight=2.5)) is True
 
         rec = store.get_aggregation("r", 1)
-        assert rec.reports == {"a": {"num_examples": 3}, "b": {"num_examples": 5}}
+        assert rec.reports == {"a": UpdateReport("a", 3), "b": UpdateReport("b", 5, weight=2.5)}
         assert [(j.run_id, j.round) for j in store.list_aggregations()] == [("r", 1)]
 
     def test_aggregation_journal_states(self, store):
@@ -196,7 +198,7 @@ class TestAggregationJournal:
         store.create_aggregation(journal(2))
         store.set_aggregation_state("r", 1, "aggregating")
         with pytest.raises(RoundNotOpen):
-            store.count_update("r", 1, "a", {})
+            store.count_update("r", 1, "a", UpdateReport("a", 1))
         store.set_aggregation_state("r", 1, "committed", version="r/000001")
         store.set_aggregation_state("r", 2, "failed", reason="deadline")
 
@@ -206,26 +208,27 @@ class TestAggregationJournal:
         with pytest.raises(InvalidTransition):
             store.set_aggregation_state("r", 1, "training")
         with pytest.raises(RoundNotFound):
-            store.count_update("r", 9, "a", {})
+            store.count_update("r", 9, "a", UpdateReport("a", 1))
         with pytest.raises(RoundNotFound):
             store.get_aggregation("r", 9)
 
     def test_aggregation_journals_are_separate(self, store):
         """A leaf's journal of a round never meets the root's journal of the same round."""
         store.create_aggregation(journal())
-        leaf = dataclasses.replace(journal(), journal="leaf/a", participants=["a"], partial=True)
+        plan = dataclasses.replace(journal().plan, participants=("a",), partial=True)
+        leaf = AggregationRecord(plan, journal="leaf/a")
         store.create_aggregation(leaf)
         with pytest.raises(AlreadyExists):
             store.create_aggregation(leaf)
 
-        assert store.count_update("r", 1, "a", {"num_examples": 1}, journal="leaf/a") is True
-        assert store.count_update("r", 1, "a", {"num_examples": 2}) is True
+        assert store.count_update("r", 1, "a", UpdateReport("a", 1), journal="leaf/a") is True
+        assert store.count_update("r", 1, "a", UpdateReport("a", 2)) is True
         store.set_aggregation_state("r", 1, "aggregating", journal="leaf/a")
 
-        assert store.get_aggregation("r", 1).reports == {"a": {"num_examples": 2}}
+        assert store.get_aggregation("r", 1).reports == {"a": UpdateReport("a", 2)}
         assert store.get_aggregation("r", 1).state == "training"
         got = store.get_aggregation("r", 1, journal="leaf/a")
-        assert (got.state, got.partial, got.reports) == ("aggregating", True, {"a": {"num_examples": 1}})
+        assert (got.state, got.plan.partial, got.reports) == ("aggregating", True, {"a": UpdateReport("a", 1)})
         assert [j.journal for j in store.list_aggregations()] == [""]
         assert [j.journal for j in store.list_aggregations("leaf/a")] == ["leaf/a"]
         assert store.list_aggregations("leaf/b") == []
@@ -241,11 +244,89 @@ class TestAggregationJournal:
 
         def race():
             barrier.wait()
-            if store.count_update("r", 1, "a", {"n": 1}):
+            if store.count_update("r", 1, "a", UpdateReport("a", 1)):
                 wins.append(1)
 
         in_threads(6, race)
         assert len(wins) == 1
+
+
+# Records as stores wrote them before the round vocabulary was typed and the journal embedded
+# its plan: words for kinds and states, reports without a weight, the plan's fields flat.
+OLD_RUN = {
+    "run_id": "old", "spec": {"task": "digits"}, "state": "succeeded", "reason": "", "latest_version": "old/000001",
+    "created_unix": 1.0, "finished_unix": 2.0, "federation": "", "trigger": "api",
+}
+OLD_ROUND = {
+    "run_id": "old", "round": 1, "kind": "train", "state": "training", "participants": ["a", "b"],
+    "base_version": "old/000000", "version": "", "reason": "", "stragglers": [], "started_unix": 1.0,
+    "finished_unix": 0.0, "deadline_unix": 60.0, "min_updates": 1, "metrics": {},
+    "reports": [{"agent_id": "a", "num_examples": 3, "metrics": {"loss": 0.5}, "bytes_received": 7}],
+}
+OLD_AGGREGATION = {
+    "run_id": "old", "round": 1, "kind": "train", "base_version": "old/000000", "participants": ["a", "b"],
+    "min_updates": 1, "deadline_unix": 60.0, "strategy": "fedprox", "strategy_params": '{"mu": 0.1}',
+    "compression": "none", "state": "training", "version": "", "reason": "", "journal": "", "task": "digits",
+    "distill": False, "partial": False,
+    "reports": {"a": {"agent_id": "a", "num_examples": 3, "metrics": {"loss": 0.5}, "bytes_received": 7}},
+}
+
+
+def store_raw(store: StateStore, key: str, record: dict, sorted_in: tuple[str, str, float] | None = None,
+              listed_in: str = "") -> None:
+    """Puts a record into a backend as it was stored. Redis gets the JSON under ``key`` and the
+    record into its index (``sorted_in``: sorted set, member and score; ``listed_in``: a set of
+    keys); the in-process store keeps no JSON, so it gets the record as a backend reads one."""
+    if isinstance(store, RedisStateStore):
+        store.r.set(f"fedstream:t1:{key}", json.dumps(record))
+        if sorted_in is not None:
+            name, member, score = sorted_in
+            store.r.zadd(f"fedstream:t1:{name}", {member: score})
+        if listed_in:
+            store.r.sadd(f"fedstream:t1:{listed_in}", f"fedstream:t1:{key}")
+        return
+    assert isinstance(store, MemoryStateStore)
+    if key.startswith("run:"):
+        store._runs[record["run_id"]] = RunRecord.from_dict(record)
+    elif key.startswith("round:"):
+        store._rounds[(record["run_id"], record["round"])] = RoundRecord.from_dict(record)
+    else:
+        store._aggregations[("", record["run_id"], record["round"])] = AggregationRecord.from_dict(record)
+
+
+class TestStoredForms:
+    """Records written before the typed records are read, and changed, as they were meant."""
+
+    def test_an_old_run_and_round_load(self, store):
+        store_raw(store, "run:old", OLD_RUN, sorted_in=("runs", "old", 1.0))
+        store_raw(store, "round:old:000001", OLD_ROUND, sorted_in=("rounds:old", "1", 1.0))
+
+        assert store.get_run("old").state is RunState.SUCCEEDED
+        assert [r.run_id for r in store.list_runs()] == ["old"]
+        rnd = store.get_round("old", 1)
+        assert (rnd.kind, rnd.state) == (RoundKind.TRAIN, RoundState.TRAINING)
+        assert rnd.reports == [UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)]
+        assert store.list_rounds("old") == [rnd]
+        done = store.transition_round("old", 1, RoundState.AGGREGATING)
+        assert done.state is RoundState.AGGREGATING and done.reports == rnd.reports
+
+    def test_an_old_flat_aggregation_record_loads(self, store):
+        store_raw(store, "aggregation:old:000001", OLD_AGGREGATION, listed_in="aggregations")
+
+        rec = store.get_aggregation("old", 1)
+        assert rec.plan == RoundPlan(
+            "old", 1, RoundKind.TRAIN, "old/000000", ("a", "b"), 1, 60.0, strategy="fedprox",
+            strategy_params='{"mu": 0.1}', task="digits",
+        )
+        assert (rec.run_id, rec.round, rec.state, rec.journal) == ("old", 1, RoundState.TRAINING, "")
+        assert rec.reports == {"a": UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)}
+        assert store.list_aggregations() == [rec]
+        assert store.count_update("old", 1, "a", UpdateReport("a", 9)) is False
+        assert store.count_update("old", 1, "b", UpdateReport("b", 4, weight=4.0)) is True
+        store.set_aggregation_state("old", 1, RoundState.AGGREGATING)
+        got = store.get_aggregation("old", 1)
+        assert got.plan == rec.plan and got.state is RoundState.AGGREGATING
+        assert list(got.reports) == ["a", "b"] and got.reports["b"] == UpdateReport("b", 4, weight=4.0)
 
 
 class TestDocuments:

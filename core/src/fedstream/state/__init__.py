@@ -1,5 +1,6 @@
 """Shared state of the control plane: agents, runs, rounds, journals, documents, leases."""
 
+from fedstream.rounds import ROUND_TRANSITIONS
 from fedstream.state.agents import AgentRegistry
 from fedstream.state.base import StateStore
 from fedstream.state.coordination import Coordination
@@ -8,7 +9,6 @@ from fedstream.state.health import Health
 from fedstream.state.journal import AggregationJournal
 from fedstream.state.memory import MemoryStateStore
 from fedstream.state.records import (
-    ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
     EnrollmentTokenRecord,

@@ -14,11 +14,9 @@ from fedstream.state.coordination import Coordination
 from fedstream.state.documents import Documents
 from fedstream.state.health import Health
 from fedstream.state.journal import AggregationJournal
-from fedstream.state.records import TERMINAL_ROUND_STATES
 from fedstream.state.runs import RunStore
 
-# TERMINAL_ROUND_STATES stays importable from here, where the scheduler takes it.
-__all__ = ["TERMINAL_ROUND_STATES", "StateStore"]
+__all__ = ["StateStore"]
 
 
 class StateStore(AgentRegistry, RunStore, AggregationJournal, Documents, Coordination, Health):

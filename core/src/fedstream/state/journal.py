@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Protocol
 
+from fedstream.rounds import RoundState, UpdateReport
 from fedstream.state.records import AggregationRecord
 
 
@@ -19,7 +20,10 @@ class AggregationJournal(Protocol):
 
     @abstractmethod
     def create_aggregation(self, rec: AggregationRecord) -> None:
-        """Raises AlreadyExists when the round has one in ``rec.journal``."""
+        """Raises AlreadyExists when the round has one in ``rec.journal``.
+
+        Records are stored in ``AggregationRecord.to_dict``'s form and read with its
+        ``from_dict``, which also reads records stored before the plan was embedded."""
 
     @abstractmethod
     def get_aggregation(self, run_id: str, round_: int, journal: str = "") -> AggregationRecord:
@@ -31,7 +35,7 @@ class AggregationJournal(Protocol):
 
     @abstractmethod
     def count_update(
-        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+        self, run_id: str, round_: int, agent_id: str, report: UpdateReport, journal: str = ""
     ) -> bool:
         """Adds an agent's update to a training round's journal, atomically; True when added,
         False when that agent's update was counted already. Raises RoundNotFound, or RoundNotOpen
@@ -39,7 +43,8 @@ class AggregationJournal(Protocol):
 
     @abstractmethod
     def set_aggregation_state(
-        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+        self, run_id: str, round_: int, state: RoundState, journal: str = "", **changes: Any
     ) -> AggregationRecord:
-        """Moves a journal to aggregating, committed or failed (never back) and sets
-        ``changes``; raises RoundNotFound or InvalidTransition."""
+        """Moves a journal to aggregating, committed or failed (never back, as
+        ``RoundState.can_move_to`` allows) and sets ``changes`` (the record's own fields:
+        version, reason); raises RoundNotFound or InvalidTransition."""

@@ -16,14 +16,14 @@ from fedstream.errors import (
     RoundNotOpen,
     RunNotFound,
 )
+from fedstream.rounds import RoundState, UpdateReport
 from fedstream.state.base import StateStore
 from fedstream.state.records import (
-    AGGREGATION_TRANSITIONS,
-    ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
     RoundRecord,
     RunRecord,
+    round_state,
 )
 
 
@@ -129,14 +129,13 @@ class MemoryStateStore(StateStore):
             rounds = [r for (rid, _), r in self._rounds.items() if rid == run_id]
             return [copy.deepcopy(r) for r in sorted(rounds, key=lambda r: r.round)]
 
-    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
-        if to not in ROUND_TRANSITIONS:
-            raise InvalidTransition(f"unknown round state {to!r}")
+    def transition_round(self, run_id: str, round_: int, to: RoundState, **changes: Any) -> RoundRecord:
+        to = round_state(to)
         with self._lock:
             rnd = self._rounds.get((run_id, round_))
             if rnd is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
-            if to not in ROUND_TRANSITIONS[rnd.state]:
+            if not rnd.state.can_move_to(to):
                 raise InvalidTransition(
                     f"round {round_} of run {run_id!r} cannot go from {rnd.state} to {to}"
                 )
@@ -174,11 +173,11 @@ class MemoryStateStore(StateStore):
             return [
                 copy.deepcopy(r)
                 for key, r in sorted(self._aggregations.items())
-                if key[0] == journal and r.state not in ("committed", "failed")
+                if key[0] == journal and not r.state.terminal
             ]
 
     def count_update(
-        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+        self, run_id: str, round_: int, agent_id: str, report: UpdateReport, journal: str = ""
     ) -> bool:
         with self._lock:
             rec = self._aggregations.get((journal, run_id, round_))
@@ -186,19 +185,20 @@ class MemoryStateStore(StateStore):
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
             if agent_id in rec.reports:
                 return False
-            if rec.state != "training":
+            if rec.state is not RoundState.TRAINING:
                 raise RoundNotOpen(f"round {round_} of run {run_id!r} is {rec.state}, not accepting updates")
             rec.reports[agent_id] = copy.deepcopy(report)
             return True
 
     def set_aggregation_state(
-        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+        self, run_id: str, round_: int, state: RoundState, journal: str = "", **changes: Any
     ) -> AggregationRecord:
+        state = round_state(state)
         with self._lock:
             rec = self._aggregations.get((journal, run_id, round_))
             if rec is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
-            if state not in AGGREGATION_TRANSITIONS.get(rec.state, ()):
+            if not rec.state.can_move_to(state):
                 raise InvalidTransition(f"journal of round {round_} cannot go from {rec.state} to {state}")
             updated = dataclasses.replace(rec, state=state, **copy.deepcopy(changes))
             self._aggregations[(journal, run_id, round_)] = updated

@@ -1,25 +1,26 @@
-"""The state store's records: plain dataclasses that serialise to JSON, and the transition tables."""
+"""The state store's records: plain dataclasses, and the JSON form each backend stores them in.
+
+Round kinds and states are the round vocabulary's string enums (``fedstream.rounds``), so the
+JSON reads as it always did; its transitions are ``fedstream.rounds.ROUND_TRANSITIONS``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Allowed round transitions: open -> training -> aggregating -> committed, or failed.
-ROUND_TRANSITIONS: dict[str, frozenset[str]] = {
-    "open": frozenset({"training", "failed"}),
-    "training": frozenset({"aggregating", "failed"}),
-    "aggregating": frozenset({"committed", "failed"}),
-    "committed": frozenset(),
-    "failed": frozenset(),
-}
-TERMINAL_ROUND_STATES = frozenset({"committed", "failed"})
-AGGREGATION_TRANSITIONS: dict[str, frozenset[str]] = {
-    "training": frozenset({"aggregating", "failed"}),
-    "aggregating": frozenset({"committed", "failed"}),
-    "committed": frozenset(),
-    "failed": frozenset(),
-}
+from fedstream.errors import InvalidTransition
+from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateReport
+
+
+def round_state(value: RoundState | str) -> RoundState:
+    """The state a round or journal is asked to move to; raises InvalidTransition for a word
+    that names no round state."""
+    try:
+        return RoundState(value)
+    except ValueError:
+        raise InvalidTransition(f"unknown round state {value!r}") from None
 
 
 @dataclass
@@ -43,7 +44,7 @@ class RunRecord:
     run_id: str
     # The run's specification in protobuf JSON form (fedstream.v1.RunSpec).
     spec: dict[str, Any]
-    state: str = "running"
+    state: RunState = RunState.RUNNING
     reason: str = ""
     latest_version: str = ""
     created_unix: float = 0.0
@@ -52,6 +53,17 @@ class RunRecord:
     federation: str = ""
     # Who or what started it: "api", "grpc" or "schedule".
     trigger: str = ""
+
+    def __post_init__(self) -> None:
+        self.state = RunState(self.state)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a backend stores (the state as its word)."""
+        return {**dataclasses.asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        return cls(**d)
 
 
 @dataclass
@@ -96,14 +108,14 @@ class EnrollmentTokenRecord:
 class RoundRecord:
     run_id: str
     round: int
-    kind: str  # "init", "train" or "evaluate"
-    state: str = "open"
+    kind: RoundKind
+    state: RoundState = RoundState.OPEN
     participants: list[str] = field(default_factory=list)
     base_version: str = ""
     version: str = ""
     reason: str = ""
-    # One dict per counted update: agent_id, num_examples, metrics, bytes_received.
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    # One report per counted update, as the aggregator reported it.
+    reports: list[UpdateReport] = field(default_factory=list)
     stragglers: list[str] = field(default_factory=list)
     started_unix: float = 0.0
     finished_unix: float = 0.0
@@ -112,6 +124,21 @@ class RoundRecord:
     min_updates: int = 0
     # An evaluation round's metrics, combined over its reports.
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = RoundKind(self.kind)
+        self.state = RoundState(self.state)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a backend stores (kind and state as their words, reports as
+        ``UpdateReport.to_dict``)."""
+        reports = [r.to_dict() for r in self.reports]
+        return {**dataclasses.asdict(self), "kind": self.kind.value, "state": self.state.value, "reports": reports}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
+        """From ``to_dict``'s form; reports stored without a weight weigh their example count."""
+        return cls(**{**d, "reports": [UpdateReport.from_dict(r) for r in d.get("reports", [])]})
 
 
 @dataclass
@@ -122,27 +149,48 @@ class AggregationRecord:
     the model store by then, so a restarted aggregator can fold them all again.
     """
 
-    run_id: str
-    round: int
-    kind: str
-    base_version: str
-    participants: list[str]
-    min_updates: int
-    deadline_unix: float
-    strategy: str = "fedavg"
-    # The strategy's parameters as canonical JSON (sorted keys).
-    strategy_params: str = "{}"
-    compression: str = "none"
-    state: str = "training"  # training, aggregating, committed, failed
-    # agent_id -> report (num_examples, metrics, bytes_received), in the order counted.
-    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The round's plan, as it was opened.
+    plan: RoundPlan
+    state: RoundState = RoundState.TRAINING  # training, aggregating, committed, failed
+    # agent_id -> report, in the order counted.
+    reports: dict[str, UpdateReport] = field(default_factory=dict)
     version: str = ""
     reason: str = ""
     # Which aggregator's journal this is: "" for a single or root aggregator, "leaf/<name>"
     # for a leaf, so that aggregators sharing one state store never share a record.
     journal: str = ""
-    # The run's task, and whether the round ends with server-side distillation.
-    task: str = ""
-    distill: bool = False
-    # A leaf's share of a hierarchical round: its sums go to the root instead of a version.
-    partial: bool = False
+
+    def __post_init__(self) -> None:
+        self.state = RoundState(self.state)
+
+    @property
+    def run_id(self) -> str:
+        return self.plan.run_id
+
+    @property
+    def round(self) -> int:
+        return self.plan.round
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a backend stores: the plan under "plan", then the journal's own fields."""
+        return {
+            "plan": self.plan.to_dict(),
+            "state": self.state.value,
+            "reports": {agent: r.to_dict() for agent, r in self.reports.items()},
+            "version": self.version,
+            "reason": self.reason,
+            "journal": self.journal,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AggregationRecord:
+        """From ``to_dict``'s form, or from the flat form of records written before the plan
+        was embedded (the plan's fields at the top level, beside the journal's)."""
+        return cls(
+            plan=RoundPlan.from_dict(d.get("plan", d)),
+            state=RoundState(d.get("state", RoundState.TRAINING)),
+            reports={str(agent): UpdateReport.from_dict(r) for agent, r in d.get("reports", {}).items()},
+            version=str(d.get("version", "")),
+            reason=str(d.get("reason", "")),
+            journal=str(d.get("journal", "")),
+        )

@@ -29,14 +29,14 @@ from fedstream.errors import (
     Unavailable,
 )
 from fedstream.metrics import STATE_OPERATION_ERRORS, STATE_OPERATION_SECONDS
+from fedstream.rounds import RoundState, UpdateReport
 from fedstream.state.base import StateStore
 from fedstream.state.records import (
-    AGGREGATION_TRANSITIONS,
-    ROUND_TRANSITIONS,
     AgentRecord,
     AggregationRecord,
     RoundRecord,
     RunRecord,
+    round_state,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -220,7 +220,7 @@ class RedisStateStore(StateStore):
 
     @_unavailable
     def create_run(self, run: RunRecord) -> None:
-        if not self.r.set(self._k("run", run.run_id), json.dumps(dataclasses.asdict(run)), nx=True):
+        if not self.r.set(self._k("run", run.run_id), json.dumps(run.to_dict()), nx=True):
             raise AlreadyExists(f"run {run.run_id!r} already exists")
         self.r.zadd(self._k("runs"), {run.run_id: run.created_unix})
 
@@ -229,22 +229,22 @@ class RedisStateStore(StateStore):
         raw = self.r.get(self._k("run", run_id))
         if raw is None:
             raise RunNotFound(f"run {run_id!r} not found")
-        return RunRecord(**json.loads(raw))
+        return RunRecord.from_dict(json.loads(raw))
 
     @_unavailable
     def update_run(self, run_id: str, **changes: Any) -> RunRecord:
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise RunNotFound(f"run {run_id!r} not found")
-            return dataclasses.asdict(dataclasses.replace(RunRecord(**current), **changes))
+            return dataclasses.replace(RunRecord.from_dict(current), **changes).to_dict()
 
-        return RunRecord(**self._update(self._k("run", run_id), mutate))
+        return RunRecord.from_dict(self._update(self._k("run", run_id), mutate))
 
     @_unavailable
     def list_runs(self) -> list[RunRecord]:
         ids = [i.decode() for i in self.r.zrange(self._k("runs"), 0, -1)]
         raws = self.r.mget([self._k("run", i) for i in ids]) if ids else []
-        return [RunRecord(**json.loads(raw)) for raw in raws if raw is not None]
+        return [RunRecord.from_dict(json.loads(raw)) for raw in raws if raw is not None]
 
     # Documents.
 
@@ -295,7 +295,7 @@ class RedisStateStore(StateStore):
 
     @_unavailable
     def create_round(self, rnd: RoundRecord) -> None:
-        if not self.r.set(self._round_key(rnd.run_id, rnd.round), json.dumps(dataclasses.asdict(rnd)), nx=True):
+        if not self.r.set(self._round_key(rnd.run_id, rnd.round), json.dumps(rnd.to_dict()), nx=True):
             raise AlreadyExists(f"round {rnd.round} of run {rnd.run_id!r} already exists")
         self.r.zadd(self._k("rounds", rnd.run_id), {str(rnd.round): rnd.round})
 
@@ -304,29 +304,27 @@ class RedisStateStore(StateStore):
         raw = self.r.get(self._round_key(run_id, round_))
         if raw is None:
             raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
-        return RoundRecord(**json.loads(raw))
+        return RoundRecord.from_dict(json.loads(raw))
 
     @_unavailable
     def list_rounds(self, run_id: str) -> list[RoundRecord]:
         numbers = [int(n) for n in self.r.zrange(self._k("rounds", run_id), 0, -1)]
         raws = self.r.mget([self._round_key(run_id, n) for n in numbers]) if numbers else []
-        return [RoundRecord(**json.loads(raw)) for raw in raws if raw is not None]
+        return [RoundRecord.from_dict(json.loads(raw)) for raw in raws if raw is not None]
 
     @_unavailable
-    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
-        if to not in ROUND_TRANSITIONS:
-            raise InvalidTransition(f"unknown round state {to!r}")
+    def transition_round(self, run_id: str, round_: int, to: RoundState, **changes: Any) -> RoundRecord:
+        to = round_state(to)
 
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
-            if to not in ROUND_TRANSITIONS[current["state"]]:
-                raise InvalidTransition(
-                    f"round {round_} of run {run_id!r} cannot go from {current['state']} to {to}"
-                )
-            return dataclasses.asdict(dataclasses.replace(RoundRecord(**current), state=to, **changes))
+            rnd = RoundRecord.from_dict(current)
+            if not rnd.state.can_move_to(to):
+                raise InvalidTransition(f"round {round_} of run {run_id!r} cannot go from {rnd.state} to {to}")
+            return dataclasses.replace(rnd, state=to, **changes).to_dict()
 
-        return RoundRecord(**self._update(self._round_key(run_id, round_), mutate))
+        return RoundRecord.from_dict(self._update(self._round_key(run_id, round_), mutate))
 
     @_unavailable
     def update_round(self, run_id: str, round_: int, **changes: Any) -> RoundRecord:
@@ -336,9 +334,9 @@ class RedisStateStore(StateStore):
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} not found")
-            return dataclasses.asdict(dataclasses.replace(RoundRecord(**current), **changes))
+            return dataclasses.replace(RoundRecord.from_dict(current), **changes).to_dict()
 
-        return RoundRecord(**self._update(self._round_key(run_id, round_), mutate))
+        return RoundRecord.from_dict(self._update(self._round_key(run_id, round_), mutate))
 
     # The aggregator's journal.
 
@@ -353,7 +351,7 @@ class RedisStateStore(StateStore):
     @_unavailable
     def create_aggregation(self, rec: AggregationRecord) -> None:
         key = self._agg_key(rec.run_id, rec.round, rec.journal)
-        if not self.r.set(key, json.dumps(dataclasses.asdict(rec)), nx=True):
+        if not self.r.set(key, json.dumps(rec.to_dict()), nx=True):
             raise AlreadyExists(f"round {rec.round} of run {rec.run_id!r} has a journal")
         self.r.sadd(self._agg_set(rec.journal), key)
 
@@ -362,18 +360,18 @@ class RedisStateStore(StateStore):
         raw = self.r.get(self._agg_key(run_id, round_, journal))
         if raw is None:
             raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
-        return AggregationRecord(**json.loads(raw))
+        return AggregationRecord.from_dict(json.loads(raw))
 
     @_unavailable
     def list_aggregations(self, journal: str = "") -> list[AggregationRecord]:
         keys = sorted(k.decode() for k in self.r.smembers(self._agg_set(journal)))
         raws = self.r.mget(keys) if keys else []
-        recs = [AggregationRecord(**json.loads(raw)) for raw in raws if raw is not None]
-        return [r for r in recs if r.state not in ("committed", "failed")]
+        recs = [AggregationRecord.from_dict(json.loads(raw)) for raw in raws if raw is not None]
+        return [r for r in recs if not r.state.terminal]
 
     @_unavailable
     def count_update(
-        self, run_id: str, round_: int, agent_id: str, report: dict[str, Any], journal: str = ""
+        self, run_id: str, round_: int, agent_id: str, report: UpdateReport, journal: str = ""
     ) -> bool:
         added = False
 
@@ -382,36 +380,35 @@ class RedisStateStore(StateStore):
             if current is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
             added = False
-            if agent_id in current["reports"]:
+            rec = AggregationRecord.from_dict(current)
+            if agent_id in rec.reports:
                 return current
-            if current["state"] != "training":
-                raise RoundNotOpen(
-                    f"round {round_} of run {run_id!r} is {current['state']}, not accepting updates"
-                )
-            current["reports"][agent_id] = report
+            if rec.state is not RoundState.TRAINING:
+                raise RoundNotOpen(f"round {round_} of run {run_id!r} is {rec.state}, not accepting updates")
+            rec.reports[agent_id] = report
             added = True
-            return current
+            return rec.to_dict()
 
         self._update(self._agg_key(run_id, round_, journal), mutate)
         return added
 
     @_unavailable
     def set_aggregation_state(
-        self, run_id: str, round_: int, state: str, journal: str = "", **changes: Any
+        self, run_id: str, round_: int, state: RoundState, journal: str = "", **changes: Any
     ) -> AggregationRecord:
+        state = round_state(state)
+
         def mutate(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise RoundNotFound(f"round {round_} of run {run_id!r} has no journal")
-            if state not in AGGREGATION_TRANSITIONS.get(current["state"], ()):
-                raise InvalidTransition(
-                    f"journal of round {round_} cannot go from {current['state']} to {state}"
-                )
-            rec = dataclasses.replace(AggregationRecord(**current), state=state, **changes)
-            return dataclasses.asdict(rec)
+            rec = AggregationRecord.from_dict(current)
+            if not rec.state.can_move_to(state):
+                raise InvalidTransition(f"journal of round {round_} cannot go from {rec.state} to {state}")
+            return dataclasses.replace(rec, state=state, **changes).to_dict()
 
         key = self._agg_key(run_id, round_, journal)
-        rec = AggregationRecord(**self._update(key, mutate))
-        if state in ("committed", "failed"):
+        rec = AggregationRecord.from_dict(self._update(key, mutate))
+        if state.terminal:
             self.r.srem(self._agg_set(journal), key)
         return rec
 

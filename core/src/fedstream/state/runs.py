@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Protocol
 
+from fedstream.rounds import RoundState
 from fedstream.state.records import RoundRecord, RunRecord
 
 
@@ -40,11 +41,11 @@ class RunStore(Protocol):
         """The run's rounds by number."""
 
     @abstractmethod
-    def transition_round(self, run_id: str, round_: int, to: str, **changes: Any) -> RoundRecord:
+    def transition_round(self, run_id: str, round_: int, to: RoundState, **changes: Any) -> RoundRecord:
         """Moves a round to state ``to`` and sets ``changes``, atomically.
 
         Raises RoundNotFound, or InvalidTransition when ``to`` is not reachable from the round's
-        current state (so of two racing callers, exactly one wins).
+        current state (``RoundState.can_move_to``; so of two racing callers, exactly one wins).
         """
 
     @abstractmethod

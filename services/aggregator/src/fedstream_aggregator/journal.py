@@ -1,9 +1,8 @@
-"""The aggregator's journal in the state store, and the one place its records convert to and from
-the round vocabulary (plans, states, reports)."""
+"""The aggregator's journal in the state store: each round's record embeds its plan and its
+counted reports, so a restarted aggregator takes the round on as it was."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from fedstream.errors import FedstreamError
@@ -11,25 +10,6 @@ from fedstream.rounds import RoundPlan, RoundState, UpdateReport
 from fedstream.state import AggregationRecord, StateStore
 
 log = logging.getLogger(__name__)
-
-
-def plan_of(record: AggregationRecord) -> RoundPlan:
-    """The plan a journal record was opened with (the record's plan fields are the plan's)."""
-    return RoundPlan.from_dict(dataclasses.asdict(record))
-
-
-def record_of(plan: RoundPlan, journal: str) -> AggregationRecord:
-    """A new journal record (training, nothing counted) of ``plan`` in ``journal``."""
-    return AggregationRecord(**plan.to_dict(), journal=journal)
-
-
-def state_of(record: AggregationRecord) -> RoundState:
-    return RoundState(record.state)
-
-
-def reports_of(record: AggregationRecord) -> dict[str, UpdateReport]:
-    """The record's counted reports by agent, in the order counted."""
-    return {agent: UpdateReport.from_dict(r) for agent, r in record.reports.items()}
 
 
 class Journal:
@@ -42,7 +22,7 @@ class Journal:
 
     def create(self, plan: RoundPlan) -> None:
         """Raises AlreadyExists when the round has a record in this journal."""
-        self.state.create_aggregation(record_of(plan, self.name))
+        self.state.create_aggregation(AggregationRecord(plan, journal=self.name))
 
     def get(self, run_id: str, round_: int) -> AggregationRecord:
         """Raises RoundNotFound."""
@@ -54,17 +34,17 @@ class Journal:
     def count(self, plan: RoundPlan, report: UpdateReport) -> bool:
         """Counts an update, atomically; False when the agent's was counted already. Raises
         RoundNotOpen once the record is past training."""
-        return self.state.count_update(plan.run_id, plan.round, report.agent_id, report.to_dict(), self.name)
+        return self.state.count_update(plan.run_id, plan.round, report.agent_id, report, self.name)
 
     def move(self, plan: RoundPlan, state: RoundState, *, version: str = "", reason: str = "") -> None:
         """Moves the record to ``state`` (with the version committed or the reason it failed);
         a store that refuses is logged, not raised: the round's outcome stands."""
         changes = {k: v for k, v in (("version", version), ("reason", reason)) if v}
         try:
-            self.state.set_aggregation_state(plan.run_id, plan.round, state.value, self.name, **changes)
+            self.state.set_aggregation_state(plan.run_id, plan.round, state, self.name, **changes)
         except FedstreamError as e:
             log.warning("journal of round %d of %s: %s", plan.round, plan.run_id, e.public)
 
     def fail(self, run_id: str, round_: int, reason: str) -> None:
         """Fails a record; raises what the store raises."""
-        self.state.set_aggregation_state(run_id, round_, RoundState.FAILED.value, self.name, reason=reason)
+        self.state.set_aggregation_state(run_id, round_, RoundState.FAILED, self.name, reason=reason)

@@ -15,7 +15,7 @@ from fedstream.tensors import Layout
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.finishers import Storage, choose_finisher
 from fedstream_aggregator.hierarchy import Hierarchy
-from fedstream_aggregator.journal import Journal, plan_of
+from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable, checked_plan
 
@@ -95,7 +95,7 @@ class Opener:
             self.journal.create(plan)
         except AlreadyExists:
             record = self.journal.get(plan.run_id, plan.round)
-            if plan_of(record) != plan:
+            if record.plan != plan:
                 raise self._other_plan(plan) from None
             self.recovery.restore(record)
             return self.hierarchy.open_shares(self.table.get(plan.run_id, plan.round))

@@ -14,7 +14,7 @@ from fedstream.strategies import make_strategy
 from fedstream_aggregator.blocks import Blocks
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
-from fedstream_aggregator.journal import Journal, plan_of, reports_of, state_of
+from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.rounds import Round, RoundTable
 
 if TYPE_CHECKING:
@@ -56,12 +56,12 @@ class Recovery:
     def restore(self, record: AggregationRecord) -> None:
         """Rebuilds one round from its record and takes it on from its state; raises
         FailedPrecondition when its counted updates were not kept."""
-        plan = plan_of(record)
+        plan = record.plan
         if self.table.find(plan.run_id, plan.round) is not None:
             return
         strategy = make_strategy(plan.strategy, plan.params())
         rnd = self.factory.build(plan, strategy, self.factory.base_layout(plan))
-        reports = reports_of(record)
+        reports = dict(record.reports)
         # Init rounds and linear folds need the counted updates' bytes again; robust rounds
         # read theirs at commit, leaves hold a root's, evaluation rounds have none.
         refold = plan.kind is RoundKind.INIT or (plan.kind is RoundKind.TRAIN and rnd.accumulator is not None)
@@ -69,7 +69,7 @@ class Recovery:
             raise FailedPrecondition("its counted updates were not kept (durable updates are off)")
         if refold:
             self._refold(rnd, reports)
-        rnd.state, rnd.reports = state_of(record), reports
+        rnd.state, rnd.reports = record.state, reports
         if not self.table.install(rnd):
             return
         log.info(

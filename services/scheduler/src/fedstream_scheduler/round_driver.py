@@ -9,7 +9,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 from fedstream.errors import FedstreamError, InvalidTransition, RoundNotFound
 from fedstream.rounds import (
@@ -61,15 +60,6 @@ def select(spec: RunSpec, live: list[str], round_no: int, kind: RoundKind) -> li
     want = 1 if kind == RoundKind.INIT else selection_size(spec, len(live))
     rng = random.Random(f"{spec.training.seed}:{round_no}")
     return sorted(rng.sample(sorted(live), want))
-
-
-def report_dicts(reports: list[UpdateReport]) -> list[dict[str, Any]]:
-    """Reports as a round record stores them (without the aggregator's weight)."""
-    return [
-        {"agent_id": r.agent_id, "num_examples": r.num_examples, "metrics": dict(r.metrics),
-         "bytes_received": r.bytes_received}
-        for r in reports
-    ]
 
 
 class RoundDriver:
@@ -234,7 +224,7 @@ class RoundDriver:
 
     async def _record(self, run_id: str, round_no: int, snap: RoundSnapshot) -> str | None:
         """Records one snapshot; returns the round's version ("" when failed) once it ended."""
-        reports = report_dicts(snap.reports)
+        reports = list(snap.reports)
         current = self.state.get_round(run_id, round_no)
         if current.state in TERMINAL_ROUND_STATES:  # finished by another replica
             return current.version if current.state == RoundState.COMMITTED else ""
@@ -258,7 +248,7 @@ class RoundDriver:
         await self.changes.notify()
         return None
 
-    async def _committed(self, current: RoundRecord, snap: RoundSnapshot, reports: list[dict[str, Any]]) -> None:
+    async def _committed(self, current: RoundRecord, snap: RoundSnapshot, reports: list[UpdateReport]) -> None:
         run_id, round_no = current.run_id, current.round
         if current.state == RoundState.TRAINING:
             self.state.transition_round(run_id, round_no, RoundState.AGGREGATING, reports=reports)

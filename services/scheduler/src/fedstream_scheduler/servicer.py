@@ -21,7 +21,6 @@ from fedstream.errors import FailedPrecondition, ResourceExhausted
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter
 from fedstream.metrics import LIMIT_HITS
-from fedstream.rounds import UpdateReport
 from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
@@ -35,7 +34,7 @@ def round_to_proto(r: RoundRecord) -> pb.RoundInfo:
         kind=kind_to_proto(r.kind),
         state=state_to_proto(r.state),
         participants=r.participants,
-        reports=[report_to_proto(UpdateReport.from_dict(rep)) for rep in r.reports],
+        reports=[report_to_proto(rep) for rep in r.reports],
         stragglers=r.stragglers,
         base_version=r.base_version,
         version=r.version,

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from fedstream.rounds import RoundKind, RoundState, RunState, UpdateReport, combine_metrics
+from fedstream.rounds import RoundKind, RoundState, RunState, combine_metrics
 from fedstream.state import RoundRecord, RunRecord
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import FederationId, Limit, Operator, PageToken, RunId, Viewer, paginate
@@ -17,7 +17,7 @@ ROUND_STATES = "|".join(RoundState)
 
 def run_body(rec: RunRecord, rounds: list[RoundRecord] | None = None) -> dict[str, Any]:
     return {
-        "run_id": rec.run_id, "federation": rec.federation, "state": rec.state, "reason": rec.reason,
+        "run_id": rec.run_id, "federation": rec.federation, "state": rec.state.value, "reason": rec.reason,
         "trigger": rec.trigger, "latest_version": rec.latest_version, "created_unix": rec.created_unix,
         "finished_unix": rec.finished_unix, "spec": rec.spec,
         "rounds_committed": sum(r.kind == RoundKind.TRAIN and r.state == RoundState.COMMITTED for r in rounds or []),
@@ -26,13 +26,13 @@ def run_body(rec: RunRecord, rounds: list[RoundRecord] | None = None) -> dict[st
 
 def round_body(r: RoundRecord) -> s.Round:
     return s.Round(
-        round=r.round, kind=r.kind, state=r.state, participants=r.participants,  # type: ignore[arg-type]
+        round=r.round, kind=r.kind.value, state=r.state.value, participants=r.participants,
         stragglers=r.stragglers, updates=len(r.reports), base_version=r.base_version, version=r.version,
         reason=r.reason, started_unix=r.started_unix, finished_unix=r.finished_unix,
         duration_s=(r.finished_unix - r.started_unix) if r.finished_unix else None,
-        bytes_received=sum(int(x.get("bytes_received", 0)) for x in r.reports),
+        bytes_received=sum(x.bytes_received for x in r.reports),
         metrics=r.metrics,
-        update_metrics=combine_metrics([UpdateReport.from_dict(x) for x in r.reports]),
+        update_metrics=combine_metrics(r.reports),
     )
 
 
