@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from fedstream_testing.servers import free_port
 
 from fedstream.config import S3Settings
 from fedstream.errors import (
@@ -20,6 +19,7 @@ from fedstream.store import LocalModelStore, ModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import Layout
 from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.servers import free_port
 
 
 def make_store(kind: str, request, tmp_path, tenant: str = "t1") -> ModelStore:
