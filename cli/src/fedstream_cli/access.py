@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from fedstream_cli.api import API_ENV, Client, client_from, emit, save_login
+from fedstream_cli.api import API_ENV, Client, client_from, emit, list_command, save_login
 from fedstream_cli.progress import local_time
 
 
@@ -24,12 +24,9 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_agents_list(args: argparse.Namespace) -> int:
-    agents = client_from(args).pages("/agents")
-    lines = [f"{'AGENT':24} {'STATUS':9} {'CONNECTED':9} {'DEVICE':6} {'CERTS':>5}  TASKS"]
-    lines += [f"{a['agent_id']:24} {a['status']:9} {'yes' if a['connected'] else 'no':9} "
-              f"{a['capabilities'].get('device', '-'):6} {a['certificates']:>5}  {','.join(a['tasks'])}" for a in agents]
-    emit(args, agents, lines)
-    return 0
+    return list_command(args, "/agents", f"{'AGENT':24} {'STATUS':9} {'CONNECTED':9} {'DEVICE':6} {'CERTS':>5}  TASKS",
+                        lambda a: f"{a['agent_id']:24} {a['status']:9} {'yes' if a['connected'] else 'no':9} "
+                        f"{a['capabilities'].get('device', '-'):6} {a['certificates']:>5}  {','.join(a['tasks'])}")
 
 
 def cmd_agents_change(args: argparse.Namespace) -> int:
@@ -65,12 +62,9 @@ def cmd_enrollment_create(args: argparse.Namespace) -> int:
 
 
 def cmd_enrollment_list(args: argparse.Namespace) -> int:
-    toks = client_from(args).pages("/enrollment-tokens")
-    lines = [f"{'TOKEN':18} {'AGENT':24} {'EXPIRES':20} NAME"]
-    lines += [f"{t['token_id']:18} {t['agent_id'] or '(any)':24} {local_time(t['expires_unix']):20} {t['name']}"
-              for t in toks]
-    emit(args, toks, lines)
-    return 0
+    return list_command(args, "/enrollment-tokens", f"{'TOKEN':18} {'AGENT':24} {'EXPIRES':20} NAME",
+                        lambda t: f"{t['token_id']:18} {t['agent_id'] or '(any)':24} "
+                        f"{local_time(t['expires_unix']):20} {t['name']}")
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> int:
@@ -80,11 +74,8 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    toks = client_from(args).pages("/tokens")
-    lines = [f"{'TOKEN':18} {'ROLE':9} {'CREATED':20} NAME"]
-    lines += [f"{t['token_id']:18} {t['role']:9} {local_time(t['created_unix']):20} {t['name']}" for t in toks]
-    emit(args, toks, lines)
-    return 0
+    return list_command(args, "/tokens", f"{'TOKEN':18} {'ROLE':9} {'CREATED':20} NAME",
+                        lambda t: f"{t['token_id']:18} {t['role']:9} {local_time(t['created_unix']):20} {t['name']}")
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,3 +126,10 @@ def emit(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print("\n".join(lines))
+
+
+def list_command(args: argparse.Namespace, path: str, header: str, row: Callable[[Any], str]) -> int:
+    """Prints every item of a listing: a table of ``header`` and a ``row`` each, or JSON."""
+    items = client_from(args).pages(path)
+    emit(args, items, [header, *map(row, items)])
+    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedstream_cli.api import client_from, emit
+from fedstream_cli.api import client_from, emit, list_command
 from fedstream_cli.runs import follow, run_summary
 from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 
@@ -20,9 +20,7 @@ HEADER = f"{'FEDERATION':24} {'TASK':16} {'STRATEGY':10} {'ROUNDS':>6}  {'SCHEDU
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    feds = client_from(args).pages("/federations")
-    emit(args, feds, [HEADER] + [_row(f) for f in feds])
-    return 0
+    return list_command(args, "/federations", HEADER, _row)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

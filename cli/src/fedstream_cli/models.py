@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from fedstream_cli.api import ApiError, client_from, emit
+from fedstream_cli.api import ApiError, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes, local_time
 
 HEADER = f"{'VERSION':32} {'SIZE':>10} {'PINNED':6} CREATED"
@@ -19,9 +19,7 @@ def _row(m: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    models = client_from(args).pages(f"/federations/{args.federation}/models")
-    emit(args, models, [HEADER] + [_row(m) for m in models])
-    return 0
+    return list_command(args, f"/federations/{args.federation}/models", HEADER, _row)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from fedstream_cli.api import Client, client_from, emit
+from fedstream_cli.api import Client, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes
 
 SHOWN_METRICS = ("train_loss", "accuracy", "map50", "map", "rank1")
@@ -53,12 +53,10 @@ def run_summary(run: dict[str, Any]) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     query = "&".join(f"{k}={v}" for k, v in (("federation", args.federation), ("state", args.state)) if v)
-    runs = client_from(args).pages("/runs" + (f"?{query}" if query else ""))
-    lines = [f"{'RUN':32} {'FEDERATION':20} {'STATE':10} {'TRIGGER':9} {'ROUNDS':>6} LATEST"]
-    lines += [f"{r['run_id']:32} {r['federation'] or '-':20} {r['state']:10} {r['trigger']:9} "
-              f"{r['rounds_committed']:>6} {r['latest_version'] or '-'}" for r in runs]
-    emit(args, runs, lines)
-    return 0
+    return list_command(args, "/runs" + (f"?{query}" if query else ""),
+                        f"{'RUN':32} {'FEDERATION':20} {'STATE':10} {'TRIGGER':9} {'ROUNDS':>6} LATEST",
+                        lambda r: f"{r['run_id']:32} {r['federation'] or '-':20} {r['state']:10} {r['trigger']:9} "
+                        f"{r['rounds_committed']:>6} {r['latest_version'] or '-'}")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
