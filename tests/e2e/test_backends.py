@@ -84,7 +84,7 @@ def test_a_run_keeps_its_state_in_redis_and_its_models_in_s3(tmp_path, redis_url
             procs.start_agent(f"site-{i}", sched, i, 2, {"DEVICE": "cpu", "CPU_THREADS": "1"})
 
         result = subprocess.run(
-            [str(BIN / "fedstream"), "run", "start", "--scheduler", sched, "--rounds", "2", "--min-agents", "2",
+            [str(BIN / "fedstream"), "grpc", "run-start", "--scheduler", sched, "--task", "digits", "--rounds", "2", "--min-agents", "2",
              "--epochs", "1", "--run-id", "on-redis", "--follow", "--identity", str(procs.pki / "operator")],
             capture_output=True, text=True, timeout=300,
         )

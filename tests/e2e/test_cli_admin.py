@@ -43,7 +43,7 @@ def test_cli_drives_a_federation_through_the_admin_api(tmp_path):
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600
 
         created = cli("federations", "create", "digits", "--task", "digits", "--rounds", "2", "--min-agents", "2",
-                      "--cron", "0 3 * * *", "--timezone", "Europe/Berlin", "--output", "json")
+                      "--cron", "0 3 * * *", "--timezone", "Europe/Berlin", "--format", "json")
         assert created.returncode == 0, created.stderr
         assert json.loads(created.stdout)["schedule"]["timezone"] == "Europe/Berlin"
         assert "digits" in cli("federations", "list").stdout
@@ -55,9 +55,9 @@ def test_cli_drives_a_federation_through_the_admin_api(tmp_path):
         assert "run cli-run [" in ran.stderr and "2/2" in ran.stderr  # the progress bar
         assert "run cli-run succeeded" in ran.stdout and "train_loss" in ran.stdout
 
-        runs = json.loads(cli("runs", "list", "--federation", "digits", "--output", "json").stdout)
+        runs = json.loads(cli("runs", "list", "--federation", "digits", "--format", "json").stdout)
         assert [r["run_id"] for r in runs] == ["cli-run"]
-        models = json.loads(cli("models", "list", "digits", "--output", "json").stdout)
+        models = json.loads(cli("models", "list", "digits", "--format", "json").stdout)
         assert [m["version"] for m in models] == ["cli-run/000000", "cli-run/000001", "cli-run/000002"]
 
         out = tmp_path / "m.safetensors"

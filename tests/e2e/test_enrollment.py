@@ -35,8 +35,8 @@ def test_an_agent_enrolls_with_a_cli_token_renews_alone_and_is_revoked_by_deleti
                                           "ENROLLMENT__CERT_LIFETIME_S": "60"})
         env["FEDSTREAM_API"] = fed.api_url()
         token_file = tmp_path / "token"
-        made = cli("enrollment-tokens", "create", "--agent-id", "lyon", "--ttl", "600", "--write", str(token_file),
-                   "--output", "json")
+        made = cli("enrollment-tokens", "create", "--agent-id", "lyon", "--ttl", "600", "--output", str(token_file),
+                   "--format", "json")
         assert made.returncode == 0, made.stderr
         assert json.loads(made.stdout)["agent_id"] == "lyon" and token_file.read_text().startswith("fse_")
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -51,14 +51,14 @@ def test_an_agent_enrolls_with_a_cli_token_renews_alone_and_is_revoked_by_deleti
              60, fed.tail("lyon"))
         first = read_peer((identity / "cert.pem").read_bytes())
         assert (identity / "key.pem").stat().st_mode & 0o077 == 0
-        assert cli("enrollment-tokens", "list", "--output", "json").stdout.strip() == "[]"  # used up
+        assert cli("enrollment-tokens", "list", "--format", "json").stdout.strip() == "[]"  # used up
         wait(lambda: "certificate renewed" in fed.tail("lyon", 200), 60, fed.tail("lyon"))
         second = read_peer((identity / "cert.pem").read_bytes())
         assert second.serial != first.serial and second.not_after_unix > first.not_after_unix
-        wait(lambda: json.loads(cli("agents", "list", "--output", "json").stdout)[0]["connected"], 30, fed.tail("lyon"))
+        wait(lambda: json.loads(cli("agents", "list", "--format", "json").stdout)[0]["connected"], 30, fed.tail("lyon"))
 
         started = subprocess.run(
-            [fedstream, "run", "start", "--scheduler", sched, "--rounds", "1", "--min-agents", "1", "--epochs", "1",
+            [fedstream, "grpc", "run-start", "--scheduler", sched, "--task", "digits", "--rounds", "1", "--min-agents", "1", "--epochs", "1",
              "--run-id", "after-renewal", "--follow", "--identity", str(fed.pki / "operator")],
             capture_output=True, text=True, timeout=300)
         assert started.returncode == 0, started.stdout + started.stderr + fed.tail("lyon")
@@ -70,10 +70,10 @@ def test_an_agent_enrolls_with_a_cli_token_renews_alone_and_is_revoked_by_deleti
         assert agent.wait(60) == 5, fed.tail("lyon")
         log = fed.tail("lyon", 200)
         assert "refused this agent's certificate" in log and "enrollment refused" in log
-        assert json.loads(cli("agents", "list", "--output", "json").stdout) == []
+        assert json.loads(cli("agents", "list", "--format", "json").stdout) == []
         assert (identity / "cert.pem.refused").exists() and not (identity / "cert.pem").exists()
 
-        again = json.loads(cli("enrollment-tokens", "create", "--agent-id", "lyon", "--output", "json").stdout)
+        again = json.loads(cli("enrollment-tokens", "create", "--agent-id", "lyon", "--format", "json").stdout)
         token_file.write_text(again["token"])  # the operator's new token: the agent comes back
         fed.start_agent("lyon-again", "127.0.0.1:1", 0, 1, {
             "AGENT_ID": "lyon", "SCHEDULER_ENDPOINT": sched, "DEVICE": "cpu", "CPU_THREADS": "1",

@@ -38,11 +38,11 @@ def federation(tmp_path, monkeypatch):
 def test_two_agents_two_rounds_through_separate_processes(federation, tmp_path):
     procs, sched_addr, agg_addr = federation
 
-    started = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+    started = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--rounds", "2", "--min-agents", "2",
                         "--epochs", "1", "--round-timeout", "120", "--run-id", "e2e", "--follow")
     out = tmp_path / "model.safetensors"
-    downloaded = fedstream("model", "download", "e2e", "--aggregator", agg_addr, "-o", str(out))
-    got = fedstream("run", "get", "e2e", "--scheduler", sched_addr)
+    downloaded = fedstream("grpc", "model-download", "e2e", "--aggregator", agg_addr, "-o", str(out))
+    got = fedstream("grpc", "run-get", "e2e", "--scheduler", sched_addr)
 
     assert started.returncode == 0, started.stdout + started.stderr + procs.tail("aggregator") + procs.tail("scheduler")
     assert "round 2/2: committed e2e/000002" in started.stdout
@@ -60,7 +60,7 @@ def test_federated_evaluation_rounds(federation, tmp_path):
     recorded with the version."""
     procs, sched_addr, agg_addr = federation
 
-    trained = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+    trained = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--rounds", "2", "--min-agents", "2",
                         "--evaluate-every", "1", "--round-timeout", "120", "--run-id", "ev", "--follow")
     assert trained.returncode == 0, trained.stdout + trained.stderr + procs.tail("scheduler")
     assert "round 1/2: committed ev/000001" in trained.stdout
@@ -69,10 +69,10 @@ def test_federated_evaluation_rounds(federation, tmp_path):
     assert "round 4 (evaluation of ev/000003): accuracy" in trained.stdout
     assert "latest model ev/000003" in trained.stdout
 
-    only = fedstream("run", "start", "--scheduler", sched_addr, "--evaluate-only", "--min-agents", "2",
+    only = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--evaluate-only", "--min-agents", "2",
                      "--initial-version", "ev/000003", "--run-id", "ev-only", "--follow")
     assert only.returncode == 0, only.stdout + only.stderr
-    got = json.loads(fedstream("run", "get", "ev-only", "--scheduler", sched_addr).stdout)
+    got = json.loads(fedstream("grpc", "run-get", "ev-only", "--scheduler", sched_addr).stdout)
     (evaluation,) = got["rounds"]
     assert evaluation["kind"] == "ROUND_KIND_EVALUATE" and evaluation["version"] == "ev/000003"
     reports = evaluation["reports"]
@@ -86,14 +86,14 @@ def test_federated_evaluation_rounds(federation, tmp_path):
     assert records["ev-only-000001"]["metrics"]["accuracy"] == pytest.approx(expected)
     assert "latest model -" in only.stdout  # an evaluation commits no version
 
-    refused = fedstream("run", "start", "--scheduler", sched_addr, "--evaluate-only")
+    refused = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--evaluate-only")
     assert refused.returncode == 1 and "evaluate_only run needs the initial_version" in refused.stderr
 
 
 def test_cli_reports_errors_with_their_status(federation):
     _, sched_addr, agg_addr = federation
-    missing = fedstream("run", "get", "nope", "--scheduler", sched_addr)
-    no_model = fedstream("model", "download", "nope", "--aggregator", agg_addr, "-o", "/dev/null")
+    missing = fedstream("grpc", "run-get", "nope", "--scheduler", sched_addr)
+    no_model = fedstream("grpc", "model-download", "nope", "--aggregator", agg_addr, "-o", "/dev/null")
     assert missing.returncode == 1 and "NOT_FOUND: run 'nope' not found" in missing.stderr
     assert no_model.returncode == 1 and "NOT_FOUND" in no_model.stderr
 
@@ -158,10 +158,10 @@ def _processes_using(workdir: Path) -> list[psutil.Process]:
 def test_fedpav_keeps_each_sites_classifier_at_home(federation, tmp_path):
     procs, sched_addr, agg_addr = federation
 
-    started = fedstream("run", "start", "--scheduler", sched_addr, "--rounds", "2", "--min-agents", "2",
+    started = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--rounds", "2", "--min-agents", "2",
                         "--epochs", "1", "--run-id", "pav", "--strategy", "fedpav", "--follow")
     out = tmp_path / "pav.safetensors"
-    downloaded = fedstream("model", "download", "pav", "--aggregator", agg_addr, "-o", str(out))
+    downloaded = fedstream("grpc", "model-download", "pav", "--aggregator", agg_addr, "-o", str(out))
 
     assert started.returncode == 0, started.stdout + started.stderr + procs.tail("aggregator")
     assert downloaded.returncode == 0, downloaded.stderr

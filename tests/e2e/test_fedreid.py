@@ -36,13 +36,13 @@ def test_fedpav_with_cosine_weights_and_distillation_through_the_services(sites,
             fed.start_agent(site.name, sched, 0, 1, {
                 "TASKS": f'["{TASK}"]', "DATA__PATH": str(site), "DEVICE": "cpu", "CPU_THREADS": "1",
             })
-        started = run("fedstream", "run", "start", "--scheduler", sched, "--task", TASK, "--rounds", "2",
+        started = run("fedstream", "grpc", "run-start", "--scheduler", sched, "--task", TASK, "--rounds", "2",
                       "--min-agents", "3", "--epochs", "1", "--batch-size", "16", "--strategy", "fedpav",
                       "--strategy-param", "weights=cosine", "--strategy-param", "distill_every=2", "--evaluate-every", "2", "--round-timeout", "180",
                       "--run-id", "reid", "--follow")
         assert started.returncode == 0, started.stdout + started.stderr + fed.tail("scheduler") + fed.tail("big")
         assert "round 3 (evaluation of reid/000002): map" in started.stdout
-        got = json.loads(run("fedstream", "run", "get", "reid", "--scheduler", sched).stdout)
+        got = json.loads(run("fedstream", "grpc", "run-get", "reid", "--scheduler", sched).stdout)
         fed.check_alive()
 
     for rnd in got["rounds"][1:3]:

@@ -30,14 +30,14 @@ def test_three_camera_owners_train_evaluate_and_deploy(sites, tmp_path, monkeypa
             fed.start_agent(site.name, sched, 0, 1, {
                 "TASKS": f'["{TASK}"]', "DATA__PATH": str(site), "DEVICE": "cpu", "CPU_THREADS": "1",
             })
-        started = run("fedstream", "run", "start", "--scheduler", sched, "--task", TASK, "--rounds", "2",
+        started = run("fedstream", "grpc", "run-start", "--scheduler", sched, "--task", TASK, "--rounds", "2",
                       "--min-agents", "3", "--epochs", "1", "--batch-size", "8", "--evaluate-every", "2",
                       "--round-timeout", "180", "--run-id", "fv", "--follow")
         assert started.returncode == 0, started.stdout + started.stderr + fed.tail("scheduler")
         assert "round 2/2: committed fv/000002" in started.stdout
         assert "round 3 (evaluation of fv/000002): map" in started.stdout
 
-        got = json.loads(run("fedstream", "run", "get", "fv", "--scheduler", sched).stdout)
+        got = json.loads(run("fedstream", "grpc", "run-get", "fv", "--scheduler", sched).stdout)
         evaluation = got["rounds"][-1]
         assert evaluation["kind"] == "ROUND_KIND_EVALUATE"
         assert {"map", "map50"} <= set(evaluation["metrics"])

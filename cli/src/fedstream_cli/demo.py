@@ -16,8 +16,12 @@ from pathlib import Path
 
 import grpc
 
+from fedstream.convert import run_state_from_proto
+from fedstream.rounds import RunState
 from fedstream.transfer import download_model
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from fedstream_cli.dev_grpc import RoundPrinter, ended, run_spec, watch
+from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 from fedstream_testing.local import LocalFederation
 
 
@@ -56,16 +60,8 @@ def run_demo(args: argparse.Namespace) -> int:
         heldout = task.load_heldout(data_settings)
         device = pick_device()
         print(f"held-out split: {task.num_examples(heldout)} images; waiting for agents to register")
-        run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(
-            task="digits",
-            rounds=args.rounds,
-            min_agents=args.agents,
-            round_timeout_s=args.round_timeout,
-            wait_for_agents_s=120,
-            training=round_pb2.TrainingConfig(
-                local_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed
-            ),
-        )), timeout=10)
+        spec = {**spec_from_args(args), "task": "digits", "min_agents": args.agents, "wait_for_agents_s": 120}
+        run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=run_spec(spec)), timeout=10)
         accuracy: dict[str, float] = {}
 
         def evaluate(r: scheduler_pb2.RoundInfo) -> str:
@@ -75,19 +71,12 @@ def run_demo(args: argparse.Namespace) -> int:
             accuracy[r.version] = metrics["accuracy"]
             return f"global accuracy {metrics['accuracy']:.4f}"
 
-        from fedstream_cli.runs import RUN_STATE, RoundPrinter
-
-        printer = RoundPrinter(total_rounds=args.rounds)
-        final = run
-        for final in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=run.run_id)):
-            procs.check_alive()
-            printer.update(final, evaluate)
-        state = RUN_STATE[final.state]
-        if final.state != scheduler_pb2.RUN_STATE_SUCCEEDED:
-            print(f"run {final.run_id} {state}: {final.reason}")
+        final = watch(runs, run.run_id, RoundPrinter(total_rounds=args.rounds), evaluate, procs.check_alive)
+        if run_state_from_proto(final.state) != RunState.SUCCEEDED:
+            print(f"{ended(final)}")
             return 1
         acc = accuracy.get(final.latest_version, float("nan"))
-        print(f"run {final.run_id} {state}: final model {final.latest_version}, "
+        print(f"{ended(final)}: final model {final.latest_version}, "
               f"held-out accuracy {acc:.4f} after {args.rounds} rounds")
         return 0
     except (grpc.RpcError, RuntimeError) as e:
@@ -102,12 +91,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run a whole federation on this machine (no servers needed)")
     p.add_argument("--agents", type=int, default=3, help="number of client agents (default 3)")
-    p.add_argument("--rounds", type=int, default=5, help="training rounds (default 5)")
-    p.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")
-    p.add_argument("--batch-size", type=int, default=32, help="local batch size (default 32)")
-    p.add_argument("--lr", type=float, default=0.05, help="local learning rate (default 0.05)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data split and initialisation")
-    p.add_argument("--round-timeout", type=float, default=120.0, help="seconds per round")
+    add_spec_arguments(p, only=("rounds", "epochs", "batch_size", "lr", "seed", "round_timeout"))
+    p.set_defaults(rounds=5, epochs=2, round_timeout=120.0)
     p.add_argument("--leaves", type=int, default=0,
                    help="hierarchical aggregation: this many leaf aggregators fold the updates and "
                    "the aggregator adds their sums (default 0: one aggregator)")

@@ -1,5 +1,5 @@
 """`fedstream pki`: a tenant's certificate authority and the certificates an operator hands
-out by hand (services that do not hold the CA key, operators driving runs over gRPC)."""
+out by hand (services that do not hold the CA key, operators using the `fedstream grpc` development commands)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     init.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
     init.set_defaults(func=cmd_init_ca)
     issue = cmds.add_parser(
-        "issue", help="issue a certificate: an operator's (for run/model commands) or a service's "
+        "issue", help="issue a certificate: an operator's (for the `fedstream grpc` development commands) or a service's "
         "(when it should not hold the CA key). Agents enroll with tokens instead.")
     issue.add_argument("--ca", required=True, help="directory of the authority (init-ca --out)")
     issue.add_argument("--role", choices=["operator", "service"], required=True)

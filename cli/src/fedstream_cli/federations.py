@@ -1,0 +1,128 @@
+"""`fedstream federations ...`: a federation is a named run spec (and an optional schedule); its runs start here."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fedstream_cli.api import client_from, emit, list_command
+from fedstream_cli.runs import follow, run_summary
+from fedstream_cli.runspec import add_spec_arguments, spec_from_args
+
+
+def _row(f: dict[str, Any]) -> str:
+    sched = f"{f['schedule']['cron']} {f['schedule']['timezone']}" if f["schedule"] else "-"
+    return (f"{f['federation_id']:24} {f['spec']['task']:16} {f['spec']['strategy']['name']:10} "
+            f"{f['spec']['rounds']:>6}  {sched:24} {f['latest_version'] or '-'}")
+
+
+HEADER = f"{'FEDERATION':24} {'TASK':16} {'STRATEGY':10} {'ROUNDS':>6}  {'SCHEDULE':24} LATEST"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    return list_command(args, "/federations", HEADER, _row)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    fed = client_from(args).call("GET", f"/federations/{args.federation}")
+    emit(args, fed, [HEADER, _row(fed)])
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.cron:
+        return None
+    out = {"cron": args.cron, "timezone": args.timezone or "UTC"}
+    if args.missed:
+        out["missed"] = args.missed
+    return out
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"federation_id": args.federation, "description": args.description or "",
+                            "spec": spec_from_args(args)}
+    if schedule := _schedule(args):
+        body["schedule"] = schedule
+    fed = client_from(args).call("POST", "/federations", json=body)
+    emit(args, fed, [f"federation {fed['federation_id']} created"
+                     + (f"; runs at '{args.cron}' ({body['schedule']['timezone']})" if args.cron else "")])
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """Merges the flags given into the federation: nested sections (training, strategy) field by field."""
+    client = client_from(args)
+    changes = spec_from_args(args)
+    body: dict[str, Any] = {"clear_schedule": args.clear_schedule}
+    if changes:
+        current = client.call("GET", f"/federations/{args.federation}")["spec"]
+        body["spec"] = {k: {**current[k], **v} if isinstance(v, dict) else v for k, v in changes.items()}
+    if args.description is not None:
+        body["description"] = args.description
+    if schedule := _schedule(args):
+        body["schedule"] = schedule
+    fed = client.call("PATCH", f"/federations/{args.federation}", json=body)
+    emit(args, fed, [f"federation {fed['federation_id']} updated", HEADER, _row(fed)])
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    client_from(args).call("DELETE", f"/federations/{args.federation}")
+    emit(args, {"federation_id": args.federation, "deleted": True}, [f"federation {args.federation} deleted"])
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    run = client.call("POST", f"/federations/{args.federation}/runs",
+                      json={"run_id": args.run_id, "initial_version": args.initial_version})
+    if not args.follow:
+        emit(args, run, [f"run {run['run_id']} started"])
+        return 0
+    run = follow(client, run["run_id"])
+    emit(args, run, run_summary(run))
+    return 0 if run["state"] == "succeeded" else 1
+
+
+def _schedule_arguments(p: argparse.ArgumentParser, creating: bool) -> None:
+    group = p.add_argument_group("schedule")
+    group.add_argument("--cron", default="", help="start runs on this five-field cron schedule, e.g. '0 2 * * *'")
+    group.add_argument("--timezone", default="", help="IANA time zone the cron expression is read in (default: UTC)")
+    group.add_argument("--missed", choices=["skip", "run_once"], default=None,
+                       help="a slot missed while every scheduler was down: skipped (default) or run once")
+    if not creating:
+        group.add_argument("--clear-schedule", action="store_true", help="remove the schedule: runs start on request only")
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    feds = sub.add_parser(
+        "federations", help="create, change and start federations (named run specs)",
+        description="A federation is a named run spec and an optional cron schedule. `create` it with the "
+        "spec flags, start a run of it at once with `run`, change it with `update`.",
+    ).add_subparsers(dest="fed_command", required=True, metavar="COMMAND")
+    feds.add_parser("list", parents=[common], help="list federations").set_defaults(func=cmd_list)
+    get = feds.add_parser("get", parents=[common], help="show a federation")
+    get.add_argument("federation")
+    get.set_defaults(func=cmd_get)
+    create = feds.add_parser("create", parents=[common], help="create a federation")
+    create.add_argument("federation", help="id: lowercase letters, digits and '-'")
+    create.add_argument("--description", default="", help="what it is for")
+    add_spec_arguments(create)
+    _schedule_arguments(create, creating=True)
+    create.set_defaults(func=cmd_create)
+    update = feds.add_parser("update", parents=[common], help="change a federation: only the flags given change")
+    update.add_argument("federation")
+    update.add_argument("--description", default=None, help="what it is for")
+    add_spec_arguments(update, defaults=False)
+    _schedule_arguments(update, creating=False)
+    update.set_defaults(func=cmd_update)
+    delete = feds.add_parser("delete", parents=[common], help="delete a federation (not while one of its runs runs)")
+    delete.add_argument("federation")
+    delete.set_defaults(func=cmd_delete)
+    run = feds.add_parser("run", parents=[common], help="start a run of a federation now")
+    run.add_argument("federation")
+    run.add_argument("--run-id", default="", help="id of the new run (default: generated)")
+    run.add_argument("--initial-version", default="",
+                     help="start from this version (default: the federation's newest pinned, else latest model)")
+    run.add_argument("--follow", action="store_true", help="show progress until the run ends; exit 1 unless it succeeds")
+    run.set_defaults(func=cmd_run)

@@ -1,0 +1,74 @@
+"""The `fedstream` command's conventions: --version, one set of admin-API options on every REST
+command, run-spec flags whose defaults are the API's, the same spec over REST and gRPC."""
+
+from __future__ import annotations
+
+import argparse
+from importlib.metadata import version
+
+import pytest
+
+from fedstream_cli import build_parser
+from fedstream_cli.dev_grpc import run_spec
+from fedstream_cli.runspec import FLAGS, spec_from_args
+from fedstream_scheduler.models import RunSpec
+
+REST_GROUPS = ("federations", "runs", "models", "agents", "enrollment-tokens", "tokens")
+
+
+def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return {path: parser}
+    return {k: v for name, p in subs[0].choices.items() for k, v in leaves(p, (*path, name)).items()}
+
+
+def test_version_prints_the_distribution_version_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fedstream {version('fedstream-cli')}\n"
+
+
+def test_every_rest_command_takes_the_same_api_options():
+    commands = {path: p for path, p in leaves(build_parser()).items() if path[0] in (*REST_GROUPS, "plot")}
+
+    assert len(commands) >= 20
+    for path, p in commands.items():
+        options = {o for a in p._actions for o in a.option_strings}
+        assert {"--api", "--token", "--format"} <= options, path
+        if "--output" in options:
+            assert "-o" in options, path
+
+
+def test_run_spec_flags_default_to_the_api_defaults():
+    api = RunSpec(task="digits").model_dump()
+
+    for f in FLAGS:
+        if f.default is None:
+            continue
+        node = api
+        *parents, leaf = f.field.split(".")
+        for p in parents:
+            node = node[p]
+        assert node[leaf] == f.default, f.flag
+
+
+def test_rest_and_grpc_starts_send_the_same_spec():
+    flags = ["--task", "digits", "--rounds", "3", "--strategy", "fedprox", "--strategy-param", "mu=0.01",
+             "--epochs", "2", "--compression", "int8", "--evaluate-every", "1"]
+    parser = build_parser()
+
+    rest = spec_from_args(parser.parse_args(["federations", "create", "f", *flags]))
+    grpc = spec_from_args(parser.parse_args(["grpc", "run-start", *flags]))
+
+    assert rest == grpc
+    assert RunSpec(**rest).strategy.params == {"mu": 0.01}
+    assert run_spec(rest).training.compression == "int8"
+
+
+def test_update_sends_only_the_flags_given():
+    args = build_parser().parse_args(["federations", "update", "f", "--epochs", "3"])
+
+    assert spec_from_args(args) == {"training": {"local_epochs": 3}}
