@@ -1,21 +1,13 @@
-"""Exit codes are defined once, listed in the README, and `--version` answers without settings."""
+"""Exit codes are defined once and listed in the README."""
 
 from __future__ import annotations
 
 import re
-from importlib.metadata import version
 from pathlib import Path
-
-import pytest
 
 from fedstream.exitcodes import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
-MAINS = {
-    "fedstream-scheduler": "fedstream_scheduler.main",
-    "fedstream-aggregator": "fedstream_aggregator.main",
-    "fedstream-agent": "fedstream_agent.main",
-}
 
 
 def test_the_codes_keep_their_numbers():
@@ -37,16 +29,3 @@ def test_no_service_defines_its_own_codes():
     defined = [p for d in mains for p in d.rglob("*.py") if re.search(r"^EXIT_\w+ = \d", p.read_text(), re.M)]
 
     assert defined == []
-
-
-@pytest.mark.parametrize("command, module", MAINS.items())
-def test_version_prints_the_distribution_version_and_exits_0(command, module, capsys):
-    import importlib
-
-    main = importlib.import_module(module).main
-
-    with pytest.raises(SystemExit) as done:
-        main(["--version"])
-
-    assert done.value.code == 0
-    assert capsys.readouterr().out == f"{command} {version(command)}\n"
