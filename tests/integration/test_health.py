@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fedstream_testing.servers import free_port
 
 from fedstream.config import S3Settings
 from fedstream.errors import Unavailable
@@ -14,6 +13,7 @@ from fedstream.state import Health, MemoryStateStore
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
+from fedstream_testing.servers import free_port
 
 
 def s3_store(settings: S3Settings, staging: Path) -> S3ModelStore:

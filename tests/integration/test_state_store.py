@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from fedstream_testing.servers import free_port
 
 from fedstream.errors import (
     AgentNotFound,
@@ -31,6 +30,7 @@ from fedstream.state import (
     TokenRecord,
 )
 from fedstream.state.redis import RedisStateStore, connect
+from fedstream_testing.servers import free_port
 
 BACKENDS = ["memory", "redis"]
 

@@ -29,7 +29,7 @@ class ChunkFrame:
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
 
-    def WhichOneof(self, _group: str) -> str:  # noqa: N802 - the protobuf message API
+    def WhichOneof(self, _group: str) -> str:  # the protobuf message API's name
         return "chunk"
 
 
