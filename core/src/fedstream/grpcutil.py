@@ -203,6 +203,7 @@ def bind(server: Any, host: str, port: int, tls: grpc.ServerCredentials | None =
     """Binds a port (TLS with ``tls``, plaintext without) and returns the port actually bound
     (port 0 picks one)."""
     address = f"{host}:{port}"
+    bound: int
     try:
         bound = server.add_secure_port(address, tls) if tls is not None else server.add_insecure_port(address)
     except RuntimeError:  # the asyncio server raises where the threaded one returns 0

@@ -56,7 +56,8 @@ def _read_varint(raw: bytes, pos: int) -> tuple[int, int] | None:
 def serialize(message: Any) -> bytes:
     """Serializes a ChunkFrame with one copy of its data, anything else with protobuf."""
     if not isinstance(message, ChunkFrame):
-        return message.SerializeToString()
+        data: bytes = message.SerializeToString()
+        return data
     c = message.chunk
     size = len(c.data)
     head = (bytes([_OFFSET]) + _varint(c.offset) if c.offset else b"") + bytes([_DATA]) + _varint(size)
