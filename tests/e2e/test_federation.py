@@ -58,7 +58,7 @@ def test_federated_evaluation_rounds(federation, tmp_path):
     """Evaluation rounds after training rounds, and a run that only evaluates a version: each
     agent evaluates on its held-out split; the metrics are combined by example count and
     recorded with the version."""
-    procs, sched_addr, agg_addr = federation
+    procs, sched_addr, _agg_addr = federation
 
     trained = fedstream("grpc", "run-start", "--scheduler", sched_addr, "--task", "digits", "--rounds", "2", "--min-agents", "2",
                         "--evaluate-every", "1", "--round-timeout", "120", "--run-id", "ev", "--follow")
@@ -135,7 +135,7 @@ def test_demo_stops_every_process_on_a_signal(tmp_path, sig, code):
         demo.send_signal(sig)
         demo.wait(timeout=60)
 
-        gone, alive = psutil.wait_procs(children, timeout=15)
+        _gone, alive = psutil.wait_procs(children, timeout=15)
         assert alive == []
         assert demo.returncode == code
     finally:

@@ -87,7 +87,7 @@ def test_health_is_serving(agg_channel):
 
 
 def test_round_folds_each_update_once_and_commits_the_average(stubs, base_model, model_store):
-    control, updates, ch = stubs
+    control, _updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b", "c"], base=BASE), timeout=5)
     ua, ub, uc = random_model(1, 16), random_model(2, 16), random_model(3, 16)
 
@@ -198,7 +198,7 @@ def test_every_bad_upload_is_refused_and_changes_nothing(stubs, base_model, mode
 
 
 def test_upload_to_a_closed_round_is_failed_precondition(stubs, base_model):
-    control, updates, ch = stubs
+    control, _updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE), timeout=5)
     upload(ch, "a", random_model(1, 16), 10)
     upload(ch, "b", random_model(2, 16), 10)
@@ -215,7 +215,7 @@ def test_upload_to_a_closed_round_is_failed_precondition(stubs, base_model):
 
 
 def test_deadline_commits_with_the_minimum_and_records_stragglers(stubs, base_model):
-    control, updates, ch = stubs
+    control, _updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b", "c"], base=BASE, min_updates=2, timeout=1.5), timeout=5)
     upload(ch, "a", random_model(1, 16), 10)
     upload(ch, "c", random_model(3, 16), 10)
@@ -228,7 +228,7 @@ def test_deadline_commits_with_the_minimum_and_records_stragglers(stubs, base_mo
 
 
 def test_deadline_below_the_minimum_fails_the_round(stubs, base_model):
-    control, updates, ch = stubs
+    control, _updates, ch = stubs
     control.OpenRound(plan(RUN, 1, ["a", "b"], base=BASE, min_updates=2, timeout=1.0), timeout=5)
     upload(ch, "a", random_model(1, 16), 10)
 
@@ -240,7 +240,7 @@ def test_deadline_below_the_minimum_fails_the_round(stubs, base_model):
 
 
 def test_init_round_stores_the_upload_bit_exactly(stubs, model_store):
-    control, updates, ch = stubs
+    control, _updates, ch = stubs
     control.OpenRound(plan(RUN, 0, ["a"], kind="init"), timeout=5)
     model = random_model(9, 4)
     upload(ch, "a", model, 0, round_=0)

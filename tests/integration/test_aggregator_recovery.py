@@ -74,7 +74,7 @@ def test_a_restarted_aggregator_counts_every_update_once(journal, model_store, t
         if t.dtype in ("float32", "float64"):
             ref = sum(as_float(t.dtype, m[t.name][1]) * w for m, w in updates.values()) / total
             np.testing.assert_allclose(arrays[t.name], ref, rtol=1e-5, atol=1e-6)
-    with pytest.raises(Exception, match="no journal|not found"):
+    with pytest.raises(Exception, match=r"no journal|not found"):
         model_store.open_update(RUN, 1, "a")  # kept updates are gone once the round commits
 
 

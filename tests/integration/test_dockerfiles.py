@@ -108,7 +108,7 @@ def test_base_images_are_pinned_releases(name):
         image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), image)
         if image.startswith(("base", "build")):
             continue  # a stage of this file
-        repo, _, tag = image.partition(":")
+        _repo, _, tag = image.partition(":")
         assert tag and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not a pinned release"
 
 

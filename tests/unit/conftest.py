@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def no_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(self: subprocess.Popen[bytes], args: object, *rest: object, **kwargs: object) -> None:
         raise AssertionError(f"a unit test started a process ({args!r}): it belongs in tests/integration or tests/e2e")
 
@@ -19,4 +18,4 @@ def no_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
     monkeypatch.setattr(os, "fork", refuse_fork)
-    yield
+    return

@@ -77,7 +77,7 @@ def test_generated_sites_have_disjoint_identities_and_the_layout(tmp_path):
     assert not ids[0] & ids[1]
     assert len(list(public.iterdir())) == 64
     (sites[0] / "query" / "bad.jpg").write_bytes(b"")
-    with pytest.raises(ReIDDataError, match="bad.jpg"):
+    with pytest.raises(ReIDDataError, match=r"bad\.jpg"):
         get_task("fedreid-tiny").load_heldout(SiteDataSettings(path=sites[0]))
 
 

@@ -49,17 +49,21 @@ def from_accumulator(dt: DType, values: np.ndarray) -> np.ndarray:
     if dt.name == "bfloat16":
         return f32_to_bf16(values)
     if dt.name == "bool":
-        return values >= 0.5
+        rounded: np.ndarray = values >= 0.5
+        return rounded
     if not dt.is_float:
         info = np.iinfo(dt.storage)
-        return np.clip(np.rint(values), info.min, info.max).astype(dt.storage)
+        clipped: np.ndarray = np.clip(np.rint(values), info.min, info.max).astype(dt.storage)
+        return clipped
     return values.astype(dt.storage, copy=False)
 
 
 def weighted_average(updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
     """Reference: sum(w_k * x_k) / sum(w_k) in float64, for tests of the streaming fold."""
     total = sum(w for _, w in updates)
-    return sum(x.astype(np.float64) * w for x, w in updates) / total
+    average = sum(x.astype(np.float64) * w for x, w in updates) / total
+    assert isinstance(average, np.ndarray)  # at least one update, or the division raised
+    return average
 
 
 class WeightedAccumulator:

@@ -52,7 +52,7 @@ def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
     return q, scale
 
 
-def dequantize_int8(q: np.ndarray, scale: float) -> np.ndarray:
+def dequantize_int8(q: np.ndarray, scale: float | np.floating) -> np.ndarray:
     return q.astype(np.float32) * np.float32(scale)
 
 

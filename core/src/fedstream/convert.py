@@ -23,33 +23,33 @@ from fedstream.rounds import (
 )
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
 
-_KINDS: dict[RoundKind, int] = {
+_KINDS: dict[RoundKind, round_pb2.RoundKind] = {
     RoundKind.INIT: round_pb2.ROUND_KIND_INIT,
     RoundKind.TRAIN: round_pb2.ROUND_KIND_TRAIN,
     RoundKind.EVALUATE: round_pb2.ROUND_KIND_EVALUATE,
 }
-_KINDS_BACK = {v: k for k, v in _KINDS.items()}
+_KINDS_BACK: dict[int, RoundKind] = {v: k for k, v in _KINDS.items()}
 
-_STATES: dict[RoundState, int] = {
+_STATES: dict[RoundState, round_pb2.RoundState] = {
     RoundState.OPEN: round_pb2.ROUND_STATE_OPEN,
     RoundState.TRAINING: round_pb2.ROUND_STATE_TRAINING,
     RoundState.AGGREGATING: round_pb2.ROUND_STATE_AGGREGATING,
     RoundState.COMMITTED: round_pb2.ROUND_STATE_COMMITTED,
     RoundState.FAILED: round_pb2.ROUND_STATE_FAILED,
 }
-_STATES_BACK = {v: k for k, v in _STATES.items()}
+_STATES_BACK: dict[int, RoundState] = {v: k for k, v in _STATES.items()}
 
-_RUN_STATES: dict[RunState, int] = {
+_RUN_STATES: dict[RunState, scheduler_pb2.RunState] = {
     RunState.RUNNING: scheduler_pb2.RUN_STATE_RUNNING,
     RunState.SUCCEEDED: scheduler_pb2.RUN_STATE_SUCCEEDED,
     RunState.FAILED: scheduler_pb2.RUN_STATE_FAILED,
     RunState.CANCELLED: scheduler_pb2.RUN_STATE_CANCELLED,
 }
-_RUN_STATES_BACK = {v: k for k, v in _RUN_STATES.items()}
+_RUN_STATES_BACK: dict[int, RunState] = {v: k for k, v in _RUN_STATES.items()}
 
 
-def kind_to_proto(kind: RoundKind | str) -> round_pb2.RoundKind.ValueType:
-    return _KINDS[RoundKind(kind)]  # type: ignore[return-value]
+def kind_to_proto(kind: RoundKind | str) -> round_pb2.RoundKind:
+    return _KINDS[RoundKind(kind)]
 
 
 def kind_from_proto(value: int) -> RoundKind:
@@ -60,8 +60,8 @@ def kind_from_proto(value: int) -> RoundKind:
         raise InvalidArgument(f"unknown round kind {value}") from None
 
 
-def state_to_proto(state: RoundState | str) -> round_pb2.RoundState.ValueType:
-    return _STATES[RoundState(state)]  # type: ignore[return-value]
+def state_to_proto(state: RoundState | str) -> round_pb2.RoundState:
+    return _STATES[RoundState(state)]
 
 
 def state_from_proto(value: int) -> RoundState:
@@ -72,8 +72,8 @@ def state_from_proto(value: int) -> RoundState:
         raise InvalidArgument(f"unknown round state {value}") from None
 
 
-def run_state_to_proto(state: RunState | str) -> scheduler_pb2.RunState.ValueType:
-    return _RUN_STATES[RunState(state)]  # type: ignore[return-value]
+def run_state_to_proto(state: RunState | str) -> scheduler_pb2.RunState:
+    return _RUN_STATES[RunState(state)]
 
 
 def run_state_from_proto(value: int) -> RunState:

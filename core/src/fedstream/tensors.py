@@ -26,7 +26,7 @@ class DType:
     name: str
     itemsize: int
     safetensors: str
-    proto: int
+    proto: tensor_pb2.DType
     # Numpy dtype that holds the raw elements (bfloat16 has none, so it is kept as uint16 bits).
     storage: np.dtype
     is_float: bool
@@ -47,7 +47,7 @@ DTYPES: dict[str, DType] = {
         DType("bool", 1, "BOOL", tensor_pb2.DTYPE_BOOL, np.dtype("?"), False),
     )
 }
-_BY_PROTO = {d.proto: d for d in DTYPES.values()}
+_BY_PROTO: dict[int, DType] = {d.proto: d for d in DTYPES.values()}
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values()}
 
 

@@ -120,4 +120,5 @@ def upload_update(
     channel: grpc.Channel, *, timeout: float | None = None, **fields: object
 ) -> pb.UploadUpdateResponse:
     """Uploads one update (see ``update_requests`` for the fields); raises grpc.RpcError."""
-    return upload_call(channel)(update_requests(**fields), timeout=timeout)  # type: ignore[arg-type]
+    response: pb.UploadUpdateResponse = upload_call(channel)(update_requests(**fields), timeout=timeout)  # type: ignore[arg-type]
+    return response

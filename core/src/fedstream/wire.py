@@ -29,7 +29,7 @@ class ChunkFrame:
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
 
-    def WhichOneof(self, _group: str) -> str:  # noqa: N802 - the protobuf message API
+    def WhichOneof(self, _group: str) -> str:  # the protobuf message API's name
         return "chunk"
 
 
@@ -56,7 +56,8 @@ def _read_varint(raw: bytes, pos: int) -> tuple[int, int] | None:
 def serialize(message: Any) -> bytes:
     """Serializes a ChunkFrame with one copy of its data, anything else with protobuf."""
     if not isinstance(message, ChunkFrame):
-        return message.SerializeToString()
+        data: bytes = message.SerializeToString()
+        return data
     c = message.chunk
     size = len(c.data)
     head = (bytes([_OFFSET]) + _varint(c.offset) if c.offset else b"") + bytes([_DATA]) + _varint(size)

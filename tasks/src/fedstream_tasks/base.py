@@ -114,7 +114,8 @@ class Task(ABC):
     def outputs(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         """The model's raw outputs (logits) on a batch, one row per example: what the cosine
         distance compares before and after local training. Default: ``model(batch[0])``."""
-        return model(batch[0].to(device))
+        logits: torch.Tensor = model(batch[0].to(device))
+        return logits
 
     def optimizer(self, model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
         """Default: SGD with momentum 0.9 at the assignment's learning rate."""

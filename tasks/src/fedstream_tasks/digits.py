@@ -32,7 +32,8 @@ class DigitsCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        logits: torch.Tensor = self.head(self.features(x))
+        return logits
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x = (digits.images / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     rng = np.random.default_rng(seed)
-    heldout = []
+    heldout: list[int] = []
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(y == c))
         heldout.extend(idx[: int(round(len(idx) * HELDOUT_FRACTION))])

@@ -44,7 +44,7 @@ def buffers_of(layout: Layout, state: dict[str, torch.Tensor]) -> Iterator[memor
         if t.numel() == 0:
             yield memoryview(b"")
             continue
-        yield memoryview(t.view(torch.uint8).numpy()).cast("B")
+        yield t.view(torch.uint8).numpy().data.cast("B")
 
 
 def state_of(buffer: FlatBuffer) -> dict[str, torch.Tensor]:

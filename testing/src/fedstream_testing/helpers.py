@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,12 @@ def random_model(seed: int = 0, scale: int = 1) -> Model:
     return {name: (dtype, random_array(rng, dtype, shape)) for name, (dtype, shape) in spec.items()}
 
 
-def layout_of(model: Model) -> Layout:
+def layout_of(model: Mapping[str, tuple[str, np.ndarray]]) -> Layout:
     return Layout.build((name, dtype, arr.shape) for name, (dtype, arr) in model.items())
 
 
-def buffers_of(layout: Layout, model: Model) -> list[memoryview]:
-    return [memoryview(np.ascontiguousarray(model[t.name][1])) for t in layout.tensors]
+def buffers_of(layout: Layout, model: Mapping[str, tuple[str, np.ndarray]]) -> list[memoryview]:
+    return [np.ascontiguousarray(model[t.name][1]).data for t in layout.tensors]
 
 
 def store_model(store: ModelStore, version: str, model: Model) -> ModelVersion:

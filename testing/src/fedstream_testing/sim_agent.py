@@ -45,7 +45,7 @@ class SimAgent:
         self._channel = channel(scheduler, identity)
         self._stub = scheduler_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
-        self._stream = None
+        self._stream: grpc.Call | None = None
         self.done: list[tuple[str, int]] = []
         self.assignments: list[scheduler_pb2.Assignment] = []
         self.errors: list[str] = []
@@ -69,9 +69,9 @@ class SimAgent:
                     agent_id=self.agent_id, tasks=list(self.tasks),
                     capabilities=scheduler_pb2.Capabilities(device="cpu"))), timeout=5)
                 threading.Thread(target=self._heartbeat, args=(reply.heartbeat_interval_s,), daemon=True).start()
-                self._stream = self._stub.ReceiveAssignments(
+                self._stream = stream = self._stub.ReceiveAssignments(
                     scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id))
-                for event in self._stream:
+                for event in stream:
                     self._handle(event.assignment)
             except grpc.RpcError as e:
                 if self._stop.is_set():

@@ -14,7 +14,7 @@ import grpc
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, Layout
 from fedstream.transfer import upload_update
 from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2
-from fedstream_testing.helpers import Model, buffers_of, layout_of
+from fedstream_testing.helpers import buffers_of, layout_of
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ def upload_tensors(
 
 
 def upload(
-    ch: grpc.Channel, agent: str, model: Model | Mapping[str, Any], examples: int = 5, *,
+    ch: grpc.Channel, agent: str, model: Mapping[str, Any], examples: int = 5, *,
     run_id: str, round_: int = 1, metrics: dict[str, float] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout: float = 30.0,
 ) -> aggregator_pb2.UploadUpdateResponse:
@@ -77,7 +77,7 @@ def plan(run_id: str, round_: int, participants: list[str], *, base: str = "", k
 def wait_terminal(control: aggregator_pb2_grpc.AggregatorControlStub, run_id: str,
                   round_: int) -> aggregator_pb2.RoundEvent:
     """The last event of the round, watched until the aggregator ends the stream (60 s at most)."""
-    last = None
+    last: aggregator_pb2.RoundEvent | None = None
     for event in control.WatchRound(aggregator_pb2.WatchRoundRequest(run_id=run_id, round=round_), timeout=60):
         last = event
     assert last is not None

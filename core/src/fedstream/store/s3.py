@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,7 +192,7 @@ class S3ModelStore(ModelStore):
     def delete_updates(self, run_id: str, round_: int) -> None:
         prefix = self._update_key(run_id, round_, "x").rsplit("/", 1)[0] + "/"
         for name in self._list(prefix):
-            self._retry(lambda n=name: self.client.remove_object(self.bucket, n), f"delete {name}")
+            self._retry(partial(self.client.remove_object, self.bucket, name), f"delete {name}")
 
     def state_writer(self, version: str, layout: Layout) -> ModelWriter:
         return _S3Writer(
@@ -254,7 +255,7 @@ class S3ModelStore(ModelStore):
         keys = [self._key(version, s) for s in (".json", ".safetensors", ".state.json", ".state.safetensors")]
         keys += self._list(self._key(version, ".eval/"))
         for key in keys:
-            self._retry(lambda k=key: self.client.remove_object(self.bucket, k), f"delete {key}")
+            self._retry(partial(self.client.remove_object, self.bucket, key), f"delete {key}")
 
     def put_evaluation(self, version: str, name: str, record: dict[str, Any]) -> None:
         check_evaluation_name(name)
@@ -362,7 +363,7 @@ class _S3Reader(ModelReader):
             )
             self._pos = offset
         try:
-            data = self._resp.read(size)
+            data: bytes = self._resp.read(size)
         except (urllib3.exceptions.HTTPError, OSError):
             self._close_stream()
             return self._store._get_bytes(self._key, self._start + offset, size)

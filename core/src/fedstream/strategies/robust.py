@@ -16,7 +16,8 @@ from fedstream.strategies.base import RobustStrategy
 
 def coordinate_median(x: np.ndarray) -> np.ndarray:
     """x: (agents, n) -> (n,)."""
-    return np.median(x, axis=0)
+    median: np.ndarray = np.median(x, axis=0)
+    return median
 
 
 def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
@@ -24,9 +25,11 @@ def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
     k = x.shape[0]
     cut = int(math.floor(beta * k))
     if cut == 0:
-        return x.mean(axis=0)
+        mean: np.ndarray = x.mean(axis=0)
+        return mean
     s = np.sort(x, axis=0)
-    return s[cut : k - cut].mean(axis=0)
+    trimmed: np.ndarray = s[cut : k - cut].mean(axis=0)
+    return trimmed
 
 
 def krum_scores(sq_dist: np.ndarray, f: int) -> np.ndarray:
@@ -96,4 +99,5 @@ class MultiKrum(RobustStrategy):
         return multi_krum_select(sq_dist, p.f, min(k, p.m or k - p.f))
 
     def combine(self, x: np.ndarray) -> np.ndarray:
-        return x.mean(axis=0)
+        mean: np.ndarray = x.mean(axis=0)
+        return mean

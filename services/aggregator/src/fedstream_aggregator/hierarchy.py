@@ -304,7 +304,7 @@ class Hierarchy:
             rnd.notify()
             log.info("round %d of %s: %d updates handed to the root", round_, run_id, len(reports))
         layout = accumulator.sums_layout()
-        buffers = [a.view(np.uint8) for a in accumulator.sums()]
+        buffers = [a.view(np.uint8).data for a in accumulator.sums()]
         return layout, accumulator.total_weight, reports, iter_chunks(layout, buffers, self.chunk_bytes)
 
     def finish_partial(self, run_id: str, round_: int, version: str, reason: str) -> None:

@@ -26,7 +26,7 @@ CALL_TIMEOUT_S = 10.0
 
 
 def _error(endpoint: str, e: grpc.RpcError) -> FedstreamError:
-    code, details = e.code(), e.details()  # type: ignore[attr-defined]
+    code, details = e.code(), e.details()
     message = f"leaf aggregator {endpoint}: {details or code.name}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return Unavailable(message)

@@ -64,6 +64,7 @@ class Detector(nn.Module):
         self.classes = nn.Conv2d(c[3], config.num_classes, 1)
         self.box = nn.Conv2d(c[3], 4, 1)
         # Start with every cell almost surely background (prior 0.01), as RetinaNet does.
+        assert self.objectness.bias is not None and self.box.bias is not None  # Conv2d(bias=True)
         nn.init.constant_(self.objectness.bias, -4.6)
         nn.init.normal_(self.box.weight, std=0.01)
         nn.init.constant_(self.box.bias, 0.0)

@@ -162,7 +162,8 @@ class DetectionTask(Task):
     def outputs(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         """Class logits of every cell, one row per image."""
         out = model(normalise(batch[0].to(device)))
-        return out[:, 1 : 1 + self.config.num_classes].flatten(1)
+        logits: torch.Tensor = out[:, 1 : 1 + self.config.num_classes].flatten(1)
+        return logits
 
     @torch.no_grad()
     def detect(self, model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:

@@ -134,7 +134,7 @@ def generate_sites(out: Path, seed: int = 0, sites: tuple[SiteSpec, ...] = DEFAU
             (root / split).mkdir(parents=True, exist_ok=True)
         styles = [
             CameraStyle(tuple(rng.uniform(0.7, 1.3, 3)), float(rng.uniform(0.6, 1.2)),
-                        tuple(int(v) for v in rng.integers(30, 220, 3)))
+                        tuple(rng.integers(30, 220, 3).tolist()))
             for _ in range(spec.cameras)
         ]
         test_ids = max(1, spec.identities // 3)

@@ -36,7 +36,8 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+        result: torch.Tensor = self.relu(self.bn3(self.conv3(out)) + identity)
+        return result
 
 
 @dataclass(frozen=True)
@@ -84,21 +85,20 @@ class ReIDNet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = ResNetBackbone(config)
-        self.bottleneck = nn.Sequential(
-            nn.Linear(self.backbone.out_channels, config.embedding),
-            nn.BatchNorm1d(config.embedding),
-            nn.Dropout(config.dropout),
-        )
-        nn.init.kaiming_normal_(self.bottleneck[0].weight, a=0, mode="fan_out")
-        nn.init.zeros_(self.bottleneck[0].bias)
+        linear = nn.Linear(self.backbone.out_channels, config.embedding)
+        self.bottleneck = nn.Sequential(linear, nn.BatchNorm1d(config.embedding), nn.Dropout(config.dropout))
+        nn.init.kaiming_normal_(linear.weight, a=0, mode="fan_out")
+        nn.init.zeros_(linear.bias)
         self.classifier = nn.Linear(config.embedding, max(1, num_ids))
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The 512-d embedding (after the bottleneck's BatchNorm and, in training, dropout)."""
-        return self.bottleneck(self.backbone(images))
+        embedding: torch.Tensor = self.bottleneck(self.backbone(images))
+        return embedding
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Identity logits of this site's classifier."""
-        return self.classifier(self.embed(images))
+        logits: torch.Tensor = self.classifier(self.embed(images))
+        return logits

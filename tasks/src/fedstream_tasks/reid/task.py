@@ -136,7 +136,8 @@ class ReIDTask(Task):
         return F.cross_entropy(model(normalise(images.to(device))), labels.to(device)), len(labels)
 
     def outputs(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
-        return model(normalise(batch[0].to(device)))
+        logits: torch.Tensor = model(normalise(batch[0].to(device)))
+        return logits
 
     def optimizer(self, model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
         """FedReID's: SGD with Nesterov momentum 0.9 and weight decay 5e-4; the backbone at a
