@@ -27,7 +27,9 @@ from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 
 def run_spec(spec: dict[str, Any]) -> scheduler_pb2.RunSpec:
     """The gRPC RunSpec of an admin-API run spec (the fields are the same)."""
-    return json_format.ParseDict(spec, scheduler_pb2.RunSpec())
+    message = scheduler_pb2.RunSpec()
+    json_format.ParseDict(spec, message)
+    return message
 
 
 def _label(run: scheduler_pb2.Run, r: scheduler_pb2.RoundInfo, kind: RoundKind, total: int) -> str:
@@ -92,7 +94,7 @@ def watch(stub: scheduler_pb2_grpc.RunServiceStub, run_id: str, printer: RoundPr
           on_commit: Callable[[scheduler_pb2.RoundInfo], str] | None = None,
           each: Callable[[], None] = lambda: None) -> scheduler_pb2.Run:
     """Prints a run's rounds as the scheduler streams them (``each`` is called on every update); returns the run as it ended."""
-    last = None
+    last: scheduler_pb2.Run | None = None
     for run in stub.WatchRun(scheduler_pb2.GetRunRequest(run_id=run_id)):
         each()
         printer.update(run, on_commit)
@@ -158,7 +160,11 @@ def cmd_model_download(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         with tmp.open("wb") as f:
             f.write(encode_header(layout, dict(first.header.metadata)))
-            receiver = ChunkReceiver(layout, lambda _offset, data: f.write(data))
+
+            def write(_offset: int, data: bytes | memoryview) -> None:
+                f.write(data)
+
+            receiver = ChunkReceiver(layout, write)
             for msg in responses:
                 receiver.accept(msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c)
                 pct = 100 * receiver.received // max(layout.total_bytes, 1)

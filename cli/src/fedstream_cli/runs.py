@@ -31,7 +31,7 @@ def follow(client: Client, run_id: str, interval: float = 1.0) -> dict[str, Any]
         while True:
             bar.show(run["rounds_committed"], _note(run))
             if run["state"] != "running":
-                return run
+                return dict(run)
             time.sleep(interval)
             run = client.call("GET", f"/runs/{run_id}")
     finally:

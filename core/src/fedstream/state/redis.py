@@ -13,7 +13,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -86,7 +86,7 @@ def _unavailable(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def connect(url: str, password: str | None = None, retry_s: float = 60.0) -> redis.Redis:
+def connect(url: str, password: str | None = None, retry_s: float = 60.0) -> redis.Redis[bytes]:
     """A client that retries a failed command with backoff for about ``retry_s`` seconds."""
     attempts = max(1, int(retry_s / 1.0))
     return redis.Redis.from_url(
@@ -105,7 +105,7 @@ class _NoDocument(Exception):
 
 
 class RedisStateStore(StateStore):
-    def __init__(self, client: redis.Redis, tenant: str = "default") -> None:
+    def __init__(self, client: redis.Redis[bytes], tenant: str = "default") -> None:
         self.tenant = tenant
         self.r = client
         kwargs = client.connection_pool.connection_kwargs
@@ -142,7 +142,8 @@ class RedisStateStore(StateStore):
             while True:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
+                    # Under WATCH the pipeline runs commands at once and returns their replies.
+                    raw = cast("bytes | None", pipe.get(key))
                     new = mutate(json.loads(raw) if raw is not None else None)
                     pipe.multi()
                     pipe.set(key, json.dumps(new))
@@ -194,7 +195,7 @@ class RedisStateStore(StateStore):
             while True:
                 try:
                     pipe.watch(key)
-                    raw = pipe.hgetall(key)
+                    raw = cast("dict[bytes, bytes]", pipe.hgetall(key))  # at once, under WATCH
                     if not raw:
                         raise AgentNotFound(f"agent {agent_id!r} is not registered")
                     new = mutate(self._agent_from(agent_id, raw))

@@ -13,13 +13,23 @@ lives in pure functions that the tests check against direct reference computatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedstream.errors import InvalidArgument
 from fedstream.tensors import TensorSpec
+
+
+class LocalTraining(TypedDict, total=False):
+    """What a strategy asks of the agents' local training (fields of the assignment's
+    training settings)."""
+
+    # FedProx: weight of the proximal term in the local loss.
+    proximal_mu: float
+    # FedPav: only the tensors the task shares travel.
+    shared_only: bool
 
 # Learning rate of a distillation pass for strategies that do not choose one.
 DEFAULT_DISTILL_LR = 5e-4
@@ -56,10 +66,10 @@ class LinearStrategy(ABC):
         update lacks what the strategy needs. Default: its example count (FedAvg)."""
         return example_weight(num_examples)
 
-    def configure(self) -> dict[str, float | bool]:
+    def configure(self) -> LocalTraining:
         """Local-training settings sent to agents with each assignment (TrainingConfig fields:
         proximal_mu, shared_only)."""
-        return {}
+        return LocalTraining()
 
     def distills(self, ordinal: int) -> bool:
         """Whether the run's ``ordinal``-th training round (from 1) ends with server-side
@@ -104,9 +114,9 @@ class RobustStrategy(ABC):
         count; raises InvalidArgument below one example."""
         return example_weight(num_examples)
 
-    def configure(self) -> dict[str, float | bool]:
+    def configure(self) -> LocalTraining:
         """Local-training settings sent to agents: none."""
-        return {}
+        return LocalTraining()
 
     def select(self, sq_dist: np.ndarray) -> list[int] | None:
         """Updates to combine, from their squared distances (agents, agents), when

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedstream.errors import InvalidArgument
-from fedstream.strategies.base import LinearStrategy
+from fedstream.strategies.base import LinearStrategy, LocalTraining
 
 
 class FedAvg(LinearStrategy):
@@ -38,7 +38,7 @@ class FedProx(LinearStrategy):
     name = "fedprox"
     Params = FedProxParams
 
-    def configure(self) -> dict[str, float | bool]:
+    def configure(self) -> LocalTraining:
         assert isinstance(self.params, FedProxParams)
         return {"proximal_mu": self.params.mu}
 
@@ -97,7 +97,7 @@ class FedPav(LinearStrategy):
             return cosine_weight(self.name, metrics)
         return super().weight(num_examples, metrics)
 
-    def configure(self) -> dict[str, float | bool]:
+    def configure(self) -> LocalTraining:
         return {"shared_only": True}
 
     def distills(self, ordinal: int) -> bool:
