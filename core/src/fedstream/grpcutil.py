@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,21 +82,44 @@ def _unexpected(fn: Callable[..., Any], exc: BaseException) -> tuple[grpc.Status
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+@contextlib.contextmanager
+def _translating(fn: Callable[..., Any], context: grpc.ServicerContext) -> Iterator[None]:
+    """Counts a call of ``fn`` in progress and aborts it with the status of what it raises."""
+    GRPC_CALLS_IN_PROGRESS.inc()
+    try:
+        yield
+    except FedstreamError as e:
+        context.abort(*_status_of(e))
+    except Exception as e:
+        if _is_abort(e):
+            raise
+        context.abort(*_unexpected(fn, e))
+    finally:
+        GRPC_CALLS_IN_PROGRESS.dec()
+
+
+@contextlib.asynccontextmanager
+async def _translating_async(fn: Callable[..., Any], context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """``_translating`` for the methods of an asyncio server."""
+    GRPC_CALLS_IN_PROGRESS.inc()
+    try:
+        yield
+    except FedstreamError as e:
+        await context.abort(*_status_of(e))
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:
+        await context.abort(*_unexpected(fn, e))
+    finally:
+        GRPC_CALLS_IN_PROGRESS.dec()
+
+
 def _translate_async_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def agen(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        GRPC_CALLS_IN_PROGRESS.inc()
-        try:
+        async with _translating_async(fn, context):
             async for item in fn(self, request, context):
                 yield item
-        except FedstreamError as e:
-            await context.abort(*_status_of(e))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:
-            await context.abort(*_unexpected(fn, e))
-        finally:
-            GRPC_CALLS_IN_PROGRESS.dec()
 
     return agen
 
@@ -103,17 +127,8 @@ def _translate_async_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _translate_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def coro(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        GRPC_CALLS_IN_PROGRESS.inc()
-        try:
+        async with _translating_async(fn, context):
             return await fn(self, request, context)
-        except FedstreamError as e:
-            await context.abort(*_status_of(e))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:
-            await context.abort(*_unexpected(fn, e))
-        finally:
-            GRPC_CALLS_IN_PROGRESS.dec()
 
     return coro
 
@@ -121,17 +136,8 @@ def _translate_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _translate_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def gen(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        GRPC_CALLS_IN_PROGRESS.inc()
-        try:
+        with _translating(fn, context):
             yield from fn(self, request, context)
-        except FedstreamError as e:
-            context.abort(*_status_of(e))
-        except Exception as e:
-            if _is_abort(e):
-                raise
-            context.abort(*_unexpected(fn, e))
-        finally:
-            GRPC_CALLS_IN_PROGRESS.dec()
 
     return gen
 
@@ -139,17 +145,8 @@ def _translate_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _translate_plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def plain(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        GRPC_CALLS_IN_PROGRESS.inc()
-        try:
+        with _translating(fn, context):
             return fn(self, request, context)
-        except FedstreamError as e:
-            context.abort(*_status_of(e))
-        except Exception as e:
-            if _is_abort(e):
-                raise
-            context.abort(*_unexpected(fn, e))
-        finally:
-            GRPC_CALLS_IN_PROGRESS.dec()
 
     return plain
 
