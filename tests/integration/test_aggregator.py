@@ -326,9 +326,13 @@ def evaluation_plan(participants, version=BASE, min_updates=0, timeout=30.0):
     return p
 
 
-def report(ch, agent, examples, metrics, layout=None, round_=5):
+def report(ch, agent, examples, metrics, model=None, round_=5):
+    """An evaluation report: a header with no tensors, or with ``model``'s layout and bytes (a
+    well-formed upload, so that what the server answers is all the client sees)."""
+    layout = layout_of(model) if model is not None else Layout(())
     return upload_update(
-        ch, run_id=RUN, round_=round_, agent_id=agent, layout=layout or Layout(()), buffers=[],
+        ch, run_id=RUN, round_=round_, agent_id=agent, layout=layout,
+        buffers=buffers_of(layout, model) if model is not None else [],
         num_examples=examples, metrics=metrics, timeout=30,
     )
 
@@ -358,7 +362,7 @@ def test_evaluation_round_bad_inputs(stubs, base_model):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     control.OpenRound(evaluation_plan(["a", "b"], min_updates=1, timeout=2), timeout=5)
     with pytest.raises(grpc.RpcError) as err:
-        report(ch, "a", 10, {"map": 0.1}, layout=layout_of(base_model))
+        report(ch, "a", 10, {"map": 0.1}, model=base_model)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "layout must be empty" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         report(ch, "a", 0, {"map": 0.1})

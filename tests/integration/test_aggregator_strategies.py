@@ -4,7 +4,9 @@ server optimizer's moments persist with the model, so a new aggregator continues
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +15,12 @@ from fedstream.rounds import RoundPlan
 from fedstream.state import MemoryStateStore
 from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
 from fedstream.tensors import FlatBuffer, iter_chunks
+from fedstream.transfer import upload_update
+from fedstream.v1 import aggregator_pb2_grpc, round_pb2
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
 from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
+from fedstream_testing.support import plan, wait_terminal
 
 RUN = "strat"
 
@@ -223,3 +228,41 @@ def test_an_uncompressed_update_is_refused_where_int8_is_expected(model_store, t
         agg.receive_update(UpdateHeader(RUN, 1, "a", layout, 5, {}), iter(chunks))
     with pytest.raises(Exception, match="needs uncompressed updates"):
         agg.open_round(RoundPlan(RUN, 2, "train", f"{RUN}/000000", ("a",), 1, time.time() + 60, "median", "{}", "int8"))
+
+
+def spool_files_and_fds(spool_root):
+    """The spool files under ``spool_root`` and this process's descriptors open on them."""
+    files = sorted(p for p in spool_root.rglob("*") if p.is_file())
+    fds = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed since it was listed
+        if target.startswith(str(spool_root)):
+            fds.append(target)
+    return files, fds
+
+
+@pytest.mark.parametrize("strategy", ["median", "trimmed-mean", "multi-krum"])
+def test_a_robust_round_releases_every_upload_spool(strategy, aggregator, agg_channel, model_store, tmp_path):
+    store_model(model_store, f"{RUN}/000000", random_model(0, 4))
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    agents = ["a", "b", "c", "d", "e"]
+    p = plan(RUN, 1, agents, base=f"{RUN}/000000")
+    p.strategy.name = strategy
+    control.OpenRound(p, timeout=5)
+
+    for i, agent in enumerate(agents):  # one after another: each upload can reuse the last one's spool
+        model = random_model(i + 1, 4)
+        layout = layout_of(model)
+        upload_update(agg_channel, run_id=RUN, round_=1, agent_id=agent, layout=layout,
+                      buffers=buffers_of(layout, model), num_examples=10, metrics={}, chunk_bytes=4096, timeout=30)
+    event = wait_terminal(control, RUN, 1)
+    files, fds = spool_files_and_fds(tmp_path / "spool")
+    aggregator.stop(0)
+    files_after_stop, fds_after_stop = spool_files_and_fds(tmp_path / "spool")
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    assert len(files) == 1 and len(fds) == 1, (files, fds)  # the one idle file of the pool
+    assert files_after_stop == [] and fds_after_stop == []

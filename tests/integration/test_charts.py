@@ -55,6 +55,8 @@ def test_every_rendered_manifest_is_valid_kubernetes(chart, values):
         spec = doc.get("spec", {}).get("template", {}).get("spec")
         if spec is not None:  # workloads: non-root, no privilege escalation, resources set
             assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+            # No FOO_SERVICE_HOST variables: the services refuse unknown FEDSTREAM_* ones.
+            assert spec["enableServiceLinks"] is False, doc["metadata"]["name"]
             for c in spec["containers"]:
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
                 assert c["securityContext"]["readOnlyRootFilesystem"] is True

@@ -94,3 +94,14 @@ def test_every_exposed_fedstream_metric_is_documented_with_its_labels():
                 for metric in (REGISTRY._names_to_collectors.get(family.name + s) for s in ("", "_total")):
                     if metric is not None:
                         assert forbidden not in getattr(metric, "_labelnames", ()), (family.name, forbidden)
+
+
+def test_a_model_store_operation_is_measured_with_its_tenant_and_backend(tmp_path):
+    from fedstream.store import LocalModelStore
+
+    labels = {"tenant": "measured", "backend": "local", "operation": "versions"}
+    before = REGISTRY.get_sample_value("fedstream_store_operation_seconds_count", labels) or 0.0
+
+    LocalModelStore(tmp_path, tenant="measured").versions("run")
+
+    assert REGISTRY.get_sample_value("fedstream_store_operation_seconds_count", labels) == before + 1

@@ -25,6 +25,26 @@ from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 from fedstream_testing.local import LocalFederation
 
 
+def _start_processes(procs: LocalFederation, args: argparse.Namespace) -> tuple[str, str]:
+    """Starts the aggregator (with its leaves), the scheduler and the agents; returns the
+    aggregator's and the scheduler's addresses."""
+    leaves = [procs.start_aggregator({"NAME": f"leaf-{i}"}, name=f"leaf-{i}") for i in range(args.leaves)]
+    root = {"LEAVES": json.dumps([{"endpoint": a} for a in leaves])} if leaves else {}
+    agg_addr = procs.start_aggregator(root)
+    if leaves:
+        print(f"leaf aggregators on {', '.join(leaves)}")
+    sched_addr = procs.start_scheduler(agg_addr, {"HEARTBEAT_INTERVAL_S": "1", "HEARTBEAT_TTL_S": "5"})
+    print(f"aggregator on {agg_addr}, scheduler on {sched_addr}")
+    threads = max(1, (os.cpu_count() or 1) // args.agents)
+    for i in range(args.agents):
+        procs.start_agent(f"site-{i}", sched_addr, i, args.agents, {
+            "DATA__PARTITION_SEED": str(args.seed),
+            "DEVICE": args.device,
+            "CPU_THREADS": str(threads),
+        })
+    return agg_addr, sched_addr
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from fedstream_tasks import get_task  # PyTorch: only the demo's evaluation needs it here
     from fedstream_tasks.base import SiteDataSettings, pick_device
@@ -35,24 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     procs = LocalFederation(workdir)
     print(f"fedstream demo: {args.agents} agents, {args.rounds} rounds, task digits; logs in {workdir}")
     try:
-        leaves = [
-            procs.start_aggregator({"NAME": f"leaf-{i}"}, name=f"leaf-{i}") for i in range(args.leaves)
-        ]
-        root = {"LEAVES": json.dumps([{"endpoint": a} for a in leaves])} if leaves else {}
-        agg_addr = procs.start_aggregator(root)
-        if leaves:
-            print(f"leaf aggregators on {', '.join(leaves)}")
-        sched_addr = procs.start_scheduler(
-            agg_addr, {"HEARTBEAT_INTERVAL_S": "1", "HEARTBEAT_TTL_S": "5"}
-        )
-        print(f"aggregator on {agg_addr}, scheduler on {sched_addr}")
-        threads = max(1, (os.cpu_count() or 1) // args.agents)
-        for i in range(args.agents):
-            procs.start_agent(f"site-{i}", sched_addr, i, args.agents, {
-                "DATA__PARTITION_SEED": str(args.seed),
-                "DEVICE": args.device,
-                "CPU_THREADS": str(threads),
-            })
+        agg_addr, sched_addr = _start_processes(procs, args)
         runs = scheduler_pb2_grpc.RunServiceStub(procs.channel(sched_addr))
         models = procs.channel(agg_addr)
         task = get_task("digits")

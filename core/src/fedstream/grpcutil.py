@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,80 +68,87 @@ def translate_errors(fn: F) -> F:
     Works for sync and async methods, unary or streaming responses. Anything else becomes
     INTERNAL with a generic message; the traceback goes to the log only.
     """
-
-    def unexpected(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-        log.error("unexpected error in %s", fn.__qualname__, exc_info=exc)
-        return grpc.StatusCode.INTERNAL, "internal error"
-
-    in_progress = GRPC_CALLS_IN_PROGRESS
     if inspect.isasyncgenfunction(fn):
-
-        @functools.wraps(fn)
-        async def agen(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            in_progress.inc()
-            try:
-                async for item in fn(self, request, context):
-                    yield item
-            except FedstreamError as e:
-                await context.abort(*_status_of(e))
-            except grpc.aio.AbortError:
-                raise
-            except Exception as e:  # noqa: BLE001 - the edge: anything else is INTERNAL, logged
-                await context.abort(*unexpected(e))
-            finally:
-                in_progress.dec()
-
-        return agen  # type: ignore[return-value]
+        return _translate_async_generator(fn)  # type: ignore[return-value]
     if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def coro(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            in_progress.inc()
-            try:
-                return await fn(self, request, context)
-            except FedstreamError as e:
-                await context.abort(*_status_of(e))
-            except grpc.aio.AbortError:
-                raise
-            except Exception as e:  # noqa: BLE001 - the edge: anything else is INTERNAL, logged
-                await context.abort(*unexpected(e))
-            finally:
-                in_progress.dec()
-
-        return coro  # type: ignore[return-value]
+        return _translate_coroutine(fn)  # type: ignore[return-value]
     if inspect.isgeneratorfunction(fn):
+        return _translate_generator(fn)  # type: ignore[return-value]
+    return _translate_plain(fn)  # type: ignore[return-value]
 
-        @functools.wraps(fn)
-        def gen(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            in_progress.inc()
-            try:
-                yield from fn(self, request, context)
-            except FedstreamError as e:
-                context.abort(*_status_of(e))
-            except Exception as e:
-                if _is_abort(e):
-                    raise
-                context.abort(*unexpected(e))
-            finally:
-                in_progress.dec()
 
-        return gen  # type: ignore[return-value]
+def _unexpected(fn: Callable[..., Any], exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    log.error("unexpected error in %s", fn.__qualname__, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
 
+
+@contextlib.contextmanager
+def _translating(fn: Callable[..., Any], context: grpc.ServicerContext) -> Iterator[None]:
+    """Counts a call of ``fn`` in progress and aborts it with the status of what it raises."""
+    GRPC_CALLS_IN_PROGRESS.inc()
+    try:
+        yield
+    except FedstreamError as e:
+        context.abort(*_status_of(e))
+    except Exception as e:
+        if _is_abort(e):
+            raise
+        context.abort(*_unexpected(fn, e))
+    finally:
+        GRPC_CALLS_IN_PROGRESS.dec()
+
+
+@contextlib.asynccontextmanager
+async def _translating_async(fn: Callable[..., Any], context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """``_translating`` for the methods of an asyncio server."""
+    GRPC_CALLS_IN_PROGRESS.inc()
+    try:
+        yield
+    except FedstreamError as e:
+        await context.abort(*_status_of(e))
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the edge: anything else is INTERNAL, logged
+        await context.abort(*_unexpected(fn, e))
+    finally:
+        GRPC_CALLS_IN_PROGRESS.dec()
+
+
+def _translate_async_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def agen(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _translating_async(fn, context):
+            async for item in fn(self, request, context):
+                yield item
+
+    return agen
+
+
+def _translate_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def coro(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _translating_async(fn, context):
+            return await fn(self, request, context)
+
+    return coro
+
+
+def _translate_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def gen(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        with _translating(fn, context):
+            yield from fn(self, request, context)
+
+    return gen
+
+
+def _translate_plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def plain(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        in_progress.inc()
-        try:
+        with _translating(fn, context):
             return fn(self, request, context)
-        except FedstreamError as e:
-            context.abort(*_status_of(e))
-        except Exception as e:
-            if _is_abort(e):
-                raise
-            context.abort(*unexpected(e))
-        finally:
-            in_progress.dec()
 
-    return plain  # type: ignore[return-value]
+    return plain
 
 
 def _is_abort(e: BaseException) -> bool:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedstream.errors import FedstreamError
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 # Seconds: from a Redis round trip to a model-sized S3 transfer.
 OPERATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -107,16 +106,26 @@ def cgroup_memory_limit() -> int:
     return 0
 
 
+class TenantScoped(Protocol):
+    """A store serving one tenant: what ``timed`` labels its measurements with."""
+
+    tenant: str
+
+
+S = TypeVar("S", bound=TenantScoped)
+
+
 def timed(seconds: Histogram, errors: Counter, kind: str) -> Callable[[F], F]:
-    """Decorates a store method: its latency, and the failures that are the server's (not a
-    caller's bad request), labelled by the store's tenant and backend and the method's name."""
+    """Decorates a method of a ``TenantScoped`` store: its latency, and the failures that are
+    the server's (not a caller's bad request), labelled by the store's tenant, the backend
+    ``kind`` and the method's name."""
 
     def wrap(fn: F) -> F:
         operation = fn.__name__
 
         @functools.wraps(fn)
-        def timed_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            labels = (getattr(self, "tenant", ""), getattr(self, "metrics_backend", kind), operation)
+        def timed_call(self: TenantScoped, *args: Any, **kwargs: Any) -> Any:
+            labels = (self.tenant, kind, operation)
             start = time.perf_counter()
             try:
                 return fn(self, *args, **kwargs)
@@ -135,8 +144,9 @@ def timed(seconds: Histogram, errors: Counter, kind: str) -> Callable[[F], F]:
     return wrap
 
 
-def instrument(cls: type[T], methods: tuple[str, ...], seconds: Histogram, errors: Counter, kind: str) -> type[T]:
-    """Wraps the named methods of a store class with ``timed``."""
+def instrument(cls: type[S], methods: tuple[str, ...], seconds: Histogram, errors: Counter, kind: str) -> type[S]:
+    """Wraps the named methods of a ``TenantScoped`` store class with ``timed``; raises
+    AttributeError naming a method the class lacks."""
     for name in methods:
         setattr(cls, name, timed(seconds, errors, kind)(getattr(cls, name)))
     return cls

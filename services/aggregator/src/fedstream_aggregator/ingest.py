@@ -223,7 +223,7 @@ class Ingest:
             held = False
             if plan.kind is RoundKind.TRAIN and rnd.accumulator is not None:
                 rnd.accumulator.fold(spool.read_into, report.weight, rnd.wire)
-            elif plan.kind.uploads_model:
+            elif plan.kind is RoundKind.INIT:  # its one upload becomes the version as it is
                 rnd.layout = layout
                 rnd.init_spool = spool
                 held = True

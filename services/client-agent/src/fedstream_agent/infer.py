@@ -8,7 +8,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -17,7 +19,19 @@ from fedstream.exitcodes import ExitCode
 from fedstream.transfer import download_model
 from fedstream_tasks import get_task
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A task that runs inference on images: ``predict`` returns one result per path, each
+    with its ``detections``."""
+
+    def predict(self, model: nn.Module, paths: Sequence[Path], device: torch.device) -> list[dict[str, Any]]: ...
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +52,8 @@ def run_inference(args: argparse.Namespace) -> int:
     from fedstream_tasks.torchio import state_of
 
     task = get_task(args.task)
-    if not hasattr(task, "predict"):
+    predictor = task if isinstance(task, Predictor) else None
+    if predictor is None:
         print(f"error: task {args.task!r} cannot run inference on images", file=sys.stderr)
         return ExitCode.BAD_SETTINGS
     if not args.images.is_dir():
@@ -57,7 +72,7 @@ def run_inference(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     device = pick_device() if args.device == "auto" else torch.device(args.device)
     started = time.perf_counter()
-    results = task.predict(net, paths, device)
+    results = predictor.predict(net, paths, device)
     doc = {"version": model.version, "task": args.task, "seconds": round(time.perf_counter() - started, 3),
            "images": results}
     text = json.dumps(doc, indent=2)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 
 from fedstream.auth import load_authority, service_identity
 from fedstream.backends import make_model_store, make_state_store
@@ -16,6 +18,7 @@ from fedstream.grpcutil import write_port_file
 from fedstream.logs import setup_logging
 from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
+from fedstream.pki import TlsIdentity
 from fedstream.readiness import wait_until_reachable
 from fedstream.version import add_version_argument
 from fedstream_scheduler.admin import AdminServices
@@ -24,7 +27,7 @@ from fedstream_scheduler.api import build_api
 from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.cron import CronScheduler
 from fedstream_scheduler.enrollment import Enrollment
-from fedstream_scheduler.server import build_server
+from fedstream_scheduler.server import SchedulerServer, build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
 
@@ -32,6 +35,8 @@ log = logging.getLogger("fedstream_scheduler")
 
 
 async def serve(settings: SchedulerSettings) -> int:
+    """Builds the scheduler from ``settings`` and serves until SIGTERM or SIGINT; returns the
+    process's exit code."""
     tenant = settings.tenant.tenant
     try:
         identity = service_identity(settings.tls, tenant, "scheduler")
@@ -43,32 +48,20 @@ async def serve(settings: SchedulerSettings) -> int:
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
     enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s)
     try:
-        server = await build_server(
-            service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
-            serving=False, tls=identity, enrollment=enrollment, enroll_port=settings.enrollment.port,
-            health_port=settings.grpc.health_port,
-        )
+        server = await _start_grpc(settings, service, identity, enrollment)
     except OSError as e:
         log.error("%s", e)
         return ExitCode.CANNOT_BIND
-    if server.enroll_server is not None:
-        write_port_file(settings.enrollment.port_file, server.enroll_port)
-        log.info("agents enroll on %s:%d", settings.grpc.host, server.enroll_port)
     store = make_model_store(settings.store, tenant)
     admin = AdminServices(service, store, enrollment=enrollment)
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
-    api = None
-    if settings.api.enabled:
-        api = ApiServer(build_api({settings.tenant.tenant: admin}), settings.api.host, settings.api.port)
-        try:
-            await api.start()
-        except OSError as e:
-            log.error("admin API: %s", e)
-            await server.stop()
-            return ExitCode.CANNOT_BIND
-        write_port_file(settings.api.port_file, api.port)
-        log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)
+    try:
+        api = await _start_api(settings, admin)
+    except OSError as e:
+        log.error("admin API: %s", e)
+        await server.stop()
+        return ExitCode.CANNOT_BIND
     if not start_metrics(settings.metrics, "scheduler"):
         await server.stop()
         return ExitCode.CANNOT_BIND
@@ -78,26 +71,75 @@ async def serve(settings: SchedulerSettings) -> int:
         settings.grpc.host, server.port, "mutual TLS" if identity else "PLAINTEXT", tenant,
         settings.aggregator_endpoint,
     )
-    stop = asyncio.Event()
-    stopping = threading.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
     checks = {state.endpoint(): state.ping, store.endpoint(): store.ping}
-    if await asyncio.to_thread(wait_until_reachable, checks, stopping):
-        if settings.api.bootstrap_token is not None:
-            admin.tokens.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
-        service.start_adopting()
-        cron.start()
-        await server.set_serving(True)
-        log.info("serving")
-    await stop.wait()
+    await _serve_until_signalled(checks, functools.partial(_go_live, settings, admin, service, cron, server))
     log.info("shutting down")
     await cron.stop()
     if api is not None:
         await api.stop()
     await server.stop()
     return ExitCode.OK
+
+
+async def _start_grpc(
+    settings: SchedulerSettings, service: SchedulerService, identity: TlsIdentity | None, enrollment: Enrollment
+) -> SchedulerServer:
+    """The gRPC server (and the enrollment server, when there is one), not yet serving; raises
+    OSError when a port cannot be bound."""
+    server = await build_server(
+        service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
+        serving=False, tls=identity, enrollment=enrollment, enroll_port=settings.enrollment.port,
+        health_port=settings.grpc.health_port,
+    )
+    if server.enroll_server is not None:
+        write_port_file(settings.enrollment.port_file, server.enroll_port)
+        log.info("agents enroll on %s:%d", settings.grpc.host, server.enroll_port)
+    return server
+
+
+async def _start_api(settings: SchedulerSettings, admin: AdminServices) -> ApiServer | None:
+    """The REST admin API, started, or None when it is disabled; raises OSError when its port
+    cannot be bound."""
+    if not settings.api.enabled:
+        return None
+    api = ApiServer(build_api({settings.tenant.tenant: admin}), settings.api.host, settings.api.port)
+    await api.start()
+    write_port_file(settings.api.port_file, api.port)
+    log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)
+    return api
+
+
+async def _serve_until_signalled(
+    checks: dict[str, Callable[[], None]], go_live: Callable[[], Awaitable[None]]
+) -> None:
+    """Runs ``go_live`` once every backend in ``checks`` answers; returns on SIGTERM or SIGINT
+    (before going live, if one comes first)."""
+    stop = asyncio.Event()
+    stopping = threading.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        stopping.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    if await asyncio.to_thread(wait_until_reachable, checks, stopping):
+        await go_live()
+    await stop.wait()
+
+
+async def _go_live(
+    settings: SchedulerSettings, admin: AdminServices, service: SchedulerService, cron: CronScheduler,
+    server: SchedulerServer,
+) -> None:
+    """Starts the work that needs the backends, then reports SERVING."""
+    if settings.api.bootstrap_token is not None:
+        admin.tokens.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
+    service.start_adopting()
+    cron.start()
+    await server.set_serving(True)
+    log.info("serving")
 
 
 def main(argv: list[str] | None = None) -> int:

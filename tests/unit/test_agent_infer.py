@@ -1,0 +1,11 @@
+"""`fedstream-agent infer` takes the tasks that declare ``predict``, and only those."""
+
+from __future__ import annotations
+
+from fedstream.tasks import get_task
+from fedstream_agent.infer import Predictor
+
+
+def test_only_a_task_that_predicts_runs_inference():
+    assert isinstance(get_task("fedvision-tiny"), Predictor)
+    assert not isinstance(get_task("digits"), Predictor)
