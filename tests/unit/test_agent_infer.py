@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fedstream.tasks import get_task
 from fedstream_agent.infer import Predictor
+from fedstream_tasks import get_task
 
 
 def test_only_a_task_that_predicts_runs_inference():
