@@ -54,6 +54,27 @@ def test_importing_does_not_pull_in_torch(module):
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+# Runs a module's entry point as an install without the tasks' distribution (and so without
+# PyTorch) would: importing either fails.
+WITHOUT_TASKS = """
+import importlib.abc, runpy, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "fedstream_tasks"):
+            raise ImportError(f"{name} is not installed")
+sys.meta_path.insert(0, Absent())
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module", ["fedstream_scheduler", "fedstream_aggregator"])
+def test_the_control_plane_starts_without_the_tasks_installed(module):
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TASKS, module], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage" in done.stdout
+
+
 @pytest.mark.parametrize("folder", ["core", "cli", "services/scheduler", "services/aggregator"])
 def test_control_plane_does_not_declare_torch(folder):
     deps = " ".join(dependencies(folder))

@@ -10,8 +10,8 @@ cost lands here: on a distillation round every update is kept in the model store
 strategies do) and read back one at a time, and the aggregator runs one forward pass of each
 teacher over the public set. Memory stays at a few models.
 
-PyTorch is imported only when an aggregator is given a public set: the aggregator's other work
-needs none.
+PyTorch and the tasks are imported only when an aggregator is given a public set: the
+aggregator's other work needs neither, and an install without them starts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 
 from fedstream.errors import FailedPrecondition, InvalidArgument
 from fedstream.tensors import FlatBuffer, Layout
-from fedstream_tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,13 @@ class Distiller:
     def __init__(self, public_dir: Path, device: str = "") -> None:
         try:
             import torch
+
+            from fedstream_tasks import get_task
         except ImportError as e:
             raise RuntimeError(
-                "distillation needs PyTorch in the aggregator: install fedstream-aggregator[distill]"
+                "distillation needs PyTorch and the tasks in the aggregator: install fedstream-aggregator[distill]"
             ) from e
+        self._get_task = get_task
         if not public_dir.is_dir():
             raise ValueError(f"public set {public_dir} is not a directory")
         self.public_dir = public_dir
@@ -49,7 +51,7 @@ class Distiller:
 
     def check(self, task_name: str) -> None:
         """Raises InvalidArgument unless the task exists and supports distillation."""
-        task = get_task(task_name)
+        task = self._get_task(task_name)
         if not task.supports_distillation:
             raise InvalidArgument(f"task {task_name!r} does not support server-side distillation")
 
@@ -70,7 +72,7 @@ class Distiller:
         task refuses the tensors."""
         from fedstream_tasks.torchio import buffers_of, layout_of, state_of
 
-        task = get_task(task_name)
+        task = self._get_task(task_name)
         layout = student.layout
 
         def states() -> Iterator[dict[str, Any]]:
