@@ -436,3 +436,21 @@ def test_models_listed_described_downloaded_and_pinned(api, tmp_path):
     assert is_problem(api.call("GET", "/models/mrun-1/12", viewer), 400, "invalid_argument")
     assert is_problem(api.call("GET", "/models/no-such-run/000001", viewer), 404, "model_not_found")
     assert is_problem(api.call("GET", "/federations/absent/models", viewer), 404, "federation_not_found")
+
+
+def test_an_unexpected_failure_is_a_problem_without_internals(api, redis_url):
+    """A record the code cannot read (written by hand, or by a newer version) fails the one
+    request with 500 problem+json; the detail stays in the log, and the API goes on serving."""
+    import redis
+
+    make_federation(api, "t1", "broken")
+    store = api.tenants["t1"].admin.state
+    assert isinstance(store, RedisStateStore)
+    redis.Redis.from_url(redis_url).set(store._k("federation", "broken"), b'{"unexpected": "shape"}')
+    viewer = api.tenants["t1"].tokens["viewer"]
+
+    r = api.call("GET", "/federations/broken", viewer)
+
+    assert is_problem(r, 500, "internal")
+    assert "unexpected" not in r.text and "Traceback" not in r.text
+    assert api.call("GET", "/health", None).status_code == 200

@@ -6,6 +6,8 @@ is simply not found (404). Errors are application/problem+json with a stable ``c
 One router per resource translates; the logic is the tenant's services' (AdminServices).
 """
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +18,8 @@ from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import agents, enrollment_tokens, federations, models, runs, tokens
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import PROBLEM_RESPONSES, problem
+
+log = logging.getLogger(__name__)
 
 
 async def _fedstream_error(request: Request, e: Exception) -> JSONResponse:
@@ -37,6 +41,12 @@ async def _http(request: Request, e: Exception) -> JSONResponse:
     return problem(e.status_code, code, str(e.detail), dict(e.headers) if e.headers else None)  # Allow on 405
 
 
+async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+    """Anything else is a bug or unreadable state: logged in full, answered without internals."""
+    log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=e)
+    return problem(500, "internal", "internal error")
+
+
 async def health() -> s.Health:
     return s.Health(status="ok")
 
@@ -54,6 +64,7 @@ def build_api(admins: dict[str, AdminServices]) -> FastAPI:
     app.add_exception_handler(FedstreamError, _fedstream_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/api/v1/health", health, methods=["GET"], tags=["health"])
     for module in (federations, runs, models, agents, enrollment_tokens, tokens):
         app.include_router(module.router)
