@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedstream.rounds import Assignment
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model
 from fedstream.v1 import round_pb2, scheduler_pb2
@@ -61,7 +62,7 @@ def attack(kind: str):
     return fn
 
 
-def digits_init(a: scheduler_pb2.Assignment) -> dict[str, tuple[str, np.ndarray]]:
+def digits_init(a: Assignment) -> dict[str, tuple[str, np.ndarray]]:
     """The initial model an honest agent would upload (the task's, at the run's seed): an
     attacker chosen for the init round does not change the starting point."""
     model = get_task("digits").build_model(a.training.seed)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedstream.grpcutil import channel
+from fedstream.rounds import RoundKind
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -196,7 +197,7 @@ def test_strategy_reaches_the_aggregator_and_fedprox_mu_the_agents(scheduler, ru
             a.stop()
     assert run.state == scheduler_pb2.RUN_STATE_SUCCEEDED, run.reason
     assert run.spec.strategy.name == "fedprox" and run.spec.strategy.params["mu"] == 0.25
-    train = [a for agent in agents for a in agent.assignments if a.kind == round_pb2.ROUND_KIND_TRAIN]
+    train = [a for agent in agents for a in agent.assignments if a.kind is RoundKind.TRAIN]
     assert train and all(a.training.proximal_mu == 0.25 for a in train)
 
 

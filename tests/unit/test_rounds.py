@@ -8,11 +8,13 @@ from fedstream import convert
 from fedstream.errors import InvalidArgument
 from fedstream.rounds import (
     ROUND_TRANSITIONS,
+    Assignment,
     RoundKind,
     RoundPlan,
     RoundSnapshot,
     RoundState,
     RunState,
+    TrainingConfig,
     UpdateReport,
     canonical_params,
     combine_metrics,
@@ -53,6 +55,28 @@ def test_a_plan_round_trips_through_its_stored_and_wire_forms() -> None:
     )
     assert RoundPlan.from_dict(plan.to_dict()) == plan
     assert convert.plan_from_proto(convert.plan_to_proto(plan)) == plan
+
+
+@pytest.mark.parametrize("kind", list(RoundKind))
+def test_an_assignment_round_trips_through_its_wire_form(kind: RoundKind) -> None:
+    training = TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.125, seed=7, no_op=True,
+                              compression="int8", proximal_mu=0.25, shared_only=True)
+    assignment = Assignment("run-1", 4, kind, "digits", "run-1/000003", "agg:1", "agg:2", training, 1234.5,
+                            chunk_bytes=65536)
+    event = convert.assignment_to_proto(assignment)
+    assert convert.assignment_from_proto(event.assignment) == assignment
+    assert convert.training_from_proto(convert.training_to_proto(training)) == training
+
+
+def test_an_assignment_of_an_unknown_kind_is_refused_and_empty_compression_reads_none() -> None:
+    assignment = Assignment("run-1", 1, RoundKind.TRAIN, "digits", "", "agg:1", "agg:1", TrainingConfig(), 0.0)
+    event = convert.assignment_to_proto(assignment)
+    event.assignment.training.compression = ""
+    assert convert.assignment_from_proto(event.assignment).training.compression == "none"
+    for value in (0, 99):
+        event.assignment.kind = value
+        with pytest.raises(InvalidArgument, match=f"unknown round kind {value}"):
+            convert.assignment_from_proto(event.assignment)
 
 
 def test_a_report_round_trips_and_the_wire_form_weighs_its_examples() -> None:

@@ -180,6 +180,20 @@ def training_to_proto(t: TrainingConfig) -> round_pb2.TrainingConfig:
     )
 
 
+def training_from_proto(t: round_pb2.TrainingConfig) -> TrainingConfig:
+    """An empty compression reads as ``"none"``, as the wire contract says."""
+    return TrainingConfig(
+        local_epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        seed=t.seed,
+        no_op=t.no_op,
+        proximal_mu=t.proximal_mu,
+        shared_only=t.shared_only,
+        compression=t.compression or "none",
+    )
+
+
 def assignment_to_proto(a: Assignment) -> scheduler_pb2.AgentEvent:
     """An assignment as the agent event that carries it on an agent's stream."""
     return scheduler_pb2.AgentEvent(
@@ -193,5 +207,23 @@ def assignment_to_proto(a: Assignment) -> scheduler_pb2.AgentEvent:
             upload_endpoint=a.upload_endpoint,
             training=training_to_proto(a.training),
             deadline_unix=a.deadline_unix,
+            chunk_bytes=a.chunk_bytes,
         )
+    )
+
+
+def assignment_from_proto(a: scheduler_pb2.Assignment) -> Assignment:
+    """The assignment an agent event carries (``assignment_to_proto``'s ``assignment``).
+    Raises InvalidArgument for an unspecified or unknown round kind."""
+    return Assignment(
+        run_id=a.run_id,
+        round=a.round,
+        kind=kind_from_proto(a.kind),
+        task=a.task,
+        base_version=a.base_version,
+        model_endpoint=a.model_endpoint,
+        upload_endpoint=a.upload_endpoint,
+        training=training_from_proto(a.training),
+        deadline_unix=a.deadline_unix,
+        chunk_bytes=a.chunk_bytes,
     )

@@ -240,3 +240,5 @@ class Assignment:
     upload_endpoint: str
     training: TrainingConfig
     deadline_unix: float
+    # The chunk size to download and upload with; 0: the agent's own setting.
+    chunk_bytes: int = 0

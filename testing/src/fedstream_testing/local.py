@@ -261,15 +261,19 @@ class LocalFederation:
         """Starts a run (a fedstream.v1.RunSpec) over gRPC and follows it to its end, printing
         each newly committed training round to stderr and checking that every process lives;
         returns the finished fedstream.v1.Run."""
-        from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+        from fedstream.convert import kind_from_proto, state_from_proto
+        from fedstream.rounds import RoundKind, RoundState
+        from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
         runs = scheduler_pb2_grpc.RunServiceStub(self.channel(scheduler))
         started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec, run_id=run_id), timeout=10)
         run, shown = started, -1
         for run in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=started.run_id)):
             self.check_alive()
-            done = sum(r.kind == round_pb2.ROUND_KIND_TRAIN and r.state == round_pb2.ROUND_STATE_COMMITTED
-                       for r in run.rounds)
+            done = sum(
+                kind_from_proto(r.kind) is RoundKind.TRAIN and state_from_proto(r.state) is RoundState.COMMITTED
+                for r in run.rounds
+            )
             if done != shown:
                 print(f"{label}: {done}/{spec.rounds} rounds committed", file=sys.stderr)
                 shown = done

@@ -1,8 +1,8 @@
 """A lightweight agent that speaks the real protocol without PyTorch: for tests and benchmarks.
 
-It registers, heartbeats, receives assignments on its stream, downloads the base model and
-uploads an update computed by a function of (base arrays, assignment), or a random model for
-init rounds.
+It registers, heartbeats, receives assignments on its stream (read into the round vocabulary
+of ``fedstream.rounds``, as the real agent does), downloads the base model and uploads an update
+computed by a function of (base arrays, assignment), or a random model for init rounds.
 """
 
 from __future__ import annotations
@@ -14,24 +14,27 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from fedstream.convert import assignment_from_proto
+from fedstream.errors import InvalidArgument
 from fedstream.grpcutil import channel
 from fedstream.pki import TlsIdentity
+from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model, upload_update
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_testing.helpers import buffers_of, layout_of, random_model
 
-UpdateFn = Callable[[FlatBuffer, scheduler_pb2.Assignment], FlatBuffer]
+UpdateFn = Callable[[FlatBuffer, Assignment], FlatBuffer]
 
 
-def echo(base: FlatBuffer, _: scheduler_pb2.Assignment) -> FlatBuffer:
+def echo(base: FlatBuffer, _: Assignment) -> FlatBuffer:
     return base
 
 
 class SimAgent:
     def __init__(self, agent_id: str, scheduler: str, *, examples: int = 10, update: UpdateFn = echo,
                  tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
-                 init: Callable[[scheduler_pb2.Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
+                 init: Callable[[Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
                  identity: TlsIdentity | None = None) -> None:
         self.agent_id = agent_id
         # Mutual TLS as this identity (LocalFederation.enroll); plaintext without.
@@ -47,7 +50,7 @@ class SimAgent:
         self._stop = threading.Event()
         self._stream: grpc.Call | None = None
         self.done: list[tuple[str, int]] = []
-        self.assignments: list[scheduler_pb2.Assignment] = []
+        self.assignments: list[Assignment] = []
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sim-{agent_id}")
 
@@ -72,7 +75,8 @@ class SimAgent:
                 self._stream = stream = self._stub.ReceiveAssignments(
                     scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id))
                 for event in stream:
-                    self._handle(event.assignment)
+                    if event.WhichOneof("event") == "assignment":
+                        self._receive(event.assignment)
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
@@ -86,11 +90,20 @@ class SimAgent:
             except grpc.RpcError:
                 pass
 
-    def _handle(self, a: scheduler_pb2.Assignment) -> None:
+    def _receive(self, msg: scheduler_pb2.Assignment) -> None:
+        """An assignment of a kind the vocabulary does not know is recorded as an error and skipped."""
+        try:
+            a = assignment_from_proto(msg)
+        except InvalidArgument as e:
+            self.errors.append(f"round {msg.round}: {e.public}")
+            return
+        self._handle(a)
+
+    def _handle(self, a: Assignment) -> None:
         self.assignments.append(a)
         ch = channel(a.upload_endpoint, self.identity)
         try:
-            if a.kind == round_pb2.ROUND_KIND_INIT:
+            if a.kind is RoundKind.INIT:
                 model = self.init(a) if self.init is not None else random_model(self.init_seed)
                 layout = layout_of(model)
                 buffers = buffers_of(layout, model)
@@ -115,7 +128,7 @@ class SimAgent:
 def add_constant(value: float) -> UpdateFn:
     """An update that adds ``value`` to every float32 tensor of the base."""
 
-    def fn(base: FlatBuffer, _: scheduler_pb2.Assignment) -> FlatBuffer:
+    def fn(base: FlatBuffer, _: Assignment) -> FlatBuffer:
         out = FlatBuffer(base.layout)
         out.data[:] = base.data
         for _name, arr in out.arrays().items():

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedstream.convert import kind_to_proto
+from fedstream.rounds import RoundKind
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, Layout
 from fedstream.transfer import upload_update
-from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2
+from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc
 from fedstream_testing.helpers import buffers_of, layout_of
 
 T = TypeVar("T")
@@ -59,14 +61,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         time.sleep(interval)
 
 
-def plan(run_id: str, round_: int, participants: list[str], *, base: str = "", kind: str = "train",
-         min_updates: int = 0, timeout: float = 30.0) -> aggregator_pb2.RoundPlan:
+def plan(run_id: str, round_: int, participants: list[str], *, base: str = "",
+         kind: RoundKind | str = RoundKind.TRAIN, min_updates: int = 0,
+         timeout: float = 30.0) -> aggregator_pb2.RoundPlan:
     """A round plan for the aggregator: every participant needed unless ``min_updates``, the
     deadline ``timeout`` seconds from now."""
     return aggregator_pb2.RoundPlan(
         run_id=run_id,
         round=round_,
-        kind=round_pb2.ROUND_KIND_TRAIN if kind == "train" else round_pb2.ROUND_KIND_INIT,
+        kind=kind_to_proto(kind),
         base_version=base,
         participants=participants,
         min_updates=min_updates or len(participants),

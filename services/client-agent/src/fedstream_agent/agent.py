@@ -17,12 +17,15 @@ import psutil
 import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
+from fedstream.convert import assignment_from_proto
+from fedstream.errors import InvalidArgument
 from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
+from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel, download_model, upload_update
-from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent import metrics as m
 from fedstream_agent.identity import AgentIdentity, EnrollmentError, renew_after_unix
 from fedstream_agent.settings import AgentSettings
@@ -171,7 +174,7 @@ class Agent:
                 )
                 for event in self._stream:
                     if event.WhichOneof("event") == "assignment":
-                        self.handle(event.assignment)
+                        self._receive(event.assignment)
                     if self.stop.is_set():
                         break
             except grpc.RpcError as e:
@@ -204,14 +207,24 @@ class Agent:
         if self._stream is not None:
             self._stream.cancel()
 
-    def handle(self, a: scheduler_pb2.Assignment) -> None:
+    def _receive(self, msg: scheduler_pb2.Assignment) -> None:
+        """The edge: an assignment from the stream in the round vocabulary, handled; one the
+        vocabulary cannot read (a kind newer than this agent) is logged and skipped."""
+        try:
+            a = assignment_from_proto(msg)
+        except InvalidArgument as e:
+            log.error("assignment for round %d of %s skipped: %s", msg.round, msg.run_id, e.public)
+            return
+        self.handle(a)
+
+    def handle(self, a: Assignment) -> None:
+        """Does one assignment, once per (run, round); a failure abandons the round (logged
+        and counted), it does not stop the agent."""
         key = (a.run_id, a.round)
         if key in self._handled:
             log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
             return
         self._handled.add(key)
-        kind = {round_pb2.ROUND_KIND_INIT: "init", round_pb2.ROUND_KIND_TRAIN: "train",
-                round_pb2.ROUND_KIND_EVALUATE: "evaluate"}.get(a.kind, "unknown")
         outcome = "abandoned"
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
             try:
@@ -223,12 +236,12 @@ class Agent:
             except Exception:
                 log.exception("round abandoned")
             finally:
-                m.ROUNDS.labels(a.task, kind, outcome).inc()
+                m.ROUNDS.labels(a.task, a.kind.value, outcome).inc()
 
-    def _handle(self, a: scheduler_pb2.Assignment) -> None:
+    def _handle(self, a: Assignment) -> None:
         task, data = self._task(a.task)
         chunk_bytes = a.chunk_bytes or self.settings.chunks.chunk_bytes
-        if a.kind == round_pb2.ROUND_KIND_INIT:
+        if a.kind is RoundKind.INIT:
             model = task.build_model(a.training.seed)
             state = self._outgoing(task, a, model)
             layout = layout_of(state)
@@ -240,7 +253,7 @@ class Agent:
         self._buffer = base.buffer
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
-        if a.training.no_op and a.kind == round_pb2.ROUND_KIND_TRAIN:
+        if a.training.no_op and a.kind is RoundKind.TRAIN:
             buf = base.buffer
             self._upload(
                 a,
@@ -253,13 +266,13 @@ class Agent:
             return
         model = task.build_model(a.training.seed)
         incoming = state_of(base.buffer)
-        if a.kind == round_pb2.ROUND_KIND_EVALUATE:
+        if a.kind is RoundKind.EVALUATE:
             self._load(task, a, model, incoming)
             del base, incoming
             self._evaluate(task, a, model, download_s, chunk_bytes)
             return
         self._load(task, a, model, incoming)
-        compression = a.training.compression or "none"
+        compression = a.training.compression
         global_floats = (
             {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if compression == "int8" else {}
         )
@@ -281,7 +294,7 @@ class Agent:
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
 
-    def _load(self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module, incoming: dict[str, torch.Tensor]) -> None:
+    def _load(self, task: Task, a: Assignment, model: torch.nn.Module, incoming: dict[str, torch.Tensor]) -> None:
         """Loads the global model; under partial averaging, with this site's private tensors."""
         if a.training.shared_only:
             # The global model holds the shared tensors; this site's private ones come from
@@ -294,7 +307,7 @@ class Agent:
             model.load_state_dict(incoming)
 
     def _evaluate(
-        self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module, download_s: float, chunk_bytes: int
+        self, task: Task, a: Assignment, model: torch.nn.Module, download_s: float, chunk_bytes: int
     ) -> None:
         """Federated evaluation: the task's metrics of the version on this site's held-out
         data, reported with an empty layout (no tensor leaves the site)."""
@@ -307,7 +320,7 @@ class Agent:
                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
         self._upload(a, Layout(()), lambda: iter(()), examples, metrics, chunk_bytes)
 
-    def _outgoing(self, task: Task, a: scheduler_pb2.Assignment, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def _outgoing(self, task: Task, a: Assignment, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """What leaves the site: the whole model, or under partial averaging only its shared
         tensors, the private ones being kept here for the run's next round."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -318,7 +331,7 @@ class Agent:
 
     def _compress(
         self,
-        a: scheduler_pb2.Assignment,
+        a: Assignment,
         state: dict[str, torch.Tensor],
         mode: str,
         global_floats: dict[str, torch.Tensor],
@@ -342,7 +355,7 @@ class Agent:
             out[name + SCALE_SUFFIX] = torch.tensor(float(scale), dtype=torch.float32)
         return out
 
-    def _download(self, a: scheduler_pb2.Assignment, chunk_bytes: int) -> DownloadedModel:
+    def _download(self, a: Assignment, chunk_bytes: int) -> DownloadedModel:
         """Downloads the base model, retrying transient failures until the deadline."""
         delay = 0.2
         while True:
@@ -364,7 +377,7 @@ class Agent:
 
     def _upload(
         self,
-        a: scheduler_pb2.Assignment,
+        a: Assignment,
         layout: Layout,
         buffers: Callable[[], Iterable[memoryview]],
         num_examples: int,
