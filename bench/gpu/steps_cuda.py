@@ -14,7 +14,7 @@ from common import NO_CUDA, Preset, Recorder
 from fedstream.tensors import FlatBuffer
 from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_agent.agent import Agent
-from fedstream_agent.settings import AgentSettings
+from fedstream_agent.settings import AgentSettings, AgentTlsSettings
 from fedstream_tasks import get_task
 from fedstream_tasks.base import SiteDataSettings, Task, TrainParams
 from fedstream_tasks.torchio import buffers_of, layout_of, state_of
@@ -85,7 +85,7 @@ def sent_matches(agent: Agent, task: Task, model: torch.nn.Module) -> tuple[bool
 def one_task(rec: Recorder, name: str, preset: Preset, workdir: Path) -> None:
     data_settings = site_data(name, preset, workdir / name)
     agent = Agent(AgentSettings(agent_id=f"pack-{name}", tasks=[name], data=data_settings,
-                                tls={"insecure_plaintext": True}))
+                                tls=AgentTlsSettings(insecure_plaintext=True)))
     cuda = torch.cuda.is_available()
     rec.check(f"{name}: agent picks CUDA by itself",
               agent.device.type == "cuda" if cuda else None, str(agent.device) if cuda else NO_CUDA)

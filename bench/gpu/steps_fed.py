@@ -138,7 +138,7 @@ def reid_data(rec: Recorder, preset: Preset, workdir: Path, data: Path) -> None:
     if preset.reid_identities is not None:
         public = link_first(public, data / "reid-public", 8 * preset.reid_identities)
     rec.figure("sites", counts)
-    rec.figure("public_images", len(task.load_public(public)))  # type: ignore[attr-defined]
+    rec.figure("public_images", len(task.load_public(public)))
     (data / "reid.json").write_text(json.dumps({"sites": [str(s) for s in sites], "public": str(public)}))
     rec.check("four sites siteA..siteD", [s.name for s in sites] == ["siteA", "siteB", "siteC", "siteD"])
     rec.finish()
