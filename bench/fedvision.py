@@ -29,7 +29,7 @@ from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_tasks import get_task
 from fedstream_tasks.base import SiteDataSettings, TrainParams
 from fedstream_tasks.detection import DetectionData, DetectionTask
-from fedstream_tasks.detection.data import generate_sites
+from fedstream_tasks.detection.data import SHAPES, VOC_NAMES, generate_sites
 from fedstream_tasks.torchio import state_of
 from fedstream_testing.local import LocalFederation
 
@@ -94,7 +94,9 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedstream-fedvision-"))
     torch.set_num_threads(os.cpu_count() or 1)
-    sites = generate_sites(workdir / "data", seed=args.seed, size=SIZES[args.preset], scale=args.scale)
+    # The full preset's head has Pascal VOC's classes: the shapes are annotated under three of them.
+    names = VOC_NAMES if args.preset == "full" else SHAPES
+    sites = generate_sites(workdir / "data", seed=args.seed, size=SIZES[args.preset], scale=args.scale, names=names)
     task = get_task(f"fedvision-{args.preset}" if args.preset != "full" else "fedvision")
     assert isinstance(task, DetectionTask)
     heldout = {s.name.removeprefix("site-"): task.load_heldout(SiteDataSettings(path=s)) for s in sites}

@@ -13,6 +13,7 @@ from fedstream_tasks.base import SiteDataSettings, TrainParams
 from fedstream_tasks.detection import DetectionTask
 from fedstream_tasks.detection.boxes import batched_nms, giou, iou_matrix, nms
 from fedstream_tasks.detection.data import (
+    VOC_NAMES,
     AnnotationError,
     SiteDomain,
     generate_site,
@@ -128,6 +129,15 @@ def test_generated_voc_site_loads_and_converts_to_coco(tmp_path):
     for a, b in zip(coco, train, strict=True):
         np.testing.assert_allclose(a.boxes, b.boxes)
         assert a.labels.tolist() == b.labels.tolist()
+
+
+def test_generated_site_under_voc_names_loads_for_the_full_size_task(tmp_path):
+    domain = SiteDomain("T", "noise", (120, 120, 120), 1.0, 1.0, (0.4, 0.3, 0.3), 8)
+    generate_site(tmp_path / "site", domain, seed=3, size=64, names=VOC_NAMES)
+    task = DetectionTask("full")
+    data = task.load_site(SiteDataSettings(path=tmp_path / "site"))
+    labels = {int(label) for target in data.targets for label in target["labels"]}
+    assert labels and {task.classes[i] for i in labels} <= set(VOC_NAMES)
 
 
 @pytest.mark.parametrize("edit, message", [

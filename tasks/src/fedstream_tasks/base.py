@@ -125,9 +125,11 @@ class Task(ABC):
         self, model: torch.nn.Module, data: Any, params: TrainParams, device: torch.device
     ) -> TrainResult:
         """Trains in place for ``params.local_epochs``; reports the mean training loss, the
-        examples seen, the seconds spent and the cosine distance of the first batch's outputs
-        before and after training."""
+        examples seen, the seconds spent, the cosine distance of the first batch's outputs
+        before and after training and, on CUDA, the peak GPU memory allocated (bytes)."""
         start = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         model.to(device)
         generator = torch.Generator().manual_seed(params.seed)
         opt = self.optimizer(model, params)
@@ -160,6 +162,8 @@ class Task(ABC):
             "examples_seen": float(seen),
             "train_seconds": time.perf_counter() - start,
         }
+        if device.type == "cuda":
+            metrics["gpu_peak_bytes"] = float(torch.cuda.max_memory_allocated(device))
         if before is not None and after is not None:
             metrics["cosine_distance"] = max(cosine_distance(before, after), 1e-12)
         return TrainResult(num_examples=self.num_examples(data), metrics=metrics)

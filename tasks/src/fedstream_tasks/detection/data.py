@@ -238,6 +238,9 @@ def load_dataset(path: Path, split: str, classes: tuple[str, ...]) -> list[Sampl
 # A seeded generator of small data sets.
 
 SHAPES = ("circle", "square", "triangle")
+# The shapes under three of Pascal VOC's class names: generated data for the full-size
+# `fedvision` task, whose head has VOC's 20 classes.
+VOC_NAMES = ("bottle", "tvmonitor", "pottedplant")
 
 
 @dataclass(frozen=True)
@@ -292,9 +295,11 @@ def _draw(img: np.ndarray, shape: str, box: tuple[int, int, int, int], colour: n
     img[y1:y2, x1:x2][mask] = colour
 
 
-def generate_site(root: Path, domain: SiteDomain, seed: int, size: int = 96, heldout_fraction: float = 0.25) -> None:
+def generate_site(root: Path, domain: SiteDomain, seed: int, size: int = 96, heldout_fraction: float = 0.25,
+                  names: tuple[str, ...] = SHAPES) -> None:
     """Writes one site's data set in VOC layout: JPEG images of ``size`` pixels with one to
-    three shapes each, annotations, and train/val image sets."""
+    three shapes each, annotations, and train/val image sets. ``names``: the class name each
+    shape of ``SHAPES`` is annotated as (``VOC_NAMES`` for a task on Pascal VOC's classes)."""
     from PIL import Image
 
     rng = np.random.default_rng([seed, ord(domain.name[0])])
@@ -326,7 +331,7 @@ def generate_site(root: Path, domain: SiteDomain, seed: int, size: int = 96, hel
                 colour = 255 - colour
             _draw(img, shape, box, colour)
             placed.append(box)
-            objects.append((shape, (box[0] + 1, box[1] + 1, box[2], box[3])))
+            objects.append((names[SHAPES.index(shape)], (box[0] + 1, box[1] + 1, box[2], box[3])))
         mean = img.mean()
         img = (img - mean) * domain.contrast + mean
         img = img * domain.brightness + rng.normal(0, domain.noise, img.shape)
@@ -342,13 +347,13 @@ def generate_site(root: Path, domain: SiteDomain, seed: int, size: int = 96, hel
 
 
 def generate_sites(out: Path, seed: int = 0, size: int = 96, scale: float = 1.0,
-                   sites: tuple[SiteDomain, ...] = DEFAULT_SITES) -> list[Path]:
+                   sites: tuple[SiteDomain, ...] = DEFAULT_SITES, names: tuple[str, ...] = SHAPES) -> list[Path]:
     """Writes every site's data set under ``out/site-<name>``; ``scale`` multiplies the image
-    counts. Returns the directories."""
+    counts, ``names`` as for ``generate_site``. Returns the directories."""
     dirs = []
     for d in sites:
         domain = SiteDomain(**{**d.__dict__, "images": max(8, int(round(d.images * scale)))})
         path = Path(out) / f"site-{d.name}"
-        generate_site(path, domain, seed, size)
+        generate_site(path, domain, seed, size, names=names)
         dirs.append(path)
     return dirs
