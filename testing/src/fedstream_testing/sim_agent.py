@@ -35,8 +35,10 @@ class SimAgent:
     def __init__(self, agent_id: str, scheduler: str, *, examples: int = 10, update: UpdateFn = echo,
                  tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
                  init: Callable[[Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
-                 identity: TlsIdentity | None = None) -> None:
+                 identity: TlsIdentity | None = None, metrics: dict[str, float] | None = None) -> None:
         self.agent_id = agent_id
+        # What each of its updates reports.
+        self.metrics = {"train_loss": 1.0} if metrics is None else metrics
         # Mutual TLS as this identity (LocalFederation.enroll); plaintext without.
         self.identity = identity
         # The initial model it uploads when chosen for an init round: random_model by default.
@@ -116,7 +118,7 @@ class SimAgent:
                 ch,
                 timeout=max(1.0, a.deadline_unix - time.time()),
                 run_id=a.run_id, round_=a.round, agent_id=self.agent_id, layout=layout,
-                buffers=buffers, num_examples=self.examples, metrics={"train_loss": 1.0},
+                buffers=buffers, num_examples=self.examples, metrics=self.metrics,
             )
             self.done.append((a.run_id, a.round))
         except grpc.RpcError as e:

@@ -174,7 +174,7 @@ class WatchRoundRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
-    __slots__ = ("run_id", "round", "state", "reports", "stragglers", "version", "reason", "metrics")
+    __slots__ = ("run_id", "round", "state", "reports", "stragglers", "version", "reason", "metrics", "continued")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class RoundEvent(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     state: _round_pb2.RoundState
@@ -198,4 +199,5 @@ class RoundEvent(_message.Message):
     version: str
     reason: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    continued: bool
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., stragglers: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., continued: _Optional[bool] = ...) -> None: ...

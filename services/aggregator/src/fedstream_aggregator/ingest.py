@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 FINITE_PIECE_BYTES = 1 << 20
 # Largest update accepted by default (its declared bytes); the server sets it from its limits.
 DEFAULT_MAX_UPDATE_BYTES = 2 << 30
+DEFAULT_MAX_METRICS = 64
+DEFAULT_MAX_METRIC_NAME_BYTES = 4096
 
 Chunks = Iterable[tuple[int, bytes, int]]
 
@@ -93,6 +95,9 @@ class Ingest:
         self.tenant = tenant
         self.chunk_bytes = chunk_bytes
         self.max_update_bytes = DEFAULT_MAX_UPDATE_BYTES
+        # Metrics per report and bytes of their names; the server sets them from its limits.
+        self.max_metrics = DEFAULT_MAX_METRICS
+        self.max_metric_name_bytes = DEFAULT_MAX_METRIC_NAME_BYTES
 
     def receive(
         self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None
@@ -153,10 +158,28 @@ class Ingest:
                 f"the update declares {header.layout.total_bytes} bytes; this aggregator takes at most "
                 f"{self.max_update_bytes}"
             )
+        self._check_metrics(header.metrics)
         leaf = self.hierarchy.leaf_of(rnd, agent)
         if leaf:
             raise FailedPrecondition(
                 f"agent {agent!r} uploads round {plan.round} of run {plan.run_id!r} to the leaf aggregator at {leaf}"
+            )
+
+    def _check_metrics(self, metrics: dict[str, float]) -> None:
+        """Raises InvalidArgument when a report carries more metrics, or more bytes of metric
+        names, than this aggregator's limits."""
+        if len(metrics) > self.max_metrics:
+            LIMIT_HITS.labels(self.tenant, "aggregator", "max_metrics_per_report").inc()
+            raise InvalidArgument(
+                f"the report carries {len(metrics)} metrics; this aggregator takes at most "
+                f"{self.max_metrics} (max_metrics_per_report)"
+            )
+        name_bytes = sum(len(k.encode()) for k in metrics)
+        if name_bytes > self.max_metric_name_bytes:
+            LIMIT_HITS.labels(self.tenant, "aggregator", "max_metric_name_bytes").inc()
+            raise InvalidArgument(
+                f"the report's metric names take {name_bytes} bytes; this aggregator takes at most "
+                f"{self.max_metric_name_bytes} (max_metric_name_bytes)"
             )
 
     def _check_content(self, rnd: Round, header: UpdateHeader) -> float:

@@ -14,6 +14,7 @@ import grpc
 
 from fedstream import convert
 from fedstream.errors import DataLoss, FailedPrecondition, FedstreamError, RoundNotFound, Unavailable
+from fedstream.events import joined
 from fedstream.grpcutil import channel
 from fedstream.pki import TlsIdentity
 from fedstream.rounds import RoundPlan, RoundSnapshot, UpdateReport
@@ -68,8 +69,7 @@ class Leaf:
 
         def events() -> Iterator[RoundSnapshot]:
             try:
-                for event in call:
-                    yield convert.snapshot_from_proto(event)
+                yield from joined(call)
             except grpc.RpcError as e:
                 raise _error(self.endpoint, e) from None
 

@@ -85,6 +85,8 @@ def build_server(
     guard = Guard(service.state.tenant, tls is not None, service.state, check_agents)
     limits = limits or AggregatorLimits()
     service.max_update_bytes = limits.max_update_bytes
+    service.ingest.max_metrics = limits.max_metrics_per_report
+    service.ingest.max_metric_name_bytes = limits.max_metric_name_bytes
     slots = StreamSlots(limits.streams_per_agent)
     server = make_server(max_workers, stream_window_bytes, max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(max_concurrent_rpcs)

@@ -11,6 +11,7 @@ import grpc
 from fedstream import convert, wire
 from fedstream.auth import Guard
 from fedstream.errors import InvalidArgument
+from fedstream.events import snapshot_to_events
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.metrics import LIMIT_HITS
@@ -137,7 +138,7 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     ) -> Iterator[pb.RoundEvent]:
         self.guard.require_role(context, "service")
         for snap in self.service.watch(request.run_id, request.round, context.is_active):
-            yield convert.snapshot_to_proto(snap)
+            yield from snapshot_to_events(snap)
 
     @translate_errors
     def CollectPartial(

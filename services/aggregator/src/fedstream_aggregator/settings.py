@@ -17,6 +17,7 @@ from fedstream.config import (
     TenantSettings,
     TlsSettings,
 )
+from fedstream.events import MAX_REPORT_METRICS, MAX_REPORT_NAME_BYTES
 from fedstream.metrics import MetricsSettings
 
 
@@ -73,6 +74,17 @@ class AggregatorLimits(BaseModel):
     streams_per_agent: int = Field(
         4, ge=0, description="Downloads and uploads one agent may have open at once; more are refused "
         "(RESOURCE_EXHAUSTED). 0: no limit.",
+    )
+    max_metrics_per_report: int = Field(
+        64, ge=1, le=MAX_REPORT_METRICS,
+        description="Metrics one update or evaluation report may carry; more are refused from the "
+        "header, before any chunk (INVALID_ARGUMENT).",
+    )
+    max_metric_name_bytes: int = Field(
+        4096, ge=1, le=MAX_REPORT_NAME_BYTES,
+        description="Bytes (UTF-8) of the metric names of one report, all together; more are "
+        "refused from the header, before any chunk (INVALID_ARGUMENT). The most allowed keeps "
+        "every report well inside one gRPC message.",
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from fedstream.convert import plan_to_proto, snapshot_from_proto
+from fedstream.convert import plan_to_proto
 from fedstream.errors import (
     Aborted,
     AlreadyExists,
@@ -26,6 +26,7 @@ from fedstream.errors import (
     Unauthenticated,
     Unavailable,
 )
+from fedstream.events import joined_snapshots
 from fedstream.grpcutil import aio_channel
 from fedstream.pki import TlsIdentity
 from fedstream.rounds import RoundPlan, RoundSnapshot
@@ -82,11 +83,7 @@ class AggregatorClient:
         skipped."""
         call = self._stub.WatchRound(pb.WatchRoundRequest(run_id=run_id, round=round_))
         try:
-            async for event in call:
-                try:
-                    snapshot = snapshot_from_proto(event)
-                except InvalidArgument:
-                    continue
+            async for snapshot in joined_snapshots(call):
                 yield snapshot
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from None

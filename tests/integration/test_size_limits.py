@@ -1,0 +1,125 @@
+"""Sizes a client controls, on real servers: each limit refuses with a message naming the limit
+and the value and counts in fedstream_limit_hits_total; messages between the services never
+depend on the reports of a round fitting in gRPC's 4 MiB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from fedstream.grpcutil import channel
+from fedstream.rounds import RoundState
+from fedstream.state import MemoryStateStore
+from fedstream.store import LocalModelStore
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_aggregator.server import AggregatorServer, build_server
+from fedstream_aggregator.service import AggregatorService
+from fedstream_aggregator.settings import AggregatorLimits
+from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.server import SchedulerServer
+from fedstream_scheduler.server import build_server as build_scheduler
+from fedstream_scheduler.service import SchedulerService
+from fedstream_scheduler.settings import SchedulerSettings
+from fedstream_testing.helpers import random_model
+from fedstream_testing.sim_agent import SimAgent
+from fedstream_testing.support import LoopThread, plan, upload, wait_until
+
+RUN = "sizes"
+
+
+def hits(tenant: str, service: str, limit: str) -> float:
+    return REGISTRY.get_sample_value("fedstream_limit_hits_total",
+                                     {"tenant": tenant, "service": service, "limit": limit}) or 0.0
+
+
+@pytest.fixture
+def agg_factory(tmp_path: Path) -> Iterator:
+    servers: list[AggregatorServer] = []
+
+    def make(tenant: str, **limits) -> tuple[AggregatorServer, grpc.Channel]:
+        store = LocalModelStore(tmp_path / tenant / "models", tenant)
+        service = AggregatorService(MemoryStateStore(tenant), store, tmp_path / tenant / "spool", chunk_bytes=1024)
+        server = build_server(service, "127.0.0.1", 0, max_workers=16, limits=AggregatorLimits(**limits))
+        servers.append(server)
+        return server, channel(f"127.0.0.1:{server.port}")
+
+    yield make
+    for s in servers:
+        s.stop(0)
+
+
+def metrics_of(count: int, name_bytes: int) -> dict[str, float]:
+    """``count`` metrics whose names take ``name_bytes`` bytes in all."""
+    each = name_bytes // count
+    return {f"m{i:06d}".ljust(each, "x"): float(i) for i in range(count)}
+
+
+@pytest.mark.parametrize(("limits", "metrics", "limit", "value"), [
+    ({"max_metrics_per_report": 4}, metrics_of(5, 50), "max_metrics_per_report", "5 metrics"),
+    ({"max_metric_name_bytes": 100}, metrics_of(2, 120), "max_metric_name_bytes", "120 bytes"),
+])
+def test_a_report_over_its_metrics_limits_is_refused_from_its_header(agg_factory, limits, metrics, limit, value):
+    tenant = f"sz-{limit.replace('_', '-')}"
+    server, ch = agg_factory(tenant, **limits)
+    pb_grpc.AggregatorControlStub(ch).OpenRound(
+        plan(RUN, 0, ["site"], kind="init", timeout=5), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload(ch, "site", random_model(0), run_id=RUN, round_=0, metrics=metrics)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in e.value.details() and str(next(iter(limits.values()))) in e.value.details()
+    assert hits(tenant, "aggregator", limit) == 1
+    assert not REGISTRY.get_sample_value("fedstream_update_chunks_received_total", {"tenant": tenant})
+    assert server.service.state.get_aggregation(RUN, 0).reports == {}
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator:
+    """A scheduler over an aggregator whose reports may carry up to 64 metrics of 1 MiB of
+    names, the most its settings allow."""
+    store = LocalModelStore(tmp_path / "models", "sz-fed")
+    service = AggregatorService(MemoryStateStore("sz-fed"), store, tmp_path / "spool", chunk_bytes=4096)
+    agg = build_server(service, "127.0.0.1", 0, max_workers=32,
+                       limits=AggregatorLimits(max_metrics_per_report=64, max_metric_name_bytes=1 << 20))
+    loop = LoopThread()
+    settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{agg.port}", heartbeat_interval_s=0.2,
+                                 heartbeat_ttl_s=5.0)
+
+    async def build() -> SchedulerServer:
+        svc = SchedulerService(MemoryStateStore("sz-fed"), AggregatorClient(settings.aggregator_endpoint), settings)
+        return await build_scheduler(svc, "127.0.0.1", 0)
+
+    sched = loop.run(build())
+    yield agg, sched
+    loop.run(sched.stop(0))
+    loop.close()
+    agg.stop(0)
+
+
+def test_a_round_whose_reports_pass_4_mib_commits_and_the_scheduler_records_it(federation):
+    agg, sched = federation
+    metrics = metrics_of(64, (1 << 20) - 64 * 8)  # each report just under 1 MiB: five pass 4 MiB
+    agents = [SimAgent(f"a{i}", f"127.0.0.1:{sched.port}", metrics=metrics).start() for i in range(5)]
+    runs = scheduler_pb2_grpc.RunServiceStub(channel(f"127.0.0.1:{sched.port}"))
+    try:
+        runs.StartRun(scheduler_pb2.StartRunRequest(run_id="big", spec=scheduler_pb2.RunSpec(
+            task="digits", rounds=1, min_agents=5, round_timeout_s=60, wait_for_agents_s=20,
+            training=round_pb2.TrainingConfig(seed=1))), timeout=5)
+        state = sched.service.state
+        wait_until(lambda: len(state.list_rounds("big")) == 2 and state.list_rounds("big")[1].state.terminal,
+                   timeout=90, what="the training round did not end")
+    finally:
+        for a in agents:
+            a.stop()
+
+    rnd = state.get_round("big", 1)
+    assert rnd.state == RoundState.COMMITTED, rnd.reason
+    assert sorted(r.agent_id for r in rnd.reports) == [f"a{i}" for i in range(5)]
+    assert all(r.metrics == metrics for r in rnd.reports)
+    assert state.get_run("big").latest_version == agg.service.store.latest("big") == "big/000001"
