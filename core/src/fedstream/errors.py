@@ -155,3 +155,19 @@ class Unavailable(FedstreamError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "unavailable"
+
+
+class StreamIdle(FedstreamError):
+    """A stream that sent nothing for longer than the server's idle limit."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = HTTPStatus.REQUEST_TIMEOUT
+    code = "stream_idle"
+
+
+class StreamEnded(FedstreamError):
+    """A stream the server ended because what it fed is over (its round closed)."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+    http_status = HTTPStatus.GONE
+    code = "stream_ended"

@@ -64,31 +64,47 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """At most ``limit`` concurrent streams per key; 0 is no limit."""
+    """At most ``limit`` concurrent streams per key and ``total`` over all keys; 0 is no limit.
 
-    def __init__(self, limit: int) -> None:
+    ``total`` keeps a share of a thread-pool server's handler threads for everything else
+    (health, control): however many keys open streams, they never hold more than ``total``."""
+
+    def __init__(self, limit: int, total: int = 0) -> None:
         self.limit = limit
+        self.total = total
         self._open: dict[str, int] = {}
+        self._all = 0
         self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self, key: str, on_refused: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Holds one of the key's slots for the block; raises ResourceExhausted when all are taken."""
+    def hold(
+        self, key: str | None, on_refused: Callable[[str], None] = lambda limit: None, count: bool = True
+    ) -> Iterator[None]:
+        """Holds one of the key's slots (none for key None) and, with ``count``, one of the
+        total's for the block. Raises ResourceExhausted when all are taken, after calling
+        ``on_refused`` with the limit's name (streams_per_agent or transfer_streams)."""
         with self._lock:
-            n = self._open.get(key, 0)
-            if self.limit and n >= self.limit:
-                on_refused()
+            n = self._open.get(key, 0) if key is not None else 0
+            if key is not None and self.limit and n >= self.limit:
+                on_refused("streams_per_agent")
                 raise ResourceExhausted(f"agent {key!r} already has {n} streams open here (at most {self.limit})")
-            self._open[key] = n + 1
+            if count and self.total and self._all >= self.total:
+                on_refused("transfer_streams")
+                raise ResourceExhausted(f"this server already has {self._all} transfer streams open (at most {self.total})")
+            if key is not None:
+                self._open[key] = n + 1
+            self._all += count
         try:
             yield
         finally:
             with self._lock:
-                left = self._open[key] - 1
-                if left:
-                    self._open[key] = left
-                else:
-                    del self._open[key]
+                self._all -= count
+                if key is not None:
+                    left = self._open[key] - 1
+                    if left:
+                        self._open[key] = left
+                    else:
+                        del self._open[key]
 
     def open(self, key: str) -> int:
         with self._lock:

@@ -100,7 +100,8 @@ class Ingest:
         self.max_metric_name_bytes = DEFAULT_MAX_METRIC_NAME_BYTES
 
     def receive(
-        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None
+        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
+        on_close: Callable[[str], None] = lambda why: None,
     ) -> tuple[bool, int]:
         """``_receive``, measured: chunks and bytes received, updates counted or refused."""
         tenant = self.tenant
@@ -112,7 +113,7 @@ class Ingest:
                 yield item
 
         try:
-            duplicate, received = self._receive(header, counting(), before_count)
+            duplicate, received = self._receive(header, counting(), before_count, on_close)
         except FedstreamError as e:
             m.UPDATES_REJECTED.labels(tenant, e.code).inc()
             raise
@@ -122,12 +123,15 @@ class Ingest:
             m.UPDATES_FOLDED.labels(tenant, kind.value).inc()
         return duplicate, received
 
-    def _receive(self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object]) -> tuple[bool, int]:
+    def _receive(
+        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object], on_close: Callable[[str], None]
+    ) -> tuple[bool, int]:
         """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
 
         Raises RoundNotFound, AgentNotSelected, RoundNotOpen, InvalidLayout, InvalidArgument,
         BadOffset, ChecksumMismatch, Truncated or UploadInProgress. Whatever it raises, the
-        accumulator is unchanged.
+        accumulator is unchanged. ``on_close`` is registered with the round while the update
+        streams, so that a round that stops taking updates ends it.
         """
         rnd = self.table.get(header.run_id, header.round)
         self._check_sender(rnd, header)
@@ -138,14 +142,17 @@ class Ingest:
         weight = self._check_content(rnd, header)
         agent = header.agent_id
         with rnd.lock:
+            rnd.check_accepting(self.table.clock())
             if agent in rnd.uploading:
                 raise UploadInProgress(f"an upload from agent {agent!r} for this round is already in progress")
             rnd.uploading.add(agent)
+            rnd.closers[agent] = on_close
         try:
             return self._spool_and_count(rnd, header, chunks, weight, before_count)
         finally:
             with rnd.lock:
                 rnd.uploading.discard(agent)
+                rnd.closers.pop(agent, None)
 
     def _check_sender(self, rnd: Round, header: UpdateHeader) -> None:
         """Raises unless the agent takes part in the round here, with an update not too large."""
@@ -207,13 +214,15 @@ class Ingest:
         plan, agent = rnd.plan, header.agent_id
         started = time.perf_counter()
         spool: Spool | None = None
-        keep_spool = False
+        keep_spool = done = False
         try:
             spool = self.spools.acquire(header.layout.total_bytes)
             receiver = ChunkReceiver(header.layout, spool.write)
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
+            with rnd.lock:  # received whole: closing the round no longer ends this stream
+                rnd.closers.pop(agent, None)
             if plan.kind.uploads_model:
                 check_finite(header.layout, spool.read_into)
             before_count()  # the agent may have been revoked while it uploaded
@@ -222,6 +231,7 @@ class Ingest:
             report = UpdateReport(agent, header.num_examples, dict(header.metrics), receiver.received, weight)
             counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
             if not counted:
+                done = True
                 return True, receiver.received
             with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
                 log.info("update folded: %d examples, %d bytes in %.2f s",
@@ -229,10 +239,15 @@ class Ingest:
             rnd.notify()
             if complete:
                 self.committer.close(rnd, "all participants reported")
+            done = True
             return False, receiver.received
         finally:
             if spool is not None and not keep_spool:
-                self.spools.release(spool)
+                # An upload that failed, was ended or lost its client gives its space back.
+                if done:
+                    self.spools.release(spool)
+                else:
+                    spool.close()
 
     def _count(self, rnd: Round, report: UpdateReport, layout: Layout, spool: Spool) -> tuple[bool, bool, bool]:
         """Counts a verified update in the journal and folds it; returns (counted, the round

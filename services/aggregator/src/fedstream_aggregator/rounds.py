@@ -62,6 +62,9 @@ class Round:
     watching: bool = False
     # Ends the streams that follow the leaves.
     cancels: list[Callable[[], None]] = field(default_factory=list)
+    # agent id -> ends its upload streaming now (called with the reason when the round stops
+    # taking updates).
+    closers: dict[str, Callable[[str], None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
 
@@ -86,6 +89,10 @@ class Round:
             self.timer.cancel()
         if to.terminal:
             self.accumulator = None
+        if to is not RoundState.TRAINING:
+            why = f"round {self.plan.round} of run {self.plan.run_id!r} is {to}, no longer taking updates"
+            for close in self.closers.values():
+                close(why)
         return True
 
     def notify(self) -> None:

@@ -18,7 +18,7 @@ from fedstream.grpcutil import (
     set_serving,
 )
 from fedstream.limits import RateLimiter, StreamSlots
-from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS
+from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS, LIMIT_HITS
 from fedstream.pki import TlsIdentity
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
@@ -29,6 +29,7 @@ from fedstream_aggregator.servicer import (
     add_transfer_servicers,
 )
 from fedstream_aggregator.settings import AggregatorLimits
+from fedstream_aggregator.streams import StreamWatch
 
 SERVICE_NAMES = (
     "fedstream.v1.ModelService",
@@ -48,6 +49,8 @@ class AggregatorServer:
     health_port: int = 0
     # Each agent's open downloads and uploads.
     slots: StreamSlots | None = None
+    # Ends idle uploads.
+    watch: StreamWatch | None = None
 
     def set_serving(self, serving: bool) -> None:
         set_serving(self.health, SERVICE_NAMES, serving)
@@ -57,6 +60,8 @@ class AggregatorServer:
         if self.health_server is not None:
             self.health_server.stop(grace).wait()
         self.server.stop(grace).wait()
+        if self.watch is not None:
+            self.watch.close()
         self.service.close()
 
 
@@ -87,13 +92,19 @@ def build_server(
     service.max_update_bytes = limits.max_update_bytes
     service.ingest.max_metrics = limits.max_metrics_per_report
     service.ingest.max_metric_name_bytes = limits.max_metric_name_bytes
-    slots = StreamSlots(limits.streams_per_agent)
+    if limits.control_threads >= max_workers:
+        raise ValueError(
+            f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
+        )
+    slots = StreamSlots(limits.streams_per_agent, max_workers - limits.control_threads)
+    tenant = service.state.tenant
+    watch = StreamWatch(limits.stream_idle_s, LIMIT_HITS.labels(tenant, "aggregator", "stream_idle_s").inc)
     server = make_server(max_workers, stream_window_bytes, max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(max_concurrent_rpcs)
     add_transfer_servicers(
         server,
         ModelServicer(service, guard, slots),
-        UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s)),
+        UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s), watch),
     )
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)
     health_servicer = add_health(server, SERVICE_NAMES)
@@ -106,4 +117,4 @@ def build_server(
         health_server.start()
     server.start()
     set_serving(health_servicer, SERVICE_NAMES, serving)
-    return AggregatorServer(server, bound, health_servicer, service, health_server, health_bound, slots)
+    return AggregatorServer(server, bound, health_servicer, service, health_server, health_bound, slots, watch)

@@ -125,12 +125,15 @@ class AggregatorService:
         return self.rounds.watch(run_id, round_, is_active)
 
     def receive_update(
-        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None
+        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
+        on_close: Callable[[str], None] = lambda why: None,
     ) -> tuple[bool, int]:
         """Verifies, spools and counts one agent's update; returns (duplicate, bytes received).
         ``before_count`` runs once the update is verified, before it counts; what it raises
-        refuses the update (an agent revoked during its upload). See ``Ingest``."""
-        return self.ingest.receive(header, chunks, before_count)
+        refuses the update (an agent revoked during its upload). ``on_close`` is called, with
+        the reason, if the round stops taking updates while this one streams: it ends the
+        stream. See ``Ingest``."""
+        return self.ingest.receive(header, chunks, before_count, on_close)
 
     def collect_partial(self, run_id: str, round_: int) -> tuple[Layout, float, list[UpdateReport], Iterator[Chunk]]:
         """See ``Hierarchy.collect_partial``."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import grpc
+from grpc._cython import cygrpc
 
 from fedstream import convert, wire
 from fedstream.auth import Guard
-from fedstream.errors import InvalidArgument
+from fedstream.errors import FedstreamError, InvalidArgument, StreamEnded
 from fedstream.events import snapshot_to_events
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter, StreamSlots
@@ -20,6 +22,7 @@ from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
+from fedstream_aggregator.streams import StreamWatch, WatchedStream
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
@@ -37,7 +40,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         agent = ""
         if not self.guard.tls or self.guard.caller(context).identity.role == "agent":
             agent = self.guard.agent(context)
-        with self.slots.hold(agent, self._limited) if agent else nullcontext():
+        with self.slots.hold(agent or None, self._limited):
             info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
             yield pb.DownloadModelResponse(
                 header=pb.ModelHeader(
@@ -47,18 +50,21 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             for chunk in chunks:
                 yield wire.ChunkFrame(chunk)
 
-    def _limited(self) -> None:
-        LIMIT_HITS.labels(self.service.state.tenant, "aggregator", "streams_per_agent").inc()
+    def _limited(self, limit: str) -> None:
+        LIMIT_HITS.labels(self.service.state.tenant, "aggregator", limit).inc()
 
 
 class UpdateServicer(pb_grpc.UpdateServiceServicer):
     """Agents upload as the agent their certificate names, never as another."""
 
-    def __init__(self, service: AggregatorService, guard: Guard, slots: StreamSlots, rate: RateLimiter) -> None:
+    def __init__(
+        self, service: AggregatorService, guard: Guard, slots: StreamSlots, rate: RateLimiter, watch: StreamWatch
+    ) -> None:
         self.service = service
         self.guard = guard
         self.slots = slots
         self.rate = rate
+        self.watch = watch
 
     def _limited(self, limit: str) -> None:
         LIMIT_HITS.labels(self.service.state.tenant, "aggregator", limit).inc()
@@ -67,36 +73,75 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
     def UploadUpdate(
         self, request_iterator: Iterator[pb.UploadUpdateRequest], context: grpc.ServicerContext
     ) -> pb.UploadUpdateResponse:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise InvalidArgument("the first message of an upload must be its header")
-        h = first.header
-        agent_id = self.guard.agent(context, h.agent_id)
-        header = UpdateHeader(
-            run_id=h.run_id,
-            round=h.round,
-            agent_id=agent_id,
-            layout=Layout.from_proto(h.layout),
-            num_examples=h.num_examples,
-            metrics=dict(h.metrics),
-        )
-
-        def chunks() -> Iterator[tuple[int, bytes, int]]:
-            for msg in request_iterator:
-                if msg.WhichOneof("payload") != "chunk":
-                    raise InvalidArgument("only chunks may follow an upload's header")
-                wait = self.rate.delay(agent_id)
-                if wait > 0:
-                    # Slowed, not refused: the stream's flow control holds the sender back.
-                    self._limited("chunks_per_s")
-                    time.sleep(wait)
-                yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
-
-        with self.slots.hold(agent_id, lambda: self._limited("streams_per_agent")):
-            duplicate, received = self.service.receive_update(
-                header, chunks(), before_count=lambda: self.guard.agent(context, agent_id)
-            )
+        # With TLS the slot is the certificate's agent's, taken before any message is read.
+        opener = self.guard.agent(context) if self.guard.tls else None
+        with self.slots.hold(opener, self._limited), self._watched(context) as stream:
+            first = self._next(request_iterator, stream)
+            if first is None or first.WhichOneof("payload") != "header":
+                raise InvalidArgument("the first message of an upload must be its header")
+            agent_id = self.guard.agent(context, first.header.agent_id)
+            # In plaintext (development) the slot is the agent the header names.
+            with self.slots.hold(agent_id, self._limited, count=False) if opener is None else nullcontext():
+                duplicate, received = self.service.receive_update(
+                    _header(first.header, agent_id), self._chunks(agent_id, request_iterator, stream),
+                    before_count=lambda: self.guard.agent(context, agent_id), on_close=stream.close_round,
+                )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
+
+    @contextmanager
+    def _watched(self, context: grpc.ServicerContext) -> Iterator[WatchedStream]:
+        stream = self.watch.open(partial(end_call, context))
+        try:
+            yield stream
+        finally:
+            self.watch.done(stream)
+
+    @staticmethod
+    def _next(requests: Iterator[pb.UploadUpdateRequest], stream: WatchedStream) -> pb.UploadUpdateRequest | None:
+        """The stream's next message, None at its end; raises the reason the server ended it,
+        or StreamEnded when the client went away."""
+        try:
+            msg = next(requests, None)
+        except grpc.RpcError:
+            raise stream.ended or StreamEnded("the client cancelled the upload") from None
+        stream.touch()
+        return msg
+
+    def _chunks(
+        self, agent_id: str, requests: Iterator[pb.UploadUpdateRequest], stream: WatchedStream
+    ) -> Iterator[tuple[int, bytes, int]]:
+        while (msg := self._next(requests, stream)) is not None:
+            if msg.WhichOneof("payload") != "chunk":
+                raise InvalidArgument("only chunks may follow an upload's header")
+            wait = self.rate.delay(agent_id)
+            if wait > 0:
+                # Slowed, not refused: the stream's flow control holds the sender back.
+                self._limited("chunks_per_s")
+                time.sleep(wait)
+                stream.touch()  # the wait was the server's, not the sender's
+            yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
+
+
+def _header(h: pb.UpdateHeader, agent_id: str) -> UpdateHeader:
+    return UpdateHeader(
+        run_id=h.run_id,
+        round=h.round,
+        agent_id=agent_id,
+        layout=Layout.from_proto(h.layout),
+        num_examples=h.num_examples,
+        metrics=dict(h.metrics),
+    )
+
+
+def end_call(context: grpc.ServicerContext, error: FedstreamError) -> None:
+    """Ends a call from any thread with the error's status and public message; its handler,
+    blocked reading the next message, wakes with grpc.RpcError."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if call is None:  # not grpcio's server context: end it without a message
+        context.cancel()
+        return
+    # grpcio's ServicerContext.cancel() takes no status; its call object does.
+    call.cancel(cygrpc.StatusCode(error.grpc_code.value[0]), error.public)
 
 
 def add_transfer_servicers(server: grpc.Server, models: ModelServicer, updates: UpdateServicer) -> None:

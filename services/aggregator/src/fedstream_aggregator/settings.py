@@ -72,7 +72,8 @@ class AggregatorLimits(BaseModel):
         "slowed down to it. 0: no limit.",
     )
     streams_per_agent: int = Field(
-        4, ge=0, description="Downloads and uploads one agent may have open at once; more are refused "
+        4, ge=0, description="Downloads and uploads one agent may have open at once, counted from its "
+        "certificate when a stream opens, before any message is read; more are refused "
         "(RESOURCE_EXHAUSTED). 0: no limit.",
     )
     max_metrics_per_report: int = Field(
@@ -85,6 +86,17 @@ class AggregatorLimits(BaseModel):
         description="Bytes (UTF-8) of the metric names of one report, all together; more are "
         "refused from the header, before any chunk (INVALID_ARGUMENT). The most allowed keeps "
         "every report well inside one gRPC message.",
+    )
+    control_threads: int = Field(
+        4, ge=1,
+        description="gRPC handler threads kept for health checks and round control: downloads and "
+        "uploads of all agents together hold at most grpc.max_workers minus this many; more are refused "
+        "(RESOURCE_EXHAUSTED, limit transfer_streams). Must be below grpc.max_workers.",
+    )
+    stream_idle_s: float = Field(
+        60.0, ge=0, allow_inf_nan=False,
+        description="An upload that sends nothing (no header, no chunk) for this many seconds is ended "
+        "(DEADLINE_EXCEEDED) and its thread, slot and spool space freed. 0: never.",
     )
 
 

@@ -1,0 +1,85 @@
+"""Upload streams watched while they run: one that sends nothing for the idle limit is ended,
+and so is one whose round stops taking updates, so that its thread, slot and spool are freed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fedstream.errors import FedstreamError, StreamEnded, StreamIdle
+
+log = logging.getLogger(__name__)
+
+# How often, at most, idle streams are looked for.
+CHECK_S = 0.25
+
+
+class WatchedStream:
+    """One open stream: ``touch`` on every message; ``end`` ends it (once) with a reason, which
+    ``ended`` then holds as the error the stream's handler raises."""
+
+    def __init__(self, end: Callable[[FedstreamError], None], clock: Callable[[], float]) -> None:
+        self._end = end
+        self._clock = clock
+        self.last = clock()
+        self.ended: FedstreamError | None = None
+        self._lock = threading.Lock()
+
+    def touch(self) -> None:
+        self.last = self._clock()
+
+    def end(self, error: FedstreamError) -> None:
+        with self._lock:
+            if self.ended is not None:
+                return
+            self.ended = error
+        log.info("ending a stream: %s", error.public)
+        self._end(error)
+
+    def close_round(self, why: str) -> None:
+        """Ends the stream because its round stopped taking updates."""
+        self.end(StreamEnded(f"this upload was ended: {why}"))
+
+
+class StreamWatch:
+    """Ends the streams it watches that send nothing for ``idle_s`` seconds (0: never)."""
+
+    def __init__(self, idle_s: float, on_idle: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self.on_idle = on_idle
+        self.clock = clock
+        self._streams: set[WatchedStream] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self, end: Callable[[FedstreamError], None]) -> WatchedStream:
+        """Watches a new stream, ended by ``end``; ``done`` it when the stream is over."""
+        stream = WatchedStream(end, self.clock)
+        with self._lock:
+            self._streams.add(stream)
+            if self.idle_s and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="stream-watch", daemon=True)
+                self._thread.start()
+        return stream
+
+    def done(self, stream: WatchedStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(CHECK_S, self.idle_s / 4)):
+            now = self.clock()
+            with self._lock:
+                idle = [s for s in self._streams if s.ended is None and now - s.last > self.idle_s]
+            for s in idle:
+                self.on_idle()
+                s.end(StreamIdle(f"the stream sent nothing for {self.idle_s:g} s (limits.stream_idle_s)"))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
