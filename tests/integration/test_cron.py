@@ -205,3 +205,19 @@ def test_a_broken_stored_schedule_never_stops_another_federation(replicas, rest,
     tick(loop, a)
     assert REGISTRY.get_sample_value("fedstream_schedules_broken", {"tenant": "t1"}) == 1
     assert sum("aab-mars: schedule no longer broken" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_slot_that_fails_is_logged_once_and_stops_no_other(replicas, caplog):
+    loop, clock, (a, _) = replicas
+    # Stored without a task: every slot of it fails to start a run.
+    paris = {"cron": "0 2 * * *", "timezone": "Europe/Paris"}
+    a.state.create_federation(FederationRecord("aaa-no-task", {"rounds": 1}, "", paris, clock.now, clock.now))
+    nightly(a)
+    clock.now = SLOT + 1
+    caplog.set_level(logging.WARNING, logger="fedstream_scheduler.cron")
+    assert tick(loop, a) == ["nightly-20261124-0100"]
+    for i in range(3):
+        clock.now = SLOT + 5 * (i + 2)
+        tick(loop, a)
+    failed = [r.getMessage() for r in caplog.records if "aaa-no-task: scheduled run not started" in r.getMessage()]
+    assert len(failed) == 1 and "task" in failed[0], failed
