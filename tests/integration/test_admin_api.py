@@ -247,6 +247,7 @@ def test_health_needs_no_token(api):
         ({"federation_id": "ok", "spec": {**SPEC, "fraction": 2}}, "spec.fraction"),
         ({"federation_id": "ok", "spec": {k: v for k, v in SPEC.items() if k != "task"}}, "spec.task"),
         ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "every night"}}, "schedule.cron"),
+        ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "0 0 30 2 *"}}, "'0 0 30 2 *' never fires"),
         ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "timezone": "Mars/Olympus"}},
          "schedule.timezone"),
         ({"federation_id": "ok", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "missed": "sometimes"}},
@@ -269,7 +270,8 @@ def test_conflicts_and_missing_things(api):
     body = {"federation_id": "nightly", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris"}}
     created = api.call("POST", "/federations", admin, json=body)
     assert created.status_code == 201
-    assert created.json()["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip"}
+    assert created.json()["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip",
+                                         "broken": None}
     assert is_problem(api.call("POST", "/federations", admin, json=body), 409, "already_exists")
     assert is_problem(api.call("GET", "/federations/absent", admin), 404, "federation_not_found")
     assert is_problem(api.call("GET", "/runs/absent", admin), 404, "run_not_found")

@@ -1,18 +1,24 @@
 """Scheduled runs with an injectable clock on a real Redis: each slot fires once, whichever of
-two schedulers ticks; missed slots follow the federation's policy; scheduled runs warm-start."""
+two schedulers ticks; missed slots follow the federation's policy; scheduled runs warm-start;
+an expression that never fires is refused, and a broken stored schedule stops no other."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
+from prometheus_client import REGISTRY
 
-from fedstream.state import RunRecord
+from fedstream.state import FederationRecord, RunRecord
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
+from fedstream_scheduler.api import build_api
+from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.cron import CronScheduler, latest_slot, slot_run_id
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
@@ -135,3 +141,83 @@ def test_a_scheduled_run_warm_starts_from_the_federations_latest_model(replicas)
     (run_id,) = tick(loop, a)
     assert a.state.get_run(run_id).spec["initial_version"] == "earlier/000003"
     assert datetime.fromtimestamp(SLOT, UTC).hour == 1
+
+
+@pytest.fixture
+def rest(replicas) -> Iterator[tuple[str, dict[str, str]]]:
+    """The REST admin API over the first replica's services: its base URL and an admin's headers."""
+    loop, _, (a, _) = replicas
+
+    async def start() -> ApiServer:
+        server = ApiServer(build_api({"t1": a.admin}), "127.0.0.1", 0)
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    token = a.admin.tokens.create("admin", "admin token")[1]
+    yield f"http://127.0.0.1:{server.port}/api/v1", {"Authorization": f"Bearer {token}"}
+    loop.run(server.stop())
+
+
+@pytest.mark.parametrize("cron_expr", ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 31 2 *"])
+def test_an_expression_that_never_fires_is_refused_at_creation_and_update(replicas, rest, cron_expr):
+    (_, _, (a, _)), (url, admin) = replicas, rest
+    body = {"federation_id": "never", "spec": SPEC, "schedule": {"cron": cron_expr}}
+    r = httpx.post(f"{url}/federations", json=body, headers=admin)
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "invalid_argument" and repr(cron_expr) in r.json()["detail"], r.text
+    assert "never fires" in r.json()["detail"] and a.state.list_federations() == []
+    # Leap days fire (every four years, eight across 2100): accepted; changed to a date that
+    # does not exist: refused, and the stored schedule is unchanged.
+    body = {"federation_id": "leap", "spec": SPEC, "schedule": {"cron": "0 0 29 2 *"}}
+    assert httpx.post(f"{url}/federations", json=body, headers=admin).status_code == 201
+    r = httpx.patch(f"{url}/federations/leap", json={"schedule": {"cron": cron_expr}}, headers=admin)
+    assert r.status_code == 400 and repr(cron_expr) in r.json()["detail"]
+    assert a.state.get_federation("leap").schedule["cron"] == "0 0 29 2 *"
+
+
+def test_a_broken_stored_schedule_never_stops_another_federation(replicas, rest, caplog):
+    (loop, clock, (a, _)), (url, admin) = replicas, rest
+    # Stored as an older release would have: a date that does not exist, a time zone now unknown.
+    a.state.create_federation(FederationRecord("aaa-feb30", SPEC, "", {"cron": "0 0 30 2 *"}, clock.now, clock.now))
+    a.state.create_federation(FederationRecord("aab-mars", SPEC, "", {"cron": "0 2 * * *", "timezone": "Mars/Olympus"},
+                                               clock.now, clock.now))
+    nightly(a)
+    clock.now = SLOT + 1
+    caplog.set_level(logging.INFO, logger="fedstream_scheduler.cron")
+    assert tick(loop, a) == ["nightly-20261124-0100"]
+    for i in range(3):
+        clock.now = SLOT + 5 * (i + 2)
+        assert tick(loop, a) == []
+    broken_logs = [r.getMessage() for r in caplog.records if "schedule broken" in r.getMessage()]
+    assert len(broken_logs) == 2, broken_logs  # once each, not every tick
+    assert "'0 0 30 2 *' never fires" in broken_logs[0] and "'Mars/Olympus'" in broken_logs[1]
+    assert REGISTRY.get_sample_value("fedstream_schedules_broken", {"tenant": "t1"}) == 2
+    shown = {f["federation_id"]: f["schedule"]["broken"]
+             for f in httpx.get(f"{url}/federations", headers=admin).json()["items"]}
+    assert shown == {"aaa-feb30": "cron '0 0 30 2 *' never fires", "aab-mars": "unknown time zone 'Mars/Olympus'",
+                     "nightly": None}
+    # Mended through the API: no longer broken, no longer counted, said once.
+    fixed = httpx.patch(f"{url}/federations/aab-mars", headers=admin,
+                       json={"schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris"}})
+    assert fixed.status_code == 200 and fixed.json()["schedule"]["broken"] is None
+    tick(loop, a)
+    tick(loop, a)
+    assert REGISTRY.get_sample_value("fedstream_schedules_broken", {"tenant": "t1"}) == 1
+    assert sum("aab-mars: schedule no longer broken" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_slot_that_fails_is_logged_once_and_stops_no_other(replicas, caplog):
+    loop, clock, (a, _) = replicas
+    # Stored without a task: every slot of it fails to start a run.
+    paris = {"cron": "0 2 * * *", "timezone": "Europe/Paris"}
+    a.state.create_federation(FederationRecord("aaa-no-task", {"rounds": 1}, "", paris, clock.now, clock.now))
+    nightly(a)
+    clock.now = SLOT + 1
+    caplog.set_level(logging.WARNING, logger="fedstream_scheduler.cron")
+    assert tick(loop, a) == ["nightly-20261124-0100"]
+    for i in range(3):
+        clock.now = SLOT + 5 * (i + 2)
+        tick(loop, a)
+    failed = [r.getMessage() for r in caplog.records if "aaa-no-task: scheduled run not started" in r.getMessage()]
+    assert len(failed) == 1 and "task" in failed[0], failed

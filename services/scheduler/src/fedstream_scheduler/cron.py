@@ -8,6 +8,11 @@ that changes hands mid-tick cannot start a slot twice. A slot that is found more
 federation's policy: ``skip`` records it and starts nothing, ``run_once`` starts one run on
 recovery (however many slots were missed). Slots before the federation was created never
 fire; a slot that comes while the federation's previous run still runs is skipped.
+
+Each federation is ticked on its own: a schedule that cannot be read (an expression that never
+matches, stored before such expressions were refused at creation, or a time zone no longer
+known) is broken: it is skipped, shown in the API, counted in ``fedstream_schedules_broken``
+and logged once, and every other federation still fires in the same tick.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from fedstream.errors import AlreadyExists, FedstreamError
 from fedstream.rounds import RunState
@@ -40,6 +45,19 @@ def latest_slot(schedule: dict[str, str], now_unix: float) -> float:
     tz = ZoneInfo(schedule.get("timezone", "UTC"))
     start = datetime.fromtimestamp(math.floor(now_unix) + 1, tz)
     return float(croniter(schedule["cron"], start).get_prev(datetime).timestamp())
+
+
+def schedule_problem(schedule: dict[str, str], now_unix: float) -> str:
+    """Why the schedule cannot give a slot at ``now_unix``; empty while it is sound."""
+    try:
+        latest_slot(schedule, now_unix)
+    except CroniterBadDateError:
+        return f"cron {schedule.get('cron')!r} never fires"
+    except ZoneInfoNotFoundError:
+        return f"unknown time zone {schedule.get('timezone')!r}"
+    except (KeyError, ValueError, TypeError) as e:  # a stored schedule that cannot be read
+        return f"schedule {schedule!r} cannot be read: {type(e).__name__}"
+    return ""
 
 
 def slot_run_id(federation_id: str, slot_unix: float) -> str:
@@ -69,32 +87,64 @@ class CronScheduler:
         self.lease_ttl_s = lease_ttl_s
         self.clock = clock or admin.clock
         self._task: asyncio.Task[None] | None = None
+        self._broken: dict[str, str] = {}  # federation -> why its schedule cannot fire
+        self._failing: dict[str, str] = {}  # federation -> why its last slot failed
 
     def tick(self) -> list[str]:
         """One pass over every scheduled federation, if this replica holds the lease; returns
-        the runs it started."""
+        the runs it started. A federation whose schedule is broken, or whose slot fails, never
+        stops the others."""
         now = self.clock()
-        federations = self.state.list_federations()
-        self._refresh_gauges(federations)
+        scheduled = [f for f in self.state.list_federations() if f.schedule]
+        broken = self._check_schedules(scheduled, now)
+        self._refresh_gauges(len(scheduled), len(broken))
         if not self.state.acquire_lease(LEASE, self.holder, self.lease_ttl_s, now):
             return []
         started = []
-        for fed in federations:
-            if not fed.schedule:
-                continue
-            try:
-                run_id = self._fire(fed, now)
-            except FedstreamError as e:
-                log.warning("federation %s: scheduled run not started: %s", fed.federation_id, e.public)
-                continue
-            if run_id:
-                started.append(run_id)
+        for fed in scheduled:
+            if fed.federation_id not in broken:
+                run_id = self._fire_alone(fed, now)
+                if run_id:
+                    started.append(run_id)
         return started
 
-    def _refresh_gauges(self, federations: list[FederationRecord]) -> None:
+    def _check_schedules(self, scheduled: list[FederationRecord], now: float) -> set[str]:
+        """The federations whose schedule is broken; logs each once when it breaks and once
+        when it is mended."""
+        problems = {f.federation_id: schedule_problem(f.schedule, now) for f in scheduled}
+        problems = {fid: p for fid, p in problems.items() if p}
+        for fid, problem in problems.items():
+            if self._broken.get(fid) != problem:
+                log.error("federation %s: schedule broken, no run starts until it is changed: %s", fid, problem)
+        for fid in self._broken.keys() - problems.keys():
+            log.info("federation %s: schedule no longer broken", fid)
+        self._broken = problems
+        return set(problems)
+
+    def _fire_alone(self, fed: FederationRecord, now: float) -> str:
+        """``_fire``, with a failure logged once per federation and reason, not every tick."""
+        fid = fed.federation_id
+        try:
+            run_id = self._fire(fed, now)
+        except FedstreamError as e:
+            if self._failing.get(fid) != e.public:
+                log.warning("federation %s: scheduled run not started: %s", fid, e.public)
+            self._failing[fid] = e.public
+            return ""
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            if self._failing.get(fid) != reason:
+                log.exception("federation %s: schedule failed; trying again each tick", fid)
+            self._failing[fid] = reason
+            return ""
+        self._failing.pop(fid, None)
+        return run_id
+
+    def _refresh_gauges(self, scheduled: int, broken: int) -> None:
         """Fleet and schedule gauges, from the shared state (every replica reports the same)."""
         tenant = self.admin.tenant
-        m.SCHEDULED_FEDERATIONS.labels(tenant).set(sum(1 for f in federations if f.schedule))
+        m.SCHEDULED_FEDERATIONS.labels(tenant).set(scheduled)
+        m.SCHEDULES_BROKEN.labels(tenant).set(broken)
         counts = {"alive": 0, "stale": 0, "disabled": 0}
         for agent in self.state.list_agents():
             counts[self.admin.agents.status(agent)] += 1

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from fedstream.errors import FailedPrecondition, InvalidArgument
@@ -21,10 +22,15 @@ from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.runs import RunService
 
 MISSED_POLICIES = ("skip", "run_once")
+# The longest gap between two matches of a five-field cron expression that matches at all:
+# 29 February across a century year that is not a leap year (2096 to 2104). An expression with
+# no match within this many years from now never matches.
+FIRE_HORIZON_YEARS = 8
 
 
-def check_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
-    """A schedule with its defaults filled in; raises InvalidArgument naming the bad field."""
+def check_schedule(schedule: dict[str, Any], now_unix: float) -> dict[str, Any]:
+    """A schedule with its defaults filled in; raises InvalidArgument naming the bad field, and
+    naming the expression when it never fires (no match within FIRE_HORIZON_YEARS of now)."""
     cron = schedule.get("cron", "")
     if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise InvalidArgument(f"schedule.cron: {cron!r} is not a five-field cron expression")
@@ -33,6 +39,13 @@ def check_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise InvalidArgument(f"schedule.timezone: unknown time zone {tz!r}") from None
+    try:
+        croniter(cron, datetime.fromtimestamp(now_unix, ZoneInfo(tz)),
+                 max_years_between_matches=FIRE_HORIZON_YEARS).get_next(float)
+    except CroniterError:
+        raise InvalidArgument(
+            f"schedule.cron: {cron!r} never fires (no match within {FIRE_HORIZON_YEARS} years in {tz})"
+        ) from None
     missed = schedule.get("missed", "skip")
     if missed not in MISSED_POLICIES:
         raise InvalidArgument(f"schedule.missed: must be one of {', '.join(MISSED_POLICIES)}, not {missed!r}")
@@ -86,7 +99,7 @@ class FederationService:
         now = self.clock()
         rec = FederationRecord(
             federation_id, normalised(run_spec), description,
-            check_schedule(schedule) if schedule else {}, now, now,
+            check_schedule(schedule, now) if schedule else {}, now, now,
         )
         self.state.create_federation(rec)
         return rec
@@ -97,7 +110,8 @@ class FederationService:
         """Merges ``spec`` and ``schedule`` into the federation's; raises FederationNotFound or
         InvalidArgument."""
         current = self.state.get_federation(federation_id)
-        changes: dict[str, Any] = {"updated_unix": self.clock()}
+        now = self.clock()
+        changes: dict[str, Any] = {"updated_unix": now}
         if spec is not None:
             changes["spec"] = normalised(check_spec({**current.spec, **spec}))
         if description is not None:
@@ -105,7 +119,7 @@ class FederationService:
         if clear_schedule:
             changes["schedule"] = {}
         elif schedule is not None:
-            changes["schedule"] = check_schedule({**current.schedule, **schedule})
+            changes["schedule"] = check_schedule({**current.schedule, **schedule}, now)
         return self.state.update_federation(federation_id, **changes)
 
     def delete(self, federation_id: str) -> None:

@@ -34,6 +34,8 @@ STRAGGLERS = Counter("fedstream_stragglers_total", "Selected agents whose update
 SCHEDULED_SLOTS = Counter("fedstream_schedule_slots_total", "Cron slots of scheduled federations, by outcome "
                           "(started, missed, skipped_running).", ["tenant", "federation", "outcome"])
 SCHEDULED_FEDERATIONS = Gauge("fedstream_scheduled_federations", "Federations with a schedule.", ["tenant"])
+SCHEDULES_BROKEN = Gauge("fedstream_schedules_broken", "Scheduled federations whose schedule cannot fire (an "
+                         "expression that never matches, a time zone no longer known).", ["tenant"])
 
 
 def failure_reason(reason: str) -> str:

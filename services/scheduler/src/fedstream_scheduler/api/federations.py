@@ -3,16 +3,24 @@
 from fastapi import APIRouter, Response
 
 from fedstream.state import FederationRecord
+from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, paginate
+from fedstream_scheduler.cron import schedule_problem
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
 
 
-def federation_body(rec: FederationRecord, latest: str) -> s.Federation:
+def schedule_body(schedule: dict[str, str], now: float) -> s.ScheduleState | None:
+    if not schedule:
+        return None
+    return s.ScheduleState(**schedule, broken=schedule_problem(schedule, now) or None)  # type: ignore[arg-type]
+
+
+def federation_body(rec: FederationRecord, latest: str, admin: AdminServices) -> s.Federation:
     return s.Federation(
         federation_id=rec.federation_id, description=rec.description, spec=rec.spec,  # type: ignore[arg-type]
-        schedule=s.Schedule(**rec.schedule) if rec.schedule else None,
+        schedule=schedule_body(rec.schedule, admin.clock()),
         created_unix=rec.created_unix, updated_unix=rec.updated_unix, latest_version=latest,
     )
 
@@ -23,14 +31,14 @@ async def create_federation(body: s.FederationCreate, admin: Admin) -> s.Federat
         body.federation_id, body.spec.model_dump(), body.description,
         body.schedule.model_dump() if body.schedule else None,
     )
-    return federation_body(rec, "")
+    return federation_body(rec, "", admin)
 
 
 @router.get("")
 async def list_federations(admin: Viewer, limit: Limit = 50, page_token: PageToken = "") -> s.Page[s.Federation]:
     items, nxt = paginate(admin.state.list_federations(), limit, page_token)
     return s.Page[s.Federation](
-        items=[federation_body(f, admin.federations.latest_version(f.federation_id)) for f in items],
+        items=[federation_body(f, admin.federations.latest_version(f.federation_id), admin) for f in items],
         next_page_token=nxt,
     )
 
@@ -38,7 +46,7 @@ async def list_federations(admin: Viewer, limit: Limit = 50, page_token: PageTok
 @router.get("/{federation_id}")
 async def get_federation(federation_id: FederationId, admin: Viewer) -> s.Federation:
     rec = admin.state.get_federation(federation_id)
-    return federation_body(rec, admin.federations.latest_version(federation_id))
+    return federation_body(rec, admin.federations.latest_version(federation_id), admin)
 
 
 @router.patch("/{federation_id}")
@@ -47,7 +55,7 @@ async def update_federation(federation_id: FederationId, body: s.FederationUpdat
         federation_id, spec=body.spec, description=body.description,
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
     )
-    return federation_body(rec, admin.federations.latest_version(federation_id))
+    return federation_body(rec, admin.federations.latest_version(federation_id), admin)
 
 
 @router.delete("/{federation_id}", status_code=204)

@@ -42,6 +42,13 @@ class Schedule(BaseModel):
     )
 
 
+class ScheduleState(Schedule):
+    broken: str | None = Field(
+        None, description="Why the schedule cannot fire (an expression that never matches, a time zone no "
+        "longer known): no run starts until it is changed. Null while it is sound.",
+    )
+
+
 class FederationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,7 +71,7 @@ class Federation(BaseModel):
     federation_id: str
     description: str
     spec: RunSpec
-    schedule: Schedule | None
+    schedule: ScheduleState | None
     created_unix: float
     updated_unix: float
     latest_version: str = Field(description="The newest model its runs committed; empty when none.")
