@@ -28,6 +28,7 @@ from fedstream.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from fedstream.ids import check_agent_id
 from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, cert_pem, public_key_of_csr
 from fedstream.state import AgentRecord, EnrollmentTokenRecord, StateStore
 
@@ -37,12 +38,6 @@ ENROLLMENT_PREFIX = "fse_"
 MAX_CSR_BYTES = 16 << 10
 # The longest an enrollment token may wait to be used.
 MAX_TOKEN_TTL_S = 30 * 86400.0
-
-
-def check_agent_id(agent_id: str) -> str:
-    if not agent_id or len(agent_id) > 128 or not agent_id.isprintable() or "/" in agent_id:
-        raise InvalidArgument("agent_id must be 1-128 printable characters without '/'")
-    return agent_id
 
 
 def secret_hash(secret: str) -> str:
