@@ -162,6 +162,23 @@ def test_expired_unknown_and_other_agents_tokens_are_refused(planes):
     assert enroll(x.enroll_at, x.ca.cert_pem, other, "site-b").peer.identity.name == "site-b"
 
 
+def test_a_token_not_made_for_an_id_never_takes_over_an_enrolled_agent(planes):
+    x, _ = planes
+    existing = x.enroll("site-a")
+    register(agents_stub(x.sched, existing))
+    _, unbound = x.enrollment.create_token("", 60)
+
+    with pytest.raises(grpc.RpcError) as e:
+        enroll(x.enroll_at, x.ca.cert_pem, unbound, "site-a")
+
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and "'site-a'" in (e.value.details() or "")
+    # The agent keeps its certificate and its calls; the refused token still enrolls a new id.
+    assert x.state.get_agent("site-a").cert_serials == [existing.peer.serial]
+    agents_stub(x.sched, existing).Heartbeat(scheduler_pb2.HeartbeatRequest(), timeout=5)
+    assert enroll(x.enroll_at, x.ca.cert_pem, unbound, "site-new").peer.identity.name == "site-new"
+    agents_stub(x.sched, existing).Heartbeat(scheduler_pb2.HeartbeatRequest(), timeout=5)
+
+
 def test_a_bad_signing_request_is_refused_without_using_the_token(planes):
     x, _ = planes
     _, token = x.enrollment.create_token("site-a", 60)

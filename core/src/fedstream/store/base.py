@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from fedstream.errors import CorruptModel, InvalidArgument
+from fedstream.ids import EVALUATION_NAME, check_evaluation_name, check_run_id, parse_version
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
@@ -26,24 +26,13 @@ from fedstream.tensors import (
     iter_range_chunks,
 )
 
-_RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-EVALUATION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
-
+__all__ = ["EVALUATION_NAME", "check_evaluation_name", "check_run_id", "parse_version"]
 
 # The methods whose latency and failures are measured (fedstream.metrics.instrument).
 STORE_METHODS = (
     "writer", "open", "info", "latest", "versions", "update_writer", "open_update", "delete_updates",
     "state_writer", "open_state", "put_evaluation", "evaluations", "delete", "pin", "unpin", "pinned",
 )
-
-
-def check_run_id(run_id: str) -> str:
-    if not _RUN_ID_RE.match(run_id):
-        raise InvalidArgument(
-            f"invalid run id {run_id[:80]!r}: use 1-63 of a-z, 0-9, '.', '_', '-', "
-            "starting with a letter or digit"
-        )
-    return run_id
 
 
 def agent_key(agent_id: str) -> str:
@@ -53,20 +42,6 @@ def agent_key(agent_id: str) -> str:
 
 def version_id(run_id: str, round_: int) -> str:
     return f"{check_run_id(run_id)}/{round_:06d}"
-
-
-def check_evaluation_name(name: str) -> str:
-    if not EVALUATION_NAME.fullmatch(name):
-        raise InvalidArgument(f"evaluation name {name!r} must match {EVALUATION_NAME.pattern}")
-    return name
-
-
-def parse_version(version: str) -> tuple[str, int]:
-    """Splits a version id; raises InvalidArgument when it is not one."""
-    run_id, sep, rnd = version.partition("/")
-    if not sep or not rnd.isdigit() or len(rnd) != 6:
-        raise InvalidArgument(f"invalid model version {version[:80]!r}: expected RUN/NNNNNN")
-    return check_run_id(run_id), int(rnd)
 
 
 @dataclass(frozen=True)

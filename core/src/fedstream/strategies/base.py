@@ -36,7 +36,7 @@ DEFAULT_DISTILL_LR = 5e-4
 
 
 class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def example_weight(num_examples: int) -> float:

@@ -28,8 +28,8 @@ class Uniform(LinearStrategy):
 
 
 class FedProxParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mu: float = Field(0.01, ge=0, description="Weight of the proximal term mu/2 * ||w - w_global||^2.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    mu: float = Field(0.01, ge=0, le=10_000, description="Weight of the proximal term mu/2 * ||w - w_global||^2.")
 
 
 class FedProx(LinearStrategy):
@@ -66,7 +66,7 @@ def cosine_weight(strategy: str, metrics: dict[str, float]) -> float:
 
 
 class FedPavParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     weights: Literal["examples", "cosine"] = Field(
         "examples",
         description="What an update weighs: its training images, or FedReID's cosine distance "

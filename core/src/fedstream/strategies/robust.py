@@ -66,7 +66,7 @@ class Median(RobustStrategy):
 
 
 class TrimmedMeanParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     beta: float = Field(0.1, ge=0, lt=0.5, description="Fraction trimmed from each end, per coordinate.")
 
 
@@ -80,7 +80,7 @@ class TrimmedMean(RobustStrategy):
 
 
 class MultiKrumParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     f: int = Field(1, ge=0, description="Byzantine agents tolerated: needs more than 2f + 2 updates.")
     m: int = Field(0, ge=0, description="Updates averaged; 0 means all but f.")
 

@@ -13,11 +13,11 @@ from fedstream.tensors import TensorSpec
 
 
 class ServerOptParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    eta: float = Field(0.01, gt=0, description="Server learning rate.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    eta: float = Field(0.01, gt=0, le=100, description="Server learning rate.")
     beta1: float = Field(0.9, ge=0, lt=1, description="Decay of the first moment.")
     beta2: float = Field(0.99, ge=0, lt=1, description="Decay of the second moment (Adam, Yogi).")
-    tau: float = Field(1e-3, gt=0, description="Adaptivity: added to sqrt(v); v starts at tau^2.")
+    tau: float = Field(1e-3, gt=0, le=100, description="Adaptivity: added to sqrt(v); v starts at tau^2.")
 
 
 def adaptive_step(

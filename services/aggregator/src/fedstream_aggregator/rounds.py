@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from fedstream.aggregation import WeightedAccumulator
 from fedstream.compression import check_mode as check_compression
 from fedstream.errors import FailedPrecondition, InvalidArgument, RoundNotFound, RoundNotOpen, Unavailable
+from fedstream.ids import check_run_id
 from fedstream.rounds import RoundKind, RoundPlan, RoundSnapshot, RoundState, UpdateReport
-from fedstream.store.base import check_run_id
 from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy, make_strategy
 from fedstream.tensors import Layout
 from fedstream_aggregator import background

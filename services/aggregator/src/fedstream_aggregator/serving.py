@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fedstream.errors import ModelNotFound
+from fedstream.ids import check_run_id
 from fedstream.store import ModelStore, ModelVersion
-from fedstream.store.base import check_run_id
 from fedstream.tensors import Chunk, check_chunk_bytes
 from fedstream_aggregator import metrics as m
 

@@ -16,11 +16,11 @@ from fedstream.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from fedstream.ids import check_agent_id
 from fedstream.metrics import LIMIT_HITS
 from fedstream.rounds import Assignment
 from fedstream.state import AgentRecord, StateStore
 from fedstream_scheduler import metrics as m
-from fedstream_scheduler.enrollment import check_agent_id
 from fedstream_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from fedstream.auth import AGENT_CERTS_KEPT
 from fedstream.errors import (
     AgentNotFound,
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
 )
+from fedstream.ids import check_agent_id
 from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, cert_pem, public_key_of_csr
 from fedstream.state import AgentRecord, EnrollmentTokenRecord, StateStore
 
@@ -39,10 +41,11 @@ MAX_CSR_BYTES = 16 << 10
 MAX_TOKEN_TTL_S = 30 * 86400.0
 
 
-def check_agent_id(agent_id: str) -> str:
-    if not agent_id or len(agent_id) > 128 or not agent_id.isprintable() or "/" in agent_id:
-        raise InvalidArgument("agent_id must be 1-128 printable characters without '/'")
-    return agent_id
+def taken(agent_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"agent {agent_id!r} is already enrolled: a token not made for an agent id enrolls only new "
+        f"agents; re-enrolling {agent_id!r} needs a token made for it"
+    )
 
 
 def secret_hash(secret: str) -> str:
@@ -126,7 +129,9 @@ class Enrollment:
     def enroll(self, token: str, agent_id: str, csr_pem: bytes) -> Issued:
         """Uses ``token`` to certify ``agent_id``'s key. Raises Unauthenticated for an unknown,
         used or expired token, PermissionDenied for another agent's token or a disabled agent,
-        InvalidArgument for a bad id or request (the token is not used up then)."""
+        AlreadyExists when a token not made for an agent id names an agent already enrolled
+        (never taking over an agent: only a token made for its id re-enrolls it),
+        InvalidArgument for a bad id or request (the token is not used up by these refusals)."""
         ca = self._authority()
         check_agent_id(agent_id)
         if len(csr_pem) > MAX_CSR_BYTES:
@@ -144,6 +149,8 @@ class Enrollment:
             existing = None
         if existing is not None and existing.disabled:
             raise PermissionDenied(f"agent {agent_id!r} is disabled")
+        if existing is not None and not candidate.agent_id:
+            raise taken(agent_id)  # before the token is used: it can still enroll a new id
         rec = self.state.consume_enrollment_token(digest)
         if rec is None:
             raise Unauthenticated("unknown or already used enrollment token")
@@ -155,7 +162,10 @@ class Enrollment:
         def enrolled(current: AgentRecord) -> AgentRecord:
             if current.disabled:
                 raise PermissionDenied(f"agent {agent_id!r} is disabled")
-            # A new enrollment (a lost key, a rebuilt site) retires every older certificate.
+            if not rec.agent_id:
+                raise taken(agent_id)  # enrolled meanwhile under another token
+            # A re-enrollment with a token made for this id (a lost key, a rebuilt site)
+            # retires every older certificate of the agent.
             return dataclasses.replace(current, cert_serials=[serial], enrolled_unix=now)
 
         try:

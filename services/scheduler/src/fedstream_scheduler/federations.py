@@ -3,7 +3,6 @@ their runs warm from their newest pinned or latest model."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -14,6 +13,7 @@ from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from fedstream.errors import FailedPrecondition, InvalidArgument
+from fedstream.ids import check_federation_id
 from fedstream.rounds import RunState
 from fedstream.state import FederationRecord, RunRecord, StateStore
 from fedstream.store import ModelStore
@@ -60,16 +60,6 @@ def check_spec(fields: dict[str, Any]) -> RunSpec:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         raise InvalidArgument(f"spec.{where}: {first['msg']}") from None
-
-
-def check_federation_id(federation_id: str) -> str:
-    """Raises InvalidArgument unless the id is a DNS label (1-63 lowercase letters, digits, '-')."""
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", federation_id):
-        raise InvalidArgument(
-            f"invalid federation id {federation_id!r}: 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return federation_id
 
 
 def normalised(spec: RunSpec) -> dict[str, Any]:

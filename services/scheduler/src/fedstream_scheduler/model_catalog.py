@@ -4,9 +4,9 @@ only ever of versions that one of the tenant's runs made."""
 from __future__ import annotations
 
 from fedstream.errors import FedstreamError, ModelNotFound, Unavailable
+from fedstream.ids import parse_version
 from fedstream.state import StateStore
 from fedstream.store import ModelReader, ModelStore, ModelVersion
-from fedstream.store.base import parse_version
 from fedstream_scheduler.federations import FederationService
 
 

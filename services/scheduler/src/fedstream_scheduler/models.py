@@ -6,9 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The longest a round's deadline, or the wait for its agents, may be (a week). Every float of a
+# spec is finite (allow_inf_nan=False) and bounded: a deadline must stay a usable timestamp.
+MAX_WAIT_S = 7 * 86400.0
+
 
 class TrainingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     local_epochs: int = Field(1, ge=1, le=10_000, description="Local epochs per round.")
     batch_size: int = Field(32, ge=1, le=1_000_000, description="Local batch size.")
@@ -21,14 +25,14 @@ class TrainingSpec(BaseModel):
 
 
 class StrategySpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field("fedavg", description="Strategy name from the registry (fedstream.strategies).")
     params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
 
 
 class RunSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     task: str = Field(min_length=1, max_length=128, description="Task name from the registry.")
     rounds: int = Field(1, ge=1, le=1_000_000, description="Training rounds to commit.")
@@ -39,7 +43,7 @@ class RunSpec(BaseModel):
         description="Share of the live agents selected per round, rounded up; at least min_agents "
         "and at most max_agents.",
     )
-    round_timeout_s: float = Field(300.0, gt=0, description="Seconds until a round's deadline.")
+    round_timeout_s: float = Field(300.0, gt=0, le=MAX_WAIT_S, description="Seconds until a round's deadline, at most a week.")
     min_updates: int = Field(
         0, ge=0, description="Updates needed to commit at the deadline; 0 means min_agents."
     )
@@ -47,7 +51,7 @@ class RunSpec(BaseModel):
     strategy: StrategySpec = Field(default_factory=StrategySpec, description="How updates are combined.")
     initial_version: str = Field("", description="Start from this version instead of an init round.")
     wait_for_agents_s: float = Field(
-        60.0, ge=0, description="Seconds to wait for min_agents before a round fails."
+        60.0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for min_agents before a round fails, at most a week."
     )
     evaluate_every: int = Field(
         0, ge=0, le=1_000_000,

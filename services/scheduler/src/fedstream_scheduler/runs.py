@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from pydantic import ValidationError
 
 from fedstream.errors import FailedPrecondition, FedstreamError, InvalidArgument
+from fedstream.ids import check_run_id
 from fedstream.logs import log_context
 from fedstream.rounds import TERMINAL_ROUND_STATES, TERMINAL_RUN_STATES, RoundKind, RoundState, RunState
 from fedstream.state import RoundRecord, RunRecord, StateStore
-from fedstream.store.base import check_run_id
 from fedstream.strategies import RobustStrategy, make_strategy
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.changes import Changes

@@ -17,7 +17,7 @@ from fedstream.convert import (
     run_state_to_proto,
     state_to_proto,
 )
-from fedstream.errors import FailedPrecondition, ResourceExhausted
+from fedstream.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter
 from fedstream.metrics import LIMIT_HITS
@@ -54,6 +54,16 @@ def run_to_proto(run: RunRecord, rounds: list[RoundRecord]) -> pb.Run:
         reason=run.reason,
         latest_version=run.latest_version,
     )
+
+
+def spec_fields(spec: pb.RunSpec) -> dict[str, object]:
+    """A run spec as the fields RunSpec validates; raises InvalidArgument when a number in its
+    strategy parameters is not finite (JSON has no word for it)."""
+    try:
+        fields: dict[str, object] = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    except json_format.SerializeToJsonError as e:
+        raise InvalidArgument(f"invalid run spec: strategy.params must hold finite numbers ({e})") from None
+    return fields
 
 
 def certificate_to_proto(issued: Issued) -> pb.AgentCertificate:
@@ -141,8 +151,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
     @translate_errors
     async def StartRun(self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         self.guard.require_role(context, "operator", "service")
-        fields = json_format.MessageToDict(request.spec, preserving_proto_field_name=True)
-        run = self.service.runs.start_run(fields, request.run_id)
+        run = self.service.runs.start_run(spec_fields(request.spec), request.run_id)
         return run_to_proto(run, [])
 
     @translate_errors

@@ -10,6 +10,7 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from fedstream import ids
 from fedstream.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
@@ -74,8 +75,10 @@ Operator = Annotated[AdminServices, Depends(role("operator"))]
 Admin = Annotated[AdminServices, Depends(role("admin"))]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 PageToken = Annotated[str, Query(max_length=12, pattern="^[0-9]*$", description="next_page_token of the previous page.")]
-FederationId = Annotated[str, Path(pattern=s.FEDERATION_ID, description="A federation's id.")]
-RunId = Annotated[str, Path(pattern=s.RUN_ID, description="A run's id.")]
+FederationId = Annotated[str, Path(pattern=s.FEDERATION_ID, description="A federation's id."),
+                         s.checked(ids.check_federation_id)]
+RunId = Annotated[str, Path(pattern=s.RUN_ID, description="A run's id."), s.checked(ids.check_run_id)]
 Number = Annotated[str, Path(pattern="^[0-9]{6}$", description="The round that committed the version, 6 digits.")]
-AgentId = Annotated[str, Path(min_length=1, max_length=128, description="An agent's id.")]
+AgentId = Annotated[str, Path(pattern=f"^{ids.AGENT_ID}$", description="An agent's id."),
+                    s.checked(ids.check_agent_id)]
 TokenId = Annotated[str, Path(min_length=1, max_length=64, description="A token's id.")]

@@ -5,9 +5,9 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from fedstream.ids import parse_version
 from fedstream.safetensors_io import encode_header
 from fedstream.store import ModelVersion
-from fedstream.store.base import parse_version
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import (
     FederationId,

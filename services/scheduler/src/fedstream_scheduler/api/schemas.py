@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from fedstream import ids
+from fedstream.errors import InvalidArgument
 from fedstream_scheduler.enrollment import MAX_TOKEN_TTL_S
 from fedstream_scheduler.models import RunSpec
 
 T = TypeVar("T")
 
-FEDERATION_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-RUN_ID = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-VERSION = r"^[a-z0-9][a-z0-9._-]{0,62}/[0-9]{6}$"
+# The core's rules (fedstream.ids), the same as gRPC's: the patterns document them in the
+# OpenAPI document, the validators below apply the very functions the gRPC servicers use.
+FEDERATION_ID = f"^{ids.FEDERATION_ID}$"
+RUN_ID = f"^{ids.RUN_ID}$"
+VERSION = f"^{ids.VERSION}$"
+
+
+def checked(check: Callable[[str], object], *, empty_ok: bool = False) -> AfterValidator:
+    """A pydantic validator applying one of fedstream.ids's checks (its message kept)."""
+
+    def validate(value: str) -> str:
+        if not (empty_ok and value == ""):
+            try:
+                check(value)
+            except InvalidArgument as e:
+                raise ValueError(e.public) from None
+        return value
+
+    return AfterValidator(validate)
+
+
+FederationIdField = Annotated[str, checked(ids.check_federation_id)]
+RunIdField = Annotated[str, checked(ids.check_run_id, empty_ok=True)]
+VersionField = Annotated[str, checked(ids.parse_version, empty_ok=True)]
+AgentIdField = Annotated[str, checked(ids.check_agent_id, empty_ok=True)]
 
 
 class Problem(BaseModel):
@@ -52,7 +77,7 @@ class ScheduleState(Schedule):
 class FederationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    federation_id: str = Field(pattern=FEDERATION_ID, description="Lowercase letters, digits and '-'.")
+    federation_id: FederationIdField = Field(pattern=FEDERATION_ID, description="Lowercase letters, digits and '-'.")
     description: str = Field("", max_length=1000)
     spec: RunSpec = Field(description="What each run of the federation trains and how.")
     schedule: Schedule | None = Field(None, description="When runs start by themselves; none: on request only.")
@@ -80,8 +105,8 @@ class Federation(BaseModel):
 class RunStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str = Field("", pattern=f"^$|{RUN_ID}", description="Empty: one is generated.")
-    initial_version: str = Field(
+    run_id: RunIdField = Field("", pattern=f"^$|{RUN_ID}", description="Empty: one is generated.")
+    initial_version: VersionField = Field(
         "", pattern=f"^$|{VERSION}", description="Start from this version; empty: the federation's latest model, "
         "or an init round when it has none."
     )
@@ -176,11 +201,11 @@ class TokenCreated(Token):
 class EnrollmentTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: str = Field(
-        "", max_length=128, pattern=r"^([A-Za-z0-9][A-Za-z0-9._:@-]*)?$",
+    agent_id: AgentIdField = Field(
+        "", max_length=ids.MAX_AGENT_ID, pattern=f"^({ids.AGENT_ID})?$",
         description="The agent id the token enrolls; empty lets the agent name itself.",
     )
-    ttl_s: float = Field(3600.0, gt=0, le=MAX_TOKEN_TTL_S, description="Seconds until the token expires unused.")
+    ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False, le=MAX_TOKEN_TTL_S, description="Seconds until the token expires unused.")
     name: str = Field("", max_length=200, description="What the token is for, shown in listings.")
 
 
