@@ -13,6 +13,7 @@ from fedstream.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelNotFound,
+    NonFiniteResult,
     Unavailable,
 )
 from fedstream.store import LocalModelStore, ModelStore
@@ -83,6 +84,25 @@ class TestModelVersions:
         assert store.versions("r1") == [] and store.latest("r1") is None
         with pytest.raises(InvalidArgument, match="past the layout"):
             store.writer("r1/000000", layout, {}).write(b"\0" * 17)
+
+    @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+    def test_nonfinite_refused(self, store, dtype):
+        """Values that are NaN or infinite are never committed, however the writes cut them."""
+        store_model(store, "r1/000000", random_model(1))
+        layout = Layout.build([("count", "int64", (1,)), ("w", dtype, (3,))])
+        values = np.array([1.0, np.inf, 2.0], dtype=np.float32 if dtype == "bfloat16" else dtype)
+        raw = (values.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else values
+        data = np.int64(7).tobytes() + raw.tobytes()
+        w = store.writer("r1/000001", layout, {})
+        cut = 8 + layout.spec("w").dt.itemsize + 1  # one byte into the infinity
+        for i in range(0, cut, 3):  # writes that cut elements: the finite ones pass
+            w.write(data[i : min(i + 3, cut)])
+
+        with pytest.raises(NonFiniteResult, match=r"tensor 'w' would hold NaN or infinite values \(first at element 1\)"):
+            w.write(data[cut:])
+        w.abort()
+
+        assert store.latest("r1") == "r1/000000" and not store.exists("r1/000001")
 
     def test_missing_and_malformed_versions(self, store):
         with pytest.raises(ModelNotFound):

@@ -172,7 +172,7 @@ class S3ModelStore(ModelStore):
         run_id, _ = parse_version(version)
         return _S3Writer(
             self, version, layout, metadata, self._key(version, ".safetensors"), self._key(version, ".json"),
-            latest_key=self._run_prefix(run_id) + "LATEST",
+            latest_key=self._run_prefix(run_id) + "LATEST", check_finite=True,
         )
 
     def _update_key(self, run_id: str, round_: int, agent_id: str) -> str:
@@ -197,7 +197,7 @@ class S3ModelStore(ModelStore):
     def state_writer(self, version: str, layout: Layout) -> ModelWriter:
         return _S3Writer(
             self, f"state of {version}", layout, {}, self._key(version, ".state.safetensors"),
-            self._key(version, ".state.json"), latest_key=None,
+            self._key(version, ".state.json"), latest_key=None, check_finite=True,
         )
 
     def open_state(self, version: str) -> ModelReader:
@@ -292,8 +292,10 @@ class _S3Writer(ModelWriter):
         model_key: str,
         manifest_key: str,
         latest_key: str | None,
+        *,
+        check_finite: bool = False,
     ) -> None:
-        super().__init__(version, layout)
+        super().__init__(version, layout, check_finite=check_finite)
         self._store = store
         self._model_key = model_key
         self._manifest_key = manifest_key
