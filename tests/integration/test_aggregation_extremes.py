@@ -1,12 +1,15 @@
 """Extreme but finite updates over real gRPC: values near float32's largest, weighted by huge
 example counts, commit a finite model equal to the exact mean; a strategy whose result would
-not be finite fails the round naming the tensor, and the base stays the latest."""
+not be finite fails the round naming the tensor, and the base stays the latest; a tensor named
+like the storage format's reserved key is refused at the header."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
+from fedstream.tensors import Layout, TensorSpec
 from fedstream.transfer import download_model, upload_update
 from fedstream.v1 import aggregator_pb2_grpc, round_pb2
 from fedstream_testing.helpers import buffers_of, layout_of, store_model
@@ -77,3 +80,17 @@ def test_a_result_that_would_not_be_finite_fails_the_round_naming_the_tensor(agg
     assert "tensor 'w/v' would hold NaN or infinite values" in event.reason, event.reason
     assert model_store.latest(RUN) == BASE and not model_store.exists(f"{RUN}/000001")
 
+
+def test_a_reserved_tensor_name_is_refused_at_the_header(agg_channel, model_store):
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    control.OpenRound(plan(RUN, 0, ["a"], kind="init", timeout=5), timeout=5)
+    # Built by hand: Layout.build would refuse the name on this side already.
+    layout = Layout((TensorSpec("__metadata__", "float32", (2,), 0, 8),))
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload_update(agg_channel, run_id=RUN, round_=0, agent_id="a", layout=layout,
+                      buffers=[np.ones(2, dtype=np.float32).data], num_examples=1, metrics={}, timeout=30)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'__metadata__'" in e.value.details() and "reserved" in e.value.details()
+    assert model_store.latest(RUN) is None

@@ -12,13 +12,13 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import numpy as np
 
-from fedstream.errors import CorruptModel, InvalidArgument, NonFiniteResult
+from fedstream.errors import CorruptModel, FedstreamError, InvalidArgument, NonFiniteResult
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
@@ -180,6 +180,25 @@ class FiniteValues:
                 f"model {self.version}: tensor {t.name!r} would hold NaN or infinite values (first at "
                 f"element {first + hit}); it was not committed"
             )
+
+
+def read_back(info: ModelVersion, open_stored: Callable[[], ModelReader]) -> None:
+    """Reads a just-stored version back whole (header, metadata, every block against its
+    checksum); raises CorruptModel saying what differs when it does not read back as written."""
+    try:
+        with open_stored() as reader:
+            stored = reader.info
+            if stored.layout != info.layout:
+                problem = stored.layout.mismatch(info.layout) or "its layout differs"
+                raise CorruptModel(f"model {info.version} does not read back as written: {problem}")
+            if stored.metadata != info.metadata:
+                raise CorruptModel(f"model {info.version} does not read back as written: its metadata differs")
+            for _ in reader.iter_chunks(info.block_bytes or DEFAULT_CHUNK_BYTES):
+                pass
+    except CorruptModel:
+        raise
+    except FedstreamError as e:
+        raise CorruptModel(f"model {info.version} does not read back as written: {e.public}") from None
 
 
 class ModelWriter(ABC):

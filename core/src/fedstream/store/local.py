@@ -28,6 +28,7 @@ from fedstream.store.base import (
     check_run_id,
     manifest_bytes,
     parse_version,
+    read_back,
     version_from_manifest,
 )
 from fedstream.store.interface import ModelStore
@@ -76,6 +77,13 @@ class _LocalWriter(ModelWriter):
         _atomic_write(self._final.with_suffix(".json"), manifest_bytes(info))
         os.replace(self._tmp, self._final)
         if set_latest:
+            try:
+                read_back(info, lambda: self._store.open(self.version))
+            except BaseException:
+                # Never listed, never the latest: the round that wrote it can write it again.
+                self._final.with_suffix(".json").unlink(missing_ok=True)
+                self._final.unlink(missing_ok=True)
+                raise
             self._store._set_latest(self.version)
         return info
 

@@ -40,6 +40,7 @@ from fedstream.store.base import (
     check_run_id,
     manifest_bytes,
     parse_version,
+    read_back,
     version_from_manifest,
 )
 from fedstream.store.interface import ModelStore
@@ -323,10 +324,17 @@ class _S3Writer(ModelWriter):
                 f"upload {model_key}",
             )
             s._put_bytes(self._manifest_key, manifest)
-            if set_latest and self._latest_key:
-                s._put_bytes(self._latest_key, self.version.encode())
         finally:
             self._path.unlink(missing_ok=True)
+        if set_latest and self._latest_key:
+            try:
+                read_back(info, lambda: s.open(self.version))
+            except BaseException:
+                # Never listed, never the latest: the round that wrote it can write it again.
+                for key in (self._manifest_key, model_key):
+                    s._retry(partial(s.client.remove_object, s.bucket, key), f"delete {key}")
+                raise
+            s._put_bytes(self._latest_key, self.version.encode())
         return info
 
     def abort(self) -> None:
