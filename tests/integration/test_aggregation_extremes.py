@@ -94,3 +94,20 @@ def test_a_reserved_tensor_name_is_refused_at_the_header(agg_channel, model_stor
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'__metadata__'" in e.value.details() and "reserved" in e.value.details()
     assert model_store.latest(RUN) is None
+
+
+def test_an_int8_scale_that_decodes_past_float32_is_refused_naming_it(agg_channel, model_store):
+    store_model(model_store, BASE, {"w": ("float32", np.zeros(3, dtype=np.float32))})
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    p = plan(RUN, 1, ["a", "b"], base=BASE, min_updates=1)
+    p.compression = "int8"
+    control.OpenRound(p, timeout=5)
+    wire = {"w": ("int8", np.array([127, -1, 0], dtype=np.int8)), "w:scale": ("float32", np.float32(BIG / 100))}
+    layout = layout_of(wire)
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload_update(agg_channel, run_id=RUN, round_=1, agent_id="a", layout=layout, buffers=buffers_of(layout, wire),
+                      num_examples=1, metrics={}, timeout=30)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tensor 'w:scale'" in e.value.details() and "past float32's range" in e.value.details()
