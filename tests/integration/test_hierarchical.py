@@ -108,6 +108,30 @@ def strategy_plan(run, participants, strategy, params=None, **kw):
     return p
 
 
+def test_leaves_holding_values_at_float32_largest_give_a_finite_mean(tree, model_store):
+    """Each leaf's running state and the root's merge of them stay in float32's range, with
+    values at its largest and example counts near 2^63."""
+    big = float(np.finfo(np.float32).max)
+    agents = ["a", "b", "c", "d"]
+    values = {a: np.array([1.0, -1.0, 0.999 if i % 2 else 1.0], dtype=np.float64) * big for i, a in enumerate(agents)}
+    examples = {a: 2**62 + i * 2**60 for i, a in enumerate(agents)}
+    store_model(model_store, BASE, {"w": ("float32", np.zeros(3, dtype=np.float32))})
+    root = pb_grpc.AggregatorControlStub(tree.channel(tree.root_endpoint))
+    response = root.OpenRound(strategy_plan(RUN, agents, "fedavg"), timeout=10)
+
+    for agent in agents:
+        send(tree.channel(response.endpoints[agent]), agent, {"w": ("float32", values[agent].astype(np.float32))},
+             examples[agent])
+    event = wait_terminal(root, RUN, 1)
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    got = read(model_store, event.version)["w"].astype(np.float64)
+    total = float(sum(examples.values()))
+    want = sum(values[a].astype(np.float32).astype(np.float64) * (examples[a] / total) for a in agents)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "strategy, params", [("fedavg", {}), ("uniform", {}), ("cosine", {}), ("fedyogi", {"eta": 0.3})]
 )

@@ -13,11 +13,12 @@ from fedstream.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelNotFound,
+    NonFiniteResult,
     Unavailable,
 )
 from fedstream.store import LocalModelStore, ModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
-from fedstream.tensors import Layout
+from fedstream.tensors import Layout, TensorSpec
 from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
 from fedstream_testing.servers import free_port
 
@@ -83,6 +84,43 @@ class TestModelVersions:
         assert store.versions("r1") == [] and store.latest("r1") is None
         with pytest.raises(InvalidArgument, match="past the layout"):
             store.writer("r1/000000", layout, {}).write(b"\0" * 17)
+
+    def test_a_version_that_does_not_read_back_never_becomes_the_latest(self, store):
+        """A layout the safetensors header cannot hold (a tensor named like its reserved
+        ``__metadata__`` key, which a layout check refuses but a writer does not) is written,
+        read back, found unreadable and removed: the previous version stays the latest and the
+        round can write its version again."""
+        store_model(store, "r1/000000", random_model(1))
+        unreadable = Layout((TensorSpec("__metadata__", "float32", (2,), 0, 8),))
+        w = store.writer("r1/000001", unreadable, {"k": "v"})
+        w.write(np.array([1.0, 2.0], dtype=np.float32).tobytes())
+
+        with pytest.raises(CorruptModel, match="r1/000001"):
+            w.commit()
+
+        assert store.latest("r1") == "r1/000000"
+        assert store.versions("r1") == ["r1/000000"] and not store.exists("r1/000001")
+        store_model(store, "r1/000001", random_model(2))
+        assert store.latest("r1") == "r1/000001"
+
+    @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+    def test_nonfinite_refused(self, store, dtype):
+        """Values that are NaN or infinite are never committed, however the writes cut them."""
+        store_model(store, "r1/000000", random_model(1))
+        layout = Layout.build([("count", "int64", (1,)), ("w", dtype, (3,))])
+        values = np.array([1.0, np.inf, 2.0], dtype=np.float32 if dtype == "bfloat16" else dtype)
+        raw = (values.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else values
+        data = np.int64(7).tobytes() + raw.tobytes()
+        w = store.writer("r1/000001", layout, {})
+        cut = 8 + layout.spec("w").dt.itemsize + 1  # one byte into the infinity
+        for i in range(0, cut, 3):  # writes that cut elements: the finite ones pass
+            w.write(data[i : min(i + 3, cut)])
+
+        with pytest.raises(NonFiniteResult, match=r"tensor 'w' would hold NaN or infinite values \(first at element 1\)"):
+            w.write(data[cut:])
+        w.abort()
+
+        assert store.latest("r1") == "r1/000000" and not store.exists("r1/000001")
 
     def test_missing_and_malformed_versions(self, store):
         with pytest.raises(ModelNotFound):

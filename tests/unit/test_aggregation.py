@@ -145,3 +145,66 @@ def test_bf16_nan_stays_nan_and_roundtrips():
     bits = f32_to_bf16(np.array([np.nan, 0.5], dtype=np.float32))
     back = bf16_to_f32(bits)
     assert np.isnan(back[0]) and back[1] == 0.5
+
+
+FLOAT_MAX = {"float16": 65504.0, "bfloat16": float(bf16_to_f32(np.array([0x7F7F], dtype=np.uint16))[0]),
+             "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+
+
+def extreme_update(dtype: str, fractions: list[float]) -> tuple:
+    """An update of one tensor whose values are the given fractions of the dtype's largest."""
+    values = np.array(fractions, dtype=np.float64) * FLOAT_MAX[dtype]
+    if dtype == "bfloat16":
+        raw = f32_to_bf16(values.astype(np.float32))
+        values = bf16_to_f32(raw).astype(np.float64)
+    else:
+        raw = values.astype(dtype)
+        values = raw.astype(np.float64)
+    layout = layout_of({"w": (dtype, raw)})
+    buf = FlatBuffer(layout)
+    buf.write(0, raw.view(np.uint8).tobytes())
+    return layout, buf, values
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(["float16", "bfloat16", "float32", "float64"]),
+    updates=st.lists(
+        st.tuples(st.integers(1, 2**63), st.lists(st.sampled_from([1.0, -1.0, 0.999, -0.5, 0.0, 1e-30]),
+                                                  min_size=3, max_size=3)),
+        min_size=1, max_size=8,
+    ),
+)
+def test_extreme_finite_updates_average_to_a_finite_mean(dtype, updates):
+    """Values up to the dtype's largest, weighted by example counts up to 2^63, never overflow:
+    the mean is finite and equals the exact weighted mean within the dtype's rounding."""
+    folded = [extreme_update(dtype, fractions) for _, fractions in updates]
+    acc = WeightedAccumulator(folded[0][0])
+    for (_, buf, _), (weight, _) in zip(folded, updates, strict=True):
+        acc.fold(reader(buf), float(weight))
+
+    ((_, got),) = list(acc.average())
+    total = sum(float(w) for w, _ in updates)
+    want = sum(v * (float(w) / total) for (_, _, v), (w, _) in zip(folded, updates, strict=True))
+    got64 = as_float(dtype, got).astype(np.float64)
+    assert np.isfinite(got64).all(), got64
+    tol = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(got64, want, rtol=tol, atol=tol * FLOAT_MAX[dtype])
+
+
+@settings(max_examples=30, deadline=None)
+@given(weights=st.lists(st.integers(1, 2**63), min_size=2, max_size=6), split=st.integers(0, 6),
+       sign=st.sampled_from([1.0, -1.0]))
+def test_merged_extreme_partials_stay_finite(weights, split, sign):
+    """A root merging its leaves' states of values at float32's largest gets that value back."""
+    layout, buf, _ = extreme_update("float32", [sign, sign, -sign])
+    left, right, root = (WeightedAccumulator(layout) for _ in range(3))
+    for i, w in enumerate(weights):
+        (left if i < split else right).fold(reader(buf), float(w))
+    for part in (left, right):
+        state = FlatBuffer(part.sums_layout())
+        state.write(0, part.sums()[0].view(np.uint8).tobytes())
+        root.merge(reader(state), part.total_weight, part.count)
+
+    ((_, got),) = list(root.average())
+    np.testing.assert_allclose(got, np.array([sign, sign, -sign]) * FLOAT_MAX["float32"], rtol=1e-6)

@@ -44,8 +44,9 @@ def test_weights():
     assert make_strategy("cosine").weight(30, {"cosine_distance": 0.25}) == 0.25
     with pytest.raises(InvalidArgument, match="needs the metric 'cosine_distance'"):
         make_strategy("cosine").weight(30, {})
-    with pytest.raises(InvalidArgument, match="must be a positive number"):
-        make_strategy("cosine").weight(30, {"cosine_distance": 0.0})
+    for d in (0.0, 2.5, 1e308):  # a mean of 1 - cos lies in (0, 2]
+        with pytest.raises(InvalidArgument, match=r"must be in \(0, 2\]"):
+            make_strategy("cosine").weight(30, {"cosine_distance": d})
     with pytest.raises(InvalidArgument, match="num_examples must be at least 1"):
         make_strategy("fedavg").weight(0, {})
     # FedPav weighs by training images, or by cosine distance (FedReID's two variants).

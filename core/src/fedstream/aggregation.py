@@ -1,12 +1,20 @@
 """Streaming weighted averaging over a flat layout: the arithmetic of FedAvg, without sockets.
 
-Updates are folded tensor piece by tensor piece into a running weighted sum, so memory is one
+Updates are folded tensor piece by tensor piece into a running accumulator, so memory is one
 accumulator the size of the model (float32 for floating tensors, float64 for integer and bool
 tensors) whatever the number of updates.
+
+Finite inputs always give a finite mean. A floating tensor's accumulator holds half the running
+weighted mean, not the weighted sum: each fold scales it by ``W / (W + w)`` and adds the update
+times ``w / (2 (W + w))``, a convex combination of values at most half the dtype's largest, so
+it cannot overflow however large the values, weights or number of updates; ``means`` doubles it
+and clamps the last rounding into range. Integer and bool tensors keep exact float64 sums
+(their values times any example count stay far inside float64's range).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -67,7 +75,7 @@ def weighted_average(updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
 
 
 class WeightedAccumulator:
-    """A running sum of weighted updates over ``layout``.
+    """A running weighted mean of updates over ``layout`` (see the module docstring).
 
     ``fold`` adds one update, read through ``read_into(offset, buffer)`` (a spool file, a
     buffer), in pieces of at most FOLD_PIECE_BYTES. ``average`` yields each tensor's weighted mean in
@@ -90,39 +98,47 @@ class WeightedAccumulator:
         weight: float,
         source: Layout | None = None,
     ) -> None:
-        """Adds ``weight`` times one update, which ``read_into(offset, buffer)`` fills piece by
+        """Adds one update of ``weight``, which ``read_into(offset, buffer)`` fills piece by
         piece. ``source`` is the update's own layout when it travelled compressed (narrower
         floats, or int8 with a ``<name>:scale`` per tensor); by default it is the accumulator's.
-        Buffers are allocated once per call and reused for every piece."""
-        if not weight > 0:
-            raise ValueError(f"weight must be positive, got {weight}")
-        self._add(read_into, weight, source or self.layout)
-        self.total_weight += weight
+        Buffers are allocated once per call and reused for every piece. Raises ValueError for
+        a weight that is not a positive finite number."""
+        if not 0 < weight < math.inf:
+            raise ValueError(f"weight must be a positive finite number, got {weight}")
+        total = self.total_weight + weight
+        self._add(read_into, source or self.layout, self.total_weight / total, 0.5 * weight / total, weight)
+        self.total_weight = total
         self.count += 1
 
     def sums_layout(self) -> Layout:
-        """The layout of the running sums: each tensor in its accumulator dtype."""
+        """The layout of the running state: each tensor in its accumulator dtype."""
         return Layout.build((t.name, accumulator_dtype(t.dt).name, t.shape) for t in self.layout.tensors)
 
     def sums(self) -> list[np.ndarray]:
-        """The running sums (weight x update, summed), one flat array per tensor in the order
-        of ``sums_layout``; views, valid until the accumulator is averaged."""
+        """The running state (half the weighted mean of floating tensors, the weighted sum of
+        the others), one flat array per tensor in the order of ``sums_layout``: what ``merge``
+        takes. Views, valid until the accumulator is averaged."""
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
         return [self._sums[t.name] for t in self.sums_layout().tensors]
 
     def merge(self, read_into: Callable[[int, memoryview], None], total_weight: float, count: int) -> None:
-        """Adds another accumulator's sums (in ``sums_layout``, read through ``read_into``) that
-        hold ``count`` updates of ``total_weight`` in all: what a root aggregator does with
-        its leaves' partial sums."""
-        if count < 0 or not total_weight >= 0 or (count > 0) != (total_weight > 0):
+        """Adds another accumulator's state (its ``sums``, in ``sums_layout``, read through
+        ``read_into``) that holds ``count`` updates of ``total_weight`` in all: what a root
+        aggregator does with its leaves' partial sums."""
+        if count < 0 or not 0 <= total_weight < math.inf or (count > 0) != (total_weight > 0):
             raise ValueError(f"bad partial: {count} updates of total weight {total_weight}")
+        total = self.total_weight + total_weight
         if count:
-            self._add(read_into, 1.0, self.sums_layout())
-        self.total_weight += total_weight
+            self._add(read_into, self.sums_layout(), self.total_weight / total, total_weight / total, 1.0)
+        self.total_weight = total
         self.count += count
 
-    def _add(self, read_into: Callable[[int, memoryview], None], weight: float, source: Layout) -> None:
+    def _add(
+        self, read_into: Callable[[int, memoryview], None], source: Layout, keep: float, share: float, weight: float
+    ) -> None:
+        """acc = keep * acc + share * update for floating tensors, acc += weight * update for
+        the others."""
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
         piece = bytearray(FOLD_PIECE_BYTES)
@@ -130,12 +146,12 @@ class WeightedAccumulator:
         for t in self.layout.tensors:
             src = source.spec(t.name)
             acc = self._sums[t.name]
-            scale = None
+            factor = share if t.dt.is_float else weight
             if src.dtype == "int8" and t.dt.is_float:
                 s = source.spec(t.name + ":scale")
                 raw_scale = memoryview(bytearray(4))
                 read_into(s.offset, raw_scale)
-                scale = np.frombuffer(raw_scale, dtype="<f4")[0]
+                factor *= float(np.frombuffer(raw_scale, dtype="<f4")[0])
             item = src.dt.itemsize
             step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
             if step > len(piece):
@@ -143,7 +159,8 @@ class WeightedAccumulator:
             tmp = scratch.get(acc.dtype)
             if tmp is None or tmp.size < step // item:
                 tmp = scratch[acc.dtype] = np.empty(max(step // item, FOLD_PIECE_BYTES // 2), acc.dtype)
-            w = acc.dtype.type(weight if scale is None else weight * float(scale))
+            w = acc.dtype.type(factor)
+            k = acc.dtype.type(keep) if t.dt.is_float and keep != 1 else None
             for start in range(0, src.nbytes, step):
                 n = min(step, src.nbytes - start)
                 view = memoryview(piece)[:n]
@@ -156,12 +173,15 @@ class WeightedAccumulator:
                     np.multiply(bf16_to_f32(raw), w, out=out)
                 else:
                     np.multiply(raw, w, out=out, casting="unsafe")
+                if k is not None:
+                    np.multiply(part, k, out=part)
                 np.add(part, out, out=part)
 
     def means(self) -> Iterator[tuple[TensorSpec, np.ndarray]]:
-        """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order.
+        """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order:
+        finite for finite inputs.
 
-        Divides the sums in place, so it consumes the accumulator: nothing may be folded
+        Scales the state in place, so it consumes the accumulator: nothing may be folded
         into it afterwards, and it can be averaged once.
         """
         if self.count == 0:
@@ -171,7 +191,14 @@ class WeightedAccumulator:
         self._averaged = True
         for t in self.layout.tensors:
             acc = self._sums[t.name]
-            np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
+            if t.dt.is_float:
+                # Twice a convex combination of halves: at most one rounding past the largest.
+                big = np.finfo(acc.dtype).max
+                with np.errstate(over="ignore"):
+                    np.multiply(acc, acc.dtype.type(2), out=acc)
+                np.clip(acc, -big, big, out=acc)
+            else:
+                np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
             yield t, acc
 
     def average(self) -> Iterator[tuple[str, np.ndarray]]:

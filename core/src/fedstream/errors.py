@@ -95,6 +95,12 @@ class FailedPrecondition(FedstreamError):
     code = "failed_precondition"
 
 
+class NonFiniteResult(FailedPrecondition):
+    """A round's result that would hold NaN or infinite values: never committed."""
+
+    code = "non_finite_result"
+
+
 class RoundNotOpen(FailedPrecondition):
     code = "round_not_open"
 

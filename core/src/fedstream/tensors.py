@@ -19,6 +19,9 @@ MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
 MAX_TENSORS = 100_000
 MAX_NAME_LENGTH = 1024
 _NAME_RE = re.compile(r"^[\x21-\x7e]+$")
+# Keys the safetensors header keeps for itself: a tensor of that name could be written but
+# never read back.
+RESERVED_NAMES = frozenset({"__metadata__"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Layout:
         for t in self.tensors:
             if not t.name or len(t.name) > MAX_NAME_LENGTH or not _NAME_RE.match(t.name):
                 raise InvalidLayout(f"invalid tensor name {t.name[:80]!r}")
+            if t.name in RESERVED_NAMES:
+                raise InvalidLayout(f"tensor name {t.name!r} is reserved by the safetensors format")
             if t.name in seen:
                 raise InvalidLayout(f"tensor {t.name!r} appears twice")
             seen.add(t.name)

@@ -11,16 +11,19 @@ import base64
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from fedstream.errors import CorruptModel, InvalidArgument
+import numpy as np
+
+from fedstream.errors import CorruptModel, FedstreamError, InvalidArgument, NonFiniteResult
 from fedstream.ids import EVALUATION_NAME, check_evaluation_name, check_run_id, parse_version
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
     Layout,
+    TensorSpec,
     check_chunk_bytes,
     crc32c,
     iter_range_chunks,
@@ -98,10 +101,88 @@ def version_from_manifest(version: str, layout: Layout, metadata: dict[str, str]
         raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
 
 
+def _non_finite(spec: TensorSpec, data: memoryview) -> int:
+    """The index of the first NaN or infinite value of whole elements of ``spec``, or -1."""
+    raw = np.frombuffer(data, dtype=spec.dt.storage)
+    # bfloat16 travels as its bits: all exponent bits set is NaN or an infinity.
+    bad = (raw & 0x7F80) == 0x7F80 if spec.dt.name == "bfloat16" else ~np.isfinite(raw)
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if hits.size else -1
+
+
+class FiniteValues:
+    """Checks the floating values of a layout's bytes as they are written in order: raises
+    NonFiniteResult naming the first tensor holding NaN or an infinity, before the bytes of
+    that write are stored."""
+
+    def __init__(self, version: str, layout: Layout) -> None:
+        self.version = version
+        self.tensors = layout.tensors
+        self._i = 0
+        self._pos = 0
+        self._carry = bytearray()  # the start of an element cut by the end of a write
+
+    def feed(self, data: memoryview) -> None:
+        while data and self._i < len(self.tensors):
+            t = self.tensors[self._i]
+            take = min(len(data), t.end - self._pos)
+            if t.dt.is_float:
+                self._check(t, data[:take])
+            self._pos += take
+            data = data[take:]
+            if self._pos == t.end:
+                self._i += 1
+
+    def _check(self, t: TensorSpec, piece: memoryview) -> None:
+        item = t.dt.itemsize
+        first = (self._pos - t.offset) // item
+        if self._carry:
+            need = item - len(self._carry)
+            self._carry += piece[:need]
+            piece = piece[need:]
+            if len(self._carry) < item:
+                return
+            self._raise_at(t, first, _non_finite(t, memoryview(self._carry)))
+            self._carry.clear()
+            first += 1
+        whole = len(piece) - len(piece) % item
+        self._raise_at(t, first, _non_finite(t, piece[:whole]))
+        self._carry += piece[whole:]
+
+    def _raise_at(self, t: TensorSpec, first: int, hit: int) -> None:
+        if hit >= 0:
+            raise NonFiniteResult(
+                f"model {self.version}: tensor {t.name!r} would hold NaN or infinite values (first at "
+                f"element {first + hit}); it was not committed"
+            )
+
+
+def read_back(info: ModelVersion, open_stored: Callable[[], ModelReader]) -> None:
+    """Reads a just-stored version back whole (header, metadata, every block against its
+    checksum); raises CorruptModel saying what differs when it does not read back as written."""
+    try:
+        with open_stored() as reader:
+            stored = reader.info
+            if stored.layout != info.layout:
+                problem = stored.layout.mismatch(info.layout) or "its layout differs"
+                raise CorruptModel(f"model {info.version} does not read back as written: {problem}")
+            if stored.metadata != info.metadata:
+                raise CorruptModel(f"model {info.version} does not read back as written: its metadata differs")
+            for _ in reader.iter_chunks(info.block_bytes or DEFAULT_CHUNK_BYTES):
+                pass
+    except CorruptModel:
+        raise
+    except FedstreamError as e:
+        raise CorruptModel(f"model {info.version} does not read back as written: {e.public}") from None
+
+
 class ModelWriter(ABC):
     """Takes a version's bytes in order; ``commit`` makes it visible, ``abort`` drops it."""
 
-    def __init__(self, version: str, layout: Layout, block_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(
+        self, version: str, layout: Layout, block_bytes: int = DEFAULT_CHUNK_BYTES, *, check_finite: bool = False
+    ) -> None:
+        """``check_finite``: refuse NaN and infinite floating values (NonFiniteResult)."""
         self.version = version
         self.layout = layout
         self.written = 0
@@ -110,6 +191,7 @@ class ModelWriter(ABC):
         self._crcs: list[int] = []
         self._crc = 0
         self._fill = 0
+        self._finite = FiniteValues(version, layout) if check_finite else None
 
     def write(self, data: bytes | memoryview) -> None:
         data = memoryview(data)
@@ -118,6 +200,8 @@ class ModelWriter(ABC):
             raise InvalidArgument(
                 f"model {self.version}: write past the layout's {self.layout.total_bytes} bytes"
             )
+        if self._finite is not None:
+            self._finite.feed(data)
         self._hash.update(data)
         rest = data
         while rest:

@@ -28,6 +28,7 @@ from fedstream.store.base import (
     check_run_id,
     manifest_bytes,
     parse_version,
+    read_back,
     version_from_manifest,
 )
 from fedstream.store.interface import ModelStore
@@ -49,9 +50,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 class _LocalWriter(ModelWriter):
     def __init__(
-        self, store: LocalModelStore, version: str, layout: Layout, metadata: dict[str, str], final: Path
+        self, store: LocalModelStore, version: str, layout: Layout, metadata: dict[str, str], final: Path,
+        *, check_finite: bool = False,
     ):
-        super().__init__(version, layout)
+        super().__init__(version, layout, check_finite=check_finite)
         self._store = store
         self._metadata = dict(metadata)
         self._final = final
@@ -75,6 +77,13 @@ class _LocalWriter(ModelWriter):
         _atomic_write(self._final.with_suffix(".json"), manifest_bytes(info))
         os.replace(self._tmp, self._final)
         if set_latest:
+            try:
+                read_back(info, lambda: self._store.open(self.version))
+            except BaseException:
+                # Never listed, never the latest: the round that wrote it can write it again.
+                self._final.with_suffix(".json").unlink(missing_ok=True)
+                self._final.unlink(missing_ok=True)
+                raise
             self._store._set_latest(self.version)
         return info
 
@@ -130,7 +139,7 @@ class LocalModelStore(ModelStore):
     def writer(self, version: str, layout: Layout, metadata: dict[str, str]) -> ModelWriter:
         if self._path(version).exists():
             raise AlreadyExists(f"model {version} already exists")
-        return _LocalWriter(self, version, layout, metadata, self._path(version))
+        return _LocalWriter(self, version, layout, metadata, self._path(version), check_finite=True)
 
     def _update_path(self, run_id: str, round_: int, agent_id: str) -> Path:
         return self.root / "updates" / check_run_id(run_id) / f"{round_:06d}" / f"{agent_key(agent_id)}.safetensors"
@@ -149,7 +158,7 @@ class LocalModelStore(ModelStore):
 
     def state_writer(self, version: str, layout: Layout) -> ModelWriter:
         path = self._path(version).with_suffix(".state.safetensors")
-        return _LocalWriter(self, f"state of {version}", layout, {}, path)
+        return _LocalWriter(self, f"state of {version}", layout, {}, path, check_finite=True)
 
     def open_state(self, version: str) -> ModelReader:
         path = self._path(version).with_suffix(".state.safetensors")

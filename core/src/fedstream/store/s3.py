@@ -40,6 +40,7 @@ from fedstream.store.base import (
     check_run_id,
     manifest_bytes,
     parse_version,
+    read_back,
     version_from_manifest,
 )
 from fedstream.store.interface import ModelStore
@@ -172,7 +173,7 @@ class S3ModelStore(ModelStore):
         run_id, _ = parse_version(version)
         return _S3Writer(
             self, version, layout, metadata, self._key(version, ".safetensors"), self._key(version, ".json"),
-            latest_key=self._run_prefix(run_id) + "LATEST",
+            latest_key=self._run_prefix(run_id) + "LATEST", check_finite=True,
         )
 
     def _update_key(self, run_id: str, round_: int, agent_id: str) -> str:
@@ -197,7 +198,7 @@ class S3ModelStore(ModelStore):
     def state_writer(self, version: str, layout: Layout) -> ModelWriter:
         return _S3Writer(
             self, f"state of {version}", layout, {}, self._key(version, ".state.safetensors"),
-            self._key(version, ".state.json"), latest_key=None,
+            self._key(version, ".state.json"), latest_key=None, check_finite=True,
         )
 
     def open_state(self, version: str) -> ModelReader:
@@ -292,8 +293,10 @@ class _S3Writer(ModelWriter):
         model_key: str,
         manifest_key: str,
         latest_key: str | None,
+        *,
+        check_finite: bool = False,
     ) -> None:
-        super().__init__(version, layout)
+        super().__init__(version, layout, check_finite=check_finite)
         self._store = store
         self._model_key = model_key
         self._manifest_key = manifest_key
@@ -321,10 +324,17 @@ class _S3Writer(ModelWriter):
                 f"upload {model_key}",
             )
             s._put_bytes(self._manifest_key, manifest)
-            if set_latest and self._latest_key:
-                s._put_bytes(self._latest_key, self.version.encode())
         finally:
             self._path.unlink(missing_ok=True)
+        if set_latest and self._latest_key:
+            try:
+                read_back(info, lambda: s.open(self.version))
+            except BaseException:
+                # Never listed, never the latest: the round that wrote it can write it again.
+                for key in (self._manifest_key, model_key):
+                    s._retry(partial(s.client.remove_object, s.bucket, key), f"delete {key}")
+                raise
+            s._put_bytes(self._latest_key, self.version.encode())
         return info
 
     def abort(self) -> None:

@@ -44,6 +44,7 @@ class FedProx(LinearStrategy):
 
 
 COSINE_METRIC = "cosine_distance"
+MAX_COSINE_DISTANCE = 2.0
 
 
 class CosineWeighted(LinearStrategy):
@@ -60,8 +61,9 @@ def cosine_weight(strategy: str, metrics: dict[str, float]) -> float:
     d = metrics.get(COSINE_METRIC)
     if d is None:
         raise InvalidArgument(f"strategy {strategy!r} needs the metric {COSINE_METRIC!r} with each update")
-    if not math.isfinite(d) or d <= 0:
-        raise InvalidArgument(f"metric {COSINE_METRIC!r} must be a positive number, got {d}")
+    # A mean of 1 - cos lies in (0, 2]: bounded weights keep the round's total weight finite.
+    if not math.isfinite(d) or not 0 < d <= MAX_COSINE_DISTANCE:
+        raise InvalidArgument(f"metric {COSINE_METRIC!r} must be in (0, {MAX_COSINE_DISTANCE:g}], got {d}")
     return float(d)
 
 

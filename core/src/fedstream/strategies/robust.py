@@ -15,9 +15,25 @@ from fedstream.strategies.base import RobustStrategy
 
 
 def coordinate_median(x: np.ndarray) -> np.ndarray:
-    """x: (agents, n) -> (n,)."""
-    median: np.ndarray = np.median(x, axis=0)
-    return median
+    """x: (agents, n) -> (n,); with an even number of agents, the mean of the two middle
+    values, taken so that it cannot overflow."""
+    k = x.shape[0]
+    if k % 2:
+        median: np.ndarray = np.median(x, axis=0)
+        return median
+    middle = np.partition(x, [k // 2 - 1, k // 2], axis=0)[k // 2 - 1 : k // 2 + 1]
+    return finite_mean(middle)
+
+
+def finite_mean(x: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 of x (agents, n) in x's dtype, finite for finite x: each row is
+    divided by the number of rows before the sum, so no partial sum leaves the dtype's range."""
+    k = x.shape[0]
+    wide = np.float64 if x.dtype.itemsize < 8 else x.dtype  # float64 holds float32's sums whole
+    total = np.sum(x.astype(wide, copy=False) / k, axis=0)
+    big = np.finfo(x.dtype).max if x.dtype.kind == "f" else np.finfo(np.float64).max
+    mean: np.ndarray = np.clip(total, -big, big).astype(x.dtype, copy=False)
+    return mean
 
 
 def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
@@ -25,11 +41,8 @@ def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
     k = x.shape[0]
     cut = int(math.floor(beta * k))
     if cut == 0:
-        mean: np.ndarray = x.mean(axis=0)
-        return mean
-    s = np.sort(x, axis=0)
-    trimmed: np.ndarray = s[cut : k - cut].mean(axis=0)
-    return trimmed
+        return finite_mean(x)
+    return finite_mean(np.sort(x, axis=0)[cut : k - cut])
 
 
 def krum_scores(sq_dist: np.ndarray, f: int) -> np.ndarray:
@@ -96,8 +109,11 @@ class MultiKrum(RobustStrategy):
         k = sq_dist.shape[0]
         if k <= 2 * p.f + 2:
             raise FailedPrecondition(f"multi-krum with f={p.f} needs more than {2 * p.f + 2} updates, got {k}")
+        if not np.isfinite(sq_dist).all():
+            raise FailedPrecondition(
+                "multi-krum: the updates' squared distances overflow float64 (float64 values beyond about 1e150)"
+            )
         return multi_krum_select(sq_dist, p.f, min(k, p.m or k - p.f))
 
     def combine(self, x: np.ndarray) -> np.ndarray:
-        mean: np.ndarray = x.mean(axis=0)
-        return mean
+        return finite_mean(x)

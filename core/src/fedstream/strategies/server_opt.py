@@ -28,7 +28,9 @@ def adaptive_step(
     v: np.ndarray,
     p: ServerOptParams,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One server step: returns (x + eta * m' / (sqrt(v') + tau), m', v')."""
+    """One server step: returns (x + eta * m' / (sqrt(v') + tau), m', v'), in float64 whatever
+    the inputs' dtype: the difference of two float32 values and its square always fit."""
+    x, delta, m, v = (a.astype(np.float64, copy=False) for a in (x, delta, m, v))
     m = p.beta1 * m + (1 - p.beta1) * delta
     d2 = delta * delta
     if kind == "adagrad":
@@ -60,14 +62,17 @@ class _Adaptive(LinearStrategy):
             return mean, {}  # counters and masks: plain average
         p = self.params
         assert isinstance(p, ServerOptParams)
-        delta = mean - base
+        delta = mean.astype(np.float64) - base  # in float64: float32 extremes of opposite signs fit
         if state is None:
             m = np.zeros_like(delta)
             v = np.full_like(delta, p.tau * p.tau)
         else:
             m, v = state["m"], state["v"]
         x, m, v = adaptive_step(self.kind, base, delta, m, v, p)
-        return x.astype(mean.dtype, copy=False), {"m": m.astype(np.float32), "v": v.astype(np.float32)}
+        # Values past the storage dtype's range become infinities here, and the commit refuses
+        # them naming the tensor (or its moment): the round fails, the base stays the latest.
+        with np.errstate(over="ignore"):
+            return x.astype(mean.dtype), {"m": m.astype(np.float32), "v": v.astype(np.float32)}
 
 
 class FedAdagrad(_Adaptive):

@@ -218,7 +218,7 @@ class Hierarchy:
         return True
 
     def collect(self, rnd: Round) -> None:
-        """On a root: adds every leaf's sums into the round's accumulator; the reports of the
+        """On a root: merges every leaf's sums into the round's accumulator; the reports of the
         sums received replace those counted while following the leaves. A leaf that cannot
         be reached for LEAF_RETRY_S, or that lost its share, is left out."""
         plan = rnd.plan
@@ -245,7 +245,7 @@ class Hierarchy:
     def _collect_leaf(
         self, leaf: LeafLink, rnd: Round, accumulator: WeightedAccumulator, into: dict[str, UpdateReport]
     ) -> None:
-        """Receives one leaf's sums (verified chunk by chunk into a spool file) and adds them,
+        """Receives one leaf's sums (verified chunk by chunk into a spool file) and merges them,
         and its reports to ``into``; nothing changes unless every byte arrived sound."""
         plan = rnd.plan
         expected = accumulator.sums_layout()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedstream.aggregation import to_accumulator
+from fedstream.compression import SCALE_SUFFIX
 from fedstream.errors import (
     AgentNotSelected,
     FailedPrecondition,
@@ -77,6 +78,29 @@ def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -
             if not np.isfinite(values).all():
                 bad = int(np.flatnonzero(~np.isfinite(values))[0]) + start // item
                 raise NonFinite(f"tensor {t.name!r} holds NaN or infinite values (first at element {bad})")
+    _check_int8_scales(layout, read_into)
+
+
+# The largest int8 scale whose every value (at most 127 times the scale) is a finite float32.
+MAX_INT8_SCALE = float(np.finfo(np.float32).max) / 127
+
+
+def _check_int8_scales(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
+    """Raises NonFinite naming the scale of an int8 tensor whose values would decode past
+    float32's range."""
+    names = set(layout.names)
+    for t in layout.tensors:
+        if t.dtype != "int8" or t.name + SCALE_SUFFIX not in names:
+            continue
+        spec = layout.spec(t.name + SCALE_SUFFIX)
+        raw = memoryview(bytearray(spec.nbytes))
+        read_into(spec.offset, raw)
+        scale = np.abs(to_accumulator(spec.dt, np.frombuffer(raw, dtype=spec.dt.storage)).astype(np.float64))
+        if scale.size and scale.max() > MAX_INT8_SCALE:
+            raise NonFinite(
+                f"tensor {spec.name!r}: scale {scale.max():g} decodes int8 values past float32's range "
+                f"(at most {MAX_INT8_SCALE:g})"
+            )
 
 
 class Ingest:
