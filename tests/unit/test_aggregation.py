@@ -185,7 +185,9 @@ def test_extreme_finite_updates_average_to_a_finite_mean(dtype, updates):
 
     ((_, got),) = list(acc.average())
     total = sum(float(w) for w, _ in updates)
-    want = sum(v * (float(w) / total) for (_, _, v), (w, _) in zip(folded, updates, strict=True))
+    # The reference mean, scaled so that float64 (whose maximum the values reach) cannot overflow.
+    scale = FLOAT_MAX[dtype]
+    want = scale * sum((v / scale) * (float(w) / total) for (_, _, v), (w, _) in zip(folded, updates, strict=True))
     got64 = as_float(dtype, got).astype(np.float64)
     assert np.isfinite(got64).all(), got64
     tol = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5, "float64": 1e-12}[dtype]
