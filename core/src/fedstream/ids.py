@@ -56,8 +56,9 @@ def check_evaluation_name(name: str) -> str:
 
 
 def parse_version(version: str) -> tuple[str, int]:
-    """Splits a version id RUN/NNNNNN; raises InvalidArgument when it is not one."""
-    if not re.fullmatch(VERSION, version):
+    """Splits a version id RUN/NNNNNN; raises InvalidArgument when it is not one (naming the
+    run id when that is what is wrong)."""
+    run_id, sep, rnd = version.partition("/")
+    if not sep or not re.fullmatch(r"[0-9]{6}", rnd):
         raise InvalidArgument(f"invalid model version {version[:80]!r}: expected RUN/NNNNNN")
-    run_id, _, rnd = version.partition("/")
-    return run_id, int(rnd)
+    return check_run_id(run_id), int(rnd)
