@@ -155,3 +155,10 @@ class Unavailable(FedstreamError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "unavailable"
+
+
+class BodyTooLarge(ResourceExhausted):
+    """A request body over the size its API accepts (HTTP only)."""
+
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "body_too_large"

@@ -5,8 +5,9 @@ from fastapi import APIRouter, Response
 from fedstream.state import FederationRecord
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
+router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
 
 
 def federation_body(rec: FederationRecord, latest: str) -> s.Federation:
