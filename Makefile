@@ -58,6 +58,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/strategies.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/scale.py --state redis
+	$(BIN)/python bench/api_load.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)

@@ -177,3 +177,10 @@ class StreamEnded(FedstreamError):
     grpc_code = grpc.StatusCode.CANCELLED
     http_status = HTTPStatus.GONE
     code = "stream_ended"
+
+
+class BodyTooLarge(ResourceExhausted):
+    """A request body over the size its API accepts (HTTP only)."""
+
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "body_too_large"

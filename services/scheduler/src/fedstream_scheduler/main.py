@@ -102,7 +102,7 @@ async def _start_api(settings: SchedulerSettings, admin: AdminServices) -> ApiSe
     cannot be bound."""
     if not settings.api.enabled:
         return None
-    api = ApiServer(build_api({settings.tenant.tenant: admin}), settings.api.host, settings.api.port)
+    api = ApiServer(build_api({settings.tenant.tenant: admin}, settings.api), settings.api.host, settings.api.port)
     await api.start()
     write_port_file(settings.api.port_file, api.port)
     log.info("admin API on http://%s:%d/api/v1", settings.api.host, api.port)

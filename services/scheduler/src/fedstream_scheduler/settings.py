@@ -30,6 +30,17 @@ class ApiSettings(BaseModel):
         description="This tenant's bootstrap admin token (at least 16 characters; from a secret). "
         "Stored only as a hash; create the other tokens with it.",
     )
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 << 20,
+        description="Largest request body the admin API accepts (its bodies are specs and names: a few "
+        "KiB); a larger one is refused with 413 before it is read (from its Content-Length, or where a "
+        "chunked body passes it). Bodies are parsed one at a time off the event loop the gRPC services "
+        "share; the loop still waits for one parse of this size at most (docs/benchmarks.md).",
+    )
+    max_json_depth: int = Field(
+        32, ge=4, le=256, description="Deepest nesting of arrays and objects in a request body's JSON; "
+        "deeper bodies are refused with 400 before they are parsed.",
+    )
 
 
 class EnrollmentSettings(BaseModel):

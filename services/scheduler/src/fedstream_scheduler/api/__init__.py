@@ -13,19 +13,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedstream.errors import FedstreamError, Unauthenticated
+from fedstream.errors import FedstreamError
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import agents, enrollment_tokens, federations, models, runs, tokens
 from fedstream_scheduler.api import schemas as s
-from fedstream_scheduler.api.deps import PROBLEM_RESPONSES, problem
+from fedstream_scheduler.api.deps import PROBLEM_RESPONSES, problem, problem_of
+from fedstream_scheduler.api.guard import RequestGuard
+from fedstream_scheduler.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
 
 async def _fedstream_error(request: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, FedstreamError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthenticated) else None
-    return problem(int(e.http_status), e.code, e.public, headers)
+    return problem_of(e)
 
 
 async def _invalid(request: Request, e: Exception) -> JSONResponse:
@@ -51,8 +52,10 @@ async def health() -> s.Health:
     return s.Health(status="ok")
 
 
-def build_api(admins: dict[str, AdminServices]) -> FastAPI:
-    """The API over each served tenant's services (one tenant per scheduler install, usually)."""
+def build_api(admins: dict[str, AdminServices], settings: ApiSettings | None = None) -> FastAPI:
+    """The API over each served tenant's services (one tenant per scheduler install, usually),
+    with the request limits of ``settings`` (the defaults when None)."""
+    settings = settings or ApiSettings()
     app = FastAPI(
         title="fedstream admin API",
         version="1",
@@ -61,6 +64,8 @@ def build_api(admins: dict[str, AdminServices]) -> FastAPI:
         responses=PROBLEM_RESPONSES,
     )
     app.state.tenants = admins
+    app.add_middleware(RequestGuard, tenants=admins, max_body_bytes=settings.max_body_bytes,
+                       max_json_depth=settings.max_json_depth)
     app.add_exception_handler(FedstreamError, _fedstream_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -8,8 +8,9 @@ from fedstream.state import AgentRecord
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import AgentId, Limit, Operator, PageToken, Viewer, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/api/v1/agents", tags=["agents"], route_class=ParsedRoute)
 
 
 def agent_body(admin: AdminServices, a: AgentRecord) -> s.Agent:

@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fedstream import ids
-from fedstream.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
+from fedstream_scheduler.tokens import Principal
 
 T = TypeVar("T")
 PROBLEM_TYPE = "https://fedstream.dev/problems/"
@@ -23,11 +24,20 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 bearer = HTTPBearer(auto_error=False, description="A token of the tenant (fst_...).")
+# Where the request guard leaves the (services, principal) it authenticated, in the ASGI scope's state.
+PRINCIPAL = "fedstream_principal"
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = s.Problem(type=PROBLEM_TYPE + code, title=HTTPStatus(status).phrase, status=status, detail=detail, code=code)
     return JSONResponse(body.model_dump(), status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def problem_of(e: FedstreamError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The problem+json answer to a catalog error (a bearer challenge with Unauthenticated)."""
+    if isinstance(e, Unauthenticated):
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return problem(int(e.http_status), e.code, e.public, headers)
 
 
 def paginate(items: Sequence[T], limit: int, page_token: str) -> tuple[list[T], str | None]:
@@ -48,6 +58,18 @@ def tenants_of(request: Request) -> dict[str, AdminServices]:
     return tenants
 
 
+def authenticate(tenants: dict[str, AdminServices], secret: str | None) -> tuple[AdminServices, Principal]:
+    """The services of the tenant whose token ``secret`` is, and its principal; raises
+    Unauthenticated when there is no token or it is unknown or revoked."""
+    if not secret:
+        raise Unauthenticated("a bearer token is required")
+    for admin in tenants.values():
+        who = admin.tokens.authenticate(secret)
+        if who is not None:
+            return admin, who
+    raise Unauthenticated("unknown or revoked token")
+
+
 def role(needed: str) -> Callable[..., Awaitable[AdminServices]]:
     """A dependency: the services of the bearer token's tenant, when its role is ``needed`` or
     above. Raises Unauthenticated or PermissionDenied."""
@@ -55,14 +77,8 @@ def role(needed: str) -> Callable[..., Awaitable[AdminServices]]:
     async def check(
         request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> AdminServices:
-        if creds is None:
-            raise Unauthenticated("a bearer token is required")
-        for admin in tenants_of(request).values():
-            who = admin.tokens.authenticate(creds.credentials)
-            if who is not None:
-                break
-        else:
-            raise Unauthenticated("unknown or revoked token")
+        found = request.scope.get("state", {}).get(PRINCIPAL)  # a request with a body: checked already
+        admin, who = found or authenticate(tenants_of(request), creds.credentials if creds else None)
         if not who.allows(needed):
             raise PermissionDenied(f"this needs the {needed} role; the token is {who.role}")
         return admin

@@ -5,8 +5,9 @@ from fastapi import APIRouter, Response
 from fedstream.state import EnrollmentTokenRecord
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Limit, Operator, PageToken, TokenId, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(prefix="/api/v1/enrollment-tokens", tags=["enrollment"])
+router = APIRouter(prefix="/api/v1/enrollment-tokens", tags=["enrollment"], route_class=ParsedRoute)
 
 
 def enrollment_body(t: EnrollmentTokenRecord) -> s.EnrollmentToken:

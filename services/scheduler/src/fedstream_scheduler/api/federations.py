@@ -6,9 +6,10 @@ from fedstream.state import FederationRecord
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 from fedstream_scheduler.cron import schedule_problem
 
-router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
+router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
 
 
 def schedule_body(schedule: dict[str, str], now: float) -> s.ScheduleState | None:

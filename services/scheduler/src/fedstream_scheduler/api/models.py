@@ -19,8 +19,9 @@ from fedstream_scheduler.api.deps import (
     Viewer,
     paginate,
 )
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=ParsedRoute)
 
 
 def model_body(info: ModelVersion, pinned: bool) -> s.Model:

@@ -8,8 +8,9 @@ from fedstream.rounds import RoundKind, RoundState, RunState, combine_metrics
 from fedstream.state import RoundRecord, RunRecord
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import FederationId, Limit, Operator, PageToken, RunId, Viewer, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=ParsedRoute)
 
 RUN_STATES = "|".join(RunState)
 ROUND_STATES = "|".join(RoundState)

@@ -5,8 +5,9 @@ from fastapi import APIRouter, Response
 from fedstream.state import TokenRecord
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, Limit, PageToken, TokenId, paginate
+from fedstream_scheduler.api.guard import ParsedRoute
 
-router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
+router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"], route_class=ParsedRoute)
 
 
 def token_body(t: TokenRecord) -> s.Token:
