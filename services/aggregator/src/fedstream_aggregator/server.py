@@ -49,7 +49,7 @@ class AggregatorServer:
     health_port: int = 0
     # Each agent's open downloads and uploads.
     slots: StreamSlots | None = None
-    # Ends idle uploads.
+    # Ends idle uploads and downloads.
     watch: StreamWatch | None = None
 
     def set_serving(self, serving: bool) -> None:
@@ -103,7 +103,7 @@ def build_server(
     GRPC_MAX_CONCURRENT_CALLS.set(max_concurrent_rpcs)
     add_transfer_servicers(
         server,
-        ModelServicer(service, guard, slots),
+        ModelServicer(service, guard, slots, watch),
         UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s), watch),
     )
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)
