@@ -3,13 +3,16 @@
   upload     upload throughput of one 256 MiB model over one stream (MB/s)
   memory     aggregator peak resident memory while 8 agents upload a 128 MiB model at once,
              as a multiple of the model size above the aggregator's idle baseline
+  settle     aggregator resident memory once requests are over: idle, after a round of 4
+             uploads of a 128 MiB model commits, and after a burst of refused and abandoned
+             uploads, each above idle as a multiple of the model size
   noop       wall time of a no-op round (agents return the global model unchanged) with 4
              agents and a 100 MB model, the three services as separate processes (median)
 
   s3         commit of a 512 MiB model to the S3 test server and read back (MB/s each way)
   redis      round state transition latency against a real redis-server (p50/p99 of 10,000)
 
-Usage: python bench/run.py [upload|memory|noop|s3|redis ...]   (make bench runs them all)
+Usage: python bench/run.py [upload|memory|settle|noop|s3|redis ...]   (make bench runs them all)
 """
 
 from __future__ import annotations
@@ -144,6 +147,21 @@ def bench_memory(agents: int = 8) -> dict[str, float]:
     return {"memory_peak_over_model": ratio}
 
 
+def bench_settle(agents: int = 4, size: int = 128 * MiB) -> dict[str, float]:
+    """Resident memory once requests are over: ``memory_after`` in fedstream_testing.memory."""
+    from fedstream_testing.memory import memory_after
+
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = memory_after(Path(tmp), agents, size)
+    idle, model = figures["idle"], figures["model"]
+    out = {f"settle_{k}_over_model": (v - idle) / model for k, v in figures.items() if k not in ("idle", "model")}
+    print(f"settle: aggregator RSS idle {idle / MiB:.0f} MiB; after a committed round of {agents} uploads of a "
+          f"{model / MiB:.0f} MiB model {figures['round'] / MiB:.0f} MiB ({out['settle_round_over_model']:+.2f}x the "
+          f"model); after {agents * 4} refused and {agents} abandoned uploads {figures['burst'] / MiB:.0f} MiB "
+          f"({out['settle_burst_over_model']:+.2f}x)")
+    return out
+
+
 def _vm_hwm(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -264,6 +282,7 @@ def bench_redis(transitions: int = 10_000) -> dict[str, float]:
 BENCHES = {
     "upload": bench_upload,
     "memory": bench_memory,
+    "settle": bench_settle,
     "noop": bench_noop,
     "s3": bench_s3,
     "redis": bench_redis,

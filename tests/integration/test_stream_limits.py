@@ -1,6 +1,7 @@
-"""Upload streams over real mutual TLS: an agent's streams are limited from its certificate
-when they open, an idle one is ended, one still open when its round closes is ended with it,
-and one whose client goes away gives its spool space back."""
+"""Streams over real mutual TLS: an agent's streams are limited from its certificate when they
+open, an idle upload is ended and so is a download its client stops reading, an upload still
+open when its round closes is ended with it, and one whose client goes away gives its spool
+space back."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from fedstream.pki import CertificateAuthority, Identity, TlsIdentity
 from fedstream.rounds import RoundKind
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
-from fedstream.transfer import update_requests, upload_call
+from fedstream.transfer import download_call, download_model, update_requests, upload_call
+from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.server import AggregatorServer, build_server
 from fedstream_aggregator.service import AggregatorService
@@ -182,3 +184,21 @@ def test_an_upload_whose_client_goes_away_gives_its_spool_space_back(plane_facto
     wait_until(lambda: not held & p.spool_files(), what=f"spool file {held} is still there")
     wait_until(lambda: p.server.slots.open("b") == 0)
     release.set()
+
+
+def test_a_download_whose_client_stops_reading_is_ended_after_the_idle_limit_and_its_slot_freed(plane_factory):
+    p = plane_factory("st-read", streams_per_agent=1, stream_idle_s=0.5)
+    model = random_model(0, scale=10_000)  # about 8.6 MB: far more than flow control buffers
+    open_init_round(p, ["site"])
+    upload(p.agent("site"), "", model, run_id=RUN, round_=0, chunk_bytes=1 << 20, timeout=60)
+    wait_terminal(p.control(), RUN, 0)
+    site = p.agent("site")
+
+    stalled = download_call(site)(pb.DownloadModelRequest(run_id=RUN, chunk_bytes=64 << 10), timeout=60)
+    assert next(stalled).WhichOneof("payload") == "header"  # and then read nothing more
+    wait_until(lambda: hits("st-read", "stream_idle_s") == 1, what="the unread download was not ended")
+    wait_until(lambda: p.server.slots.open("site") == 0, what="the unread download still holds its slot")
+    again = download_model(site, RUN, chunk_bytes=1 << 20, timeout=ANSWER_S)
+
+    assert again.version
+    stalled.cancel()

@@ -69,9 +69,11 @@ class StreamSlots:
     ``total`` keeps a share of a thread-pool server's handler threads for everything else
     (health, control): however many keys open streams, they never hold more than ``total``."""
 
-    def __init__(self, limit: int, total: int = 0) -> None:
+    def __init__(self, limit: int, total: int = 0, on_drained: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.total = total
+        # Called (outside the lock) each time the last counted stream ends.
+        self.on_drained = on_drained
         self._open: dict[str, int] = {}
         self._all = 0
         self._lock = threading.Lock()
@@ -99,12 +101,15 @@ class StreamSlots:
         finally:
             with self._lock:
                 self._all -= count
+                drained = count and not self._all
                 if key is not None:
                     left = self._open[key] - 1
                     if left:
                         self._open[key] = left
                     else:
                         del self._open[key]
+            if drained:
+                self.on_drained()
 
     def open(self, key: str) -> int:
         with self._lock:

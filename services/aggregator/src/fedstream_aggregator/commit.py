@@ -7,6 +7,7 @@ import logging
 import time
 
 from fedstream.errors import FedstreamError
+from fedstream.memtune import release_free_memory
 from fedstream.rounds import RoundKind, RoundState
 from fedstream.store import ModelStore
 from fedstream_aggregator import background
@@ -60,6 +61,7 @@ class Committer:
         log.warning("round %d of %s failed: %s", rnd.plan.round, rnd.plan.run_id, reason)
         rnd.notify()
         self.discard(rnd)
+        release_free_memory()
 
     def close(self, rnd: Round, why: str) -> None:
         """Moves the round to aggregating (once) and commits it in a worker thread."""
@@ -87,6 +89,8 @@ class Committer:
             m.COMMITS.labels(self.tenant, rnd.plan.kind.value, outcome).inc()
             if rnd.state is RoundState.COMMITTED:
                 m.AGGREGATION_SECONDS.labels(self.tenant, rnd.strategy.name).observe(time.perf_counter() - started)
+            # The round's sums and buffers are freed now: give their memory back.
+            release_free_memory()
 
     def _commit(self, rnd: Round) -> None:
         plan = rnd.plan

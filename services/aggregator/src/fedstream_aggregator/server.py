@@ -18,6 +18,7 @@ from fedstream.grpcutil import (
     set_serving,
 )
 from fedstream.limits import RateLimiter, StreamSlots
+from fedstream.memtune import release_free_memory
 from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS, LIMIT_HITS
 from fedstream.pki import TlsIdentity
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
@@ -49,7 +50,7 @@ class AggregatorServer:
     health_port: int = 0
     # Each agent's open downloads and uploads.
     slots: StreamSlots | None = None
-    # Ends idle uploads.
+    # Ends idle uploads and downloads.
     watch: StreamWatch | None = None
 
     def set_serving(self, serving: bool) -> None:
@@ -96,14 +97,15 @@ def build_server(
         raise ValueError(
             f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
         )
-    slots = StreamSlots(limits.streams_per_agent, max_workers - limits.control_threads)
+    # Once no transfer is left, the allocator's free memory goes back to the system.
+    slots = StreamSlots(limits.streams_per_agent, max_workers - limits.control_threads, release_free_memory)
     tenant = service.state.tenant
     watch = StreamWatch(limits.stream_idle_s, LIMIT_HITS.labels(tenant, "aggregator", "stream_idle_s").inc)
     server = make_server(max_workers, stream_window_bytes, max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(max_concurrent_rpcs)
     add_transfer_servicers(
         server,
-        ModelServicer(service, guard, slots),
+        ModelServicer(service, guard, slots, watch),
         UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s), watch),
     )
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)

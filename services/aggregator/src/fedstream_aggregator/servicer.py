@@ -28,10 +28,11 @@ from fedstream_aggregator.streams import StreamWatch, WatchedStream
 class ModelServicer(pb_grpc.ModelServiceServicer):
     """Enrolled agents of the tenant (and its services and operators) download its models."""
 
-    def __init__(self, service: AggregatorService, guard: Guard, slots: StreamSlots) -> None:
+    def __init__(self, service: AggregatorService, guard: Guard, slots: StreamSlots, watch: StreamWatch) -> None:
         self.service = service
         self.guard = guard
         self.slots = slots
+        self.watch = watch
 
     @translate_errors
     def DownloadModel(
@@ -40,18 +41,32 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         agent = ""
         if not self.guard.tls or self.guard.caller(context).identity.role == "agent":
             agent = self.guard.agent(context)
-        with self.slots.hold(agent or None, self._limited):
+        with self.slots.hold(agent or None, self._limited), watched(self.watch, context, "took nothing") as stream:
             info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
+            # Each yield returns once flow control lets the message out: a client that stops
+            # reading stops the touches, and the watch ends the stream.
             yield pb.DownloadModelResponse(
                 header=pb.ModelHeader(
                     version=info.version, layout=info.layout.to_proto(), metadata=info.metadata
                 )
             )
+            stream.touch()
             for chunk in chunks:
                 yield wire.ChunkFrame(chunk)
+                stream.touch()
 
     def _limited(self, limit: str) -> None:
         LIMIT_HITS.labels(self.service.state.tenant, "aggregator", limit).inc()
+
+
+@contextmanager
+def watched(watch: StreamWatch, context: grpc.ServicerContext, idle: str) -> Iterator[WatchedStream]:
+    """The call watched by ``watch`` for the block."""
+    stream = watch.open(partial(end_call, context), idle)
+    try:
+        yield stream
+    finally:
+        watch.done(stream)
 
 
 class UpdateServicer(pb_grpc.UpdateServiceServicer):
@@ -75,7 +90,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
     ) -> pb.UploadUpdateResponse:
         # With TLS the slot is the certificate's agent's, taken before any message is read.
         opener = self.guard.agent(context) if self.guard.tls else None
-        with self.slots.hold(opener, self._limited), self._watched(context) as stream:
+        with self.slots.hold(opener, self._limited), watched(self.watch, context, "sent nothing") as stream:
             first = self._next(request_iterator, stream)
             if first is None or first.WhichOneof("payload") != "header":
                 raise InvalidArgument("the first message of an upload must be its header")
@@ -87,14 +102,6 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                     before_count=lambda: self.guard.agent(context, agent_id), on_close=stream.close_round,
                 )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
-
-    @contextmanager
-    def _watched(self, context: grpc.ServicerContext) -> Iterator[WatchedStream]:
-        stream = self.watch.open(partial(end_call, context))
-        try:
-            yield stream
-        finally:
-            self.watch.done(stream)
 
     @staticmethod
     def _next(requests: Iterator[pb.UploadUpdateRequest], stream: WatchedStream) -> pb.UploadUpdateRequest | None:

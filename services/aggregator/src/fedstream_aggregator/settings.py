@@ -95,7 +95,8 @@ class AggregatorLimits(BaseModel):
     )
     stream_idle_s: float = Field(
         60.0, ge=0, allow_inf_nan=False,
-        description="An upload that sends nothing (no header, no chunk) for this many seconds is ended "
+        description="An upload that sends nothing (no header, no chunk), or a download whose client takes "
+        "nothing (its flow-control window stays full), for this many seconds is ended "
         "(DEADLINE_EXCEEDED) and its thread, slot and spool space freed. 0: never.",
     )
 

@@ -1,5 +1,6 @@
-"""Upload streams watched while they run: one that sends nothing for the idle limit is ended,
-and so is one whose round stops taking updates, so that its thread, slot and spool are freed."""
+"""Streams watched while they run: an upload that sends nothing for the idle limit is ended, and
+so is a download whose client takes nothing for as long, or an upload whose round stops taking
+updates, so that its thread, slot and spool are freed."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ class WatchedStream:
     """One open stream: ``touch`` on every message; ``end`` ends it (once) with a reason, which
     ``ended`` then holds as the error the stream's handler raises."""
 
-    def __init__(self, end: Callable[[FedstreamError], None], clock: Callable[[], float]) -> None:
+    def __init__(self, end: Callable[[FedstreamError], None], clock: Callable[[], float], idle: str) -> None:
         self._end = end
+        self.idle = idle
         self._clock = clock
         self.last = clock()
         self.ended: FedstreamError | None = None
@@ -56,9 +58,10 @@ class StreamWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def open(self, end: Callable[[FedstreamError], None]) -> WatchedStream:
-        """Watches a new stream, ended by ``end``; ``done`` it when the stream is over."""
-        stream = WatchedStream(end, self.clock)
+    def open(self, end: Callable[[FedstreamError], None], idle: str = "sent nothing") -> WatchedStream:
+        """Watches a new stream, ended by ``end``; ``done`` it when the stream is over. ``idle``
+        says what its client did not do, in the error that ends it."""
+        stream = WatchedStream(end, self.clock, idle)
         with self._lock:
             self._streams.add(stream)
             if self.idle_s and self._thread is None and not self._stop.is_set():
@@ -77,7 +80,7 @@ class StreamWatch:
                 idle = [s for s in self._streams if s.ended is None and now - s.last > self.idle_s]
             for s in idle:
                 self.on_idle()
-                s.end(StreamIdle(f"the stream sent nothing for {self.idle_s:g} s (limits.stream_idle_s)"))
+                s.end(StreamIdle(f"the stream {s.idle} for {self.idle_s:g} s (limits.stream_idle_s)"))
 
     def close(self) -> None:
         self._stop.set()

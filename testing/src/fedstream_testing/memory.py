@@ -1,0 +1,130 @@
+"""The aggregator's resident memory once requests are over, measured on a separate process:
+idle, after a round of large uploads commits, and after a burst of refused and abandoned
+uploads. Shared by the end-to-end test and the benchmark (bench/run.py settle)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+from fedstream import wire
+from fedstream.grpcutil import channel
+from fedstream.store import LocalModelStore
+from fedstream.tensors import Layout
+from fedstream.transfer import update_requests, upload_call, upload_update
+from fedstream.v1 import aggregator_pb2 as pb
+from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import round_pb2
+from fedstream_testing.local import LocalFederation
+
+RUN = "mem"
+# Resident memory counts as settled when it moves less than this between two looks.
+STEADY_BYTES = 4 << 20
+
+
+def model_of(size: int, tensor_bytes: int = 4 << 20) -> tuple[Layout, list[np.ndarray]]:
+    n = max(1, size // tensor_bytes)
+    elems = size // n // 4
+    rng = np.random.default_rng(0)
+    layout = Layout.build((f"layer{i}.weight", "float32", (elems,)) for i in range(n))
+    return layout, [rng.standard_normal(elems, dtype=np.float32) for _ in range(n)]
+
+
+def settled_rss(proc: psutil.Process, timeout: float = 15.0) -> int:
+    """The process's resident bytes once they stop moving (or at ``timeout``)."""
+    last, end = int(proc.memory_info().rss), time.monotonic() + timeout
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = int(proc.memory_info().rss)
+        if abs(now - last) < STEADY_BYTES:
+            return now
+        last = now
+    return last
+
+
+def memory_after(workdir: Path, agents: int, size: int) -> dict[str, int]:
+    """Resident bytes of a fresh aggregator: ``idle``, after a committed ``round`` of ``agents``
+    uploads of a ``size``-byte model, and after a ``burst`` of refused and abandoned uploads."""
+    layout, arrays = model_of(size)
+    procs = LocalFederation(workdir)
+    try:
+        store = LocalModelStore(workdir / "models", "default")
+        with store.writer(f"{RUN}/000000", layout, {}) as w:
+            for a in arrays:
+                w.write(a.data)
+            w.commit()
+        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING"})
+        proc = psutil.Process(procs.pid("aggregator"))
+        idle = settled_rss(proc)
+        names = [f"agent-{i}" for i in range(agents)]
+        _round(procs, addr, names, layout, arrays)
+        after_round = settled_rss(proc)
+        _burst(procs, addr, names, layout, arrays)
+        after_burst = settled_rss(proc)
+    finally:
+        procs.stop()
+    return {"idle": idle, "round": after_round, "burst": after_burst, "model": layout.total_bytes}
+
+
+def _open(procs: LocalFederation, addr: str, names: list[str], round_: int) -> pb_grpc.AggregatorControlStub:
+    control = pb_grpc.AggregatorControlStub(channel(addr, procs.identity("service", "bench")))
+    control.OpenRound(pb.RoundPlan(
+        run_id=RUN, round=round_, kind=round_pb2.ROUND_KIND_TRAIN, base_version=f"{RUN}/000000",
+        participants=names, min_updates=len(names), deadline_unix=time.time() + 600,
+    ), timeout=60)
+    return control
+
+
+def _round(procs: LocalFederation, addr: str, names: list[str], layout: Layout, arrays: list[np.ndarray]) -> None:
+    control = _open(procs, addr, names, 1)
+
+    def send(agent: str) -> None:
+        upload_update(channel(addr, procs.identity("agent", agent)), timeout=600, run_id=RUN, round_=1,
+                      agent_id=agent, layout=layout, buffers=[a.data for a in arrays],
+                      num_examples=10, metrics={})
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in control.WatchRound(pb.WatchRoundRequest(run_id=RUN, round=1), timeout=600):
+        pass
+
+
+def _requests(
+    agent: str, round_: int, layout: Layout, arrays: list[np.ndarray], stop: threading.Event
+) -> Iterator[pb.UploadUpdateRequest | wire.ChunkFrame]:
+    """An upload's requests: all of them, or, once ``stop`` is set, nothing more."""
+    requests = update_requests(run_id=RUN, round_=round_, agent_id=agent, layout=layout,
+                               buffers=[a.data for a in arrays], num_examples=10, metrics={})
+    for msg in requests:
+        if stop.is_set():
+            return
+        yield msg
+
+
+def _burst(procs: LocalFederation, addr: str, names: list[str], layout: Layout, arrays: list[np.ndarray]) -> None:
+    """Uploads to the committed round (refused), then uploads to an open one cut off halfway."""
+    _open(procs, addr, names, 2)
+    never = threading.Event()
+    for agent, _ in itertools.product(names, range(4)):
+        try:
+            upload_call(channel(addr, procs.identity("agent", agent)))(
+                _requests(agent, 1, layout, arrays, never), timeout=60)
+        except grpc.RpcError:
+            pass
+    stop = threading.Event()
+    calls = [upload_call(channel(addr, procs.identity("agent", n))).future(
+        _requests(n, 2, layout, arrays, stop), timeout=600) for n in names]
+    time.sleep(2.0)  # well into each upload, which is then abandoned
+    for call in calls:
+        call.cancel()
+    stop.set()
