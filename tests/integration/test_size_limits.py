@@ -24,7 +24,7 @@ from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
-from fedstream_scheduler.settings import SchedulerSettings
+from fedstream_scheduler.settings import SchedulerLimits, SchedulerSettings
 from fedstream_testing.helpers import random_model
 from fedstream_testing.sim_agent import SimAgent
 from fedstream_testing.support import LoopThread, plan, upload, wait_until
@@ -123,3 +123,49 @@ def test_a_round_whose_reports_pass_4_mib_commits_and_the_scheduler_records_it(f
     assert sorted(r.agent_id for r in rnd.reports) == [f"a{i}" for i in range(5)]
     assert all(r.metrics == metrics for r in rnd.reports)
     assert state.get_run("big").latest_version == agg.service.store.latest("big") == "big/000001"
+
+
+@pytest.fixture
+def scheduler_factory(aggregator) -> Iterator:
+    loop = LoopThread()
+    servers: list[SchedulerServer] = []
+
+    def make(tenant: str, **limits) -> tuple[SchedulerServer, scheduler_pb2_grpc.AgentServiceStub]:
+        settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{aggregator.port}", limits=SchedulerLimits(**limits))
+
+        async def build() -> SchedulerServer:
+            svc = SchedulerService(MemoryStateStore(tenant), AggregatorClient(settings.aggregator_endpoint), settings)
+            return await build_scheduler(svc, "127.0.0.1", 0)
+
+        servers.append(loop.run(build()))
+        return servers[-1], scheduler_pb2_grpc.AgentServiceStub(channel(f"127.0.0.1:{servers[-1].port}"))
+
+    yield make
+    for s in servers:
+        loop.run(s.stop(0))
+    loop.close()
+
+
+@pytest.mark.parametrize(("info", "limit", "value", "most"), [
+    ({"labels": {f"k{i}": "v" for i in range(100_000)}}, "max_labels", "100000 labels", "64"),
+    ({"labels": {"k": "v" * 257}}, "max_label_bytes", "257 bytes", "256"),
+    ({"labels": {"k" * 300: "v"}}, "max_label_bytes", "300 bytes", "256"),
+    ({"tasks": [f"task{i}" for i in range(10_000)]}, "max_tasks", "10000 tasks", "64"),
+    ({"tasks": ["t" * 129]}, "max_task_name_bytes", "129 bytes", "128"),
+    ({"capabilities": scheduler_pb2.Capabilities(gpu_name="g" * 1000)}, "max_capability_bytes", "1000 bytes", "256"),
+])
+def test_a_registration_over_its_size_limits_is_refused_and_changes_nothing(scheduler_factory, info, limit, value, most):
+    tenant = f"sz-reg-{limit.replace('_', '-')}-{value.split()[0]}"
+    server, stub = scheduler_factory(tenant)
+    ok = scheduler_pb2.AgentInfo(agent_id="site", labels={"zone": "eu"}, tasks=["digits"],
+                                 capabilities=scheduler_pb2.Capabilities(device="cpu", cpu_count=8))
+    stub.Register(scheduler_pb2.RegisterRequest(agent=ok), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Register(scheduler_pb2.RegisterRequest(agent=scheduler_pb2.AgentInfo(agent_id="site", **info)), timeout=30)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in e.value.details() and most in e.value.details() and limit in e.value.details()
+    assert hits(tenant, "scheduler", limit) == 1
+    [agent] = server.service.state.list_agents()
+    assert (agent.labels, agent.tasks, agent.capabilities["device"]) == ({"zone": "eu"}, ["digits"], "cpu")
