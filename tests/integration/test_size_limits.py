@@ -15,6 +15,8 @@ from fedstream.grpcutil import channel
 from fedstream.rounds import RoundState
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
+from fedstream.tensors import MAX_CHUNK_BYTES
+from fedstream.transfer import download_model
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_aggregator.server import AggregatorServer, build_server
@@ -25,7 +27,7 @@ from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerLimits, SchedulerSettings
-from fedstream_testing.helpers import random_model
+from fedstream_testing.helpers import random_model, store_model
 from fedstream_testing.sim_agent import SimAgent
 from fedstream_testing.support import LoopThread, plan, upload, wait_until
 
@@ -169,3 +171,29 @@ def test_a_registration_over_its_size_limits_is_refused_and_changes_nothing(sche
     assert hits(tenant, "scheduler", limit) == 1
     [agent] = server.service.state.list_agents()
     assert (agent.labels, agent.tasks, agent.capabilities["device"]) == ({"zone": "eu"}, ["digits"], "cpu")
+
+
+@pytest.mark.parametrize(("limits", "asked", "limit", "low", "high"), [
+    ({}, 1, "min_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({}, 65535, "min_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({}, 8 << 20, "max_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({"min_download_chunk_bytes": 4096, "max_download_chunk_bytes": 1 << 20}, 4095, "min_download_chunk_bytes",
+     4096, 1 << 20),
+    ({"min_download_chunk_bytes": 4096, "max_download_chunk_bytes": 1 << 20}, (1 << 20) + 1,
+     "max_download_chunk_bytes", 4096, 1 << 20),
+])
+def test_a_download_chunk_size_outside_the_limits_is_refused(agg_factory, limits, asked, limit, low, high):
+    tenant = f"sz-dl-{asked}"
+    server, ch = agg_factory(tenant, **limits)
+    model = random_model(0, 64)
+    store_model(server.service.store, f"{RUN}/000000", model)
+
+    with pytest.raises(grpc.RpcError) as e:
+        download_model(ch, RUN, chunk_bytes=asked, timeout=10)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(str(v) in e.value.details() for v in (asked, low, high)) and limit in e.value.details()
+    assert hits(tenant, "aggregator", limit) == 1
+    assert not REGISTRY.get_sample_value("fedstream_model_chunks_sent_total", {"tenant": tenant})
+    for fine in (0, low, high):  # 0: the server's own chunk size
+        assert download_model(ch, RUN, chunk_bytes=fine, timeout=10).version == f"{RUN}/000000"

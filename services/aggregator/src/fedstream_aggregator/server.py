@@ -92,6 +92,12 @@ def build_server(
     service.max_update_bytes = limits.max_update_bytes
     service.ingest.max_metrics = limits.max_metrics_per_report
     service.ingest.max_metric_name_bytes = limits.max_metric_name_bytes
+    if limits.min_download_chunk_bytes > limits.max_download_chunk_bytes:
+        raise ValueError(
+            f"limits.min_download_chunk_bytes ({limits.min_download_chunk_bytes}) must not pass "
+            f"limits.max_download_chunk_bytes ({limits.max_download_chunk_bytes})"
+        )
+    service.download_chunk_bytes = (limits.min_download_chunk_bytes, limits.max_download_chunk_bytes)
     if limits.control_threads >= max_workers:
         raise ValueError(
             f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
