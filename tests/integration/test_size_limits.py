@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -197,3 +198,26 @@ def test_a_download_chunk_size_outside_the_limits_is_refused(agg_factory, limits
     assert not REGISTRY.get_sample_value("fedstream_model_chunks_sent_total", {"tenant": tenant})
     for fine in (0, low, high):  # 0: the server's own chunk size
         assert download_model(ch, RUN, chunk_bytes=fine, timeout=10).version == f"{RUN}/000000"
+
+
+@pytest.mark.parametrize(("limits", "model", "limit", "value", "most"), [
+    ({"max_tensors": 20}, {f"t{i}": ("float32", np.zeros(2, np.float32)) for i in range(21)}, "max_tensors", "21 tensors", "20"),
+    ({}, {"t" * 513: ("float32", np.zeros(2, np.float32))}, "max_tensor_name_length", "513 characters", "512"),
+    ({"max_tensor_name_length": 24}, {"w": ("float32", np.zeros(2, np.float32)), "t" * 25: ("float32", np.zeros(2, np.float32))},
+     "max_tensor_name_length", "25 characters", "24"),
+])
+def test_an_upload_layout_over_its_size_limits_is_refused_from_its_header(agg_factory, limits, model, limit, value, most):
+    tenant = f"sz-layout-{value.split()[0]}"
+    server, ch = agg_factory(tenant, **limits)
+    pb_grpc.AggregatorControlStub(ch).OpenRound(plan(RUN, 0, ["site"], kind="init", timeout=5), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload(ch, "site", model, run_id=RUN, round_=0)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in e.value.details() and most in e.value.details() and limit in e.value.details()
+    assert hits(tenant, "aggregator", limit) == 1
+    assert not REGISTRY.get_sample_value("fedstream_update_chunks_received_total", {"tenant": tenant})
+    assert server.service.state.get_aggregation(RUN, 0).reports == {}
+    upload(ch, "site", random_model(0), run_id=RUN, round_=0)  # a layout within the limits still counts
+    assert list(server.service.state.get_aggregation(RUN, 0).reports) == ["site"]
