@@ -13,7 +13,7 @@ from grpc._cython import cygrpc
 from fedstream import convert, wire
 from fedstream.auth import Guard
 from fedstream.errors import FedstreamError, InvalidArgument, StreamEnded
-from fedstream.events import snapshot_to_events
+from fedstream.events import report_pages, snapshot_to_events
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.metrics import LIMIT_HITS
@@ -192,13 +192,14 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     ) -> Iterator[pb.CollectPartialResponse]:
         self.guard.require_role(context, "service")
         layout, total_weight, reports, chunks = self.service.collect_partial(request.run_id, request.round)
-        yield pb.CollectPartialResponse(
-            header=pb.PartialHeader(
-                layout=layout.to_proto(),
-                total_weight=total_weight,
-                reports=[convert.report_to_proto(r) for r in reports],
-            )
-        )
+        # The first header carries the layout and weight; the reports are paged over as many as needed.
+        pages = list(report_pages(reports))
+        for i, page in enumerate(pages):
+            header = pb.PartialHeader(reports=page, continued=i < len(pages) - 1)
+            if i == 0:
+                header.layout.CopyFrom(layout.to_proto())
+                header.total_weight = total_weight
+            yield pb.CollectPartialResponse(header=header)
         for chunk in chunks:
             yield pb.CollectPartialResponse(chunk=chunk.to_proto())
 
