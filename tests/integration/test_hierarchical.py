@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fedstream_aggregator.hierarchy as hierarchy_module
+from fedstream.events import joined
 from fedstream.grpcutil import channel
 from fedstream.state import MemoryStateStore
 from fedstream.tensors import FlatBuffer
@@ -21,6 +22,7 @@ from fedstream.v1 import round_pb2
 from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
+from fedstream_aggregator.settings import AggregatorLimits
 from fedstream_testing.helpers import buffers_of, layout_of, random_model, store_model
 from fedstream_testing.support import plan, wait_terminal
 
@@ -31,14 +33,14 @@ BASE = f"{RUN}/000000"
 class Layout3:
     """Two leaves and a root on loopback; ``single`` is a plain aggregator for comparison."""
 
-    def __init__(self, tmp_path, model_store):
+    def __init__(self, tmp_path, model_store, limits=None):
         self.state = MemoryStateStore("t1")
         self.servers = []
         self.leaf_ports = []
         for i in range(2):
             svc = AggregatorService(self.state, model_store, tmp_path / f"leaf{i}", chunk_bytes=4096,
                                     journal=f"leaf/l{i}")
-            server = build_server(svc, "127.0.0.1", 0, max_workers=16)
+            server = build_server(svc, "127.0.0.1", 0, max_workers=16, limits=limits)
             self.servers.append(server)
             self.leaf_ports.append(server.port)
         self.leaves = [Leaf(f"127.0.0.1:{p}") for p in self.leaf_ports]
@@ -273,3 +275,22 @@ def test_a_leaf_that_is_gone_at_commit_is_left_out(tree, model_store, monkeypatc
     assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
     assert sorted(r.agent_id for r in event.reports) == ["a", "c"]
     assert sorted(event.stragglers) == ["b", "d"]
+
+
+def test_reports_of_a_leaf_past_4_mib_reach_the_root_paged(tmp_path, model_store):
+    tree = Layout3(tmp_path, model_store, AggregatorLimits(max_metrics_per_report=64, max_metric_name_bytes=1 << 20))
+    try:
+        store_model(model_store, BASE, random_model(0))
+        root = pb_grpc.AggregatorControlStub(tree.channel(tree.root_endpoint))
+        agents = [f"a{i}" for i in range(10)]  # one leaf or the other takes five at least: 5 MiB of reports
+        response = root.OpenRound(plan(RUN, 1, agents, base=BASE, timeout=60), timeout=10)
+        metrics = {f"m{i:03d}".ljust(16_000, "x"): float(i) for i in range(64)}  # just under 1 MiB of names
+        for i, agent in enumerate(agents):
+            send(tree.channel(response.endpoints[agent]), agent, random_model(i + 1), 10, metrics)
+        *_, snapshot = joined(root.WatchRound(pb.WatchRoundRequest(run_id=RUN, round=1), timeout=60))
+    finally:
+        tree.close()
+
+    assert snapshot.state.value == "committed", snapshot.reason
+    assert sorted(r.agent_id for r in snapshot.reports) == sorted(agents)
+    assert all(r.metrics == metrics for r in snapshot.reports)

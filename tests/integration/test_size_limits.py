@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -15,6 +16,8 @@ from fedstream.grpcutil import channel
 from fedstream.rounds import RoundState
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
+from fedstream.tensors import MAX_CHUNK_BYTES
+from fedstream.transfer import download_model
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_aggregator.server import AggregatorServer, build_server
@@ -24,8 +27,8 @@ from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
-from fedstream_scheduler.settings import SchedulerSettings
-from fedstream_testing.helpers import random_model
+from fedstream_scheduler.settings import SchedulerLimits, SchedulerSettings
+from fedstream_testing.helpers import random_model, store_model
 from fedstream_testing.sim_agent import SimAgent
 from fedstream_testing.support import LoopThread, plan, upload, wait_until
 
@@ -123,3 +126,98 @@ def test_a_round_whose_reports_pass_4_mib_commits_and_the_scheduler_records_it(f
     assert sorted(r.agent_id for r in rnd.reports) == [f"a{i}" for i in range(5)]
     assert all(r.metrics == metrics for r in rnd.reports)
     assert state.get_run("big").latest_version == agg.service.store.latest("big") == "big/000001"
+
+
+@pytest.fixture
+def scheduler_factory(aggregator) -> Iterator:
+    loop = LoopThread()
+    servers: list[SchedulerServer] = []
+
+    def make(tenant: str, **limits) -> tuple[SchedulerServer, scheduler_pb2_grpc.AgentServiceStub]:
+        settings = SchedulerSettings(aggregator_endpoint=f"127.0.0.1:{aggregator.port}", limits=SchedulerLimits(**limits))
+
+        async def build() -> SchedulerServer:
+            svc = SchedulerService(MemoryStateStore(tenant), AggregatorClient(settings.aggregator_endpoint), settings)
+            return await build_scheduler(svc, "127.0.0.1", 0)
+
+        servers.append(loop.run(build()))
+        return servers[-1], scheduler_pb2_grpc.AgentServiceStub(channel(f"127.0.0.1:{servers[-1].port}"))
+
+    yield make
+    for s in servers:
+        loop.run(s.stop(0))
+    loop.close()
+
+
+@pytest.mark.parametrize(("info", "limit", "value", "most"), [
+    ({"labels": {f"k{i}": "v" for i in range(100_000)}}, "max_labels", "100000 labels", "64"),
+    ({"labels": {"k": "v" * 257}}, "max_label_bytes", "257 bytes", "256"),
+    ({"labels": {"k" * 300: "v"}}, "max_label_bytes", "300 bytes", "256"),
+    ({"tasks": [f"task{i}" for i in range(10_000)]}, "max_tasks", "10000 tasks", "64"),
+    ({"tasks": ["t" * 129]}, "max_task_name_bytes", "129 bytes", "128"),
+    ({"capabilities": scheduler_pb2.Capabilities(gpu_name="g" * 1000)}, "max_capability_bytes", "1000 bytes", "256"),
+])
+def test_a_registration_over_its_size_limits_is_refused_and_changes_nothing(scheduler_factory, info, limit, value, most):
+    tenant = f"sz-reg-{limit.replace('_', '-')}-{value.split()[0]}"
+    server, stub = scheduler_factory(tenant)
+    ok = scheduler_pb2.AgentInfo(agent_id="site", labels={"zone": "eu"}, tasks=["digits"],
+                                 capabilities=scheduler_pb2.Capabilities(device="cpu", cpu_count=8))
+    stub.Register(scheduler_pb2.RegisterRequest(agent=ok), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Register(scheduler_pb2.RegisterRequest(agent=scheduler_pb2.AgentInfo(agent_id="site", **info)), timeout=30)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in e.value.details() and most in e.value.details() and limit in e.value.details()
+    assert hits(tenant, "scheduler", limit) == 1
+    [agent] = server.service.state.list_agents()
+    assert (agent.labels, agent.tasks, agent.capabilities["device"]) == ({"zone": "eu"}, ["digits"], "cpu")
+
+
+@pytest.mark.parametrize(("limits", "asked", "limit", "low", "high"), [
+    ({}, 1, "min_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({}, 65535, "min_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({}, 8 << 20, "max_download_chunk_bytes", 65536, MAX_CHUNK_BYTES),
+    ({"min_download_chunk_bytes": 4096, "max_download_chunk_bytes": 1 << 20}, 4095, "min_download_chunk_bytes",
+     4096, 1 << 20),
+    ({"min_download_chunk_bytes": 4096, "max_download_chunk_bytes": 1 << 20}, (1 << 20) + 1,
+     "max_download_chunk_bytes", 4096, 1 << 20),
+])
+def test_a_download_chunk_size_outside_the_limits_is_refused(agg_factory, limits, asked, limit, low, high):
+    tenant = f"sz-dl-{asked}"
+    server, ch = agg_factory(tenant, **limits)
+    model = random_model(0, 64)
+    store_model(server.service.store, f"{RUN}/000000", model)
+
+    with pytest.raises(grpc.RpcError) as e:
+        download_model(ch, RUN, chunk_bytes=asked, timeout=10)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(str(v) in e.value.details() for v in (asked, low, high)) and limit in e.value.details()
+    assert hits(tenant, "aggregator", limit) == 1
+    assert not REGISTRY.get_sample_value("fedstream_model_chunks_sent_total", {"tenant": tenant})
+    for fine in (0, low, high):  # 0: the server's own chunk size
+        assert download_model(ch, RUN, chunk_bytes=fine, timeout=10).version == f"{RUN}/000000"
+
+
+@pytest.mark.parametrize(("limits", "model", "limit", "value", "most"), [
+    ({"max_tensors": 20}, {f"t{i}": ("float32", np.zeros(2, np.float32)) for i in range(21)}, "max_tensors", "21 tensors", "20"),
+    ({}, {"t" * 513: ("float32", np.zeros(2, np.float32))}, "max_tensor_name_length", "513 characters", "512"),
+    ({"max_tensor_name_length": 24}, {"w": ("float32", np.zeros(2, np.float32)), "t" * 25: ("float32", np.zeros(2, np.float32))},
+     "max_tensor_name_length", "25 characters", "24"),
+])
+def test_an_upload_layout_over_its_size_limits_is_refused_from_its_header(agg_factory, limits, model, limit, value, most):
+    tenant = f"sz-layout-{value.split()[0]}"
+    server, ch = agg_factory(tenant, **limits)
+    pb_grpc.AggregatorControlStub(ch).OpenRound(plan(RUN, 0, ["site"], kind="init", timeout=5), timeout=5)
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload(ch, "site", model, run_id=RUN, round_=0)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in e.value.details() and most in e.value.details() and limit in e.value.details()
+    assert hits(tenant, "aggregator", limit) == 1
+    assert not REGISTRY.get_sample_value("fedstream_update_chunks_received_total", {"tenant": tenant})
+    assert server.service.state.get_aggregation(RUN, 0).reports == {}
+    upload(ch, "site", random_model(0), run_id=RUN, round_=0)  # a layout within the limits still counts
+    assert list(server.service.state.get_aggregation(RUN, 0).reports) == ["site"]

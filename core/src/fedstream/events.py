@@ -12,8 +12,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
 from fedstream.convert import report_to_proto, snapshot_from_proto, state_to_proto
 from fedstream.errors import InvalidArgument
-from fedstream.rounds import RoundSnapshot
-from fedstream.v1 import aggregator_pb2
+from fedstream.rounds import RoundSnapshot, UpdateReport
+from fedstream.v1 import aggregator_pb2, round_pb2
 
 # The most metrics, and bytes of metric names, any report may carry (the settings' ceilings).
 MAX_REPORT_METRICS = 10_000
@@ -61,6 +61,23 @@ def snapshot_to_events(s: RoundSnapshot, page_bytes: int = EVENT_PAGE_BYTES) -> 
         event.metrics[name] = value
         size += len(name) + 9 + _FIELD_OVERHEAD
     yield event
+
+
+def report_pages(reports: Iterable[UpdateReport], page_bytes: int = EVENT_PAGE_BYTES) -> Iterator[list[round_pb2.UpdateReport]]:
+    """The reports on the wire, in pages of under ``page_bytes`` each (a page holds one report
+    at least); one page, empty, when there are none. A leaf's partial sums send one header per
+    page, so the reports need not fit in one gRPC message."""
+    page: list[round_pb2.UpdateReport] = []
+    size = 0
+    for r in reports:
+        msg = report_to_proto(r)
+        n = msg.ByteSize() + _FIELD_OVERHEAD
+        if page and size + n > page_bytes:
+            yield page
+            page, size = [], 0
+        page.append(msg)
+        size += n
+    yield page
 
 
 def _join(pending: aggregator_pb2.RoundEvent | None, event: aggregator_pb2.RoundEvent) -> aggregator_pb2.RoundEvent:

@@ -16,6 +16,8 @@ from fedstream.v1 import tensor_pb2
 DEFAULT_CHUNK_BYTES = 1 << 20
 # gRPC's default receive limit is 4 MiB and is never raised: a chunk plus its envelope must fit.
 MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
+# The smallest chunk a client may ask for in a download unless the server allows less.
+DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES = 64 << 10
 MAX_TENSORS = 100_000
 MAX_NAME_LENGTH = 1024
 _NAME_RE = re.compile(r"^[\x21-\x7e]+$")

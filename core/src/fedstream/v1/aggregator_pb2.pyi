@@ -132,14 +132,16 @@ class CollectPartialRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class PartialHeader(_message.Message):
-    __slots__ = ("layout", "total_weight", "reports")
+    __slots__ = ("layout", "total_weight", "reports", "continued")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUED_FIELD_NUMBER: _ClassVar[int]
     layout: _tensor_pb2.Layout
     total_weight: float
     reports: _containers.RepeatedCompositeFieldContainer[_round_pb2.UpdateReport]
-    def __init__(self, layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., total_weight: _Optional[float] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ...) -> None: ...
+    continued: bool
+    def __init__(self, layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., total_weight: _Optional[float] = ..., reports: _Optional[_Iterable[_Union[_round_pb2.UpdateReport, _Mapping]]] = ..., continued: _Optional[bool] = ...) -> None: ...
 
 class CollectPartialResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -29,6 +29,7 @@ from fedstream.metrics import LIMIT_HITS
 from fedstream.rounds import RoundKind, UpdateReport
 from fedstream.store import ModelStore
 from fedstream.tensors import ChunkReceiver, Layout
+from fedstream.v1 import tensor_pb2
 from fedstream_aggregator import metrics as m
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
@@ -44,6 +45,8 @@ FINITE_PIECE_BYTES = 1 << 20
 DEFAULT_MAX_UPDATE_BYTES = 2 << 30
 DEFAULT_MAX_METRICS = 64
 DEFAULT_MAX_METRIC_NAME_BYTES = 4096
+DEFAULT_MAX_TENSORS = 20_000
+DEFAULT_MAX_TENSOR_NAME_LENGTH = 512
 
 Chunks = Iterable[tuple[int, bytes, int]]
 
@@ -122,6 +125,9 @@ class Ingest:
         # Metrics per report and bytes of their names; the server sets them from its limits.
         self.max_metrics = DEFAULT_MAX_METRICS
         self.max_metric_name_bytes = DEFAULT_MAX_METRIC_NAME_BYTES
+        # Tensors per layout and characters per tensor name; the server sets them from its limits.
+        self.max_tensors = DEFAULT_MAX_TENSORS
+        self.max_tensor_name_length = DEFAULT_MAX_TENSOR_NAME_LENGTH
 
     def receive(
         self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
@@ -195,6 +201,19 @@ class Ingest:
             raise FailedPrecondition(
                 f"agent {agent!r} uploads round {plan.round} of run {plan.run_id!r} to the leaf aggregator at {leaf}"
             )
+
+    def parse_layout(self, msg: tensor_pb2.Layout) -> Layout:
+        """An upload header's layout, parsed once its number of tensors and the length of its
+        names are within this aggregator's limits (InvalidArgument naming the limit and value,
+        counted); raises InvalidLayout for a malformed one."""
+        limits = (("max_tensors", len(msg.tensors), self.max_tensors, "tensors"),
+                  ("max_tensor_name_length", max((len(t.name) for t in msg.tensors), default=0),
+                   self.max_tensor_name_length, "characters in its longest tensor name"))
+        for limit, value, most, what in limits:
+            if value > most:
+                LIMIT_HITS.labels(self.tenant, "aggregator", limit).inc()
+                raise InvalidArgument(f"the layout has {value} {what}; this aggregator takes at most {most} ({limit})")
+        return Layout.from_proto(msg)
 
     def _check_metrics(self, metrics: dict[str, float]) -> None:
         """Raises InvalidArgument when a report carries more metrics, or more bytes of metric

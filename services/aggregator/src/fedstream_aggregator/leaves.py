@@ -90,6 +90,18 @@ class Leaf:
             call.cancel()
             raise DataLoss(f"leaf aggregator {self.endpoint} sent partial sums without a header")
         header = first.header
+        reports = [convert.report_from_proto(r) for r in header.reports]
+        more = header.continued
+        try:
+            while more:  # the reports, paged over headers
+                msg = next(call, None)
+                if msg is None or msg.WhichOneof("payload") != "header":
+                    call.cancel()
+                    raise DataLoss(f"leaf aggregator {self.endpoint} ended its paged reports early")
+                reports.extend(convert.report_from_proto(r) for r in msg.header.reports)
+                more = msg.header.continued
+        except grpc.RpcError as e:
+            raise _error(self.endpoint, e) from None
 
         def chunks() -> Iterator[tuple[int, bytes, int]]:
             try:
@@ -102,7 +114,6 @@ class Leaf:
             finally:
                 call.cancel()
 
-        reports = [convert.report_from_proto(r) for r in header.reports]
         return Layout.from_proto(header.layout), header.total_weight, reports, chunks()
 
     def finish(self, run_id: str, round_: int, version: str, reason: str) -> None:

@@ -66,6 +66,25 @@ class AggregatorServer:
         self.service.close()
 
 
+def _apply_limits(service: AggregatorService, limits: AggregatorLimits, max_workers: int) -> None:
+    """Sets the service's size limits; raises ValueError for limits that contradict each other."""
+    service.max_update_bytes = limits.max_update_bytes
+    service.ingest.max_metrics = limits.max_metrics_per_report
+    service.ingest.max_metric_name_bytes = limits.max_metric_name_bytes
+    service.ingest.max_tensors = limits.max_tensors
+    service.ingest.max_tensor_name_length = limits.max_tensor_name_length
+    if limits.min_download_chunk_bytes > limits.max_download_chunk_bytes:
+        raise ValueError(
+            f"limits.min_download_chunk_bytes ({limits.min_download_chunk_bytes}) must not pass "
+            f"limits.max_download_chunk_bytes ({limits.max_download_chunk_bytes})"
+        )
+    service.download_chunk_bytes = (limits.min_download_chunk_bytes, limits.max_download_chunk_bytes)
+    if limits.control_threads >= max_workers:
+        raise ValueError(
+            f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
+        )
+
+
 def build_server(
     service: AggregatorService,
     host: str,
@@ -90,13 +109,7 @@ def build_server(
     grpc.health.v1 only (kubelet probes cannot present certificates)."""
     guard = Guard(service.state.tenant, tls is not None, service.state, check_agents)
     limits = limits or AggregatorLimits()
-    service.max_update_bytes = limits.max_update_bytes
-    service.ingest.max_metrics = limits.max_metrics_per_report
-    service.ingest.max_metric_name_bytes = limits.max_metric_name_bytes
-    if limits.control_threads >= max_workers:
-        raise ValueError(
-            f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
-        )
+    _apply_limits(service, limits, max_workers)
     # Once no transfer is left, the allocator's free memory goes back to the system.
     slots = StreamSlots(limits.streams_per_agent, max_workers - limits.control_threads, release_free_memory)
     tenant = service.state.tenant

@@ -31,7 +31,7 @@ from pathlib import Path
 from fedstream.rounds import RoundPlan, RoundSnapshot, UpdateReport
 from fedstream.state import StateStore
 from fedstream.store import ModelStore, ModelVersion
-from fedstream.tensors import Chunk, Layout
+from fedstream.tensors import DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, MAX_CHUNK_BYTES, Chunk, Layout
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.finishers import Storage
@@ -41,7 +41,7 @@ from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.opening import Opener, RoundFactory
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable
-from fedstream_aggregator.serving import open_model
+from fedstream_aggregator.serving import check_download_chunk_bytes, open_model
 from fedstream_aggregator.spool import SpoolPool, remove_dead_spools
 
 __all__ = ["AggregatorService", "LeafLink", "RoundPlan", "RoundSnapshot", "UpdateHeader"]
@@ -67,6 +67,8 @@ class AggregatorService:
         self.state = state
         self.store = store
         self.chunk_bytes = chunk_bytes
+        # The chunk sizes a client may ask for in a download (the server's limits set it).
+        self.download_chunk_bytes = (DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, MAX_CHUNK_BYTES)
         remove_dead_spools(Path(spool_dir))
         self.spools = SpoolPool(Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.journal = Journal(state, journal)
@@ -144,7 +146,10 @@ class AggregatorService:
         self.hierarchy.finish_partial(run_id, round_, version, reason)
 
     def open_model(self, run_id: str, version: str, chunk_bytes: int) -> tuple[ModelVersion, Iterator[Chunk]]:
-        """See ``serving.open_model``; ``chunk_bytes`` 0 means this aggregator's."""
+        """See ``serving.open_model``; ``chunk_bytes`` 0 means this aggregator's, any other must be
+        within ``download_chunk_bytes``."""
+        if chunk_bytes:
+            check_download_chunk_bytes(self.state.tenant, chunk_bytes, self.download_chunk_bytes)
         return open_model(self.store, self.state.tenant, run_id, version, chunk_bytes or self.chunk_bytes)
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import partial
 
@@ -13,13 +13,14 @@ from grpc._cython import cygrpc
 from fedstream import convert, wire
 from fedstream.auth import Guard
 from fedstream.errors import FedstreamError, InvalidArgument, StreamEnded
-from fedstream.events import snapshot_to_events
+from fedstream.events import report_pages, snapshot_to_events
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.metrics import LIMIT_HITS
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import tensor_pb2
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.streams import StreamWatch, WatchedStream
@@ -98,7 +99,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             # In plaintext (development) the slot is the agent the header names.
             with self.slots.hold(agent_id, self._limited, count=False) if opener is None else nullcontext():
                 duplicate, received = self.service.receive_update(
-                    _header(first.header, agent_id), self._chunks(agent_id, request_iterator, stream),
+                    _header(first.header, agent_id, self.service.ingest.parse_layout), self._chunks(agent_id, request_iterator, stream),
                     before_count=lambda: self.guard.agent(context, agent_id), on_close=stream.close_round,
                 )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
@@ -129,12 +130,12 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
 
 
-def _header(h: pb.UpdateHeader, agent_id: str) -> UpdateHeader:
+def _header(h: pb.UpdateHeader, agent_id: str, parse_layout: Callable[[tensor_pb2.Layout], Layout]) -> UpdateHeader:
     return UpdateHeader(
         run_id=h.run_id,
         round=h.round,
         agent_id=agent_id,
-        layout=Layout.from_proto(h.layout),
+        layout=parse_layout(h.layout),
         num_examples=h.num_examples,
         metrics=dict(h.metrics),
     )
@@ -198,13 +199,14 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
     ) -> Iterator[pb.CollectPartialResponse]:
         self.guard.require_role(context, "service")
         layout, total_weight, reports, chunks = self.service.collect_partial(request.run_id, request.round)
-        yield pb.CollectPartialResponse(
-            header=pb.PartialHeader(
-                layout=layout.to_proto(),
-                total_weight=total_weight,
-                reports=[convert.report_to_proto(r) for r in reports],
-            )
-        )
+        # The first header carries the layout and weight; the reports are paged over as many as needed.
+        pages = list(report_pages(reports))
+        for i, page in enumerate(pages):
+            header = pb.PartialHeader(reports=page, continued=i < len(pages) - 1)
+            if i == 0:
+                header.layout.CopyFrom(layout.to_proto())
+                header.total_weight = total_weight
+            yield pb.CollectPartialResponse(header=header)
         for chunk in chunks:
             yield pb.CollectPartialResponse(chunk=chunk.to_proto())
 

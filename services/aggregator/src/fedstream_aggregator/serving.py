@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fedstream.errors import ModelNotFound
+from fedstream.errors import InvalidArgument, ModelNotFound
 from fedstream.ids import check_run_id
+from fedstream.metrics import LIMIT_HITS
 from fedstream.store import ModelStore, ModelVersion
 from fedstream.tensors import Chunk, check_chunk_bytes
 from fedstream_aggregator import metrics as m
+
+
+def check_download_chunk_bytes(tenant: str, chunk_bytes: int, allowed: tuple[int, int]) -> None:
+    """Raises InvalidArgument, naming the value and both limits, for a chunk size a client asked
+    for outside ``allowed`` (min_download_chunk_bytes, max_download_chunk_bytes); counts the hit."""
+    low, high = allowed
+    if low <= chunk_bytes <= high:
+        return
+    limit = "min_download_chunk_bytes" if chunk_bytes < low else "max_download_chunk_bytes"
+    LIMIT_HITS.labels(tenant, "aggregator", limit).inc()
+    raise InvalidArgument(
+        f"download chunk size {chunk_bytes} bytes is outside {low}..{high} (min_download_chunk_bytes.."
+        "max_download_chunk_bytes); 0 asks for the server's own"
+    )
 
 
 def open_model(

@@ -19,6 +19,7 @@ from fedstream.config import (
 )
 from fedstream.events import MAX_REPORT_METRICS, MAX_REPORT_NAME_BYTES
 from fedstream.metrics import MetricsSettings
+from fedstream.tensors import DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_NAME_LENGTH, MAX_TENSORS
 
 
 class AggregatorGrpcSettings(GrpcServerSettings):
@@ -86,6 +87,27 @@ class AggregatorLimits(BaseModel):
         description="Bytes (UTF-8) of the metric names of one report, all together; more are "
         "refused from the header, before any chunk (INVALID_ARGUMENT). The most allowed keeps "
         "every report well inside one gRPC message.",
+    )
+    max_tensors: int = Field(
+        20_000, ge=1, le=MAX_TENSORS,
+        description="Tensors one upload's layout may declare; more are refused from the header, "
+        "before the layout is parsed (INVALID_ARGUMENT).",
+    )
+    max_tensor_name_length: int = Field(
+        512, ge=1, le=MAX_NAME_LENGTH,
+        description="Characters of one tensor name in an upload's layout; longer are refused from "
+        "the header, before the layout is parsed (INVALID_ARGUMENT).",
+    )
+    min_download_chunk_bytes: int = Field(
+        DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, ge=1, le=MAX_CHUNK_BYTES,
+        description="Smallest chunk a client may ask for in a download; smaller are refused "
+        "(INVALID_ARGUMENT naming both limits), so no download costs a message per few bytes. "
+        "A request for 0 gets the aggregator's own chunks.chunk_bytes.",
+    )
+    max_download_chunk_bytes: int = Field(
+        MAX_CHUNK_BYTES, ge=1, le=MAX_CHUNK_BYTES,
+        description="Largest chunk a client may ask for in a download (at most what fits below "
+        "gRPC's 4 MiB message limit); larger are refused (INVALID_ARGUMENT naming both limits).",
     )
     control_threads: int = Field(
         4, ge=1,

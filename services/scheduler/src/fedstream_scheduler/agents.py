@@ -8,10 +8,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 from fedstream.errors import (
     AgentNotFound,
     FedstreamError,
+    InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -44,6 +46,7 @@ class AgentRegistry:
     def register(self, agent: AgentRecord) -> float:
         """Creates or refreshes an agent's record; returns the heartbeat interval."""
         check_agent_id(agent.agent_id)
+        self._check_sizes(agent)
         now = self.clock()
 
         def refresh(current: AgentRecord) -> AgentRecord:
@@ -58,6 +61,29 @@ class AgentRegistry:
             self.state.put_agent(agent)
         log.info("agent %s registered (%s)", agent.agent_id, agent.capabilities.get("device", "?"))
         return self.settings.heartbeat_interval_s
+
+    def _check_sizes(self, agent: AgentRecord) -> None:
+        """Raises InvalidArgument, naming the limit and the value, for labels, tasks or text
+        capabilities beyond the scheduler's limits; counts the limit hit."""
+        limits = self.settings.limits
+
+        def refuse(limit: str, what: str, most: int) -> NoReturn:
+            LIMIT_HITS.labels(self.state.tenant, "scheduler", limit).inc()
+            raise InvalidArgument(f"agent {agent.agent_id!r} registers {what}: at most {most} allowed ({limit})")
+
+        if len(agent.labels) > limits.max_labels:
+            refuse("max_labels", f"{len(agent.labels)} labels", limits.max_labels)
+        if len(agent.tasks) > limits.max_tasks:
+            refuse("max_tasks", f"{len(agent.tasks)} tasks", limits.max_tasks)
+        for text in (t for kv in agent.labels.items() for t in kv):
+            if (n := len(text.encode())) > limits.max_label_bytes:
+                refuse("max_label_bytes", f"a label key or value of {n} bytes", limits.max_label_bytes)
+        for task in agent.tasks:
+            if (n := len(task.encode())) > limits.max_task_name_bytes:
+                refuse("max_task_name_bytes", f"a task name of {n} bytes", limits.max_task_name_bytes)
+        for key, value in agent.capabilities.items():
+            if isinstance(value, str) and (n := len(value.encode())) > limits.max_capability_bytes:
+                refuse("max_capability_bytes", f"capability {key!r} of {n} bytes", limits.max_capability_bytes)
 
     def heartbeat(self, agent_id: str) -> None:
         """Raises AgentNotFound for an agent that never registered."""

@@ -75,6 +75,27 @@ class SchedulerLimits(BaseModel):
         64, ge=1, description="Events waiting on one agent's assignment stream; an agent that falls "
         "this far behind has its stream closed and is sent its assignments again when it reconnects.",
     )
+    max_labels: int = Field(
+        64, ge=0, le=10_000, description="Labels one agent may register; more are refused "
+        "(INVALID_ARGUMENT), so an agent listing stays small.",
+    )
+    max_label_bytes: int = Field(
+        256, ge=1, le=65_536, description="Bytes (UTF-8) of one label's key, and of its value; "
+        "longer ones are refused at registration (INVALID_ARGUMENT).",
+    )
+    max_tasks: int = Field(
+        64, ge=0, le=10_000, description="Task names one agent may register; more are refused "
+        "(INVALID_ARGUMENT).",
+    )
+    max_task_name_bytes: int = Field(
+        128, ge=1, le=65_536, description="Bytes (UTF-8) of one task name an agent registers; "
+        "longer ones are refused (INVALID_ARGUMENT).",
+    )
+    max_capability_bytes: int = Field(
+        256, ge=1, le=65_536, description="Bytes (UTF-8) of one text capability an agent registers "
+        "(device, GPU name); longer ones are refused (INVALID_ARGUMENT). The other capabilities are "
+        "fixed-width integers.",
+    )
 
 
 class SchedulerSettings(BaseSettings):
