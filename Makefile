@@ -65,7 +65,8 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=core/src --pyi_out=core/src \
 		--grpc_python_out=core/src $(PROTOS)
 
-# Coverage-guided fuzzing (atheris) of the chunk decoder, the layout parser and the receiver,
+# Coverage-guided fuzzing (atheris) of the chunk decoder, the layout parser, the receiver and the
+# headers of uploads and downloads,
 # for FUZZ_SECONDS; new coverage goes to fuzz/corpus-work/, inputs that find bugs belong in
 # fuzz/corpus/ (replayed by tests/unit/test_fuzz_corpus.py).
 FUZZ_SECONDS ?= 120

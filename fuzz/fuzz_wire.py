@@ -1,12 +1,15 @@
 """Coverage-guided fuzz target (atheris) for what parses bytes from the network before any
 check: the zero-copy chunk decoder (fedstream.wire.parse_chunk) and the layout header parser
 (protobuf Layout -> fedstream.tensors.Layout.from_proto), and a chunk stream fed to the
-verifying receiver.
+verifying receiver; the header of an upload (UploadUpdateRequest: its layout and metrics, as
+the aggregator's upload handler reads it) and a download's response stream (DownloadModelResponse:
+the model header, then chunks, as the agent and the CLI receive a model).
 
 Invariants: the decoder returns a frame or None and never raises; a decoded chunk re-encodes
 to the same bytes the stock protobuf codec gives; the layout parser raises only InvalidLayout
 (or protobuf's DecodeError for bytes that are not a message); the receiver raises only the
-catalog's errors and never hands its sink a byte of a bad chunk.
+catalog's errors and never hands its sink a byte of a bad chunk; the upload header and download parsers raise only
+the catalog's errors (FedstreamError subclasses), and what they accept is self-consistent.
 
 Run: make fuzz (a fixed budget), or python fuzz/fuzz_wire.py fuzz/corpus -max_total_time=600.
 Inputs that found bugs are kept in fuzz/corpus/ and replayed by tests/unit/test_fuzz_corpus.py.
@@ -20,8 +23,15 @@ from google.protobuf.message import DecodeError
 
 from fedstream.errors import FedstreamError, InvalidLayout
 from fedstream.tensors import ChunkReceiver, Layout, crc32c
+from fedstream.transfer import receive_model
 from fedstream.v1 import aggregator_pb2, tensor_pb2
-from fedstream.wire import parse_chunk
+from fedstream.wire import deserializer, parse_chunk
+from fedstream_aggregator.ingest import (
+    DEFAULT_MAX_METRIC_NAME_BYTES,
+    DEFAULT_MAX_METRICS,
+    check_report_metrics,
+)
+from fedstream_aggregator.servicer import _header
 
 RECEIVER_LAYOUT = Layout.build([("a", "float32", (4, 4)), ("b", "int64", (3,)), ("c", "bfloat16", (5,))])
 
@@ -74,7 +84,46 @@ def check_receiver(data: bytes) -> None:
         assert offset + len(chunk) <= RECEIVER_LAYOUT.total_bytes
 
 
-TARGETS = (check_chunk, check_layout, check_receiver)
+def check_upload_header(data: bytes) -> None:
+    """An upload's first message through the aggregator's header parsing and metric checks."""
+    try:
+        msg = aggregator_pb2.UploadUpdateRequest.FromString(data)
+    except DecodeError:
+        return
+    if msg.WhichOneof("payload") != "header":
+        return
+    try:
+        header = _header(msg.header, "fuzz-agent")
+        check_report_metrics(header.metrics, DEFAULT_MAX_METRICS, DEFAULT_MAX_METRIC_NAME_BYTES, "fuzz")
+    except FedstreamError:
+        return
+    assert header.layout.total_bytes == msg.header.layout.total_bytes
+    assert len(header.metrics) <= DEFAULT_MAX_METRICS
+
+
+def _messages(data: bytes) -> list[object]:
+    """Length-prefixed (one byte) messages, decoded as the download's gRPC deserializer does."""
+    parse, out, pos = deserializer(aggregator_pb2.DownloadModelResponse), [], 0
+    while pos < len(data):
+        size = data[pos]
+        try:
+            out.append(parse(data[pos + 1 : pos + 1 + size]))
+        except DecodeError:  # gRPC ends such a call itself: not the parser's input
+            break
+        pos += 1 + size
+    return out
+
+
+def check_download(data: bytes) -> None:
+    """A download's response stream through the client's receiver."""
+    try:
+        model = receive_model(iter(_messages(data)), max_bytes=1 << 20)
+    except FedstreamError:
+        return
+    assert len(model.buffer.data) == model.buffer.layout.total_bytes
+
+
+TARGETS = (check_chunk, check_layout, check_receiver, check_upload_header, check_download)
 
 
 def one_input(data: bytes) -> None:

@@ -41,3 +41,16 @@ def test_structured_chunk_streams_keep_the_invariants(target, chunks, rng):
     for offset, size, good in chunks:
         data += bytes([offset, size, int(good)]) + bytes(rng.randrange(256) for _ in range(size))
     one_input(data)
+
+
+def test_a_download_header_declaring_a_huge_model_is_refused_before_allocating():
+    from fedstream.errors import ResourceExhausted
+    from fedstream.tensors import Layout
+    from fedstream.transfer import receive_model
+    from fedstream.v1 import aggregator_pb2
+
+    layout = Layout.build([("w", "float32", (1 << 40,))])  # 4 TiB declared: used to be a MemoryError
+    header = aggregator_pb2.DownloadModelResponse(header=aggregator_pb2.ModelHeader(version="v", layout=layout.to_proto()))
+    with pytest.raises(ResourceExhausted, match=r"declares 4398046511104 bytes.*at most 1024 \(max_model_bytes\)"):
+        receive_model(iter([header]), max_bytes=1024)
+    (ROOT / "fuzz" / "corpus").joinpath("download-huge-layout").read_bytes()  # kept in the corpus

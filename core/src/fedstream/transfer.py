@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import grpc
 
 from fedstream import wire
-from fedstream.errors import InvalidLayout
+from fedstream.errors import InvalidLayout, ResourceExhausted
+from fedstream.metrics import LIMIT_HITS
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, ChunkReceiver, FlatBuffer, Layout, iter_chunks
 from fedstream.v1 import aggregator_pb2 as pb
 
@@ -49,6 +50,10 @@ def upload_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
     )
 
 
+# The largest model a client takes from a download's header before it allocates the buffer.
+DEFAULT_MAX_MODEL_BYTES = 2 << 30
+
+
 def download_model(
     channel: grpc.Channel,
     run_id: str,
@@ -58,6 +63,7 @@ def download_model(
     timeout: float | None = None,
     on_progress: Progress | None = None,
     reuse: FlatBuffer | None = None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
 ) -> DownloadedModel:
     """Downloads a version (the run's latest when empty), verifying every chunk.
 
@@ -71,10 +77,30 @@ def download_model(
         pb.DownloadModelRequest(run_id=run_id, version=version, chunk_bytes=chunk_bytes),
         timeout=timeout,
     )
+    return receive_model(responses, on_progress=on_progress, reuse=reuse, max_bytes=max_bytes)
+
+
+def receive_model(
+    responses: Iterator[pb.DownloadModelResponse],
+    *,
+    on_progress: Progress | None = None,
+    reuse: FlatBuffer | None = None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> DownloadedModel:
+    """Reads a download's response stream: its header, then chunks verified into a buffer.
+    Raises InvalidLayout for a malformed header, ResourceExhausted for a model over
+    ``max_bytes`` (before anything is allocated), BadOffset, ChecksumMismatch or Truncated for
+    a bad stream (the catalog's errors only)."""
     first = next(responses, None)
     if first is None or first.WhichOneof("payload") != "header":
         raise InvalidLayout("download did not start with a model header")
     layout = Layout.from_proto(first.header.layout)
+    if layout.total_bytes > max_bytes:
+        LIMIT_HITS.labels("", "client", "max_model_bytes").inc()
+        raise ResourceExhausted(
+            f"the model header declares {layout.total_bytes} bytes; this client takes at most "
+            f"{max_bytes} (max_model_bytes)"
+        )
     buffer = reuse if reuse is not None and reuse.layout == layout else FlatBuffer(layout)
     receiver = ChunkReceiver(layout, buffer.write)
     for msg in responses:

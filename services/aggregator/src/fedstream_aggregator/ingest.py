@@ -106,6 +106,24 @@ def _check_int8_scales(layout: Layout, read_into: Callable[[int, memoryview], No
             )
 
 
+def check_report_metrics(metrics: dict[str, float], max_metrics: int, max_name_bytes: int, tenant: str) -> None:
+    """Raises InvalidArgument when a report carries more metrics, or more bytes of metric
+    names, than this aggregator's limits."""
+    if len(metrics) > max_metrics:
+        LIMIT_HITS.labels(tenant, "aggregator", "max_metrics_per_report").inc()
+        raise InvalidArgument(
+            f"the report carries {len(metrics)} metrics; this aggregator takes at most "
+            f"{max_metrics} (max_metrics_per_report)"
+        )
+    name_bytes = sum(len(k.encode()) for k in metrics)
+    if name_bytes > max_name_bytes:
+        LIMIT_HITS.labels(tenant, "aggregator", "max_metric_name_bytes").inc()
+        raise InvalidArgument(
+            f"the report's metric names take {name_bytes} bytes; this aggregator takes at most "
+            f"{max_name_bytes} (max_metric_name_bytes)"
+        )
+
+
 class Ingest:
     """Receives the updates of the rounds in ``table``."""
 
@@ -216,21 +234,7 @@ class Ingest:
         return Layout.from_proto(msg)
 
     def _check_metrics(self, metrics: dict[str, float]) -> None:
-        """Raises InvalidArgument when a report carries more metrics, or more bytes of metric
-        names, than this aggregator's limits."""
-        if len(metrics) > self.max_metrics:
-            LIMIT_HITS.labels(self.tenant, "aggregator", "max_metrics_per_report").inc()
-            raise InvalidArgument(
-                f"the report carries {len(metrics)} metrics; this aggregator takes at most "
-                f"{self.max_metrics} (max_metrics_per_report)"
-            )
-        name_bytes = sum(len(k.encode()) for k in metrics)
-        if name_bytes > self.max_metric_name_bytes:
-            LIMIT_HITS.labels(self.tenant, "aggregator", "max_metric_name_bytes").inc()
-            raise InvalidArgument(
-                f"the report's metric names take {name_bytes} bytes; this aggregator takes at most "
-                f"{self.max_metric_name_bytes} (max_metric_name_bytes)"
-            )
+        check_report_metrics(metrics, self.max_metrics, self.max_metric_name_bytes, self.tenant)
 
     def _check_content(self, rnd: Round, header: UpdateHeader) -> float:
         """Checks what the header declares against the round; returns the update's weight."""

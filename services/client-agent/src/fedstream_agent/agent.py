@@ -367,6 +367,7 @@ class Agent:
                     chunk_bytes=chunk_bytes,
                     timeout=max(1.0, a.deadline_unix - time.time()),
                     reuse=self._buffer,
+                    max_bytes=self.settings.max_model_bytes,
                 )
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():

@@ -63,6 +63,10 @@ class AgentSettings(BaseSettings):
         True, description="On CUDA, train with float16 autocast and a gradient scaler."
     )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
+    max_model_bytes: int = Field(
+        2 << 30, ge=1, description="Largest model this agent downloads: a model header declaring "
+        "more is refused before any memory is allocated for it."
+    )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
     reconnect_max_s: float = Field(
