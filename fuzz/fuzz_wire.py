@@ -93,7 +93,7 @@ def check_upload_header(data: bytes) -> None:
     if msg.WhichOneof("payload") != "header":
         return
     try:
-        header = _header(msg.header, "fuzz-agent")
+        header = _header(msg.header, "fuzz-agent", Layout.from_proto)
         check_report_metrics(header.metrics, DEFAULT_MAX_METRICS, DEFAULT_MAX_METRIC_NAME_BYTES, "fuzz")
     except FedstreamError:
         return
