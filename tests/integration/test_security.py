@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,11 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from cryptography import x509
 
-from fedstream.errors import AgentNotFound
+from fedstream.errors import AgentNotFound, AlreadyExists
 from fedstream.grpcutil import channel
 from fedstream.pki import CertificateAuthority, Identity, TlsIdentity, cert_pem, key_pem, make_csr, new_key
 from fedstream.state import MemoryStateStore
+from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
 from fedstream.transfer import download_model
 from fedstream.v1 import aggregator_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -177,6 +180,38 @@ def test_a_token_not_made_for_an_id_never_takes_over_an_enrolled_agent(planes):
     agents_stub(x.sched, existing).Heartbeat(scheduler_pb2.HeartbeatRequest(), timeout=5)
     assert enroll(x.enroll_at, x.ca.cert_pem, unbound, "site-new").peer.identity.name == "site-new"
     agents_stub(x.sched, existing).Heartbeat(scheduler_pb2.HeartbeatRequest(), timeout=5)
+
+
+def test_racing_enrollments_of_one_new_id_have_one_winner_and_it_keeps_its_certificate(planes, redis_url):
+    """Sites enrolling the same new id at once, through scheduler replicas sharing one Redis,
+    with tokens not made for it: one gets the id, the others are refused and revoke nothing."""
+    x, _ = planes
+    replicas = [Enrollment(RedisStateStore(connect(redis_url), "race"), x.enrollment.ca, 3600.0) for _ in range(6)]
+    tokens = [replicas[0].create_token("", 60)[1] for _ in replicas]
+    barrier, lock = threading.Barrier(len(replicas)), threading.Lock()
+    won: list[str] = []
+    refused: list[str] = []
+
+    def attempt(replica: Enrollment, token: str) -> None:
+        csr = make_csr(new_key(), "site-race")
+        barrier.wait()
+        try:
+            issued = replica.enroll(token, "site-race", csr)
+        except AlreadyExists as e:
+            with lock:
+                refused.append(e.public)
+            return
+        with lock:
+            won.append(format(x509.load_pem_x509_certificate(issued.certificate_pem).serial_number, "x"))
+
+    threads = [threading.Thread(target=attempt, args=pair) for pair in zip(replicas, tokens, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert len(won) == 1 and len(refused) == len(replicas) - 1
+    assert replicas[0].state.get_agent("site-race").cert_serials == won
 
 
 def test_a_bad_signing_request_is_refused_without_using_the_token(planes):

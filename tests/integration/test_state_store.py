@@ -98,6 +98,38 @@ class TestAgentRegistry:
             store.delete_agent("a")
         assert store.list_agents() == []
 
+    def test_an_agent_is_created_once_and_never_replaced_by_a_creation(self, store):
+        store.create_agent(AgentRecord("a1", labels={"site": "x"}, cert_serials=["s1"]))
+        with pytest.raises(AlreadyExists, match="a1"):
+            store.create_agent(AgentRecord("a1", cert_serials=["intruder"]))
+        assert store.get_agent("a1").cert_serials == ["s1"]
+        assert [a.agent_id for a in store.list_agents()] == ["a1"]
+        store.heartbeat("a1", 5.0)
+        assert store.get_agent("a1").last_heartbeat_unix == 5.0
+
+    def test_racing_creations_of_one_agent_have_one_winner(self, store):
+        wins, barrier = [], threading.Barrier(8)
+
+        def race(serial: str) -> None:
+            barrier.wait()
+            try:
+                store.create_agent(AgentRecord("a1", cert_serials=[serial]))
+                wins.append(serial)
+            except AlreadyExists:
+                pass
+
+        serials = iter(f"s{i}" for i in range(8))
+        lock = threading.Lock()
+
+        def one() -> None:
+            with lock:
+                serial = next(serials)
+            race(serial)
+
+        in_threads(8, one)
+        assert len(wins) == 1
+        assert store.get_agent("a1").cert_serials == wins
+
     def test_records_are_copies(self, store):
         store.put_agent(AgentRecord("a", labels={"k": "v"}))
         got = store.get_agent("a")

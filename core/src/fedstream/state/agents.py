@@ -18,6 +18,11 @@ class AgentRegistry(Protocol):
         """Creates or replaces an agent's record."""
 
     @abstractmethod
+    def create_agent(self, agent: AgentRecord) -> None:
+        """Creates an agent's record only if none exists under its id (atomically: of two
+        concurrent creations one wins); raises AlreadyExists otherwise."""
+
+    @abstractmethod
     def get_agent(self, agent_id: str) -> AgentRecord:
         """Raises AgentNotFound."""
 

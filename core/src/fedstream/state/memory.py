@@ -51,6 +51,12 @@ class MemoryStateStore(StateStore):
         with self._lock:
             self._agents[agent.agent_id] = copy.deepcopy(agent)
 
+    def create_agent(self, agent: AgentRecord) -> None:
+        with self._lock:
+            if agent.agent_id in self._agents:
+                raise AlreadyExists(f"agent {agent.agent_id!r} is already registered")
+            self._agents[agent.agent_id] = copy.deepcopy(agent)
+
     def get_agent(self, agent_id: str) -> AgentRecord:
         with self._lock:
             try:

@@ -163,6 +163,19 @@ class RedisStateStore(StateStore):
             pipe.sadd(self._k("agents"), agent.agent_id)
             pipe.execute()
 
+    @_unavailable
+    def create_agent(self, agent: AgentRecord) -> None:
+        fields = dataclasses.asdict(agent)
+        heartbeat = fields.pop("last_heartbeat_unix")
+        key = self._k("agent", agent.agent_id)
+        # HSETNX on the record field is the atomic claim: of two creations one sets it.
+        if not self.r.hsetnx(key, "record", json.dumps(fields)):
+            raise AlreadyExists(f"agent {agent.agent_id!r} is already registered")
+        with self.r.pipeline() as pipe:
+            pipe.hset(key, "heartbeat", repr(heartbeat))
+            pipe.sadd(self._k("agents"), agent.agent_id)
+            pipe.execute()
+
     def _agent_from(self, agent_id: str, raw: dict[bytes, bytes]) -> AgentRecord:
         fields = json.loads(raw[b"record"])
         return AgentRecord(**fields, last_heartbeat_unix=float(raw.get(b"heartbeat", b"0")))

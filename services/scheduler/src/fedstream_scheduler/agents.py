@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from fedstream.errors import (
     AgentNotFound,
+    AlreadyExists,
     FedstreamError,
     InvalidArgument,
     PermissionDenied,
@@ -58,7 +59,10 @@ class AgentRegistry:
             self.state.update_agent(agent.agent_id, refresh)
         except AgentNotFound:
             agent.registered_unix = agent.last_heartbeat_unix = now
-            self.state.put_agent(agent)
+            try:
+                self.state.create_agent(agent)
+            except AlreadyExists:  # created meanwhile (an enrollment): refresh that record instead
+                self.state.update_agent(agent.agent_id, refresh)
         log.info("agent %s registered (%s)", agent.agent_id, agent.capabilities.get("device", "?"))
         return self.settings.heartbeat_interval_s
 

@@ -171,8 +171,13 @@ class Enrollment:
         try:
             self.state.update_agent(agent_id, enrolled)
         except AgentNotFound:
-            self.state.put_agent(AgentRecord(agent_id=agent_id, registered_unix=now, cert_serials=[serial],
-                                             enrolled_unix=now))
+            try:
+                self.state.create_agent(AgentRecord(agent_id=agent_id, registered_unix=now, cert_serials=[serial],
+                                                    enrolled_unix=now))
+            except AlreadyExists:
+                # Another enrollment of this new id won the race: a token made for the id
+                # re-enrolls it as usual; an unbound token never replaces that agent.
+                self.state.update_agent(agent_id, enrolled)
         log.info("agent %s enrolled with token %s (tenant %s)", agent_id, rec.token_id, ca.tenant)
         return issued
 
