@@ -7,6 +7,9 @@ unspecified or newer enum number) raises InvalidArgument naming it.
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import TypeVar
+
 from google.protobuf import json_format
 
 from fedstream.errors import InvalidArgument
@@ -48,16 +51,23 @@ _RUN_STATES: dict[RunState, scheduler_pb2.RunState] = {
 _RUN_STATES_BACK: dict[int, RunState] = {v: k for k, v in _RUN_STATES.items()}
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def _known(table: dict[int, E], value: int, what: str) -> E:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown {what} {value}") from None
+
+
 def kind_to_proto(kind: RoundKind | str) -> round_pb2.RoundKind:
     return _KINDS[RoundKind(kind)]
 
 
 def kind_from_proto(value: int) -> RoundKind:
     """Raises InvalidArgument for an unspecified or unknown kind."""
-    try:
-        return _KINDS_BACK[value]
-    except KeyError:
-        raise InvalidArgument(f"unknown round kind {value}") from None
+    return _known(_KINDS_BACK, value, "round kind")
 
 
 def state_to_proto(state: RoundState | str) -> round_pb2.RoundState:
@@ -66,10 +76,7 @@ def state_to_proto(state: RoundState | str) -> round_pb2.RoundState:
 
 def state_from_proto(value: int) -> RoundState:
     """Raises InvalidArgument for an unspecified or unknown state."""
-    try:
-        return _STATES_BACK[value]
-    except KeyError:
-        raise InvalidArgument(f"unknown round state {value}") from None
+    return _known(_STATES_BACK, value, "round state")
 
 
 def run_state_to_proto(state: RunState | str) -> scheduler_pb2.RunState:
@@ -78,10 +85,7 @@ def run_state_to_proto(state: RunState | str) -> scheduler_pb2.RunState:
 
 def run_state_from_proto(value: int) -> RunState:
     """Raises InvalidArgument for an unspecified or unknown run state."""
-    try:
-        return _RUN_STATES_BACK[value]
-    except KeyError:
-        raise InvalidArgument(f"unknown run state {value}") from None
+    return _known(_RUN_STATES_BACK, value, "run state")
 
 
 def report_to_proto(r: UpdateReport) -> round_pb2.UpdateReport:
