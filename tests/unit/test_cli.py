@@ -72,3 +72,21 @@ def test_update_sends_only_the_flags_given():
     args = build_parser().parse_args(["federations", "update", "f", "--epochs", "3"])
 
     assert spec_from_args(args) == {"training": {"local_epochs": 3}}
+
+
+def test_every_command_and_every_option_has_help_text():
+    def undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"{' '.join(path)} {c.dest} (command)" for c in action._choices_actions if not c.help]
+                for name, sub in action.choices.items():
+                    missing += undocumented(sub, (*path, name))
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    parser = build_parser()
+
+    assert len(leaves(parser)) >= 30
+    assert undocumented(parser, ("fedstream",)) == []
