@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -47,7 +48,31 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
+"""The status a shell reports for a tool ended by SIGPIPE (``cmd | head``)."""
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of standard output went away (``fedstream runs list | head``): end quietly,
+    as a Unix tool killed by SIGPIPE does. Standard output is pointed at /dev/null so that the
+    interpreter's last flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
     signal.signal(signal.SIGTERM, _on_sigterm)
