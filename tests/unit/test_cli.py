@@ -8,8 +8,9 @@ from importlib.metadata import version
 
 import pytest
 
+from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_cli import build_parser
-from fedstream_cli.dev_grpc import run_spec
+from fedstream_cli.dev_grpc import RoundPrinter, run_spec
 from fedstream_cli.runspec import FLAGS, spec_from_args
 from fedstream_scheduler.models import RunSpec
 
@@ -90,3 +91,34 @@ def test_every_command_and_every_option_has_help_text():
 
     assert len(leaves(parser)) >= 30
     assert undocumented(parser, ("fedstream",)) == []
+
+
+def _round(state: int, reports: int, participants: int = 3) -> scheduler_pb2.RoundInfo:
+    return scheduler_pb2.RoundInfo(
+        round=1, kind=round_pb2.ROUND_KIND_TRAIN, state=state, participants=[f"site-{i}" for i in range(participants)],
+        reports=[round_pb2.UpdateReport(agent_id=f"site-{i}", num_examples=10) for i in range(reports)],
+        version="r/000001" if state == round_pb2.ROUND_STATE_COMMITTED else "", started_unix=1.0, finished_unix=2.0)
+
+
+def test_progress_shows_every_update_before_the_round_commits():
+    lines: list[str] = []
+    printer = RoundPrinter(lines.append, total_rounds=1)
+    snapshots = [_round(round_pb2.ROUND_STATE_TRAINING, 0), _round(round_pb2.ROUND_STATE_TRAINING, 1),
+                 _round(round_pb2.ROUND_STATE_COMMITTED, 3)]  # reports come batched: 2 and 3 arrive with the commit
+
+    for r in snapshots:
+        printer.update(scheduler_pb2.Run(run_id="r", rounds=[r]))
+    printer.update(scheduler_pb2.Run(run_id="r", rounds=[snapshots[-1]]))  # the same again prints nothing
+
+    assert lines[0] == "round 1/1: training on site-0, site-1, site-2"
+    assert lines[1:3] == ["round 1/1: 1/3 updates in", "round 1/1: 3/3 updates in"]
+    assert lines[3].startswith("round 1/1: committed r/000001 in 1.0 s")
+    assert len(lines) == 4
+
+
+def test_progress_of_a_round_seen_only_at_its_end_still_counts_its_updates():
+    lines: list[str] = []
+
+    RoundPrinter(lines.append).update(scheduler_pb2.Run(run_id="r", rounds=[_round(round_pb2.ROUND_STATE_FAILED, 1)]))
+
+    assert lines[0] == "round 1: 1/3 updates in" and lines[1].startswith("round 1: failed")
