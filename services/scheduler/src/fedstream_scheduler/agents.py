@@ -194,18 +194,27 @@ class AgentRegistry:
             self._offer(stream, Unauthenticated(f"agent {agent_id!r} was deleted"))
         log.info("agent %s deleted", agent_id)
 
-    def live_agents(self, task: str) -> list[str]:
-        """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
+    def _live(self) -> list[AgentRecord]:
+        """Agents with a fresh heartbeat, an open stream, not disabled."""
         now = self.clock()
         ttl = self.settings.heartbeat_ttl_s
         return [
-            a.agent_id
-            for a in self.state.list_agents()
-            if a.agent_id in self._streams
-            and not a.disabled
-            and now - a.last_heartbeat_unix <= ttl
-            and (not a.tasks or task in a.tasks)
+            a for a in self.state.list_agents()
+            if a.agent_id in self._streams and not a.disabled and now - a.last_heartbeat_unix <= ttl
         ]
+
+    def live_agents(self, task: str) -> list[str]:
+        """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
+        return [a.agent_id for a in self._live() if not a.tasks or task in a.tasks]
+
+    def live_offers(self) -> dict[str, list[str]]:
+        """The tasks live agents offer, each with the agents offering it (an agent that names
+        no task takes any: it is listed under ``*``)."""
+        offers: dict[str, list[str]] = {}
+        for a in self._live():
+            for task in a.tasks or ["*"]:
+                offers.setdefault(task, []).append(a.agent_id)
+        return offers
 
     def close_streams(self) -> None:
         """Ends every open stream (shutting down)."""

@@ -111,9 +111,12 @@ class RoundDriver:
             if len(live) >= spec.min_agents:
                 return live
             if self.clock() >= give_up:
+                offers = self.agents.live_offers()
+                offered = "; ".join(f"{t} ({', '.join(ids)})" for t, ids in sorted(offers.items()))
                 raise RunFailed(
                     f"only {len(live)} live agents for task {spec.task!r} after "
-                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed"
+                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed; "
+                    + (f"live agents offer: {offered}" if offered else "no agent is live")
                 )
             await asyncio.sleep(0.2)
 
