@@ -11,6 +11,7 @@ import pytest
 from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_cli import build_parser
 from fedstream_cli.dev_grpc import RoundPrinter, run_spec
+from fedstream_cli.plot import metric_series
 from fedstream_cli.runspec import FLAGS, spec_from_args
 from fedstream_scheduler.models import RunSpec
 
@@ -122,3 +123,19 @@ def test_progress_of_a_round_seen_only_at_its_end_still_counts_its_updates():
     RoundPrinter(lines.append).update(scheduler_pb2.Run(run_id="r", rounds=[_round(round_pb2.ROUND_STATE_FAILED, 1)]))
 
     assert lines[0] == "round 1: 1/3 updates in" and lines[1].startswith("round 1: failed")
+
+
+def test_plot_separates_training_metrics_from_evaluation_metrics():
+    def rnd(n: int, kind: str, update: dict[str, float], metrics: dict[str, float], base: str = "") -> dict:
+        return {"round": n, "kind": kind, "update_metrics": update, "metrics": metrics, "base_version": base}
+
+    rounds = [rnd(0, "init", {}, {}),
+              rnd(1, "train", {"train_loss": 0.9, "train_seconds": 3.0, "examples_seen": 300.0}, {}),
+              rnd(2, "evaluate", {"accuracy": 0.5, "eval_seconds": 1.0}, {"accuracy": 0.5}, "r/000001"),
+              rnd(3, "train", {"train_loss": 0.4}, {"distill_mse": 0.1}),
+              rnd(4, "evaluate", {"accuracy": 0.8}, {"accuracy": 0.8}, "r/000003")]
+
+    training, evaluation = metric_series(rounds)
+
+    assert training == {"train_loss": [(1, 0.9), (3, 0.4)], "server distill_mse": [(3, 0.1)]}
+    assert evaluation == {"accuracy": [(1, 0.5), (3, 0.8)]}  # at the round whose version was evaluated
