@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -108,7 +109,7 @@ def run_script(text: str, cwd: Path, env: dict[str, str], timeout_s: float) -> O
     left running by the commands: it is reported, then killed."""
     log = cwd / "docs-script.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=out,
+        proc = subprocess.Popen([shutil.which("bash") or "/bin/bash", "-c", text], cwd=cwd, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             returncode = proc.wait(timeout=timeout_s)
