@@ -105,6 +105,12 @@ class RoundNotOpen(FailedPrecondition):
     code = "round_not_open"
 
 
+class RoundCancelled(RoundNotOpen):
+    """The round's run was cancelled: nothing more of the round is taken or committed."""
+
+    code = "round_cancelled"
+
+
 class InvalidTransition(FailedPrecondition):
     code = "invalid_transition"
 

@@ -128,7 +128,7 @@ class Run(BaseModel):
 class Round(BaseModel):
     round: int
     kind: Literal["init", "train", "evaluate"]
-    state: Literal["open", "training", "aggregating", "committed", "failed"]
+    state: Literal["open", "training", "aggregating", "committed", "failed", "cancelled"]
     participants: list[str]
     stragglers: list[str]
     updates: int = Field(description="Updates counted.")
