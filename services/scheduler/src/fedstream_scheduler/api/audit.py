@@ -22,8 +22,8 @@ async def list_audit(
     actor: Annotated[str, Query(max_length=300, description="Only this actor, e.g. token/tok-1a2b3c4d5e6f.")] = "",
 ) -> s.Page[s.AuditEntry]:
     """The tenant's operator actions, oldest first, from after ``page_token``."""
-    entries = admin.state.list_audit(int(page_token or "0"), limit, action, actor)
-    nxt = str(entries[-1].seq) if len(entries) == limit else None
+    entries = admin.state.list_audit(int(page_token or "0"), limit + 1, action, actor)  # one more: is there a next?
+    entries, nxt = entries[:limit], (str(entries[limit - 1].seq) if len(entries) > limit else None)
     return s.Page[s.AuditEntry](
         items=[s.AuditEntry(**vars(e)) for e in entries], next_page_token=nxt,
     )
