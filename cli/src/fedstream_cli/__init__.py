@@ -9,18 +9,18 @@ import sys
 
 from fedstream.memtune import tune_allocator
 from fedstream.version import add_version_argument
-from fedstream_cli import access, data, demo, dev_grpc, federations, local, models, pki, plot, runs
+from fedstream_cli import access, audit, data, demo, dev_grpc, federations, local, models, pki, plot, runs
 from fedstream_cli.api import ERRORS_EXIT, ApiError, rest_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every command: the admin API's (login, federations, runs, models, plot, agents, tokens),
+    """Every command: the admin API's (login, federations, runs, models, plot, agents, tokens, audit),
     then the local and development ones (demo, local, data, pki, grpc)."""
     parser = argparse.ArgumentParser(
         prog="fedstream",
         description="fedstream: federated learning for computer vision. Operators drive a tenant's "
         "control plane through its admin API: `fedstream login` once, then federations, runs, models, "
-        "agents, enrollment-tokens, tokens and plot (each takes --api, --token and --format table|json). "
+        "agents, enrollment-tokens, tokens, audit and plot (each takes --api, --token and --format table|json). "
         "On this machine: demo (a whole federation), local (a control plane and agents left running for "
         "these commands), data (sample data sets), pki (a tenant's certificate authority). For development: grpc (runs and models straight over gRPC with a certificate).",
     )
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub, common)
     plot.add_parsers(sub, common)
     access.add_parsers(sub, common)
+    audit.add_parsers(sub, common)
     demo.add_parser(sub)
     local.add_parsers(sub)
     data.add_parsers(sub)

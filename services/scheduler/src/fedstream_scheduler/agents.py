@@ -17,11 +17,12 @@ from fedstream.errors import (
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
+    RoundNotFound,
     Unauthenticated,
 )
 from fedstream.ids import check_agent_id
 from fedstream.metrics import LIMIT_HITS
-from fedstream.rounds import Assignment
+from fedstream.rounds import Assignment, RoundState
 from fedstream.state import AgentRecord, StateStore
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.settings import SchedulerSettings
@@ -92,6 +93,17 @@ class AgentRegistry:
     def heartbeat(self, agent_id: str) -> None:
         """Raises AgentNotFound for an agent that never registered."""
         self.state.heartbeat(agent_id, self.clock())
+
+    def round_cancelled(self, agent_id: str, run_id: str, round_: int) -> str:
+        """Why the round the agent works on was cancelled; "" when it was not (or the agent
+        does not take part in it, or there is no such round)."""
+        try:
+            rnd = self.state.get_round(run_id, round_)
+        except RoundNotFound:
+            return ""
+        if rnd.state != RoundState.CANCELLED or agent_id not in rnd.participants:
+            return ""
+        return rnd.reason or f"round {round_} of run {run_id!r} was cancelled"
 
     async def assignments(
         self, agent_id: str, still_allowed: Callable[[], object] | None = None
