@@ -259,6 +259,9 @@ def test_agent_facing_services_of_each_type_carry_the_agents_ports_only(kind):
     assert sched_env["FEDSTREAM_SCHEDULER_AGGREGATOR_PUBLIC_ENDPOINT"] == "aggregator.tenant-a.example.com:50052"
     assert "aggregator.tenant-a.example.com" in yaml.safe_load(agg_env["FEDSTREAM_AGGREGATOR_TLS__SERVER_NAMES"])
     assert "scheduler.tenant-a.example.com" in yaml.safe_load(sched_env["FEDSTREAM_SCHEDULER_TLS__SERVER_NAMES"])
+    # NOTES.txt sends the operator to the edge Services for the agents' endpoints.
+    text = next(t for p, t in render_files("fedstream", values, "t1", "tenant-a").items() if p.endswith("NOTES.txt"))
+    assert "svc/t1-fedstream-scheduler-edge>:" + ("31051" if kind == "NodePort" else "50051") in text
 
 
 @pytest.mark.parametrize(
