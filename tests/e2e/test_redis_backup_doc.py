@@ -45,7 +45,7 @@ def doc_blocks() -> list[str]:
 
 
 def backup_script() -> str:
-    (script,) = [b for b in doc_blocks() if b.startswith("# redis-backup.sh")]
+    (script,) = [b for b in doc_blocks() if re.search(r"^# redis-backup\.sh", b, re.M)]
     return script
 
 
