@@ -76,3 +76,18 @@ def test_cli_drives_a_federation_through_the_admin_api(tmp_path):
         assert plotted.returncode == 0, plotted.stderr
         assert png.read_bytes()[:4] == b"\x89PNG"
         fed.check_alive()
+
+
+def test_login_waits_for_an_api_that_never_comes_then_says_where_it_looked(tmp_path):
+    from fedstream_testing.servers import free_port
+
+    env = {**os.environ, "FEDSTREAM_CONFIG": str(tmp_path / "credentials.json")}
+    api = f"http://127.0.0.1:{free_port()}"
+    fedstream = str(Path(sys.executable).parent / "fedstream")
+
+    done = subprocess.run([fedstream, "login", "--api", api, "--token", TOKEN, "--wait", "1.5"],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+    assert done.returncode == 1
+    assert f"cannot reach the admin API at {api}/api/v1" in done.stderr
+    assert not (tmp_path / "credentials.json").exists()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any
 
-from fedstream_cli.api import API_ENV, Client, client_from, emit, list_command, save_login
+from fedstream_cli.api import API_ENV, ApiError, Client, client_from, emit, list_command, save_login
 from fedstream_cli.progress import local_time
 
 
@@ -17,10 +18,24 @@ def cmd_login(args: argparse.Namespace) -> int:
         raise SystemExit(f"fedstream login needs --api URL (or ${API_ENV})")
     token = sys.stdin.readline().strip() if args.token == "-" else args.token
     client = Client(api, token)
-    client.call("GET", "/runs?limit=1")  # any role may: proves the token
+    _prove(client, args.wait)
     path = save_login(client.api, token)
     print(f"logged in to {client.api}; credentials in {path}")
     return 0
+
+
+def _prove(client: Client, wait_s: float) -> None:
+    """Checks the token with a call any role may make; while the API cannot be reached (a
+    scheduler still starting), tries again for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.call("GET", "/runs?limit=1")
+            return
+        except ApiError as e:
+            if e.status != 0 or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
 
 
 def cmd_agents_list(args: argparse.Namespace) -> int:
@@ -132,6 +147,9 @@ def add_login(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     login.add_argument("--api", default="", metavar="URL",
                        help=f"the scheduler's admin API, e.g. https://fedstream.example.com (default: ${API_ENV})")
     login.add_argument("--token", required=True, help="a token of the tenant; '-' reads it from standard input")
+    login.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="while the API cannot be reached (a scheduler just started), try again for up to "
+                       "SECONDS (default: 0, once)")
     login.set_defaults(func=cmd_login)
 
 
