@@ -66,6 +66,9 @@ def test_cli_drives_a_federation_through_the_admin_api(tmp_path):
         assert "downloading cli-run/000002 [" in got.stderr
         with safe_open(str(out), "np") as f:
             assert set(f.keys()) == {t["name"] for t in models[2]["tensors"]}
+        newest = cli("models", "download", "digits", "-o", str(tmp_path / "newest.safetensors"))
+        assert newest.returncode == 0 and "cli-run/000002" in newest.stdout, newest.stderr
+        assert (tmp_path / "newest.safetensors").read_bytes() == out.read_bytes()
         missing = cli("models", "download", "nope/000001", "-o", str(tmp_path / "x.safetensors"))
         assert missing.returncode == 1 and "model_not_found" in missing.stderr
         assert not (tmp_path / "x.safetensors").exists()

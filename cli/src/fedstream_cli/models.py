@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from fedstream_cli.api import ApiError, client_from, emit, list_command
+from fedstream_cli.api import ApiError, Client, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes, local_time
 
 HEADER = f"{'VERSION':32} {'SIZE':>10} {'PINNED':6} CREATED"
@@ -49,9 +49,20 @@ class DataDigest:
         self.sha.update(piece[skip:])
 
 
+def newest_version(client: Client, ref: str) -> str:
+    """``ref`` itself when it names a version (RUN/NNNNNN); given a federation, its newest version."""
+    if "/" in ref:
+        return ref
+    versions = client.pages(f"/federations/{ref}/models")
+    if not versions:
+        raise ApiError(f"federation {ref!r} has no model version yet")
+    return str(max(versions, key=lambda m: (m["created_unix"], m["version"]))["version"])
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """Streams a version into ``--output`` (via a .part file), checking the data section's SHA-256."""
     client = client_from(args)
+    args.version = newest_version(client, args.version)
     out = args.output or Path(args.version.replace("/", "-") + ".safetensors")
     tmp = out.with_name(out.name + ".part")
     digest, done = DataDigest(), 0
@@ -94,7 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     get.add_argument("version", help="RUN/NNNNNN")
     get.set_defaults(func=cmd_get)
     dl = models.add_parser("download", parents=[common], help="download a version as a safetensors file, verified")
-    dl.add_argument("version", help="RUN/NNNNNN")
+    dl.add_argument("version", help="RUN/NNNNNN, or a federation id for its newest version")
     dl.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                     help="file to write (default: RUN-NNNNNN.safetensors)")
     dl.set_defaults(func=cmd_download)
