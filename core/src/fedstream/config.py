@@ -100,15 +100,45 @@ class RedisSettings(BaseModel):
     )
 
 
+class SqliteSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(
+        Path("fedstream-data/state.db"),
+        description="The state file (created with its directory when missing; relative paths are "
+        "from the working directory). The scheduler and the aggregator of one machine must name the "
+        "same file: they share it (WAL mode). A local disk only, never a network file system.",
+    )
+    busy_timeout_s: float = Field(
+        30.0, gt=0, allow_inf_nan=False,
+        description="How long a write waits while another process writes to the file before it fails "
+        "(UNAVAILABLE).",
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="'full' flushes every commit to the disk before it returns: nothing committed is "
+        "lost to a killed process or a power cut. 'normal' flushes at checkpoints only: a killed process "
+        "still loses nothing, a power cut may lose the last commits; fewer disk flushes.",
+    )
+
+
 class StateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["memory", "redis"] = Field(
-        "memory",
-        description="State store: 'memory' keeps state inside this process (one machine only); "
-        "'redis' shares it between processes and replicas.",
+    backend: Literal["sqlite", "redis", "memory"] = Field(
+        "sqlite",
+        description="State store: 'sqlite' keeps state in a local file that survives restarts and that "
+        "the scheduler and aggregator of one machine share (a single-node install); 'redis' shares it "
+        "between machines and replicas; 'memory' keeps it inside this process and loses it on exit "
+        "(tests only).",
     )
+    sqlite: SqliteSettings = Field(default_factory=SqliteSettings, description="SQLite state file.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (the scheduler, other aggregators) see this store's state."""
+        return self.backend != "memory"
 
 
 class S3Settings(BaseModel):

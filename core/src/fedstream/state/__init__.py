@@ -18,6 +18,7 @@ from fedstream.state.records import (
     TokenRecord,
 )
 from fedstream.state.runs import RunStore
+from fedstream.state.sqlite import SQLiteStateStore
 
 __all__ = [
     "ROUND_TRANSITIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "RoundRecord",
     "RunRecord",
     "RunStore",
+    "SQLiteStateStore",
     "StateStore",
     "TokenRecord",
 ]
