@@ -10,6 +10,7 @@ prints each one's number once it is committed, until killed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -63,8 +64,12 @@ def race(store: StateStore, name: str, n: int) -> dict[str, list[int]]:
             pass
         if store.consume_enrollment_token(f"hash-{i}") is not None:
             wins["tokens"].append(i)
-        store.update_agent("shared", lambda a, i=i: dataclasses.replace(a, cert_serials=[*a.cert_serials, f"{name}-{i}"]))
+        store.update_agent("shared", functools.partial(_append, f"{name}-{i}"))
     return wins
+
+
+def _append(serial: str, agent: AgentRecord) -> AgentRecord:
+    return dataclasses.replace(agent, cert_serials=[*agent.cert_serials, serial])
 
 
 def main(argv: list[str]) -> int:
