@@ -180,6 +180,18 @@ def test_a_path_that_cannot_be_used_is_refused_naming_it_and_its_setting(tmp_pat
     assert "FEDSTREAM_SCHEDULER_STATE__SQLITE__PATH" in refused.value.public
 
 
+@pytest.mark.parametrize(("synchronous", "level"), [("normal", 1), ("full", 2)])
+def test_each_connection_flushes_as_the_settings_say(tmp_path, synchronous, level):
+    settings = StateSettings(sqlite={"path": tmp_path / "state.db", "synchronous": synchronous})
+    store = make_state_store(settings, "t1")
+    assert isinstance(store, SQLiteStateStore)
+
+    with store.db.connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
 def test_sqlite_is_the_default_backend_in_a_relative_data_directory():
     settings = StateSettings()
 

@@ -114,11 +114,12 @@ class SqliteSettings(BaseModel):
         description="How long a write waits while another process writes to the file before it fails "
         "(UNAVAILABLE).",
     )
-    synchronous: Literal["full", "normal"] = Field(
-        "full",
-        description="'full' flushes every commit to the disk before it returns: nothing committed is "
-        "lost to a killed process or a power cut. 'normal' flushes at checkpoints only: a killed process "
-        "still loses nothing, a power cut may lose the last commits; fewer disk flushes.",
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="'normal': every commit is in the write-ahead log before it returns and the log is "
+        "flushed to the disk at checkpoints: a killed process loses nothing committed, a power cut may "
+        "lose the last commits. 'full' also flushes at every commit, so a power cut loses nothing either, "
+        "at one disk flush (milliseconds) per write.",
     )
 
 

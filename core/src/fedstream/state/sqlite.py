@@ -80,7 +80,7 @@ class SQLiteStateStore(StateStore):
 
     def __init__(
         self, path: Path | str, tenant: str = "default", *, busy_timeout_s: float = 30.0,
-        synchronous: Synchronous = "full",
+        synchronous: Synchronous = "normal",
     ) -> None:
         self.tenant = tenant
         self.db = Database(Path(path), busy_timeout_s, synchronous)

@@ -2,16 +2,18 @@
 how SQLite's errors become the catalog's.
 
 The file is in WAL mode, so readers never wait for a writer and several processes on one
-machine can share it (the scheduler and the aggregator). Every write runs in a ``BEGIN
-IMMEDIATE`` transaction: it takes the file's one write lock before reading, so a
-read-modify-write cannot interleave with another writer, in this process or another one; a
-writer that finds the lock taken waits up to the busy timeout.
+machine can share it (the scheduler and the aggregator). A single statement is atomic on its
+own; every read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the file's
+one write lock before reading, so it cannot interleave with another writer, in this process or
+another one. A writer that finds the lock taken waits up to the busy timeout.
 
-Durability: with ``synchronous=FULL`` (the default) each commit is flushed to the disk
-(fsync of the write-ahead log) before it returns, so a committed transaction survives a
-SIGKILL and a power cut alike. ``NORMAL`` leaves that flush to the next checkpoint: a
-committed transaction still survives a killed process (it is in the log, which the operating
-system holds), but the last ones may be lost if the machine itself goes down.
+Durability: ``synchronous=NORMAL`` (the default) writes each commit to the write-ahead log
+before it returns and flushes the log to the disk at checkpoints. A committed transaction
+survives a killed process (SIGKILL included: the log is in the operating system's cache,
+which outlives the process), and the file is never left inconsistent; only a power cut or a
+kernel crash may roll back the last commits, as Redis with ``appendfsync everysec`` may lose
+its last second. ``FULL`` flushes the log at every commit, so those survive a power cut too,
+at the cost of one disk flush per write (milliseconds; heartbeats are writes).
 
 The schema is versioned by ``PRAGMA user_version``: ``MIGRATIONS[i]`` takes a file from
 version i to i + 1, so a later change appends a migration and files of every earlier version
@@ -63,7 +65,7 @@ class Database:
     database, or was written by a newer schema.
     """
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0, synchronous: Synchronous = "full") -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0, synchronous: Synchronous = "normal") -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous
