@@ -59,7 +59,8 @@ def store_model(root: Path, version: str, layout: Layout, arrays: list[np.ndarra
 
 
 def start_aggregator(procs: LocalFederation) -> tuple[str, psutil.Process]:
-    addr = procs.start_aggregator({"LOG__LEVEL": "WARNING"})
+    # Agents simulated here are in no scheduler's registry: the aggregator keeps its own state.
+    addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
     return addr, psutil.Process(procs.pid("aggregator"))
 
 

@@ -142,14 +142,17 @@ def main() -> int:
     p.add_argument("--hold", type=float, default=30.0, help="seconds the connected fleet is measured")
     p.add_argument("--heartbeat", type=float, default=5.0, help="the scheduler's heartbeat interval (s)")
     p.add_argument("--model-kib", type=int, default=64, help="size of the model the rounds move")
-    p.add_argument("--state", choices=["memory", "redis"], default="memory",
+    p.add_argument("--state", choices=["memory", "sqlite", "redis"], default="memory",
                    help="the control plane's state store: redis (a local redis-server, as deployed: the "
-                   "aggregator then checks every agent's record on every call) or in-process")
+                   "aggregator then checks every agent's record on every call), sqlite (one file the "
+                   "scheduler and aggregator share, the single-node default; it checks them too) or "
+                   "in-process")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args()
     figures: dict[str, object] = {"agents": args.agents, "state": args.state}
     with tempfile.TemporaryDirectory(prefix="fedstream-scale-") as tmp, LocalFederation(Path(tmp)) as fed:
-        state: dict[str, str] = {}
+        # sqlite: LocalFederation's own default, one file in its work directory.
+        state: dict[str, str] = {"STATE__BACKEND": "memory"} if args.state == "memory" else {}
         redis = None
         if args.state == "redis":
             from fedstream_testing.servers import RedisServer

@@ -1,5 +1,6 @@
-"""Crash safety on Redis and S3, with the services as separate processes killed by SIGKILL:
-no crash, restart or outage loses a committed model or a completed update."""
+"""Crash safety on Redis and S3, and on the embedded defaults (one SQLite state file and a
+local model directory), with the services as separate processes killed by SIGKILL: no crash,
+restart or outage loses a committed model or a completed update."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 from fedstream.config import S3Settings
+from fedstream.state import SQLiteStateStore, StateStore
 from fedstream.state.redis import RedisStateStore, connect
+from fedstream.store import LocalModelStore, ModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.tensors import FlatBuffer
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -22,21 +25,33 @@ BUCKET = "crash"
 
 
 class Cluster:
-    """Redis (append-only), an S3 server (optionally behind a proxy that can be cut), and the
-    services on fixed loopback ports so that a restarted one is found where the old one was."""
+    """The services on fixed loopback ports, so that a restarted one is found where the old one
+    was, over Redis (append-only) and an S3 server (optionally behind a proxy that can be cut),
+    or, ``embedded``, over the defaults: one SQLite file and one model directory for all."""
 
-    def __init__(self, tmp_path: Path, via_proxy: bool = False) -> None:
+    def __init__(self, tmp_path: Path, via_proxy: bool = False, embedded: bool = False) -> None:
         self.tmp = tmp_path
+        self.fed = LocalFederation(tmp_path / "logs")
+        self.agg_addr = f"127.0.0.1:{free_port()}"
+        self.sched_addr = f"127.0.0.1:{free_port()}"
+        self.redis: RedisServer | None = None
+        self.s3: S3Server | None = None
+        self.proxy: TcpProxy | None = None
+        self.state: StateStore
+        self.store: ModelStore
+        if embedded:  # LocalFederation's own settings: its state file and model directory
+            self.backends: dict[str, str] = {}
+            self.scheduler_backends: dict[str, str] = {}
+            self.state = SQLiteStateStore(self.fed.state_file, "default")
+            self.store = LocalModelStore(self.fed.workdir / "models", "default")
+            return
         self.redis = RedisServer(tmp_path / "redis", appendonly=True).start()
         self.s3 = S3Server().start()
         self.proxy = TcpProxy(self.s3.port) if via_proxy else None
         s3_port = self.proxy.port if self.proxy else self.s3.port
-        self.fed = LocalFederation(tmp_path / "logs")
-        self.agg_addr = f"127.0.0.1:{free_port()}"
-        self.sched_addr = f"127.0.0.1:{free_port()}"
+        self.scheduler_backends = {"STATE__BACKEND": "redis", "STATE__REDIS__URL": self.redis.url}
         self.backends = {
-            "STATE__BACKEND": "redis",
-            "STATE__REDIS__URL": self.redis.url,
+            **self.scheduler_backends,
             "STORE__BACKEND": "s3",
             "STORE__S3__ENDPOINT": f"127.0.0.1:{s3_port}",
             "STORE__S3__ACCESS_KEY": "test",
@@ -53,8 +68,7 @@ class Cluster:
 
     def start_scheduler(self, name: str = "scheduler") -> None:
         self.fed.start_scheduler(self.agg_addr, {
-            "STATE__BACKEND": "redis",
-            "STATE__REDIS__URL": self.redis.url,
+            **self.scheduler_backends,
             "GRPC__PORT": self.sched_addr.rsplit(":", 1)[1],
             "HEARTBEAT_INTERVAL_S": "0.5",
             "RUN_LEASE_TTL_S": "2",
@@ -115,13 +129,23 @@ class Cluster:
         self.fed.stop()
         if self.proxy:
             self.proxy.close()
-        self.s3.stop()
-        self.redis.stop()
+        if self.s3:
+            self.s3.stop()
+        if self.redis:
+            self.redis.stop()
 
 
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["redis-s3", "embedded"])
+def any_cluster(request, tmp_path):
+    """Both a cluster on Redis and S3 and one on the embedded defaults (SQLite, local directory)."""
+    c = Cluster(tmp_path, embedded=request.param == "embedded")
     yield c
     c.close()
 
@@ -133,7 +157,8 @@ def proxied_cluster(tmp_path):
     c.close()
 
 
-def test_aggregator_killed_mid_uploads_counts_every_update_once(cluster):
+def test_aggregator_killed_mid_uploads_counts_every_update_once(any_cluster):
+    cluster = any_cluster
     cluster.start()
     cluster.start_run("crash", rounds=1)
     cluster.wait_log("aggregator", "update folded", count=2)  # init, then the first of round 1
@@ -157,7 +182,8 @@ def test_aggregator_killed_mid_uploads_counts_every_update_once(cluster):
             np.testing.assert_array_equal(crashed[name], values)
 
 
-def test_scheduler_killed_mid_round_is_replaced_and_the_run_finishes(cluster):
+def test_scheduler_killed_mid_round_is_replaced_and_the_run_finishes(any_cluster):
+    cluster = any_cluster
     cluster.start()
     cluster.start_run("resume", rounds=2)
     cluster.wait_log("scheduler", "round 1 (train) assigned")

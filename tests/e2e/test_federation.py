@@ -13,6 +13,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
+from fedstream.state import SQLiteStateStore
 from fedstream.store import LocalModelStore
 from fedstream_tasks.digits import DigitsCNN
 from fedstream_testing.local import LocalFederation
@@ -112,6 +113,12 @@ def test_demo_runs_and_stops_every_process(tmp_path, leaves):
     assert "held-out accuracy" in result.stdout
     assert "stopped all demo processes" in result.stdout
     assert not _processes_using(tmp_path)
+    # The demo ran on the embedded default: its run is in the SQLite file the services shared.
+    state = SQLiteStateStore(tmp_path / "state.db")
+    (run,) = state.list_runs()
+    assert run.state == "succeeded" and run.latest_version.endswith("/000001")
+    assert [r.state for r in state.list_rounds(run.run_id)] == ["committed", "committed"]
+    state.close()
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedstream.rounds import RoundKind, RoundPlan, UpdateReport
+from fedstream.state import SQLiteStateStore
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream_aggregator.ingest import UpdateHeader
@@ -37,9 +38,12 @@ def wait_state(agg, state, round_=1):
     return agg.snapshot(RUN, round_)
 
 
-@pytest.fixture
-def journal(redis_url):
-    return RedisStateStore(connect(redis_url), "t1")
+@pytest.fixture(params=["redis", "sqlite"])
+def journal(request, tmp_path):
+    """The journal in a state store that outlives the aggregator: Redis, or the SQLite file."""
+    if request.param == "sqlite":
+        return SQLiteStateStore(tmp_path / "state.db", "t1")
+    return RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
 
 
 def make(journal, model_store, tmp_path, name):

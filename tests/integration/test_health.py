@@ -9,7 +9,7 @@ import pytest
 
 from fedstream.config import S3Settings
 from fedstream.errors import Unavailable
-from fedstream.state import Health, MemoryStateStore
+from fedstream.state import Health, MemoryStateStore, SQLiteStateStore
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
@@ -20,8 +20,10 @@ def s3_store(settings: S3Settings, staging: Path) -> S3ModelStore:
     return S3ModelStore(make_client(settings), settings, staging, "t1")
 
 
-@pytest.fixture(params=["memory", "redis", "local", "s3"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "local", "s3"])
 def backend(request, tmp_path) -> Health:
+    if request.param == "sqlite":
+        return SQLiteStateStore(tmp_path / "state.db", "t1")
     if request.param == "redis":
         return RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
     if request.param == "local":
@@ -60,6 +62,18 @@ def test_redis_ping_of_a_dead_server_is_unavailable_naming_it():
     store = RedisStateStore(connect(f"redis://127.0.0.1:{port}/0", retry_s=60), "t1")
 
     with pytest.raises(Unavailable, match=f"redis at 127.0.0.1:{port} does not answer"):
+        store.ping()
+
+
+def test_sqlite_endpoint_names_the_file(tmp_path):
+    assert SQLiteStateStore(tmp_path / "state.db", "t1").endpoint() == f"sqlite file {tmp_path / 'state.db'}"
+
+
+def test_sqlite_ping_of_a_closed_store_is_unavailable_naming_it(tmp_path):
+    store = SQLiteStateStore(tmp_path / "state.db", "t1")
+    store.close()
+
+    with pytest.raises(Unavailable, match=f"sqlite file {tmp_path / 'state.db'}"):
         store.ping()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -29,20 +30,26 @@ from fedstream.state import (
     MemoryStateStore,
     RoundRecord,
     RunRecord,
+    SQLiteStateStore,
     StateStore,
     TokenRecord,
 )
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream_testing.servers import free_port
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "sqlite", "redis"]
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request) -> StateStore:
+def store(request, tmp_path) -> Iterator[StateStore]:
     if request.param == "redis":
-        return RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
-    return MemoryStateStore("t1")
+        yield RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
+    elif request.param == "sqlite":
+        sqlite_store = SQLiteStateStore(tmp_path / "state.db", "t1")
+        yield sqlite_store
+        sqlite_store.close()
+    else:
+        yield MemoryStateStore("t1")
 
 
 def in_threads(n: int, target: Callable[[], object]) -> None:
@@ -339,7 +346,20 @@ def store_raw(store: StateStore, key: str, record: dict, sorted_in: tuple[str, s
               listed_in: str = "") -> None:
     """Puts a record into a backend as it was stored. Redis gets the JSON under ``key`` and the
     record into its index (``sorted_in``: sorted set, member and score; ``listed_in``: a set of
-    keys); the in-process store keeps no JSON, so it gets the record as a backend reads one."""
+    keys); SQLite gets the JSON in the record's row; the in-process store keeps no JSON, so it
+    gets the record as a backend reads one."""
+    if isinstance(store, SQLiteStateStore):
+        with sqlite3.connect(store.db.path) as conn:
+            if key.startswith("run:"):
+                conn.execute("INSERT INTO runs VALUES ('t1', ?, ?, ?)",
+                             (record["run_id"], record["created_unix"], json.dumps(record)))
+            elif key.startswith("round:"):
+                conn.execute("INSERT INTO rounds VALUES ('t1', ?, ?, ?)",
+                             (record["run_id"], record["round"], json.dumps(record)))
+            else:
+                conn.execute("INSERT INTO aggregations VALUES ('t1', '', ?, ?, 0, ?)",
+                             (record["run_id"], record["round"], json.dumps(record)))
+        return
     if isinstance(store, RedisStateStore):
         store.r.set(f"fedstream:t1:{key}", json.dumps(record))
         if sorted_in is not None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from fedstream.config import StateSettings, StoreSettings
-from fedstream.state import MemoryStateStore, StateStore
+from fedstream.errors import StorageUnusable
+from fedstream.state import MemoryStateStore, SQLiteStateStore, StateStore
 from fedstream.store import LocalModelStore, ModelStore
 
 
-def make_state_store(settings: StateSettings, tenant: str) -> StateStore:
+def make_state_store(settings: StateSettings, tenant: str, env_prefix: str = "") -> StateStore:
+    """The state store the settings name. ``env_prefix`` (the service's, e.g.
+    ``FEDSTREAM_SCHEDULER_``) names the variable to change in an error; raises StorageUnusable
+    when the SQLite file cannot be used."""
+    if settings.backend == "sqlite":
+        sqlite = settings.sqlite
+        try:
+            return SQLiteStateStore(sqlite.path, tenant, busy_timeout_s=sqlite.busy_timeout_s,
+                                    synchronous=sqlite.synchronous, audit_keep=settings.audit_keep)
+        except StorageUnusable as e:
+            setting = f"{env_prefix}STATE__SQLITE__PATH" if env_prefix else "state.sqlite.path"
+            raise StorageUnusable(f"{e.public} (setting {setting})") from e
     if settings.backend == "redis":
         from fedstream.state.redis import RedisStateStore, connect
 

@@ -100,19 +100,50 @@ class RedisSettings(BaseModel):
     )
 
 
+class SqliteSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(
+        Path("fedstream-data/state.db"),
+        description="The state file (created with its directory when missing; relative paths are "
+        "from the working directory). The scheduler and the aggregator of one machine must name the "
+        "same file: they share it (WAL mode). A local disk only, never a network file system.",
+    )
+    busy_timeout_s: float = Field(
+        30.0, gt=0, allow_inf_nan=False,
+        description="How long a write waits while another process writes to the file before it fails "
+        "(UNAVAILABLE).",
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="'normal': every commit is in the write-ahead log before it returns and the log is "
+        "flushed to the disk at checkpoints: a killed process loses nothing committed, a power cut may "
+        "lose the last commits. 'full' also flushes at every commit, so a power cut loses nothing either, "
+        "at one disk flush (milliseconds) per write.",
+    )
+
+
 class StateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["memory", "redis"] = Field(
-        "memory",
-        description="State store: 'memory' keeps state inside this process (one machine only); "
-        "'redis' shares it between processes and replicas.",
+    backend: Literal["sqlite", "redis", "memory"] = Field(
+        "sqlite",
+        description="State store: 'sqlite' keeps state in a local file that survives restarts and that "
+        "the scheduler and aggregator of one machine share (a single-node install); 'redis' shares it "
+        "between machines and replicas; 'memory' keeps it inside this process and loses it on exit "
+        "(tests only).",
     )
+    sqlite: SqliteSettings = Field(default_factory=SqliteSettings, description="SQLite state file.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
     audit_keep: int = Field(
         100_000, ge=1,
         description="Entries of the audit log of operator actions kept; the oldest go first.",
     )
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (the scheduler, other aggregators) see this store's state."""
+        return self.backend != "memory"
 
 
 class S3Settings(BaseModel):

@@ -101,6 +101,13 @@ class NonFiniteResult(FailedPrecondition):
     code = "non_finite_result"
 
 
+class StorageUnusable(FailedPrecondition):
+    """A store whose files this process cannot use: a path it cannot create or write, a file
+    that is not the store's, or one written by a newer version. Raised at start-up."""
+
+    code = "storage_unusable"
+
+
 class RoundNotOpen(FailedPrecondition):
     code = "round_not_open"
 

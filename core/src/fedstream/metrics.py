@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 OPERATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 STATE_OPERATION_SECONDS = Histogram(
-    "fedstream_state_operation_seconds", "State store (Redis) operation latency.",
+    "fedstream_state_operation_seconds", "State store (SQLite, Redis) operation latency.",
     ["tenant", "backend", "operation"], buckets=OPERATION_BUCKETS,
 )
 STATE_OPERATION_ERRORS = Counter(

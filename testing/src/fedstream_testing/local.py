@@ -22,6 +22,9 @@ class LocalFederation:
     every one of them on ``stop`` (or on leaving a ``with`` block).
 
     Each service binds port 0 and writes the port it got to a file, so no port is ever guessed.
+    Services run on the embedded defaults: the scheduler and the aggregators share one SQLite
+    state file, ``<workdir>/state.db`` (``state_file``), and one model directory,
+    ``<workdir>/models``, as a single-node install does.
     ``settings`` are the service's settings without its prefix, e.g. ``{"LOG__LEVEL": "INFO"}``.
 
     With ``tls`` (the default) the federation is what a deployment is: a certificate authority
@@ -49,6 +52,12 @@ class LocalFederation:
     @property
     def pki(self) -> Path:
         return self.workdir / "pki"
+
+    @property
+    def state_file(self) -> Path:
+        """The SQLite state file that the services started here share (unless their settings
+        name another backend)."""
+        return self.workdir / "state.db"
 
     def _tls_env(self, prefix: str) -> dict[str, str]:
         if not self.tls:
@@ -100,8 +109,11 @@ class LocalFederation:
         return f"127.0.0.1:{self.wait_port(name, proc, port_file)}"
 
     def start_aggregator(self, settings: dict[str, str] | None = None, name: str = "aggregator") -> str:
-        """Starts an aggregator storing models and spool files under the workdir; its address."""
+        """Starts an aggregator storing its state, models and spool files under the workdir; its
+        address. An aggregator that agents simulated in-process (``identity``) talk to without
+        a scheduler takes ``{"STATE__BACKEND": "memory"}``: agents' records are the scheduler's."""
         defaults = {
+            "STATE__SQLITE__PATH": str(self.state_file),
             "STORE__PATH": str(self.workdir / "models"),
             "SPOOL_DIR": str(self.workdir / "spool"),
         }
@@ -125,6 +137,7 @@ class LocalFederation:
             "fedstream_scheduler",
             "FEDSTREAM_SCHEDULER_",
             {"AGGREGATOR_ENDPOINT": aggregator, "STORE__PATH": str(self.workdir / "models"),
+             "STATE__SQLITE__PATH": str(self.state_file),
              "API__HOST": "127.0.0.1", "API__PORT": "0",
              "API__PORT_FILE": str(api_port_file),
              "ENROLLMENT__PORT": "0", "ENROLLMENT__PORT_FILE": str(enroll_port_file), **settings},

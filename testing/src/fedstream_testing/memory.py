@@ -60,7 +60,8 @@ def memory_after(workdir: Path, agents: int, size: int) -> dict[str, int]:
             for a in arrays:
                 w.write(a.data)
             w.commit()
-        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING"})
+        # Agents simulated here are in no scheduler's registry: the aggregator keeps its own state.
+        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
         proc = psutil.Process(procs.pid("aggregator"))
         idle = settled_rss(proc)
         names = [f"agent-{i}" for i in range(agents)]

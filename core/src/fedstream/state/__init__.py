@@ -20,6 +20,7 @@ from fedstream.state.records import (
     TokenRecord,
 )
 from fedstream.state.runs import RunStore
+from fedstream.state.sqlite import SQLiteStateStore
 
 __all__ = [
     "ROUND_TRANSITIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "RoundRecord",
     "RunRecord",
     "RunStore",
+    "SQLiteStateStore",
     "StateStore",
     "TokenRecord",
 ]

@@ -1,4 +1,4 @@
-"""The in-process state store: the embedded default for one machine."""
+"""The in-process state store, for tests: state that lives and dies with its process."""
 
 from __future__ import annotations
 

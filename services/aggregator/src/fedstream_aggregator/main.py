@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         log.error("invalid TLS settings: %s", e)
         return ExitCode.BAD_SETTINGS
-    state = make_state_store(settings.state, tenant)
-    if identity is not None and settings.state.backend != "redis":
+    state = make_state_store(settings.state, tenant, "FEDSTREAM_AGGREGATOR_")
+    if identity is not None and not settings.state.shared:
         log.warning("the in-process state store does not hold the scheduler's agents: revoked or "
                     "disabled agents' certificates are refused here only once they expire")
     store = make_model_store(settings.store, tenant)
@@ -103,7 +103,7 @@ def _build_service(
     """The aggregator's service, not yet ready: it recovers its rounds once the backends answer."""
     durable = settings.durable_updates
     if durable is None:
-        durable = settings.state.backend == "redis"
+        durable = settings.state.shared
     service = AggregatorService(
         state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
         keep_last=settings.store.keep_last, durable=durable,
@@ -125,8 +125,8 @@ def _start_server(settings: AggregatorSettings, service: AggregatorService, iden
         settings.grpc.stream_window_bytes,
         serving=False,
         tls=identity,
-        # Agents' records are the scheduler's: only a shared (Redis) store has them.
-        check_agents=settings.state.backend == "redis",
+        # Agents' records are the scheduler's: only a shared store (SQLite, Redis) has them.
+        check_agents=settings.state.shared,
         limits=settings.limits,
         max_concurrent_rpcs=settings.grpc.max_concurrent_rpcs,
         health_port=settings.grpc.health_port,

@@ -142,8 +142,8 @@ class AggregatorSettings(BaseSettings):
     durable_updates: bool | None = Field(
         None,
         description="Keep each counted update in the model store until its round commits, so "
-        "that a restarted aggregator can rebuild the round. Default: on with the redis state "
-        "backend (whose journal survives a restart), off with the in-process one.",
+        "that a restarted aggregator can rebuild the round. Default: on with the sqlite and redis "
+        "state backends (whose journal survives a restart), off with 'memory'.",
     )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",

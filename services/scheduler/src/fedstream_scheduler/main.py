@@ -44,7 +44,7 @@ async def serve(settings: SchedulerSettings) -> int:
     except ValueError as e:
         log.error("invalid TLS settings: %s", e)
         return ExitCode.BAD_SETTINGS
-    state = make_state_store(settings.state, tenant)
+    state = make_state_store(settings.state, tenant, "FEDSTREAM_SCHEDULER_")
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
     enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s)
     try:
