@@ -1,10 +1,12 @@
 """What an agent sees of its control plane, over real mutual TLS on loopback (scheduler with
 its enrollment port and aggregator, built by the factories main() uses): an expired
 certificate renewed with its key within the grace period, and refused beyond it or once
-revoked; a disabled agent told so; the protocol version exchanged at registration."""
+revoked; a disabled agent told so; the protocol version exchanged at registration;
+`fedstream-agent check` and the retry lines naming the endpoint and why."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import threading
@@ -23,6 +25,7 @@ from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.agent import Agent, ProtocolRefused
+from fedstream_agent.diagnose import run_check_command
 from fedstream_agent.identity import AgentIdentity, EnrollmentError, enroll, renew_expired
 from fedstream_agent.settings import AgentSettings, AgentTlsSettings
 from fedstream_aggregator.server import AggregatorServer
@@ -34,6 +37,7 @@ from fedstream_scheduler.server import SchedulerServer
 from fedstream_scheduler.server import build_server as build_scheduler
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
+from fedstream_testing.helpers import random_model, store_model
 from fedstream_testing.support import LoopThread, wait_until
 
 HOUR = dt.timedelta(hours=1)
@@ -308,3 +312,125 @@ def test_agents_older_than_the_control_plane_accepts_are_refused_and_the_agent_s
     assert accepted.protocol_version == PROTOCOL_VERSION + 2
     assert f"the control plane at {newer.sched} refused this agent" in str(stopped.value)
     assert "upgrade the agent" in str(stopped.value)
+
+
+# fedstream-agent check.
+
+def check(settings: AgentSettings, capsys, model: str = "") -> tuple[int, list[tuple[str, str, str]]]:
+    """The check's exit code and its lines as (step, endpoint, outcome)."""
+    code = run_check_command(settings, argparse.Namespace(model=model, timeout=5.0))
+    lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines()]
+    return code, [(step, endpoint, outcome) for step, endpoint, outcome in lines]
+
+
+def test_a_new_agent_passes_every_step_in_order(plane, tmp_path, capsys):
+    code, lines = check(agent_settings(plane, tmp_path), capsys)
+
+    assert code == 0, lines
+    assert [(step, endpoint) for step, endpoint, _ in lines] == [
+        ("dns", plane.enroll_at), ("dns", plane.sched), ("tcp", plane.enroll_at), ("tcp", plane.sched),
+        ("tls", plane.enroll_at), ("tls", plane.sched), ("identity", plane.enroll_at), ("register", plane.sched),
+        ("download", plane.agg)]
+    assert all(outcome.startswith("OK: ") for _, _, outcome in lines)
+    assert "enrolled with the token" in lines[6][2] and "agent 'site-a' of tenant 'alpha'" in lines[6][2]
+    assert f"control plane protocol {PROTOCOL_VERSION}" in lines[7][2]
+    assert "its model service answered this agent" in lines[8][2]
+
+
+def test_an_enrolled_agent_checks_its_certificate_and_fetches_a_versions_first_chunk(plane, tmp_path, capsys):
+    settings = agent_settings(plane, tmp_path)
+    check(settings, capsys)  # enrolls
+    store_model(plane.models, "run-1/000001", random_model())
+
+    code, lines = check(settings, capsys, model="run-1/000001")
+
+    assert code == 0, lines
+    assert [step for step, _, _ in lines] == ["dns", "tcp", "tls", "identity", "register", "download"]
+    assert "it accepts this agent's certificate" in lines[2][2]
+    assert lines[3][1] == str(tmp_path / "id" / "cert.pem")
+    assert "header of run-1/000001" in lines[5][2] and "checksum good" in lines[5][2]
+
+
+def test_another_tenants_ca_fails_the_tls_step_naming_the_file_and_the_issuer(plane, tmp_path, loop, capsys):
+    other = start_tls_plane("beta", tmp_path / "beta", loop)
+    other.stop(loop)
+    settings = agent_settings(plane, tmp_path)
+    settings.tls.ca_file = other.ca_file
+
+    code, lines = check(settings, capsys)
+
+    assert code == 7
+    assert lines[-1][:2] == ("tls", plane.enroll_at)
+    assert lines[-1][2].startswith(f"FAILED: the server's certificate is not signed by the CA in {other.ca_file} "
+                                   "(issuer: CN=fedstream alpha CA,O=alpha")
+    assert [step for step, _, _ in lines] == ["dns", "dns", "tcp", "tcp", "tls"]
+
+
+def test_a_wrong_enrollment_endpoint_or_a_mistyped_host_fails_where_it_is(plane, tmp_path, capsys):
+    wrong_port = agent_settings(plane, tmp_path)
+    wrong_port.tls.enroll_endpoint = plane.agg.rsplit(":", 1)[0] + ":1"
+    typo = agent_settings(plane, tmp_path, scheduler_endpoint="no-such-host.invalid:50051")
+
+    refused_code, refused = check(wrong_port, capsys)
+    typo_code, unresolved = check(typo, capsys)
+
+    assert refused_code == 7 and refused[-1][:2] == ("tcp", "127.0.0.1:1")
+    assert "connection refused (nothing listens there)" in refused[-1][2]
+    assert typo_code == 7 and unresolved[-1][:2] == ("dns", "no-such-host.invalid:50051")
+    assert "FAILED: host 'no-such-host.invalid' does not resolve" in unresolved[-1][2]
+
+
+def test_a_disabled_agent_fails_the_registration_step(plane, tmp_path, capsys):
+    settings = agent_settings(plane, tmp_path)
+    check(settings, capsys)
+    plane.scheduler.service.agents.set_disabled("site-a", True)
+
+    code, lines = check(settings, capsys)
+
+    assert code == 5 and lines[-1] == ("register", plane.sched, "FAILED: agent 'site-a' is disabled by an operator")
+
+
+# Retry lines name the endpoint that fails and why, once a minute for the same failure.
+
+def retry_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+
+
+def run_until_retried(agent: Agent, caplog) -> None:
+    """Runs the agent until it logged a retry, then a second more: several attempts at
+    reconnect_max_s=0.2."""
+    worker = threading.Thread(target=agent.run, daemon=True)
+    worker.start()
+    wait_until(lambda: retry_lines(caplog), 30, "the agent logged no retry")
+    time.sleep(1.0)
+    agent.shutdown()
+    worker.join(10)
+
+
+def test_an_agent_with_another_tenants_ca_says_which_endpoint_and_why_once(plane, tmp_path, loop, caplog):
+    other = start_tls_plane("beta", tmp_path / "beta", loop)
+    other.stop(loop)
+    settings = agent_settings(plane, tmp_path, reconnect_max_s=0.2)
+    settings.tls.ca_file = other.ca_file
+
+    with caplog.at_level(logging.WARNING, logger="fedstream_agent"):
+        run_until_retried(Agent(settings), caplog)
+
+    lines = retry_lines(caplog)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"enrollment {plane.enroll_at}: tls: the server's certificate is not signed by the CA "
+                               f"in {other.ca_file}")
+
+
+def test_an_unreachable_scheduler_is_named_with_the_reason(tmp_path, loop, caplog):
+    gone = start_tls_plane("alpha", tmp_path / "alpha", loop)
+    settings = agent_settings(gone, tmp_path, reconnect_max_s=0.2)
+    enroll(gone.enroll_at, gone.ca.cert_pem, gone.token("site-a"), "site-a").save(tmp_path / "id")
+    gone.stop(loop)
+
+    with caplog.at_level(logging.WARNING, logger="fedstream_agent"):
+        run_until_retried(Agent(settings), caplog)
+
+    lines = retry_lines(caplog)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"scheduler {gone.sched}: tcp: 127.0.0.1 port {gone.scheduler.port}: connection refused")
