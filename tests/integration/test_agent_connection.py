@@ -24,9 +24,10 @@ from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
-from fedstream_agent.agent import Agent, ProtocolRefused
+from fedstream_agent.agent import Agent
 from fedstream_agent.diagnose import run_check_command
 from fedstream_agent.identity import AgentIdentity, EnrollmentError, enroll, renew_expired
+from fedstream_agent.reconnect import ProtocolRefused
 from fedstream_agent.settings import AgentSettings, AgentTlsSettings
 from fedstream_aggregator.server import AggregatorServer
 from fedstream_aggregator.server import build_server as build_aggregator

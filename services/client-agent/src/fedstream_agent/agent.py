@@ -19,7 +19,7 @@ import torch
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.convert import assignment_from_proto
 from fedstream.errors import InvalidArgument
-from fedstream.grpcutil import channel, error_code_of
+from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
@@ -36,7 +36,7 @@ from fedstream_agent.identity import (
     expired,
     renew_after_unix,
 )
-from fedstream_agent.probes import QuietRepeats, explain
+from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
 from fedstream_tasks import get_task
 from fedstream_tasks.base import Task, TrainParams, pick_device
@@ -50,11 +50,6 @@ RETRYABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-
-
-class ProtocolRefused(Exception):
-    """The control plane does not accept this agent's protocol version; the message names both
-    versions and what to upgrade."""
 
 
 def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
@@ -109,9 +104,7 @@ class Agent:
         # Each (run, round) is done once: a scheduler repeats assignments to agents that
         # (re)connect mid-round.
         self._handled: set[tuple[str, int]] = set()
-        self._delay = 0.2
-        # Retry lines: an endpoint failing the same way is logged once a minute, not each try.
-        self._retries = QuietRepeats(log)
+        self._reconnect = Reconnect(settings)
 
     def _task(self, name: str) -> tuple[Task, Any]:
         if name not in self._tasks:
@@ -182,7 +175,6 @@ class Agent:
         has no usable identity and cannot get one without an operator."""
         for name in self.settings.tasks:
             self._task(name)  # load data once, before the first round, and fail early
-        self._delay = 0.2
         heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
         while not self.stop.is_set():
             try:
@@ -193,7 +185,7 @@ class Agent:
                     heartbeat.start()
                 log.info("registered with %s (device %s, control plane protocol %d)",
                          self.settings.scheduler_endpoint, self.device, reply.protocol_version or 1)
-                self._delay = 0.2
+                self._reconnect.connected()
                 self._stream = self._agents.ReceiveAssignments(
                     scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id)
                 )
@@ -205,53 +197,17 @@ class Agent:
             except (grpc.RpcError, CallFailed, AgentDisabledError) as e:
                 if self.stop.is_set():
                     break
-                self.stop.wait(self._after_failure(e))
-
-    def _after_failure(self, failure: grpc.RpcError | CallFailed | AgentDisabledError) -> float:
-        """What a failed attempt means: logs it (the endpoint and why; a repeated line at
-        most once a minute) and returns how long to wait before the next one."""
-        if isinstance(failure, AgentDisabledError):
-            return self._disabled(str(failure), self.settings.tls.enroll_endpoint)
-        if isinstance(failure, CallFailed):
-            what, endpoint, e = failure.what, failure.endpoint, failure.error
-        else:
-            what, endpoint, e = "scheduler", self.settings.scheduler_endpoint, failure
-        code = error_code_of(e)
-        if e.code() == grpc.StatusCode.CANCELLED and self._scheduler is None:
-            return 0.0  # the stream was closed for a renewed certificate
-        if code == "agent_disabled":
-            return self._disabled(e.details() or "", endpoint)
-        if code == "incompatible_protocol":
-            raise ProtocolRefused(f"the control plane at {endpoint} refused this agent: {e.details()}")
-        if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.identity is not None:
-            # Revoked (the agent was deleted) or replaced: only a new enrollment helps,
-            # with a new token in the token file; without one the agent exits.
-            log.error("the scheduler refused this agent's certificate: %s; enrolling again", e.details())
-            self.identity.discard()
-            self._tls, self._scheduler, self._channels = None, None, {}
-        delay, self._delay = self._delay, min(self._delay * 2, self.settings.reconnect_max_s)
-        reason = self._why(e, endpoint)
-        self._retries.log(logging.WARNING, f"{what} {endpoint}: {reason}",
-                          f"{what} {endpoint}: {reason}; retrying in {delay:.1f} s")
-        return delay
-
-    def _disabled(self, message: str, endpoint: str) -> float:
-        wait = self.settings.disabled_recheck_s
-        self._retries.log(logging.ERROR, message, f"{message} (told by {endpoint}); this agent takes no work and "
-                          f"asks again every {wait:g} s until an operator enables it")
-        return wait
-
-    def _why(self, e: grpc.RpcError, endpoint: str) -> str:
-        return explain(e, endpoint, self._ca_pem(), self.settings.tls.ca_file or "", self._tls)
-
-    def _ca_pem(self) -> bytes | None:
-        ca_file = self.settings.tls.ca_file
-        if self.settings.tls.insecure_plaintext or ca_file is None:
-            return None
-        try:
-            return ca_file.read_bytes()
-        except OSError:
-            return None
+                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.CANCELLED and self._scheduler is None:
+                    continue  # the stream was closed for a renewed certificate
+                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAUTHENTICATED and (
+                    self.identity is not None
+                ):
+                    # Revoked (the agent was deleted) or replaced: only a new enrollment helps,
+                    # with a new token in the token file; without one the agent exits.
+                    log.error("the scheduler refused this agent's certificate: %s; enrolling again", e.details())
+                    self.identity.discard()
+                    self._tls, self._scheduler, self._channels = None, None, {}
+                self.stop.wait(self._reconnect.wait_after(e, self._tls))
 
     def _heartbeat_loop(self) -> None:
         while not self.stop.wait(self._interval):
@@ -433,7 +389,7 @@ class Agent:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
                     raise
                 log.warning("download from %s failed (%s); retrying in %.1f s", a.model_endpoint,
-                            self._why(e, a.model_endpoint), delay)
+                            self._reconnect.why(e, a.model_endpoint, self._tls), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -471,6 +427,6 @@ class Agent:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
                     raise
                 log.warning("upload to %s failed (%s); retrying in %.1f s", a.upload_endpoint,
-                            self._why(e, a.upload_endpoint), delay)
+                            self._reconnect.why(e, a.upload_endpoint, self._tls), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

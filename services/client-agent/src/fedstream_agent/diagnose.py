@@ -65,7 +65,13 @@ class Step:
         return f"{self.name:<9} {self.endpoint:<22} {'FAILED: ' if self.failed is not None else 'OK: '}{self.outcome}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``check`` subcommand and its options."""
+    parser = sub.add_parser(
+        "check", help="test the way to the control plane step by step (DNS, TCP, TLS, certificate, registration, "
+        "a download from the aggregator), one line each, and exit: 0 all good, else the failing step's code "
+        "(5 identity, 6 protocol, 7 unreachable)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", metavar="RUN[/NNNNNN]",
                         help="a version (or a run: its latest version) whose header and first chunk the "
                         "download step fetches (default: it only reaches the aggregator's model service)")
@@ -148,7 +154,7 @@ class Checker:
             addrs = resolve(host, port)
         except ProbeFailed as e:
             return Step("dns", endpoint, e.reason, ExitCode.UNREACHABLE)
-        return Step("dns", endpoint, f"{host} is {', '.join(a for _, (a, _) in addrs)}")
+        return Step("dns", endpoint, f"{host} resolves to {', '.join(a for _, (a, _) in addrs)}")
 
     def _tcp(self, endpoint: str, _: TlsIdentity | None) -> Step:
         try:

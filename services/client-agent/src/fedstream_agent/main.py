@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(infer)
     from fedstream_agent import diagnose
 
-    diagnose.add_arguments(sub.add_parser(
-        "check", help="test the way to the control plane step by step (DNS, TCP, TLS, certificate, registration, "
-        "a download from the aggregator), one line each, and exit: 0 all good, else the failing step's code"))
+    diagnose.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "infer":
         from fedstream_agent.infer import run_inference
@@ -51,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log.level, settings.log.json_format, f"agent {settings.agent_id}")
     tune_allocator()
     from fedstream.metrics import start_metrics
-    from fedstream_agent.agent import Agent, ProtocolRefused  # imports PyTorch: after settings are known good
+    from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
     if args.command == "check":
         return diagnose.run_check_command(settings, args)
     if not start_metrics(settings.metrics, "agent"):
         return ExitCode.CANNOT_BIND
     from fedstream_agent.identity import EnrollmentError
+    from fedstream_agent.reconnect import ProtocolRefused
 
     try:
         agent = Agent(settings)
