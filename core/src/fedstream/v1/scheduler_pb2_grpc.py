@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,7 +60,10 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -118,7 +124,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     @staticmethod
     def Register(request,
