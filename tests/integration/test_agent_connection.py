@@ -27,6 +27,7 @@ from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.agent import Agent
 from fedstream_agent.diagnose import run_check_command
 from fedstream_agent.identity import AgentIdentity, EnrollmentError, enroll, renew_expired
+from fedstream_agent.probes import explain
 from fedstream_agent.reconnect import ProtocolRefused
 from fedstream_agent.settings import AgentSettings, AgentTlsSettings
 from fedstream_aggregator.server import AggregatorServer
@@ -435,3 +436,14 @@ def test_an_unreachable_scheduler_is_named_with_the_reason(tmp_path, loop, caplo
     lines = retry_lines(caplog)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"scheduler {gone.sched}: tcp: 127.0.0.1 port {gone.scheduler.port}: connection refused")
+
+
+def test_a_certificate_the_scheduler_refuses_is_named_as_the_reason(plane):
+    stranger = CertificateAuthority.create("alpha").issue_identity(Identity("alpha", "agent", "site-a"), HOUR)
+    presented = TlsIdentity(plane.ca.cert_pem, stranger.cert_pem, stranger.key_pem)  # trusts the right CA
+
+    failed = refusal(lambda: register(plane.sched, presented))
+    reason = explain(failed, plane.sched, plane.ca.cert_pem, plane.ca_file, presented)
+
+    assert failed.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason.startswith("tls: the server refused this agent's certificate (")

@@ -118,15 +118,21 @@ def tls_handshake(
 
 def _refused_client(tls: ssl.SSLSocket) -> None:
     """With TLS 1.3 a server checks the client's certificate after the client's handshake is
-    done: a refusal arrives as an alert on the first read."""
+    done: a refusal arrives as an alert, or as the connection closed, on the first read."""
     tls.settimeout(1.0)
     try:
-        tls.recv(1)
+        closed = tls.recv(1) == b""
+    except TimeoutError:
+        return  # the server waits for the client's first request: the certificate was accepted
     except ssl.SSLError as e:
-        raise ProbeFailed("tls", f"the server refused this agent's certificate ({e.reason or e}): "
-                          "it is not signed by the authority the server trusts") from None
-    except (TimeoutError, OSError):
-        pass  # the server waits for the client's first request: the certificate was accepted
+        raise ProbeFailed("tls", f"the server refused this agent's certificate ({e.reason or e}): it is not "
+                          "signed by the authority the server trusts, or names another tenant") from None
+    except OSError:
+        closed = True
+    if closed:
+        raise ProbeFailed("tls", "the server refused this agent's certificate (it closed the connection after "
+                          "the handshake): it is not signed by the authority the server trusts, or names another "
+                          "tenant")
 
 
 def check_server_certificate(cert: x509.Certificate, host: str, ca_pem: bytes, ca_file: Path | str) -> str:
