@@ -240,6 +240,25 @@ def agent_settings(plane: TlsPlane, tmp: Path, **changes: object) -> AgentSettin
     return base.model_copy(update=changes)
 
 
+def test_an_agent_back_after_its_certificate_expired_renews_and_registers_without_a_token(plane, tmp_path, caplog):
+    old = short_lived(plane, "site-a", tmp_path / "id")  # expired while the site was offline
+    settings = agent_settings(plane, tmp_path)
+    settings.tls.enrollment_token_file = None
+    agent = Agent(settings)
+    worker = threading.Thread(target=agent.run, daemon=True)
+
+    with caplog.at_level(logging.INFO, logger="fedstream_agent"):
+        worker.start()
+        wait_until(lambda: "registered with" in caplog.text, 30, "the agent did not come back")
+    agent.shutdown()
+    worker.join(10)
+
+    renewed = TlsIdentity.load(tmp_path / "id")
+    assert renewed.key_pem == old.key_pem and renewed.peer.not_after_unix > time.time()
+    assert plane.state.get_agent("site-a").cert_serials == [renewed.peer.serial]
+    assert "renewing it with its key" in caplog.text
+
+
 def test_a_disabled_agent_is_refused_with_a_message_that_says_so(plane, tmp_path):
     ident = enroll(plane.enroll_at, plane.ca.cert_pem, plane.token("site-a"), "site-a")
     plane.scheduler.service.agents.set_disabled("site-a", True)
