@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_codes_keep_their_numbers():
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "FAILED": 1, "BAD_SETTINGS": 2, "CANNOT_BIND": 3, "BAD_DATA": 4, "NO_IDENTITY": 5}
+        "OK": 0, "FAILED": 1, "BAD_SETTINGS": 2, "CANNOT_BIND": 3, "BAD_DATA": 4, "NO_IDENTITY": 5,
+        "INCOMPATIBLE_PROTOCOL": 6, "UNREACHABLE": 7}
 
 
 def test_the_readme_lists_every_code():

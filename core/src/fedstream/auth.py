@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from fedstream.config import TlsSettings
-from fedstream.errors import AgentNotFound, PermissionDenied, Unauthenticated
+from fedstream.errors import AgentDisabled, AgentNotFound, PermissionDenied, Unauthenticated
 from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, TlsIdentity, read_peer
 from fedstream.state import AgentRecord, StateStore
 
@@ -152,5 +152,5 @@ class Guard:
         if peer.serial not in rec.cert_serials:
             raise Unauthenticated(f"this certificate of agent {agent_id!r} was revoked or replaced")
         if rec.disabled:
-            raise PermissionDenied(f"agent {agent_id!r} is disabled")
+            raise AgentDisabled(agent_id)
         return rec

@@ -129,6 +129,18 @@ class InvalidTransition(FailedPrecondition):
     code = "invalid_transition"
 
 
+class IncompatibleProtocol(FailedPrecondition):
+    """An agent whose protocol version the control plane does not accept (fedstream.protocol)."""
+
+    code = "incompatible_protocol"
+
+
+class RenewalRefused(FailedPrecondition):
+    """An expired certificate that can no longer be renewed without a new enrollment token."""
+
+    code = "renewal_refused"
+
+
 class AlreadyExists(FedstreamError):
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
     http_status = HTTPStatus.CONFLICT
@@ -139,6 +151,15 @@ class PermissionDenied(FedstreamError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
     http_status = HTTPStatus.FORBIDDEN
     code = "permission_denied"
+
+
+class AgentDisabled(PermissionDenied):
+    """An agent an operator disabled: refused until it is enabled again."""
+
+    code = "agent_disabled"
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} is disabled by an operator")
 
 
 class Unauthenticated(FedstreamError):

@@ -33,3 +33,11 @@ class ExitCode(IntEnum):
     """The agent has no usable certificate and cannot get one without an operator: no
     enrollment token, a token the scheduler refuses (spent, expired, revoked), or no
     ``tls.ca_file`` (and no ``tls.insecure_plaintext``)."""
+
+    INCOMPATIBLE_PROTOCOL = 6
+    """The control plane refused the agent's protocol version (fedstream.protocol): the line
+    names both versions and what to upgrade."""
+
+    UNREACHABLE = 7
+    """``fedstream-agent check`` could not reach an endpoint of the control plane (DNS, TCP,
+    TLS, a deadline): its last line names the endpoint and why."""

@@ -36,6 +36,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 DEFAULT_STREAM_WINDOW_BYTES = 4 << 20
+# Trailing metadata key carrying a refused call's catalog code (fedstream.errors), so that a
+# client can tell refusals of one status apart (agent_disabled from permission_denied).
+ERROR_CODE_KEY = "fedstream-error"
 
 
 def server_options(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> list[tuple[str, int]]:
@@ -56,7 +59,17 @@ def server_options(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> li
     ]
 
 
-def _status_of(err: FedstreamError) -> tuple[grpc.StatusCode, str]:
+def error_code_of(error: grpc.RpcError) -> str:
+    """The catalog code a fedstream server attached to a refused call; "" when none."""
+    read = getattr(error, "trailing_metadata", None)  # sync and asyncio errors alike
+    for key, value in (read() if callable(read) else None) or ():
+        if key == ERROR_CODE_KEY:
+            return str(value)
+    return ""
+
+
+def _status_of(err: FedstreamError, context: Any) -> tuple[grpc.StatusCode, str]:
+    context.set_trailing_metadata(((ERROR_CODE_KEY, err.code),))
     if err.detail:
         log.info("%s: %s (%s)", err.code, err.public, err.detail)
     return err.grpc_code, err.public
@@ -89,7 +102,7 @@ def _translating(fn: Callable[..., Any], context: grpc.ServicerContext) -> Itera
     try:
         yield
     except FedstreamError as e:
-        context.abort(*_status_of(e))
+        context.abort(*_status_of(e, context))
     except Exception as e:
         if _is_abort(e):
             raise
@@ -105,7 +118,7 @@ async def _translating_async(fn: Callable[..., Any], context: grpc.aio.ServicerC
     try:
         yield
     except FedstreamError as e:
-        await context.abort(*_status_of(e))
+        await context.abort(*_status_of(e, context))
     except grpc.aio.AbortError:
         raise
     except Exception as e:  # noqa: BLE001 - the edge: anything else is INTERNAL, logged

@@ -118,6 +118,18 @@ def public_key_of_csr(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPubl
     raise InvalidArgument("the request's key must be ECDSA P-256/P-384 or RSA of at least 2048 bits")
 
 
+def same_public_key(a: object, b: object) -> bool:
+    """Whether two public keys (of requests or certificates) are the same key."""
+
+    def der(key: object) -> bytes | None:
+        if isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+            return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return None
+
+    mine = der(a)
+    return mine is not None and mine == der(b)
+
+
 class CertificateAuthority:
     """One tenant's authority: issues agents', services' and operators' certificates."""
 

@@ -72,6 +72,14 @@ class RenewRequest(_message.Message):
     csr_pem: bytes
     def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
+class RenewExpiredRequest(_message.Message):
+    __slots__ = ("certificate_pem", "csr_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    csr_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
 class AgentCertificate(_message.Message):
     __slots__ = ("agent_id", "certificate_pem", "ca_certificate_pem", "not_after_unix", "renew_after_unix")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -87,16 +95,26 @@ class AgentCertificate(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., not_after_unix: _Optional[float] = ..., renew_after_unix: _Optional[float] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent",)
+    __slots__ = ("agent", "protocol_version")
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     agent: AgentInfo
-    def __init__(self, agent: _Optional[_Union[AgentInfo, _Mapping]] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, agent: _Optional[_Union[AgentInfo, _Mapping]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_s",)
+    __slots__ = ("heartbeat_interval_s", "protocol_version", "oldest_agent_protocol_version", "newest_agent_protocol_version", "aggregator_endpoint")
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_AGENT_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_AGENT_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_s: float
-    def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    protocol_version: int
+    oldest_agent_protocol_version: int
+    newest_agent_protocol_version: int
+    aggregator_endpoint: str
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., protocol_version: _Optional[int] = ..., oldest_agent_protocol_version: _Optional[int] = ..., newest_agent_protocol_version: _Optional[int] = ..., aggregator_endpoint: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id", "run_id", "round")

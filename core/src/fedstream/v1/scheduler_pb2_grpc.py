@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,7 +60,10 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -118,7 +124,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """Every method refuses an agent that an operator disabled with PERMISSION_DENIED, the message
+    "agent '<id>' is disabled by an operator" and the error code agent_disabled in the trailing
+    metadata "fedstream-error" (which carries the catalog code of every refused call).
+    """
 
     @staticmethod
     def Register(request,
@@ -246,6 +255,11 @@ class EnrollmentServiceStub:
                 request_serializer=fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
                 _registered_method=True)
+        self.RenewExpired = channel.unary_unary(
+                '/fedstream.v1.EnrollmentService/RenewExpired',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.RenewExpiredRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServiceServicer:
@@ -260,12 +274,28 @@ class EnrollmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewExpired(self, request, context):
+        """An agent whose certificate expired while it was offline trades it, with a signing request
+        for the same key (signed by it: proof that the caller holds the key), for a new one,
+        without a token, within the scheduler's renewal grace (enrollment.renewal_grace_s) after
+        the expiry. Refused when the certificate was revoked or replaced, the agent deleted or
+        disabled, or the grace has passed (FAILED_PRECONDITION: a new enrollment token is needed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnrollmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
                     request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.SerializeToString,
+            ),
+            'RenewExpired': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewExpired,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.RenewExpiredRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.SerializeToString,
             ),
     }
@@ -298,6 +328,33 @@ class EnrollmentService:
             target,
             '/fedstream.v1.EnrollmentService/Enroll',
             fedstream_dot_v1_dot_scheduler__pb2.EnrollRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewExpired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.EnrollmentService/RenewExpired',
+            fedstream_dot_v1_dot_scheduler__pb2.RenewExpiredRequest.SerializeToString,
             fedstream_dot_v1_dot_scheduler__pb2.AgentCertificate.FromString,
             options,
             channel_credentials,

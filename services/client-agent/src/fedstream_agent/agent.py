@@ -22,12 +22,21 @@ from fedstream.errors import InvalidArgument, RoundCancelled
 from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
+from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel, download_model, upload_update
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent import metrics as m
-from fedstream_agent.identity import AgentIdentity, EnrollmentError, renew_after_unix
+from fedstream_agent.identity import (
+    AgentDisabledError,
+    AgentIdentity,
+    CallFailed,
+    EnrollmentError,
+    expired,
+    renew_after_unix,
+)
+from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
 from fedstream_tasks import get_task
 from fedstream_tasks.base import Task, TrainParams, pick_device
@@ -103,6 +112,7 @@ class Agent:
         # once a heartbeat's reply says so.
         self._current: tuple[str, int] | None = None
         self._cancelled: dict[tuple[str, int], str] = {}
+        self._reconnect = Reconnect(settings)
 
     def _task(self, name: str) -> tuple[Task, Any]:
         if name not in self._tasks:
@@ -122,8 +132,13 @@ class Agent:
         return self._channels[endpoint]
 
     def _connect(self) -> None:
-        """(Re)builds the scheduler channel with the current certificate, enrolling first when
-        there is none. Raises EnrollmentError, grpc.RpcError."""
+        """(Re)builds the scheduler channel with the current certificate, enrolling (or
+        renewing an expired certificate) first when there is none. Raises EnrollmentError,
+        CallFailed."""
+        if self._tls is not None and expired(self._tls):
+            log.warning("this agent's certificate expired at %s (the scheduler was out of reach); renewing it",
+                        time.ctime(self._tls.peer.not_after_unix))
+            self._tls, self._scheduler, self._channels = None, None, {}
         if self.identity is not None and self._tls is None:
             self._tls = self.identity.ensure()
             self._renew_at = renew_after_unix(self._tls)
@@ -149,34 +164,36 @@ class Agent:
         if self._stream is not None:
             self._stream.cancel()
 
+    def register_request(self) -> scheduler_pb2.RegisterRequest:
+        return scheduler_pb2.RegisterRequest(
+            agent=scheduler_pb2.AgentInfo(
+                agent_id=self.agent_id,
+                labels=self.settings.labels,
+                capabilities=capabilities(self.device),
+                tasks=self.settings.tasks,
+            ),
+            protocol_version=PROTOCOL_VERSION,
+        )
+
     def run(self) -> None:
         """Registers, heartbeats and serves assignments until ``stop`` is set, reconnecting
-        with backoff whenever the scheduler is unreachable."""
+        with backoff whenever the scheduler is unreachable (each retry logged with the endpoint
+        and why), waiting while an operator has disabled the agent. Raises ProtocolRefused
+        when the control plane does not accept this agent's protocol, EnrollmentError when it
+        has no usable identity and cannot get one without an operator."""
         for name in self.settings.tasks:
             self._task(name)  # load data once, before the first round, and fail early
-        delay = 0.2
         heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
-        heartbeat_started = False
         while not self.stop.is_set():
             try:
                 self._connect()
-                reply = self._agents.Register(
-                    scheduler_pb2.RegisterRequest(
-                        agent=scheduler_pb2.AgentInfo(
-                            agent_id=self.agent_id,
-                            labels=self.settings.labels,
-                            capabilities=capabilities(self.device),
-                            tasks=self.settings.tasks,
-                        )
-                    ),
-                    timeout=10,
-                )
+                reply = self._agents.Register(self.register_request(), timeout=10)
                 self._interval = reply.heartbeat_interval_s
-                if not heartbeat_started:
+                if not heartbeat.is_alive():
                     heartbeat.start()
-                    heartbeat_started = True
-                log.info("registered with %s (device %s)", self.settings.scheduler_endpoint, self.device)
-                delay = 0.2
+                log.info("registered with %s (device %s, control plane protocol %d)",
+                         self.settings.scheduler_endpoint, self.device, reply.protocol_version or 1)
+                self._reconnect.connected()
                 self._stream = self._agents.ReceiveAssignments(
                     scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id)
                 )
@@ -185,21 +202,20 @@ class Agent:
                         self._receive(event.assignment)
                     if self.stop.is_set():
                         break
-            except grpc.RpcError as e:
+            except (grpc.RpcError, CallFailed, AgentDisabledError) as e:
                 if self.stop.is_set():
                     break
-                if e.code() == grpc.StatusCode.CANCELLED and self._scheduler is None:
-                    delay = 0.2  # the stream was closed for a renewed certificate
-                    continue
-                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.identity is not None:
+                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.CANCELLED and self._scheduler is None:
+                    continue  # the stream was closed for a renewed certificate
+                if isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAUTHENTICATED and (
+                    self.identity is not None
+                ):
                     # Revoked (the agent was deleted) or replaced: only a new enrollment helps,
                     # with a new token in the token file; without one the agent exits.
                     log.error("the scheduler refused this agent's certificate: %s; enrolling again", e.details())
                     self.identity.discard()
                     self._tls, self._scheduler, self._channels = None, None, {}
-                log.warning("scheduler %s: %s; retrying in %.1f s", self.settings.scheduler_endpoint, e.code().name, delay)
-            self.stop.wait(delay)
-            delay = min(delay * 2, self.settings.reconnect_max_s)
+                self.stop.wait(self._reconnect.wait_after(e, self._tls))
 
     def _heartbeat_loop(self) -> None:
         while not self.stop.wait(self._interval):
@@ -403,7 +419,8 @@ class Agent:
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
                     raise
-                log.warning("download failed (%s); retrying in %.1f s", e.code().name, delay)
+                log.warning("download from %s failed (%s); retrying in %.1f s", a.model_endpoint,
+                            self._reconnect.why(e, a.model_endpoint, self._tls), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -441,6 +458,7 @@ class Agent:
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
                     raise
-                log.warning("upload failed (%s); retrying in %.1f s", e.code().name, delay)
+                log.warning("upload to %s failed (%s); retrying in %.1f s", a.upload_endpoint,
+                            self._reconnect.why(e, a.upload_endpoint, self._tls), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from fedstream_agent.infer import add_arguments
 
     add_arguments(infer)
+    from fedstream_agent import diagnose
+
+    diagnose.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "infer":
         from fedstream_agent.infer import run_inference
@@ -48,18 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     from fedstream.metrics import start_metrics
     from fedstream_agent.agent import Agent  # imports PyTorch: after settings are known good
 
+    if args.command == "check":
+        return diagnose.run_check_command(settings, args)
     if not start_metrics(settings.metrics, "agent"):
         return ExitCode.CANNOT_BIND
     from fedstream_agent.identity import EnrollmentError
+    from fedstream_agent.reconnect import ProtocolRefused
 
     try:
         agent = Agent(settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: agent.shutdown())
+        if settings.check_at_start:
+            diagnose.check_at_start(agent)
         agent.run()
     except EnrollmentError as e:
         log.error("%s", e)
         return ExitCode.NO_IDENTITY
+    except ProtocolRefused as e:
+        log.error("%s", e)
+        return ExitCode.INCOMPATIBLE_PROTOCOL
     except ValueError as e:
         log.error("cannot load the site's data: %s", e)
         return ExitCode.BAD_DATA

@@ -72,3 +72,11 @@ class AgentSettings(BaseSettings):
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Longest wait between attempts to reach the scheduler."
     )
+    disabled_recheck_s: float = Field(
+        60.0, gt=0, description="While an operator has disabled this agent, how often it asks the "
+        "scheduler again (it logs that it is disabled, waits, and resumes by itself once enabled)."
+    )
+    check_at_start: bool = Field(
+        True, description="Run the connection check (`fedstream-agent check`: DNS, TCP, TLS, certificate, "
+        "registration, a download from the aggregator) once at start and log its lines."
+    )

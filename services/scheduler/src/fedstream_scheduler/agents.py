@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
 from fedstream.errors import (
+    AgentDisabled,
     AgentNotFound,
     AlreadyExists,
     FedstreamError,
     InvalidArgument,
-    PermissionDenied,
     ResourceExhausted,
     RoundNotFound,
     Unauthenticated,
@@ -116,7 +116,7 @@ class AgentRegistry:
         agent fell behind reading its stream."""
         agent = self.state.get_agent(agent_id)
         if agent.disabled:
-            raise PermissionDenied(f"agent {agent_id!r} is disabled")
+            raise AgentDisabled(agent_id)
         queue: asyncio.Queue[object] = asyncio.Queue(self.settings.limits.assignment_queue)
         old = self._streams.get(agent_id)
         if old is not None:
@@ -194,7 +194,7 @@ class AgentRegistry:
         log.info("agent %s %s", agent_id, "disabled" if disabled else "enabled")
         stream = self._streams.get(agent_id)
         if disabled and stream is not None:
-            self._offer(stream, PermissionDenied(f"agent {agent_id!r} is disabled"))
+            self._offer(stream, AgentDisabled(agent_id))
         return agent
 
     def delete(self, agent_id: str) -> None:

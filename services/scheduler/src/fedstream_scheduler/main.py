@@ -46,7 +46,8 @@ async def serve(settings: SchedulerSettings) -> int:
         return ExitCode.BAD_SETTINGS
     state = make_state_store(settings.state, tenant, "FEDSTREAM_SCHEDULER_")
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
-    enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s)
+    enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s,
+                            renewal_grace_s=settings.enrollment.renewal_grace_s)
     try:
         server = await _start_grpc(settings, service, identity, enrollment)
     except OSError as e:

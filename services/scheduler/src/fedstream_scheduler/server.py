@@ -11,6 +11,7 @@ from fedstream.auth import Guard
 from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_server, server_credentials
 from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS
 from fedstream.pki import TlsIdentity
+from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.service import SchedulerService
@@ -62,6 +63,7 @@ async def build_server(
     enrollment: Enrollment | None = None,
     enroll_port: int | None = None,
     health_port: int | None = None,
+    protocol: int = PROTOCOL_VERSION,
 ) -> SchedulerServer:
     """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
     ``serving=False``, when the caller says so (once the state store answers).
@@ -70,13 +72,14 @@ async def build_server(
     the server is plaintext (development). With ``tls``, an enrollment that holds the
     authority and ``enroll_port`` not None, agents enroll on that port (TLS, no client
     certificate asked). With ``health_port`` not None, a plaintext server on it answers
-    grpc.health.v1 only (kubelet probes cannot present certificates)."""
+    grpc.health.v1 only (kubelet probes cannot present certificates). ``protocol`` is the
+    control plane's protocol version (fedstream.protocol; another only in tests)."""
     if enrollment is None:
         enrollment = Enrollment(service.state, None, 86400.0, service.clock)
     guard = Guard(service.state.tenant, tls is not None, service.state)
     server = make_aio_server(stream_window_bytes, service.settings.grpc.max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(service.settings.grpc.max_concurrent_rpcs)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment), server)
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment, protocol), server)
     pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -21,6 +21,7 @@ from fedstream.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter
 from fedstream.metrics import LIMIT_HITS
+from fedstream.protocol import PROTOCOL_VERSION, accepted_range, check_agent_protocol
 from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
@@ -78,12 +79,16 @@ def certificate_to_proto(issued: Issued) -> pb.AgentCertificate:
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
-    """Every method acts for the agent the client certificate names (fedstream.auth)."""
+    """Every method acts for the agent the client certificate names (fedstream.auth).
+    ``protocol`` is the control plane's protocol version (fedstream.protocol)."""
 
-    def __init__(self, service: SchedulerService, guard: Guard, enrollment: Enrollment) -> None:
+    def __init__(
+        self, service: SchedulerService, guard: Guard, enrollment: Enrollment, protocol: int = PROTOCOL_VERSION
+    ) -> None:
         self.service = service
         self.guard = guard
         self.enrollment = enrollment
+        self.protocol = protocol
         limits = service.settings.limits
         self.registrations = RateLimiter(limits.registrations_per_min / 60, 10)
         self.heartbeats = RateLimiter(limits.heartbeats_per_interval / service.settings.heartbeat_interval_s, 10)
@@ -98,6 +103,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         a = request.agent
         agent_id = self.guard.agent(context, a.agent_id)
         self._within(self.registrations, agent_id, "registrations_per_min", "registrations")
+        check_agent_protocol(request.protocol_version, self.protocol)
         record = AgentRecord(
             agent_id=agent_id,
             labels=dict(a.labels),
@@ -105,7 +111,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             tasks=list(a.tasks),
         )
         interval = self.service.agents.register(record)
-        return pb.RegisterResponse(heartbeat_interval_s=interval)
+        oldest, newest = accepted_range(self.protocol)
+        settings = self.service.settings
+        return pb.RegisterResponse(
+            heartbeat_interval_s=interval,
+            protocol_version=self.protocol,
+            oldest_agent_protocol_version=oldest,
+            newest_agent_protocol_version=newest,
+            aggregator_endpoint=settings.aggregator_public_endpoint or settings.aggregator_endpoint,
+        )
 
     @translate_errors
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
@@ -140,6 +154,13 @@ class EnrollmentServicer(pb_grpc.EnrollmentServiceServicer):
     @translate_errors
     async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.AgentCertificate:
         issued = await asyncio.to_thread(self.enrollment.enroll, request.token, request.agent_id, request.csr_pem)
+        return certificate_to_proto(issued)
+
+    @translate_errors
+    async def RenewExpired(
+        self, request: pb.RenewExpiredRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AgentCertificate:
+        issued = await asyncio.to_thread(self.enrollment.renew_expired, request.certificate_pem, request.csr_pem)
         return certificate_to_proto(issued)
 
 

@@ -56,6 +56,12 @@ class EnrollmentSettings(BaseModel):
         86400.0, ge=60, le=90 * 86400,
         description="Lifetime of agents' certificates; agents renew at two thirds of it.",
     )
+    renewal_grace_s: float = Field(
+        30 * 86400.0, ge=0, le=365 * 86400,
+        description="How long after its certificate expired an agent (offline meanwhile: a site down for "
+        "a weekend) may still renew it on the enrollment port with the key it holds, without a new "
+        "enrollment token; beyond it the agent is refused and needs a new token. 0: never.",
+    )
 
 
 class SchedulerLimits(BaseModel):
