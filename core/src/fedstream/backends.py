@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedstream.config import StateSettings, StoreSettings
+from fedstream.startup import writable_directory
 from fedstream.state import MemoryStateStore, StateStore
 from fedstream.store import LocalModelStore, ModelStore
 
@@ -17,6 +18,8 @@ def make_state_store(settings: StateSettings, tenant: str) -> StateStore:
 
 
 def make_model_store(settings: StoreSettings, tenant: str) -> ModelStore:
+    """Raises StartupError naming ``store.path`` when its directory cannot be written (exit code 4)."""
+    writable_directory(settings.path, "store.path")
     if settings.backend == "s3":
         from fedstream.store.s3 import S3ModelStore, make_client
 

@@ -96,10 +96,7 @@ class AgentIdentity:
         if stored is not None:
             return stored
         if self.token_file is None or not self.token_file.exists():
-            raise EnrollmentError(
-                f"no certificate in {self.directory} and no enrollment token (tls.enrollment_token_file); "
-                "ask an operator for one: fedstream enrollment-tokens create"
-            )
+            raise EnrollmentError(f"no certificate in {self.directory} and no enrollment token")
         token = self.token_file.read_text().strip()
         try:
             fresh = enroll(self.enroll_endpoint, self.ca_file.read_bytes(), token, self.agent_id)
