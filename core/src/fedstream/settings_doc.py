@@ -240,6 +240,15 @@ def service_parser(cls: type[BaseSettings], description: str) -> tuple[argparse.
     return parser, sub
 
 
+def _default_cell(field: FieldInfo) -> str:
+    """The default in backticks when it is a value, plain when it is words."""
+    text = default_text(field)
+    extra = field.json_schema_extra
+    if text in ("unset", "required") or (isinstance(extra, dict) and "doc_default" in extra):
+        return _cell(text)
+    return f"`{_cell(text)}`"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -260,7 +269,7 @@ def markdown(classes: list[type[BaseSettings]]) -> str:
                 "| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
         for s in settings_of(cls):
             meaning = s.description + (" (a credential: `config` masks it)" if s.secret else "")
-            out.append(f"| `{s.variable}` | {_cell(type_text(s.field))} | `{_cell(default_text(s.field))}` "
+            out.append(f"| `{s.variable}` | {_cell(type_text(s.field))} | {_default_cell(s.field)} "
                        f"| {_cell(meaning)} |")
     return "\n".join(out) + "\n"
 

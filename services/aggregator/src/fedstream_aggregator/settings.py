@@ -160,7 +160,7 @@ class AggregatorSettings(BaseSettings):
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
         description="Directory where incoming updates are spooled until verified and folded.",
-        json_schema_extra={"doc_default": "$TMPDIR/fedstream-spool"},
+        json_schema_extra={"doc_default": "fedstream-spool in the system's temporary directory ($TMPDIR, else /tmp)"},
     )
     name: str = Field(
         "",
