@@ -168,6 +168,18 @@ def test_a_credential_is_never_echoed_in_an_error(path):
     assert line == f"{variable}='***': refused; fix it"
 
 
+def test_a_bad_credential_is_refused_without_echoing_it(monkeypatch):
+    monkeypatch.setenv("FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN", "too-short")
+
+    with pytest.raises(InvalidSettings) as raised:
+        load(SchedulerSettings)
+
+    (error,) = raised.value.errors
+    line = error.line("FEDSTREAM_SCHEDULER_")
+    assert line.startswith("FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN='***': ") and "at least 16" in line
+    assert "too-short" not in line
+
+
 def test_a_startup_error_names_the_variable_set_unset_or_defaulted():
     error = StartupError("tls.ca_file", None, "the CA is needed", "set it, or {tls.insecure_plaintext}=true")
     bound = StartupError("api.port", 8080, "cannot listen", "free it", ExitCode.CANNOT_BIND)

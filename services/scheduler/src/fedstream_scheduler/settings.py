@@ -29,7 +29,7 @@ class ApiSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65535, description="Admin API port; 0 picks a free one.")
     port_file: Path | None = Field(None, description="If set, the bound port is written here.")
     bootstrap_token: SecretStr | None = Field(
-        None,
+        None, min_length=16,
         description="This tenant's bootstrap admin token (at least 16 characters; from a secret). "
         "Stored only as a hash; create the other tokens with it.",
     )
