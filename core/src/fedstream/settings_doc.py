@@ -18,7 +18,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-import annotated_types as at
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
@@ -135,7 +134,7 @@ def _bounds(field: FieldInfo) -> str:
     for m in field.metadata:
         for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"),
                            ("min_length", "length >="), ("max_length", "length <=")):
-            if isinstance(m, at.BaseMetadata) and hasattr(m, attr):
+            if getattr(m, attr, None) is not None:
                 marks.append(f"{sign} {getattr(m, attr)}")
         if getattr(m, "pattern", None):
             marks.append(f"matching {m.pattern}")
