@@ -12,7 +12,7 @@ PYPROJECTS := core/pyproject.toml tasks/pyproject.toml cli/pyproject.toml testin
 	services/scheduler/pyproject.toml services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test test-fast bench fuzz proto openapi settings-doc images check-proto lint typecheck clean system-deps
+.PHONY: all demo test test-fast bench fuzz proto openapi settings-doc images push-images check-proto lint typecheck clean system-deps
 
 all: test
 
@@ -74,16 +74,27 @@ fuzz: $(STAMP)
 	mkdir -p fuzz/corpus-work
 	$(BIN)/python fuzz/fuzz_wire.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 fuzz/corpus-work fuzz/corpus
 
-# Container images (docker/*.Dockerfile), built from the repository root. Needs a Docker engine;
-# IMAGE_PREFIX and IMAGE_TAG name them (e.g. IMAGE_PREFIX=registry.example.com/fedstream/).
-IMAGE_PREFIX ?= fedstream-
+# Container images (docker/*.Dockerfile), built from the repository root. Needs a Docker engine.
+# Named [IMAGE_REGISTRY/]fedstream-<service>:IMAGE_TAG, as the charts name them from their values
+# image.registry and image.tag (docs/deploy.md, "Images"): `make images push-images
+# IMAGE_REGISTRY=registry.example.com/fedstream` builds and pushes what a release with
+# image.registry=registry.example.com/fedstream pulls.
+IMAGE_REGISTRY ?=
 IMAGE_TAG ?= 0.1.0
+IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/)fedstream-
+IMAGE_NAMES := $(IMAGE_PREFIX)scheduler:$(IMAGE_TAG) $(IMAGE_PREFIX)aggregator:$(IMAGE_TAG) \
+	$(IMAGE_PREFIX)aggregator:$(IMAGE_TAG)-distill $(IMAGE_PREFIX)agent:$(IMAGE_TAG) $(IMAGE_PREFIX)agent:$(IMAGE_TAG)-cpu
 images:
 	docker build -f docker/scheduler.Dockerfile -t $(IMAGE_PREFIX)scheduler:$(IMAGE_TAG) .
 	docker build -f docker/aggregator.Dockerfile -t $(IMAGE_PREFIX)aggregator:$(IMAGE_TAG) .
 	docker build -f docker/aggregator.Dockerfile --build-arg EXTRAS=distill -t $(IMAGE_PREFIX)aggregator:$(IMAGE_TAG)-distill .
 	docker build -f docker/agent.Dockerfile -t $(IMAGE_PREFIX)agent:$(IMAGE_TAG) .
 	docker build -f docker/agent.Dockerfile --build-arg VARIANT=cpu -t $(IMAGE_PREFIX)agent:$(IMAGE_TAG)-cpu .
+
+# Pushes what `make images` built (the same IMAGE_REGISTRY and IMAGE_TAG) after `docker login`.
+push-images:
+	@test -n "$(IMAGE_REGISTRY)" || { echo "push-images needs IMAGE_REGISTRY (e.g. IMAGE_REGISTRY=registry.example.com/fedstream)"; exit 2; }
+	for image in $(IMAGE_NAMES); do docker push $$image || exit 1; done
 
 # The admin API's OpenAPI document, committed as the contract (a test fails when it is stale).
 openapi: $(STAMP)

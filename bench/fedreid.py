@@ -13,7 +13,9 @@ server-side distillation, and all together, through the services at fixed seeds.
    every E epochs.
 4. Prints per-site Rank-1 and mAP of the last round, the mean over sites, and the spread
    (standard deviation) of the site-mean Rank-1 over the last rounds; writes the table
-   (docs/fedreid-benchmark.md) and a PNG of Rank-1 per round (docs/fedreid-rank1.png).
+   (fedreid-benchmark.md) and a PNG of Rank-1 per round (fedreid-rank1.png) into --out, by
+   default the work directory; --write-docs writes them into docs/ instead, where the
+   published figures live.
 
 The paper's experiment (nine sites, ResNet-50, E=1, 300 rounds) on a GPU machine:
     python bench/fedreid.py --data /data/fedreid --preset full --rounds 300 --epochs 1 --device cuda
@@ -227,9 +229,9 @@ def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "full"], help="model size (full: ResNet-50, 256x128)")
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=30, help="federated rounds (R); local only trains R x E epochs")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round (E)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="local batch size")
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate of the head (the backbone's is a tenth)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds each configuration runs with (0..N-1)")
@@ -239,14 +241,20 @@ def main() -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--last", type=int, default=10, help="rounds the convergence spread is measured over")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the table and the PNG go")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="directory for the services' logs, models and curves.json (default: a new temporary one)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="where the table (fedreid-benchmark.md) and the PNG go (default: the work directory)")
+    where.add_argument("--write-docs", action="store_true",
+                       help=f"write them into {ROOT / 'docs'}, replacing the published figures")
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedstream-fedreid-"))
+    args.out = ROOT / "docs" if args.write_docs else args.out or workdir
     torch.manual_seed(args.seed)
     task = get_task("fedreid" if args.preset == "full" else f"fedreid-{args.preset}")
     assert isinstance(task, ReIDTask)
@@ -273,7 +281,7 @@ def main() -> int:
 
     command = (f".venv/bin/python bench/fedreid.py --preset {args.preset} --rounds {args.rounds} --epochs {args.epochs}"
                + (f" --data {args.data}" if args.data else f" --scale {args.scale} --seed {args.seed}")
-               + f" --seeds {args.seeds}")
+               + f" --seeds {args.seeds}" + (" --write-docs" if args.write_docs else ""))
     site_names = [s.name for s in sites]
     lines = [f"FedReID, preset {args.preset}: {len(sites)} sites ({', '.join(f'{k} {v}' for k, v in sizes.items())} "
              f"training images), {args.rounds} rounds x {args.epochs} local epochs, batch {args.batch_size}, lr {args.lr}, "

@@ -19,7 +19,7 @@ from fedstream_scheduler.server import SchedulerServer, build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
 from fedstream_testing.sim_agent import SimAgent, add_constant
-from fedstream_testing.support import LoopThread
+from fedstream_testing.support import LoopThread, wait_until
 
 
 @pytest.fixture
@@ -106,7 +106,24 @@ def test_run_fails_with_a_reason_when_agents_are_missing(scheduler, runs):
     started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec(wait_for_agents_s=0.5)), timeout=5)
     run = follow(runs, started.run_id)
     assert run.state == scheduler_pb2.RUN_STATE_FAILED
-    assert "only 0 live agents for task 'digits'" in run.reason
+    assert "only 0 live agents for task 'digits'" in run.reason and "no agent is live" in run.reason
+
+
+def test_a_run_for_a_task_no_agent_offers_fails_naming_the_tasks_agents_offer(scheduler, runs):
+    agents = [SimAgent(f"cam-{i}", f"127.0.0.1:{scheduler.port}", tasks=("fedvision", "digits")).start()
+              for i in range(2)]
+    try:
+        wait_until(lambda: len(scheduler.service.agents.live_agents("digits")) == 2, what="two live agents")
+        started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec(task="fedreid", wait_for_agents_s=0.5)),
+                                timeout=5)
+        run = follow(runs, started.run_id)
+    finally:
+        for a in agents:
+            a.stop()
+
+    assert run.state == scheduler_pb2.RUN_STATE_FAILED
+    assert "only 0 live agents for task 'fedreid'" in run.reason
+    assert "live agents offer: digits (cam-0, cam-1); fedvision (cam-0, cam-1)" in run.reason
 
 
 def test_stragglers_are_recorded_and_the_round_commits_with_the_minimum(scheduler, runs):

@@ -23,6 +23,7 @@ from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateR
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
+    AuditEntry,
     EnrollmentTokenRecord,
     FederationRecord,
     MemoryStateStore,
@@ -186,6 +187,20 @@ class TestRunStore:
                 store.transition_round("r", i, s)
             assert store.transition_round("r", i, "failed", reason="x").reason == "x"
 
+    def test_any_state_but_terminal_can_be_cancelled_and_cancelled_is_final(self, store):
+        for i, path in enumerate([[], ["training"], ["training", "aggregating"]]):
+            store.create_round(RoundRecord("r", i, "train"))
+            for s in path:
+                store.transition_round("r", i, s)
+            assert store.transition_round("r", i, "cancelled", reason="by token/t").state is RoundState.CANCELLED
+            for to in ("committed", "failed", "training", "cancelled"):
+                with pytest.raises(InvalidTransition, match="cannot go from cancelled"):
+                    store.transition_round("r", i, to)
+        store.create_round(RoundRecord("r", 9, "train"))
+        store.transition_round("r", 9, "failed")
+        with pytest.raises(InvalidTransition, match="cannot go from failed to cancelled"):
+            store.transition_round("r", 9, "cancelled")
+
     def test_racing_transitions_have_one_winner(self, store):
         store.create_round(RoundRecord("r", 1, "train"))
         store.transition_round("r", 1, "training")
@@ -243,6 +258,22 @@ class TestAggregationJournal:
             store.count_update("r", 9, "a", UpdateReport("a", 1))
         with pytest.raises(RoundNotFound):
             store.get_aggregation("r", 9)
+
+    def test_a_cancelled_journal_is_finished_and_counts_nothing_more(self, store):
+        store.create_aggregation(journal(1))
+        store.create_aggregation(journal(2))
+        store.set_aggregation_state("r", 2, "aggregating")
+
+        store.set_aggregation_state("r", 1, "cancelled", reason="run cancelled")
+        store.set_aggregation_state("r", 2, "cancelled", reason="run cancelled")
+
+        assert store.get_aggregation("r", 1).state is RoundState.CANCELLED
+        assert store.get_aggregation("r", 1).reason == "run cancelled"
+        assert store.list_aggregations() == []
+        with pytest.raises(RoundNotOpen, match="is cancelled"):
+            store.count_update("r", 1, "a", UpdateReport("a", 1))
+        with pytest.raises(InvalidTransition):
+            store.set_aggregation_state("r", 2, "committed", version="r/000002")
 
     def test_aggregation_journals_are_separate(self, store):
         """A leaf's journal of a round never meets the root's journal of the same round."""
@@ -404,6 +435,72 @@ class TestDocuments:
 
         assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
         assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
+
+
+def audit_entry(i: int, action: str = "run.cancel", actor: str = "token/t1") -> AuditEntry:
+    return AuditEntry(action, f"run/r{i}", actor, actor_name="ops", role="operator", time_unix=float(i),
+                      detail={"reason": f"because {i}"})
+
+
+def with_audit_keep(store: StateStore, keep: int) -> StateStore:
+    """A store of the same backend and a tenant of its own, keeping ``keep`` audit entries."""
+    if isinstance(store, RedisStateStore):
+        return RedisStateStore(store.r, "audit-small", audit_keep=keep)
+    return MemoryStateStore("audit-small", audit_keep=keep)
+
+
+class TestAuditLog:
+    """AuditLog: appended in order with increasing sequence numbers, paged, filtered, bounded."""
+
+    def test_entries_are_appended_in_order_and_read_back_whole(self, store):
+        seqs = [store.append_audit(audit_entry(i)) for i in range(3)]
+
+        got = store.list_audit()
+
+        assert seqs == [1, 2, 3]
+        assert [e.seq for e in got] == [1, 2, 3]
+        assert got[1] == dataclasses.replace(audit_entry(1), seq=2)
+
+    def test_pages_follow_the_last_sequence_number(self, store):
+        for i in range(7):
+            store.append_audit(audit_entry(i))
+
+        first = store.list_audit(limit=3)
+        second = store.list_audit(after_seq=first[-1].seq, limit=3)
+        last = store.list_audit(after_seq=second[-1].seq, limit=3)
+
+        assert [e.seq for e in first + second + last] == list(range(1, 8))
+        assert len(last) == 1 and store.list_audit(after_seq=7) == []
+
+    def test_filters_skip_entries_without_shortening_pages(self, store):
+        for i in range(1200):  # past the Redis backend's scan batch
+            store.append_audit(audit_entry(i, "agent.delete" if i % 400 == 399 else "run.cancel",
+                                           "token/t2" if i == 799 else "token/t1"))
+
+        deletes = store.list_audit(action="agent.delete", limit=2)
+        rest = store.list_audit(after_seq=deletes[-1].seq, action="agent.delete", limit=2)
+        by_t2 = store.list_audit(actor="token/t2")
+        both = store.list_audit(action="run.cancel", actor="token/t2")
+
+        assert [e.seq for e in deletes] == [400, 800] and [e.seq for e in rest] == [1200]
+        assert [(e.seq, e.action) for e in by_t2] == [(800, "agent.delete")]
+        assert both == []
+
+    def test_concurrent_appends_each_get_their_own_number(self, store):
+        got: list[int] = []
+        in_threads(8, lambda: got.extend(store.append_audit(audit_entry(i)) for i in range(5)))
+
+        assert sorted(got) == list(range(1, 41))
+        assert [e.seq for e in store.list_audit(limit=100)] == list(range(1, 41))
+
+    def test_retention_drops_the_oldest_and_never_reuses_a_number(self, store):
+        small = with_audit_keep(store, 3)
+        for i in range(5):
+            small.append_audit(audit_entry(i))
+
+        assert [e.seq for e in small.list_audit()] == [3, 4, 5]
+        assert small.append_audit(audit_entry(9)) == 6
+        assert [e.target for e in small.list_audit()] == ["run/r3", "run/r4", "run/r9"]
 
 
 class TestCoordination:

@@ -8,8 +8,10 @@ from importlib.metadata import version
 
 import pytest
 
+from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_cli import build_parser
-from fedstream_cli.dev_grpc import run_spec
+from fedstream_cli.dev_grpc import RoundPrinter, run_spec
+from fedstream_cli.plot import metric_series
 from fedstream_cli.runspec import FLAGS, spec_from_args
 from fedstream_scheduler.models import RunSpec
 
@@ -72,3 +74,68 @@ def test_update_sends_only_the_flags_given():
     args = build_parser().parse_args(["federations", "update", "f", "--epochs", "3"])
 
     assert spec_from_args(args) == {"training": {"local_epochs": 3}}
+
+
+def test_every_command_and_every_option_has_help_text():
+    def undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"{' '.join(path)} {c.dest} (command)" for c in action._choices_actions if not c.help]
+                for name, sub in action.choices.items():
+                    missing += undocumented(sub, (*path, name))
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    parser = build_parser()
+
+    assert len(leaves(parser)) >= 30
+    assert undocumented(parser, ("fedstream",)) == []
+
+
+def _round(state: int, reports: int, participants: int = 3) -> scheduler_pb2.RoundInfo:
+    return scheduler_pb2.RoundInfo(
+        round=1, kind=round_pb2.ROUND_KIND_TRAIN, state=state, participants=[f"site-{i}" for i in range(participants)],
+        reports=[round_pb2.UpdateReport(agent_id=f"site-{i}", num_examples=10) for i in range(reports)],
+        version="r/000001" if state == round_pb2.ROUND_STATE_COMMITTED else "", started_unix=1.0, finished_unix=2.0)
+
+
+def test_progress_shows_every_update_before_the_round_commits():
+    lines: list[str] = []
+    printer = RoundPrinter(lines.append, total_rounds=1)
+    snapshots = [_round(round_pb2.ROUND_STATE_TRAINING, 0), _round(round_pb2.ROUND_STATE_TRAINING, 1),
+                 _round(round_pb2.ROUND_STATE_COMMITTED, 3)]  # reports come batched: 2 and 3 arrive with the commit
+
+    for r in snapshots:
+        printer.update(scheduler_pb2.Run(run_id="r", rounds=[r]))
+    printer.update(scheduler_pb2.Run(run_id="r", rounds=[snapshots[-1]]))  # the same again prints nothing
+
+    assert lines[0] == "round 1/1: training on site-0, site-1, site-2"
+    assert lines[1:3] == ["round 1/1: 1/3 updates in", "round 1/1: 3/3 updates in"]
+    assert lines[3].startswith("round 1/1: committed r/000001 in 1.0 s")
+    assert len(lines) == 4
+
+
+def test_progress_of_a_round_seen_only_at_its_end_still_counts_its_updates():
+    lines: list[str] = []
+
+    RoundPrinter(lines.append).update(scheduler_pb2.Run(run_id="r", rounds=[_round(round_pb2.ROUND_STATE_FAILED, 1)]))
+
+    assert lines[0] == "round 1: 1/3 updates in" and lines[1].startswith("round 1: failed")
+
+
+def test_plot_separates_training_metrics_from_evaluation_metrics():
+    def rnd(n: int, kind: str, update: dict[str, float], metrics: dict[str, float], base: str = "") -> dict:
+        return {"round": n, "kind": kind, "update_metrics": update, "metrics": metrics, "base_version": base}
+
+    rounds = [rnd(0, "init", {}, {}),
+              rnd(1, "train", {"train_loss": 0.9, "train_seconds": 3.0, "examples_seen": 300.0}, {}),
+              rnd(2, "evaluate", {"accuracy": 0.5, "eval_seconds": 1.0}, {"accuracy": 0.5}, "r/000001"),
+              rnd(3, "train", {"train_loss": 0.4}, {"distill_mse": 0.1}),
+              rnd(4, "evaluate", {"accuracy": 0.8}, {"accuracy": 0.8}, "r/000003")]
+
+    training, evaluation = metric_series(rounds)
+
+    assert training == {"train_loss": [(1, 0.9), (3, 0.4)], "server distill_mse": [(3, 0.1)]}
+    assert evaluation == {"accuracy": [(1, 0.5), (3, 0.8)]}  # at the round whose version was evaluated

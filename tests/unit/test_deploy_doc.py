@@ -1,7 +1,9 @@
-"""docs/deploy.md's commands are real: every helm command in it renders (Helm SDK) into valid
-manifests, every secret those manifests read that the chart does not create is one a kubectl
-command of the document creates, with that key, in that namespace, and the pods the document
-execs into exist."""
+"""docs/deploy.md's cluster commands are real: every helm command in it that installs one of the
+charts renders (Helm SDK) into valid manifests, every secret those manifests read that the chart
+does not create is one a kubectl command of the document creates, with that key, in that
+namespace, and every object a kubectl command names (the pods it execs into, the deployments it
+scales, the services it forwards) is one those renders make. Its blocks are fenced `sh` (run as
+written by the documentation tests) or `sh example` (for a cluster); both are read here."""
 
 from __future__ import annotations
 
@@ -18,8 +20,16 @@ DOC = (ROOT / "docs" / "deploy.md").read_text()
 
 
 def commands() -> list[list[str]]:
-    blocks = re.findall(r"```sh\n(.*?)```", DOC, re.S)
-    return [shlex.split(line) for block in blocks for line in block.strip().splitlines()]
+    blocks = re.findall(r"^```sh(?: example)?\n(.*?)^```", DOC, re.S | re.M)
+    lines = [line for block in blocks for line in block.strip().splitlines()]
+    return [cmd for cmd in (shlex.split(line, comments=True) for line in lines) if cmd]
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def created_secrets() -> dict[tuple[str, str], set[str]]:
@@ -37,18 +47,19 @@ def created_secrets() -> dict[tuple[str, str], set[str]]:
 
 
 def helm_renders() -> list[tuple[str, list[dict]]]:
+    """The releases the document installs or upgrades with the project's charts (helm/...)."""
     out = []
     for cmd in commands():
-        if cmd[:2] not in (["helm", "install"], ["helm", "upgrade"]):
+        if cmd[:2] not in (["helm", "install"], ["helm", "upgrade"]) or not cmd[3].startswith("helm/"):
             continue
         release, chart = cmd[2], cmd[3]
         namespace = cmd[cmd.index("--namespace") + 1]
         values: dict = {}
         for i, arg in enumerate(cmd):
             if arg == "-f":
-                values = {**values, **(yaml.safe_load((ROOT / cmd[i + 1]).read_text()) or {})}
+                values = merge(values, yaml.safe_load((ROOT / cmd[i + 1]).read_text()) or {})
             if arg == "--set":
-                values = {**values, **helm.parse_set_string(cmd[i + 1])}
+                values = merge(values, helm.parse_set_string(cmd[i + 1]))
         rendered = helm.Chart.load(str(ROOT / chart)).render(values, name=release, namespace=namespace, is_install=True)
         docs = [d for p, t in rendered.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
         out.append((namespace, docs))
@@ -58,7 +69,7 @@ def helm_renders() -> list[tuple[str, list[dict]]]:
 def test_every_helm_command_renders_valid_manifests_whose_secrets_exist():
     secrets = created_secrets()
     renders = helm_renders()
-    assert len(renders) >= 8
+    assert len(renders) >= 10
     for namespace, docs in renders:
         own = {d["metadata"]["name"]: set(d.get("data", {})) for d in docs if d["kind"] == "Secret"}
         for d in docs:
@@ -80,9 +91,44 @@ def test_every_helm_command_renders_valid_manifests_whose_secrets_exist():
                 assert key in keys, f"secret {name} is created without the key {key}"
 
 
-def test_pods_the_document_execs_into_exist():
-    pods = {f"{d['metadata']['name']}-0" for ns, docs in helm_renders() for d in docs if d["kind"] == "StatefulSet"}
-    for cmd in commands():
-        if cmd[:1] == ["kubectl"] and ("exec" in cmd or "cp" in cmd):
-            target = cmd[cmd.index("exec") + 1] if "exec" in cmd else cmd[cmd.index("cp") + 1].split(":")[0]
-            assert target in pods, target
+KINDS = {"pod": "Pod", "pods": "Pod", "deployment": "Deployment", "statefulset": "StatefulSet",
+         "service": "Service", "svc": "Service", "pvc": "PersistentVolumeClaim", "secret": "Secret"}
+
+
+def rendered_objects() -> set[tuple[str, str, str]]:
+    """(namespace, kind, name) of what the document's releases make, pods of StatefulSets included."""
+    out = set()
+    for namespace, docs in helm_renders():
+        for d in docs:
+            out.add((namespace, d["kind"], d["metadata"]["name"]))
+            if d["kind"] == "StatefulSet":
+                out |= {(namespace, "Pod", f"{d['metadata']['name']}-{i}") for i in range(d["spec"]["replicas"])}
+    return out
+
+
+def named_objects(cmd: list[str]) -> list[tuple[str, str, str]]:
+    """The objects a kubectl command names: (namespace, kind, name)."""
+    ns = cmd[cmd.index("-n") + 1] if "-n" in cmd else "default"
+    ends = [i for i, w in enumerate(cmd) if w in ("--", "|", ">", "<", "&", ";")]
+    cmd = cmd[: min(ends, default=len(cmd))]
+    words = [w for i, w in enumerate(cmd) if not w.startswith("-") and (i == 0 or cmd[i - 1] not in ("-n", "-o"))][1:]
+    verb, rest = words[0], words[1:]
+    if verb in ("exec", "logs"):
+        return [(ns, "Pod", rest[0])]
+    if verb in ("wait", "port-forward"):
+        kind, name = rest[0].split("/")
+        return [(ns, KINDS[kind], name)]
+    if verb == "rollout":
+        rest = rest[1:]  # rollout status KIND NAME
+    if verb in ("scale", "get", "delete", "rollout") and rest and rest[0] in KINDS:
+        return [(ns, KINDS[rest[0]], name) for name in rest[1:] if not name.startswith("$")]
+    return []
+
+
+def test_objects_the_document_names_exist():
+    made = rendered_objects()
+    created = {(ns, "Secret", name) for ns, name in created_secrets()}
+    named = [obj for cmd in commands() if cmd[:1] == ["kubectl"] for obj in named_objects(cmd)]
+    assert len(named) >= 15
+    for obj in named:
+        assert obj in made or obj in created, obj

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
 from fedstream.memtune import tune_allocator
 from fedstream.version import add_version_argument
-from fedstream_cli import access, data, demo, dev_grpc, federations, models, pki, plot, runs
+from fedstream_cli import access, audit, data, demo, dev_grpc, federations, local, models, pki, plot, runs
 from fedstream_cli.api import ERRORS_EXIT, ApiError, rest_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every command: the admin API's (login, federations, runs, models, plot, agents, tokens),
-    then the local and development ones (demo, data, pki, grpc)."""
+    """Every command: the admin API's (login, federations, runs, models, plot, agents, tokens, audit),
+    then the local and development ones (demo, local, data, pki, grpc)."""
     parser = argparse.ArgumentParser(
         prog="fedstream",
         description="fedstream: federated learning for computer vision. Operators drive a tenant's "
         "control plane through its admin API: `fedstream login` once, then federations, runs, models, "
-        "agents, enrollment-tokens, tokens and plot (each takes --api, --token and --format table|json). "
-        "On this machine: demo (a whole federation), data (sample data sets), pki (a tenant's certificate "
-        "authority). For development: grpc (runs and models straight over gRPC with a certificate).",
+        "agents, enrollment-tokens, tokens, audit and plot (each takes --api, --token and --format table|json). "
+        "On this machine: demo (a whole federation), local (a control plane and agents left running for "
+        "these commands), data (sample data sets), pki (a tenant's certificate authority). For development: grpc (runs and models straight over gRPC with a certificate).",
     )
     add_version_argument(parser, "fedstream-cli")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub, common)
     plot.add_parsers(sub, common)
     access.add_parsers(sub, common)
+    audit.add_parsers(sub, common)
     demo.add_parser(sub)
+    local.add_parsers(sub)
     data.add_parsers(sub)
     pki.add_parsers(sub)
     dev_grpc.add_parsers(sub)
@@ -47,7 +50,31 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
+"""The status a shell reports for a tool ended by SIGPIPE (``cmd | head``)."""
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of standard output went away (``fedstream runs list | head``): end quietly,
+    as a Unix tool killed by SIGPIPE does. Standard output is pointed at /dev/null so that the
+    interpreter's last flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
     signal.signal(signal.SIGTERM, _on_sigterm)

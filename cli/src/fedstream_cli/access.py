@@ -97,7 +97,7 @@ def _agents(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
                          ("enable", "let a disabled agent back"),
                          ("delete", "forget it and revoke its certificates (it must enroll again)")):
         p = agents.add_parser(action, parents=[common], help=f"{action} an agent: {text}")
-        p.add_argument("agent_id")
+        p.add_argument("agent_id", help="the agent's id (`fedstream agents list`)")
         p.set_defaults(func=cmd_agents_change, action=action)
 
 
@@ -122,7 +122,7 @@ def _tokens(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
     api.add_parser("list", parents=[common], help="list API tokens").set_defaults(func=cmd_tokens_list)
     for group, collection, what in ((enr, "enrollment-tokens", "enrollment token"), (api, "tokens", "API token")):
         delete = group.add_parser("delete", parents=[common], help=f"withdraw an {what}")
-        delete.add_argument("token_id")
+        delete.add_argument("token_id", help=f"the {what}'s id (TOKEN in `list`), not its secret")
         delete.set_defaults(func=cmd_delete, collection=collection, what=what)
 
 

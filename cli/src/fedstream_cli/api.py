@@ -28,15 +28,20 @@ def config_path() -> Path:
 
 
 class ApiError(Exception):
-    """The admin API refused a call or could not be reached; the message is for the operator."""
+    """The admin API refused a call (``status``: its HTTP status) or could not be reached
+    (``status`` 0); the message is for the operator."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _problem(r: httpx.Response) -> ApiError:
     try:
         body = r.json()
     except ValueError:
-        return ApiError(f"HTTP {r.status_code}: {r.text[:200]}")
-    return ApiError(f"{body.get('code', r.status_code)}: {body.get('detail', r.text)}")
+        return ApiError(f"HTTP {r.status_code}: {r.text[:200]}", r.status_code)
+    return ApiError(f"{body.get('code', r.status_code)}: {body.get('detail', r.text)}", r.status_code)
 
 
 class Client:

@@ -52,17 +52,30 @@ class RoundPrinter:
         self.out = out
         self.total = total_rounds
         self._seen: set[tuple[int, str, int]] = set()
+        self._counted: dict[int, int] = {}  # round -> the update count last printed
 
     def update(self, run: scheduler_pb2.Run, on_commit: Callable[[scheduler_pb2.RoundInfo], str] | None = None) -> None:
+        """Prints what changed since the last call. The scheduler batches reports, so a round
+        may end before every update was shown coming in: its final count is printed before
+        its end, so that no update looks missing (``3/3 updates in``, then ``committed``)."""
         for r in run.rounds:
             state = state_from_proto(r.state)
-            key = (r.round, str(state), len(r.reports))
-            if key in self._seen:
-                continue
-            self._seen.add(key)
-            line = self._line(run, r, state, on_commit)
-            if line:
-                self.out(line)
+            ended = state not in (RoundState.OPEN, RoundState.TRAINING)
+            if ended and r.reports and self._counted.get(r.round, 0) < len(r.reports):
+                self._emit(run, r, RoundState.TRAINING, on_commit)
+            self._emit(run, r, state, on_commit)
+
+    def _emit(self, run: scheduler_pb2.Run, r: scheduler_pb2.RoundInfo, state: RoundState,
+              on_commit: Callable[[scheduler_pb2.RoundInfo], str] | None) -> None:
+        key = (r.round, str(state), len(r.reports))
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if state == RoundState.TRAINING:
+            self._counted[r.round] = len(r.reports)
+        line = self._line(run, r, state, on_commit)
+        if line:
+            self.out(line)
 
     def _line(self, run: scheduler_pb2.Run, r: scheduler_pb2.RoundInfo, state: RoundState,
               on_commit: Callable[[scheduler_pb2.RoundInfo], str] | None) -> str:
@@ -201,15 +214,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _endpoint(start, "scheduler", "localhost:50051")
     start.set_defaults(func=cmd_run_start)
     get = group.add_parser("run-get", help="print a run as the scheduler holds it, as JSON")
-    get.add_argument("run_id")
+    get.add_argument("run_id", help="run id")
     _endpoint(get, "scheduler", "localhost:50051")
     get.set_defaults(func=cmd_run_get)
     watch_ = group.add_parser("run-watch", help="print a run's progress until it ends; exit 1 unless it succeeds")
-    watch_.add_argument("run_id")
+    watch_.add_argument("run_id", help="run id")
     _endpoint(watch_, "scheduler", "localhost:50051")
     watch_.set_defaults(func=cmd_run_watch)
     dl = group.add_parser("model-download", help="stream a model version into a safetensors file, chunk by chunk verified")
-    dl.add_argument("run_id")
+    dl.add_argument("run_id", help="the run whose version to download")
     dl.add_argument("--version", default="", help="version id (default: the run's latest)")
     dl.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     _endpoint(dl, "aggregator", "localhost:50052")

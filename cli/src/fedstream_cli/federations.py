@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from fedstream_cli.api import client_from, emit, list_command
+from fedstream_cli.api import Client, client_from, emit, list_command
 from fedstream_cli.runs import follow, run_summary
 from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 
@@ -38,12 +39,38 @@ def _schedule(args: argparse.Namespace) -> dict[str, Any] | None:
     return out
 
 
+def task_offers(client: Client, task: str) -> str:
+    """Empty when a live agent offers ``task`` (or takes any task); else what is wrong, naming
+    the tasks live agents do offer and which agents offer each."""
+    alive = client.pages("/agents?status=alive")
+    if any(not a["tasks"] or task in a["tasks"] for a in alive):
+        return ""
+    offers: dict[str, list[str]] = {}
+    for a in alive:
+        for t in a["tasks"]:
+            offers.setdefault(t, []).append(a["agent_id"])
+    offered = "; ".join(f"{t} ({', '.join(ids)})" for t, ids in sorted(offers.items()))
+    return f"no live agent offers task {task!r}: " + (f"live agents offer {offered}" if offered else "no agent is alive")
+
+
+def _check_task(client: Client, args: argparse.Namespace) -> None:
+    """Warns on stderr when no live agent offers the task; with --require-offered-task, refuses."""
+    problem = task_offers(client, args.task) if args.task else ""
+    if problem and args.require_offered_task:
+        raise SystemExit(f"error: {problem}; federation {args.federation} not {args.fed_command}d")
+    if problem:
+        print(f"warning: {problem}; its runs wait --wait-for-agents seconds for agents that offer it, "
+              "then fail", file=sys.stderr)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"federation_id": args.federation, "description": args.description or "",
                             "spec": spec_from_args(args)}
     if schedule := _schedule(args):
         body["schedule"] = schedule
-    fed = client_from(args).call("POST", "/federations", json=body)
+    client = client_from(args)
+    _check_task(client, args)
+    fed = client.call("POST", "/federations", json=body)
     emit(args, fed, [f"federation {fed['federation_id']} created"
                      + (f"; runs at '{args.cron}' ({body['schedule']['timezone']})" if args.cron else "")])
     return 0
@@ -52,6 +79,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     """Merges the flags given into the federation: nested sections (training, strategy) field by field."""
     client = client_from(args)
+    _check_task(client, args)
     changes = spec_from_args(args)
     body: dict[str, Any] = {"clear_schedule": args.clear_schedule}
     if changes:
@@ -94,6 +122,12 @@ def _schedule_arguments(p: argparse.ArgumentParser, creating: bool) -> None:
         group.add_argument("--clear-schedule", action="store_true", help="remove the schedule: runs start on request only")
 
 
+def _task_check_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--require-offered-task", action="store_true",
+                   help="refuse (exit 1, nothing changed) when no live agent offers --task; by default a warning "
+                   "names the tasks live agents offer and the federation is saved anyway, since agents may come later")
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     feds = sub.add_parser(
         "federations", help="create, change and start federations (named run specs)",
@@ -102,25 +136,27 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     ).add_subparsers(dest="fed_command", required=True, metavar="COMMAND")
     feds.add_parser("list", parents=[common], help="list federations").set_defaults(func=cmd_list)
     get = feds.add_parser("get", parents=[common], help="show a federation")
-    get.add_argument("federation")
+    get.add_argument("federation", help="federation id")
     get.set_defaults(func=cmd_get)
-    create = feds.add_parser("create", parents=[common], help="create a federation")
+    create = feds.add_parser("create", parents=[common], help="create a federation (a warning when no live agent offers its task)")
     create.add_argument("federation", help="id: lowercase letters, digits and '-'")
     create.add_argument("--description", default="", help="what it is for")
     add_spec_arguments(create)
     _schedule_arguments(create, creating=True)
+    _task_check_argument(create)
     create.set_defaults(func=cmd_create)
     update = feds.add_parser("update", parents=[common], help="change a federation: only the flags given change")
-    update.add_argument("federation")
+    update.add_argument("federation", help="federation id")
     update.add_argument("--description", default=None, help="what it is for")
     add_spec_arguments(update, defaults=False)
     _schedule_arguments(update, creating=False)
+    _task_check_argument(update)
     update.set_defaults(func=cmd_update)
     delete = feds.add_parser("delete", parents=[common], help="delete a federation (not while one of its runs runs)")
-    delete.add_argument("federation")
+    delete.add_argument("federation", help="federation id")
     delete.set_defaults(func=cmd_delete)
     run = feds.add_parser("run", parents=[common], help="start a run of a federation now")
-    run.add_argument("federation")
+    run.add_argument("federation", help="federation id")
     run.add_argument("--run-id", default="", help="id of the new run (default: generated)")
     run.add_argument("--initial-version", default="",
                      help="start from this version (default: the federation's newest pinned, else latest model)")

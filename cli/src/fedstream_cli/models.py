@@ -88,7 +88,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     models = sub.add_parser("models", help="model versions: list, show, download, pin").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND")
     ls = models.add_parser("list", parents=[common], help="a federation's model versions")
-    ls.add_argument("federation")
+    ls.add_argument("federation", help="federation id")
     ls.set_defaults(func=cmd_list)
     get = models.add_parser("get", parents=[common], help="show a version: size, checksum, tensors")
     get.add_argument("version", help="RUN/NNNNNN")

@@ -53,7 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "issue", help="issue a certificate: an operator's (for the `fedstream grpc` development commands) or a service's "
         "(when it should not hold the CA key). Agents enroll with tokens instead.")
     issue.add_argument("--ca", required=True, help="directory of the authority (init-ca --out)")
-    issue.add_argument("--role", choices=["operator", "service"], required=True)
+    issue.add_argument("--role", choices=["operator", "service"], required=True,
+                       help="operator: a person's or a tool's certificate; service: a control-plane service's")
     issue.add_argument("--name", required=True, help="operator or service name, e.g. alice, aggregator")
     issue.add_argument("--dns", action="append", metavar="NAME",
                        help="host name or IP address a service is reached by (repeatable)")

@@ -13,7 +13,7 @@ SHOWN_METRICS = ("train_loss", "accuracy", "map50", "map", "rank1")
 
 
 def _note(run: dict[str, Any]) -> str:
-    current = next((r for r in reversed(run["rounds"]) if r["state"] not in ("committed", "failed")), None)
+    current = next((r for r in reversed(run["rounds"]) if r["state"] not in ("committed", "failed", "cancelled")), None)
     if current is not None:
         return (f"round {current['round']} ({current['kind']}) {current['state']}: "
                 f"{current['updates']}/{len(current['participants'])} updates, {human_bytes(current['bytes_received'])}")

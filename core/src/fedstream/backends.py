@@ -13,8 +13,10 @@ def make_state_store(settings: StateSettings, tenant: str) -> StateStore:
         from fedstream.state.redis import RedisStateStore, connect
 
         password = settings.redis.password.get_secret_value() if settings.redis.password else None
-        return RedisStateStore(connect(settings.redis.url, password, settings.redis.retry_s), tenant)
-    return MemoryStateStore(tenant)
+        return RedisStateStore(
+            connect(settings.redis.url, password, settings.redis.retry_s), tenant, audit_keep=settings.audit_keep
+        )
+    return MemoryStateStore(tenant, audit_keep=settings.audit_keep)
 
 
 def make_model_store(settings: StoreSettings, tenant: str) -> ModelStore:

@@ -118,6 +118,10 @@ class StateSettings(BaseModel):
         "'redis' shares it between processes and replicas.",
     )
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
+    audit_keep: int = Field(
+        100_000, ge=1,
+        description="Entries of the audit log of operator actions kept; the oldest go first.",
+    )
 
 
 class S3Settings(BaseModel):

@@ -39,6 +39,7 @@ _STATES: dict[RoundState, round_pb2.RoundState] = {
     RoundState.AGGREGATING: round_pb2.ROUND_STATE_AGGREGATING,
     RoundState.COMMITTED: round_pb2.ROUND_STATE_COMMITTED,
     RoundState.FAILED: round_pb2.ROUND_STATE_FAILED,
+    RoundState.CANCELLED: round_pb2.ROUND_STATE_CANCELLED,
 }
 _STATES_BACK: dict[int, RoundState] = {v: k for k, v in _STATES.items()}
 

@@ -105,6 +105,19 @@ class RoundNotOpen(FailedPrecondition):
     code = "round_not_open"
 
 
+class RoundCancelled(RoundNotOpen):
+    """The round's run was cancelled: nothing more of the round is taken or committed. Its
+    public message says "round N of run 'X' was cancelled" (``is_cancellation`` tells it from
+    other FAILED_PRECONDITION refusals on the client side)."""
+
+    code = "round_cancelled"
+
+    @staticmethod
+    def is_cancellation(message: str) -> bool:
+        """Whether a FAILED_PRECONDITION status's message is this error's."""
+        return message.startswith("round ") and " was cancelled" in message
+
+
 class InvalidTransition(FailedPrecondition):
     code = "invalid_transition"
 

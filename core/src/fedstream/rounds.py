@@ -36,29 +36,33 @@ class RoundKind(StrEnum):
 
 
 class RoundState(StrEnum):
-    """A round's state machine: open -> training -> aggregating -> committed, or failed."""
+    """A round's state machine: open -> training -> aggregating -> committed, or failed, or
+    cancelled (its run was cancelled: nothing is committed after the cancel)."""
 
     OPEN = "open"
     TRAINING = "training"
     AGGREGATING = "aggregating"
     COMMITTED = "committed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (RoundState.COMMITTED, RoundState.FAILED)
+        return self in (RoundState.COMMITTED, RoundState.FAILED, RoundState.CANCELLED)
 
     def can_move_to(self, to: RoundState) -> bool:
         return to in ROUND_TRANSITIONS[self]
 
 
-# The only moves a round makes. A round can fail from any state that is not terminal.
+# The only moves a round makes. A round can fail, or be cancelled, from any state that is not
+# terminal.
 ROUND_TRANSITIONS: dict[RoundState, frozenset[RoundState]] = {
-    RoundState.OPEN: frozenset({RoundState.TRAINING, RoundState.FAILED}),
-    RoundState.TRAINING: frozenset({RoundState.AGGREGATING, RoundState.FAILED}),
-    RoundState.AGGREGATING: frozenset({RoundState.COMMITTED, RoundState.FAILED}),
+    RoundState.OPEN: frozenset({RoundState.TRAINING, RoundState.FAILED, RoundState.CANCELLED}),
+    RoundState.TRAINING: frozenset({RoundState.AGGREGATING, RoundState.FAILED, RoundState.CANCELLED}),
+    RoundState.AGGREGATING: frozenset({RoundState.COMMITTED, RoundState.FAILED, RoundState.CANCELLED}),
     RoundState.COMMITTED: frozenset(),
     RoundState.FAILED: frozenset(),
+    RoundState.CANCELLED: frozenset(),
 }
 
 TERMINAL_ROUND_STATES = frozenset(s for s in RoundState if s.terminal)

@@ -34,8 +34,14 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* An image as `make images` names it: [registry/]repository:tag (IMAGE_REGISTRY, IMAGE_TAG). */}}
 {{- define "fedstream.image" -}}
-{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository (default .ctx.Chart.AppVersion .ctx.Values.image.tag) -}}
+{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag -}}
+{{- if .ctx.Values.image.registry -}}
+{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .repository $tag -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Services and secrets */}}
@@ -82,6 +88,12 @@ redis://{{ include "fedstream.redis" . }}:6379/0
 {{- end -}}
 {{- if and .Values.ingress.enabled (not .Values.ingress.api.host) -}}
 {{- fail "ingress.api.host is required when ingress.enabled is true" -}}
+{{- end -}}
+{{- if and (ne .Values.service.type "ClusterIP") (not .Values.ingress.enabled) (not .Values.scheduler.aggregatorPublicEndpoint) -}}
+{{- fail (printf "scheduler.aggregatorPublicEndpoint is required with service.type %s: the host:port agents reach the aggregator at (its load balancer's or a node's address)" .Values.service.type) -}}
+{{- end -}}
+{{- if and (ne .Values.service.type "ClusterIP") (not .Values.ingress.enabled) (not .Values.tls.serverNames) (not .Values.tls.insecurePlaintext) -}}
+{{- fail (printf "tls.serverNames is required with service.type %s: the host names or IPs agents dial, which the services' certificates must name" .Values.service.type) -}}
 {{- end -}}
 {{- if and .Values.aggregator.distill.enabled (not .Values.aggregator.distill.publicDataClaim) -}}
 {{- fail "aggregator.distill.publicDataClaim is required when aggregator.distill.enabled is true" -}}

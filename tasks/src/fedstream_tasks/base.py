@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class TrainParams:
     proximal_mu: float = 0.0
     # On CUDA: float16 autocast with a gradient scaler.
     mixed_precision: bool = True
+    # Called before each batch; what it raises stops training (the agent's round was cancelled).
+    stop: Callable[[], None] | None = None
 
 
 def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
@@ -142,6 +144,8 @@ class Task(ABC):
         total_loss, seen = 0.0, 0
         for _ in range(params.local_epochs):
             for batch in self.batches(data, params.batch_size, generator):
+                if params.stop is not None:
+                    params.stop()
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     loss, n = self.loss(model, batch, device)

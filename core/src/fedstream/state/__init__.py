@@ -1,7 +1,8 @@
-"""Shared state of the control plane: agents, runs, rounds, journals, documents, leases."""
+"""Shared state of the control plane: agents, runs, rounds, journals, documents, leases, the audit log."""
 
 from fedstream.rounds import ROUND_TRANSITIONS
 from fedstream.state.agents import AgentRegistry
+from fedstream.state.audit import AuditAction, AuditLog
 from fedstream.state.base import StateStore
 from fedstream.state.coordination import Coordination
 from fedstream.state.documents import Documents
@@ -11,6 +12,7 @@ from fedstream.state.memory import MemoryStateStore
 from fedstream.state.records import (
     AgentRecord,
     AggregationRecord,
+    AuditEntry,
     EnrollmentTokenRecord,
     FederationRecord,
     RoundRecord,
@@ -25,6 +27,9 @@ __all__ = [
     "AgentRegistry",
     "AggregationJournal",
     "AggregationRecord",
+    "AuditAction",
+    "AuditEntry",
+    "AuditLog",
     "Coordination",
     "Documents",
     "EnrollmentTokenRecord",

@@ -31,7 +31,7 @@ class AggregationJournal(Protocol):
 
     @abstractmethod
     def list_aggregations(self, journal: str = "") -> list[AggregationRecord]:
-        """Every record of the journal that is neither committed nor failed."""
+        """Every record of the journal that has not ended (committed, failed or cancelled)."""
 
     @abstractmethod
     def count_update(
@@ -45,6 +45,6 @@ class AggregationJournal(Protocol):
     def set_aggregation_state(
         self, run_id: str, round_: int, state: RoundState, journal: str = "", **changes: Any
     ) -> AggregationRecord:
-        """Moves a journal to aggregating, committed or failed (never back, as
+        """Moves a journal to aggregating, committed, failed or cancelled (never back, as
         ``RoundState.can_move_to`` allows) and sets ``changes`` (the record's own fields:
         version, reason); raises RoundNotFound or InvalidTransition."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import threading
@@ -17,10 +18,12 @@ from fedstream.errors import (
     RunNotFound,
 )
 from fedstream.rounds import RoundState, UpdateReport
+from fedstream.state.audit import DEFAULT_AUDIT_KEEP
 from fedstream.state.base import StateStore
 from fedstream.state.records import (
     AgentRecord,
     AggregationRecord,
+    AuditEntry,
     RoundRecord,
     RunRecord,
     round_state,
@@ -30,8 +33,11 @@ from fedstream.state.records import (
 class MemoryStateStore(StateStore):
     """All state in this process's memory, behind one lock. Returns copies, never aliases."""
 
-    def __init__(self, tenant: str = "default") -> None:
+    def __init__(self, tenant: str = "default", audit_keep: int = DEFAULT_AUDIT_KEEP) -> None:
         self.tenant = tenant
+        self.audit_keep = audit_keep
+        self._audit: collections.deque[AuditEntry] = collections.deque(maxlen=audit_keep)
+        self._audit_seq = 0
         self._lock = threading.Lock()
         self._agents: dict[str, AgentRecord] = {}
         self._runs: dict[str, RunRecord] = {}
@@ -265,3 +271,17 @@ class MemoryStateStore(StateStore):
             current = self._leases.get(name)
             if current is not None and current[0] == holder:
                 del self._leases[name]
+
+    def append_audit(self, entry: AuditEntry) -> int:
+        with self._lock:
+            self._audit_seq += 1
+            self._audit.append(dataclasses.replace(copy.deepcopy(entry), seq=self._audit_seq))
+            return self._audit_seq
+
+    def list_audit(self, after_seq: int = 0, limit: int = 100, action: str = "", actor: str = "") -> list[AuditEntry]:
+        with self._lock:
+            found = [
+                copy.deepcopy(e) for e in self._audit
+                if e.seq > after_seq and (not action or e.action == action) and (not actor or e.actor == actor)
+            ]
+        return found[:limit]

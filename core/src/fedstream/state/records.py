@@ -92,6 +92,27 @@ class TokenRecord:
 
 
 @dataclass
+class AuditEntry:
+    """One operator action that changed state, as the audit log keeps it."""
+
+    # What was done, one of ``fedstream.state.audit.AuditAction`` (e.g. "run.cancel").
+    action: str
+    # What it was done to, "<kind>/<id>" (e.g. "run/nightly-1", "agent/site-1").
+    target: str
+    # Who did it, "<kind>/<id>": "token/<token id>" over the admin API,
+    # "certificate/<role>/<name>" over gRPC, "schedule/<federation>" for a cron run.
+    actor: str
+    # The actor's name (an API token's name) and role (viewer, operator, admin, service).
+    actor_name: str = ""
+    role: str = ""
+    time_unix: float = 0.0
+    # A few words more, when the action has them (a cancel's reason, a new token's role).
+    detail: dict[str, str] = field(default_factory=dict)
+    # Its place in the log, set by the store when appended (1, 2, ...).
+    seq: int = 0
+
+
+@dataclass
 class EnrollmentTokenRecord:
     """A one-time agent enrollment token, kept only as the SHA-256 of its secret."""
 
@@ -151,7 +172,7 @@ class AggregationRecord:
 
     # The round's plan, as it was opened.
     plan: RoundPlan
-    state: RoundState = RoundState.TRAINING  # training, aggregating, committed, failed
+    state: RoundState = RoundState.TRAINING  # training, aggregating, committed, failed, cancelled
     # agent_id -> report, in the order counted.
     reports: dict[str, UpdateReport] = field(default_factory=dict)
     version: str = ""

@@ -30,10 +30,12 @@ from fedstream.errors import (
 )
 from fedstream.metrics import STATE_OPERATION_ERRORS, STATE_OPERATION_SECONDS
 from fedstream.rounds import RoundState, UpdateReport
+from fedstream.state.audit import DEFAULT_AUDIT_KEEP
 from fedstream.state.base import StateStore
 from fedstream.state.records import (
     AgentRecord,
     AggregationRecord,
+    AuditEntry,
     RoundRecord,
     RunRecord,
     round_state,
@@ -65,6 +67,21 @@ end
 redis.call('HSET', KEYS[1], 'heartbeat', ARGV[1])
 return 1
 """
+
+# The audit log: a counter hands out sequence numbers; entries are members "<seq>:<json>" of a
+# sorted set scored by seq, trimmed to the newest ARGV[2].
+_APPEND_AUDIT = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
+local keep = tonumber(ARGV[2])
+local n = redis.call('ZCARD', KEYS[2])
+if n > keep then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
+end
+return seq
+"""
+# Entries read at a time while a filtered listing looks for matches.
+_AUDIT_SCAN = 500
 
 
 def _unavailable(fn: F) -> F:
@@ -105,8 +122,9 @@ class _NoDocument(Exception):
 
 
 class RedisStateStore(StateStore):
-    def __init__(self, client: redis.Redis[bytes], tenant: str = "default") -> None:
+    def __init__(self, client: redis.Redis[bytes], tenant: str = "default", audit_keep: int = DEFAULT_AUDIT_KEEP) -> None:
         self.tenant = tenant
+        self.audit_keep = audit_keep
         self.r = client
         kwargs = client.connection_pool.connection_kwargs
         self._endpoint = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
@@ -114,6 +132,7 @@ class RedisStateStore(StateStore):
         self._acquire = self.r.register_script(_ACQUIRE_LEASE)
         self._release = self.r.register_script(_RELEASE_LEASE)
         self._heartbeat = self.r.register_script(_HEARTBEAT)
+        self._append_audit = self.r.register_script(_APPEND_AUDIT)
 
     def _k(self, *parts: object) -> str:
         return self._prefix + ":".join(str(p) for p in parts)
@@ -446,3 +465,30 @@ class RedisStateStore(StateStore):
     @_unavailable
     def release_lease(self, name: str, holder: str) -> None:
         self._release(keys=[self._k("lease", name)], args=[holder])
+
+    # The audit log.
+
+    @_unavailable
+    def append_audit(self, entry: AuditEntry) -> int:
+        fields = {k: v for k, v in dataclasses.asdict(entry).items() if k != "seq"}
+        keys = [self._k("audit", "seq"), self._k("audit")]
+        return int(self._append_audit(keys=keys, args=[json.dumps(fields), self.audit_keep]))
+
+    @_unavailable
+    def list_audit(self, after_seq: int = 0, limit: int = 100, action: str = "", actor: str = "") -> list[AuditEntry]:
+        found: list[AuditEntry] = []
+        cursor = after_seq
+        while len(found) < limit:
+            batch = limit if not (action or actor) else _AUDIT_SCAN
+            members = self.r.zrangebyscore(self._k("audit"), f"({cursor}", "+inf", start=0, num=batch)
+            for member in members:
+                seq, _, raw = member.partition(b":")
+                entry = AuditEntry(**json.loads(raw), seq=int(seq))
+                cursor = entry.seq
+                if (not action or entry.action == action) and (not actor or entry.actor == actor):
+                    found.append(entry)
+                    if len(found) == limit:
+                        break
+            if len(members) < batch:
+                break
+        return found

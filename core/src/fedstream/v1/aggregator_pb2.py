@@ -26,7 +26,7 @@ from fedstream.v1 import round_pb2 as fedstream_dot_v1_dot_round__pb2
 from fedstream.v1 import tensor_pb2 as fedstream_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64stream/v1/aggregator.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x18\x66\x65\x64stream/v1/round.proto\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"L\n\x14\x44ownloadModelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\"\xb0\x01\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x06layout\x18\x02 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x39\n\x08metadata\x18\x03 \x03(\x0b\x32\'.fedstream.v1.ModelHeader.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x15\x44ownloadModelResponse\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstream.v1.ModelHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"\xe5\x01\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12$\n\x06layout\x18\x04 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.fedstream.v1.UpdateHeader.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"t\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedstream.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"A\n\x14UploadUpdateResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"\x9c\x02\n\tRoundPlan\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x13\n\x0bmin_updates\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12,\n\x08strategy\x18\x08 \x01(\x0b\x32\x1a.fedstream.v1.StrategySpec\x12\x13\n\x0b\x63ompression\x18\t \x01(\t\x12\x0f\n\x07partial\x18\n \x01(\x08\x12\x0c\n\x04task\x18\x0b \x01(\t\x12\x0f\n\x07\x64istill\x18\x0c \x01(\x08\"\x88\x01\n\x11OpenRoundResponse\x12\x41\n\tendpoints\x18\x01 \x03(\x0b\x32..fedstream.v1.OpenRoundResponse.EndpointsEntry\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x15\x43ollectPartialRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\x8b\x01\n\rPartialHeader\x12$\n\x06layout\x18\x01 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x14\n\x0ctotal_weight\x18\x02 \x01(\x01\x12+\n\x07reports\x18\x03 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x11\n\tcontinued\x18\x04 \x01(\x08\"x\n\x16\x43ollectPartialResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedstream.v1.PartialHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"V\n\x14\x46inishPartialRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x17\n\x15\x46inishPartialResponse\"2\n\x11WatchRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\xb1\x02\n\nRoundEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.fedstream.v1.RoundState\x12+\n\x07reports\x18\x04 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x12\n\nstragglers\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.fedstream.v1.RoundEvent.MetricsEntry\x12\x11\n\tcontinued\x18\t \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32j\n\x0cModelService\x12Z\n\rDownloadModel\x12\".fedstream.v1.DownloadModelRequest\x1a#.fedstream.v1.DownloadModelResponse0\x01\x32h\n\rUpdateService\x12W\n\x0cUploadUpdate\x12!.fedstream.v1.UploadUpdateRequest\x1a\".fedstream.v1.UploadUpdateResponse(\x01\x32\xde\x02\n\x11\x41ggregatorControl\x12\x45\n\tOpenRound\x12\x17.fedstream.v1.RoundPlan\x1a\x1f.fedstream.v1.OpenRoundResponse\x12I\n\nWatchRound\x12\x1f.fedstream.v1.WatchRoundRequest\x1a\x18.fedstream.v1.RoundEvent0\x01\x12]\n\x0e\x43ollectPartial\x12#.fedstream.v1.CollectPartialRequest\x1a$.fedstream.v1.CollectPartialResponse0\x01\x12X\n\rFinishPartial\x12\".fedstream.v1.FinishPartialRequest\x1a#.fedstream.v1.FinishPartialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64stream/v1/aggregator.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x18\x66\x65\x64stream/v1/round.proto\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"L\n\x14\x44ownloadModelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\"\xb0\x01\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x06layout\x18\x02 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x39\n\x08metadata\x18\x03 \x03(\x0b\x32\'.fedstream.v1.ModelHeader.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x15\x44ownloadModelResponse\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstream.v1.ModelHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"\xe5\x01\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12$\n\x06layout\x18\x04 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.fedstream.v1.UpdateHeader.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"t\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedstream.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"A\n\x14UploadUpdateResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"B\n\x11\x41\x62ortRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"^\n\x12\x41\x62ortRoundResponse\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.fedstream.v1.RoundState\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9c\x02\n\tRoundPlan\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x13\n\x0bmin_updates\x18\x06 \x01(\r\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12,\n\x08strategy\x18\x08 \x01(\x0b\x32\x1a.fedstream.v1.StrategySpec\x12\x13\n\x0b\x63ompression\x18\t \x01(\t\x12\x0f\n\x07partial\x18\n \x01(\x08\x12\x0c\n\x04task\x18\x0b \x01(\t\x12\x0f\n\x07\x64istill\x18\x0c \x01(\x08\"\x88\x01\n\x11OpenRoundResponse\x12\x41\n\tendpoints\x18\x01 \x03(\x0b\x32..fedstream.v1.OpenRoundResponse.EndpointsEntry\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x15\x43ollectPartialRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\x8b\x01\n\rPartialHeader\x12$\n\x06layout\x18\x01 \x01(\x0b\x32\x14.fedstream.v1.Layout\x12\x14\n\x0ctotal_weight\x18\x02 \x01(\x01\x12+\n\x07reports\x18\x03 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x11\n\tcontinued\x18\x04 \x01(\x08\"x\n\x16\x43ollectPartialResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedstream.v1.PartialHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\t\n\x07payload\"V\n\x14\x46inishPartialRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x17\n\x15\x46inishPartialResponse\"2\n\x11WatchRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\xb1\x02\n\nRoundEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.fedstream.v1.RoundState\x12+\n\x07reports\x18\x04 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x12\n\nstragglers\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.fedstream.v1.RoundEvent.MetricsEntry\x12\x11\n\tcontinued\x18\t \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32j\n\x0cModelService\x12Z\n\rDownloadModel\x12\".fedstream.v1.DownloadModelRequest\x1a#.fedstream.v1.DownloadModelResponse0\x01\x32h\n\rUpdateService\x12W\n\x0cUploadUpdate\x12!.fedstream.v1.UploadUpdateRequest\x1a\".fedstream.v1.UploadUpdateResponse(\x01\x32\xaf\x03\n\x11\x41ggregatorControl\x12\x45\n\tOpenRound\x12\x17.fedstream.v1.RoundPlan\x1a\x1f.fedstream.v1.OpenRoundResponse\x12I\n\nWatchRound\x12\x1f.fedstream.v1.WatchRoundRequest\x1a\x18.fedstream.v1.RoundEvent0\x01\x12]\n\x0e\x43ollectPartial\x12#.fedstream.v1.CollectPartialRequest\x1a$.fedstream.v1.CollectPartialResponse0\x01\x12X\n\rFinishPartial\x12\".fedstream.v1.FinishPartialRequest\x1a#.fedstream.v1.FinishPartialResponse\x12O\n\nAbortRound\x12\x1f.fedstream.v1.AbortRoundRequest\x1a .fedstream.v1.AbortRoundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,32 +57,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADUPDATEREQUEST']._serialized_end=824
   _globals['_UPLOADUPDATERESPONSE']._serialized_start=826
   _globals['_UPLOADUPDATERESPONSE']._serialized_end=891
-  _globals['_ROUNDPLAN']._serialized_start=894
-  _globals['_ROUNDPLAN']._serialized_end=1178
-  _globals['_OPENROUNDRESPONSE']._serialized_start=1181
-  _globals['_OPENROUNDRESPONSE']._serialized_end=1317
-  _globals['_OPENROUNDRESPONSE_ENDPOINTSENTRY']._serialized_start=1269
-  _globals['_OPENROUNDRESPONSE_ENDPOINTSENTRY']._serialized_end=1317
-  _globals['_COLLECTPARTIALREQUEST']._serialized_start=1319
-  _globals['_COLLECTPARTIALREQUEST']._serialized_end=1373
-  _globals['_PARTIALHEADER']._serialized_start=1376
-  _globals['_PARTIALHEADER']._serialized_end=1515
-  _globals['_COLLECTPARTIALRESPONSE']._serialized_start=1517
-  _globals['_COLLECTPARTIALRESPONSE']._serialized_end=1637
-  _globals['_FINISHPARTIALREQUEST']._serialized_start=1639
-  _globals['_FINISHPARTIALREQUEST']._serialized_end=1725
-  _globals['_FINISHPARTIALRESPONSE']._serialized_start=1727
-  _globals['_FINISHPARTIALRESPONSE']._serialized_end=1750
-  _globals['_WATCHROUNDREQUEST']._serialized_start=1752
-  _globals['_WATCHROUNDREQUEST']._serialized_end=1802
-  _globals['_ROUNDEVENT']._serialized_start=1805
-  _globals['_ROUNDEVENT']._serialized_end=2110
+  _globals['_ABORTROUNDREQUEST']._serialized_start=893
+  _globals['_ABORTROUNDREQUEST']._serialized_end=959
+  _globals['_ABORTROUNDRESPONSE']._serialized_start=961
+  _globals['_ABORTROUNDRESPONSE']._serialized_end=1055
+  _globals['_ROUNDPLAN']._serialized_start=1058
+  _globals['_ROUNDPLAN']._serialized_end=1342
+  _globals['_OPENROUNDRESPONSE']._serialized_start=1345
+  _globals['_OPENROUNDRESPONSE']._serialized_end=1481
+  _globals['_OPENROUNDRESPONSE_ENDPOINTSENTRY']._serialized_start=1433
+  _globals['_OPENROUNDRESPONSE_ENDPOINTSENTRY']._serialized_end=1481
+  _globals['_COLLECTPARTIALREQUEST']._serialized_start=1483
+  _globals['_COLLECTPARTIALREQUEST']._serialized_end=1537
+  _globals['_PARTIALHEADER']._serialized_start=1540
+  _globals['_PARTIALHEADER']._serialized_end=1679
+  _globals['_COLLECTPARTIALRESPONSE']._serialized_start=1681
+  _globals['_COLLECTPARTIALRESPONSE']._serialized_end=1801
+  _globals['_FINISHPARTIALREQUEST']._serialized_start=1803
+  _globals['_FINISHPARTIALREQUEST']._serialized_end=1889
+  _globals['_FINISHPARTIALRESPONSE']._serialized_start=1891
+  _globals['_FINISHPARTIALRESPONSE']._serialized_end=1914
+  _globals['_WATCHROUNDREQUEST']._serialized_start=1916
+  _globals['_WATCHROUNDREQUEST']._serialized_end=1966
+  _globals['_ROUNDEVENT']._serialized_start=1969
+  _globals['_ROUNDEVENT']._serialized_end=2274
   _globals['_ROUNDEVENT_METRICSENTRY']._serialized_start=660
   _globals['_ROUNDEVENT_METRICSENTRY']._serialized_end=706
-  _globals['_MODELSERVICE']._serialized_start=2112
-  _globals['_MODELSERVICE']._serialized_end=2218
-  _globals['_UPDATESERVICE']._serialized_start=2220
-  _globals['_UPDATESERVICE']._serialized_end=2324
-  _globals['_AGGREGATORCONTROL']._serialized_start=2327
-  _globals['_AGGREGATORCONTROL']._serialized_end=2677
+  _globals['_MODELSERVICE']._serialized_start=2276
+  _globals['_MODELSERVICE']._serialized_end=2382
+  _globals['_UPDATESERVICE']._serialized_start=2384
+  _globals['_UPDATESERVICE']._serialized_end=2488
+  _globals['_AGGREGATORCONTROL']._serialized_start=2491
+  _globals['_AGGREGATORCONTROL']._serialized_end=2922
 # @@protoc_insertion_point(module_scope)

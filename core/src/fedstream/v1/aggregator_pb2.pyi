@@ -82,6 +82,26 @@ class UploadUpdateResponse(_message.Message):
     bytes_received: int
     def __init__(self, duplicate: _Optional[bool] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
+class AbortRoundRequest(_message.Message):
+    __slots__ = ("run_id", "round", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbortRoundResponse(_message.Message):
+    __slots__ = ("state", "version", "reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    state: _round_pb2.RoundState
+    version: str
+    reason: str
+    def __init__(self, state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class RoundPlan(_message.Message):
     __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

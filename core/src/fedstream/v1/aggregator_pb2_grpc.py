@@ -207,6 +207,11 @@ class AggregatorControlStub:
                 request_serializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.FromString,
                 _registered_method=True)
+        self.AbortRound = channel.unary_unary(
+                '/fedstream.v1.AggregatorControl/AbortRound',
+                request_serializer=fedstream_dot_v1_dot_aggregator__pb2.AbortRoundRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.AbortRoundResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorControlServicer:
@@ -243,6 +248,16 @@ class AggregatorControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbortRound(self, request, context):
+        """Abandons a round whose run was cancelled: uploads streaming are ended and later ones
+        refused (FAILED_PRECONDITION, "... was cancelled"), and nothing of the round is committed.
+        Answers the round's state afterwards: CANCELLED, or COMMITTED (with the version) or FAILED
+        when it had ended first. Aborting a cancelled round again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +280,11 @@ def add_AggregatorControlServicer_to_server(servicer, server):
                     servicer.FinishPartial,
                     request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.SerializeToString,
+            ),
+            'AbortRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRound,
+                    request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.AbortRoundRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_aggregator__pb2.AbortRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +396,33 @@ class AggregatorControl:
             '/fedstream.v1.AggregatorControl/FinishPartial',
             fedstream_dot_v1_dot_aggregator__pb2.FinishPartialRequest.SerializeToString,
             fedstream_dot_v1_dot_aggregator__pb2.FinishPartialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.AggregatorControl/AbortRound',
+            fedstream_dot_v1_dot_aggregator__pb2.AbortRoundRequest.SerializeToString,
+            fedstream_dot_v1_dot_aggregator__pb2.AbortRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

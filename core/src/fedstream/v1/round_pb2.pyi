@@ -23,6 +23,7 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_AGGREGATING: _ClassVar[RoundState]
     ROUND_STATE_COMMITTED: _ClassVar[RoundState]
     ROUND_STATE_FAILED: _ClassVar[RoundState]
+    ROUND_STATE_CANCELLED: _ClassVar[RoundState]
 ROUND_KIND_UNSPECIFIED: RoundKind
 ROUND_KIND_INIT: RoundKind
 ROUND_KIND_TRAIN: RoundKind
@@ -33,6 +34,7 @@ ROUND_STATE_TRAINING: RoundState
 ROUND_STATE_AGGREGATING: RoundState
 ROUND_STATE_COMMITTED: RoundState
 ROUND_STATE_FAILED: RoundState
+ROUND_STATE_CANCELLED: RoundState
 
 class TrainingConfig(_message.Message):
     __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedstream.v1 import round_pb2 as fedstream_dot_v1_dot_round__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64stream/v1/scheduler.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x18\x66\x65\x64stream/v1/round.proto\"\x8c\x01\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08gpu_name\x18\x02 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x03 \x01(\x04\x12\x11\n\tcpu_count\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x66ree_disk_bytes\x18\x06 \x01(\x04\"\xc2\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.fedstream.v1.AgentInfo.LabelsEntry\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.fedstream.v1.Capabilities\x12\r\n\x05tasks\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\x8b\x01\n\x10\x41gentCertificate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x01\x12\x18\n\x10renew_after_unix\x18\x05 \x01(\x01\"9\n\x0fRegisterRequest\x12&\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x17.fedstream.v1.AgentInfo\"0\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"$\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x13\n\x11HeartbeatResponse\"-\n\x19ReceiveAssignmentsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x83\x02\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\t\x12\x16\n\x0emodel_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fupload_endpoint\x18\x07 \x01(\t\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedstream.v1.TrainingConfig\x12\x15\n\rdeadline_unix\x18\t \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\n \x01(\r\"E\n\nAgentEvent\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.fedstream.v1.AssignmentH\x00\x42\x07\n\x05\x65vent\"\xd0\x02\n\x07RunSpec\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x12\n\nmin_agents\x18\x03 \x01(\r\x12\x12\n\nmax_agents\x18\x04 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x05 \x01(\x01\x12\x13\n\x0bmin_updates\x18\x06 \x01(\r\x12.\n\x08training\x18\x07 \x01(\x0b\x32\x1c.fedstream.v1.TrainingConfig\x12\x17\n\x0finitial_version\x18\x08 \x01(\t\x12\x19\n\x11wait_for_agents_s\x18\t \x01(\x01\x12,\n\x08strategy\x18\n \x01(\x0b\x32\x1a.fedstream.v1.StrategySpec\x12\x16\n\x0e\x65valuate_every\x18\x0b \x01(\r\x12\x15\n\revaluate_only\x18\x0c \x01(\x08\x12\x10\n\x08\x66raction\x18\r \x01(\x01\"\x8c\x03\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.fedstream.v1.RoundState\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12+\n\x07reports\x18\x05 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x12\n\nstragglers\x18\x06 \x03(\t\x12\x14\n\x0c\x62\x61se_version\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0cstarted_unix\x18\n \x01(\x01\x12\x15\n\rfinished_unix\x18\x0b \x01(\x01\x12\x35\n\x07metrics\x18\x0c \x03(\x0b\x32$.fedstream.v1.RoundInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.fedstream.v1.RunSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.fedstream.v1.RunState\x12\'\n\x06rounds\x18\x04 \x03(\x0b\x32\x17.fedstream.v1.RoundInfo\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x16\n\x0elatest_version\x18\x06 \x01(\t\"F\n\x0fStartRunRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.fedstream.v1.RunSpec\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04\x32\xc7\x02\n\x0c\x41gentService\x12I\n\x08Register\x12\x1d.fedstream.v1.RegisterRequest\x1a\x1e.fedstream.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.fedstream.v1.HeartbeatRequest\x1a\x1f.fedstream.v1.HeartbeatResponse\x12Y\n\x12ReceiveAssignments\x12\'.fedstream.v1.ReceiveAssignmentsRequest\x1a\x18.fedstream.v1.AgentEvent0\x01\x12\x43\n\x05Renew\x12\x1a.fedstream.v1.RenewRequest\x1a\x1e.fedstream.v1.AgentCertificate2Z\n\x11\x45nrollmentService\x12\x45\n\x06\x45nroll\x12\x1b.fedstream.v1.EnrollRequest\x1a\x1e.fedstream.v1.AgentCertificate2\xff\x01\n\nRunService\x12<\n\x08StartRun\x12\x1d.fedstream.v1.StartRunRequest\x1a\x11.fedstream.v1.Run\x12\x38\n\x06GetRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Run\x12<\n\x08WatchRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Run0\x01\x12;\n\tCancelRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Runb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64stream/v1/scheduler.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x18\x66\x65\x64stream/v1/round.proto\"\x8c\x01\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08gpu_name\x18\x02 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x03 \x01(\x04\x12\x11\n\tcpu_count\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x66ree_disk_bytes\x18\x06 \x01(\x04\"\xc2\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.fedstream.v1.AgentInfo.LabelsEntry\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.fedstream.v1.Capabilities\x12\r\n\x05tasks\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\x8b\x01\n\x10\x41gentCertificate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x01\x12\x18\n\x10renew_after_unix\x18\x05 \x01(\x01\"9\n\x0fRegisterRequest\x12&\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x17.fedstream.v1.AgentInfo\"0\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"C\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\"<\n\x11HeartbeatResponse\x12\x17\n\x0fround_cancelled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"-\n\x19ReceiveAssignmentsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x83\x02\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\t\x12\x16\n\x0emodel_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fupload_endpoint\x18\x07 \x01(\t\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedstream.v1.TrainingConfig\x12\x15\n\rdeadline_unix\x18\t \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\n \x01(\r\"E\n\nAgentEvent\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.fedstream.v1.AssignmentH\x00\x42\x07\n\x05\x65vent\"\xd0\x02\n\x07RunSpec\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x12\n\nmin_agents\x18\x03 \x01(\r\x12\x12\n\nmax_agents\x18\x04 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x05 \x01(\x01\x12\x13\n\x0bmin_updates\x18\x06 \x01(\r\x12.\n\x08training\x18\x07 \x01(\x0b\x32\x1c.fedstream.v1.TrainingConfig\x12\x17\n\x0finitial_version\x18\x08 \x01(\t\x12\x19\n\x11wait_for_agents_s\x18\t \x01(\x01\x12,\n\x08strategy\x18\n \x01(\x0b\x32\x1a.fedstream.v1.StrategySpec\x12\x16\n\x0e\x65valuate_every\x18\x0b \x01(\r\x12\x15\n\revaluate_only\x18\x0c \x01(\x08\x12\x10\n\x08\x66raction\x18\r \x01(\x01\"\x8c\x03\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.fedstream.v1.RoundKind\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.fedstream.v1.RoundState\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12+\n\x07reports\x18\x05 \x03(\x0b\x32\x1a.fedstream.v1.UpdateReport\x12\x12\n\nstragglers\x18\x06 \x03(\t\x12\x14\n\x0c\x62\x61se_version\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0cstarted_unix\x18\n \x01(\x01\x12\x15\n\rfinished_unix\x18\x0b \x01(\x01\x12\x35\n\x07metrics\x18\x0c \x03(\x0b\x32$.fedstream.v1.RoundInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.fedstream.v1.RunSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.fedstream.v1.RunState\x12\'\n\x06rounds\x18\x04 \x03(\x0b\x32\x17.fedstream.v1.RoundInfo\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x16\n\x0elatest_version\x18\x06 \x01(\t\"F\n\x0fStartRunRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.fedstream.v1.RunSpec\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04\x32\xc7\x02\n\x0c\x41gentService\x12I\n\x08Register\x12\x1d.fedstream.v1.RegisterRequest\x1a\x1e.fedstream.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.fedstream.v1.HeartbeatRequest\x1a\x1f.fedstream.v1.HeartbeatResponse\x12Y\n\x12ReceiveAssignments\x12\'.fedstream.v1.ReceiveAssignmentsRequest\x1a\x18.fedstream.v1.AgentEvent0\x01\x12\x43\n\x05Renew\x12\x1a.fedstream.v1.RenewRequest\x1a\x1e.fedstream.v1.AgentCertificate2Z\n\x11\x45nrollmentService\x12\x45\n\x06\x45nroll\x12\x1b.fedstream.v1.EnrollRequest\x1a\x1e.fedstream.v1.AgentCertificate2\xff\x01\n\nRunService\x12<\n\x08StartRun\x12\x1d.fedstream.v1.StartRunRequest\x1a\x11.fedstream.v1.Run\x12\x38\n\x06GetRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Run\x12<\n\x08WatchRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Run0\x01\x12;\n\tCancelRun\x12\x1b.fedstream.v1.GetRunRequest\x1a\x11.fedstream.v1.Runb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTINFO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDINFO_METRICSENTRY']._loaded_options = None
   _globals['_ROUNDINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=2227
-  _globals['_RUNSTATE']._serialized_end=2359
+  _globals['_RUNSTATE']._serialized_start=2299
+  _globals['_RUNSTATE']._serialized_end=2431
   _globals['_CAPABILITIES']._serialized_start=73
   _globals['_CAPABILITIES']._serialized_end=213
   _globals['_AGENTINFO']._serialized_start=216
@@ -55,31 +55,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=713
   _globals['_REGISTERRESPONSE']._serialized_end=761
   _globals['_HEARTBEATREQUEST']._serialized_start=763
-  _globals['_HEARTBEATREQUEST']._serialized_end=799
-  _globals['_HEARTBEATRESPONSE']._serialized_start=801
-  _globals['_HEARTBEATRESPONSE']._serialized_end=820
-  _globals['_RECEIVEASSIGNMENTSREQUEST']._serialized_start=822
-  _globals['_RECEIVEASSIGNMENTSREQUEST']._serialized_end=867
-  _globals['_ASSIGNMENT']._serialized_start=870
-  _globals['_ASSIGNMENT']._serialized_end=1129
-  _globals['_AGENTEVENT']._serialized_start=1131
-  _globals['_AGENTEVENT']._serialized_end=1200
-  _globals['_RUNSPEC']._serialized_start=1203
-  _globals['_RUNSPEC']._serialized_end=1539
-  _globals['_ROUNDINFO']._serialized_start=1542
-  _globals['_ROUNDINFO']._serialized_end=1938
-  _globals['_ROUNDINFO_METRICSENTRY']._serialized_start=1892
-  _globals['_ROUNDINFO_METRICSENTRY']._serialized_end=1938
-  _globals['_RUN']._serialized_start=1941
-  _globals['_RUN']._serialized_end=2119
-  _globals['_STARTRUNREQUEST']._serialized_start=2121
-  _globals['_STARTRUNREQUEST']._serialized_end=2191
-  _globals['_GETRUNREQUEST']._serialized_start=2193
-  _globals['_GETRUNREQUEST']._serialized_end=2224
-  _globals['_AGENTSERVICE']._serialized_start=2362
-  _globals['_AGENTSERVICE']._serialized_end=2689
-  _globals['_ENROLLMENTSERVICE']._serialized_start=2691
-  _globals['_ENROLLMENTSERVICE']._serialized_end=2781
-  _globals['_RUNSERVICE']._serialized_start=2784
-  _globals['_RUNSERVICE']._serialized_end=3039
+  _globals['_HEARTBEATREQUEST']._serialized_end=830
+  _globals['_HEARTBEATRESPONSE']._serialized_start=832
+  _globals['_HEARTBEATRESPONSE']._serialized_end=892
+  _globals['_RECEIVEASSIGNMENTSREQUEST']._serialized_start=894
+  _globals['_RECEIVEASSIGNMENTSREQUEST']._serialized_end=939
+  _globals['_ASSIGNMENT']._serialized_start=942
+  _globals['_ASSIGNMENT']._serialized_end=1201
+  _globals['_AGENTEVENT']._serialized_start=1203
+  _globals['_AGENTEVENT']._serialized_end=1272
+  _globals['_RUNSPEC']._serialized_start=1275
+  _globals['_RUNSPEC']._serialized_end=1611
+  _globals['_ROUNDINFO']._serialized_start=1614
+  _globals['_ROUNDINFO']._serialized_end=2010
+  _globals['_ROUNDINFO_METRICSENTRY']._serialized_start=1964
+  _globals['_ROUNDINFO_METRICSENTRY']._serialized_end=2010
+  _globals['_RUN']._serialized_start=2013
+  _globals['_RUN']._serialized_end=2191
+  _globals['_STARTRUNREQUEST']._serialized_start=2193
+  _globals['_STARTRUNREQUEST']._serialized_end=2263
+  _globals['_GETRUNREQUEST']._serialized_start=2265
+  _globals['_GETRUNREQUEST']._serialized_end=2296
+  _globals['_AGENTSERVICE']._serialized_start=2434
+  _globals['_AGENTSERVICE']._serialized_end=2761
+  _globals['_ENROLLMENTSERVICE']._serialized_start=2763
+  _globals['_ENROLLMENTSERVICE']._serialized_end=2853
+  _globals['_RUNSERVICE']._serialized_start=2856
+  _globals['_RUNSERVICE']._serialized_end=3111
 # @@protoc_insertion_point(module_scope)

@@ -99,14 +99,22 @@ class RegisterResponse(_message.Message):
     def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id",)
+    __slots__ = ("agent_id", "run_id", "round")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+    run_id: str
+    round: int
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("round_cancelled", "reason")
+    ROUND_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round_cancelled: bool
+    reason: str
+    def __init__(self, round_cancelled: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReceiveAssignmentsRequest(_message.Message):
     __slots__ = ("agent_id",)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 
-from fedstream.errors import FedstreamError
+from fedstream.errors import FedstreamError, RoundCancelled
 from fedstream.memtune import release_free_memory
-from fedstream.rounds import RoundKind, RoundState
+from fedstream.rounds import RoundKind, RoundState, RunState
 from fedstream.store import ModelStore
 from fedstream_aggregator import background
 from fedstream_aggregator import metrics as m
+from fedstream_aggregator.finishers import Result
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.rounds import Round
@@ -63,6 +64,34 @@ class Committer:
         self.discard(rnd)
         release_free_memory()
 
+    def abort(self, rnd: Round, reason: str) -> None:
+        """Cancels a round that has not committed (its run was cancelled): uploads streaming
+        are ended, later ones refused, and nothing of it is committed. A round whose result is
+        being made visible (sealed) commits: the abort came too late. A commit in progress
+        notices the cancel and frees what the round holds."""
+        with rnd.lock:
+            if rnd.terminal() or rnd.sealed or not rnd.move(RoundState.CANCELLED, reason=reason):
+                return
+            committing = rnd.committing
+        rnd.stop_following()
+        self.journal.move(rnd.plan, RoundState.CANCELLED, reason=reason)
+        log.info("round %d of %s cancelled: %s", rnd.plan.round, rnd.plan.run_id, reason)
+        rnd.notify()
+        if not committing:
+            self.discard(rnd)
+            release_free_memory()
+
+    def run_cancelled(self, run_id: str) -> str:
+        """Why the run was cancelled, per the state store; "" when it was not, or when the store
+        does not know the run (a scheduler with a state store of its own) or cannot say."""
+        try:
+            run = self.journal.state.get_run(run_id)
+        except FedstreamError:
+            return ""
+        if run.state != RunState.CANCELLED:
+            return ""
+        return run.reason or "cancelled"
+
     def close(self, rnd: Round, why: str) -> None:
         """Moves the round to aggregating (once) and commits it in a worker thread."""
         with rnd.lock:
@@ -82,9 +111,16 @@ class Committer:
     def commit(self, rnd: Round) -> None:
         """Commits an aggregating round (measured)."""
         started = time.perf_counter()
+        with rnd.lock:
+            rnd.committing = True
         try:
             self._commit(rnd)
         finally:
+            with rnd.lock:
+                rnd.committing = False
+                cancelled = rnd.state is RoundState.CANCELLED
+            if cancelled:
+                self.discard(rnd)
             outcome = rnd.state.value if rnd.state.terminal else "unknown"
             m.COMMITS.labels(self.tenant, rnd.plan.kind.value, outcome).inc()
             if rnd.state is RoundState.COMMITTED:
@@ -94,17 +130,51 @@ class Committer:
 
     def _commit(self, rnd: Round) -> None:
         plan = rnd.plan
+        if rnd.state is not RoundState.AGGREGATING:  # aborted before its commit started
+            return
+        reason = rnd.run_cancelled()
+        if reason:  # cancelled while the abort did not reach this aggregator
+            self._cancel_committing(rnd, f"the run was cancelled: {reason}")
+            return
         try:
             if rnd.shares:
                 self.hierarchy.collect(rnd)
             result = rnd.finisher.finish(rnd)
+        except RoundCancelled as e:
+            self._cancel_committing(rnd, e.public)
+            return
         except FedstreamError as e:
-            self._fail_aggregating(rnd, f"{rnd.finisher.failure}: {e.public}")
+            if not self._aborted(rnd):
+                self._fail_aggregating(rnd, f"{rnd.finisher.failure}: {e.public}")
             return
         except Exception as e:
-            log.exception("commit of round %d of %s failed", plan.round, plan.run_id)
-            self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
+            if not self._aborted(rnd):
+                log.exception("commit of round %d of %s failed", plan.round, plan.run_id)
+                self._fail_aggregating(rnd, f"commit failed: {type(e).__name__}")
             return
+        self._committed(rnd, result)
+
+    @staticmethod
+    def _aborted(rnd: Round) -> bool:
+        """Whether the round was aborted while its commit ran (the commit then fails on the
+        parts the abort took away: that is no failure of the round)."""
+        if rnd.state is not RoundState.CANCELLED:
+            return False
+        log.info("round %d of %s: the commit stopped, the round was cancelled", rnd.plan.round, rnd.plan.run_id)
+        return True
+
+    def _cancel_committing(self, rnd: Round, reason: str) -> None:
+        """Cancels a round that its commit found cancelled (a no-op when it was aborted)."""
+        with rnd.lock:
+            moved = rnd.move(RoundState.CANCELLED, reason=reason)
+        if moved:
+            rnd.stop_following()
+            self.journal.move(rnd.plan, RoundState.CANCELLED, reason=reason)
+            log.info("round %d of %s cancelled: %s", rnd.plan.round, rnd.plan.run_id, reason)
+            rnd.notify()
+
+    def _committed(self, rnd: Round, result: Result) -> None:
+        plan = rnd.plan
         self.journal.move(plan, RoundState.COMMITTED, version=result.version)
         # Freed before the commit is visible: a watcher that sees it finds the updates gone.
         with rnd.lock:

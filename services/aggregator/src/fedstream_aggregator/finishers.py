@@ -97,6 +97,7 @@ class EvaluationFinisher:
             "reports": [r.to_dict() for r in reports],
             "finished_unix": self.clock(),
         }
+        rnd.seal()
         self.storage.store.put_evaluation(plan.base_version, f"{plan.run_id}-{plan.round:06d}", record)
         log.info("round %d of %s: evaluation of %s recorded: %s", plan.round, plan.run_id, plan.base_version,
                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
@@ -133,6 +134,7 @@ class VersionFinisher(ABC):
             return Result(store.info(version).version)
         with writer:
             metrics = self.write(rnd, version, writer)
+            rnd.seal()  # RoundCancelled leaves the version unwritten
             return Result(writer.commit().version, metrics)
 
     @abstractmethod

@@ -22,6 +22,8 @@ from fedstream.errors import (
     InvalidLayout,
     NonFinite,
     ResourceExhausted,
+    RoundCancelled,
+    RoundNotOpen,
     UploadInProgress,
 )
 from fedstream.logs import log_context
@@ -149,7 +151,7 @@ class Ingest:
 
     def receive(
         self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
-        on_close: Callable[[str], None] = lambda why: None,
+        on_close: Callable[[FedstreamError], None] = lambda error: None,
     ) -> tuple[bool, int]:
         """``_receive``, measured: chunks and bytes received, updates counted or refused."""
         tenant = self.tenant
@@ -162,6 +164,8 @@ class Ingest:
 
         try:
             duplicate, received = self._receive(header, counting(), before_count, on_close)
+        except RoundCancelled:
+            raise  # not a bad update: its round was abandoned, and it counts nowhere
         except FedstreamError as e:
             m.UPDATES_REJECTED.labels(tenant, e.code).inc()
             raise
@@ -172,7 +176,8 @@ class Ingest:
         return duplicate, received
 
     def _receive(
-        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object], on_close: Callable[[str], None]
+        self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object],
+        on_close: Callable[[FedstreamError], None],
     ) -> tuple[bool, int]:
         """Verifies, spools and folds one agent's update; returns (duplicate, bytes received).
 
@@ -274,9 +279,14 @@ class Ingest:
                 check_finite(header.layout, spool.read_into)
             before_count()  # the agent may have been revoked while it uploaded
             if rnd.keeps_updates:
+                rnd.check_accepting(self.table.clock())
                 self._keep_update(rnd, agent, header.layout, spool)
             report = UpdateReport(agent, header.num_examples, dict(header.metrics), receiver.received, weight)
-            counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
+            try:
+                counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
+            except RoundNotOpen:
+                self._forget_kept(rnd)
+                raise
             if not counted:
                 done = True
                 return True, receiver.received
@@ -314,6 +324,15 @@ class Ingest:
                 held = True
             complete = len(rnd.reports) == len(plan.participants) and not plan.partial
             return True, held, complete
+
+    def _forget_kept(self, rnd: Round) -> None:
+        """Deletes the kept updates of a round that ended while one was being kept: the round
+        deleted those it knew of when it ended."""
+        if rnd.keeps_updates and rnd.terminal():
+            try:
+                self.store.delete_updates(rnd.plan.run_id, rnd.plan.round)
+            except FedstreamError as e:
+                log.warning("cannot delete the kept updates of round %d: %s", rnd.plan.round, e.public)
 
     def _keep_update(self, rnd: Round, agent: str, layout: Layout, spool: Spool) -> None:
         """Copies a verified update from its spool file into the model store."""

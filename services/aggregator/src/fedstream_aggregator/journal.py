@@ -48,3 +48,7 @@ class Journal:
     def fail(self, run_id: str, round_: int, reason: str) -> None:
         """Fails a record; raises what the store raises."""
         self.state.set_aggregation_state(run_id, round_, RoundState.FAILED, self.name, reason=reason)
+
+    def cancel(self, run_id: str, round_: int, reason: str) -> AggregationRecord:
+        """Cancels a record; raises what the store raises (InvalidTransition once it ended)."""
+        return self.state.set_aggregation_state(run_id, round_, RoundState.CANCELLED, self.name, reason=reason)

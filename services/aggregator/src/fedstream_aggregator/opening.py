@@ -3,6 +3,7 @@ accumulator, its leaves' shares and its finisher chosen once."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -28,13 +29,15 @@ class RoundFactory:
 
     def __init__(
         self, storage: Storage, hierarchy: Hierarchy, distiller: Distiller | None,
-        clock: Callable[[], float], *, durable: bool,
+        clock: Callable[[], float], *, durable: bool, run_cancelled: Callable[[str], str] = lambda run_id: "",
     ) -> None:
         self.storage = storage
         self.hierarchy = hierarchy
         self.distiller = distiller
         self.clock = clock
         self.durable = durable
+        # Why a run was cancelled ("" when it was not): each round asks before it commits.
+        self.run_cancelled = run_cancelled
 
     def keeps_updates(self, plan: RoundPlan, strategy: Strategy) -> bool:
         """Whether counted updates are copied to the model store: to survive a restart, for
@@ -51,6 +54,7 @@ class RoundFactory:
             layout, WeightedAccumulator(layout) if folds and layout is not None else None,
             wire=wire_layout(layout, plan.compression) if layout is not None else None,
             keeps_updates=self.keeps_updates(plan, strategy), shares=shares,
+            run_cancelled=functools.partial(self.run_cancelled, plan.run_id),
         )
 
     def base_layout(self, plan: RoundPlan) -> Layout | None:

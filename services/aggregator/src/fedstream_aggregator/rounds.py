@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 
 from fedstream.aggregation import WeightedAccumulator
 from fedstream.compression import check_mode as check_compression
-from fedstream.errors import FailedPrecondition, InvalidArgument, RoundNotFound, RoundNotOpen, Unavailable
+from fedstream.errors import (
+    FailedPrecondition,
+    FedstreamError,
+    InvalidArgument,
+    RoundCancelled,
+    RoundNotFound,
+    RoundNotOpen,
+    StreamEnded,
+    Unavailable,
+)
 from fedstream.ids import check_run_id
 from fedstream.rounds import RoundKind, RoundPlan, RoundSnapshot, RoundState, UpdateReport
 from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy, make_strategy
@@ -62,9 +71,16 @@ class Round:
     watching: bool = False
     # Ends the streams that follow the leaves.
     cancels: list[Callable[[], None]] = field(default_factory=list)
-    # agent id -> ends its upload streaming now (called with the reason when the round stops
-    # taking updates).
-    closers: dict[str, Callable[[str], None]] = field(default_factory=dict)
+    # agent id -> ends its upload streaming now (called with the error its client is told when
+    # the round stops taking updates).
+    closers: dict[str, Callable[[FedstreamError], None]] = field(default_factory=dict)
+    # Why the round's run was cancelled, read from the state store; "" when it was not (or the
+    # store does not know the run). Asked once more when the round seals.
+    run_cancelled: Callable[[], str] = lambda: ""
+    # A commit is running in a worker thread (it frees what the round holds when it ends).
+    committing: bool = False
+    # The result is being made visible: an abort comes too late and waits for the commit.
+    sealed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
 
@@ -90,10 +106,33 @@ class Round:
         if to.terminal:
             self.accumulator = None
         if to is not RoundState.TRAINING:
-            why = f"round {self.plan.round} of run {self.plan.run_id!r} is {to}, no longer taking updates"
+            error: FedstreamError
+            if to is RoundState.CANCELLED:
+                error = RoundCancelled(self.cancelled_message())
+            else:
+                why = f"round {self.plan.round} of run {self.plan.run_id!r} is {to}, no longer taking updates"
+                error = StreamEnded(f"this upload was ended: {why}")
             for close in self.closers.values():
-                close(why)
+                close(error)
         return True
+
+    def cancelled_message(self) -> str:
+        """What an upload to the cancelled round is told (the caller holds ``lock``)."""
+        why = f": {self.reason}" if self.reason else ""
+        return f"round {self.plan.round} of run {self.plan.run_id!r} was cancelled{why}"
+
+    def seal(self) -> None:
+        """Called by a finisher just before its result becomes visible (the version the run's
+        latest): from here on the round commits, and an abort waits for it. Raises
+        RoundCancelled when the round was aborted meanwhile, or its run was cancelled (the
+        state store says so: a cancel whose abort never reached this aggregator)."""
+        run_cancelled = self.run_cancelled()
+        with self.lock:
+            if self.state is RoundState.CANCELLED:
+                raise RoundCancelled(self.cancelled_message())
+            if run_cancelled:
+                raise RoundCancelled(f"the run was cancelled: {run_cancelled}")
+            self.sealed = True
 
     def notify(self) -> None:
         """Wakes the round's watchers (the caller does not hold ``lock``)."""
@@ -111,6 +150,8 @@ class Round:
     def check_accepting(self, now: float) -> None:
         """Raises RoundNotOpen unless the round trains and its deadline has not passed (the
         caller holds ``lock``, or accepts a stale answer that it checks again under it)."""
+        if self.state is RoundState.CANCELLED:
+            raise RoundCancelled(self.cancelled_message())
         if self.state is not RoundState.TRAINING:
             raise RoundNotOpen(
                 f"round {self.plan.round} of run {self.plan.run_id!r} is {self.state}, not accepting updates"

@@ -28,10 +28,12 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from fedstream.errors import FedstreamError
 from fedstream.rounds import RoundPlan, RoundSnapshot, UpdateReport
 from fedstream.state import StateStore
 from fedstream.store import ModelStore, ModelVersion
 from fedstream.tensors import DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, MAX_CHUNK_BYTES, Chunk, Layout
+from fedstream_aggregator.aborting import Aborter
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.finishers import Storage
@@ -79,8 +81,11 @@ class AggregatorService:
         )
         self.hierarchy.bind(self.committer)
         storage = Storage(store, self.spools, chunk_bytes)
-        factory = RoundFactory(storage, self.hierarchy, distiller, clock, durable=durable)
+        factory = RoundFactory(
+            storage, self.hierarchy, distiller, clock, durable=durable, run_cancelled=self.committer.run_cancelled
+        )
         self.recovery = Recovery(self.rounds, self.journal, factory, self.hierarchy, self.committer)
+        self.aborter = Aborter(self.rounds, self.journal, self.committer)
         self.opener = Opener(self.rounds, self.journal, factory, self.recovery, self.hierarchy, distiller)
         self.ingest = Ingest(
             self.rounds, self.journal, store, self.spools, self.hierarchy, self.committer,
@@ -112,6 +117,10 @@ class AggregatorService:
         """See ``Opener.open``."""
         return self.opener.open(plan)
 
+    def abort_round(self, run_id: str, round_: int, reason: str) -> RoundSnapshot:
+        """See ``Aborter.abort``."""
+        return self.aborter.abort(run_id, round_, reason)
+
     def recover(self) -> int:
         """See ``Recovery.recover``."""
         return self.recovery.recover()
@@ -128,7 +137,7 @@ class AggregatorService:
 
     def receive_update(
         self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
-        on_close: Callable[[str], None] = lambda why: None,
+        on_close: Callable[[FedstreamError], None] = lambda error: None,
     ) -> tuple[bool, int]:
         """Verifies, spools and counts one agent's update; returns (duplicate, bytes received).
         ``before_count`` runs once the update is verified, before it counts; what it raises

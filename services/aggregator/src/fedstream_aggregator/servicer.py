@@ -100,7 +100,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             with self.slots.hold(agent_id, self._limited, count=False) if opener is None else nullcontext():
                 duplicate, received = self.service.receive_update(
                     _header(first.header, agent_id, self.service.ingest.parse_layout), self._chunks(agent_id, request_iterator, stream),
-                    before_count=lambda: self.guard.agent(context, agent_id), on_close=stream.close_round,
+                    before_count=lambda: self.guard.agent(context, agent_id), on_close=stream.end,
                 )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
 
@@ -217,3 +217,9 @@ class ControlServicer(pb_grpc.AggregatorControlServicer):
         self.guard.require_role(context, "service")
         self.service.finish_partial(request.run_id, request.round, request.version, request.reason)
         return pb.FinishPartialResponse()
+
+    @translate_errors
+    def AbortRound(self, request: pb.AbortRoundRequest, context: grpc.ServicerContext) -> pb.AbortRoundResponse:
+        self.guard.require_role(context, "service")
+        snap = self.service.abort_round(request.run_id, request.round, request.reason)
+        return pb.AbortRoundResponse(state=convert.state_to_proto(snap.state), version=snap.version, reason=snap.reason)

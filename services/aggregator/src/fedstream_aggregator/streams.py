@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from fedstream.errors import FedstreamError, StreamEnded, StreamIdle
+from fedstream.errors import FedstreamError, StreamIdle
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ class WatchedStream:
         log.info("ending a stream: %s", error.public)
         self._end(error)
 
-    def close_round(self, why: str) -> None:
-        """Ends the stream because its round stopped taking updates."""
-        self.end(StreamEnded(f"this upload was ended: {why}"))
 
 
 class StreamWatch:

@@ -18,7 +18,7 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.convert import assignment_from_proto
-from fedstream.errors import InvalidArgument
+from fedstream.errors import InvalidArgument, RoundCancelled
 from fedstream.grpcutil import channel
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
@@ -41,6 +41,10 @@ RETRYABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+class RoundCancelledHere(Exception):
+    """The round this agent works on was cancelled (its run was): its work stops."""
 
 
 def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
@@ -95,6 +99,10 @@ class Agent:
         # Each (run, round) is done once: a scheduler repeats assignments to agents that
         # (re)connect mid-round.
         self._handled: set[tuple[str, int]] = set()
+        # The round being worked on (told with each heartbeat), and the reason it was cancelled
+        # once a heartbeat's reply says so.
+        self._current: tuple[str, int] | None = None
+        self._cancelled: dict[tuple[str, int], str] = {}
 
     def _task(self, name: str) -> tuple[Task, Any]:
         if name not in self._tasks:
@@ -196,9 +204,14 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         while not self.stop.wait(self._interval):
             self._renew_if_due()
+            current = self._current
             try:
                 if self._agents is not None:
-                    self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=5)
+                    reply = self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(
+                        agent_id=self.agent_id, run_id=current[0] if current else "", round=current[1] if current else 0,
+                    ), timeout=5)
+                    if current is not None and reply.round_cancelled:
+                        self._cancelled[current] = reply.reason or "cancelled"
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
 
@@ -226,17 +239,33 @@ class Agent:
             return
         self._handled.add(key)
         outcome = "abandoned"
+        self._current = key
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
             try:
                 self._handle(a)
                 self.rounds_done += 1
                 outcome = "done"
+            except RoundCancelledHere as e:
+                outcome = "cancelled"
+                log.info("round %d of %s was cancelled; its work stopped: %s", a.round, a.run_id, e)
             except grpc.RpcError as e:
-                log.error("round abandoned: %s: %s", e.code().name, e.details())
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and RoundCancelled.is_cancellation(e.details() or ""):
+                    outcome = "cancelled"
+                    log.info("round %d of %s was cancelled; its work stopped: %s", a.round, a.run_id, e.details())
+                else:
+                    log.error("round abandoned: %s: %s", e.code().name, e.details())
             except Exception:
                 log.exception("round abandoned")
             finally:
+                self._current = None
+                self._cancelled.pop(key, None)
                 m.ROUNDS.labels(a.task, a.kind.value, outcome).inc()
+
+    def _check_cancelled(self, a: Assignment) -> None:
+        """Raises RoundCancelledHere once a heartbeat's reply said the round was cancelled."""
+        reason = self._cancelled.get((a.run_id, a.round))
+        if reason is not None:
+            raise RoundCancelledHere(reason)
 
     def _handle(self, a: Assignment) -> None:
         task, data = self._task(a.task)
@@ -250,6 +279,7 @@ class Agent:
             return
         started = time.perf_counter()
         base = self._download(a, chunk_bytes)
+        self._check_cancelled(a)
         self._buffer = base.buffer
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
@@ -284,6 +314,7 @@ class Agent:
             seed=zlib.crc32(f"{a.training.seed}:{a.round}:{self.agent_id}".encode()),
             proximal_mu=a.training.proximal_mu,
             mixed_precision=self.settings.mixed_precision,
+            stop=lambda: self._check_cancelled(a),
         )
         result = task.train(model, data, params, self.device)
         m.TRAIN_SECONDS.labels(a.task).observe(result.metrics.get("train_seconds", 0.0))
@@ -390,6 +421,7 @@ class Agent:
         upload_channel = self._channel(a.upload_endpoint)
         delay = 0.2
         while True:
+            self._check_cancelled(a)
             try:
                 reply = upload_update(
                     upload_channel,

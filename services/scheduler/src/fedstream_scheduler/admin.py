@@ -28,6 +28,7 @@ class AdminServices:
         self.store = store
         self.agents = scheduler.agents
         self.runs = scheduler.runs
+        self.audit = scheduler.audit
         self.enrollment = enrollment or Enrollment(
             scheduler.state, None, scheduler.settings.enrollment.cert_lifetime_s, self.clock,
         )

@@ -17,11 +17,12 @@ from fedstream.errors import (
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
+    RoundNotFound,
     Unauthenticated,
 )
 from fedstream.ids import check_agent_id
 from fedstream.metrics import LIMIT_HITS
-from fedstream.rounds import Assignment
+from fedstream.rounds import Assignment, RoundState
 from fedstream.state import AgentRecord, StateStore
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.settings import SchedulerSettings
@@ -92,6 +93,17 @@ class AgentRegistry:
     def heartbeat(self, agent_id: str) -> None:
         """Raises AgentNotFound for an agent that never registered."""
         self.state.heartbeat(agent_id, self.clock())
+
+    def round_cancelled(self, agent_id: str, run_id: str, round_: int) -> str:
+        """Why the round the agent works on was cancelled; "" when it was not (or the agent
+        does not take part in it, or there is no such round)."""
+        try:
+            rnd = self.state.get_round(run_id, round_)
+        except RoundNotFound:
+            return ""
+        if rnd.state != RoundState.CANCELLED or agent_id not in rnd.participants:
+            return ""
+        return rnd.reason or f"round {round_} of run {run_id!r} was cancelled"
 
     async def assignments(
         self, agent_id: str, still_allowed: Callable[[], object] | None = None
@@ -194,18 +206,27 @@ class AgentRegistry:
             self._offer(stream, Unauthenticated(f"agent {agent_id!r} was deleted"))
         log.info("agent %s deleted", agent_id)
 
-    def live_agents(self, task: str) -> list[str]:
-        """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
+    def _live(self) -> list[AgentRecord]:
+        """Agents with a fresh heartbeat, an open stream, not disabled."""
         now = self.clock()
         ttl = self.settings.heartbeat_ttl_s
         return [
-            a.agent_id
-            for a in self.state.list_agents()
-            if a.agent_id in self._streams
-            and not a.disabled
-            and now - a.last_heartbeat_unix <= ttl
-            and (not a.tasks or task in a.tasks)
+            a for a in self.state.list_agents()
+            if a.agent_id in self._streams and not a.disabled and now - a.last_heartbeat_unix <= ttl
         ]
+
+    def live_agents(self, task: str) -> list[str]:
+        """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
+        return [a.agent_id for a in self._live() if not a.tasks or task in a.tasks]
+
+    def live_offers(self) -> dict[str, list[str]]:
+        """The tasks live agents offer, each with the agents offering it (an agent that names
+        no task takes any: it is listed under ``*``)."""
+        offers: dict[str, list[str]] = {}
+        for a in self._live():
+            for task in a.tasks or ["*"]:
+                offers.setdefault(task, []).append(a.agent_id)
+        return offers
 
     def close_streams(self) -> None:
         """Ends every open stream (shutting down)."""

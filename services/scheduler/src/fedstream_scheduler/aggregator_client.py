@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from fedstream.convert import plan_to_proto
+from fedstream.convert import plan_to_proto, state_from_proto
 from fedstream.errors import (
     Aborted,
     AlreadyExists,
@@ -75,6 +75,22 @@ class AggregatorClient:
                 if e.code() not in RETRYABLE or loop_time + delay > give_up_at:
                     raise error_from_rpc(e) from None
                 log.warning("aggregator %s unreachable (%s); retrying", self.target, e.code().name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def abort_round(self, run_id: str, round_: int, reason: str, give_up_at: float) -> RoundSnapshot:
+        """See RoundControl.abort_round."""
+        request = pb.AbortRoundRequest(run_id=run_id, round=round_, reason=reason)
+        delay = 0.2
+        while True:
+            try:
+                # Long enough for a commit that was already making its version visible.
+                reply = await self._stub.AbortRound(request, timeout=90)
+                return RoundSnapshot(run_id, round_, state_from_proto(reply.state), [], [], reply.version, reply.reason)
+            except grpc.aio.AioRpcError as e:
+                loop_time = asyncio.get_running_loop().time()
+                if e.code() not in RETRYABLE or loop_time + delay > give_up_at:
+                    raise error_from_rpc(e) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

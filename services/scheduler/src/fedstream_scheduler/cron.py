@@ -32,6 +32,7 @@ from fedstream.rounds import RunState
 from fedstream.state import FederationRecord
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.admin import AdminServices
+from fedstream_scheduler.audit import Actor
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,9 @@ class CronScheduler:
             return ""
         run_id = slot_run_id(fed.federation_id, slot)
         try:
-            self.admin.federations.start_run(fed.federation_id, run_id, trigger="schedule")
+            self.admin.federations.start_run(
+                fed.federation_id, run_id, trigger="schedule", by=Actor("schedule", fed.federation_id)
+            )
         except AlreadyExists:
             self.state.mark_once("cron-slot", marker)
             return ""

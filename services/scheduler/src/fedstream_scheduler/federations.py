@@ -18,6 +18,7 @@ from fedstream.rounds import RunState
 from fedstream.state import FederationRecord, RunRecord, StateStore
 from fedstream.store import ModelStore
 from fedstream.strategies import make_strategy
+from fedstream_scheduler.audit import SYSTEM, Actor
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.runs import RunService
 
@@ -139,13 +140,14 @@ class FederationService:
         return max(pinned)[1] if pinned else ""
 
     def start_run(self, federation_id: str, run_id: str = "", initial_version: str = "",
-                  trigger: str = "api") -> RunRecord:
-        """Starts a run of the federation, warm-started from ``initial_version``, else the
-        federation's newest pinned model, else its latest (an init round when it has none)."""
+                  trigger: str = "api", by: Actor = SYSTEM) -> RunRecord:
+        """Starts a run of the federation (audited as ``by``'s), warm-started from
+        ``initial_version``, else the federation's newest pinned model, else its latest (an
+        init round when it has none)."""
         fed = self.state.get_federation(federation_id)
         spec = dict(fed.spec)
         spec["initial_version"] = (
             initial_version or self.pinned_version(federation_id) or self.latest_version(federation_id)
             or spec.get("initial_version", "")
         )
-        return self.runs.start_run(spec, run_id, federation=federation_id, trigger=trigger)
+        return self.runs.start_run(spec, run_id, federation=federation_id, trigger=trigger, by=by)

@@ -22,6 +22,13 @@ class RoundControl(Protocol):
         the participants that the aggregator sends elsewhere (to its leaves), with where."""
         ...
 
+    async def abort_round(self, run_id: str, round_: int, reason: str, give_up_at: float) -> RoundSnapshot:
+        """Cancels the round on the aggregator (its run was cancelled), retrying while the
+        aggregator is unreachable until the event loop's clock passes ``give_up_at``; returns
+        the round afterwards: cancelled, or committed or failed when it had ended first.
+        Raises RoundNotFound when the aggregator neither holds nor journaled the round."""
+        ...
+
     def watch_round(self, run_id: str, round_: int) -> AsyncGenerator[RoundSnapshot, None]:
         """The round now and after each change, until the stream ends or breaks."""
         ...

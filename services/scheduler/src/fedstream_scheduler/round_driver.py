@@ -111,9 +111,12 @@ class RoundDriver:
             if len(live) >= spec.min_agents:
                 return live
             if self.clock() >= give_up:
+                offers = self.agents.live_offers()
+                offered = "; ".join(f"{t} ({', '.join(ids)})" for t, ids in sorted(offers.items()))
                 raise RunFailed(
                     f"only {len(live)} live agents for task {spec.task!r} after "
-                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed"
+                    f"{spec.wait_for_agents_s:g} s, {spec.min_agents} needed; "
+                    + (f"live agents offer: {offered}" if offered else "no agent is live")
                 )
             await asyncio.sleep(0.2)
 
@@ -216,14 +219,15 @@ class RoundDriver:
                     return None
                 except FedstreamError as e:
                     raise _StreamBroken(e) from e
-                ended = await self._record(run_id, round_no, snapshot)
+                ended = await self.record(run_id, round_no, snapshot)
                 if ended is not None:
                     return ended
         finally:
             await stream.aclose()
 
-    async def _record(self, run_id: str, round_no: int, snap: RoundSnapshot) -> str | None:
-        """Records one snapshot; returns the round's version ("" when failed) once it ended."""
+    async def record(self, run_id: str, round_no: int, snap: RoundSnapshot) -> str | None:
+        """Records one snapshot of the aggregator's; returns the round's version ("" when it
+        failed or was cancelled) once it ended."""
         reports = list(snap.reports)
         current = self.state.get_round(run_id, round_no)
         if current.state in TERMINAL_ROUND_STATES:  # finished by another replica
@@ -236,14 +240,17 @@ class RoundDriver:
         elif snap.state == RoundState.COMMITTED:
             await self._committed(current, snap, reports)
             return snap.version
-        elif snap.state == RoundState.FAILED:
+        elif snap.state in (RoundState.FAILED, RoundState.CANCELLED):
             self.state.transition_round(
-                run_id, round_no, RoundState.FAILED, reports=reports, reason=snap.reason,
+                run_id, round_no, snap.state, reports=reports or current.reports, reason=snap.reason,
                 stragglers=list(snap.stragglers), finished_unix=self.clock(),
             )
             self._round_ended(run_id, round_no)
             await self.changes.notify()
-            log.warning("round %d failed: %s", round_no, snap.reason)
+            if snap.state == RoundState.FAILED:
+                log.warning("round %d failed: %s", round_no, snap.reason)
+            else:
+                log.info("round %d cancelled: %s", round_no, snap.reason)
             return ""
         await self.changes.notify()
         return None

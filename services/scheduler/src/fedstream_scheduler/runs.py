@@ -1,5 +1,5 @@
-"""Runs: starting, watching and cancelling them, and driving each, round after round, on this
-replica while it holds the run's lease (adopting the runs whose driver died)."""
+"""Runs: starting, watching and cancelling them (``cancelling``), and driving each, round after
+round, on this replica while it holds the run's lease (adopting the runs whose driver died)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from fedstream.errors import FailedPrecondition, FedstreamError, InvalidArgument
 from fedstream.ids import check_run_id
 from fedstream.logs import log_context
 from fedstream.rounds import TERMINAL_ROUND_STATES, TERMINAL_RUN_STATES, RoundKind, RoundState, RunState
-from fedstream.state import RoundRecord, RunRecord, StateStore
+from fedstream.state import AuditAction, RoundRecord, RunRecord, StateStore
 from fedstream.strategies import RobustStrategy, make_strategy
 from fedstream_scheduler import metrics as m
+from fedstream_scheduler.audit import SYSTEM, Actor, Auditor
+from fedstream_scheduler.cancelling import Canceller
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.leases import RunLeases
 from fedstream_scheduler.models import RunSpec
@@ -75,9 +77,12 @@ class RunService:
         changes: Changes,
         settings: SchedulerSettings,
         clock: Callable[[], float] = time.time,
+        audit: Auditor | None = None,
     ) -> None:
         self.state = state
         self.rounds = rounds
+        self.audit = audit or Auditor(state, clock)
+        self.canceller = Canceller(state, rounds.aggregator, rounds, clock)
         self.leases = leases
         self.changes = changes
         self.settings = settings
@@ -86,9 +91,11 @@ class RunService:
         self._adopter: asyncio.Task[None] | None = None
 
     def start_run(
-        self, spec_fields: dict[str, object], run_id: str = "", *, federation: str = "", trigger: str = "grpc"
+        self, spec_fields: dict[str, object], run_id: str = "", *, federation: str = "", trigger: str = "grpc",
+        by: Actor = SYSTEM,
     ) -> RunRecord:
-        """Validates a run spec and starts the run; raises InvalidArgument or AlreadyExists."""
+        """Validates a run spec and starts the run (audited as ``by``'s); raises
+        InvalidArgument or AlreadyExists."""
         spec = parse_spec(spec_fields)
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger)
@@ -97,6 +104,8 @@ class RunService:
         self._launch(run_id, spec)
         m.RUNS_STARTED.labels(self.state.tenant, federation or "none", trigger).inc()
         log.info("run %s started: task %s, %d rounds", run_id, spec.task, spec.rounds)
+        details = {"federation": federation} if federation else {}
+        self.audit.record(by, AuditAction.RUN_START, f"run/{run_id}", trigger=trigger, **details)
         return run
 
     def get_run(self, run_id: str) -> tuple[RunRecord, list[RoundRecord]]:
@@ -128,17 +137,26 @@ class RunService:
             if run.state in TERMINAL_RUN_STATES:
                 return
 
-    async def cancel_run(self, run_id: str) -> RunRecord:
-        """Stops driving the run and fails its open rounds; raises FailedPrecondition when
-        it has ended already."""
+    async def cancel_run(self, run_id: str, by: Actor = SYSTEM) -> RunRecord:
+        """Cancels the run on behalf of ``by`` (audited): the cancel is recorded first, the
+        run's driver stopped, and its unfinished rounds abandoned on the aggregator (nothing
+        of them is committed after this). Raises RunNotFound, or FailedPrecondition when the
+        run has ended already."""
         run = self.state.get_run(run_id)
         if run.state in TERMINAL_RUN_STATES:
             raise FailedPrecondition(f"run {run_id!r} has already {run.state}")
+        reason = f"cancelled by {by.describe()}"
+        # No await since the check: this replica's driver cannot end the run in between.
+        run = self.state.update_run(run_id, state=RunState.CANCELLED, reason=reason, finished_unix=self.clock())
+        m.RUNS_FINISHED.labels(self.state.tenant, run.federation or "none", RunState.CANCELLED).inc()
+        self.audit.record(by, AuditAction.RUN_CANCEL, f"run/{run_id}")
         task = self._tasks.get(run_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        return self._finish_run(run_id, RunState.CANCELLED, "cancelled by request")
+        await self.canceller.abort_rounds(run_id, f"run {reason}")
+        await self.changes.notify()
+        return self.state.get_run(run_id)
 
     def _finish_run(self, run_id: str, state: RunState, reason: str = "") -> RunRecord:
         run = self.state.get_run(run_id)
@@ -166,7 +184,9 @@ class RunService:
         """
         while True:
             try:
-                for run in self.state.list_runs():
+                runs = self.state.list_runs()
+                await self.canceller.retry_aborts(runs)
+                for run in runs:
                     task = self._tasks.get(run.run_id)
                     if run.state != RunState.RUNNING or (task is not None and not task.done()):
                         continue
@@ -201,10 +221,10 @@ class RunService:
         progress, evaluated = await self._resume(run_id, spec)
         limit = self.settings.max_consecutive_failed_rounds
         while progress.committed < spec.rounds and not spec.evaluate_only:
-            if progress.failures >= limit:
-                raise RunFailed(f"{progress.failures} rounds in a row failed")
             if self.state.get_run(run_id).state != RunState.RUNNING:  # cancelled through another replica
                 return
+            if progress.failures >= limit:
+                raise RunFailed(f"{progress.failures} rounds in a row failed")
             progress.round_no += 1
             version = await self.rounds.run_round(run_id, spec, progress.round_no, RoundKind.TRAIN, progress.base)
             progress.ended(RoundKind.TRAIN, version)
@@ -217,6 +237,8 @@ class RunService:
         pending = spec.evaluate_only and base not in evaluated
         if pending and not await self.rounds.run_round(run_id, spec, progress.round_no + 1, RoundKind.EVALUATE, base):
             raise RunFailed(f"the evaluation of {base} failed")
+        if self.state.get_run(run_id).state != RunState.RUNNING:  # cancelled through another replica
+            return
         if progress.failures >= limit:
             raise RunFailed(f"{progress.failures} rounds in a row failed")
         run = self.state.update_run(run_id, state=RunState.SUCCEEDED, finished_unix=self.clock())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from fedstream.state import StateStore
 from fedstream_scheduler.agents import AgentRegistry
+from fedstream_scheduler.audit import Auditor
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.leases import RunLeases
 from fedstream_scheduler.round_control import RoundControl
@@ -23,7 +24,8 @@ from fedstream_scheduler.settings import SchedulerSettings
 
 class SchedulerService:
     """The transport-neutral services that the gRPC servicers and the REST API call:
-    ``agents`` (registry and assignment streams) and ``runs`` (runs and their driving)."""
+    ``agents`` (registry and assignment streams), ``runs`` (runs and their driving) and
+    ``audit`` (the record of operator actions)."""
 
     def __init__(
         self,
@@ -40,7 +42,8 @@ class SchedulerService:
         self.leases = RunLeases(state, settings.run_lease_ttl_s, clock)
         changes = Changes()
         rounds = RoundDriver(state, aggregator, self.agents, changes, settings, clock)
-        self.runs = RunService(state, rounds, self.leases, changes, settings, clock)
+        self.audit = Auditor(state, clock)
+        self.runs = RunService(state, rounds, self.leases, changes, settings, clock, self.audit)
 
     @property
     def instance_id(self) -> str:

@@ -24,6 +24,7 @@ from fedstream.metrics import LIMIT_HITS
 from fedstream.state import AgentRecord, RoundRecord, RunRecord
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
+from fedstream_scheduler.audit import Actor
 from fedstream_scheduler.enrollment import Enrollment, Issued
 from fedstream_scheduler.service import SchedulerService
 
@@ -111,7 +112,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         agent_id = self.guard.agent(context, request.agent_id)
         self._within(self.heartbeats, agent_id, "heartbeats_per_interval", "heartbeats")
         self.service.agents.heartbeat(agent_id)
-        return pb.HeartbeatResponse()
+        reason = self.service.agents.round_cancelled(agent_id, request.run_id, request.round) if request.run_id else ""
+        return pb.HeartbeatResponse(round_cancelled=bool(reason), reason=reason)
 
     @translate_errors
     async def ReceiveAssignments(
@@ -150,8 +152,8 @@ class RunServicer(pb_grpc.RunServiceServicer):
 
     @translate_errors
     async def StartRun(self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
-        self.guard.require_role(context, "operator", "service")
-        run = self.service.runs.start_run(spec_fields(request.spec), request.run_id)
+        caller = self.guard.require_role(context, "operator", "service")
+        run = self.service.runs.start_run(spec_fields(request.spec), request.run_id, by=Actor.of_identity(caller))
         return run_to_proto(run, [])
 
     @translate_errors
@@ -167,6 +169,6 @@ class RunServicer(pb_grpc.RunServiceServicer):
 
     @translate_errors
     async def CancelRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
-        self.guard.require_role(context, "operator", "service")
-        run = await self.service.runs.cancel_run(request.run_id)
+        caller = self.guard.require_role(context, "operator", "service")
+        run = await self.service.runs.cancel_run(request.run_id, by=Actor.of_identity(caller))
         return run_to_proto(run, self.service.state.list_rounds(run.run_id))

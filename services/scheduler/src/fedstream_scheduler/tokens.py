@@ -25,6 +25,7 @@ class Principal:
     tenant: str
     role: str
     token_id: str
+    name: str = ""
 
     def allows(self, role: str) -> bool:
         """Whether this principal's role is ``role`` or above it (viewer < operator < admin)."""
@@ -54,7 +55,7 @@ class TokenService:
     def authenticate(self, secret: str) -> Principal | None:
         """The principal of a token's secret; None for an unknown or revoked one."""
         rec = self.state.find_token(secret_hash(secret))
-        return Principal(self.state.tenant, rec.role, rec.token_id) if rec is not None else None
+        return Principal(self.state.tenant, rec.role, rec.token_id, rec.name) if rec is not None else None
 
     def create(self, role: str, name: str) -> tuple[TokenRecord, str]:
         """A new token and its secret (shown once); raises InvalidArgument for an unknown role."""

@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from fedstream.state import AgentRecord
+from fedstream.state import AgentRecord, AuditAction
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
-from fedstream_scheduler.api.deps import AgentId, Limit, Operator, PageToken, Viewer, paginate
+from fedstream_scheduler.api.deps import AgentId, Limit, Operator, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"], route_class=ParsedRoute)
@@ -38,18 +38,23 @@ async def get_agent(agent_id: AgentId, admin: Viewer) -> s.Agent:
 
 
 @router.post("/{agent_id}/disable")
-async def disable_agent(agent_id: AgentId, admin: Operator) -> s.Agent:
-    return agent_body(admin, admin.agents.set_disabled(agent_id, True))
+async def disable_agent(agent_id: AgentId, admin: Operator, who: Who) -> s.Agent:
+    rec = admin.agents.set_disabled(agent_id, True)
+    admin.audit.record(who, AuditAction.AGENT_DISABLE, f"agent/{agent_id}")
+    return agent_body(admin, rec)
 
 
 @router.post("/{agent_id}/enable")
-async def enable_agent(agent_id: AgentId, admin: Operator) -> s.Agent:
-    return agent_body(admin, admin.agents.set_disabled(agent_id, False))
+async def enable_agent(agent_id: AgentId, admin: Operator, who: Who) -> s.Agent:
+    rec = admin.agents.set_disabled(agent_id, False)
+    admin.audit.record(who, AuditAction.AGENT_ENABLE, f"agent/{agent_id}")
+    return agent_body(admin, rec)
 
 
 @router.delete("/{agent_id}", status_code=204)
-async def delete_agent(agent_id: AgentId, admin: Operator) -> Response:
+async def delete_agent(agent_id: AgentId, admin: Operator, who: Who) -> Response:
     """Forgets the agent and revokes its certificates: its next call is refused and its
     open stream closed. It needs a new enrollment token to come back."""
     admin.agents.delete(agent_id)
+    admin.audit.record(who, AuditAction.AGENT_DELETE, f"agent/{agent_id}")
     return Response(status_code=204)

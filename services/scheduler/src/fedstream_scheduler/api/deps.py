@@ -14,6 +14,7 @@ from fedstream import ids
 from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
+from fedstream_scheduler.audit import Actor
 from fedstream_scheduler.tokens import Principal
 
 T = TypeVar("T")
@@ -81,14 +82,26 @@ def role(needed: str) -> Callable[..., Awaitable[AdminServices]]:
         admin, who = found or authenticate(tenants_of(request), creds.credentials if creds else None)
         if not who.allows(needed):
             raise PermissionDenied(f"this needs the {needed} role; the token is {who.role}")
+        request.scope.setdefault("state", {})[PRINCIPAL] = (admin, who)
         return admin
 
     return check
 
 
+async def actor_of(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Actor:
+    """Who makes the request, for the audit log: its token (the role check authenticated it)."""
+    found = request.scope.get("state", {}).get(PRINCIPAL)
+    _, who = found or authenticate(tenants_of(request), creds.credentials if creds else None)
+    return Actor("token", who.token_id, who.name, who.role)
+
+
 Viewer = Annotated[AdminServices, Depends(role("viewer"))]
 Operator = Annotated[AdminServices, Depends(role("operator"))]
 Admin = Annotated[AdminServices, Depends(role("admin"))]
+# Declared after the role: the token's actor, for the audit log.
+Who = Annotated[Actor, Depends(actor_of)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 PageToken = Annotated[str, Query(max_length=12, pattern="^[0-9]*$", description="next_page_token of the previous page.")]
 FederationId = Annotated[str, Path(pattern=s.FEDERATION_ID, description="A federation's id."),

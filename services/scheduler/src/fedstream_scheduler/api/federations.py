@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter, Response
 
-from fedstream.state import FederationRecord
+from fedstream.state import AuditAction, FederationRecord
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
-from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, paginate
+from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 from fedstream_scheduler.cron import schedule_problem
 
@@ -27,11 +27,12 @@ def federation_body(rec: FederationRecord, latest: str, admin: AdminServices) ->
 
 
 @router.post("", status_code=201)
-async def create_federation(body: s.FederationCreate, admin: Admin) -> s.Federation:
+async def create_federation(body: s.FederationCreate, admin: Admin, who: Who) -> s.Federation:
     rec = admin.federations.create(
         body.federation_id, body.spec.model_dump(), body.description,
         body.schedule.model_dump() if body.schedule else None,
     )
+    admin.audit.record(who, AuditAction.FEDERATION_CREATE, f"federation/{rec.federation_id}")
     return federation_body(rec, "", admin)
 
 
@@ -51,15 +52,20 @@ async def get_federation(federation_id: FederationId, admin: Viewer) -> s.Federa
 
 
 @router.patch("/{federation_id}")
-async def update_federation(federation_id: FederationId, body: s.FederationUpdate, admin: Admin) -> s.Federation:
+async def update_federation(
+    federation_id: FederationId, body: s.FederationUpdate, admin: Admin, who: Who
+) -> s.Federation:
     rec = admin.federations.update(
         federation_id, spec=body.spec, description=body.description,
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
     )
+    changed = ", ".join(sorted(body.model_dump(exclude_unset=True)))
+    admin.audit.record(who, AuditAction.FEDERATION_UPDATE, f"federation/{federation_id}", fields=changed)
     return federation_body(rec, admin.federations.latest_version(federation_id), admin)
 
 
 @router.delete("/{federation_id}", status_code=204)
-async def delete_federation(federation_id: FederationId, admin: Admin) -> Response:
+async def delete_federation(federation_id: FederationId, admin: Admin, who: Who) -> Response:
     admin.federations.delete(federation_id)
+    admin.audit.record(who, AuditAction.FEDERATION_DELETE, f"federation/{federation_id}")
     return Response(status_code=204)

@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from fedstream.ids import parse_version
 from fedstream.safetensors_io import encode_header
+from fedstream.state import AuditAction
 from fedstream.store import ModelVersion
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import (
@@ -17,6 +18,7 @@ from fedstream_scheduler.api.deps import (
     PageToken,
     RunId,
     Viewer,
+    Who,
     paginate,
 )
 from fedstream_scheduler.api.guard import ParsedRoute
@@ -70,10 +72,14 @@ async def download_model(run_id: RunId, number: Number, admin: Viewer) -> Stream
 
 
 @router.post("/api/v1/models/{run_id}/{number}/pin")
-async def pin_model(run_id: RunId, number: Number, admin: Operator) -> s.Model:
-    return model_body(*admin.models.pin(f"{run_id}/{number}", True))
+async def pin_model(run_id: RunId, number: Number, admin: Operator, who: Who) -> s.Model:
+    body = model_body(*admin.models.pin(f"{run_id}/{number}", True))
+    admin.audit.record(who, AuditAction.MODEL_PIN, f"model/{run_id}/{number}")
+    return body
 
 
 @router.post("/api/v1/models/{run_id}/{number}/unpin")
-async def unpin_model(run_id: RunId, number: Number, admin: Operator) -> s.Model:
-    return model_body(*admin.models.pin(f"{run_id}/{number}", False))
+async def unpin_model(run_id: RunId, number: Number, admin: Operator, who: Who) -> s.Model:
+    body = model_body(*admin.models.pin(f"{run_id}/{number}", False))
+    admin.audit.record(who, AuditAction.MODEL_UNPIN, f"model/{run_id}/{number}")
+    return body

@@ -7,7 +7,16 @@ from fastapi import APIRouter, Query
 from fedstream.rounds import RoundKind, RoundState, RunState, combine_metrics
 from fedstream.state import RoundRecord, RunRecord
 from fedstream_scheduler.api import schemas as s
-from fedstream_scheduler.api.deps import FederationId, Limit, Operator, PageToken, RunId, Viewer, paginate
+from fedstream_scheduler.api.deps import (
+    FederationId,
+    Limit,
+    Operator,
+    PageToken,
+    RunId,
+    Viewer,
+    Who,
+    paginate,
+)
 from fedstream_scheduler.api.guard import ParsedRoute
 
 router = APIRouter(tags=["runs"], route_class=ParsedRoute)
@@ -38,8 +47,8 @@ def round_body(r: RoundRecord) -> s.Round:
 
 
 @router.post("/api/v1/federations/{federation_id}/runs", status_code=201)
-async def start_run(federation_id: FederationId, body: s.RunStart, admin: Operator) -> s.Run:
-    rec = admin.federations.start_run(federation_id, body.run_id, body.initial_version)
+async def start_run(federation_id: FederationId, body: s.RunStart, admin: Operator, who: Who) -> s.Run:
+    rec = admin.federations.start_run(federation_id, body.run_id, body.initial_version, by=who)
     return s.Run(**run_body(rec, []))
 
 
@@ -72,6 +81,8 @@ async def list_rounds(
 
 
 @router.post("/api/v1/runs/{run_id}/cancel")
-async def cancel_run(run_id: RunId, admin: Operator) -> s.Run:
-    rec = await admin.runs.cancel_run(run_id)
+async def cancel_run(run_id: RunId, admin: Operator, who: Who) -> s.Run:
+    """Cancels the run: its unfinished round is abandoned on the aggregator (nothing of it is
+    committed after the cancel) and recorded as cancelled; its agents stop its work."""
+    rec = await admin.runs.cancel_run(run_id, by=who)
     return s.Run(**run_body(rec, admin.state.list_rounds(run_id)))

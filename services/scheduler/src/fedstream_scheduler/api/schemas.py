@@ -128,7 +128,7 @@ class Run(BaseModel):
 class Round(BaseModel):
     round: int
     kind: Literal["init", "train", "evaluate"]
-    state: Literal["open", "training", "aggregating", "committed", "failed"]
+    state: Literal["open", "training", "aggregating", "committed", "failed", "cancelled"]
     participants: list[str]
     stragglers: list[str]
     updates: int = Field(description="Updates counted.")
@@ -223,3 +223,17 @@ class EnrollmentTokenCreated(EnrollmentToken):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class AuditEntry(BaseModel):
+    """One operator action that changed state."""
+
+    seq: int = Field(description="Its place in the tenant's audit log (1, 2, ...).")
+    time_unix: float
+    action: str = Field(description="What was done, e.g. run.cancel, agent.delete, token.create.")
+    target: str = Field(description="What it was done to, <kind>/<id>, e.g. run/nightly-1.")
+    actor: str = Field(description="Who did it: token/<token id> (admin API), certificate/<role>/<name> (gRPC), "
+                       "schedule/<federation> (a cron run), system/scheduler.")
+    actor_name: str = Field(description="The token's name, or the certificate's.")
+    role: str = Field(description="The actor's role: viewer, operator, admin or service.")
+    detail: dict[str, str] = Field(description="A few words more, for some actions.")

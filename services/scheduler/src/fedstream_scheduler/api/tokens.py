@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter, Response
 
-from fedstream.state import TokenRecord
+from fedstream.state import AuditAction, TokenRecord
 from fedstream_scheduler.api import schemas as s
-from fedstream_scheduler.api.deps import Admin, Limit, PageToken, TokenId, paginate
+from fedstream_scheduler.api.deps import Admin, Limit, PageToken, TokenId, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"], route_class=ParsedRoute)
@@ -15,8 +15,9 @@ def token_body(t: TokenRecord) -> s.Token:
 
 
 @router.post("", status_code=201)
-async def create_token(body: s.TokenCreate, admin: Admin) -> s.TokenCreated:
+async def create_token(body: s.TokenCreate, admin: Admin, who: Who) -> s.TokenCreated:
     rec, secret = admin.tokens.create(body.role, body.name)
+    admin.audit.record(who, AuditAction.TOKEN_CREATE, f"token/{rec.token_id}", role=rec.role, name=rec.name)
     return s.TokenCreated(**token_body(rec).model_dump(), token=secret)
 
 
@@ -27,6 +28,7 @@ async def list_tokens(admin: Admin, limit: Limit = 50, page_token: PageToken = "
 
 
 @router.delete("/{token_id}", status_code=204)
-async def delete_token(token_id: TokenId, admin: Admin) -> Response:
+async def delete_token(token_id: TokenId, admin: Admin, who: Who) -> Response:
     admin.state.delete_token(token_id)
+    admin.audit.record(who, AuditAction.TOKEN_DELETE, f"token/{token_id}")
     return Response(status_code=204)
