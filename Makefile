@@ -12,7 +12,7 @@ PYPROJECTS := core/pyproject.toml tasks/pyproject.toml cli/pyproject.toml testin
 	services/scheduler/pyproject.toml services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test test-fast bench fuzz proto openapi images push-images check-proto lint typecheck clean system-deps
+.PHONY: all demo test test-fast bench fuzz proto openapi settings-doc images push-images check-proto lint typecheck clean system-deps
 
 all: test
 
@@ -99,6 +99,12 @@ push-images:
 # The admin API's OpenAPI document, committed as the contract (a test fails when it is stale).
 openapi: $(STAMP)
 	$(BIN)/python -m fedstream_scheduler.api.openapi > docs/openapi.json
+
+# Every service's settings, generated from the settings models (a test fails when it is stale).
+SETTINGS := fedstream_scheduler.settings:SchedulerSettings fedstream_aggregator.settings:AggregatorSettings \
+	fedstream_agent.settings:AgentSettings
+settings-doc: $(STAMP)
+	$(BIN)/python -m fedstream.settings_doc $(SETTINGS) > docs/settings.md
 
 # ruff over the whole tree (tests and benchmarks included). The rule set, and the reason for each
 # rule family and each ignore, is in pyproject.toml under [tool.ruff.lint].

@@ -107,7 +107,7 @@ def test_bad_backend_names_are_refused_at_start(command):
     result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, prefix + "STATE__BACKEND": "etcd"})
     assert result.returncode == 2
-    assert "state.backend" in result.stderr
+    assert f"{prefix}STATE__BACKEND=etcd: " in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("command", ["fedstream-scheduler", "fedstream-aggregator"])
@@ -130,7 +130,7 @@ def test_a_taken_metrics_port_exits_3_naming_it(command, tmp_path):
             env.pop(prefix + "SPOOL_DIR")
         result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 3, result.stderr
-    assert f"metrics: cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert f"{prefix}METRICS__PORT={port}: cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("command", ["fedstream-scheduler", "fedstream-aggregator"])
@@ -156,6 +156,6 @@ def test_without_tls_settings_a_service_exits_2_and_plaintext_must_be_asked_for(
         env[prefix + "GRPC__HOST"] = "127.0.0.1"
         plaintext = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env=env)
 
-    assert refused.returncode == 2 and "tls.ca_file is required" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and f"{prefix}TLS__CA_FILE is not set" in refused.stderr, refused.stderr
     assert "PLAINTEXT" in plaintext.stderr and "development" in plaintext.stderr, plaintext.stderr
     assert plaintext.returncode == 3, plaintext.stderr

@@ -116,12 +116,12 @@ def test_entry_points_have_help(command):
 @pytest.mark.parametrize(
     "command, env, message",
     [
-        ("fedstream-scheduler", {"FEDSTREAM_SCHEDULER_GRPC__PORT": "99999"}, "grpc.port"),
-        ("fedstream-aggregator", {"FEDSTREAM_AGGREGATOR_CHUNKS__CHUNK_BYTES": "0"}, "chunks.chunk_bytes"),
-        ("fedstream-agent", {"FEDSTREAM_AGENT_DEVICE": "tpu"}, "device"),
+        ("fedstream-scheduler", {"FEDSTREAM_SCHEDULER_GRPC__PORT": "99999"}, "FEDSTREAM_SCHEDULER_GRPC__PORT=99999: "),
+        ("fedstream-aggregator", {"FEDSTREAM_AGGREGATOR_CHUNKS__CHUNK_BYTES": "0"}, "FEDSTREAM_AGGREGATOR_CHUNKS__CHUNK_BYTES=0: "),
+        ("fedstream-agent", {"FEDSTREAM_AGENT_DEVICE": "tpu"}, "FEDSTREAM_AGENT_DEVICE=tpu: "),
     ],
 )
-def test_bad_settings_exit_with_a_numbered_code_and_name_the_field(command, env, message):
+def test_bad_settings_exit_with_a_numbered_code_and_name_the_variable(command, env, message):
     import os
 
     result = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60, env={**os.environ, **env})

@@ -17,7 +17,9 @@ import pytest
 from fedstream.backends import make_state_store
 from fedstream.config import StateSettings
 from fedstream.errors import RunNotFound, StorageUnusable
+from fedstream.exitcodes import ExitCode
 from fedstream.rounds import RoundKind, RoundPlan, UpdateReport
+from fedstream.startup import StartupError
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
@@ -176,11 +178,12 @@ def test_a_path_that_cannot_be_used_is_refused_naming_it_and_its_setting(tmp_pat
         path.write_bytes(b"not a database" * 100)
     settings = StateSettings(backend="sqlite", sqlite={"path": path})
 
-    with pytest.raises(StorageUnusable) as refused:
-        make_state_store(settings, "t1", "FEDSTREAM_SCHEDULER_")
+    with pytest.raises(StartupError) as refused:
+        make_state_store(settings, "t1")
 
-    assert f"cannot use the state file {path}" in refused.value.public
-    assert "FEDSTREAM_SCHEDULER_STATE__SQLITE__PATH" in refused.value.public
+    assert refused.value.code == ExitCode.BAD_DATA
+    line = refused.value.line("FEDSTREAM_SCHEDULER_", {})
+    assert line.startswith(f"FEDSTREAM_SCHEDULER_STATE__SQLITE__PATH={path} (the default): cannot use the state file {path}")
 
 
 @pytest.mark.parametrize(("synchronous", "level"), [("normal", 1), ("full", 2)])

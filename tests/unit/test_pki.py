@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fedstream.auth import service_identity
 from fedstream.config import TlsSettings
 from fedstream.errors import InvalidArgument
+from fedstream.exitcodes import ExitCode
 from fedstream.pki import (
     CertificateAuthority,
     Identity,
@@ -21,6 +22,7 @@ from fedstream.pki import (
     public_key_of_csr,
     read_peer,
 )
+from fedstream.startup import StartupError
 
 DAY = dt.timedelta(days=1)
 
@@ -78,21 +80,24 @@ def test_a_service_issues_itself_a_certificate_naming_its_hosts(tmp_path: Path):
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
 
 
-@pytest.mark.parametrize("settings,message", [
-    (dict(), "tls.ca_file is required"),
-    (dict(ca_file="ca.pem"), "ca_key_file, or cert_file and key_file"),
-    (dict(ca_file="missing.pem", cert_file="c", key_file="k"), "tls.ca_file: cannot read"),
-    (dict(ca_file="ca.pem", ca_key_file="ca-key.pem"), "tenant 'acme'"),
-    (dict(ca_file="ca.pem", cert_file="agent.pem", key_file="ca-key.pem"), "not a service of tenant"),
+@pytest.mark.parametrize("settings, setting, message", [
+    (dict(), "tls.ca_file", "CA certificate is required"),
+    (dict(ca_file="ca.pem"), "tls.ca_key_file", "the CA key to issue one, or {tls.cert_file} and {tls.key_file}"),
+    (dict(ca_file="missing.pem", cert_file="c", key_file="k"), "tls.ca_file", "cannot read"),
+    (dict(ca_file="ca.pem", ca_key_file="ca-key.pem"), "tls.ca_file", "tenant 'acme'"),
+    (dict(ca_file="ca.pem", cert_file="agent.pem", key_file="ca-key.pem"), "tls.cert_file", "not a service of tenant"),
 ])
-def test_bad_tls_settings_name_what_is_wrong(tmp_path: Path, settings, message):
+def test_bad_tls_settings_name_the_setting_and_what_is_wrong(tmp_path: Path, settings, setting, message):
     ca = CertificateAuthority.create("acme")
     ca.save(tmp_path)
     (tmp_path / "agent.pem").write_bytes(ca.issue_identity(Identity("acme", "agent", "a"), DAY).cert_pem)
     fields = {k: tmp_path / v for k, v in settings.items()}
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StartupError) as raised:
         service_identity(TlsSettings(**fields), "other" if "tenant" in message else "acme", "scheduler")
+
+    assert raised.value.setting == setting and raised.value.code == ExitCode.BAD_SETTINGS
+    assert message in raised.value.problem
 
 
 def test_plaintext_is_only_on_request_and_warns(caplog):

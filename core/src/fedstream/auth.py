@@ -12,11 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from fedstream.config import TlsSettings
 from fedstream.errors import AgentDisabled, AgentNotFound, PermissionDenied, Unauthenticated
 from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, TlsIdentity, read_peer
+from fedstream.startup import StartupError
 from fedstream.state import AgentRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,12 @@ SERVICE_CERT_LIFETIME = dt.timedelta(days=365)
 AGENT_CERTS_KEPT = 2
 
 
+_PLAINTEXT_ADVICE = "or set {tls.insecure_plaintext}=true, for development only"
+
+
 def service_identity(tls: TlsSettings, tenant: str, name: str) -> TlsIdentity | None:
     """This process's TLS identity from its settings; None in plaintext mode (logged as a
-    warning). Raises ValueError naming the file or field that is wrong."""
+    warning). Raises StartupError naming the setting that is missing or wrong (exit code 2)."""
     if tls.insecure_plaintext:
         log.warning(
             "gRPC is PLAINTEXT (tls.insecure_plaintext=true): no encryption, and agents are "
@@ -38,43 +43,58 @@ def service_identity(tls: TlsSettings, tenant: str, name: str) -> TlsIdentity | 
         )
         return None
     if tls.ca_file is None:
-        raise ValueError("tls.ca_file is required (or tls.insecure_plaintext=true, for development only)")
+        raise StartupError("tls.ca_file", None, "the tenant's CA certificate is required",
+                           f"set it to the ca.pem of `fedstream pki init-ca`, {_PLAINTEXT_ADVICE}")
     if tls.ca_key_file is None and (tls.cert_file is None or tls.key_file is None):
-        raise ValueError("tls needs ca_key_file, or cert_file and key_file")
+        raise StartupError("tls.ca_key_file", None, "this process needs a certificate: the CA key to issue "
+                           "one, or {tls.cert_file} and {tls.key_file}",
+                           "set it to the ca-key.pem of `fedstream pki init-ca`, or set the other two")
     ca_pem = _read(tls.ca_file, "tls.ca_file")
     if tls.cert_file is not None and tls.key_file is not None:
         out = TlsIdentity(ca_pem, _read(tls.cert_file, "tls.cert_file"), _read(tls.key_file, "tls.key_file"))
         try:
             ident = out.peer.identity
         except ValueError as e:
-            raise ValueError(f"tls.cert_file: {e}") from None
+            raise StartupError("tls.cert_file", tls.cert_file, str(e), _CERT_ADVICE) from e
         if ident.tenant != tenant or ident.role != "service":
-            raise ValueError(f"tls.cert_file is for {ident}, not a service of tenant {tenant!r}")
+            raise StartupError("tls.cert_file", tls.cert_file, f"the certificate is for {ident}, not a service "
+                               f"of tenant {tenant!r}", _CERT_ADVICE)
         return out
     ca = load_authority(tls, tenant)
     assert ca is not None
     return ca.issue_identity(Identity(tenant, "service", name), SERVICE_CERT_LIFETIME, tuple(tls.server_names))
 
 
+_CERT_ADVICE = "issue one with `fedstream pki issue --role service`, or use {tls.ca_key_file} instead"
+
+
 def load_authority(tls: TlsSettings, tenant: str) -> CertificateAuthority | None:
     """The tenant's authority when this process holds its key (the scheduler signs agents'
-    certificates with it); None otherwise. Raises ValueError for unreadable files."""
+    certificates with it); None otherwise. Raises StartupError for unreadable files or another
+    tenant's authority."""
     if tls.insecure_plaintext or tls.ca_file is None or tls.ca_key_file is None:
         return None
+    _read(tls.ca_file, "tls.ca_file")
+    _read(tls.ca_key_file, "tls.ca_key_file")
     try:
         ca = CertificateAuthority.load(tls.ca_file, tls.ca_key_file)
     except (OSError, ValueError) as e:
-        raise ValueError(f"tls.ca_file/tls.ca_key_file: {e}") from None
+        raise StartupError("tls.ca_key_file", tls.ca_key_file, f"no authority from {{tls.ca_file}} and this key: {e}",
+                           _FILES_ADVICE) from e
     if ca.tenant != tenant:
-        raise ValueError(f"tls.ca_file is tenant {ca.tenant!r}'s authority, not {tenant!r}'s")
+        raise StartupError("tls.ca_file", tls.ca_file, f"the authority is tenant {ca.tenant!r}'s, not {tenant!r}'s",
+                           "use this tenant's CA, or set {tenant.tenant} to the CA's tenant")
     return ca
 
 
-def _read(path: Any, field: str) -> bytes:
+_FILES_ADVICE = "point it at the files `fedstream pki init-ca` wrote (ca.pem, ca-key.pem)"
+
+
+def _read(path: Path, setting: str) -> bytes:
     try:
-        return path.read_bytes()  # type: ignore[no-any-return]
+        return path.read_bytes()
     except OSError as e:
-        raise ValueError(f"{field}: cannot read {path}: {e.strerror}") from None
+        raise StartupError(setting, path, f"cannot read {path}: {e.strerror}", _FILES_ADVICE) from e
 
 
 @functools.lru_cache(maxsize=4096)

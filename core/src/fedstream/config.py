@@ -7,14 +7,13 @@ Each process has one typed settings object (pydantic-settings, an env prefix per
 from __future__ import annotations
 
 import difflib
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -25,7 +24,10 @@ S = TypeVar("S", bound=BaseSettings)
 class GrpcServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    host: str = Field(
+        "127.0.0.1", description="Address the gRPC server (and its enrollment and health ports) binds to: "
+        "loopback by default; 0.0.0.0 for every interface (the Helm charts set it).",
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     port_file: Path | None = Field(
         None, description="If set, the bound port is written here once the server serves."
@@ -83,8 +85,15 @@ class TlsSettings(BaseModel):
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level. At DEBUG a failure to start is logged with its traceback."
+    )
     json_format: bool = Field(False, description="One JSON object per log line.")
+    grpc: bool = Field(
+        False,
+        description="Let gRPC's own log lines through: its C core's on stderr (at GRPC_VERBOSITY, "
+        "gRPC's default ERROR) and its Python logger's. Off, the service says what matters itself.",
+    )
 
 
 class RedisSettings(BaseModel):
@@ -258,9 +267,9 @@ def _service_links(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(p for svc in services for p in (svc + "SERVICE_", svc + "PORT"))
 
 
-def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+def misspelt_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """Variables of ``environ`` that carry the prefix of ``cls`` but name none of its settings,
-    each as a message naming it and the nearest valid name.
+    each with a message naming it and the nearest valid name.
 
     pydantic-settings ignores such a variable: a misspelt one would otherwise leave its setting
     at the default without a word. Names are compared as pydantic-settings reads them, without
@@ -270,7 +279,7 @@ def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> li
     delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
     links = _service_links(environ)
     valid = variable_names(cls, prefix, delimiter)
-    messages = []
+    found = []
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith(prefix) or upper.startswith(links):
@@ -279,23 +288,28 @@ def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> li
             continue
         nearest = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
         hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-        messages.append(f"unknown setting {name}{hint}")
-    return messages
+        found.append((name, f"unknown setting {name}{hint}"))
+    return found
+
+
+def unknown_variables(cls: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """The messages of ``misspelt_variables``."""
+    return [message for _, message in misspelt_variables(cls, environ)]
 
 
 def load_settings(cls: type[S], prog: str) -> S | None:
     """Reads a service's settings from the environment, validated once.
 
     When they are invalid, or a variable with the service's prefix names no setting (a
-    misspelling), prints every offender to stderr and returns None, so that the caller exits
-    with ``ExitCode.BAD_SETTINGS`` instead of a traceback.
+    misspelling), prints one line per offending variable to stderr and returns None, so that
+    the caller exits with ``ExitCode.BAD_SETTINGS`` instead of a traceback.
     """
-    unknown = unknown_variables(cls, os.environ)
-    if unknown:
-        print(f"{prog}: invalid settings:\n" + "\n".join(f"  {m}" for m in unknown), file=sys.stderr)
-        return None
+    from fedstream.startup import InvalidSettings, load
+
     try:
-        return cls()
-    except ValidationError as e:
-        print(f"{prog}: invalid settings:\n{e}", file=sys.stderr)
+        return load(cls)
+    except InvalidSettings as e:
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        for error in e.errors:
+            print(f"{prog}: {error.line(prefix)}", file=sys.stderr)
         return None

@@ -11,7 +11,7 @@ class ExitCode(IntEnum):
 
     OK = 0
     """Stopped as asked (SIGTERM or SIGINT), or a one-shot command (``--help``, ``--version``,
-    ``fedstream-agent infer``) done."""
+    ``config``, ``fedstream-agent infer``) done."""
 
     FAILED = 1
     """An unexpected error: an uncaught exception, whose traceback is in the log (Python's own
@@ -19,20 +19,23 @@ class ExitCode(IntEnum):
     does not fit the task."""
 
     BAD_SETTINGS = 2
-    """The settings are invalid: a variable out of range, unparsable or naming no setting
-    (a misspelling; the message names the nearest valid one), TLS files that cannot be used,
-    distillation that cannot start; or the command line is (argparse's usage errors exit 2)."""
+    """The settings are invalid: a variable out of range, unparsable or not the JSON it must be,
+    naming no setting (a misspelling; the message names the nearest valid one), a TLS file or
+    setting that is missing or cannot be used, an unknown task, distillation that cannot start;
+    or the command line is (argparse's usage errors exit 2)."""
 
     CANNOT_BIND = 3
-    """A port cannot be bound (gRPC, enrollment, admin API or /metrics): taken, or not allowed."""
+    """A port cannot be bound (gRPC, enrollment, health, admin API or /metrics): taken, or not
+    allowed. The message names the port's setting."""
 
     BAD_DATA = 4
-    """The agent cannot load its site's data."""
+    """The process cannot use its data: the model store's or the spool's directory cannot be
+    created or written, or the agent cannot load its site's data."""
 
     NO_IDENTITY = 5
     """The agent has no usable certificate and cannot get one without an operator: no
-    enrollment token, a token the scheduler refuses (spent, expired, revoked), or no
-    ``tls.ca_file`` (and no ``tls.insecure_plaintext``)."""
+    enrollment token, a token the scheduler refuses (spent, expired, revoked), or an identity
+    directory it cannot write. (No ``tls.ca_file`` at all is a settings error, 2.)"""
 
     INCOMPATIBLE_PROTOCOL = 6
     """The control plane refused the agent's protocol version (fedstream.protocol): the line

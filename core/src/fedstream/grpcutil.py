@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedstream.errors import FedstreamError
 from fedstream.metrics import GRPC_CALLS_IN_PROGRESS
 from fedstream.pki import TlsIdentity
+from fedstream.startup import bind_error
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +221,10 @@ def server_credentials(identity: TlsIdentity, client_certificates: bool = True) 
     )
 
 
-def bind(server: Any, host: str, port: int, tls: grpc.ServerCredentials | None = None) -> int:
+def bind(server: Any, host: str, port: int, tls: grpc.ServerCredentials | None = None, setting: str = "grpc.port") -> int:
     """Binds a port (TLS with ``tls``, plaintext without) and returns the port actually bound
-    (port 0 picks one)."""
+    (port 0 picks one). Raises StartupError naming ``setting`` (the port's setting) when the port
+    cannot be bound."""
     address = f"{host}:{port}"
     bound: int
     try:
@@ -230,7 +232,7 @@ def bind(server: Any, host: str, port: int, tls: grpc.ServerCredentials | None =
     except RuntimeError:  # the asyncio server raises where the threaded one returns 0
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}")
+        raise bind_error(setting, host, port)
     return bound
 
 

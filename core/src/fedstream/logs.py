@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ class PlainFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "INFO", json_format: bool = False, service: str = "") -> None:
+def setup_logging(level: str = "INFO", json_format: bool = False, service: str = "", grpc_logs: bool = True) -> None:
+    """One handler on stderr for every logger. Without ``grpc_logs`` the ``grpc`` Python
+    logger's records are dropped (a service's settings ``log.grpc``; see ``quiet_grpc``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     if json_format:
@@ -67,3 +70,23 @@ def setup_logging(level: str = "INFO", json_format: bool = False, service: str =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("grpc").setLevel(logging.NOTSET if grpc_logs else logging.CRITICAL + 1)
+
+
+def quiet_grpc(prefix: str) -> None:
+    """Imports gRPC with its C core's logging off (``GRPC_VERBOSITY=NONE``), unless the service's
+    ``<prefix>LOG__GRPC`` is true or ``GRPC_VERBOSITY`` is set: gRPC reads it once, when it is
+    imported, and would otherwise print its own lines (a port it cannot bind, absl's notices)
+    beside the service's, which say what matters themselves. The environment is left as it was,
+    so processes started from this one decide for themselves.
+
+    Called by each service's package before anything imports gRPC; a no-op once it is imported.
+    """
+    asked = os.environ.get(f"{prefix}LOG__GRPC", "").strip().lower() in ("1", "true", "yes", "on", "t", "y")
+    if asked or "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ:
+        return
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+    try:
+        import grpc  # noqa: F401  (gRPC reads GRPC_VERBOSITY here)
+    finally:
+        del os.environ["GRPC_VERBOSITY"]

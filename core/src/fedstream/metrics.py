@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedstream.errors import FedstreamError
+from fedstream.startup import bind_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,8 +62,15 @@ class MetricsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
-    host: str = Field("0.0.0.0", description="Address the metrics server binds to.")
-    port: int = Field(9464, ge=0, le=65535, description="Metrics port; 0 picks a free one.")
+    host: str = Field(
+        "127.0.0.1", description="Address the metrics server binds to: loopback by default; 0.0.0.0 "
+        "for every interface (the Helm charts set it).",
+    )
+    port: int = Field(
+        9464, ge=0, le=65535,
+        description="Metrics port (each service has its own default, so that they run side by side); "
+        "0 picks a free one.",
+    )
     port_file: Path | None = Field(None, description="If set, the bound port is written here.")
 
 
@@ -80,17 +88,16 @@ def serve_metrics(settings: MetricsSettings, service: str) -> int:
     return port
 
 
-def start_metrics(settings: MetricsSettings, service: str) -> bool:
-    """``serve_metrics``, logged: where /metrics is served, or why it could not bind (False)."""
-    log = logging.getLogger(f"fedstream_{service}")
+def start_metrics(settings: MetricsSettings, service: str) -> None:
+    """``serve_metrics``, logged: where /metrics is served. Raises StartupError naming
+    ``metrics.port`` when the port cannot be bound."""
     try:
         port = serve_metrics(settings, service)
     except OSError as e:
-        log.error("metrics: cannot serve on %s:%d: %s", settings.host, settings.port, e)
-        return False
+        raise bind_error("metrics.port", settings.host, settings.port, e) from e
     if port:
+        log = logging.getLogger(f"fedstream_{service}")
         log.info("metrics on http://%s:%d/metrics", settings.host, port)
-    return True
 
 
 def cgroup_memory_limit() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -10,17 +9,15 @@ from collections.abc import Callable
 
 from fedstream.auth import service_identity
 from fedstream.backends import make_model_store, make_state_store
-from fedstream.config import load_settings
 from fedstream.exitcodes import ExitCode
 from fedstream.grpcutil import write_port_file
-from fedstream.logs import setup_logging
-from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
 from fedstream.pki import TlsIdentity
 from fedstream.readiness import wait_until_reachable
+from fedstream.settings_doc import service_parser, show_config
+from fedstream.startup import StartupError, run_service, writable_directory
 from fedstream.state import StateStore
 from fedstream.store import ModelStore
-from fedstream.version import add_version_argument
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.leaves import Leaf
 from fedstream_aggregator.server import AggregatorServer, build_server
@@ -30,37 +27,44 @@ from fedstream_aggregator.settings import AggregatorSettings
 log = logging.getLogger("fedstream_aggregator")
 
 
+DESCRIPTION = (
+    "fedstream aggregator: verifies agents' streamed updates, folds them into a running accumulator "
+    "and commits each round's model. Serves gRPC on 127.0.0.1:50052 and /metrics on 127.0.0.1:9465 "
+    "unless told otherwise. Configured by environment variables prefixed FEDSTREAM_AGGREGATOR_, "
+    "nested names joined by '__' (listed below). gRPC is mutual TLS under the tenant's CA: "
+    "FEDSTREAM_AGGREGATOR_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
+    "TLS__INSECURE_PLAINTEXT=true is for development only (docs/security.md). A setting that cannot "
+    "be used stops it with one line naming the variable, and an exit code: 2 settings, 3 a port "
+    "that cannot be bound, 4 a data directory that cannot be written."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    _parser().parse_args(argv)
-    settings = load_settings(AggregatorSettings, "fedstream-aggregator")
-    if settings is None:
-        return ExitCode.BAD_SETTINGS
-    setup_logging(settings.log.level, settings.log.json_format, "aggregator")
-    tune_allocator()
+    parser, _ = service_parser(AggregatorSettings, DESCRIPTION)
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        return show_config(AggregatorSettings)
+    return run_service("fedstream-aggregator", AggregatorSettings, serve, lambda _: "aggregator")
+
+
+def serve(settings: AggregatorSettings) -> int:
+    """Builds the aggregator from ``settings`` and serves until SIGTERM or SIGINT; returns the
+    exit code. Raises StartupError when a setting cannot be used."""
     tenant = settings.tenant.tenant
-    try:
-        identity = service_identity(settings.tls, tenant, "aggregator")
-    except ValueError as e:
-        log.error("invalid TLS settings: %s", e)
-        return ExitCode.BAD_SETTINGS
-    state = make_state_store(settings.state, tenant, "FEDSTREAM_AGGREGATOR_")
+    identity = service_identity(settings.tls, tenant, "aggregator")
+    writable_directory(settings.spool_dir, "spool_dir")
+    state = make_state_store(settings.state, tenant)
     if identity is not None and not settings.state.shared:
         log.warning("the in-process state store does not hold the scheduler's agents: revoked or "
                     "disabled agents' certificates are refused here only once they expire")
     store = make_model_store(settings.store, tenant)
+    service = _build_service(settings, state, store, identity, _distiller(settings))
+    server = _start_server(settings, service, identity)
     try:
-        distiller = _distiller(settings)
-    except (RuntimeError, ValueError) as e:
-        log.error("distillation: %s", e)
-        return ExitCode.BAD_SETTINGS
-    service = _build_service(settings, state, store, identity, distiller)
-    try:
-        server = _start_server(settings, service, identity)
-    except OSError as e:
-        log.error("%s", e)
-        return ExitCode.CANNOT_BIND
-    if not start_metrics(settings.metrics, "aggregator"):
-        return ExitCode.CANNOT_BIND
+        start_metrics(settings.metrics, "aggregator")
+    except StartupError:
+        server.stop()
+        raise
     write_port_file(settings.grpc.port_file, server.port)
     log.info("listening on %s:%d (%s, tenant %s)", settings.grpc.host, server.port,
              "mutual TLS" if identity else "PLAINTEXT", tenant)
@@ -72,26 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     return ExitCode.OK
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fedstream-aggregator",
-        description="fedstream aggregator: verifies agents' streamed updates, folds them into a "
-        "running accumulator and commits each round's model. Configured by environment "
-        "variables prefixed FEDSTREAM_AGGREGATOR_ (nested names joined by '__', e.g. "
-        "FEDSTREAM_AGGREGATOR_GRPC__PORT=50052). gRPC is mutual TLS under the tenant's CA: "
-        "FEDSTREAM_AGGREGATOR_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
-        "TLS__INSECURE_PLAINTEXT=true is for development only (docs/security.md).",
-    )
-    add_version_argument(parser, "fedstream-aggregator")
-    return parser
-
-
 def _distiller(settings: AggregatorSettings) -> Distiller | None:
-    """The distiller over the configured public set, or None without one; raises RuntimeError
-    or ValueError when the set or the device cannot be used."""
+    """The distiller over the configured public set, or None without one; raises StartupError
+    naming ``distill.public_data`` when the set or the device cannot be used."""
     if settings.distill.public_data is None:
         return None
-    distiller = Distiller(settings.distill.public_data, settings.distill.device)
+    try:
+        distiller = Distiller(settings.distill.public_data, settings.distill.device)
+    except (RuntimeError, ValueError) as e:
+        raise StartupError("distill.public_data", settings.distill.public_data, f"distillation cannot start: {e}",
+                           "install fedstream-aggregator[distill], fix the set or {distill.device}, or unset it"
+                           ) from e
     log.info("distillation on the public set %s (%s)", settings.distill.public_data, distiller.device)
     return distiller
 
@@ -116,7 +111,7 @@ def _build_service(
 
 
 def _start_server(settings: AggregatorSettings, service: AggregatorService, identity: TlsIdentity | None) -> AggregatorServer:
-    """The gRPC server, listening but not yet serving; raises OSError when a port cannot be bound."""
+    """The gRPC server, listening but not yet serving; raises StartupError when a port cannot be bound."""
     return build_server(
         service,
         settings.grpc.host,

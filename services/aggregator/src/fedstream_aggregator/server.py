@@ -21,6 +21,7 @@ from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.memtune import release_free_memory
 from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS, LIMIT_HITS
 from fedstream.pki import TlsIdentity
+from fedstream.startup import StartupError
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.servicer import (
@@ -106,7 +107,8 @@ def build_server(
     plaintext (development). ``check_agents``: whether the service's state store is the
     scheduler's, so that each agent's record (enrolled, not disabled, certificate current) is
     checked on every call. With ``health_port`` not None, a plaintext server on it answers
-    grpc.health.v1 only (kubelet probes cannot present certificates)."""
+    grpc.health.v1 only (kubelet probes cannot present certificates). Raises StartupError
+    naming the setting of a port that cannot be bound."""
     guard = Guard(service.state.tenant, tls is not None, service.state, check_agents)
     limits = limits or AggregatorLimits()
     _apply_limits(service, limits, max_workers)
@@ -128,7 +130,11 @@ def build_server(
     if health_port is not None:
         health_server = make_server(4, stream_window_bytes, 64)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_bound = bind(health_server, host, health_port)
+        try:
+            health_bound = bind(health_server, host, health_port, setting="grpc.health_port")
+        except StartupError:
+            server.stop(None)
+            raise
         health_server.start()
     server.start()
     set_serving(health_servicer, SERVICE_NAMES, serving)

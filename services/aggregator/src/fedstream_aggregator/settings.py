@@ -32,6 +32,16 @@ class AggregatorGrpcSettings(GrpcServerSettings):
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
 
 
+class AggregatorMetricsSettings(MetricsSettings):
+    """The aggregator's /metrics: on port 9465 by default, beside the scheduler's 9464."""
+
+    port: int = Field(
+        9465, ge=0, le=65535,
+        description="Metrics port (9465, beside the scheduler's 9464, so that both run on one machine); "
+        "0 picks a free one.",
+    )
+
+
 class LeafSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,7 +144,9 @@ class AggregatorSettings(BaseSettings):
         default_factory=TlsSettings, description="Mutual TLS of gRPC (agents, scheduler, leaves)."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
+    metrics: AggregatorMetricsSettings = Field(
+        default_factory=AggregatorMetricsSettings, description="Prometheus /metrics."
+    )
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Model store.")
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Download chunks.")
@@ -148,6 +160,7 @@ class AggregatorSettings(BaseSettings):
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
         description="Directory where incoming updates are spooled until verified and folded.",
+        json_schema_extra={"doc_default": "fedstream-spool in the system's temporary directory ($TMPDIR, else /tmp)"},
     )
     name: str = Field(
         "",

@@ -158,9 +158,7 @@ class AgentIdentity:
                 log.warning("%s", refusal)
         if self.token_file is None or not self.token_file.exists():
             raise EnrollmentError(
-                (refusal + "; " if refusal else f"no certificate in {self.directory} and ")
-                + "no enrollment token (tls.enrollment_token_file); ask an operator for one: "
-                f"fedstream enrollment-tokens create --agent-id {self.agent_id}"
+                (refusal + "; " if refusal else f"no certificate in {self.directory} and ") + "no enrollment token"
             )
         token = self.token_file.read_text().strip()
         return self._keep(self._call(enroll, token, self.agent_id), "enrolled")

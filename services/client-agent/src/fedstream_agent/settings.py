@@ -38,6 +38,17 @@ class AgentTlsSettings(BaseModel):
     )
 
 
+class AgentMetricsSettings(MetricsSettings):
+    """The agent's /metrics: on a free port by default, since several agents may share a machine."""
+
+    port: int = Field(
+        0, ge=0, le=65535,
+        description="Metrics port; 0 (the default) picks a free one, logged at start and written to "
+        "metrics.port_file, so that several agents run side by side on one machine. Set a fixed port "
+        "where Prometheus scrapes it (the agent chart does).",
+    )
+
+
 class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FEDSTREAM_AGENT_", env_nested_delimiter="__", extra="forbid"
@@ -46,6 +57,7 @@ class AgentSettings(BaseSettings):
     agent_id: str = Field(
         default_factory=socket.gethostname, min_length=1, max_length=128,
         description="This agent's id (default: the host name).",
+        json_schema_extra={"doc_default": "the host name"},
     )
     scheduler_endpoint: str = Field("localhost:50051", description="host:port of the scheduler.")
     tls: AgentTlsSettings = Field(default_factory=AgentTlsSettings, description="Mutual TLS and enrollment.")
@@ -68,7 +80,7 @@ class AgentSettings(BaseSettings):
         "more is refused before any memory is allocated for it."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics.")
+    metrics: AgentMetricsSettings = Field(default_factory=AgentMetricsSettings, description="Prometheus /metrics.")
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Longest wait between attempts to reach the scheduler."
     )

@@ -1,1 +1,6 @@
 """fedstream scheduler service."""
+
+from fedstream.logs import quiet_grpc
+
+# Before anything imports gRPC, which reads its log settings once, when imported.
+quiet_grpc("FEDSTREAM_SCHEDULER_")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
@@ -12,15 +11,13 @@ from collections.abc import Awaitable, Callable
 
 from fedstream.auth import load_authority, service_identity
 from fedstream.backends import make_model_store, make_state_store
-from fedstream.config import load_settings
 from fedstream.exitcodes import ExitCode
 from fedstream.grpcutil import write_port_file
-from fedstream.logs import setup_logging
-from fedstream.memtune import tune_allocator
 from fedstream.metrics import start_metrics
 from fedstream.pki import TlsIdentity
 from fedstream.readiness import wait_until_reachable
-from fedstream.version import add_version_argument
+from fedstream.settings_doc import service_parser, show_config
+from fedstream.startup import StartupError, run_service
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.aggregator_client import AggregatorClient
 from fedstream_scheduler.api import build_api
@@ -36,36 +33,29 @@ log = logging.getLogger("fedstream_scheduler")
 
 async def serve(settings: SchedulerSettings) -> int:
     """Builds the scheduler from ``settings`` and serves until SIGTERM or SIGINT; returns the
-    process's exit code."""
+    process's exit code. Raises StartupError when a setting cannot be used (nothing is left
+    listening)."""
     tenant = settings.tenant.tenant
-    try:
-        identity = service_identity(settings.tls, tenant, "scheduler")
-        authority = load_authority(settings.tls, tenant)
-    except ValueError as e:
-        log.error("invalid TLS settings: %s", e)
-        return ExitCode.BAD_SETTINGS
-    state = make_state_store(settings.state, tenant, "FEDSTREAM_SCHEDULER_")
+    identity = service_identity(settings.tls, tenant, "scheduler")
+    authority = load_authority(settings.tls, tenant)
+    state = make_state_store(settings.state, tenant)
+    store = make_model_store(settings.store, tenant)
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
     enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s,
                             renewal_grace_s=settings.enrollment.renewal_grace_s)
-    try:
-        server = await _start_grpc(settings, service, identity, enrollment)
-    except OSError as e:
-        log.error("%s", e)
-        return ExitCode.CANNOT_BIND
-    store = make_model_store(settings.store, tenant)
+    server = await _start_grpc(settings, service, identity, enrollment)
     admin = AdminServices(service, store, enrollment=enrollment)
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
+    api = None
     try:
         api = await _start_api(settings, admin)
-    except OSError as e:
-        log.error("admin API: %s", e)
+        start_metrics(settings.metrics, "scheduler")
+    except StartupError:
+        if api is not None:
+            await api.stop()
         await server.stop()
-        return ExitCode.CANNOT_BIND
-    if not start_metrics(settings.metrics, "scheduler"):
-        await server.stop()
-        return ExitCode.CANNOT_BIND
+        raise
     write_port_file(settings.grpc.port_file, server.port)
     log.info(
         "listening on %s:%d (%s, tenant %s, aggregator %s)",
@@ -86,7 +76,7 @@ async def _start_grpc(
     settings: SchedulerSettings, service: SchedulerService, identity: TlsIdentity | None, enrollment: Enrollment
 ) -> SchedulerServer:
     """The gRPC server (and the enrollment server, when there is one), not yet serving; raises
-    OSError when a port cannot be bound."""
+    StartupError when a port cannot be bound."""
     server = await build_server(
         service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
         serving=False, tls=identity, enrollment=enrollment, enroll_port=settings.enrollment.port,
@@ -99,8 +89,8 @@ async def _start_grpc(
 
 
 async def _start_api(settings: SchedulerSettings, admin: AdminServices) -> ApiServer | None:
-    """The REST admin API, started, or None when it is disabled; raises OSError when its port
-    cannot be bound."""
+    """The REST admin API, started, or None when it is disabled; raises StartupError when its
+    port cannot be bound."""
     if not settings.api.enabled:
         return None
     api = ApiServer(build_api({settings.tenant.tenant: admin}, settings.api), settings.api.host, settings.api.port)
@@ -143,23 +133,22 @@ async def _go_live(
     log.info("serving")
 
 
+DESCRIPTION = (
+    "fedstream scheduler: registers agents, selects participants, drives rounds and serves the run "
+    "API over gRPC (port 50051), agents' enrollment (50053) and the REST admin API (/api/v1, port "
+    "8080; docs/api.md), all on 127.0.0.1 unless told otherwise. Configured by environment variables "
+    "prefixed FEDSTREAM_SCHEDULER_, nested names joined by '__' (listed below). gRPC is mutual TLS "
+    "under the tenant's CA: FEDSTREAM_SCHEDULER_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki "
+    "init-ca); TLS__INSECURE_PLAINTEXT=true is for development only (docs/security.md). A setting "
+    "that cannot be used stops it with one line naming the variable, and an exit code: 2 settings, "
+    "3 a port that cannot be bound, 4 a data directory that cannot be written."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fedstream-scheduler",
-        description="fedstream scheduler: registers agents, selects participants, drives rounds "
-        "and serves the run API over gRPC and the REST admin API (/api/v1, port 8080 by "
-        "default; docs/api.md). Configured by environment variables prefixed "
-        "FEDSTREAM_SCHEDULER_ (nested names joined by '__', e.g. FEDSTREAM_SCHEDULER_GRPC__PORT=50051, "
-        "FEDSTREAM_SCHEDULER_AGGREGATOR_ENDPOINT=aggregator:50052). gRPC is mutual TLS under the "
-        "tenant's CA: FEDSTREAM_SCHEDULER_TLS__CA_FILE and TLS__CA_KEY_FILE (fedstream pki init-ca); "
-        "agents enroll with one-time tokens on ENROLLMENT__PORT (50053). TLS__INSECURE_PLAINTEXT=true "
-        "is for development only (docs/security.md).",
-    )
-    add_version_argument(parser, "fedstream-scheduler")
-    parser.parse_args(argv)
-    settings = load_settings(SchedulerSettings, "fedstream-scheduler")
-    if settings is None:
-        return ExitCode.BAD_SETTINGS
-    setup_logging(settings.log.level, settings.log.json_format, "scheduler")
-    tune_allocator()
-    return asyncio.run(serve(settings))
+    parser, _ = service_parser(SchedulerSettings, DESCRIPTION)
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        return show_config(SchedulerSettings)
+    return run_service("fedstream-scheduler", SchedulerSettings, lambda s: asyncio.run(serve(s)),
+                       lambda _: "scheduler")

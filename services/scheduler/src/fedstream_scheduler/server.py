@@ -12,6 +12,7 @@ from fedstream.grpcutil import DEFAULT_STREAM_WINDOW_BYTES, bind, make_aio_serve
 from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
+from fedstream.startup import StartupError
 from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.service import SchedulerService
@@ -73,7 +74,8 @@ async def build_server(
     authority and ``enroll_port`` not None, agents enroll on that port (TLS, no client
     certificate asked). With ``health_port`` not None, a plaintext server on it answers
     grpc.health.v1 only (kubelet probes cannot present certificates). ``protocol`` is the
-    control plane's protocol version (fedstream.protocol; another only in tests)."""
+    control plane's protocol version (fedstream.protocol; another only in tests). Raises
+    StartupError naming the setting of a port that cannot be bound (no server is left listening)."""
     if enrollment is None:
         enrollment = Enrollment(service.state, None, 86400.0, service.clock)
     guard = Guard(service.state.tenant, tls is not None, service.state)
@@ -83,20 +85,31 @@ async def build_server(
     pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
-    enroll_server, enroll_bound = None, 0
+    enroll_server = health_server = None
     if tls is not None and enrollment.ca is not None and enroll_port is not None:
         enroll_server = make_aio_server(stream_window_bytes)
         pb_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(enrollment), enroll_server)
-        enroll_bound = bind(enroll_server, host, enroll_port, server_credentials(tls, client_certificates=False))
-        await enroll_server.start()
-    health_server, health_bound = None, 0
     if health_port is not None:
         health_server = make_aio_server(stream_window_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_bound = bind(health_server, host, health_port)
-        await health_server.start()
-    await server.start()
+    try:
+        bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
+        enroll_bound = health_bound = 0
+        if enroll_server is not None:
+            assert enroll_port is not None and tls is not None
+            enroll_bound = bind(enroll_server, host, enroll_port, server_credentials(tls, client_certificates=False),
+                                setting="enrollment.port")
+        if health_server is not None:
+            assert health_port is not None
+            health_bound = bind(health_server, host, health_port, setting="grpc.health_port")
+    except StartupError:
+        for unused in (server, enroll_server, health_server):
+            if unused is not None:
+                await unused.stop(None)
+        raise
+    for started in (enroll_server, health_server, server):
+        if started is not None:
+            await started.start()
     out = SchedulerServer(server, bound, health_servicer, service, enrollment, enroll_server, enroll_bound,
                           health_server, health_bound)
     await out.set_serving(serving)

@@ -22,11 +22,14 @@ class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Serve the REST admin API.")
-    host: str = Field("0.0.0.0", description="Address the admin API binds to.")
+    host: str = Field(
+        "127.0.0.1", description="Address the admin API binds to: loopback by default; 0.0.0.0 for every "
+        "interface (the Helm chart sets it, behind its ingress).",
+    )
     port: int = Field(8080, ge=0, le=65535, description="Admin API port; 0 picks a free one.")
     port_file: Path | None = Field(None, description="If set, the bound port is written here.")
     bootstrap_token: SecretStr | None = Field(
-        None,
+        None, min_length=16,
         description="This tenant's bootstrap admin token (at least 16 characters; from a secret). "
         "Stored only as a hash; create the other tokens with it.",
     )

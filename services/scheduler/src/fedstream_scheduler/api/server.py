@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
+
+from fedstream.startup import bind_error
 
 
 class _Server(uvicorn.Server):
@@ -23,20 +26,28 @@ class ApiServer:
         self._server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                               lifespan="off"))
         self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        self.host = host
+        self.port = port
 
     async def start(self, timeout: float = 10.0) -> int:
-        """Binds and starts serving; returns the bound port. Raises OSError when it cannot bind."""
-        self._task = asyncio.create_task(self._server.serve())
+        """Binds and starts serving; returns the bound port. Raises StartupError naming
+        ``api.port`` when the port cannot be bound."""
+        # Bound here rather than by uvicorn, which would log the error and exit the process.
+        try:
+            sock = socket.create_server((self.host, self.port), family=socket.AF_INET6 if ":" in self.host
+                                        else socket.AF_INET, backlog=2048)
+        except OSError as e:
+            raise bind_error("api.port", self.host, self.port, e) from e
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         deadline = asyncio.get_running_loop().time() + timeout
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # uvicorn logs bind errors and exits the task
-                raise OSError("the admin API could not bind its port")
+                self._task.result()
+                raise bind_error("api.port", self.host, self.port, "the admin API stopped at start")
             if asyncio.get_running_loop().time() > deadline:
-                raise OSError("the admin API did not start in time")
+                raise bind_error("api.port", self.host, self.port, "the admin API did not start in time")
             await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
