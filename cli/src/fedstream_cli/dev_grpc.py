@@ -202,7 +202,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     group = sub.add_parser(
         "grpc", help="development: runs and models over gRPC with a certificate (no admin API)",
         description="Development commands: they speak gRPC straight to the scheduler (:50051) and the "
-        "aggregator (:50052) as an operator certificate (`fedstream pki issue --role operator`, "
+        "aggregator (:50052) as an operator certificate (`fedstream pki issue --ca CA_DIR --role operator ...`, "
         "--identity or $FEDSTREAM_IDENTITY) or, against a development control plane, --plaintext. "
         "For services without the admin API and for demos; operators use `fedstream federations`, "
         "`runs` and `models`.",
@@ -211,19 +211,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     add_spec_arguments(start)
     start.add_argument("--run-id", default="", help="id of the new run (default: generated)")
     start.add_argument("--follow", action="store_true", help="print progress until the run ends; exit 1 unless it succeeds")
-    _endpoint(start, "scheduler", "localhost:50051")
+    _endpoint(start, "scheduler", "127.0.0.1:50051")
     start.set_defaults(func=cmd_run_start)
     get = group.add_parser("run-get", help="print a run as the scheduler holds it, as JSON")
     get.add_argument("run_id", help="run id")
-    _endpoint(get, "scheduler", "localhost:50051")
+    _endpoint(get, "scheduler", "127.0.0.1:50051")
     get.set_defaults(func=cmd_run_get)
     watch_ = group.add_parser("run-watch", help="print a run's progress until it ends; exit 1 unless it succeeds")
     watch_.add_argument("run_id", help="run id")
-    _endpoint(watch_, "scheduler", "localhost:50051")
+    _endpoint(watch_, "scheduler", "127.0.0.1:50051")
     watch_.set_defaults(func=cmd_run_watch)
     dl = group.add_parser("model-download", help="stream a model version into a safetensors file, chunk by chunk verified")
     dl.add_argument("run_id", help="the run whose version to download")
     dl.add_argument("--version", default="", help="version id (default: the run's latest)")
     dl.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
-    _endpoint(dl, "aggregator", "localhost:50052")
+    _endpoint(dl, "aggregator", "127.0.0.1:50052")
     dl.set_defaults(func=cmd_model_download)

@@ -34,7 +34,7 @@ class AgentTlsSettings(BaseModel):
         "no current certificate.",
     )
     enroll_endpoint: str = Field(
-        "localhost:50053", description="host:port of the scheduler's enrollment service."
+        "127.0.0.1:50053", description="host:port of the scheduler's enrollment service."
     )
 
 
@@ -59,7 +59,7 @@ class AgentSettings(BaseSettings):
         description="This agent's id (default: the host name).",
         json_schema_extra={"doc_default": "the host name"},
     )
-    scheduler_endpoint: str = Field("localhost:50051", description="host:port of the scheduler.")
+    scheduler_endpoint: str = Field("127.0.0.1:50051", description="host:port of the scheduler.")
     tls: AgentTlsSettings = Field(default_factory=AgentTlsSettings, description="Mutual TLS and enrollment.")
     tasks: list[str] = Field(default_factory=lambda: ["digits"], description="Tasks this site offers.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels reported for selection.")

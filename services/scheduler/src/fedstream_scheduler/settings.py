@@ -128,7 +128,7 @@ class SchedulerSettings(BaseSettings):
         description="Model store (the aggregator's): the admin API lists, serves and pins its versions.",
     )
     aggregator_endpoint: str = Field(
-        "localhost:50052", description="host:port where the scheduler reaches the aggregator."
+        "127.0.0.1:50052", description="host:port where the scheduler reaches the aggregator."
     )
     aggregator_public_endpoint: str = Field(
         "",
