@@ -59,6 +59,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/scale.py --state redis
 	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/state_writes.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)
