@@ -74,6 +74,7 @@ def test_runs_cancel_abandons_the_round_and_is_audited(tmp_path: Path):
         ("run.cancel", "run/e2e-cancel", "token/bootstrap"),
     ]
     assert table.returncode == 0 and "run.cancel" in table.stdout and "federation.create" not in table.stdout
+    assert "token/bootstrap (bootstrap, admin)" in table.stdout
     assert "audit: run.cancel run/e2e-cancel by token/bootstrap (bootstrap, admin)" in scheduler_log
     assert "round 1 of e2e-cancel cancelled" in aggregator_log
     assert "Traceback" not in aggregator_log and " ERROR " not in aggregator_log

@@ -1,8 +1,10 @@
 """The fedstream CLI over the REST admin API, against services as processes: log in, create a
-federation, run it with progress shown, list and download its models, pin one, plot the run."""
+federation, run it with progress shown, list and download its models, pin one, plot the run;
+following a run across a scheduler restart."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -94,3 +96,56 @@ def test_login_waits_for_an_api_that_never_comes_then_says_where_it_looked(tmp_p
     assert done.returncode == 1
     assert f"cannot reach the admin API at {api}/api/v1" in done.stderr
     assert not (tmp_path / "credentials.json").exists()
+
+
+def test_following_a_run_survives_a_scheduler_restart(tmp_path):
+    import signal
+
+    import httpx
+
+    from fedstream_testing.support import wait_until
+
+    env = {**os.environ, "FEDSTREAM_API": "", "FEDSTREAM_TOKEN": TOKEN}
+    fedstream = str(Path(sys.executable).parent / "fedstream")
+    with LocalFederation(tmp_path / "services") as fed:
+        agg = fed.start_aggregator()
+        settings = {"HEARTBEAT_INTERVAL_S": "0.5", "RUN_LEASE_TTL_S": "2", "API__BOOTSTRAP_TOKEN": TOKEN}
+        sched = fed.start_scheduler(agg, settings)
+        for i in range(2):
+            fed.start_agent(f"site-{i}", sched, i, 2, {"DEVICE": "cpu", "CPU_THREADS": "1"})
+        api = env["FEDSTREAM_API"] = fed.api_url()
+        ports = {"GRPC__PORT": sched.rsplit(":", 1)[1], "API__PORT": api.split(":")[2].split("/")[0],
+                 "ENROLLMENT__PORT": fed.enroll_endpoint(sched).rsplit(":", 1)[1]}
+        created = subprocess.run([fedstream, "federations", "create", "digits", "--task", "digits", "--rounds", "4",
+                                  "--min-agents", "2"], capture_output=True, text=True, timeout=60, env=env)
+        assert created.returncode == 0, created.stderr
+        follower = subprocess.Popen([fedstream, "federations", "run", "digits", "--follow", "--run-id", "restarted",
+                                     "--reconnect-s", "90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+
+        def committed() -> int:
+            reply = httpx.get(f"{api}/runs/restarted", headers=headers, timeout=10)
+            return int(reply.json()["rounds_committed"]) if reply.status_code == 200 else 0
+
+        try:
+            wait_until(lambda: committed() >= 1, timeout=120, what="a round of the run committed")
+            old = next(p for n, p in fed.procs if n == "scheduler")
+            old.send_signal(signal.SIGTERM)
+            assert old.wait(timeout=30) == 0
+            fed.start_scheduler(agg, {**settings, **ports}, name="scheduler-again")
+            out, err = follower.communicate(timeout=300)
+        finally:
+            follower.kill()
+        log = fed.tail("scheduler-again", 40)
+
+    assert follower.returncode == 0, out + err + log
+    assert "run restarted succeeded; 4 rounds committed" in out
+    assert err.count("admin API unreachable: cannot reach the admin API") == 1 and "; reconnecting" in err
+    assert "admin API reachable again" in err and "Traceback" not in err
+    bars = [line for line in err.splitlines() if line.startswith("run restarted [")]
+    done = [int(line.split("] ")[1].split("/")[0]) for line in bars]
+    assert done == sorted(done) and done[-1] == 4  # progress resumed where it was
+    assert all(a != b for a, b in itertools.pairwise(bars)), err  # no progress line shown twice over
+    rounds = [line.split()[1] for line in out.splitlines() if line.startswith("  round")]
+    assert rounds == sorted(set(rounds), key=int), out

@@ -59,7 +59,9 @@ def test_local_up_runs_a_federation_for_the_cli_and_down_leaves_nothing(tmp_path
         assert (home / "admin-token").stat().st_mode & 0o077 == 0
         for name in ("aggregator", "scheduler", "site-0", "site-1"):
             assert (home / f"{name}.log").exists() and (home / f"{name}.pid").read_text().strip().isdigit()
-        assert (home / "pki" / "ca" / "ca.pem").exists() and (home / "agents" / "site-0" / "enrollment-token").exists()
+        assert (home / "pki" / "ca" / "ca.pem").exists()
+        for agent in ("site-0", "site-1"):
+            assert (home / "agents" / agent / "enrollment-token").stat().st_mode & 0o777 == 0o600
 
         again = cli("local", "up", "--dir", str(home))
         assert again.returncode == 1 and "already up" in again.stderr and "local down" in again.stderr

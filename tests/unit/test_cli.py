@@ -10,6 +10,7 @@ import pytest
 
 from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_cli import build_parser
+from fedstream_cli.audit import _row as audit_row
 from fedstream_cli.dev_grpc import RoundPrinter, run_spec
 from fedstream_cli.plot import metric_series
 from fedstream_cli.runspec import FLAGS, spec_from_args
@@ -139,3 +140,22 @@ def test_plot_separates_training_metrics_from_evaluation_metrics():
 
     assert training == {"train_loss": [(1, 0.9), (3, 0.4)], "server distill_mse": [(3, 0.1)]}
     assert evaluation == {"accuracy": [(1, 0.5), (3, 0.8)]}  # at the round whose version was evaluated
+
+
+def test_no_option_offers_an_empty_choice():
+    offered = {(path, a.dest): a.choices for path, p in leaves(build_parser()).items() for a in p._actions
+               if a.choices is not None and not isinstance(a, argparse._SubParsersAction)}
+
+    assert offered
+    assert [where for where, choices in offered.items() if "" in choices] == []
+
+
+def test_audit_rows_name_the_actor_and_its_role():
+    entry = {"seq": 3, "time_unix": 0, "action": "run.start", "target": "run/r1", "actor": "token/tok-1a2b",
+             "actor_name": "ci", "role": "operator", "detail": {}}
+
+    row = audit_row(entry)
+    unnamed = audit_row({**entry, "actor": "schedule/nightly", "actor_name": "", "role": ""})
+
+    assert row.endswith("token/tok-1a2b (ci, operator)")
+    assert unnamed.endswith("schedule/nightly")

@@ -14,7 +14,8 @@ from fedstream_cli.api import list_command
 def _row(e: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time_unix"]))
     detail = ", ".join(f"{k} {v}" for k, v in sorted(e["detail"].items()))
-    who = f"{e['actor']} ({e['actor_name']})" if e["actor_name"] else e["actor"]
+    held = ", ".join(x for x in (e.get("actor_name", ""), e.get("role", "")) if x)
+    who = f"{e['actor']} ({held})" if held else e["actor"]
     return f"{e['seq']:>6} {when} {e['action']:24} {e['target']:36} {who}{'  ' + detail if detail else ''}"
 
 
@@ -29,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "audit", help="the audit log: who changed what (operators and admins)",
     ).add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     ls = audit.add_parser("list", parents=[common], help="list operator actions, oldest first")
-    ls.add_argument("--action", default="", choices=["", *(a.value for a in AuditAction)],
-                    help="only this action")
+    ls.add_argument("--action", default="", choices=[a.value for a in AuditAction], metavar="ACTION",
+                    help=f"only this action: one of {', '.join(a.value for a in AuditAction)}")
     ls.add_argument("--actor", default="", help="only this actor, e.g. token/tok-1a2b3c4d5e6f")
     ls.set_defaults(func=cmd_list)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from fedstream_cli.api import Client, client_from, emit, list_command
-from fedstream_cli.runs import follow, run_summary
+from fedstream_cli.runs import follow, reconnect_option, run_summary
 from fedstream_cli.runspec import add_spec_arguments, spec_from_args
 
 
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.follow:
         emit(args, run, [f"run {run['run_id']} started"])
         return 0
-    run = follow(client, run["run_id"])
+    run = follow(client, run["run_id"], reconnect_s=args.reconnect_s)
     emit(args, run, run_summary(run))
     return 0 if run["state"] == "succeeded" else 1
 
@@ -161,4 +161,5 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     run.add_argument("--initial-version", default="",
                      help="start from this version (default: the federation's newest pinned, else latest model)")
     run.add_argument("--follow", action="store_true", help="show progress until the run ends; exit 1 unless it succeeds")
+    reconnect_option(run)
     run.set_defaults(func=cmd_run)

@@ -207,7 +207,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="agents' device (default auto)")
     up.add_argument("--wait", type=float, default=180.0,
                     help="seconds to wait for the agents to register before giving up (default 180)")
-    status = local.add_parser("status", help="each process: alive or dead, pid, ports, health; exit 1 unless all run")
+    status = local.add_parser(
+        "status", help="each process: alive or dead, pid, ports, health; exit 1 unless all run",
+        description="Shows each process of the deployment: alive or dead, pid, ports, health. Exits 0 when every "
+        "process runs, 1 when the deployment is down or any process is dead (after printing the table).")
     status.add_argument("--format", choices=["table", "json"], default="table",
                         help="how it prints: a table for people (default), or JSON")
     down = local.add_parser("down", help="stop every process (SIGTERM, then SIGKILL); nothing running is fine")

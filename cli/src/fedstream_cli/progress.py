@@ -39,6 +39,13 @@ class Bar:
         sys.stderr.write("\r" + line + " " * 8 if self.tty else line + "\n")
         sys.stderr.flush()
 
+    def say(self, text: str) -> None:
+        """A line of its own on stderr; the bar is drawn again on its next change."""
+        sys.stderr.write(("\r" + " " * (len(self.last) + 8) + "\r" if self.tty else "") + text + "\n")
+        sys.stderr.flush()
+        if self.tty:
+            self.last = ""
+
     def close(self) -> None:
         if self.tty:
             sys.stderr.write("\n")

@@ -6,10 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from fedstream_cli.api import Client, client_from, emit, list_command
+from fedstream_cli.api import ApiError, Client, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes
 
 SHOWN_METRICS = ("train_loss", "accuracy", "map50", "map", "rank1")
+RECONNECT_S = 120.0
+# No connection (0), or a proxy in front of a scheduler that is not there (yet).
+UNREACHABLE = (0, 502, 503, 504)
 
 
 def _note(run: dict[str, Any]) -> str:
@@ -23,8 +26,31 @@ def _note(run: dict[str, Any]) -> str:
     return ""
 
 
-def follow(client: Client, run_id: str, interval: float = 1.0) -> dict[str, Any]:
-    """Shows a run's rounds as a progress bar until it ends; returns the finished run."""
+def _poll(client: Client, run_id: str, bar: Bar, reconnect_s: float) -> dict[str, Any]:
+    """The run, read again; while the admin API is unreachable (a scheduler restarting), says so
+    once and tries again for up to ``reconnect_s`` seconds before raising the ApiError."""
+    give_up = None
+    while True:
+        try:
+            run: dict[str, Any] = client.call("GET", f"/runs/{run_id}")
+        except ApiError as e:
+            if e.status not in UNREACHABLE:
+                raise
+            if give_up is None:
+                give_up = time.monotonic() + reconnect_s
+                bar.say(f"admin API unreachable: {e}; reconnecting (for up to {reconnect_s:g} s)")
+            if time.monotonic() >= give_up:
+                raise ApiError(f"{e}; gave up reconnecting after {reconnect_s:g} s", e.status) from None
+            time.sleep(1.0)
+            continue
+        if give_up is not None:
+            bar.say(f"admin API reachable again; following run {run_id}")
+        return run
+
+
+def follow(client: Client, run_id: str, interval: float = 1.0, reconnect_s: float = RECONNECT_S) -> dict[str, Any]:
+    """Shows a run's rounds as a progress bar until it ends; returns the finished run. The admin
+    API going away mid-run (a scheduler restarting) is waited out for up to ``reconnect_s`` seconds."""
     run = client.call("GET", f"/runs/{run_id}")
     bar = Bar(run["spec"].get("rounds", 1), f"run {run_id}")
     try:
@@ -33,9 +59,16 @@ def follow(client: Client, run_id: str, interval: float = 1.0) -> dict[str, Any]
             if run["state"] != "running":
                 return dict(run)
             time.sleep(interval)
-            run = client.call("GET", f"/runs/{run_id}")
+            run = _poll(client, run_id, bar, reconnect_s)
     finally:
         bar.close()
+
+
+def reconnect_option(p: argparse.ArgumentParser) -> None:
+    """--reconnect-s: how long following waits for an admin API that went away."""
+    p.add_argument("--reconnect-s", type=float, default=RECONNECT_S, metavar="SECONDS",
+                   help="while following, wait this long for an admin API that became unreachable (a scheduler "
+                   f"restarting) before giving up; 0: give up at once (default {RECONNECT_S:g})")
 
 
 def run_summary(run: dict[str, Any]) -> list[str]:
@@ -66,7 +99,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    run = follow(client_from(args), args.run)
+    run = follow(client_from(args), args.run, reconnect_s=args.reconnect_s)
     emit(args, run, run_summary(run))
     return 0 if run["state"] == "succeeded" else 1
 
@@ -83,7 +116,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     ).add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
     ls = runs.add_parser("list", parents=[common], help="list runs")
     ls.add_argument("--federation", default="", help="only this federation's runs")
-    ls.add_argument("--state", default="", choices=["", "running", "succeeded", "failed", "cancelled"],
+    ls.add_argument("--state", default="", choices=["running", "succeeded", "failed", "cancelled"],
                     help="only runs in this state")
     ls.set_defaults(func=cmd_list)
     for name, func, text in (("get", cmd_get, "show a run and its rounds"),
@@ -91,4 +124,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                              ("cancel", cmd_cancel, "cancel a run")):
         p = runs.add_parser(name, parents=[common], help=text)
         p.add_argument("run", help="run id")
+        if func is cmd_follow:
+            reconnect_option(p)
         p.set_defaults(func=func)

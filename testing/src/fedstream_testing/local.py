@@ -17,6 +17,14 @@ from typing import Any
 from fedstream.pki import CA_CERT, CA_KEY, CertificateAuthority, Identity, TlsIdentity
 
 
+def _write_secret(path: Path, secret: str) -> None:
+    """A file only its owner reads (made so before the secret is in it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+
+
 class LocalFederation:
     """Starts services as child processes, each logging to ``<workdir>/<name>.log``, and stops
     every one of them on ``stop`` (or on leaving a ``with`` block).
@@ -202,7 +210,7 @@ class LocalFederation:
             tls = {"TLS__CA_FILE": str(self.pki / "ca" / CA_CERT), "TLS__IDENTITY_DIR": str(home / "identity")}
             if scheduler in self._schedulers:
                 token_file = home / "enrollment-token"
-                token_file.write_text(self.enrollment_token(scheduler, agent_id))
+                _write_secret(token_file, self.enrollment_token(scheduler, agent_id))
                 tls.update({"TLS__ENROLLMENT_TOKEN_FILE": str(token_file),
                             "TLS__ENROLL_ENDPOINT": self.enroll_endpoint(scheduler)})
         env = {
