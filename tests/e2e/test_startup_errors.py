@@ -161,3 +161,48 @@ def test_agents_on_one_machine_each_take_a_free_metrics_port(tmp_path):
 
     assert len(set(logged)) == 2 and 0 not in logged
     assert sorted(int(f.read_text()) for f, _ in agents) == sorted(logged)
+
+
+def lines_until_serving(env: dict[str, str], cwd: Path) -> list[str]:
+    """The scheduler's log lines up to the one saying it serves; the scheduler is stopped after."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith(("FEDSTREAM_", "GRPC_"))}
+    full = {**base, "HOME": str(cwd), "FEDSTREAM_SCHEDULER_TLS__INSECURE_PLAINTEXT": "true",
+            **FREE_PORTS["fedstream-scheduler"], **env}
+    proc = subprocess.Popen([str(BIN / "fedstream-scheduler")], cwd=cwd, env=full, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.rstrip().endswith(" serving"):
+                break
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert lines and lines[-1].endswith(" serving"), lines
+    return lines
+
+
+@pytest.mark.parametrize("env, warned", [
+    ({}, True),
+    ({"FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN": "x" * 16}, False),
+    ({"FEDSTREAM_SCHEDULER_API__ENABLED": "false"}, False),
+])
+def test_a_scheduler_whose_api_has_no_token_warns_naming_the_variable(env, warned, tmp_path):
+    lines = lines_until_serving(env, tmp_path)
+
+    warnings = [line for line in lines if "FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN" in line]
+    if warned:
+        (warning,) = warnings
+        assert " WARNING " in warning and "the admin API has no token" in warning, warning
+    else:
+        assert warnings == [], lines
+
+
+def test_a_scheduler_whose_state_holds_a_token_does_not_warn(tmp_path):
+    lines_until_serving({"FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN": "x" * 16}, tmp_path)
+
+    lines = lines_until_serving({}, tmp_path)
+
+    assert not [line for line in lines if "FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN" in line], lines

@@ -401,6 +401,33 @@ def test_a_wrong_enrollment_endpoint_or_a_mistyped_host_fails_where_it_is(plane,
     assert "FAILED: host 'no-such-host.invalid' does not resolve" in unresolved[-1][2]
 
 
+def test_an_enrollment_endpoint_at_the_schedulers_grpc_port_is_named_as_such(plane, tmp_path, capsys):
+    settings = agent_settings(plane, tmp_path)
+    settings.tls.enroll_endpoint = plane.sched
+
+    code, lines = check(settings, capsys)
+    failed = refusal(lambda: enroll(plane.sched, plane.ca.cert_pem, plane.token("site-a"), "site-a"))
+    reason = explain(failed, plane.sched, plane.ca.cert_pem, plane.ca_file, None, enrollment=True)
+
+    assert code == 7 and lines[-1][:2] == ("tls", plane.sched), lines
+    for said in (lines[-1][2], reason):
+        assert "the server asks for a client certificate" in said, said
+        assert said.endswith("looks like the scheduler's gRPC port, not its enrollment port (default 50053): set "
+                             "FEDSTREAM_AGENT_TLS__ENROLL_ENDPOINT to the enrollment port"), said
+    assert explain(failed, plane.sched, plane.ca.cert_pem, plane.ca_file, None).startswith("unavailable (")
+
+
+def test_a_missing_token_file_is_named_at_the_identity_step(plane, tmp_path, capsys):
+    settings = agent_settings(plane, tmp_path)
+    settings.tls.enrollment_token_file = tmp_path / "nofile"
+
+    code, lines = check(settings, capsys)
+
+    assert code == 5 and lines[-1][0] == "identity", lines
+    assert lines[-1][2] == (f"FAILED: no certificate in {tmp_path / 'id'} and no enrollment token: the token file "
+                            f"{tmp_path / 'nofile'} does not exist")
+
+
 def test_a_disabled_agent_fails_the_registration_step(plane, tmp_path, capsys):
     settings = agent_settings(plane, tmp_path)
     check(settings, capsys)

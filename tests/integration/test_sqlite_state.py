@@ -168,11 +168,14 @@ def test_a_file_of_a_newer_schema_is_refused_unchanged(tmp_path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_db.SCHEMA_VERSION + 1
 
 
-@pytest.mark.parametrize("make", ["under_a_file", "not_a_database"])
+@pytest.mark.parametrize("make", ["under_a_file", "two_below_a_file", "not_a_database"])
 def test_a_path_that_cannot_be_used_is_refused_naming_it_and_its_setting(tmp_path, make):
     if make == "under_a_file":
         (tmp_path / "file").write_text("x")
         path = tmp_path / "file" / "state.db"
+    elif make == "two_below_a_file":
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "sub" / "state.db"
     else:
         path = tmp_path / "state.db"
         path.write_bytes(b"not a database" * 100)
@@ -184,6 +187,8 @@ def test_a_path_that_cannot_be_used_is_refused_naming_it_and_its_setting(tmp_pat
     assert refused.value.code == ExitCode.BAD_DATA
     line = refused.value.line("FEDSTREAM_SCHEDULER_", {})
     assert line.startswith(f"FEDSTREAM_SCHEDULER_STATE__SQLITE__PATH={path} (the default): cannot use the state file {path}")
+    if make != "not_a_database":
+        assert f"cannot use the state file {path}: {tmp_path / 'file'} is a file, not a directory;" in line
 
 
 @pytest.mark.parametrize(("synchronous", "level"), [("normal", 1), ("full", 2)])

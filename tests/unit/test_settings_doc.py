@@ -137,7 +137,10 @@ def test_config_with_invalid_settings_exits_2_naming_the_variable(monkeypatch, c
 @pytest.mark.parametrize(
     "cls, variable, value, problem",
     [
-        (AgentSettings, "FEDSTREAM_AGENT_TASKS", "digits", "is not valid JSON"),
+        (AgentSettings, "FEDSTREAM_AGENT_TASKS", "digits", "is not valid JSON; write it as JSON, e.g. '[\"digits\"]'"),
+        (AgentSettings, "FEDSTREAM_AGENT_LABELS", "zone=eu", "write it as JSON, e.g. '{\"key\": \"value\"}'"),
+        (AggregatorSettings, "FEDSTREAM_AGGREGATOR_LEAVES", "not json",
+         "is not valid JSON; write it as JSON, e.g. '[{\"endpoint\": \"leaf-0:50052\"}]'"),
         (SchedulerSettings, "FEDSTREAM_SCHEDULER_TLS__SERVER_NAMES", "scheduler.local", "is not valid JSON"),
         (SchedulerSettings, "FEDSTREAM_SCHEDULER_GRPC__PORT", "70000", "less than or equal to 65535"),
         (SchedulerSettings, "FEDSTREAM_SCHEDULER_LOG__LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
@@ -176,7 +179,7 @@ def test_a_bad_credential_is_refused_without_echoing_it(monkeypatch):
 
     (error,) = raised.value.errors
     line = error.line("FEDSTREAM_SCHEDULER_")
-    assert line.startswith("FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN='***': ") and "at least 16" in line
+    assert line.startswith("FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN='***': should have at least 16 characters, not 9;")
     assert "too-short" not in line
 
 

@@ -124,6 +124,29 @@ def type_text(field: FieldInfo) -> str:
     return _name(kind) + _bounds(field)
 
 
+def json_example(field: FieldInfo) -> str:
+    """A JSON value of the field's type, for a hint: its first example, else its default when
+    that is a non-empty list or object, else a list or object of the right shape; "" for other
+    types (a nested settings model)."""
+    if field.examples:
+        return json.dumps(field.examples[0])
+    kinds = [k for k in _alternatives(field.annotation) if k is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else field.annotation
+    origin = get_origin(kind)
+    if origin not in (list, dict):
+        return ""
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    if default:
+        return env_value(default)
+    if origin is dict:
+        return '{"key": "value"}'
+    inner = _model(get_args(kind)[0])
+    if inner is None:
+        return '["..."]'
+    fields = {n: f for n, f in inner.model_fields.items() if f.is_required()} or inner.model_fields
+    return json.dumps([{n: f.examples[0] if f.examples else "..." for n, f in fields.items()}])
+
+
 def _name(kind: Any) -> str:
     return {bool: "bool", int: "int", float: "float", str: "string", Path: "path", SecretStr: "secret"}.get(
         kind, getattr(kind, "__name__", str(kind)))

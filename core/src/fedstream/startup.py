@@ -17,7 +17,7 @@ import shlex
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar, get_origin
+from typing import Any, TypeVar, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
@@ -127,7 +127,7 @@ def _validation_errors(cls: type[BaseSettings], error: ValidationError) -> list[
     out = []
     for e in error.errors():
         setting, rest = _setting_of(cls, e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
+        message = _in_characters(e) or e["msg"].removeprefix("Value error, ")
         problem = f"{'.'.join(str(x) for x in e['loc'])}: {message}" if rest else message
         value = e.get("input")
         shown = value if isinstance(value, str | int | float) else None
@@ -135,8 +135,21 @@ def _validation_errors(cls: type[BaseSettings], error: ValidationError) -> list[
     return out
 
 
+def _in_characters(error: Any) -> str:
+    """A text's length error in characters (pydantic counts a secret's length in "items")."""
+    ctx, value = error.get("ctx") or {}, error.get("input")
+    if error["type"] not in ("too_short", "too_long") or not isinstance(value, str | SecretStr):
+        return ""
+    bound = "at least" if error["type"] == "too_short" else "at most"
+    limit = ctx.get("min_length" if error["type"] == "too_short" else "max_length")
+    return f"should have {bound} {limit} characters, not {ctx.get('actual_length', len(value))}"
+
+
 def _unparsable(cls: type[BaseSettings], error: SettingsError, environ: Mapping[str, str]) -> list[StartupError]:
     """The variables of the field a SettingsError names whose values are not the JSON they must be."""
+    from fedstream.settings_doc import json_example, settings_of
+
+    examples = {s.variable: json_example(s.field) for s in settings_of(cls)}
     found = re.search(r'field "([^"]+)"', str(error))
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     field = found.group(1) if found else ""
@@ -148,9 +161,10 @@ def _unparsable(cls: type[BaseSettings], error: SettingsError, environ: Mapping[
         try:
             json.loads(value)
         except ValueError:
+            example = examples.get(upper, "")
             out.append(StartupError("", value, "is not valid JSON",
-                                    "write it as JSON, e.g. '[\"digits\"]' for a list (docs/settings.md)",
-                                    variable=name))
+                                    "write it as JSON" + (f", e.g. '{example}'" if example else "")
+                                    + " (docs/settings.md)", variable=name))
     return out or [StartupError("", None, str(error), SETTINGS_ADVICE, variable=variable_name(prefix, field))]
 
 

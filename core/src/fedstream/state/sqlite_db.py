@@ -84,7 +84,7 @@ class Database:
                 self._migrate(conn)
         except (OSError, sqlite3.Error) as e:
             self.close()
-            raise StorageUnusable(f"cannot use the state file {path}: {_reason(e)}") from e
+            raise StorageUnusable(f"cannot use the state file {path}: {_not_a_directory(path) or _reason(e)}") from e
         except StorageUnusable:
             self.close()
             raise
@@ -176,6 +176,14 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _not_a_directory(path: Path) -> str:
+    """"afile is a file, not a directory" when a directory the path runs through is a file; "" otherwise."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a directory"
+    return ""
 
 
 def _reason(e: BaseException) -> str:

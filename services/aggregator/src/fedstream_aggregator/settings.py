@@ -45,7 +45,7 @@ class AggregatorMetricsSettings(MetricsSettings):
 class LeafSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field(min_length=1, description="host:port where the root reaches this leaf.")
+    endpoint: str = Field(min_length=1, examples=["leaf-0:50052"], description="host:port where the root reaches this leaf.")
     public_endpoint: str = Field(
         "", description="host:port where agents reach this leaf; empty means endpoint."
     )

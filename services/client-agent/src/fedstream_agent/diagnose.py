@@ -5,7 +5,8 @@ per step with the endpoint and OK or the precise reason, stopping at the first f
             enroll or renew an expired certificate)
   tcp       each endpoint accepts a connection
   tls       each endpoint's certificate is signed by the CA in tls.ca_file, current, and names
-            the host dialled; the scheduler accepts this agent's certificate
+            the host dialled; the scheduler accepts this agent's certificate; the enrollment
+            endpoint asks for none (one that does is the scheduler's gRPC port)
   identity  the certificate in tls.identity_dir is current, or an expired one is renewed with
             its key, or the agent enrolls with its token (as the agent does at start; the
             certificate is kept for it)
@@ -174,7 +175,8 @@ class Checker:
         try:
             host, port = split_endpoint(endpoint)
             sock = connect(resolve(host, port), self.timeout)
-            outcome = tls_handshake(sock, host, self.ca_pem, self.ca_file or "", client)
+            outcome = tls_handshake(sock, host, self.ca_pem, self.ca_file or "", client,
+                                    enrollment=endpoint == self.settings.tls.enroll_endpoint)
         except ProbeFailed as e:
             return Step("tls", endpoint, e.reason, ExitCode.UNREACHABLE)
         return Step("tls", endpoint, outcome + ("; it accepts this agent's certificate" if client else ""))
@@ -191,7 +193,7 @@ class Checker:
         except EnrollmentError as e:
             return Step("identity", where, str(e), ExitCode.NO_IDENTITY), None
         except CallFailed as e:
-            return Step("identity", where, self._why(e.error, where, None), ExitCode.UNREACHABLE), None
+            return Step("identity", where, self._why(e.error, where, None, enrollment=True), ExitCode.UNREACHABLE), None
         peer = ident.peer
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(peer.not_after_unix))
         action = {"loaded": f"certificate in {identity.directory}", "renewed": "expired certificate renewed with its key",
@@ -267,6 +269,6 @@ class Checker:
         return reason, ExitCode.UNREACHABLE if e.code() in (grpc.StatusCode.UNAVAILABLE,
                                                              grpc.StatusCode.DEADLINE_EXCEEDED) else ExitCode.FAILED
 
-    def _why(self, e: grpc.RpcError, endpoint: str, identity: TlsIdentity | None) -> str:
+    def _why(self, e: grpc.RpcError, endpoint: str, identity: TlsIdentity | None, enrollment: bool = False) -> str:
         client = identity if identity is not None and not expired(identity) else None
-        return explain(e, endpoint, self.ca_pem, self.ca_file or "", client)
+        return explain(e, endpoint, self.ca_pem, self.ca_file or "", client, enrollment)

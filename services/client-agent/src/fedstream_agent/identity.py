@@ -157,9 +157,9 @@ class AgentIdentity:
                 refusal = f"the expired certificate was not renewed: {e}"
                 log.warning("%s", refusal)
         if self.token_file is None or not self.token_file.exists():
-            raise EnrollmentError(
-                (refusal + "; " if refusal else f"no certificate in {self.directory} and ") + "no enrollment token"
-            )
+            missing = "no enrollment token" if self.token_file is None else (
+                f"no enrollment token: the token file {self.token_file} does not exist")
+            raise EnrollmentError((refusal + "; " if refusal else f"no certificate in {self.directory} and ") + missing)
         token = self.token_file.read_text().strip()
         return self._keep(self._call(enroll, token, self.agent_id), "enrolled")
 

@@ -86,12 +86,14 @@ def connect(addrs: list[tuple[socket.AddressFamily, tuple[str, int]]], timeout: 
 
 
 def tls_handshake(
-    sock: socket.socket, host: str, ca_pem: bytes, ca_file: Path | str, client: TlsIdentity | None
+    sock: socket.socket, host: str, ca_pem: bytes, ca_file: Path | str, client: TlsIdentity | None,
+    enrollment: bool = False,
 ) -> str:
     """A TLS handshake on ``sock`` (closed after), the server's certificate checked as gRPC
     checks it: signed by the authority in ``ca_file``, current, naming ``host``. With
     ``client``, the server must also accept that certificate. Returns a description of the
-    server's certificate; raises ProbeFailed("tls") naming what is wrong."""
+    server's certificate; raises ProbeFailed("tls") naming what is wrong. ``enrollment``: the
+    server is the enrollment port, which must not ask for a client certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # verified below, to say precisely what is wrong
@@ -106,6 +108,8 @@ def tls_handshake(
                 der = tls.getpeercert(binary_form=True)
                 if client is not None:
                     _refused_client(tls)
+                elif enrollment:
+                    _wants_a_client(tls)
         except ssl.SSLError as e:
             raise ProbeFailed("tls", f"the TLS handshake failed ({e.reason or e}): is this a TLS port of "
                               "fedstream (not a plaintext server, or another service)?") from None
@@ -116,19 +120,40 @@ def tls_handshake(
     return check_server_certificate(x509.load_der_x509_certificate(der), host, ca_pem, ca_file)
 
 
+def _closed_after_handshake(tls: ssl.SSLSocket) -> ssl.SSLError | bool:
+    """Whether the server closed the connection on the first read (an alert: the SSLError);
+    False when it sent data or waited for the client's first request."""
+    tls.settimeout(1.0)
+    try:
+        return tls.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ssl.SSLError as e:
+        return e
+    except OSError:
+        return True
+
+
+def _wants_a_client(tls: ssl.SSLSocket) -> None:
+    """Raises ProbeFailed when the server, shown no client certificate, closes the connection
+    after the handshake: it asks for one, as the scheduler's gRPC port does (the enrollment
+    port, the only one an agent reaches without a certificate, asks for none)."""
+    closed = _closed_after_handshake(tls)
+    if closed is False:
+        return
+    alert = f" ({closed.reason or closed})" if isinstance(closed, ssl.SSLError) else ""
+    raise ProbeFailed("tls", f"the server asks for a client certificate and closed the connection without one{alert}: "
+                      "this looks like the scheduler's gRPC port, not its enrollment port (default 50053): set "
+                      "FEDSTREAM_AGENT_TLS__ENROLL_ENDPOINT to the enrollment port")
+
+
 def _refused_client(tls: ssl.SSLSocket) -> None:
     """With TLS 1.3 a server checks the client's certificate after the client's handshake is
     done: a refusal arrives as an alert, or as the connection closed, on the first read."""
-    tls.settimeout(1.0)
-    try:
-        closed = tls.recv(1) == b""
-    except TimeoutError:
-        return  # the server waits for the client's first request: the certificate was accepted
-    except ssl.SSLError as e:
-        raise ProbeFailed("tls", f"the server refused this agent's certificate ({e.reason or e}): it is not "
-                          "signed by the authority the server trusts, or names another tenant") from None
-    except OSError:
-        closed = True
+    closed = _closed_after_handshake(tls)
+    if isinstance(closed, ssl.SSLError):
+        raise ProbeFailed("tls", f"the server refused this agent's certificate ({closed.reason or closed}): it is not "
+                          "signed by the authority the server trusts, or names another tenant")
     if closed:
         raise ProbeFailed("tls", "the server refused this agent's certificate (it closed the connection after "
                           "the handshake): it is not signed by the authority the server trusts, or names another "
@@ -187,7 +212,7 @@ def _matches(host: str, names: list[str]) -> bool:
 
 
 def probe(endpoint: str, ca_pem: bytes | None, ca_file: Path | str, client: TlsIdentity | None,
-          timeout: float = 3.0) -> None:
+          timeout: float = 3.0, enrollment: bool = False) -> None:
     """DNS, TCP and (with ``ca_pem``) TLS for ``endpoint``; raises ProbeFailed at the first
     that fails."""
     host, port = split_endpoint(endpoint)
@@ -195,20 +220,20 @@ def probe(endpoint: str, ca_pem: bytes | None, ca_file: Path | str, client: TlsI
     if ca_pem is None:
         sock.close()
         return
-    tls_handshake(sock, host, ca_pem, ca_file, client)
+    tls_handshake(sock, host, ca_pem, ca_file, client, enrollment)
 
 
 def explain(error: grpc.RpcError, endpoint: str, ca_pem: bytes | None, ca_file: Path | str,
-            client: TlsIdentity | None) -> str:
+            client: TlsIdentity | None, enrollment: bool = False) -> str:
     """Why a call to ``endpoint`` failed: for UNAVAILABLE and DEADLINE_EXCEEDED, the first
     probe that fails (DNS, refused, TLS verification, the certificate refused), else the
-    status and the server's message."""
+    status and the server's message. ``enrollment``: ``endpoint`` is the enrollment port."""
     code = error.code() if isinstance(error, grpc.Call) else None
     details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
     if code not in VAGUE:
         return f"{code.name if code else 'error'}: {details}"
     try:
-        probe(endpoint, ca_pem, ca_file, client)
+        probe(endpoint, ca_pem, ca_file, client, enrollment=enrollment)
     except ProbeFailed as e:
         return f"{e.step}: {e.reason}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -50,7 +50,7 @@ class Reconnect:
         if code == "incompatible_protocol":
             raise ProtocolRefused(f"the control plane at {endpoint} refused this agent: {e.details()}")
         delay, self.delay = self.delay, min(self.delay * 2, self.settings.reconnect_max_s)
-        reason = self.why(e, endpoint, client)
+        reason = self.why(e, endpoint, client, enrollment=what == "enrollment")
         self.retries.log(logging.WARNING, f"{what} {endpoint}: {reason}",
                          f"{what} {endpoint}: {reason}; retrying in {delay:.1f} s")
         return delay
@@ -61,11 +61,12 @@ class Reconnect:
                          f"asks again every {wait:g} s until an operator enables it")
         return wait
 
-    def why(self, e: grpc.RpcError, endpoint: str, client: TlsIdentity | None) -> str:
-        """Why a call to ``endpoint`` failed, probed (fedstream_agent.probes.explain)."""
+    def why(self, e: grpc.RpcError, endpoint: str, client: TlsIdentity | None, enrollment: bool = False) -> str:
+        """Why a call to ``endpoint`` (the enrollment port, with ``enrollment``) failed, probed
+        (fedstream_agent.probes.explain)."""
         tls = self.settings.tls
         ca_pem = None if tls.insecure_plaintext or tls.ca_file is None else _read(tls.ca_file)
-        return explain(e, endpoint, ca_pem, tls.ca_file or "", client)
+        return explain(e, endpoint, ca_pem, tls.ca_file or "", client, enrollment)
 
 
 def _read(path: Path) -> bytes | None:

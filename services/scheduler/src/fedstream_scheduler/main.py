@@ -29,6 +29,12 @@ from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger("fedstream_scheduler")
+# The admin API's tokens are made with a token: without the bootstrap one there is no first.
+NO_API_TOKEN = (
+    "the admin API has no token, so it refuses every request (401): set "
+    "FEDSTREAM_SCHEDULER_API__BOOTSTRAP_TOKEN to a secret of at least 16 characters (e.g. "
+    "$(openssl rand -hex 32)) and restart; with it, create the other tokens (docs/api.md)"
+)
 
 
 async def serve(settings: SchedulerSettings) -> int:
@@ -127,6 +133,8 @@ async def _go_live(
     """Starts the work that needs the backends, then reports SERVING."""
     if settings.api.bootstrap_token is not None:
         admin.tokens.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
+    elif settings.api.enabled and not admin.tokens.state.list_tokens():
+        log.warning(NO_API_TOKEN)
     service.start_adopting()
     cron.start()
     await server.set_serving(True)
