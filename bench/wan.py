@@ -222,7 +222,7 @@ def main() -> int:
             DelayRelay() as relay:
         figures = measure(args, sites, relay, Path(tmp))
     print(f"Reproduce: .venv/bin/python bench/wan.py --agents {args.agents} --model-mb {args.model_mb} "
-          f"--rounds {args.rounds} --links {args.links} --windows {args.windows} --window-links {args.window_links}")
+          f"--rounds {args.rounds} --links {args.links} --windows {args.windows} --window-links '{args.window_links}'")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if all(f["rounds_committed"] == f["rounds"] for f in figures) else 1
