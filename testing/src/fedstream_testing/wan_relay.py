@@ -57,7 +57,7 @@ class DelayRelay:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="wan-relay")
         self._servers: list[asyncio.Server] = []
-        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._conns: dict[tuple[asyncio.StreamWriter, asyncio.StreamWriter], _AckCounter] = {}
         self._traffic: dict[tuple[str, str, str], Bins] = collections.defaultdict(dict)
         self._cutter: asyncio.Task[None] | None = None
 
@@ -113,8 +113,7 @@ class DelayRelay:
             return
         up_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = (writer, up_writer)
-        self._conns.add(conn)
-        acked = asyncio.create_task(_count_acked(sock, self._traffic[(name, peer, DOWN)]))
+        self._conns[conn] = acked = _AckCounter(sock, self._traffic[(name, peer, DOWN)])
         try:
             await asyncio.gather(
                 self._pump(reader, up_writer, self._traffic[(name, peer, UP)]),
@@ -122,8 +121,8 @@ class DelayRelay:
                 return_exceptions=True,
             )
         finally:
-            acked.cancel()
-            self._conns.discard(conn)
+            acked.stop()
+            self._conns.pop(conn, None)
             for w in conn:
                 w.transport.abort()
 
@@ -175,8 +174,9 @@ class DelayRelay:
         return self._call(self._cut())
 
     async def _cut(self) -> int:
-        conns = list(self._conns)
-        for conn in conns:
+        conns = list(self._conns.items())
+        for conn, acked in conns:
+            acked.stop()
             for w in conn:
                 _reset_on_close(w)
                 w.transport.abort()
@@ -250,20 +250,31 @@ def _bytes_acked(sock: socket.socket) -> int:
     return int(struct.unpack_from("Q", info, BYTES_ACKED_AT)[0]) if len(info) >= BYTES_ACKED_AT + 8 else -1
 
 
-async def _count_acked(sock: socket.socket, bins: Bins) -> None:
-    """Counts in ``bins``, every bin, the bytes the peer acknowledged since the last."""
-    last = 0
-    try:
-        while True:
-            await asyncio.sleep(BIN_S)
-            if (acked := _bytes_acked(sock)) < 0:
+class _AckCounter:
+    """Counts in ``bins``, every bin and once more when stopped, the bytes a socket's peer
+    acknowledged since the last count."""
+
+    def __init__(self, sock: socket.socket, bins: Bins) -> None:
+        self._sock, self._bins, self._last = sock, bins, 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:  # polling: the kernel has no event for acknowledgements
+            if not self.sample():
                 return
-            if acked > last:
-                _count(bins, acked - last)
-                last = acked
-    finally:
-        if (acked := _bytes_acked(sock)) > last:
-            _count(bins, acked - last)
+            await asyncio.sleep(BIN_S)
+
+    def sample(self) -> bool:
+        acked = _bytes_acked(self._sock)
+        if acked > self._last:
+            _count(self._bins, acked - self._last)
+            self._last = acked
+        return acked >= 0
+
+    def stop(self) -> None:
+        if not self._task.done():
+            self.sample()
+            self._task.cancel()
 
 
 def echo_round_trips(host: str, port: int, count: int = 10, size: int = 64) -> list[float]:
