@@ -52,6 +52,7 @@ test: lint typecheck $(STAMP) $(TOOLS_STAMP) system-deps
 test-fast: lint typecheck $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+# bench/wan.py needs root (network namespaces, tc): without, it says why it skipped and passes.
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/compression.py
@@ -60,6 +61,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/scale.py --state redis
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/state_writes.py
+	$(BIN)/python bench/wan.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)

@@ -48,8 +48,9 @@ def server_options(stream_window_bytes: int = DEFAULT_STREAM_WINDOW_BYTES) -> li
 
     A fixed window instead of one grown by bandwidth-delay probing bounds what each stream
     can have buffered (window x concurrent streams), so memory does not grow when uploads
-    outpace the aggregator. 4 MiB leaves loopback and LAN throughput unchanged
-    (docs/benchmarks.md); a link whose bandwidth x round-trip time exceeds it needs more.
+    outpace the aggregator. 4 MiB leaves loopback and LAN throughput unchanged, and one
+    upload stream fills a 100 Mbit/s link with a 150 ms round trip (docs/benchmarks.md,
+    "Emulated WAN links"); a link whose bandwidth x round-trip time exceeds it needs more.
     """
     if not stream_window_bytes:
         return list(SERVER_OPTIONS)

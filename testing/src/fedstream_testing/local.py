@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -88,10 +89,12 @@ class LocalFederation:
 
         return channel(target, self.operator)
 
-    def start(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, module: str, env: dict[str, str], wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Starts ``python -m module``, after the command prefix ``wrap`` when given (e.g.
+        ``ip netns exec NS``, which replaces itself with the program)."""
         log = (self.workdir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [*wrap, sys.executable, "-m", module],
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -198,11 +201,11 @@ class LocalFederation:
 
     def start_agent(
         self, agent_id: str, scheduler: str, site_index: int, num_sites: int,
-        settings: dict[str, str] | None = None,
+        settings: dict[str, str] | None = None, wrap: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         """Starts an agent holding slice ``site_index`` of ``num_sites`` of the task's data;
         with TLS it enrolls with a token made for it (by the scheduler at ``scheduler``, when
-        it was started here)."""
+        it was started here). ``wrap`` is a command prefix it runs under (``start``)."""
         tls: dict[str, str] = {"TLS__INSECURE_PLAINTEXT": "true"}
         if self.tls:
             home = self.workdir / "agents" / agent_id
@@ -223,7 +226,7 @@ class LocalFederation:
         }
         return self.start(agent_id, "fedstream_agent", {
             **self._metrics_env(agent_id, "FEDSTREAM_AGENT_"), **{f"FEDSTREAM_AGENT_{k}": v for k, v in env.items()},
-        })
+        }, wrap)
 
     def _metrics_env(self, name: str, prefix: str) -> dict[str, str]:
         """Each process's /metrics on a free loopback port, written to ``<name>.metrics-port``."""
