@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedstream.aggregation import DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES
 from fedstream.config import (
     ChunkSettings,
     GrpcServerSettings,
@@ -156,6 +157,14 @@ class AggregatorSettings(BaseSettings):
         description="Keep each counted update in the model store until its round commits, so "
         "that a restarted aggregator can rebuild the round. Default: on with the sqlite and redis "
         "state backends (whose journal survives a restart), off with 'memory'.",
+    )
+    accumulator_memory_budget_bytes: int = Field(
+        DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES, ge=0,
+        description="A round's running sums (float32 for floating tensors, float64 for the others: "
+        "twice a bfloat16 model's size) up to this many bytes are kept in memory; larger ones in a "
+        "file of spool_dir (space allocated when the round opens), memory-mapped a window of a "
+        "sixteenth of this budget (1-64 MiB) at a time, so that folding and committing hold about one "
+        "window whatever the model's size. 0: always in a file.",
     )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
