@@ -73,10 +73,12 @@ class AggregatorLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_update_bytes: int = Field(
-        2 << 30, ge=1,
-        description="Largest update (its declared layout's bytes) accepted, refused from the header "
-        "before any chunk (RESOURCE_EXHAUSTED). Training rounds also refuse any layout that is not "
-        "the round's model.",
+        256 << 30, ge=1,
+        description="Largest update (its declared layout's bytes) accepted in any round, refused from "
+        "the header before any chunk (RESOURCE_EXHAUSTED). Below it, a round with a base model "
+        "(training) takes at most that model's bytes plus an eighth plus 64 MiB, and refuses any "
+        "layout that is not the round's model; an init round's model is bounded by this cap and by "
+        "the spool directory's free space (its spool file is allocated from the header).",
     )
     chunks_per_s: float = Field(
         2000.0, ge=0,
