@@ -5,6 +5,7 @@ math holds past 2^32 bytes."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,8 +17,10 @@ from fedstream import sums
 from fedstream.aggregation import WeightedAccumulator, make_accumulator
 from fedstream.compression import wire_layout
 from fedstream.errors import ResourceExhausted
+from fedstream.store.s3 import MAX_PARTS, part_bytes_for
 from fedstream.sums import FileSums, MemorySums
 from fedstream.tensors import FlatBuffer, Layout
+from fedstream_aggregator.spool import Spool
 from fedstream_testing.helpers import buffers_of, layout_of, random_array, random_model
 
 
@@ -149,3 +152,44 @@ def test_layouts_past_4_gib_keep_64_bit_offsets(sizes, dtypes):
     for t in layout.tensors:
         assert t.offset == end and t.offset % t.dt.itemsize == 0
         end = t.end
+
+
+def test_windows_past_4_gib_of_a_file_map_their_own_elements(tmp_path, monkeypatch):
+    # A sparse file: the 4 GiB before the tensor are never allocated nor touched.
+    monkeypatch.setattr(sums.os, "posix_fallocate", lambda fd, offset, size: os.ftruncate(fd, offset + size))
+    layout = Layout.build([("big", "float32", ((1 << 30) + 3,)), ("tail", "float32", (10,))])
+    tail = layout.spec("tail")
+    assert tail.offset > 1 << 32
+    file_sums = FileSums(layout, tmp_path, 1 << 20)
+
+    with file_sums.window(tail, 4, 6) as window:
+        window[:] = np.arange(6, dtype=np.float32) + 1
+
+    assert file_sums.whole(tail).tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    with file_sums.window(layout.spec("big"), (1 << 30) + 1, 2) as window:
+        assert window.tolist() == [0, 0]
+
+
+def test_spool_files_take_offsets_past_4_gib(tmp_path):
+    spool = Spool(tmp_path)  # sparse: nothing reserved
+    try:
+        spool.write((5 << 30) + 7, b"past four gigabytes")
+        out = memoryview(bytearray(19))
+        spool.read_into((5 << 30) + 7, out)
+        assert bytes(out) == b"past four gigabytes"
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("size, configured, expected", [
+    (0, 16 << 20, 16 << 20),
+    (6 << 30, 16 << 20, 16 << 20),  # 384 parts
+    (160 << 30, 16 << 20, 17 << 20),  # 16 MiB parts would make 10,240
+    (5 << 40, 16 << 20, 525 << 20),  # S3's largest object
+    (1 << 50, 16 << 20, 5 << 30),  # past S3's limit: its largest part, which S3 then refuses
+])
+def test_s3_parts_stay_within_10000(size, configured, expected):
+    got = part_bytes_for(size, configured)
+
+    assert got == expected
+    assert got % (1 << 20) == 0 and (-(-size // got) <= MAX_PARTS or got == 5 << 30)
