@@ -18,9 +18,10 @@ from fedstream.grpcutil import channel
 from fedstream.rounds import Assignment, RoundKind, TrainingConfig
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
+from fedstream.tensors import Layout
 from fedstream.transfer import upload_call
+from fedstream.v1 import aggregator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
-from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_aggregator.server import AggregatorServer, build_server
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.settings import AggregatorLimits
@@ -61,6 +62,27 @@ def agg_factory(tmp_path: Path) -> Iterator:
     yield make
     for s in servers:
         s.stop(0)
+
+
+def test_a_training_update_may_declare_little_more_than_its_model(agg_factory):
+    server, store, ch = agg_factory("lim-follow")
+    base = random_model(0, scale=4)
+    store_model(store, f"{RUN}/000000", base)
+    pb_grpc.AggregatorControlStub(ch).OpenRound(plan(RUN, 1, ["a"], base=f"{RUN}/000000"), timeout=5)
+    model_bytes = layout_of(base).total_bytes
+    # A 5 GiB tensor in the header only: refused before a chunk, not once the spool is allocated.
+    huge = Layout.build([("w", "bfloat16", (5 << 29,))])
+    header = aggregator_pb2.UploadUpdateRequest(header=aggregator_pb2.UpdateHeader(
+        run_id=RUN, round=1, agent_id="a", layout=huge.to_proto(), num_examples=1))
+
+    with pytest.raises(grpc.RpcError) as e:
+        upload_call(ch)(iter([header]), timeout=10)
+
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"declares {5 << 30} bytes" in e.value.details() and f"its model's {model_bytes} bytes" in e.value.details()
+    assert hits("lim-follow", "aggregator", "max_update_bytes") == 1
+    upload(ch, "a", base, round_=1)  # the model's own size goes through
+    assert list(server.service.state.get_aggregation(RUN, 1).reports) == ["a"]
 
 
 def test_an_update_larger_than_allowed_is_refused_from_its_header(agg_factory):

@@ -50,7 +50,7 @@ class Harness:
     def snapshot(self) -> tuple:
         rnd = self.service.rounds.get(RUN, ROUND)
         acc = rnd.accumulator
-        sums = {k: v.copy() for k, v in acc._sums.items()}
+        sums = {t.name: a.copy() for t, a in zip(acc.sums_layout().tensors, acc.sums(), strict=True)}
         return acc.total_weight, acc.count, sums, dict(self.service.state.get_aggregation(RUN, ROUND).reports)
 
     def serving(self) -> bool:

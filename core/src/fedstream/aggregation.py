@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
+from fedstream.sums import FileSums, MemorySums, Sums
 from fedstream.tensors import DType, Layout, TensorSpec
 
 # Bytes read and folded at a time. Small enough that the piece and its scaled copy stay in
 # the CPU's cache between the multiply and the add: 256 KiB folds ~40% faster than 4 MiB here
 # (bench/strategies.py).
 FOLD_PIECE_BYTES = 256 << 10
+# Sums larger than this are kept in a file, mapped a window at a time (``make_accumulator``).
+DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES = 4 << 30
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -82,15 +86,14 @@ class WeightedAccumulator:
     its own dtype, in layout order.
     """
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, sums: Sums | None = None) -> None:
         self.layout = layout
         self.total_weight = 0.0
         self.count = 0
         self._averaged = False
-        self._sums = {t.name: np.empty(t.numel, dtype=accumulator_dtype(t.dt)) for t in layout.tensors}
-        # Touch every page now: memory is taken when the round opens, not during uploads.
-        for a in self._sums.values():
-            a.fill(0)
+        # In memory unless given (``make_accumulator`` puts large ones in a file).
+        self._sums: Sums = sums if sums is not None else MemorySums(self.sums_layout())
+        self._acc_specs = {t.name: t for t in self._sums.layout.tensors}
 
     def fold(
         self,
@@ -112,7 +115,7 @@ class WeightedAccumulator:
 
     def sums_layout(self) -> Layout:
         """The layout of the running state: each tensor in its accumulator dtype."""
-        return Layout.build((t.name, accumulator_dtype(t.dt).name, t.shape) for t in self.layout.tensors)
+        return sums_layout_of(self.layout)
 
     def sums(self) -> list[np.ndarray]:
         """The running state (half the weighted mean of floating tensors, the weighted sum of
@@ -120,7 +123,7 @@ class WeightedAccumulator:
         takes. Views, valid until the accumulator is averaged."""
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
-        return [self._sums[t.name] for t in self.sums_layout().tensors]
+        return [self._sums.whole(t) for t in self._sums.layout.tensors]
 
     def merge(self, read_into: Callable[[int, memoryview], None], total_weight: float, count: int) -> None:
         """Adds another accumulator's state (its ``sums``, in ``sums_layout``, read through
@@ -138,48 +141,30 @@ class WeightedAccumulator:
         self, read_into: Callable[[int, memoryview], None], source: Layout, keep: float, share: float, weight: float
     ) -> None:
         """acc = keep * acc + share * update for floating tensors, acc += weight * update for
-        the others."""
+        the others, one window of the sums at a time, read in pieces of FOLD_PIECE_BYTES."""
         if self._averaged:
             raise ValueError("the accumulator was averaged already")
-        piece = bytearray(FOLD_PIECE_BYTES)
-        scratch: dict[np.dtype, np.ndarray] = {}
+        buffers = _Buffers()
         for t in self.layout.tensors:
-            src = source.spec(t.name)
-            acc = self._sums[t.name]
+            acc_spec, src = self._acc_specs[t.name], source.spec(t.name)
             factor = share if t.dt.is_float else weight
             if src.dtype == "int8" and t.dt.is_float:
                 s = source.spec(t.name + ":scale")
                 raw_scale = memoryview(bytearray(4))
                 read_into(s.offset, raw_scale)
                 factor *= float(np.frombuffer(raw_scale, dtype="<f4")[0])
-            item = src.dt.itemsize
-            step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
-            if step > len(piece):
-                piece = bytearray(step)
-            tmp = scratch.get(acc.dtype)
-            if tmp is None or tmp.size < step // item:
-                tmp = scratch[acc.dtype] = np.empty(max(step // item, FOLD_PIECE_BYTES // 2), acc.dtype)
-            w = acc.dtype.type(factor)
-            k = acc.dtype.type(keep) if t.dt.is_float and keep != 1 else None
-            for start in range(0, src.nbytes, step):
-                n = min(step, src.nbytes - start)
-                view = memoryview(piece)[:n]
-                read_into(src.offset + start, view)
-                raw = np.frombuffer(view, dtype=src.dt.storage)
-                lo = start // item
-                part = acc[lo : lo + raw.size]
-                out = tmp[: raw.size]
-                if src.dt.name == "bfloat16":
-                    np.multiply(bf16_to_f32(raw), w, out=out)
-                else:
-                    np.multiply(raw, w, out=out, casting="unsafe")
-                if k is not None:
-                    np.multiply(part, k, out=part)
-                np.add(part, out, out=part)
+            k = keep if t.dt.is_float and keep != 1 else None
+            per_window = self._sums.window_elements(acc_spec)
+            for first in range(0, t.numel, per_window):
+                count = min(per_window, t.numel - first)
+                with self._sums.window(acc_spec, first, count) as acc:
+                    _fold_window(read_into, src, first, acc, factor, k, buffers)
 
-    def means(self) -> Iterator[tuple[TensorSpec, np.ndarray]]:
-        """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order:
-        finite for finite inputs.
+    def means(self) -> Iterator[tuple[TensorSpec, int, np.ndarray]]:
+        """Each tensor's weighted mean (flat, in the accumulator's float dtype), in layout order,
+        as (tensor, first element, values) pieces: a whole tensor at a time in memory, one
+        window at a time for sums in a file (a piece is valid until the next is taken).
+        Finite for finite inputs.
 
         Scales the state in place, so it consumes the accumulator: nothing may be folded
         into it afterwards, and it can be averaged once.
@@ -190,22 +175,95 @@ class WeightedAccumulator:
             raise ValueError("the accumulator was averaged already")
         self._averaged = True
         for t in self.layout.tensors:
-            acc = self._sums[t.name]
-            if t.dt.is_float:
-                # Twice a convex combination of halves: at most one rounding past the largest.
-                big = np.finfo(acc.dtype).max
-                with np.errstate(over="ignore"):
-                    np.multiply(acc, acc.dtype.type(2), out=acc)
-                np.clip(acc, -big, big, out=acc)
-            else:
-                np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
-            yield t, acc
+            acc_spec = self._acc_specs[t.name]
+            per_window = self._sums.window_elements(acc_spec)
+            for first in range(0, max(t.numel, 1), per_window):
+                with self._sums.window(acc_spec, first, min(per_window, t.numel - first)) as acc:
+                    if t.dt.is_float:
+                        # Twice a convex combination of halves: at most one rounding past the largest.
+                        big = np.finfo(acc.dtype).max
+                        with np.errstate(over="ignore"):
+                            np.multiply(acc, acc.dtype.type(2), out=acc)
+                        np.clip(acc, -big, big, out=acc)
+                    else:
+                        np.divide(acc, acc.dtype.type(self.total_weight), out=acc)
+                    yield t, first, acc
 
     def average(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Each tensor's weighted mean in its own storage dtype (see ``means``)."""
-        for t, mean in self.means():
-            yield t.name, from_accumulator(t.dt, mean)
+        """Each tensor's weighted mean in its own storage dtype, whole (see ``means``): for
+        tests and small models."""
+        current: TensorSpec | None = None
+        pieces: list[np.ndarray] = []
+        for t, _, mean in self.means():
+            if current is not None and t is not current:
+                yield current.name, np.concatenate(pieces)
+                pieces = []
+            current = t
+            pieces.append(from_accumulator(t.dt, mean).copy())
+        if current is not None:
+            yield current.name, np.concatenate(pieces)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._sums.values())
+        return self._sums.layout.total_bytes
+
+
+class _Buffers:
+    """A fold's piece buffer and scratch arrays, allocated once per fold and reused."""
+
+    def __init__(self) -> None:
+        self.piece = bytearray(FOLD_PIECE_BYTES)
+        self.scratch: dict[np.dtype, np.ndarray] = {}
+
+    def get(self, item: int, dtype: np.dtype) -> tuple[int, bytearray, np.ndarray]:
+        """(piece size in bytes, piece buffer, scratch of at least as many ``dtype`` elements)."""
+        step = max(item, FOLD_PIECE_BYTES - FOLD_PIECE_BYTES % item)
+        if step > len(self.piece):
+            self.piece = bytearray(step)
+        tmp = self.scratch.get(dtype)
+        if tmp is None or tmp.size < step // item:
+            tmp = self.scratch[dtype] = np.empty(max(step // item, FOLD_PIECE_BYTES // 2), dtype)
+        return step, self.piece, tmp
+
+
+def _fold_window(
+    read_into: Callable[[int, memoryview], None], src: TensorSpec, first: int, acc: np.ndarray,
+    factor: float, keep: float | None, buffers: _Buffers,
+) -> None:
+    """Folds elements ``[first, first + acc.size)`` of the update's tensor ``src`` into ``acc``."""
+    item = src.dt.itemsize
+    step, piece, tmp = buffers.get(item, acc.dtype)
+    w = acc.dtype.type(factor)
+    k = acc.dtype.type(keep) if keep is not None else None
+    begin, end = first * item, (first + acc.size) * item
+    for start in range(begin, end, step):
+        n = min(step, end - start)
+        view = memoryview(piece)[:n]
+        read_into(src.offset + start, view)
+        raw = np.frombuffer(view, dtype=src.dt.storage)
+        lo = (start - begin) // item
+        part = acc[lo : lo + raw.size]
+        out = tmp[: raw.size]
+        if src.dt.name == "bfloat16":
+            np.multiply(bf16_to_f32(raw), w, out=out)
+        else:
+            np.multiply(raw, w, out=out, casting="unsafe")
+        if k is not None:
+            np.multiply(part, k, out=part)
+        np.add(part, out, out=part)
+
+
+def make_accumulator(layout: Layout, memory_budget_bytes: int, directory: Path) -> WeightedAccumulator:
+    """An accumulator over ``layout``: in memory when its sums fit ``memory_budget_bytes``,
+    otherwise in a file of ``directory`` mapped a window at a time (a sixteenth of the budget,
+    within FileSums' bounds), so that folding and averaging hold about one window.
+    Raises ResourceExhausted when the directory has no room for the file."""
+    sums_layout = sums_layout_of(layout)
+    if sums_layout.total_bytes <= memory_budget_bytes:
+        return WeightedAccumulator(layout)
+    return WeightedAccumulator(layout, FileSums(sums_layout, directory, memory_budget_bytes // 16))
+
+
+def sums_layout_of(layout: Layout) -> Layout:
+    """The layout of an accumulator's running state: each tensor in its accumulator dtype."""
+    return Layout.build((t.name, accumulator_dtype(t.dt).name, t.shape) for t in layout.tensors)

@@ -50,8 +50,9 @@ def upload_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
     )
 
 
-# The largest model a client takes from a download's header before it allocates the buffer.
-DEFAULT_MAX_MODEL_BYTES = 2 << 30
+# The largest model a client takes from a download's header before it allocates the buffer
+# (models and single tensors past 4 GiB move: sizes and offsets are 64-bit throughout).
+DEFAULT_MAX_MODEL_BYTES = 64 << 30
 
 
 def download_model(

@@ -69,6 +69,18 @@ def make_client(settings: S3Settings) -> Minio:
     )
 
 
+# S3's most parts in one multipart upload, and its largest part.
+MAX_PARTS = 10_000
+MAX_PART_BYTES = 5 << 30
+
+
+def part_bytes_for(size: int, configured: int) -> int:
+    """The part size of a multipart upload of ``size`` bytes: ``configured``, or more (whole
+    MiB) when that would take more than S3's 10,000 parts (past 156 GiB with 16 MiB parts)."""
+    least = -(-size // MAX_PARTS)
+    return min(MAX_PART_BYTES, max(configured, -(-least // (1 << 20)) << 20))
+
+
 class S3ModelStore(ModelStore):
     def __init__(self, client: Minio, settings: S3Settings, staging: Path, tenant: str = "default") -> None:
         self.tenant = tenant
@@ -318,9 +330,10 @@ class _S3Writer(ModelWriter):
         )
         manifest = manifest_bytes(info)
         model_key = self._model_key
+        part_bytes = part_bytes_for(self._path.stat().st_size, s.part_bytes)
         try:
             s._retry(
-                lambda: s.client.fput_object(s.bucket, model_key, str(self._path), part_size=s.part_bytes),
+                lambda: s.client.fput_object(s.bucket, model_key, str(self._path), part_size=part_bytes),
                 f"upload {model_key}",
             )
             s._put_bytes(self._manifest_key, manifest)

@@ -41,14 +41,18 @@ class Blocks:
             out[filled : filled + take] = block[within : within + take]
             filled += take
 
-    def tensor(self, spec: TensorSpec) -> np.ndarray:
-        """One tensor's values in its accumulator dtype (flat)."""
-        raw = bytearray(spec.nbytes)
-        self.read_into(spec.offset, memoryview(raw))
-        return to_accumulator(spec.dt, np.frombuffer(raw, dtype=spec.dt.storage))
+    def tensor(self, spec: TensorSpec, first: int = 0, count: int | None = None) -> np.ndarray:
+        """One tensor's values in its accumulator dtype (flat): elements ``[first, first +
+        count)``, all of them by default."""
+        return to_accumulator(spec.dt, self._elements(spec, first, count))
 
-    def float32(self, spec: TensorSpec) -> np.ndarray:
-        """One float32 tensor's values as stored (flat)."""
-        raw = bytearray(spec.nbytes)
-        self.read_into(spec.offset, memoryview(raw))
-        return np.frombuffer(raw, dtype=np.float32)
+    def float32(self, spec: TensorSpec, first: int = 0, count: int | None = None) -> np.ndarray:
+        """One float32 tensor's values as stored (flat), elements as for ``tensor``."""
+        return self._elements(spec, first, count).view(np.float32)
+
+    def _elements(self, spec: TensorSpec, first: int, count: int | None) -> np.ndarray:
+        item = spec.dt.itemsize
+        n = spec.numel - first if count is None else count
+        raw = bytearray(n * item)
+        self.read_into(spec.offset + first * item, memoryview(raw))
+        return np.frombuffer(raw, dtype=spec.dt.storage)

@@ -5,11 +5,14 @@ strategy's server update of the weighted mean (optionally distilled), a robust s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -188,18 +191,19 @@ class LinearFinisher(VersionFinisher):
                 base = Blocks(stack.enter_context(store.open(plan.base_version)))
             old_state = self._old_state(stack, plan, state_layout) if slots else None
             new_state = stack.enter_context(store.state_writer(version, state_layout)) if slots else None
-            for spec, mean in rnd.accumulator.means():
-                base_values = base.tensor(spec) if base is not None else None
+            sink = stack.enter_context(_StateSink(new_state, slots, self.storage.spools.directory)) if new_state is not None else None
+            for spec, first, mean in rnd.accumulator.means():
+                base_values = base.tensor(spec, first, mean.size) if base is not None else None
                 if base_values is not None and deltas and spec.dt.is_float:
                     mean = base_values + mean
                 state_in = None
                 if old_state is not None and spec.dt.is_float:
-                    state_in = {s: old_state.float32(state_layout.spec(f"{spec.name}/{s}")) for s in slots}
+                    state_in = {s: old_state.float32(state_layout.spec(f"{spec.name}/{s}"), first, mean.size)
+                                for s in slots}
                 values, state_out = strategy.server_update(spec, mean, base_values, state_in)
                 _write_values(writer, spec, values)
-                if new_state is not None and spec.dt.is_float:
-                    for s in slots:
-                        new_state.write(np.ascontiguousarray(state_out[s], dtype=np.float32).view(np.uint8).data)
+                if sink is not None and spec.dt.is_float:
+                    sink.add(spec, first, mean.size, state_out)
             if new_state is not None:
                 new_state.commit(set_latest=False)
         return {}
@@ -215,6 +219,48 @@ class LinearFinisher(VersionFinisher):
         return Blocks(reader)
 
 
+class _StateSink:
+    """Writes a strategy's new state, stored slot by slot within each tensor (``t/m``, then
+    ``t/v``), from pieces that come element range by element range: the first slot's pieces
+    go straight to the writer, the others wait in a temporary file until the tensor's last
+    piece, so a tensor's state is never held whole."""
+
+    def __init__(self, writer: ModelWriter, slots: tuple[str, ...], directory: Path) -> None:
+        self.writer = writer
+        self.slots = slots
+        directory.mkdir(parents=True, exist_ok=True)
+        self._stash = tempfile.TemporaryFile(dir=directory, prefix="state-")  # noqa: SIM115 (closed by __exit__)
+
+    def __enter__(self) -> _StateSink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stash.close()
+
+    def add(self, spec: TensorSpec, first: int, count: int, state: dict[str, np.ndarray]) -> None:
+        whole = first == 0 and count == spec.numel
+        for i, s in enumerate(self.slots):
+            data = np.ascontiguousarray(state[s], dtype=np.float32).view(np.uint8).data
+            if i == 0 or whole:
+                self.writer.write(data)
+            else:
+                self._stash.seek(self._slot_start(spec, i) + first * 4)
+                self._stash.write(data)
+        if not whole and first + count == spec.numel:
+            for i in range(1, len(self.slots)):
+                read = functools.partial(self._read, self._slot_start(spec, i))
+                copy_out(read, spec.numel * 4, COMBINE_PIECE_BYTES, self.writer.write)
+
+    def _slot_start(self, spec: TensorSpec, slot: int) -> int:
+        return (slot - 1) * spec.numel * 4
+
+    def _read(self, start: int, offset: int, view: memoryview) -> None:
+        self._stash.seek(start + offset)
+        got = self._stash.readinto(view)
+        if got != len(view):
+            raise OSError("the strategy state's temporary file is shorter than written")
+
+
 class DistillingFinisher(VersionFinisher):
     """The weighted mean (held whole: one model), distilled on the public set with every
     counted update, read back from the model store one at a time, as a teacher."""
@@ -228,9 +274,10 @@ class DistillingFinisher(VersionFinisher):
         plan = rnd.plan
         assert rnd.accumulator is not None and rnd.layout is not None
         mean = FlatBuffer(rnd.layout)
-        for spec, values in rnd.accumulator.means():
+        for spec, first, values in rnd.accumulator.means():
             out, _ = self.strategy.server_update(spec, values, None, None)
-            mean.write(spec.offset, np.ascontiguousarray(from_accumulator(spec.dt, out)).view(np.uint8).data)
+            data = np.ascontiguousarray(from_accumulator(spec.dt, out)).view(np.uint8).data
+            mean.write(spec.offset + first * spec.dt.itemsize, data)
         started = time.perf_counter()
         pieces, figures = self.distiller.distill(plan.task, mean, self._teachers(rnd), self.strategy.distill_lr())
         for piece in pieces:

@@ -96,6 +96,8 @@ class Hierarchy:
         self.spools = spools
         self.chunk_bytes = chunk_bytes
         self.closer: Closer | None = None
+        # Makes the accumulator a root merges its leaves' sums into (the service sets it).
+        self.accumulators: Callable[[Layout], WeightedAccumulator] = WeightedAccumulator
 
     def bind(self, closer: Closer) -> None:
         self.closer = closer
@@ -226,7 +228,7 @@ class Hierarchy:
         with contextlib.suppress(ModelNotFound):
             self.store.info(version_id(plan.run_id, plan.round))
             return  # committed before a restart; the finisher finds it
-        accumulator = WeightedAccumulator(rnd.layout)
+        accumulator = self.accumulators(rnd.layout)
         reports: dict[str, UpdateReport] = {}
         for i in sorted(rnd.shares):
             leaf = self.leaves[i]

@@ -43,8 +43,13 @@ log = logging.getLogger(__name__)
 
 # Bytes of an update read at a time when checking its values are finite.
 FINITE_PIECE_BYTES = 1 << 20
-# Largest update accepted by default (its declared bytes); the server sets it from its limits.
-DEFAULT_MAX_UPDATE_BYTES = 2 << 30
+# Largest update accepted by default in any round (its declared bytes); the server sets it from
+# its limits. A round with a base model takes at most that model's size and a little more.
+DEFAULT_MAX_UPDATE_BYTES = 256 << 30
+# What a training round's update may declare beyond its base model's bytes, as a share of them
+# and a fixed slack (its layout must match the model anyway: this refuses absurd headers first).
+UPDATE_BYTES_OVER_MODEL = 1 / 8
+UPDATE_BYTES_SLACK = 64 << 20
 DEFAULT_MAX_METRICS = 64
 DEFAULT_MAX_METRIC_NAME_BYTES = 4096
 DEFAULT_MAX_TENSORS = 20_000
@@ -212,11 +217,11 @@ class Ingest:
         plan, agent = rnd.plan, header.agent_id
         if agent not in plan.participants:
             raise AgentNotSelected(f"agent {agent!r} was not selected for round {plan.round} of run {plan.run_id!r}")
-        if header.layout.total_bytes > self.max_update_bytes:
+        most, why = self.update_limit(rnd)
+        if header.layout.total_bytes > most:
             LIMIT_HITS.labels(self.tenant, "aggregator", "max_update_bytes").inc()
             raise ResourceExhausted(
-                f"the update declares {header.layout.total_bytes} bytes; this aggregator takes at most "
-                f"{self.max_update_bytes}"
+                f"the update declares {header.layout.total_bytes} bytes; this aggregator takes at most {most} {why}"
             )
         self._check_metrics(header.metrics)
         leaf = self.hierarchy.leaf_of(rnd, agent)
@@ -224,6 +229,17 @@ class Ingest:
             raise FailedPrecondition(
                 f"agent {agent!r} uploads round {plan.round} of run {plan.run_id!r} to the leaf aggregator at {leaf}"
             )
+
+    def update_limit(self, rnd: Round) -> tuple[int, str]:
+        """The most bytes an update of ``rnd`` may declare, and why: the round's base model's
+        size plus UPDATE_BYTES_OVER_MODEL of it plus UPDATE_BYTES_SLACK, within max_update_bytes."""
+        if rnd.layout is None:
+            return self.max_update_bytes, "(max_update_bytes)"
+        model = rnd.layout.total_bytes
+        follows = model + int(model * UPDATE_BYTES_OVER_MODEL) + UPDATE_BYTES_SLACK
+        if follows < self.max_update_bytes:
+            return follows, f"in this round (its model's {model} bytes, an eighth more and 64 MiB)"
+        return self.max_update_bytes, "(max_update_bytes)"
 
     def parse_layout(self, msg: tensor_pb2.Layout) -> Layout:
         """An upload header's layout, parsed once its number of tensors and the length of its

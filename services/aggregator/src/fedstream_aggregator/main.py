@@ -102,6 +102,7 @@ def _build_service(
     service = AggregatorService(
         state, store, settings.spool_dir, chunk_bytes=settings.chunks.chunk_bytes,
         keep_last=settings.store.keep_last, durable=durable,
+        accumulator_memory_budget_bytes=settings.accumulator_memory_budget_bytes,
         journal=f"leaf/{settings.name}" if settings.name else "",
         leaves=[Leaf(leaf.endpoint, leaf.public_endpoint, identity) for leaf in settings.leaves],
         distiller=distiller,

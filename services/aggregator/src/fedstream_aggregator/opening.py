@@ -30,12 +30,15 @@ class RoundFactory:
     def __init__(
         self, storage: Storage, hierarchy: Hierarchy, distiller: Distiller | None,
         clock: Callable[[], float], *, durable: bool, run_cancelled: Callable[[str], str] = lambda run_id: "",
+        accumulators: Callable[[Layout], WeightedAccumulator] = WeightedAccumulator,
     ) -> None:
         self.storage = storage
         self.hierarchy = hierarchy
         self.distiller = distiller
         self.clock = clock
         self.durable = durable
+        # Makes a round's accumulator: in memory, or in a file above the memory budget.
+        self.accumulators = accumulators
         # Why a run was cancelled ("" when it was not): each round asks before it commits.
         self.run_cancelled = run_cancelled
 
@@ -51,7 +54,7 @@ class RoundFactory:
         folds = layout is not None and isinstance(strategy, LinearStrategy) and not shares
         return Round(
             plan, strategy, choose_finisher(plan, strategy, self.storage, self.distiller, self.clock),
-            layout, WeightedAccumulator(layout) if folds and layout is not None else None,
+            layout, self.accumulators(layout) if folds and layout is not None else None,
             wire=wire_layout(layout, plan.compression) if layout is not None else None,
             keeps_updates=self.keeps_updates(plan, strategy), shares=shares,
             run_cancelled=functools.partial(self.run_cancelled, plan.run_id),

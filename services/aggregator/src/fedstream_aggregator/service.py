@@ -22,12 +22,14 @@ keeps its own journal (``journal``), so they can share one state store.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from fedstream.aggregation import DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES, make_accumulator
 from fedstream.errors import FedstreamError
 from fedstream.rounds import RoundPlan, RoundSnapshot, UpdateReport
 from fedstream.state import StateStore
@@ -65,6 +67,7 @@ class AggregatorService:
         leaves: Iterable[LeafLink] = (),
         distiller: Distiller | None = None,
         clock: Callable[[], float] = time.time,
+        accumulator_memory_budget_bytes: int = DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES,
     ) -> None:
         self.state = state
         self.store = store
@@ -80,9 +83,13 @@ class AggregatorService:
             self.journal, store, self.spools, self.hierarchy, tenant=state.tenant, keep_last=keep_last
         )
         self.hierarchy.bind(self.committer)
+        self.hierarchy.accumulators = functools.partial(
+            make_accumulator, memory_budget_bytes=accumulator_memory_budget_bytes, directory=self.spools.directory
+        )
         storage = Storage(store, self.spools, chunk_bytes)
         factory = RoundFactory(
-            storage, self.hierarchy, distiller, clock, durable=durable, run_cancelled=self.committer.run_cancelled
+            storage, self.hierarchy, distiller, clock, durable=durable, run_cancelled=self.committer.run_cancelled,
+            accumulators=self.hierarchy.accumulators,
         )
         self.recovery = Recovery(self.rounds, self.journal, factory, self.hierarchy, self.committer)
         self.aborter = Aborter(self.rounds, self.journal, self.committer)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedstream.aggregation import DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES
 from fedstream.config import (
     ChunkSettings,
     GrpcServerSettings,
@@ -72,10 +73,12 @@ class AggregatorLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_update_bytes: int = Field(
-        2 << 30, ge=1,
-        description="Largest update (its declared layout's bytes) accepted, refused from the header "
-        "before any chunk (RESOURCE_EXHAUSTED). Training rounds also refuse any layout that is not "
-        "the round's model.",
+        256 << 30, ge=1,
+        description="Largest update (its declared layout's bytes) accepted in any round, refused from "
+        "the header before any chunk (RESOURCE_EXHAUSTED). Below it, a round with a base model "
+        "(training) takes at most that model's bytes plus an eighth plus 64 MiB, and refuses any "
+        "layout that is not the round's model; an init round's model is bounded by this cap and by "
+        "the spool directory's free space (its spool file is allocated from the header).",
     )
     chunks_per_s: float = Field(
         2000.0, ge=0,
@@ -156,6 +159,14 @@ class AggregatorSettings(BaseSettings):
         description="Keep each counted update in the model store until its round commits, so "
         "that a restarted aggregator can rebuild the round. Default: on with the sqlite and redis "
         "state backends (whose journal survives a restart), off with 'memory'.",
+    )
+    accumulator_memory_budget_bytes: int = Field(
+        DEFAULT_ACCUMULATOR_MEMORY_BUDGET_BYTES, ge=0,
+        description="A round's running sums (float32 for floating tensors, float64 for the others: "
+        "twice a bfloat16 model's size) up to this many bytes are kept in memory; larger ones in a "
+        "file of spool_dir (space allocated when the round opens), memory-mapped a window of a "
+        "sixteenth of this budget (1-64 MiB) at a time, so that folding and committing hold about one "
+        "window whatever the model's size. 0: always in a file.",
     )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",

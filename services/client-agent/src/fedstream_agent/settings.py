@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
 from fedstream.metrics import MetricsSettings
+from fedstream.transfer import DEFAULT_MAX_MODEL_BYTES
 from fedstream_tasks.base import SiteDataSettings
 
 
@@ -76,8 +77,9 @@ class AgentSettings(BaseSettings):
     )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
     max_model_bytes: int = Field(
-        2 << 30, ge=1, description="Largest model this agent downloads: a model header declaring "
-        "more is refused before any memory is allocated for it."
+        DEFAULT_MAX_MODEL_BYTES, ge=1, description="Largest model this agent downloads (it holds the "
+        "model it trains in memory): a model header declaring more is refused before any memory is "
+        "allocated for it."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     metrics: AgentMetricsSettings = Field(default_factory=AgentMetricsSettings, description="Prometheus /metrics.")
