@@ -173,7 +173,9 @@ class AggregatorSettings(BaseSettings):
     )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
-        description="Directory where incoming updates are spooled until verified and folded.",
+        description="Directory where incoming updates are spooled until verified and folded. Cut "
+        "resumable uploads are kept under its partial/ folder: on a volume that outlives the process, "
+        "they resume after a restart.",
         json_schema_extra={"doc_default": "fedstream-spool in the system's temporary directory ($TMPDIR, else /tmp)"},
     )
     name: str = Field(
