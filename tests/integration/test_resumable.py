@@ -358,3 +358,34 @@ def test_a_download_offset_past_the_end_is_refused(server, ch):
         list(download_call(ch)(pb.DownloadModelRequest(run_id=RUN, version=BASE, offset=1 << 40), timeout=10))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "past the end" in e.value.details()
+
+
+def test_an_init_model_upload_resumes_and_becomes_version_zero_as_sent(tmp_path, model_store):
+    server = serve(MemoryStateStore("t1"), model_store, tmp_path / "spool")
+    server.service.open_round(RoundPlan("run-i", 0, "init", "", ("a",), 1, time.time() + 60))
+    ch = channel(f"127.0.0.1:{server.port}")
+    try:
+        u = update_of(12)
+        release = threading.Event()
+
+        def first():
+            yield pb.UploadUpdateRequest(header=pb.UpdateHeader(run_id="run-i", round=0, agent_id="a",
+                                                                layout=u.layout.to_proto(), upload_id=u.upload_id))
+            yield from (wire.ChunkFrame(c) for c in u.chunks[:5])
+            release.wait(30)
+
+        call = upload_call(ch).future(first(), timeout=30)
+        wait_until(lambda: upload_status(ch, "run-i", 0, "a", u.upload_id).offset == u.offset_of(5))
+        call.cancel()
+        release.set()
+        reply = upload_update(ch, timeout=30, run_id="run-i", round_=0, agent_id="a", layout=u.layout,
+                              buffers=u.buffers, num_examples=0, metrics={}, chunk_bytes=CHUNK,
+                              upload_id=u.upload_id, resume_offset=u.offset_of(5))
+        wait_until(lambda: server.service.snapshot("run-i", 0).state == "committed")
+
+        assert not reply.duplicate
+        with model_store.open("run-i/000000") as reader:
+            assert reader.read_at(0, reader.layout.total_bytes) == u.data
+    finally:
+        ch.close()
+        server.stop(None)
