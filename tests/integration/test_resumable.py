@@ -389,3 +389,23 @@ def test_an_init_model_upload_resumes_and_becomes_version_zero_as_sent(tmp_path,
     finally:
         ch.close()
         server.stop(None)
+
+
+def test_a_resumable_upload_refused_once_whole_leaves_nothing_behind(server, ch):
+    u = update_of(13)
+    i = u.layout.names.index("conv.weight")
+    bad = bytearray(u.buffers[i])
+    bad[:4] = bytes.fromhex("0000c07f")  # a float32 NaN
+    u.buffers[i] = memoryview(bytes(bad))
+    u.upload_id = upload_id_of(u.layout, u.buffers)
+    cut_at = 3
+    u.chunks = list(iter_chunks(u.layout, u.buffers, CHUNK))
+    cut(ch, "a", u, 0, cut_at)
+
+    with pytest.raises(grpc.RpcError) as e:
+        resume(ch, "a", u)
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in e.value.details()
+    assert server.service.partials.held_bytes == 0
+    assert not any(server.service.partials.directory.iterdir())
+    assert status(ch, "a", u).offset == 0

@@ -184,12 +184,28 @@ class PartialUploads:
             partial.streaming = False
             partial.touched = self.table.clock()
             if self._held.get(partial.key) is not partial:
-                self._discard(partial)  # replaced or swept meanwhile
+                self._forget(partial)  # replaced, or this process is closing
 
     def drop(self, partial: Partial) -> None:
         """Forgets ``partial`` and deletes its files (an update refused once whole)."""
         with self._lock:
-            self._drop_locked(partial)
+            partial.streaming = False
+            if self._held.get(partial.key) is partial:
+                del self._held[partial.key]
+                self._discard(partial)
+            else:
+                self._forget(partial)
+
+    def _forget(self, partial: Partial) -> None:
+        """A partial upload no longer held: its files are deleted unless they are another's now
+        (the same agent's newer upload) or the next process's (this one is closing)."""
+        if self._closed or partial.key in self._held:
+            partial.close_log()
+            if partial.spool.fd >= 0:
+                os.close(partial.spool.fd)
+                partial.spool.fd = -1
+        else:
+            self._discard(partial)
 
     def done(self, partial: Partial, into: Path) -> Spool:
         """``partial`` counted: its log and record are deleted and its file, moved into ``into``
