@@ -192,6 +192,13 @@ class UploadInProgress(Aborted):
     code = "upload_in_progress"
 
 
+class ResumeRefused(Aborted):
+    """An upload asked to resume from an offset this aggregator does not hold for it: the
+    agent asks UploadStatus where to resume and tries again."""
+
+    code = "resume_refused"
+
+
 class ResourceExhausted(FedstreamError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = HTTPStatus.INSUFFICIENT_STORAGE

@@ -280,6 +280,32 @@ def iter_chunks(
         yield Chunk(offset, data, crc32c(data))
 
 
+def iter_chunks_from(
+    layout: Layout, buffers: Iterable[bytes | memoryview], start: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[Chunk]:
+    """``iter_chunks`` from byte ``start`` of the flat layout on (a resumed upload): the chunks
+    are cut from ``start``, the bytes before it are skipped without being read."""
+    if start == 0:
+        yield from iter_chunks(layout, buffers, chunk_bytes)
+        return
+    if not 0 < start <= layout.total_bytes:
+        raise BadOffset(f"resume offset {start} is outside the layout's {layout.total_bytes} bytes")
+    specs = [t for t in layout.tensors if t.end > start]
+    rest = Layout(tuple(
+        TensorSpec(t.name, "uint8", (t.end - max(t.offset, start),), max(t.offset, start) - start,
+                   t.end - max(t.offset, start))
+        for t in specs
+    ))
+    tails = []
+    for spec, buf in zip(layout.tensors, buffers, strict=False):
+        if spec.end > start:
+            view = memoryview(buf)
+            view = view.cast("B") if view.nbytes else memoryview(b"")
+            tails.append(view[max(0, start - spec.offset):])
+    for chunk in iter_chunks(rest, tails, chunk_bytes):
+        yield Chunk(chunk.offset + start, chunk.data, chunk.crc32c)
+
+
 def iter_range_chunks(
     read_at: Callable[[int, int], bytes], total: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[Chunk]:
@@ -301,10 +327,14 @@ class ChunkReceiver:
     missing at the end.
     """
 
-    def __init__(self, layout: Layout, sink: Callable[[int, bytes | memoryview], None]) -> None:
+    def __init__(self, layout: Layout, sink: Callable[[int, bytes | memoryview], None], start: int = 0) -> None:
+        """``start``: the bytes before it were received and verified earlier (a resumed
+        stream); the first chunk must begin there."""
+        if not 0 <= start <= layout.total_bytes:
+            raise BadOffset(f"resume offset {start} is outside the layout's {layout.total_bytes} bytes")
         self.layout = layout
         self.total = layout.total_bytes
-        self.received = 0
+        self.received = start
         self._sink = sink
 
     def accept(self, offset: int, data: bytes | memoryview, crc: int) -> None:

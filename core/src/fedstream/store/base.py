@@ -17,7 +17,7 @@ from types import TracebackType
 
 import numpy as np
 
-from fedstream.errors import CorruptModel, FedstreamError, InvalidArgument, NonFiniteResult
+from fedstream.errors import BadOffset, CorruptModel, FedstreamError, InvalidArgument, NonFiniteResult
 from fedstream.ids import EVALUATION_NAME, check_evaluation_name, check_run_id, parse_version
 from fedstream.tensors import (
     DEFAULT_CHUNK_BYTES,
@@ -61,11 +61,23 @@ class ModelVersion:
     block_crcs: tuple[int, ...] = ()
 
 
-def rechunk(chunks: Iterator[Chunk], chunk_bytes: int) -> Iterator[Chunk]:
-    """Cuts a contiguous chunk stream anew into chunks of ``chunk_bytes``."""
+def _skip_to(chunks: Iterator[Chunk], start: int) -> Iterator[Chunk]:
+    """The contiguous chunk stream from byte ``start`` on: the chunk holding it is cut there."""
+    for chunk in chunks:
+        end = chunk.offset + len(chunk.data)
+        if end <= start:
+            continue
+        if chunk.offset < start:
+            data = memoryview(chunk.data)[start - chunk.offset:]
+            chunk = Chunk(start, data, crc32c(data))
+        yield chunk
+
+
+def rechunk(chunks: Iterator[Chunk], chunk_bytes: int, offset: int = 0) -> Iterator[Chunk]:
+    """Cuts a contiguous chunk stream, starting at byte ``offset``, anew into chunks of
+    ``chunk_bytes``."""
     check_chunk_bytes(chunk_bytes)
     pending = bytearray()
-    offset = 0
     for chunk in chunks:
         pending += chunk.data
         while len(pending) >= chunk_bytes:
@@ -258,18 +270,22 @@ class ModelReader(ABC):
     def read_at(self, offset: int, size: int) -> bytes:
         """Reads [offset, offset + size) of the data section."""
 
-    def iter_chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
-        """All chunks in order, each block checked against the CRC recorded at write time
-        before any of its bytes are yielded; raises CorruptModel at the first bad block.
+    def iter_chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, start: int = 0) -> Iterator[Chunk]:
+        """All chunks in order from byte ``start`` (0: the whole model), each block checked
+        against the CRC recorded at write time before any of its bytes are yielded; raises
+        CorruptModel at the first bad block.
 
-        At the recorded block size the recorded CRCs are the chunks' checksums; at another
-        size the verified blocks are cut anew. Versions without a block table (written
-        elsewhere) are checked against their SHA-256 after the last chunk instead.
+        At the recorded block size (and a block-aligned start) the recorded CRCs are the
+        chunks' checksums; otherwise the verified blocks are cut anew, from ``start``. Versions
+        without a block table (written elsewhere) are read from byte 0 and checked against
+        their SHA-256 after the last chunk instead.
         """
         info = self.info
         total = self.layout.total_bytes
+        if not 0 <= start <= total:
+            raise BadOffset(f"offset {start} is outside model {info.version}'s {total} bytes")
         if not info.block_bytes:
-            yield from self._iter_hashed(chunk_bytes)
+            yield from (c for c in self._iter_hashed(chunk_bytes) if c.offset >= start)
             return
         expected = -(-total // info.block_bytes)
         if len(info.block_crcs) != expected:
@@ -277,16 +293,17 @@ class ModelReader(ABC):
                 f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
                 f"{expected} blocks"
             )
-        blocks = self._iter_verified_blocks()
-        if chunk_bytes == info.block_bytes:
+        blocks = self._iter_verified_blocks(start // info.block_bytes)
+        if chunk_bytes == info.block_bytes and start % info.block_bytes == 0:
             yield from blocks
         else:
-            yield from rechunk(blocks, chunk_bytes)
+            yield from rechunk(_skip_to(blocks, start), chunk_bytes, start)
 
-    def _iter_verified_blocks(self) -> Iterator[Chunk]:
+    def _iter_verified_blocks(self, first: int = 0) -> Iterator[Chunk]:
         info = self.info
         total = self.layout.total_bytes
-        for i, offset in enumerate(range(0, total, info.block_bytes)):
+        for i in range(first, -(-total // info.block_bytes)):
+            offset = i * info.block_bytes
             data = self.read_at(offset, min(info.block_bytes, total - offset))
             crc = crc32c(data)
             if crc != info.block_crcs[i]:

@@ -9,17 +9,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DownloadModelRequest(_message.Message):
-    __slots__ = ("run_id", "version", "chunk_bytes")
+    __slots__ = ("run_id", "version", "chunk_bytes", "offset")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     version: str
     chunk_bytes: int
-    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    offset: int
+    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ModelHeader(_message.Message):
-    __slots__ = ("version", "layout", "metadata")
+    __slots__ = ("version", "layout", "metadata", "offset")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,10 +32,12 @@ class ModelHeader(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     version: str
     layout: _tensor_pb2.Layout
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, version: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    offset: int
+    def __init__(self, version: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class DownloadModelResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -43,8 +47,28 @@ class DownloadModelResponse(_message.Message):
     chunk: _tensor_pb2.Chunk
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ...) -> None: ...
 
+class UploadStatusRequest(_message.Message):
+    __slots__ = ("run_id", "round", "agent_id", "upload_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    agent_id: str
+    upload_id: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+
+class UploadStatusResponse(_message.Message):
+    __slots__ = ("counted", "offset")
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    counted: bool
+    offset: int
+    def __init__(self, counted: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
+
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "round", "agent_id", "layout", "num_examples", "metrics")
+    __slots__ = ("run_id", "round", "agent_id", "layout", "num_examples", "metrics", "upload_id", "resume_offset")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,13 +82,17 @@ class UpdateHeader(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     agent_id: str
     layout: _tensor_pb2.Layout
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    upload_id: str
+    resume_offset: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., upload_id: _Optional[str] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class UploadUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -116,6 +116,11 @@ class UpdateServiceStub:
                 request_serializer=fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateResponse.FromString,
                 _registered_method=True)
+        self.UploadStatus = channel.unary_unary(
+                '/fedstream.v1.UpdateService/UploadStatus',
+                request_serializer=fedstream_dot_v1_dot_aggregator__pb2.UploadStatusRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_aggregator__pb2.UploadStatusResponse.FromString,
+                _registered_method=True)
 
 
 class UpdateServiceServicer:
@@ -124,6 +129,19 @@ class UpdateServiceServicer:
 
     def UploadUpdate(self, request_iterator, context):
         """The first message is the header, every later one a chunk, in offset order.
+        The response is the aggregator's confirmation that the update counted (or had counted
+        already): until it arrives the upload is not complete for the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadStatus(self, request, context):
+        """Where a cut upload resumes: the bytes of the update ``upload_id`` this aggregator has
+        verified and kept, or that the agent's update for the round has counted already. Refused
+        like an upload when the round no longer takes updates (FAILED_PRECONDITION, code
+        round_not_open or round_cancelled), when the agent is not a participant
+        (PERMISSION_DENIED) or the round is unknown here (NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +154,11 @@ def add_UpdateServiceServicer_to_server(servicer, server):
                     servicer.UploadUpdate,
                     request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateResponse.SerializeToString,
+            ),
+            'UploadStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadStatus,
+                    request_deserializer=fedstream_dot_v1_dot_aggregator__pb2.UploadStatusRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_aggregator__pb2.UploadStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -166,6 +189,33 @@ class UpdateService:
             '/fedstream.v1.UpdateService/UploadUpdate',
             fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateRequest.SerializeToString,
             fedstream_dot_v1_dot_aggregator__pb2.UploadUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.UpdateService/UploadStatus',
+            fedstream_dot_v1_dot_aggregator__pb2.UploadStatusRequest.SerializeToString,
+            fedstream_dot_v1_dot_aggregator__pb2.UploadStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

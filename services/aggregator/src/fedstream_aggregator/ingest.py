@@ -22,8 +22,10 @@ from fedstream.errors import (
     InvalidLayout,
     NonFinite,
     ResourceExhausted,
+    ResumeRefused,
     RoundCancelled,
     RoundNotOpen,
+    StreamEnded,
     UploadInProgress,
 )
 from fedstream.logs import log_context
@@ -36,6 +38,7 @@ from fedstream_aggregator import metrics as m
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
+from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest
 from fedstream_aggregator.rounds import Round, RoundTable
 from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
 
@@ -54,6 +57,8 @@ DEFAULT_MAX_METRICS = 64
 DEFAULT_MAX_METRIC_NAME_BYTES = 4096
 DEFAULT_MAX_TENSORS = 20_000
 DEFAULT_MAX_TENSOR_NAME_LENGTH = 512
+# How long a resumed upload waits for the stale stream of the same update to end.
+TAKE_OVER_S = 5.0
 
 Chunks = Iterable[tuple[int, bytes, int]]
 
@@ -68,6 +73,9 @@ class UpdateHeader:
     layout: Layout
     num_examples: int
     metrics: dict[str, float]
+    # A resumable upload's id (see PartialUploads), and where this stream's chunks start.
+    upload_id: str = ""
+    resume_offset: int = 0
 
 
 def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
@@ -136,9 +144,10 @@ class Ingest:
 
     def __init__(
         self, table: RoundTable, journal: Journal, store: ModelStore, spools: SpoolPool,
-        hierarchy: Hierarchy, committer: Committer, *, tenant: str, chunk_bytes: int,
+        hierarchy: Hierarchy, committer: Committer, partials: PartialUploads, *, tenant: str, chunk_bytes: int,
     ) -> None:
         self.table = table
+        self.partials = partials
         self.journal = journal
         self.store = store
         self.spools = spools
@@ -199,18 +208,52 @@ class Ingest:
         rnd.check_accepting(self.table.clock())
         weight = self._check_content(rnd, header)
         agent = header.agent_id
-        with rnd.lock:
-            rnd.check_accepting(self.table.clock())
-            if agent in rnd.uploading:
-                raise UploadInProgress(f"an upload from agent {agent!r} for this round is already in progress")
-            rnd.uploading.add(agent)
-            rnd.closers[agent] = on_close
+        self._claim(rnd, header, on_close)
         try:
             return self._spool_and_count(rnd, header, chunks, weight, before_count)
         finally:
             with rnd.lock:
                 rnd.uploading.discard(agent)
                 rnd.closers.pop(agent, None)
+
+    def _claim(self, rnd: Round, header: UpdateHeader, on_close: Callable[[FedstreamError], None]) -> None:
+        """Marks the agent's upload as streaming. A resumed upload of the same update takes over
+        a stream of it that the server still holds (its client is gone: cut without a word);
+        raises UploadInProgress for any other upload streaming from the agent for the round."""
+        agent, ended = header.agent_id, False
+        key = (header.run_id, header.round, agent)
+        deadline = time.monotonic() + TAKE_OVER_S
+        while True:
+            with rnd.lock:
+                rnd.check_accepting(self.table.clock())
+                if agent not in rnd.uploading:
+                    rnd.uploading.add(agent)
+                    rnd.closers[agent] = on_close
+                    return
+                same = bool(header.upload_id) and self.partials.streaming_id(key) == header.upload_id
+                stale = rnd.closers.get(agent) if same else None
+            if stale is None or time.monotonic() > deadline:
+                raise UploadInProgress(f"an upload from agent {agent!r} for this round is already in progress")
+            if not ended:
+                stale(StreamEnded("a resumed upload of the same update took this stream's place"))
+                ended = True
+            time.sleep(0.02)
+
+    def status(self, run_id: str, round_: int, agent: str, upload_id: str) -> tuple[bool, int]:
+        """(the agent's update for the round counted already, the offset ``upload_id`` resumes
+        from). Raises RoundNotFound, AgentNotSelected, FailedPrecondition (the agent uploads to a
+        leaf), RoundNotOpen or RoundCancelled (the round no longer takes updates)."""
+        rnd = self.table.get(run_id, round_)
+        if agent not in rnd.plan.participants:
+            raise AgentNotSelected(f"agent {agent!r} was not selected for round {round_} of run {run_id!r}")
+        with rnd.lock:
+            if agent in rnd.reports:
+                return True, 0
+        rnd.check_accepting(self.table.clock())
+        leaf = self.hierarchy.leaf_of(rnd, agent)
+        if leaf:
+            raise FailedPrecondition(f"agent {agent!r} uploads round {round_} of run {run_id!r} to the leaf aggregator at {leaf}")
+        return False, self.partials.offset((run_id, round_, agent), upload_id) if upload_id else 0
 
     def _check_sender(self, rnd: Round, header: UpdateHeader) -> None:
         """Raises unless the agent takes part in the round here, with an update not too large."""
@@ -279,48 +322,86 @@ class Ingest:
     def _spool_and_count(
         self, rnd: Round, header: UpdateHeader, chunks: Chunks, weight: float, before_count: Callable[[], object]
     ) -> tuple[bool, int]:
-        plan, agent = rnd.plan, header.agent_id
-        started = time.perf_counter()
-        spool: Spool | None = None
-        keep_spool = done = False
+        partial = self._open_partial(header)
+        spool: Spool | None = partial.spool if partial is not None else None
+        keep_spool = done = whole = False
         try:
-            spool = self.spools.acquire(header.layout.total_bytes)
-            receiver = ChunkReceiver(header.layout, spool.write)
+            if spool is None:
+                spool = self.spools.acquire(header.layout.total_bytes)
+            sink = partial.write if partial is not None else spool.write
+            receiver = ChunkReceiver(header.layout, sink, header.resume_offset if partial is not None else 0)
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()
-            with rnd.lock:  # received whole: closing the round no longer ends this stream
-                rnd.closers.pop(agent, None)
-            if plan.kind.uploads_model:
-                check_finite(header.layout, spool.read_into)
-            before_count()  # the agent may have been revoked while it uploaded
-            if rnd.keeps_updates:
-                rnd.check_accepting(self.table.clock())
-                self._keep_update(rnd, agent, header.layout, spool)
-            report = UpdateReport(agent, header.num_examples, dict(header.metrics), receiver.received, weight)
-            try:
-                counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
-            except RoundNotOpen:
-                self._forget_kept(rnd)
-                raise
-            if not counted:
-                done = True
-                return True, receiver.received
-            with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
-                log.info("update folded: %d examples, %d bytes in %.2f s",
-                         header.num_examples, receiver.received, time.perf_counter() - started)
-            rnd.notify()
-            if complete:
-                self.committer.close(rnd, "all participants reported")
+            whole = True
+            duplicate, keep_spool = self._verified(rnd, header, spool, receiver.received, weight, before_count)
             done = True
-            return False, receiver.received
+            return duplicate, receiver.received
         finally:
-            if spool is not None and not keep_spool:
-                # An upload that failed, was ended or lost its client gives its space back.
-                if done:
-                    self.spools.release(spool)
-                else:
-                    spool.close()
+            self._release(partial, spool, done=done, whole=whole, keep_spool=keep_spool)
+
+    def _open_partial(self, header: UpdateHeader) -> Partial | None:
+        """The partial upload a resumable upload spools into; None for one that is not."""
+        if not header.upload_id or not self.partials.enabled:
+            if header.resume_offset:
+                raise ResumeRefused("this aggregator keeps no partial uploads to resume (partial_upload_max_bytes is 0)")
+            return None
+        key = (header.run_id, header.round, header.agent_id)
+        return self.partials.open(key, header.upload_id, layout_digest(header.layout), header.layout.total_bytes,
+                                  header.resume_offset)
+
+    def _release(self, partial: Partial | None, spool: Spool | None, *, done: bool, whole: bool, keep_spool: bool) -> None:
+        """What an upload held, once it ends: a counted (or duplicate) one's spool goes back to
+        the pool (unless the round holds it); a cut resumable one is kept for its resume; any
+        other gives its space back."""
+        if partial is not None:
+            if done:
+                spool = self.partials.done(partial, self.spools.directory)
+            elif whole:  # refused once whole: resuming it would be refused again
+                self.partials.drop(partial)
+                return
+            else:
+                self.partials.suspend(partial)
+                return
+        if spool is None or keep_spool:
+            return
+        if done:
+            self.spools.release(spool)
+        else:
+            spool.close()
+
+    def _verified(
+        self, rnd: Round, header: UpdateHeader, spool: Spool, received: int, weight: float,
+        before_count: Callable[[], object],
+    ) -> tuple[bool, bool]:
+        """A whole, sound update: checked finite, kept if the round keeps updates, counted and
+        folded; returns (duplicate, the round holds the spool now)."""
+        plan, agent = rnd.plan, header.agent_id
+        started = time.perf_counter()
+        with rnd.lock:  # received whole: closing the round no longer ends this stream
+            rnd.closers.pop(agent, None)
+        if plan.kind.uploads_model:
+            check_finite(header.layout, spool.read_into)
+        before_count()  # the agent may have been revoked while it uploaded
+        if rnd.keeps_updates:
+            rnd.check_accepting(self.table.clock())
+            self._keep_update(rnd, agent, header.layout, spool)
+        report = UpdateReport(agent, header.num_examples, dict(header.metrics), received, weight)
+        try:
+            counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
+        except RoundNotOpen:
+            self._forget_kept(rnd)
+            raise
+        if not counted:
+            return True, False
+        with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
+            log.info("update folded: %d examples, %d bytes (%s) in %.2f s", header.num_examples, received,
+                     f"resumed at {header.resume_offset}" if header.resume_offset else "whole",
+                     time.perf_counter() - started)
+        rnd.notify()
+        if complete:
+            self.committer.close(rnd, "all participants reported")
+        return False, keep_spool
 
     def _count(self, rnd: Round, report: UpdateReport, layout: Layout, spool: Spool) -> tuple[bool, bool, bool]:
         """Counts a verified update in the journal and folds it; returns (counted, the round

@@ -80,6 +80,8 @@ def _apply_limits(service: AggregatorService, limits: AggregatorLimits, max_work
             f"limits.max_download_chunk_bytes ({limits.max_download_chunk_bytes})"
         )
     service.download_chunk_bytes = (limits.min_download_chunk_bytes, limits.max_download_chunk_bytes)
+    service.partials.ttl_s = limits.partial_upload_ttl_s
+    service.partials.max_bytes = limits.partial_upload_max_bytes
     if limits.control_threads >= max_workers:
         raise ValueError(
             f"limits.control_threads ({limits.control_threads}) must be below grpc.max_workers ({max_workers})"
@@ -112,6 +114,7 @@ def build_server(
     guard = Guard(service.state.tenant, tls is not None, service.state, check_agents)
     limits = limits or AggregatorLimits()
     _apply_limits(service, limits, max_workers)
+    service.partials.start()
     # Once no transfer is left, the allocator's free memory goes back to the system.
     slots = StreamSlots(limits.streams_per_agent, max_workers - limits.control_threads, release_free_memory)
     tenant = service.state.tenant

@@ -23,6 +23,7 @@ keeps its own journal (``journal``), so they can share one state store.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 import uuid
@@ -43,12 +44,15 @@ from fedstream_aggregator.hierarchy import Hierarchy, LeafLink
 from fedstream_aggregator.ingest import Chunks, Ingest, UpdateHeader
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.opening import Opener, RoundFactory
+from fedstream_aggregator.partials import PartialUploads
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable
 from fedstream_aggregator.serving import check_download_chunk_bytes, open_model
 from fedstream_aggregator.spool import SpoolPool, remove_dead_spools
 
 __all__ = ["AggregatorService", "LeafLink", "RoundPlan", "RoundSnapshot", "UpdateHeader"]
+
+log = logging.getLogger(__name__)
 
 
 class AggregatorService:
@@ -94,8 +98,12 @@ class AggregatorService:
         self.recovery = Recovery(self.rounds, self.journal, factory, self.hierarchy, self.committer)
         self.aborter = Aborter(self.rounds, self.journal, self.committer)
         self.opener = Opener(self.rounds, self.journal, factory, self.recovery, self.hierarchy, distiller)
+        # Cut resumable uploads, kept apart per journal in a directory that outlives the process.
+        self.partials = PartialUploads(
+            Path(spool_dir) / "partial" / (journal.replace("/", "-") or "main"), self.rounds, tenant=state.tenant
+        )
         self.ingest = Ingest(
-            self.rounds, self.journal, store, self.spools, self.hierarchy, self.committer,
+            self.rounds, self.journal, store, self.spools, self.hierarchy, self.committer, self.partials,
             tenant=state.tenant, chunk_bytes=chunk_bytes,
         )
 
@@ -129,8 +137,17 @@ class AggregatorService:
         return self.aborter.abort(run_id, round_, reason)
 
     def recover(self) -> int:
-        """See ``Recovery.recover``."""
-        return self.recovery.recover()
+        """See ``Recovery.recover``; then the partial uploads of the recovered rounds are taken
+        back (``PartialUploads.reload``)."""
+        recovered = self.recovery.recover()
+        kept = self.partials.reload()
+        if kept:
+            log.info("took back %d partial uploads", kept)
+        return recovered
+
+    def upload_status(self, run_id: str, round_: int, agent_id: str, upload_id: str) -> tuple[bool, int]:
+        """See ``Ingest.status``."""
+        return self.ingest.status(run_id, round_, agent_id, upload_id)
 
     def snapshot(self, run_id: str, round_: int) -> RoundSnapshot:
         """The round now; raises RoundNotFound."""
@@ -161,12 +178,14 @@ class AggregatorService:
         """See ``Hierarchy.finish_partial``."""
         self.hierarchy.finish_partial(run_id, round_, version, reason)
 
-    def open_model(self, run_id: str, version: str, chunk_bytes: int) -> tuple[ModelVersion, Iterator[Chunk]]:
+    def open_model(
+        self, run_id: str, version: str, chunk_bytes: int, offset: int = 0
+    ) -> tuple[ModelVersion, Iterator[Chunk]]:
         """See ``serving.open_model``; ``chunk_bytes`` 0 means this aggregator's, any other must be
         within ``download_chunk_bytes``."""
         if chunk_bytes:
             check_download_chunk_bytes(self.state.tenant, chunk_bytes, self.download_chunk_bytes)
-        return open_model(self.store, self.state.tenant, run_id, version, chunk_bytes or self.chunk_bytes)
+        return open_model(self.store, self.state.tenant, run_id, version, chunk_bytes or self.chunk_bytes, offset)
 
     def close(self) -> None:
         """Disarms every deadline, stops following leaves and deletes idle spool files."""
@@ -174,4 +193,5 @@ class AggregatorService:
             if rnd.timer is not None:
                 rnd.timer.cancel()
             rnd.stop_following()
+        self.partials.close()
         self.spools.close()

@@ -43,12 +43,15 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         if not self.guard.tls or self.guard.caller(context).identity.role == "agent":
             agent = self.guard.agent(context)
         with self.slots.hold(agent or None, self._limited), watched(self.watch, context, "took nothing") as stream:
-            info, chunks = self.service.open_model(request.run_id, request.version, request.chunk_bytes)
+            info, chunks = self.service.open_model(
+                request.run_id, request.version, request.chunk_bytes, request.offset
+            )
             # Each yield returns once flow control lets the message out: a client that stops
             # reading stops the touches, and the watch ends the stream.
             yield pb.DownloadModelResponse(
                 header=pb.ModelHeader(
-                    version=info.version, layout=info.layout.to_proto(), metadata=info.metadata
+                    version=info.version, layout=info.layout.to_proto(), metadata=info.metadata,
+                    offset=request.offset,
                 )
             )
             stream.touch()
@@ -104,6 +107,12 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                 )
         return pb.UploadUpdateResponse(duplicate=duplicate, bytes_received=received)
 
+    @translate_errors
+    def UploadStatus(self, request: pb.UploadStatusRequest, context: grpc.ServicerContext) -> pb.UploadStatusResponse:
+        agent_id = self.guard.agent(context, request.agent_id)
+        counted, offset = self.service.upload_status(request.run_id, request.round, agent_id, request.upload_id)
+        return pb.UploadStatusResponse(counted=counted, offset=offset)
+
     @staticmethod
     def _next(requests: Iterator[pb.UploadUpdateRequest], stream: WatchedStream) -> pb.UploadUpdateRequest | None:
         """The stream's next message, None at its end; raises the reason the server ended it,
@@ -138,6 +147,8 @@ def _header(h: pb.UpdateHeader, agent_id: str, parse_layout: Callable[[tensor_pb
         layout=parse_layout(h.layout),
         num_examples=h.num_examples,
         metrics=dict(h.metrics),
+        upload_id=h.upload_id,
+        resume_offset=h.resume_offset,
     )
 
 
@@ -167,6 +178,11 @@ def add_transfer_servicers(server: grpc.Server, models: ModelServicer, updates: 
                 updates.UploadUpdate,
                 request_deserializer=wire.deserializer(pb.UploadUpdateRequest),
                 response_serializer=pb.UploadUpdateResponse.SerializeToString,
+            ),
+            "UploadStatus": grpc.unary_unary_rpc_method_handler(
+                updates.UploadStatus,
+                request_deserializer=pb.UploadStatusRequest.FromString,
+                response_serializer=pb.UploadStatusResponse.SerializeToString,
             ),
         }),
     ))

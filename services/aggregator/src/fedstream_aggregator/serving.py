@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fedstream.errors import InvalidArgument, ModelNotFound
+from fedstream.errors import BadOffset, InvalidArgument, ModelNotFound
 from fedstream.ids import check_run_id
 from fedstream.metrics import LIMIT_HITS
 from fedstream.store import ModelStore, ModelVersion
@@ -27,11 +27,12 @@ def check_download_chunk_bytes(tenant: str, chunk_bytes: int, allowed: tuple[int
 
 
 def open_model(
-    store: ModelStore, tenant: str, run_id: str, version: str, chunk_bytes: int
+    store: ModelStore, tenant: str, run_id: str, version: str, chunk_bytes: int, offset: int = 0
 ) -> tuple[ModelVersion, Iterator[Chunk]]:
     """The version's header (the run's latest when ``version`` is empty) and an iterator of its
-    chunks, which raises CorruptModel at the end if the stored bytes do not match their
-    digest. Raises ModelNotFound."""
+    chunks from byte ``offset`` on (a resumed download), each block checked against the
+    version's recorded CRC-32C before it is sent (CorruptModel otherwise). Raises
+    ModelNotFound, BadOffset for an offset past the model's end."""
     chunk_bytes = check_chunk_bytes(chunk_bytes)
     if not version:
         check_run_id(run_id)
@@ -40,10 +41,14 @@ def open_model(
             raise ModelNotFound(f"run {run_id!r} has no committed model yet")
         version = latest
     reader = store.open(version)
+    total = reader.layout.total_bytes
+    if offset > total:
+        reader.close()
+        raise BadOffset(f"download offset {offset} is past the end of model {version} ({total} bytes)")
 
     def chunks() -> Iterator[Chunk]:
         with reader:
-            for chunk in reader.iter_chunks(chunk_bytes):
+            for chunk in reader.iter_chunks(chunk_bytes, offset):
                 m.CHUNKS_SENT.labels(tenant).inc()
                 m.BYTES_SENT.labels(tenant).inc(len(chunk.data))
                 yield chunk

@@ -134,6 +134,20 @@ class AggregatorLimits(BaseModel):
         "nothing (its flow-control window stays full), for this many seconds is ended "
         "(DEADLINE_EXCEEDED) and its thread, slot and spool space freed. 0: never.",
     )
+    partial_upload_ttl_s: float = Field(
+        600.0, gt=0, allow_inf_nan=False,
+        description="How long what a cut resumable upload left (its verified bytes in the spool "
+        "directory) is kept for the agent to resume, counted from its last chunk; then it is deleted "
+        "and the upload starts again from byte 0. A partial upload also goes when its round stops "
+        "taking updates.",
+    )
+    partial_upload_max_bytes: int = Field(
+        64 << 30, ge=0,
+        description="Spool space that resumable uploads, streaming or cut and kept, may hold all "
+        "together (each its update's declared bytes); a resumable upload that would pass it is refused "
+        "from its header (RESOURCE_EXHAUSTED naming partial_upload_max_bytes) and retried by the agent. "
+        "0: uploads are not resumable (a cut one starts again from byte 0).",
+    )
 
 
 class AggregatorSettings(BaseSettings):
@@ -170,7 +184,9 @@ class AggregatorSettings(BaseSettings):
     )
     spool_dir: Path = Field(
         Path(tempfile.gettempdir()) / "fedstream-spool",
-        description="Directory where incoming updates are spooled until verified and folded.",
+        description="Directory where incoming updates are spooled until verified and folded. Cut "
+        "resumable uploads are kept under its partial/ folder: on a volume that outlives the process, "
+        "they resume after a restart.",
         json_schema_extra={"doc_default": "fedstream-spool in the system's temporary directory ($TMPDIR, else /tmp)"},
     )
     name: str = Field(

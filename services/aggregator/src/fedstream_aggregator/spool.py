@@ -26,6 +26,16 @@ class Spool:
         self.path = Path(name)
         self.capacity = 0
 
+    @classmethod
+    def at(cls, path: Path) -> Spool:
+        """A spool in the file at ``path``, created when missing (a partial upload's), its
+        capacity the file's size."""
+        spool = cls.__new__(cls)
+        spool.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        spool.path = path
+        spool.capacity = os.fstat(spool.fd).st_size
+        return spool
+
     def reserve(self, size: int) -> None:
         if size > self.capacity:
             try:

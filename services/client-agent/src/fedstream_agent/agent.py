@@ -25,7 +25,7 @@ from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer, Layout
-from fedstream.transfer import DownloadedModel, download_model, upload_update
+from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent import metrics as m
 from fedstream_agent.identity import (
@@ -38,18 +38,13 @@ from fedstream_agent.identity import (
 )
 from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
+from fedstream_agent.transfers import CONFIRMED_FILE, ConfirmedUploads, Transfers
 from fedstream_tasks import get_task
 from fedstream_tasks.base import Task, TrainParams, pick_device
 from fedstream_tasks.torchio import buffers_of, layout_of, state_of
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 
 class RoundCancelledHere(Exception):
@@ -113,6 +108,14 @@ class Agent:
         self._current: tuple[str, int] | None = None
         self._cancelled: dict[tuple[str, int], str] = {}
         self._reconnect = Reconnect(settings)
+        # Uploads the aggregator confirmed; with an identity, kept beside it across restarts.
+        self._confirmed = ConfirmedUploads(
+            tls.identity_dir / CONFIRMED_FILE if self.identity is not None else None
+        )
+        self._transfers = Transfers(
+            self.agent_id, self._channel, self._reconnect, self.stop, lambda: self._tls, self._confirmed,
+            max_model_bytes=settings.max_model_bytes,
+        )
 
     def _task(self, name: str) -> tuple[Task, Any]:
         if name not in self._tasks:
@@ -250,6 +253,9 @@ class Agent:
         """Does one assignment, once per (run, round); a failure abandons the round (logged
         and counted), it does not stop the agent."""
         key = (a.run_id, a.round)
+        if key in self._confirmed:
+            log.info("assignment for round %d of %s: its update was confirmed already", a.round, a.run_id)
+            return
         if key in self._handled:
             log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
             return
@@ -403,26 +409,8 @@ class Agent:
         return out
 
     def _download(self, a: Assignment, chunk_bytes: int) -> DownloadedModel:
-        """Downloads the base model, retrying transient failures until the deadline."""
-        delay = 0.2
-        while True:
-            try:
-                return download_model(
-                    self._channel(a.model_endpoint),
-                    a.run_id,
-                    a.base_version,
-                    chunk_bytes=chunk_bytes,
-                    timeout=max(1.0, a.deadline_unix - time.time()),
-                    reuse=self._buffer,
-                    max_bytes=self.settings.max_model_bytes,
-                )
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
-                    raise
-                log.warning("download from %s failed (%s); retrying in %.1f s", a.model_endpoint,
-                            self._reconnect.why(e, a.model_endpoint, self._tls), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """See ``Transfers.download``."""
+        return self._transfers.download(a, chunk_bytes, self._buffer)
 
     def _upload(
         self,
@@ -433,32 +421,5 @@ class Agent:
         metrics: dict[str, float],
         chunk_bytes: int,
     ) -> None:
-        """Uploads, retrying transient failures until the deadline; a retry of an update that
-        was already counted is answered as a duplicate, so nothing counts twice."""
-        upload_channel = self._channel(a.upload_endpoint)
-        delay = 0.2
-        while True:
-            self._check_cancelled(a)
-            try:
-                reply = upload_update(
-                    upload_channel,
-                    timeout=max(1.0, a.deadline_unix - time.time()),
-                    run_id=a.run_id,
-                    round_=a.round,
-                    agent_id=self.agent_id,
-                    layout=layout,
-                    buffers=buffers(),
-                    num_examples=num_examples,
-                    metrics=metrics,
-                    chunk_bytes=chunk_bytes,
-                )
-                log.info("update uploaded: %d bytes%s", reply.bytes_received, " (duplicate)" if reply.duplicate else "")
-                m.BYTES_UPLOADED.labels(a.task).inc(reply.bytes_received)
-                return
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or time.time() + delay > a.deadline_unix or self.stop.is_set():
-                    raise
-                log.warning("upload to %s failed (%s); retrying in %.1f s", a.upload_endpoint,
-                            self._reconnect.why(e, a.upload_endpoint, self._tls), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """See ``Transfers.upload``: done once the aggregator confirms the update counted."""
+        self._transfers.upload(a, layout, buffers, num_examples, metrics, chunk_bytes, lambda: self._check_cancelled(a))
