@@ -200,6 +200,10 @@ class Agent:
                 self._stream = self._agents.ReceiveAssignments(
                     scheduler_pb2.ReceiveAssignmentsRequest(agent_id=self.agent_id)
                 )
+                if self.stop.is_set():
+                    # shutdown() ran before the stream existed: it could not cancel it. (It sets
+                    # stop before it reads the stream, so one of the two always cancels it.)
+                    self._stream.cancel()
                 for event in self._stream:
                     if event.WhichOneof("event") == "assignment":
                         self._receive(event.assignment)
