@@ -100,7 +100,8 @@ class AggregatorService:
         self.opener = Opener(self.rounds, self.journal, factory, self.recovery, self.hierarchy, distiller)
         # Cut resumable uploads, kept apart per journal in a directory that outlives the process.
         self.partials = PartialUploads(
-            Path(spool_dir) / "partial" / (journal.replace("/", "-") or "main"), self.rounds, tenant=state.tenant
+            Path(spool_dir) / "partial" / (journal.replace("/", "-") or "main"), self.rounds, tenant=state.tenant,
+            spools=self.spools,
         )
         self.ingest = Ingest(
             self.rounds, self.journal, store, self.spools, self.hierarchy, self.committer, self.partials,
