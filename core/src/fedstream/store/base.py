@@ -287,31 +287,43 @@ class ModelReader(ABC):
         if not info.block_bytes:
             yield from (c for c in self._iter_hashed(chunk_bytes) if c.offset >= start)
             return
-        expected = -(-total // info.block_bytes)
-        if len(info.block_crcs) != expected:
-            raise CorruptModel(
-                f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
-                f"{expected} blocks"
-            )
+        self.block_count()
         blocks = self._iter_verified_blocks(start // info.block_bytes)
         if chunk_bytes == info.block_bytes and start % info.block_bytes == 0:
             yield from blocks
         else:
             yield from rechunk(_skip_to(blocks, start), chunk_bytes, start)
 
-    def _iter_verified_blocks(self, first: int = 0) -> Iterator[Chunk]:
+    def block_count(self) -> int:
+        """How many blocks of ``info.block_bytes`` the version's data has (0 for a version
+        without a block table); raises CorruptModel when its table does not cover them."""
         info = self.info
-        total = self.layout.total_bytes
-        for i in range(first, -(-total // info.block_bytes)):
-            offset = i * info.block_bytes
-            data = self.read_at(offset, min(info.block_bytes, total - offset))
-            crc = crc32c(data)
-            if crc != info.block_crcs[i]:
-                raise CorruptModel(
-                    f"model {info.version} is corrupt: checksum mismatch in bytes "
-                    f"{offset}..{offset + len(data)}"
-                )
-            yield Chunk(offset, data, crc)
+        if not info.block_bytes:
+            return 0
+        expected = -(-self.layout.total_bytes // info.block_bytes)
+        if len(info.block_crcs) != expected:
+            raise CorruptModel(
+                f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
+                f"{expected} blocks"
+            )
+        return expected
+
+    def verified_block(self, i: int) -> Chunk:
+        """Block ``i`` of a version with a block table, checked against the CRC recorded at
+        write time (CorruptModel otherwise)."""
+        info = self.info
+        offset = i * info.block_bytes
+        data = self.read_at(offset, min(info.block_bytes, self.layout.total_bytes - offset))
+        crc = crc32c(data)
+        if crc != info.block_crcs[i]:
+            raise CorruptModel(
+                f"model {info.version} is corrupt: checksum mismatch in bytes {offset}..{offset + len(data)}"
+            )
+        return Chunk(offset, data, crc)
+
+    def _iter_verified_blocks(self, first: int = 0) -> Iterator[Chunk]:
+        for i in range(first, self.block_count()):
+            yield self.verified_block(i)
 
     def _iter_hashed(self, chunk_bytes: int) -> Iterator[Chunk]:
         digest = hashlib.sha256()
