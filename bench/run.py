@@ -10,10 +10,13 @@
              agents and a 100 MB model, the three services as separate processes (median),
              beside bare gRPC moving the same bytes with the same TLS and options (the floor)
 
+  fanout     the aggregator's CPU seconds and peak resident memory while 50 agents download a
+             128 MiB model at once (bench/fanout.py --agents 50 --mib 1024 for the 1 GiB figure)
+
   s3         commit of a 512 MiB model to the S3 test server and read back (MB/s each way)
   redis      round state transition latency against a real redis-server (p50/p99 of 10,000)
 
-Usage: python bench/run.py [upload|memory|settle|noop|s3|redis ...]   (make bench runs them all)
+Usage: python bench/run.py [upload|memory|settle|noop|fanout|s3|redis ...]   (make bench runs them all)
 """
 
 from __future__ import annotations
@@ -212,6 +215,12 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
     return {"noop_round_s": med, "transport_floor_s": floor, "transport_floor_plaintext_s": plain}
 
 
+def bench_fanout(agents: int = 50, mib: int = 128) -> dict[str, float]:
+    from fanout import report
+
+    return report(agents, mib * MiB)
+
+
 def bench_s3(size: int = 512 * MiB) -> dict[str, float]:
     """Commit of a 512 MiB model to the S3 test server (moto, on loopback) and read back."""
     from fedstream.config import S3Settings
@@ -288,6 +297,7 @@ BENCHES = {
     "memory": bench_memory,
     "settle": bench_settle,
     "noop": bench_noop,
+    "fanout": bench_fanout,
     "s3": bench_s3,
     "redis": bench_redis,
 }
