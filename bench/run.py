@@ -7,12 +7,16 @@
              uploads of a 128 MiB model commits, and after a burst of refused and abandoned
              uploads, each above idle as a multiple of the model size
   noop       wall time of a no-op round (agents return the global model unchanged) with 4
-             agents and a 100 MB model, the three services as separate processes (median)
+             agents and a 100 MB model, the three services as separate processes (median),
+             beside bare gRPC moving the same bytes with the same TLS and options (the floor)
+
+  fanout     the aggregator's CPU seconds and peak resident memory while 50 agents download a
+             128 MiB model at once (bench/fanout.py --agents 50 --mib 1024 for the 1 GiB figure)
 
   s3         commit of a 512 MiB model to the S3 test server and read back (MB/s each way)
   redis      round state transition latency against a real redis-server (p50/p99 of 10,000)
 
-Usage: python bench/run.py [upload|memory|settle|noop|s3|redis ...]   (make bench runs them all)
+Usage: python bench/run.py [upload|memory|settle|noop|fanout|s3|redis ...]   (make bench runs them all)
 """
 
 from __future__ import annotations
@@ -202,11 +206,19 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
     med = statistics.median(times[1:])  # the first round pays for the agents' connection set-up
     from transport_floor import measure
 
-    floor = measure(agents)
-    print(f"noop: {agents} agents, {layout.total_bytes / MB:.0f} MB model, separate processes: "
+    # The floor with what the round used: mutual TLS, the services' gRPC options (and plaintext, for TLS's share).
+    floor, plain = measure(agents, tls=True), measure(agents, tls=False)
+    print(f"noop: {agents} agents, {layout.total_bytes / MB:.0f} MB model, separate processes, mutual TLS: "
           f"median round {med:.2f} s over rounds 2..{rounds} (all: {', '.join(f'{t:.2f}' for t in times)}); "
-          f"bare gRPC moving the same bytes: {floor:.2f} s")
-    return {"noop_round_s": med, "transport_floor_s": floor}
+          f"bare gRPC moving the same bytes over mutual TLS: {floor:.2f} s ({med / floor:.1f}x), in plaintext: "
+          f"{plain:.2f} s")
+    return {"noop_round_s": med, "transport_floor_s": floor, "transport_floor_plaintext_s": plain}
+
+
+def bench_fanout(agents: int = 50, mib: int = 128) -> dict[str, float]:
+    from fanout import report
+
+    return report(agents, mib * MiB)
 
 
 def bench_s3(size: int = 512 * MiB) -> dict[str, float]:
@@ -285,6 +297,7 @@ BENCHES = {
     "memory": bench_memory,
     "settle": bench_settle,
     "noop": bench_noop,
+    "fanout": bench_fanout,
     "s3": bench_s3,
     "redis": bench_redis,
 }

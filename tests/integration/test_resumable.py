@@ -409,3 +409,20 @@ def test_a_resumable_upload_refused_once_whole_leaves_nothing_behind(server, ch)
     assert server.service.partials.held_bytes == 0
     assert not any(server.service.partials.directory.iterdir())
     assert status(ch, "a", u).offset == 0
+
+
+def test_a_resumable_upload_rewrites_the_file_of_a_counted_one(server, ch, model_store):
+    a, b = update_of(7), update_of(8)
+    assert not resume(ch, "a", a, offset=0).duplicate
+    pooled = list(server.service.spools.directory.glob("*.bin"))
+    assert len(pooled) == 1  # a's file, back in the pool once a counted
+
+    inode = pooled[0].stat().st_ino
+    cut(ch, "b", b, 0, 3)
+    partial_files = [p.stat().st_ino for p in server.service.partials.directory.glob("*.bin")]
+    reply = resume(ch, "b", b)
+
+    assert partial_files == [inode]  # b spooled into it, not a new file
+    assert not reply.duplicate and reply.bytes_received == b.layout.total_bytes
+    assert kept_bytes(model_store, "b") == b.data
+    assert counted(server, "b") == 1

@@ -79,3 +79,15 @@ def test_data_is_a_view_not_a_copy():
     frame = wire.parse_chunk(raw)
     assert isinstance(frame.chunk.data, memoryview)
     assert frame.chunk.data.obj is raw
+
+
+@settings(max_examples=100)
+@given(chunk=chunks, cls=st.sampled_from(MESSAGES))
+def test_an_encoded_chunk_is_sent_as_the_frame_would_be(chunk, cls):
+    encoded = wire.EncodedChunk(chunk)
+
+    raw = wire.serialize(encoded)
+
+    assert raw == wire.serialize(wire.ChunkFrame(chunk))
+    assert cls.FromString(raw).chunk.data == chunk.data
+    assert encoded.size == len(chunk.data)

@@ -327,15 +327,22 @@ class ChunkReceiver:
     missing at the end.
     """
 
-    def __init__(self, layout: Layout, sink: Callable[[int, bytes | memoryview], None], start: int = 0) -> None:
+    def __init__(
+        self, layout: Layout, sink: Callable[[int, bytes | memoryview], None] | None, start: int = 0,
+        *, crc_sink: Callable[[int, bytes | memoryview, int], None] | None = None,
+    ) -> None:
         """``start``: the bytes before it were received and verified earlier (a resumed
-        stream); the first chunk must begin there."""
+        stream); the first chunk must begin there. ``crc_sink``, instead of ``sink``, also
+        takes each good chunk's CRC-32C (verified, so that it need not be computed again)."""
+        if (sink is None) == (crc_sink is None):
+            raise TypeError("ChunkReceiver takes exactly one of sink and crc_sink")
         if not 0 <= start <= layout.total_bytes:
             raise BadOffset(f"resume offset {start} is outside the layout's {layout.total_bytes} bytes")
         self.layout = layout
         self.total = layout.total_bytes
         self.received = start
         self._sink = sink
+        self._crc_sink = crc_sink
 
     def accept(self, offset: int, data: bytes | memoryview, crc: int) -> None:
         if offset > self.received:
@@ -359,7 +366,11 @@ class ChunkReceiver:
                 f"checksum mismatch in chunk at offset {offset}: crc32c {actual:#010x}, "
                 f"declared {crc:#010x}"
             )
-        self._sink(offset, data)
+        if self._crc_sink is not None:
+            self._crc_sink(offset, data, crc)
+        else:
+            assert self._sink is not None
+            self._sink(offset, data)
         self.received += len(data)
 
     def finish(self) -> None:

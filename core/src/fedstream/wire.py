@@ -33,6 +33,17 @@ class ChunkFrame:
         return "chunk"
 
 
+class EncodedChunk:
+    """A chunk message serialized once, sent as it is by every stream that sends it (many
+    downloads of one version share one encoding of each block)."""
+
+    __slots__ = ("raw", "size")
+
+    def __init__(self, chunk: Chunk) -> None:
+        self.raw = encode(chunk)
+        self.size = len(chunk.data)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -54,11 +65,19 @@ def _read_varint(raw: bytes, pos: int) -> tuple[int, int] | None:
 
 
 def serialize(message: Any) -> bytes:
-    """Serializes a ChunkFrame with one copy of its data, anything else with protobuf."""
-    if not isinstance(message, ChunkFrame):
-        data: bytes = message.SerializeToString()
-        return data
-    c = message.chunk
+    """Serializes a ChunkFrame with one copy of its data, an EncodedChunk as it is, anything
+    else with protobuf."""
+    if isinstance(message, ChunkFrame):
+        return encode(message.chunk)
+    if isinstance(message, EncodedChunk):
+        return message.raw
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def encode(c: Chunk) -> bytes:
+    """The chunk-carrying message of ``c`` (field 2 of an upload request or a download
+    response), with one copy of its data."""
     size = len(c.data)
     head = (bytes([_OFFSET]) + _varint(c.offset) if c.offset else b"") + bytes([_DATA]) + _varint(size)
     tail = bytes([_CRC]) + c.crc32c.to_bytes(4, "little")

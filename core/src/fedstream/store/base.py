@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -113,13 +115,22 @@ def version_from_manifest(version: str, layout: Layout, metadata: dict[str, str]
         raise CorruptModel(f"model {version} is corrupt: unreadable manifest") from None
 
 
+# Elements checked for finiteness at a time: the check's temporaries stay small and are reused
+# from the heap, instead of a model-sized one touched afresh for every tensor.
+_FINITE_PIECE = 1 << 18
+
+
 def _non_finite(spec: TensorSpec, data: memoryview) -> int:
     """The index of the first NaN or infinite value of whole elements of ``spec``, or -1."""
     raw = np.frombuffer(data, dtype=spec.dt.storage)
-    # bfloat16 travels as its bits: all exponent bits set is NaN or an infinity.
-    bad = (raw & 0x7F80) == 0x7F80 if spec.dt.name == "bfloat16" else ~np.isfinite(raw)
-    hits = np.flatnonzero(bad)
-    return int(hits[0]) if hits.size else -1
+    bfloat16 = spec.dt.name == "bfloat16"
+    for lo in range(0, raw.size, _FINITE_PIECE):
+        piece = raw[lo : lo + _FINITE_PIECE]
+        # bfloat16 travels as its bits: all exponent bits set is NaN or an infinity.
+        bad = (piece & 0x7F80) == 0x7F80 if bfloat16 else ~np.isfinite(piece)
+        if bad.any():
+            return lo + int(np.flatnonzero(bad)[0])
+    return -1
 
 
 class FiniteValues:
@@ -188,6 +199,20 @@ def read_back(info: ModelVersion, open_stored: Callable[[], ModelReader]) -> Non
         raise CorruptModel(f"model {info.version} does not read back as written: {e.public}") from None
 
 
+# Writes at least this large are hashed in a thread beside the rest of the write.
+PARALLEL_HASH_BYTES = 1 << 20
+_HASHER: ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _HASHER
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
+        return _HASHER
+
+
 class ModelWriter(ABC):
     """Takes a version's bytes in order; ``commit`` makes it visible, ``abort`` drops it."""
 
@@ -212,9 +237,20 @@ class ModelWriter(ABC):
             raise InvalidArgument(
                 f"model {self.version}: write past the layout's {self.layout.total_bytes} bytes"
             )
+        # SHA-256 (which releases the GIL) runs beside the checks and the write; it is done
+        # before this returns, so the caller may reuse its buffer and the digest stays in order.
+        hashing = _hasher().submit(self._hash.update, data) if len(data) >= PARALLEL_HASH_BYTES else None
+        try:
+            if hashing is None:
+                self._hash.update(data)
+            self._checked_write(data)
+        finally:
+            if hashing is not None:
+                hashing.result()
+
+    def _checked_write(self, data: memoryview) -> None:
         if self._finite is not None:
             self._finite.feed(data)
-        self._hash.update(data)
         rest = data
         while rest:
             take = min(self.block_bytes - self._fill, len(rest))
@@ -287,31 +323,43 @@ class ModelReader(ABC):
         if not info.block_bytes:
             yield from (c for c in self._iter_hashed(chunk_bytes) if c.offset >= start)
             return
-        expected = -(-total // info.block_bytes)
-        if len(info.block_crcs) != expected:
-            raise CorruptModel(
-                f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
-                f"{expected} blocks"
-            )
+        self.block_count()
         blocks = self._iter_verified_blocks(start // info.block_bytes)
         if chunk_bytes == info.block_bytes and start % info.block_bytes == 0:
             yield from blocks
         else:
             yield from rechunk(_skip_to(blocks, start), chunk_bytes, start)
 
-    def _iter_verified_blocks(self, first: int = 0) -> Iterator[Chunk]:
+    def block_count(self) -> int:
+        """How many blocks of ``info.block_bytes`` the version's data has (0 for a version
+        without a block table); raises CorruptModel when its table does not cover them."""
         info = self.info
-        total = self.layout.total_bytes
-        for i in range(first, -(-total // info.block_bytes)):
-            offset = i * info.block_bytes
-            data = self.read_at(offset, min(info.block_bytes, total - offset))
-            crc = crc32c(data)
-            if crc != info.block_crcs[i]:
-                raise CorruptModel(
-                    f"model {info.version} is corrupt: checksum mismatch in bytes "
-                    f"{offset}..{offset + len(data)}"
-                )
-            yield Chunk(offset, data, crc)
+        if not info.block_bytes:
+            return 0
+        expected = -(-self.layout.total_bytes // info.block_bytes)
+        if len(info.block_crcs) != expected:
+            raise CorruptModel(
+                f"model {info.version} is corrupt: {len(info.block_crcs)} block checksums for "
+                f"{expected} blocks"
+            )
+        return expected
+
+    def verified_block(self, i: int) -> Chunk:
+        """Block ``i`` of a version with a block table, checked against the CRC recorded at
+        write time (CorruptModel otherwise)."""
+        info = self.info
+        offset = i * info.block_bytes
+        data = self.read_at(offset, min(info.block_bytes, self.layout.total_bytes - offset))
+        crc = crc32c(data)
+        if crc != info.block_crcs[i]:
+            raise CorruptModel(
+                f"model {info.version} is corrupt: checksum mismatch in bytes {offset}..{offset + len(data)}"
+            )
+        return Chunk(offset, data, crc)
+
+    def _iter_verified_blocks(self, first: int = 0) -> Iterator[Chunk]:
+        for i in range(first, self.block_count()):
+            yield self.verified_block(i)
 
     def _iter_hashed(self, chunk_bytes: int) -> Iterator[Chunk]:
         digest = hashlib.sha256()

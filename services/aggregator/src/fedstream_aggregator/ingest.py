@@ -328,8 +328,10 @@ class Ingest:
         try:
             if spool is None:
                 spool = self.spools.acquire(header.layout.total_bytes)
-            sink = partial.write if partial is not None else spool.write
-            receiver = ChunkReceiver(header.layout, sink, header.resume_offset if partial is not None else 0)
+            if partial is not None:  # its log takes the verified CRCs, not computed again
+                receiver = ChunkReceiver(header.layout, None, header.resume_offset, crc_sink=partial.write)
+            else:
+                receiver = ChunkReceiver(header.layout, spool.write)
             for offset, data, crc in chunks:
                 receiver.accept(offset, data, crc)
             receiver.finish()

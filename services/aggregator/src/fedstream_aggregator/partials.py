@@ -29,7 +29,7 @@ from fedstream.metrics import LIMIT_HITS
 from fedstream.tensors import Layout, crc32c
 from fedstream_aggregator import background
 from fedstream_aggregator.rounds import RoundTable
-from fedstream_aggregator.spool import Spool
+from fedstream_aggregator.spool import Spool, SpoolPool
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class Partial:
     log_fd: int = -1
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Writes a verified chunk, then logs it: a logged chunk's bytes are in the file."""
+    def write(self, offset: int, data: bytes | memoryview, crc: int) -> None:
+        """Writes a chunk verified against ``crc`` (its CRC-32C), then logs it: a logged
+        chunk's bytes are in the file."""
         self.spool.write(offset, data)
-        os.write(self.log_fd, _ENTRY.pack(offset, len(data), crc32c(data)))
+        os.write(self.log_fd, _ENTRY.pack(offset, len(data), crc))
         self.offset = offset + len(data)
 
     def close_log(self) -> None:
@@ -83,9 +84,13 @@ class PartialUploads:
 
     def __init__(
         self, directory: Path, table: RoundTable, *, tenant: str,
-        ttl_s: float = DEFAULT_TTL_S, max_bytes: int = DEFAULT_MAX_BYTES,
+        ttl_s: float = DEFAULT_TTL_S, max_bytes: int = DEFAULT_MAX_BYTES, spools: SpoolPool | None = None,
     ) -> None:
+        """``spools``: where a new partial upload takes its file from (an idle one, moved here,
+        whose blocks and cached pages exist already: rewriting them is much cheaper than
+        writing a new file); a counted upload's file goes back there (``done``)."""
         self.directory = directory
+        self.spools = spools
         self.table = table
         self.tenant = tenant
         self.ttl_s = ttl_s
@@ -164,12 +169,7 @@ class PartialUploads:
         self.directory.mkdir(parents=True, exist_ok=True)
         stem = self.directory / name
         _unlink(stem.with_suffix(".bin"), stem.with_suffix(".log"), stem.with_suffix(".json"))
-        spool = Spool.at(stem.with_suffix(".bin"))
-        try:
-            spool.reserve(total)
-        except ResourceExhausted:
-            spool.close()
-            raise
+        spool = self._file_for(stem.with_suffix(".bin"), total)
         record = {"run_id": run_id, "round": round_, "agent_id": agent, "upload_id": upload_id,
                   "layout_digest": layout_digest, "total_bytes": total}
         tmp = stem.with_suffix(".json.tmp")
@@ -177,6 +177,26 @@ class PartialUploads:
         os.replace(tmp, stem.with_suffix(".json"))
         log_fd = os.open(stem.with_suffix(".log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
         return Partial(key, upload_id, layout_digest, total, spool, stem, touched=self.table.clock(), log_fd=log_fd)
+
+    def _file_for(self, path: Path, total: int) -> Spool:
+        """A spool at ``path`` with room for ``total`` bytes: the pool's idle file moved there
+        when it has one, else a new file. Raises ResourceExhausted when the disk has no room."""
+        if self.spools is not None:
+            spool = self.spools.acquire(total)
+            try:
+                os.replace(spool.path, path)
+            except OSError:  # another file system: a file of its own then
+                spool.close()
+            else:
+                spool.path = path
+                return spool
+        spool = Spool.at(path)
+        try:
+            spool.reserve(total)
+        except ResourceExhausted:
+            spool.close()
+            raise
+        return spool
 
     def suspend(self, partial: Partial) -> None:
         """A stream of ``partial`` ended before its last byte: it is kept for a resume."""

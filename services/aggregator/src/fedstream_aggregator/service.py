@@ -47,7 +47,7 @@ from fedstream_aggregator.opening import Opener, RoundFactory
 from fedstream_aggregator.partials import PartialUploads
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable
-from fedstream_aggregator.serving import check_download_chunk_bytes, open_model
+from fedstream_aggregator.serving import Message, SharedBlocks, check_download_chunk_bytes, open_model
 from fedstream_aggregator.spool import SpoolPool, remove_dead_spools
 
 __all__ = ["AggregatorService", "LeafLink", "RoundPlan", "RoundSnapshot", "UpdateHeader"]
@@ -80,6 +80,7 @@ class AggregatorService:
         self.download_chunk_bytes = (DEFAULT_MIN_DOWNLOAD_CHUNK_BYTES, MAX_CHUNK_BYTES)
         remove_dead_spools(Path(spool_dir))
         self.spools = SpoolPool(Path(spool_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.shared_blocks = SharedBlocks()
         self.journal = Journal(state, journal)
         self.rounds = RoundTable(clock, self._on_deadline)
         self.hierarchy = Hierarchy(leaves, self.rounds, self.journal, store, self.spools, chunk_bytes=chunk_bytes)
@@ -100,7 +101,8 @@ class AggregatorService:
         self.opener = Opener(self.rounds, self.journal, factory, self.recovery, self.hierarchy, distiller)
         # Cut resumable uploads, kept apart per journal in a directory that outlives the process.
         self.partials = PartialUploads(
-            Path(spool_dir) / "partial" / (journal.replace("/", "-") or "main"), self.rounds, tenant=state.tenant
+            Path(spool_dir) / "partial" / (journal.replace("/", "-") or "main"), self.rounds, tenant=state.tenant,
+            spools=self.spools,
         )
         self.ingest = Ingest(
             self.rounds, self.journal, store, self.spools, self.hierarchy, self.committer, self.partials,
@@ -180,12 +182,14 @@ class AggregatorService:
 
     def open_model(
         self, run_id: str, version: str, chunk_bytes: int, offset: int = 0
-    ) -> tuple[ModelVersion, Iterator[Chunk]]:
-        """See ``serving.open_model``; ``chunk_bytes`` 0 means this aggregator's, any other must be
-        within ``download_chunk_bytes``."""
+    ) -> tuple[ModelVersion, Iterator[Message]]:
+        """See ``serving.open_model`` (downloads at the same time share their blocks);
+        ``chunk_bytes`` 0 means this aggregator's, any other must be within ``download_chunk_bytes``."""
         if chunk_bytes:
             check_download_chunk_bytes(self.state.tenant, chunk_bytes, self.download_chunk_bytes)
-        return open_model(self.store, self.state.tenant, run_id, version, chunk_bytes or self.chunk_bytes, offset)
+        return open_model(
+            self.store, self.state.tenant, run_id, version, chunk_bytes or self.chunk_bytes, offset, self.shared_blocks
+        )
 
     def close(self) -> None:
         """Disarms every deadline, stops following leaves and deletes idle spool files."""

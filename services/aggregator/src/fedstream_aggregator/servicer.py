@@ -38,7 +38,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     @translate_errors
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadModelResponse | wire.ChunkFrame]:
+    ) -> Iterator[pb.DownloadModelResponse | wire.ChunkFrame | wire.EncodedChunk]:
         agent = ""
         if not self.guard.tls or self.guard.caller(context).identity.role == "agent":
             agent = self.guard.agent(context)
@@ -55,8 +55,8 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
                 )
             )
             stream.touch()
-            for chunk in chunks:
-                yield wire.ChunkFrame(chunk)
+            for message in chunks:
+                yield message
                 stream.touch()
 
     def _limited(self, limit: str) -> None:
