@@ -76,11 +76,15 @@ class SharedBlocks:
                     return hit
             try:
                 encoded = wire.EncodedChunk(load())
-            finally:
+            except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
+                raise
             with self._lock:
+                # Kept and no longer loading in one step: a stream asking in between would
+                # otherwise find neither and load the block again.
                 self._keep(key, encoded)
+                self._loading.pop(key, None)
             return encoded
 
     def _hit(self, key: BlockKey) -> wire.EncodedChunk | None:
