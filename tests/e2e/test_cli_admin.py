@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from safetensors import safe_open
@@ -128,13 +129,27 @@ def test_following_a_run_survives_a_scheduler_restart(tmp_path):
             reply = httpx.get(f"{api}/runs/restarted", headers=headers, timeout=10)
             return int(reply.json()["rounds_committed"]) if reply.status_code == 200 else 0
 
+        lines: list[str] = []
+
+        def read_stderr() -> None:
+            for line in follower.stderr:
+                lines.append(line)
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
         try:
             wait_until(lambda: committed() >= 1, timeout=120, what="a round of the run committed")
             old = next(p for n, p in fed.procs if n == "scheduler")
             old.send_signal(signal.SIGTERM)
             assert old.wait(timeout=30) == 0
+            # The scheduler comes back only once the follower has met the outage (it polls once a second).
+            wait_until(lambda: any("admin API unreachable" in line for line in lines), timeout=60,
+                       what="the follower to find the admin API gone")
             fed.start_scheduler(agg, {**settings, **ports}, name="scheduler-again")
-            out, err = follower.communicate(timeout=300)
+            follower.wait(timeout=300)
+            out = follower.stdout.read()
+            reader.join(30)
+            err = "".join(lines)
         finally:
             follower.kill()
         log = fed.tail("scheduler-again", 40)
