@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -117,7 +117,7 @@ class DelayRelay:
         try:
             await asyncio.gather(
                 self._pump(reader, up_writer, self._traffic[(name, peer, UP)]),
-                self._pump(up_reader, writer, None),
+                self._pump(up_reader, writer, None, acked.wrote),
                 return_exceptions=True,
             )
         finally:
@@ -126,10 +126,11 @@ class DelayRelay:
             for w in conn:
                 w.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bins: Bins | None) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bins: Bins | None,
+                    wrote: Callable[[int], None] | None = None) -> None:
         """Copies ``reader`` to ``writer``, each piece no earlier than ``delay_s`` after it
         arrived, in order; reads pause while ``hold_bytes`` are waiting. What it reads is
-        counted in ``bins``."""
+        counted in ``bins``; what it writes is told to ``wrote``."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         room = asyncio.Event()
@@ -146,6 +147,8 @@ class DelayRelay:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
+                if wrote is not None:
+                    wrote(len(data))
                 writer.write(data)
                 await writer.drain()
                 held -= len(data)
@@ -256,6 +259,12 @@ class _AckCounter:
 
     def __init__(self, sock: socket.socket, bins: Bins) -> None:
         self._sock, self._bins, self._last = sock, bins, 0
+        self._written = 0
+
+    def wrote(self, n: int) -> None:
+        """``n`` more bytes were written to the socket: at most that many can be acknowledged
+        (the kernel's count also takes in the FIN once the connection closes)."""
+        self._written += n
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -266,10 +275,13 @@ class _AckCounter:
 
     def sample(self) -> bool:
         acked = _bytes_acked(self._sock)
+        if acked < 0:
+            return False
+        acked = min(acked, self._written)
         if acked > self._last:
             _count(self._bins, acked - self._last)
             self._last = acked
-        return acked >= 0
+        return True
 
     def stop(self) -> None:
         if not self._task.done():
