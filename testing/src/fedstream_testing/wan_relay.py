@@ -260,12 +260,12 @@ class _AckCounter:
     def __init__(self, sock: socket.socket, bins: Bins) -> None:
         self._sock, self._bins, self._last = sock, bins, 0
         self._written = 0
+        self._task = asyncio.create_task(self._run())
 
     def wrote(self, n: int) -> None:
         """``n`` more bytes were written to the socket: at most that many can be acknowledged
         (the kernel's count also takes in the FIN once the connection closes)."""
         self._written += n
-        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:  # polling: the kernel has no event for acknowledgements
