@@ -61,9 +61,9 @@ def client(address: str, version: str, pki: str, first: int, count: int) -> None
 def measure(agents: int, size: int) -> dict[str, float]:
     """Starts an aggregator over a stored model of ``size`` bytes and lets ``agents``
     downloaders fetch it at once; returns the aggregator's figures."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from run import make_model, start_aggregator, store_model
+    import psutil
 
+    from fedstream_testing.benchmodels import make_model, start_simulated_aggregator, store_model
     from fedstream_testing.local import LocalFederation
 
     layout, arrays = make_model(size)
@@ -73,7 +73,8 @@ def measure(agents: int, size: int) -> dict[str, float]:
         try:
             store_model(work / "models", "fan/000000", layout, arrays)
             del arrays
-            addr, proc = start_aggregator(procs)
+            addr, pid = start_simulated_aggregator(procs)
+            proc = psutil.Process(pid)
             time.sleep(1.0)
             idle = proc.memory_info().rss
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")

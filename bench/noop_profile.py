@@ -13,7 +13,6 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,8 @@ import psutil
 
 from fedstream.memtune import tune_allocator
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_testing.benchmodels import MB, make_model, start_simulated_aggregator, store_model
 from fedstream_testing.local import LocalFederation
-
-sys.path.insert(0, str(Path(__file__).parent))
-from run import MB, make_model, start_aggregator, store_model
 
 
 def profile(rounds: int, agents: int, perf_dir: Path | None) -> None:
@@ -37,7 +34,8 @@ def profile(rounds: int, agents: int, perf_dir: Path | None) -> None:
         try:
             store_model(work / "models", "seed/000000", layout, arrays)
             del arrays
-            addr, aggregator = start_aggregator(procs)
+            addr, pid = start_simulated_aggregator(procs)
+            aggregator = psutil.Process(pid)
             sched_addr = procs.start_scheduler(addr, {"LOG__LEVEL": "WARNING"})
             watched = {"aggregator": aggregator, "scheduler": psutil.Process(procs.pid("scheduler"))}
             for i in range(agents):

@@ -35,37 +35,16 @@ import psutil
 
 from fedstream.grpcutil import channel
 from fedstream.memtune import tune_allocator
-from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import upload_update
 from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2, scheduler_pb2, scheduler_pb2_grpc
+from fedstream_testing.benchmodels import MB, MiB, make_model, start_simulated_aggregator, store_model
 from fedstream_testing.local import LocalFederation
-
-MB = 1_000_000
-MiB = 1 << 20
-
-
-def make_model(total_bytes: int, tensor_bytes: int = 4 * MiB, seed: int = 0) -> tuple[Layout, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    n = max(1, total_bytes // tensor_bytes)
-    elems = total_bytes // n // 4
-    layout = Layout.build((f"layer{i}.weight", "float32", (elems,)) for i in range(n))
-    arrays = [rng.standard_normal(elems, dtype=np.float32) for _ in range(n)]
-    return layout, arrays
-
-
-def store_model(root: Path, version: str, layout: Layout, arrays: list[np.ndarray]) -> None:
-    store = LocalModelStore(root, "default")
-    with store.writer(version, layout, {}) as w:
-        for a in arrays:
-            w.write(memoryview(a))
-        w.commit()
 
 
 def start_aggregator(procs: LocalFederation) -> tuple[str, psutil.Process]:
-    # Agents simulated here are in no scheduler's registry: the aggregator keeps its own state.
-    addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
-    return addr, psutil.Process(procs.pid("aggregator"))
+    addr, pid = start_simulated_aggregator(procs)
+    return addr, psutil.Process(pid)
 
 
 def open_round(procs: LocalFederation, addr: str, run: str, participants: list[str], base: str, round_: int = 1) -> None:
