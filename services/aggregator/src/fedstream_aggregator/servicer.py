@@ -46,18 +46,21 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             info, chunks = self.service.open_model(
                 request.run_id, request.version, request.chunk_bytes, request.offset
             )
-            # Each yield returns once flow control lets the message out: a client that stops
-            # reading stops the touches, and the watch ends the stream.
+            # Each yield returns once flow control lets the message out: the client's turn is
+            # the yield (a client that stops reading is ended by the watch); reading and
+            # checking the next block is the server's.
+            stream.touch()
             yield pb.DownloadModelResponse(
                 header=pb.ModelHeader(
                     version=info.version, layout=info.layout.to_proto(), metadata=info.metadata,
                     offset=request.offset,
                 )
             )
-            stream.touch()
+            stream.hold()
             for message in chunks:
-                yield message
                 stream.touch()
+                yield message
+                stream.hold()
 
     def _limited(self, limit: str) -> None:
         LIMIT_HITS.labels(self.service.state.tenant, "aggregator", limit).inc()
@@ -117,11 +120,12 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
     def _next(requests: Iterator[pb.UploadUpdateRequest], stream: WatchedStream) -> pb.UploadUpdateRequest | None:
         """The stream's next message, None at its end; raises the reason the server ended it,
         or StreamEnded when the client went away."""
+        stream.touch()
         try:
             msg = next(requests, None)
         except grpc.RpcError:
             raise stream.ended or StreamEnded("the client cancelled the upload") from None
-        stream.touch()
+        stream.hold()  # what the server does with it (spool, verify, fold) is not the client's silence
         return msg
 
     def _chunks(
@@ -134,8 +138,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             if wait > 0:
                 # Slowed, not refused: the stream's flow control holds the sender back.
                 self._limited("chunks_per_s")
-                time.sleep(wait)
-                stream.touch()  # the wait was the server's, not the sender's
+                time.sleep(wait)  # held: the wait is the server's, not the sender's
             yield msg.chunk.offset, msg.chunk.data, msg.chunk.crc32c
 
 

@@ -5,6 +5,7 @@ updates, so that its thread, slot and spool are freed."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,9 @@ CHECK_S = 0.25
 
 
 class WatchedStream:
-    """One open stream: ``touch`` on every message; ``end`` ends it (once) with a reason, which
-    ``ended`` then holds as the error the stream's handler raises."""
+    """One open stream: ``touch`` when the server starts waiting on the client, ``hold`` while
+    the server works; ``end`` ends it (once) with a reason, which ``ended`` then holds as the
+    error the stream's handler raises."""
 
     def __init__(self, end: Callable[[FedstreamError], None], clock: Callable[[], float], idle: str) -> None:
         self._end = end
@@ -30,7 +32,14 @@ class WatchedStream:
         self._lock = threading.Lock()
 
     def touch(self) -> None:
+        """The client's turn starts: its silence counts from now."""
         self.last = self._clock()
+
+    def hold(self) -> None:
+        """The server's turn: until the next ``touch`` nothing counts as the client's silence
+        (the server's own work on a message, a slow disk or a fold under load, never ends a
+        stream as idle)."""
+        self.last = math.inf
 
     def end(self, error: FedstreamError) -> None:
         with self._lock:
