@@ -44,7 +44,7 @@ from fedstream.transfer import download_call, upload_call
 from fedstream.v1 import aggregator_pb2, aggregator_pb2_grpc, round_pb2
 from fedstream.wire import ChunkFrame
 from fedstream_testing.local import LocalFederation
-from fedstream_testing.servers import S3Server
+from fedstream_testing.servers import DiskS3Server
 
 GiB, MiB = 1 << 30, 1 << 20
 CHUNK = 1 * MiB
@@ -150,16 +150,20 @@ class DiskPeak(threading.Thread):
 
 def one_store(kind: str, args: argparse.Namespace, layout: Layout, work: Path) -> dict[str, Any]:
     fed = LocalFederation(work)
-    s3 = S3Server().start() if kind == "s3" else None
+    # The S3 server keeps objects on the disk (rclone): moto, the tests' server, holds them in
+    # memory and assembles a multipart object there several times over (killed for memory at 6 GiB).
+    s3 = DiskS3Server(work / "s3").start("fedstream", "fedstream-secret") if kind == "s3" else None
     try:
-        settings = {"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory",
+        settings = {"LOG__LEVEL": args.aggregator_log_level, "STATE__BACKEND": "memory",
                     "ACCUMULATOR_MEMORY_BUDGET_BYTES": str(int(args.budget_mib * MiB))}
         if s3 is not None:
-            s3_settings = S3Settings(endpoint=s3.endpoint, access_key="b", secret_key="b", bucket="large")
+            s3_settings = S3Settings(endpoint=s3.endpoint, access_key="fedstream", secret_key="fedstream-secret",
+                                     bucket="large", region="us-east-1")
             store: ModelStore = S3ModelStore(make_client(s3_settings), s3_settings, work / "staging", fed.tenant)
             store.ensure_bucket()
-            settings |= {"STORE__BACKEND": "s3", "STORE__S3__ENDPOINT": s3.endpoint, "STORE__S3__ACCESS_KEY": "b",
-                         "STORE__S3__SECRET_KEY": "b", "STORE__S3__BUCKET": "large"}
+            settings |= {"STORE__BACKEND": "s3", "STORE__S3__ENDPOINT": s3.endpoint, "STORE__S3__ACCESS_KEY": "fedstream",
+                         "STORE__S3__SECRET_KEY": "fedstream-secret", "STORE__S3__BUCKET": "large",
+                         "STORE__S3__REGION": "us-east-1"}
         else:
             store = LocalModelStore(work / "models", fed.tenant)
         write_base(store, layout, args.dtype)
@@ -172,7 +176,7 @@ def one_store(kind: str, args: argparse.Namespace, layout: Layout, work: Path) -
 
 
 def round_figures(kind: str, args: argparse.Namespace, layout: Layout, fed: LocalFederation, addr: str,
-                  store: ModelStore, work: Path, s3: S3Server | None) -> dict[str, Any]:
+                  store: ModelStore, work: Path, s3: DiskS3Server | None) -> dict[str, Any]:
     agg_pid = fed.pid("aggregator")
     names = [f"agent-{i}" for i in range(args.agents)]
     for name in names:
@@ -204,6 +208,9 @@ def round_figures(kind: str, args: argparse.Namespace, layout: Layout, fed: Loca
     for p in procs:
         p.join()
     disk.done.set()
+    failed = [n for n, p in zip(names, procs, strict=True) if p.exitcode != 0]
+    if failed:
+        raise SystemExit(f"{kind}: agents {', '.join(failed)} failed (their tracebacks are above)")
     io_after = io_bytes(agg_pid)
     agents = [json.loads((work / f"{n}.json").read_text()) for n in names]
     check_mean(store, version, args.agents, args.dtype)
@@ -240,6 +247,7 @@ def main() -> int:
     parser.add_argument("--stores", default="local,s3", help="model stores to run on, comma-separated")
     parser.add_argument("--workdir", type=Path, default=None, help="where files go (default: the temporary directory)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--aggregator-log-level", default="WARNING", help="INFO logs each update's fold time")
     args = parser.parse_args()
     item = 2 if args.dtype == "bfloat16" else 4
     total = int(args.size_gib * GiB) // CHUNK * CHUNK

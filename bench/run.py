@@ -10,13 +10,16 @@
              agents and a 100 MB model, the three services as separate processes (median),
              beside bare gRPC moving the same bytes with the same TLS and options (the floor)
 
+  side       the no-op round (as noop, 3 rounds, median of rounds 2-3) at 4 and 10 agents and 10
+             and 100 MB, with the aggregator's peak resident memory as a multiple of the model
+
   fanout     the aggregator's CPU seconds and peak resident memory while 50 agents download a
              128 MiB model at once (bench/fanout.py --agents 50 --mib 1024 for the 1 GiB figure)
 
   s3         commit of a 512 MiB model to the S3 test server and read back (MB/s each way)
   redis      round state transition latency against a real redis-server (p50/p99 of 10,000)
 
-Usage: python bench/run.py [upload|memory|settle|noop|fanout|s3|redis ...]   (make bench runs them all)
+Usage: python bench/run.py [upload|memory|settle|noop|side|fanout|s3|redis ...]   (make bench runs them all)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -153,24 +157,29 @@ def _vm_hwm(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
-def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
-    layout, arrays = make_model(100 * MB)
+def noop_rounds(agents: int, model_bytes: int, rounds: int) -> dict[str, Any]:
+    """No-op rounds of ``agents`` agent processes on a model of about ``model_bytes``: the
+    median round after the first (which pays for the agents' connection set-up), every round's
+    time, and the aggregator's peak resident memory (VmHWM) and its resident memory before
+    the run."""
+    layout, arrays = make_model(model_bytes)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         procs = LocalFederation(work)
         try:
             store_model(work / "models", "seed/000000", layout, arrays)
             del arrays
-            addr, _ = start_aggregator(procs)
+            addr, agg = start_aggregator(procs)
             sched_addr = procs.start_scheduler(addr, {"LOG__LEVEL": "WARNING"})
             for i in range(agents):
                 procs.start_agent(f"agent-{i}", sched_addr, i, agents, {
                     "DEVICE": "cpu",
                     "LOG__LEVEL": "WARNING",
                 })
+            idle = agg.memory_info().rss
             runs = scheduler_pb2_grpc.RunServiceStub(procs.channel(sched_addr))
             run = runs.StartRun(scheduler_pb2.StartRunRequest(spec=scheduler_pb2.RunSpec(
-                task="digits", rounds=rounds, min_agents=agents, round_timeout_s=120,
+                task="digits", rounds=rounds, min_agents=agents, round_timeout_s=300,
                 initial_version="seed/000000", wait_for_agents_s=120,
                 training=round_pb2.TrainingConfig(no_op=True),
             )), timeout=10)
@@ -178,20 +187,47 @@ def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
             for update in runs.WatchRun(scheduler_pb2.GetRunRequest(run_id=run.run_id)):
                 procs.check_alive()
                 final = update
+            peak = _vm_hwm(agg.pid)
         finally:
             procs.stop()
     assert final is not None and final.state == scheduler_pb2.RUN_STATE_SUCCEEDED, final
     times = [r.finished_unix - r.started_unix for r in final.rounds]
-    med = statistics.median(times[1:])  # the first round pays for the agents' connection set-up
+    return {"median_s": statistics.median(times[1:]), "times": times, "model_bytes": layout.total_bytes,
+            "aggregator_peak_rss": peak, "aggregator_idle_rss": idle}
+
+
+def bench_noop(agents: int = 4, rounds: int = 6) -> dict[str, float]:
+    r = noop_rounds(agents, 100 * MB, rounds)
+    med, times = r["median_s"], r["times"]
     from transport_floor import measure
 
     # The floor with what the round used: mutual TLS, the services' gRPC options (and plaintext, for TLS's share).
     floor, plain = measure(agents, tls=True), measure(agents, tls=False)
-    print(f"noop: {agents} agents, {layout.total_bytes / MB:.0f} MB model, separate processes, mutual TLS: "
+    print(f"noop: {agents} agents, {r['model_bytes'] / MB:.0f} MB model, separate processes, mutual TLS: "
           f"median round {med:.2f} s over rounds 2..{rounds} (all: {', '.join(f'{t:.2f}' for t in times)}); "
           f"bare gRPC moving the same bytes over mutual TLS: {floor:.2f} s ({med / floor:.1f}x), in plaintext: "
           f"{plain:.2f} s")
     return {"noop_round_s": med, "transport_floor_s": floor, "transport_floor_plaintext_s": plain}
+
+
+# The side-by-side configurations: (agents, model MB).
+SIDE = ((4, 100), (10, 100), (4, 10), (10, 10))
+
+
+def bench_side(rounds: int = 3) -> dict[str, float]:
+    """The no-op round at each of SIDE's sizes: median of rounds 2..3, and the aggregator's peak
+    resident memory as a multiple of the model (all of it, and above its idle)."""
+    out: dict[str, float] = {}
+    for agents, mb in SIDE:
+        r = noop_rounds(agents, mb * MB, rounds)
+        model, peak, idle = r["model_bytes"], r["aggregator_peak_rss"], r["aggregator_idle_rss"]
+        print(f"side: {agents} agents x {mb} MB, no-op, mutual TLS, {rounds} rounds: median round "
+              f"{r['median_s']:.2f} s (all: {', '.join(f'{t:.2f}' for t in r['times'])}); aggregator peak RSS "
+              f"{peak / MiB:.0f} MiB = {peak / model:.1f}x the model ({(peak - idle) / model:.1f}x above its "
+              f"idle {idle / MiB:.0f} MiB)")
+        out[f"side_{agents}x{mb}_round_s"] = r["median_s"]
+        out[f"side_{agents}x{mb}_peak_x_model"] = peak / model
+    return out
 
 
 def bench_fanout(agents: int = 50, mib: int = 128) -> dict[str, float]:
@@ -277,6 +313,7 @@ BENCHES = {
     "settle": bench_settle,
     "noop": bench_noop,
     "fanout": bench_fanout,
+    "side": bench_side,
     "s3": bench_s3,
     "redis": bench_redis,
 }

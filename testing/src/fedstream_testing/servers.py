@@ -106,6 +106,39 @@ class S3Server(_Server):
 
 
 
+class DiskS3Server(_Server):
+    """rclone's S3 server over a directory: objects and multipart uploads go to the disk, never
+    into the server's memory (moto keeps objects in memory and assembles a multipart object
+    there several times over: a 6 GiB model does not fit a 24 GiB machine). Any access key and
+    secret given to ``start`` sign requests."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, access_key: str, secret_key: str) -> DiskS3Server:
+        binary = Path(sys.executable).parent / "rclone"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(binary), "serve", "s3", str(self.root), "--addr", self.endpoint,
+             "--auth-key", f"{access_key},{secret_key}", "--config", "/dev/null"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        give_up = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > give_up or self.proc.poll() is not None:
+                    raise RuntimeError("rclone serve s3 did not start") from None
+                time.sleep(0.1)
+
+
 class TcpProxy:
     """A TCP relay on loopback that a test can cut (every connection closed, new ones refused)
     and restore: a network outage between a service and its server."""
