@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedstream_scheduler.models import RunSpec
-from fedstream_scheduler.round_driver import selection_size
+from fedstream_scheduler.selection import selection_size
 
 
 @pytest.mark.parametrize(
