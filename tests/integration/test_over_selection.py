@@ -1,7 +1,7 @@
 """Over-selected rounds on a real aggregator over gRPC: a round closes and commits on its
 ``target_updates``-th update, well before its deadline; an upload that comes after the close is
 refused as late (FAILED_PRECONDITION, code round_closed), counted nowhere, and the version is
-the mean of the updates that made it."""
+the mean of the updates that made it. The agents' measured speeds are kept in the state store."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from prometheus_client import REGISTRY
 
 from fedstream.errors import RoundClosed
 from fedstream.grpcutil import error_code_of
+from fedstream.state import AgentRecord, SQLiteStateStore
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
+from fedstream_scheduler.speeds import Speeds
 from fedstream_testing.helpers import as_float, layout_of, random_model, store_model
 from fedstream_testing.support import plan, wait_terminal, wait_until
 from fedstream_testing.support import upload as upload_model
@@ -102,3 +104,21 @@ def test_a_target_outside_the_round_is_refused(control, target, least, message):
                           timeout=5)
 
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details() == message
+
+
+def test_measured_speeds_survive_a_restart_of_the_scheduler_state(tmp_path):
+    state = SQLiteStateStore(tmp_path / "state.db", "t1")
+    for agent in ("fast", "slow", "new"):
+        state.put_agent(AgentRecord(agent, tasks=["digits"]))
+    speeds = Speeds(state)
+    speeds.reported("digits", ["fast"], 4.0)
+    speeds.missed("digits", ["slow"], 5.0)  # not reported when its round closed 5 s in
+    speeds.reported("digits", ["fast"], 6.0)
+    speeds.reported("reid", ["slow"], 1.0)
+    speeds.reported("digits", ["deleted meanwhile"], 1.0)  # an agent gone is skipped
+    state.close()
+
+    again = Speeds(SQLiteStateStore(tmp_path / "state.db", "t1"))
+
+    assert again.of("digits") == {"fast": 5.0, "slow": 10.0}
+    assert again.of("reid") == {"slow": 1.0}
