@@ -113,6 +113,25 @@ def test_a_round_that_died_while_aggregating_is_committed_on_recovery(
     assert journal.list_aggregations() == []
 
 
+def test_a_round_that_reached_its_target_before_dying_closes_on_recovery(journal, model_store, tmp_path):
+    from fedstream.state import AggregationRecord
+
+    store_model(model_store, BASE, random_model(0, 8))
+    updates = {"a": (random_model(1, 8), 10), "b": (random_model(2, 8), 30)}
+    journal.create_aggregation(AggregationRecord(
+        RoundPlan(RUN, 1, RoundKind.TRAIN, BASE, ("a", "b", "c", "d"), 2, time.time() + 600, target_updates=2)))
+    for agent, (model, n) in updates.items():  # both counted, the close never happened
+        keep(model_store, agent, model)
+        journal.count_update(RUN, 1, agent, UpdateReport(agent, n, bytes_received=1, weight=float(n)))
+
+    second = make(journal, model_store, tmp_path, "two")
+    second.recover()
+    snap = wait_state(second, "committed")
+
+    assert sorted(r.agent_id for r in snap.reports) == ["a", "b"] and sorted(snap.stragglers) == ["c", "d"]
+    assert journal.get_aggregation(RUN, 1).state == "committed"
+
+
 def test_without_kept_updates_a_lost_round_fails_instead_of_miscounting(journal, model_store, tmp_path):
     store_model(model_store, BASE, random_model(0, 8))
     first = AggregatorService(journal, model_store, tmp_path / "one", chunk_bytes=4096, durable=False)

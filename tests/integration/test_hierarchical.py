@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fedstream_aggregator.hierarchy as hierarchy_module
+from fedstream.errors import RoundClosed
 from fedstream.events import joined
 from fedstream.grpcutil import channel
 from fedstream.state import MemoryStateStore
@@ -294,3 +295,28 @@ def test_reports_of_a_leaf_past_4_mib_reach_the_root_paged(tmp_path, model_store
     assert snapshot.state.value == "committed", snapshot.reason
     assert sorted(r.agent_id for r in snapshot.reports) == sorted(agents)
     assert all(r.metrics == metrics for r in snapshot.reports)
+
+
+def test_a_target_on_the_root_closes_the_round_and_its_leaves_refuse_later_uploads_as_late(tree, model_store):
+    store_model(model_store, BASE, random_model(0, 4))
+    root = pb_grpc.AggregatorControlStub(tree.channel(tree.root_endpoint))
+    response = root.OpenRound(plan(RUN, 1, ["a", "b", "c", "d"], base=BASE, min_updates=2, target_updates=2,
+                                   timeout=600), timeout=10)
+    models = {a: random_model(i + 1, 4) for i, a in enumerate("abc")}
+
+    for agent in "ab":  # one on each leaf
+        send(tree.channel(response.endpoints[agent]), agent, models[agent], 10)
+    event = wait_terminal(root, RUN, 1)  # long before the ten-minute deadline
+    with pytest.raises(grpc.RpcError) as late:
+        send(tree.channel(response.endpoints["c"]), "c", models["c"], 10)
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    assert sorted(r.agent_id for r in event.reports) == ["a", "b"]
+    assert sorted(event.stragglers) == ["c", "d"]
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert RoundClosed.is_closure(late.value.details())  # the leaf's share closed: its own count in the message
+    got = read(model_store, event.version)
+    for t in layout_of(models["a"]).tensors:
+        if t.dtype == "float32":
+            ref = sum(models[a][t.name][1].astype(np.float64) for a in "ab") / 2
+            np.testing.assert_allclose(got[t.name], ref, rtol=1e-5, atol=1e-6)

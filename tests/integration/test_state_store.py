@@ -138,6 +138,26 @@ class TestAgentRegistry:
         assert len(wins) == 1
         assert store.get_agent("a1").cert_serials == wins
 
+    def test_speeds_are_kept_with_the_record_and_no_update_of_them_is_lost(self, store):
+        store.put_agent(AgentRecord("a", speeds={"digits": 2.5}))
+        store.heartbeat("a", 3.0)
+
+        def bump(n: int) -> None:
+            for _ in range(n):
+                store.update_agent("a", lambda r: dataclasses.replace(
+                    r, speeds={**r.speeds, "digits": r.speeds["digits"] + 1.0}))
+
+        in_threads(4, lambda: bump(10))
+        store.update_agent("a", lambda r: dataclasses.replace(r, speeds={**r.speeds, "reid": 0.5}))
+        store.update_agent("a", lambda r: dataclasses.replace(r, labels={"site": "x"}))
+        store.heartbeat("a", 4.0)
+
+        got = store.get_agent("a")
+        assert got.speeds == {"digits": 42.5, "reid": 0.5}
+        assert [a.speeds for a in store.list_agents()] == [{"digits": 42.5, "reid": 0.5}]
+        got.speeds["digits"] = 0.0
+        assert store.get_agent("a").speeds["digits"] == 42.5  # a copy
+
     def test_records_are_copies(self, store):
         store.put_agent(AgentRecord("a", labels={"k": "v"}))
         got = store.get_agent("a")
@@ -342,6 +362,27 @@ OLD_AGGREGATION = {
 }
 
 
+OLD_AGENT = {
+    "agent_id": "old-site", "labels": {}, "capabilities": {"device": "cpu"}, "tasks": ["digits"],
+    "registered_unix": 1.0, "disabled": False, "cert_serials": [], "enrolled_unix": 0.0,
+}
+
+
+def store_raw_agent(store: StateStore, record: dict, heartbeat: float) -> None:
+    """Puts an agent's record into a backend as it was stored (its heartbeat beside it)."""
+    if isinstance(store, SQLiteStateStore):
+        with sqlite3.connect(store.db.path) as conn:
+            conn.execute("INSERT INTO agents VALUES ('t1', ?, ?, ?)",
+                         (record["agent_id"], json.dumps(record), heartbeat))
+    elif isinstance(store, RedisStateStore):
+        key = f"fedstream:t1:agent:{record['agent_id']}"
+        store.r.hset(key, mapping={"record": json.dumps(record), "heartbeat": repr(heartbeat)})
+        store.r.sadd("fedstream:t1:agents", record["agent_id"])
+    else:
+        assert isinstance(store, MemoryStateStore)
+        store._agents[record["agent_id"]] = AgentRecord(**record, last_heartbeat_unix=heartbeat)
+
+
 def store_raw(store: StateStore, key: str, record: dict, sorted_in: tuple[str, str, float] | None = None,
               listed_in: str = "") -> None:
     """Puts a record into a backend as it was stored. Redis gets the JSON under ``key`` and the
@@ -390,8 +431,17 @@ class TestStoredForms:
         assert (rnd.kind, rnd.state) == (RoundKind.TRAIN, RoundState.TRAINING)
         assert rnd.reports == [UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)]
         assert store.list_rounds("old") == [rnd]
+        assert rnd.target_updates == 0  # written before over-selection: every participant's update
         done = store.transition_round("old", 1, RoundState.AGGREGATING)
         assert done.state is RoundState.AGGREGATING and done.reports == rnd.reports
+
+    def test_an_old_agent_loads_without_speeds_and_keeps_them_once_measured(self, store):
+        store_raw_agent(store, OLD_AGENT, heartbeat=9.0)
+
+        got = store.get_agent("old-site")
+        assert (got.speeds, got.tasks, got.last_heartbeat_unix) == ({}, ["digits"], 9.0)
+        store.update_agent("old-site", lambda r: dataclasses.replace(r, speeds={"digits": 3.0}))
+        assert store.get_agent("old-site").speeds == {"digits": 3.0}
 
     def test_an_old_flat_aggregation_record_loads(self, store):
         store_raw(store, "aggregation:old:000001", OLD_AGGREGATION, listed_in="aggregations")
@@ -401,6 +451,7 @@ class TestStoredForms:
             "old", 1, RoundKind.TRAIN, "old/000000", ("a", "b"), 1, 60.0, strategy="fedprox",
             strategy_params='{"mu": 0.1}', task="digits",
         )
+        assert rec.plan.target_updates == 0 and rec.plan.closes_at == 2
         assert (rec.run_id, rec.round, rec.state, rec.journal) == ("old", 1, RoundState.TRAINING, "")
         assert rec.reports == {"a": UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)}
         assert store.list_aggregations() == [rec]

@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from fedstream.errors import RoundClosed
 from fedstream.grpcutil import channel
 from fedstream.pki import CertificateAuthority, Identity, TlsIdentity
 from fedstream.rounds import RoundKind
@@ -164,8 +165,9 @@ def test_an_upload_stalled_after_its_header_is_ended_when_its_round_closes_and_i
     event = wait_terminal(p.control(), RUN, 0)
     ended = stalled.exception(timeout=2.0)  # generous: it ends as the round stops taking updates
 
-    assert event.version and ended is not None and ended.code() == grpc.StatusCode.CANCELLED
-    assert "no longer taking updates" in ended.details()
+    assert event.version and ended is not None and ended.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "closed with its 1 update and is not accepting updates" in ended.details()
+    assert RoundClosed.is_closure(ended.details())
     wait_until(lambda: p.server.slots.open("b") == 0)
     assert not held & p.spool_files()
     release.set()

@@ -153,3 +153,33 @@ def test_any_id_the_validator_accepts_round_trips_on_both_transports(sched, run_
     else:
         cancelled = sched.runs.CancelRun(scheduler_pb2.GetRunRequest(run_id=run_id), timeout=10)
         assert cancelled.state == scheduler_pb2.RUN_STATE_CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"target_updates": 51}, "target_updates 51 exceeds the agents a round can have"),
+        ({"target_updates": 5, "min_updates": 10}, "target_updates 5 is below min_updates 10"),
+        ({"selection": {"prefer_fast": True, "fairness_floor": 1.5}}, "selection.fairness_floor"),
+    ],
+)
+def test_over_selection_specs_out_of_range_are_refused_on_both_transports(sched, fields, named):
+    before = sched.run_ids()
+    assert named in refused_on_grpc(sched, json_format.ParseDict({**WAITING, **fields}, scheduler_pb2.RunSpec()), "")
+    r = sched.rest("POST", "/federations", json={"federation_id": "os", "spec": {**WAITING, **fields}})
+    assert r.status_code == 400 and named in r.json()["detail"], r.text
+    assert sched.run_ids() == before
+    assert [f.federation_id for f in sched.admin.state.list_federations()] == ["fed"]
+
+
+def test_an_over_selected_spec_round_trips_on_both_transports(sched):
+    fields = {**WAITING, "target_updates": 40, "selection": {"prefer_fast": True, "fairness_floor": 0.0}}
+    started = sched.runs.StartRun(scheduler_pb2.StartRunRequest(
+        spec=json_format.ParseDict(fields, scheduler_pb2.RunSpec()), run_id="over-selected"), timeout=10)
+
+    got = sched.rest("GET", "/runs/over-selected").json()
+
+    assert started.spec.target_updates == 40 and started.spec.selection.prefer_fast
+    assert started.spec.selection.HasField("fairness_floor") and started.spec.selection.fairness_floor == 0.0
+    assert got["spec"]["target_updates"] == 40
+    assert got["spec"]["selection"] == {"prefer_fast": True, "fairness_floor": 0.0}

@@ -77,6 +77,22 @@ def test_update_sends_only_the_flags_given():
     assert spec_from_args(args) == {"training": {"local_epochs": 3}}
 
 
+def test_over_selection_flags_reach_both_front_ends():
+    flags = ["--task", "digits", "--min-agents", "4", "--target-updates", "2", "--prefer-fast",
+             "--fairness-floor", "0.25"]
+    parser = build_parser()
+
+    rest = spec_from_args(parser.parse_args(["federations", "create", "f", *flags]))
+    grpc = run_spec(spec_from_args(parser.parse_args(["grpc", "run-start", *flags])))
+    update = spec_from_args(parser.parse_args(["federations", "update", "f", "--no-prefer-fast"]))
+
+    assert rest["target_updates"] == 2 and rest["selection"] == {"prefer_fast": True, "fairness_floor": 0.25}
+    spec = RunSpec(**rest)
+    assert (spec.target_updates, spec.selection.prefer_fast, spec.selection.fairness_floor) == (2, True, 0.25)
+    assert grpc.target_updates == 2 and grpc.selection.prefer_fast and grpc.selection.fairness_floor == 0.25
+    assert update == {"selection": {"prefer_fast": False}}
+
+
 def test_every_command_and_every_option_has_help_text():
     def undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
         missing = []

@@ -51,7 +51,7 @@ def test_a_plan_round_trips_through_its_stored_and_wire_forms() -> None:
     plan = RoundPlan(
         "run-1", 3, RoundKind.TRAIN, "run-1/000002", ("a", "b"), 1, 1234.5,
         strategy="fedprox", strategy_params=canonical_params({"mu": 0.5}), compression="int8",
-        partial=True, task="digits", distill=False,
+        partial=True, task="digits", distill=False, target_updates=2,
     )
     assert RoundPlan.from_dict(plan.to_dict()) == plan
     assert convert.plan_from_proto(convert.plan_to_proto(plan)) == plan

@@ -36,6 +36,10 @@ FLAGS = (
     SpecFlag("--fraction", "fraction", float, 1.0, "share of the live agents selected per round"),
     SpecFlag("--round-timeout", "round_timeout_s", float, 300.0, "seconds until a round's deadline"),
     SpecFlag("--min-updates", "min_updates", int, 0, "updates needed to commit at the deadline (0: min-agents)"),
+    SpecFlag("--target-updates", "target_updates", int, 0,
+             "over-selection: a training round commits on this many updates, the others' work ends (0: all)"),
+    SpecFlag("--fairness-floor", "selection.fairness_floor", float, 0.2,
+             "with --prefer-fast: share of each round's seats drawn uniformly among the live agents"),
     SpecFlag("--epochs", "training.local_epochs", int, 1, "local epochs per round"),
     SpecFlag("--batch-size", "training.batch_size", int, 32, "local batch size"),
     SpecFlag("--lr", "training.learning_rate", float, 0.05, "local learning rate"),
@@ -71,6 +75,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True
                        help="a strategy parameter, e.g. mu=0.01 or weights=cosine (repeatable; JSON values)")
     group.add_argument("--evaluate-only", action="store_true", default=False if defaults else None,
                        help="train nothing: one federated evaluation of --initial-version")
+    group.add_argument("--prefer-fast", action=argparse.BooleanOptionalAction, default=False if defaults else None,
+                       help="select the agents likely to finish first, by their measured speed (see --fairness-floor)")
 
 
 def strategy_params(items: list[str]) -> dict[str, Any]:
@@ -93,8 +99,9 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     values = {f.field: getattr(args, f.dest) for f in FLAGS if f.dest in vars(args)}
     if vars(args).get("strategy_param") is not None:
         values["strategy.params"] = strategy_params(args.strategy_param)
-    if vars(args).get("evaluate_only") is not None:
-        values["evaluate_only"] = args.evaluate_only
+    for flag, field in (("evaluate_only", "evaluate_only"), ("prefer_fast", "selection.prefer_fast")):
+        if vars(args).get(flag) is not None:
+            values[field] = vars(args)[flag]
     for field, value in values.items():
         if value is None:
             continue

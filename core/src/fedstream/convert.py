@@ -120,6 +120,7 @@ def plan_to_proto(plan: RoundPlan) -> aggregator_pb2.RoundPlan:
         partial=plan.partial,
         task=plan.task,
         distill=plan.distill,
+        target_updates=plan.target_updates,
     )
     msg.strategy.params.update(plan.params())
     return msg
@@ -142,6 +143,7 @@ def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
         partial=msg.partial,
         task=msg.task,
         distill=msg.distill,
+        target_updates=msg.target_updates,
     )
 
 

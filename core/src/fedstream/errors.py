@@ -125,6 +125,22 @@ class RoundCancelled(RoundNotOpen):
         return message.startswith("round ") and " was cancelled" in message
 
 
+class RoundClosed(RoundNotOpen):
+    """The round closed with the updates it needed (its target, every participant, or its
+    minimum at the deadline): an update that comes after is late, refused and never counted.
+    For an over-selected round's slower participants this is the normal end of their work.
+    Its public message says "round N of run 'X' closed with its K updates" (``is_closure``
+    tells it from other FAILED_PRECONDITION refusals on the client side where the call carries
+    no code: an upload ended mid-stream)."""
+
+    code = "round_closed"
+
+    @staticmethod
+    def is_closure(message: str) -> bool:
+        """Whether a FAILED_PRECONDITION status's message is this error's."""
+        return message.startswith("round ") and " closed with its " in message
+
+
 class InvalidTransition(FailedPrecondition):
     code = "invalid_transition"
 

@@ -146,6 +146,16 @@ class RoundPlan:
     # The run's task, and whether this round ends with server-side distillation.
     task: str = ""
     distill: bool = False
+    # Over-selection: the round closes and commits as soon as this many updates are counted,
+    # the other participants' work no longer needed; 0 waits for every participant.
+    target_updates: int = 0
+
+    @property
+    def closes_at(self) -> int:
+        """How many counted updates close the round before its deadline: ``target_updates``
+        (at most the participants), or every participant when it is 0."""
+        everyone = len(self.participants)
+        return min(self.target_updates, everyone) if self.target_updates else everyone
 
     def params(self) -> dict[str, Any]:
         value = json.loads(self.strategy_params)
@@ -167,6 +177,7 @@ class RoundPlan:
             "partial": self.partial,
             "task": self.task,
             "distill": self.distill,
+            "target_updates": self.target_updates,
         }
 
     @classmethod
@@ -185,6 +196,7 @@ class RoundPlan:
             partial=bool(d.get("partial", False)),
             task=str(d.get("task", "")),
             distill=bool(d.get("distill", False)),
+            target_updates=int(d.get("target_updates", 0)),
         )
 
 

@@ -63,9 +63,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
 
 def plan(run_id: str, round_: int, participants: list[str], *, base: str = "",
          kind: RoundKind | str = RoundKind.TRAIN, min_updates: int = 0,
-         timeout: float = 30.0) -> aggregator_pb2.RoundPlan:
+         timeout: float = 30.0, target_updates: int = 0) -> aggregator_pb2.RoundPlan:
     """A round plan for the aggregator: every participant needed unless ``min_updates``, the
-    deadline ``timeout`` seconds from now."""
+    deadline ``timeout`` seconds from now, closed on ``target_updates`` when given."""
     return aggregator_pb2.RoundPlan(
         run_id=run_id,
         round=round_,
@@ -74,6 +74,7 @@ def plan(run_id: str, round_: int, participants: list[str], *, base: str = "",
         participants=participants,
         min_updates=min_updates or len(participants),
         deadline_unix=time.time() + timeout,
+        target_updates=target_updates,
     )
 
 

@@ -37,6 +37,9 @@ class AgentRecord:
     # (development) control plane.
     cert_serials: list[str] = field(default_factory=list)
     enrolled_unix: float = 0.0
+    # Task -> seconds this agent takes from an assignment to its counted update, a moving
+    # average kept by the scheduler for speed-aware selection (fedstream_scheduler.speeds).
+    speeds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +146,8 @@ class RoundRecord:
     # What the round was opened with, so that another scheduler can open it again as it was.
     deadline_unix: float = 0.0
     min_updates: int = 0
+    # Updates that close the round early (over-selection); 0: every participant's.
+    target_updates: int = 0
     # An evaluation round's metrics, combined over its reports.
     metrics: dict[str, float] = field(default_factory=dict)
 

@@ -127,12 +127,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("round_cancelled", "reason")
+    __slots__ = ("round_cancelled", "reason", "round_closed")
     ROUND_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_CLOSED_FIELD_NUMBER: _ClassVar[int]
     round_cancelled: bool
     reason: str
-    def __init__(self, round_cancelled: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    round_closed: bool
+    def __init__(self, round_cancelled: _Optional[bool] = ..., reason: _Optional[str] = ..., round_closed: _Optional[bool] = ...) -> None: ...
 
 class ReceiveAssignmentsRequest(_message.Message):
     __slots__ = ("agent_id",)
@@ -171,7 +173,7 @@ class AgentEvent(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only", "fraction")
+    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only", "fraction", "target_updates", "selection")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +187,8 @@ class RunSpec(_message.Message):
     EVALUATE_EVERY_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
     task: str
     rounds: int
     min_agents: int
@@ -198,7 +202,17 @@ class RunSpec(_message.Message):
     evaluate_every: int
     evaluate_only: bool
     fraction: float
-    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., fraction: _Optional[float] = ...) -> None: ...
+    target_updates: int
+    selection: SelectionSpec
+    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., fraction: _Optional[float] = ..., target_updates: _Optional[int] = ..., selection: _Optional[_Union[SelectionSpec, _Mapping]] = ...) -> None: ...
+
+class SelectionSpec(_message.Message):
+    __slots__ = ("prefer_fast", "fairness_floor")
+    PREFER_FAST_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    prefer_fast: bool
+    fairness_floor: float
+    def __init__(self, prefer_fast: _Optional[bool] = ..., fairness_floor: _Optional[float] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
     __slots__ = ("round", "kind", "state", "participants", "reports", "stragglers", "base_version", "version", "reason", "started_unix", "finished_unix", "metrics")

@@ -29,7 +29,7 @@ from fedstream.strategies import LinearStrategy, Strategy
 from fedstream.tensors import Chunk, ChunkReceiver, Layout, iter_chunks
 from fedstream_aggregator import background
 from fedstream_aggregator.journal import Journal
-from fedstream_aggregator.rounds import Round, RoundTable
+from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
 from fedstream_aggregator.spool import SpoolPool
 
 log = logging.getLogger(__name__)
@@ -212,11 +212,11 @@ class Hierarchy:
                     return False
                 rnd.reports[agent] = report
                 added = True
-            complete = len(rnd.reports) == len(plan.participants)
+            complete = len(rnd.reports) >= plan.closes_at
         if added:
             rnd.notify()
         if complete:
-            self._closer().close(rnd, "all participants reported")
+            self._closer().close(rnd, closing_reason(plan, len(rnd.reports)))
         return True
 
     def collect(self, rnd: Round) -> None:

@@ -24,6 +24,7 @@ from fedstream.errors import (
     ResourceExhausted,
     ResumeRefused,
     RoundCancelled,
+    RoundClosed,
     RoundNotOpen,
     StreamEnded,
     UploadInProgress,
@@ -39,7 +40,7 @@ from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest
-from fedstream_aggregator.rounds import Round, RoundTable
+from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
 from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class Ingest:
             duplicate, received = self._receive(header, counting(), before_count, on_close)
         except RoundCancelled:
             raise  # not a bad update: its round was abandoned, and it counts nowhere
+        except RoundClosed:
+            m.LATE_UPDATES.labels(tenant).inc()  # not a bad update: its round had what it needed
+            raise
         except FedstreamError as e:
             m.UPDATES_REJECTED.labels(tenant, e.code).inc()
             raise
@@ -402,7 +406,7 @@ class Ingest:
                      time.perf_counter() - started)
         rnd.notify()
         if complete:
-            self.committer.close(rnd, "all participants reported")
+            self.committer.close(rnd, closing_reason(plan, len(rnd.reports)))
         return False, keep_spool
 
     def _count(self, rnd: Round, report: UpdateReport, layout: Layout, spool: Spool) -> tuple[bool, bool, bool]:
@@ -421,7 +425,7 @@ class Ingest:
                 rnd.layout = layout
                 rnd.init_spool = spool
                 held = True
-            complete = len(rnd.reports) == len(plan.participants) and not plan.partial
+            complete = len(rnd.reports) >= plan.closes_at and not plan.partial
             return True, held, complete
 
     def _forget_kept(self, rnd: Round) -> None:

@@ -10,6 +10,8 @@ UPDATES_FOLDED = Counter("fedstream_updates_counted_total", "Updates verified an
                          ["tenant", "kind"])
 UPDATES_REJECTED = Counter("fedstream_updates_rejected_total", "Uploads refused, by reason (the error code).",
                            ["tenant", "reason"])
+LATE_UPDATES = Counter("fedstream_late_updates_total", "Uploads refused because their round had closed with the "
+                       "updates it needed (over-selection's unneeded work; never counted).", ["tenant"])
 BYTES_RECEIVED = Counter("fedstream_update_bytes_received_total", "Bytes of update chunks received (refused uploads included).",
                          ["tenant"])
 CHUNKS_RECEIVED = Counter("fedstream_update_chunks_received_total", "Update chunks received.", ["tenant"])

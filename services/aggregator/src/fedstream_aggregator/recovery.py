@@ -15,7 +15,7 @@ from fedstream_aggregator.blocks import Blocks
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
-from fedstream_aggregator.rounds import Round, RoundTable
+from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
 
 if TYPE_CHECKING:
     from fedstream_aggregator.opening import RoundFactory
@@ -80,8 +80,8 @@ class Recovery:
             return  # the root collects it
         if rnd.state is RoundState.AGGREGATING:
             self.committer.commit_later(rnd)
-        elif len(reports) == len(plan.participants):
-            self.committer.close(rnd, "all participants reported")
+        elif len(reports) >= plan.closes_at:  # it had what it needed when the process died
+            self.committer.close(rnd, closing_reason(plan, len(reports)))
         elif rnd.shares:
             self.hierarchy.reopen_later(rnd)
 

@@ -18,6 +18,7 @@ from fedstream.errors import (
     FedstreamError,
     InvalidArgument,
     RoundCancelled,
+    RoundClosed,
     RoundNotFound,
     RoundNotOpen,
     StreamEnded,
@@ -109,6 +110,8 @@ class Round:
             error: FedstreamError
             if to is RoundState.CANCELLED:
                 error = RoundCancelled(self.cancelled_message())
+            elif to in (RoundState.AGGREGATING, RoundState.COMMITTED):
+                error = RoundClosed(self.closed_message())
             else:
                 why = f"round {self.plan.round} of run {self.plan.run_id!r} is {to}, no longer taking updates"
                 error = StreamEnded(f"this upload was ended: {why}")
@@ -120,6 +123,13 @@ class Round:
         """What an upload to the cancelled round is told (the caller holds ``lock``)."""
         why = f": {self.reason}" if self.reason else ""
         return f"round {self.plan.round} of run {self.plan.run_id!r} was cancelled{why}"
+
+    def closed_message(self) -> str:
+        """What an update that comes after the round closed is told (the caller holds ``lock``,
+        or accepts a count that may lag by one)."""
+        n = len(self.reports)
+        return (f"round {self.plan.round} of run {self.plan.run_id!r} closed with its {n} update{'s' * (n != 1)} "
+                "and is not accepting updates: this one came late and is not counted")
 
     def seal(self) -> None:
         """Called by a finisher just before its result becomes visible (the version the run's
@@ -152,6 +162,8 @@ class Round:
         caller holds ``lock``, or accepts a stale answer that it checks again under it)."""
         if self.state is RoundState.CANCELLED:
             raise RoundCancelled(self.cancelled_message())
+        if self.state in (RoundState.AGGREGATING, RoundState.COMMITTED):
+            raise RoundClosed(self.closed_message())
         if self.state is not RoundState.TRAINING:
             raise RoundNotOpen(
                 f"round {self.plan.round} of run {self.plan.run_id!r} is {self.state}, not accepting updates"
@@ -167,6 +179,13 @@ class Round:
             self.plan.run_id, self.plan.round, self.state, list(self.reports.values()), stragglers,
             self.version, self.reason, dict(self.metrics),
         )
+
+
+def closing_reason(plan: RoundPlan, counted: int) -> str:
+    """Why a round closes before its deadline with ``counted`` updates (logged)."""
+    if counted >= len(plan.participants):
+        return "all participants reported"
+    return f"target_updates reached: {counted} of {len(plan.participants)} participants reported"
 
 
 class RoundTable:
@@ -283,6 +302,11 @@ def _check_participants(plan: RoundPlan) -> None:
         raise InvalidArgument("participants must be distinct")
     if not 1 <= plan.min_updates <= len(plan.participants):
         raise InvalidArgument(f"min_updates {plan.min_updates} must be between 1 and {len(plan.participants)}")
+    if plan.target_updates and not plan.min_updates <= plan.target_updates <= len(plan.participants):
+        raise InvalidArgument(
+            f"target_updates {plan.target_updates} must be 0 or between min_updates {plan.min_updates} "
+            f"and the {len(plan.participants)} participants"
+        )
 
 
 def _check_distill(plan: RoundPlan, strategy: Strategy, distiller: Distiller | None) -> None:

@@ -18,8 +18,8 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.convert import assignment_from_proto
-from fedstream.errors import InvalidArgument, RoundCancelled
-from fedstream.grpcutil import channel
+from fedstream.errors import InvalidArgument, RoundCancelled, RoundClosed
+from fedstream.grpcutil import channel, error_code_of
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
@@ -36,11 +36,12 @@ from fedstream_agent.identity import (
     expired,
     renew_after_unix,
 )
+from fedstream_agent.pacing import stretch
 from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
 from fedstream_agent.transfers import CONFIRMED_FILE, ConfirmedUploads, Transfers
 from fedstream_tasks import get_task
-from fedstream_tasks.base import Task, TrainParams, pick_device
+from fedstream_tasks.base import Task, TrainParams, TrainResult, pick_device
 from fedstream_tasks.torchio import buffers_of, layout_of, state_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ log = logging.getLogger(__name__)
 
 class RoundCancelledHere(Exception):
     """The round this agent works on was cancelled (its run was): its work stops."""
+
+
+class RoundClosedHere(Exception):
+    """The round this agent works on closed with the updates it needed: its work stops,
+    no longer needed (over-selection)."""
+
+
+def _is_closure(e: grpc.RpcError) -> bool:
+    """Whether a refusal says the round closed without this agent's update (RoundClosed)."""
+    return error_code_of(e) == RoundClosed.code or RoundClosed.is_closure(e.details() or "")
 
 
 def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
@@ -107,6 +118,8 @@ class Agent:
         # once a heartbeat's reply says so.
         self._current: tuple[str, int] | None = None
         self._cancelled: dict[tuple[str, int], str] = {}
+        # The same for a round that closed without this agent's update (its work not needed).
+        self._closed: dict[tuple[str, int], str] = {}
         self._reconnect = Reconnect(settings)
         # Uploads the aggregator confirmed; with an identity, kept beside it across restarts.
         self._confirmed = ConfirmedUploads(
@@ -233,7 +246,9 @@ class Agent:
                     reply = self._agents.Heartbeat(scheduler_pb2.HeartbeatRequest(
                         agent_id=self.agent_id, run_id=current[0] if current else "", round=current[1] if current else 0,
                     ), timeout=5)
-                    if current is not None and reply.round_cancelled:
+                    if current is not None and reply.round_closed:
+                        self._closed[current] = reply.reason or "the round closed"
+                    elif current is not None and reply.round_cancelled:
                         self._cancelled[current] = reply.reason or "cancelled"
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
@@ -274,8 +289,15 @@ class Agent:
             except RoundCancelledHere as e:
                 outcome = "cancelled"
                 log.info("round %d of %s was cancelled; its work stopped: %s", a.round, a.run_id, e)
+            except RoundClosedHere as e:
+                outcome = "not_needed"
+                log.info("%s; this agent's work was not needed", e)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and RoundCancelled.is_cancellation(e.details() or ""):
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and _is_closure(e):
+                    outcome = "not_needed"
+                    log.info("round %d of %s closed without this agent's update; its work was not needed (%s)",
+                             a.round, a.run_id, e.details())
+                elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and RoundCancelled.is_cancellation(e.details() or ""):
                     outcome = "cancelled"
                     log.info("round %d of %s was cancelled; its work stopped: %s", a.round, a.run_id, e.details())
                 else:
@@ -285,13 +307,18 @@ class Agent:
             finally:
                 self._current = None
                 self._cancelled.pop(key, None)
+                self._closed.pop(key, None)
                 m.ROUNDS.labels(a.task, a.kind.value, outcome).inc()
 
     def _check_cancelled(self, a: Assignment) -> None:
-        """Raises RoundCancelledHere once a heartbeat's reply said the round was cancelled."""
+        """Raises RoundCancelledHere once a heartbeat's reply said the round was cancelled,
+        RoundClosedHere once it said the round closed without this agent's update."""
         reason = self._cancelled.get((a.run_id, a.round))
         if reason is not None:
             raise RoundCancelledHere(reason)
+        reason = self._closed.get((a.run_id, a.round))
+        if reason is not None:
+            raise RoundClosedHere(reason)
 
     def _handle(self, a: Assignment) -> None:
         task, data = self._task(a.task)
@@ -333,6 +360,16 @@ class Agent:
             {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if compression == "int8" else {}
         )
         del base, incoming
+        result = self._train(task, a, model, data)
+        state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
+        layout = layout_of(state)
+        metrics = {**result.metrics, "download_seconds": download_s}
+        log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
+        self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+
+    def _train(self, task: Task, a: Assignment, model: torch.nn.Module, data: Any) -> TrainResult:
+        """Local training, stopped at the next batch once the round's work is over; with the
+        slowdown setting (tests, benchmarks) it then waits until it took that many times longer."""
         params = TrainParams(
             local_epochs=a.training.local_epochs,
             batch_size=a.training.batch_size,
@@ -342,14 +379,15 @@ class Agent:
             mixed_precision=self.settings.mixed_precision,
             stop=lambda: self._check_cancelled(a),
         )
+        started = time.perf_counter()
         result = task.train(model, data, params, self.device)
+        if self.settings.slowdown > 1:
+            waited = stretch(time.perf_counter() - started, self.settings.slowdown, lambda: self._check_cancelled(a),
+                             self.stop)
+            log.info("training slowed down %gx (slowdown setting): waited %.2f s more", self.settings.slowdown, waited)
         m.TRAIN_SECONDS.labels(a.task).observe(result.metrics.get("train_seconds", 0.0))
         m.SAMPLES.labels(a.task).inc(result.metrics.get("examples_seen", 0.0))
-        state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
-        layout = layout_of(state)
-        metrics = {**result.metrics, "download_seconds": download_s}
-        log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
-        self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+        return result
 
     def _load(self, task: Task, a: Assignment, model: torch.nn.Module, incoming: dict[str, torch.Tensor]) -> None:
         """Loads the global model; under partial averaging, with this site's private tensors."""

@@ -75,6 +75,12 @@ class AgentSettings(BaseSettings):
     mixed_precision: bool = Field(
         True, description="On CUDA, train with float16 autocast and a gradient scaler."
     )
+    slowdown: float = Field(
+        1.0, ge=1.0, le=10_000.0, allow_inf_nan=False,
+        description="For tests and benchmarks only: local training takes this many times its measured "
+        "time (the agent waits the difference, stopping when its round closes or is cancelled), to "
+        "emulate a slower site; 1 trains at full speed.",
+    )
     chunks: ChunkSettings = Field(default_factory=ChunkSettings, description="Upload chunks.")
     max_model_bytes: int = Field(
         DEFAULT_MAX_MODEL_BYTES, ge=1, description="Largest model this agent downloads (it holds the "

@@ -94,16 +94,25 @@ class AgentRegistry:
         """Raises AgentNotFound for an agent that never registered."""
         self.state.heartbeat(agent_id, self.clock())
 
-    def round_cancelled(self, agent_id: str, run_id: str, round_: int) -> str:
-        """Why the round the agent works on was cancelled; "" when it was not (or the agent
-        does not take part in it, or there is no such round)."""
+    def round_over(self, agent_id: str, run_id: str, round_: int) -> tuple[str, bool]:
+        """Whether the agent's work on the round is over, for its heartbeat: (why, closed).
+        ("", False) while it goes on (or the agent does not take part, or there is no such
+        round); closed when the round closed without the agent's update (it had the updates it
+        needed), not closed when it was cancelled."""
         try:
             rnd = self.state.get_round(run_id, round_)
         except RoundNotFound:
-            return ""
-        if rnd.state != RoundState.CANCELLED or agent_id not in rnd.participants:
-            return ""
-        return rnd.reason or f"round {round_} of run {run_id!r} was cancelled"
+            return "", False
+        if agent_id not in rnd.participants:
+            return "", False
+        if rnd.state == RoundState.CANCELLED:
+            return rnd.reason or f"round {round_} of run {run_id!r} was cancelled", False
+        if rnd.state in (RoundState.AGGREGATING, RoundState.COMMITTED) and all(
+            r.agent_id != agent_id for r in rnd.reports
+        ):
+            n = len(rnd.reports)
+            return f"round {round_} of run {run_id!r} closed with its {n} update{'s' * (n != 1)}", True
+        return "", False
 
     async def assignments(
         self, agent_id: str, still_allowed: Callable[[], object] | None = None

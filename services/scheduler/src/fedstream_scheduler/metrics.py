@@ -31,6 +31,9 @@ AGENTS_SELECTED = Counter("fedstream_agents_selected_total", "Participants selec
                           ["tenant", "federation"])
 STRAGGLERS = Counter("fedstream_stragglers_total", "Selected agents whose update missed the round.",
                      ["tenant", "federation"])
+UPDATES_NOT_NEEDED = Counter("fedstream_updates_not_needed_total", "Participants of over-selected rounds whose "
+                             "work ended unneeded: the round closed on its target_updates without them.",
+                             ["tenant", "federation"])
 SCHEDULED_SLOTS = Counter("fedstream_schedule_slots_total", "Cron slots of scheduled federations, by outcome "
                           "(started, missed, skipped_running).", ["tenant", "federation", "outcome"])
 SCHEDULED_FEDERATIONS = Gauge("fedstream_scheduled_federations", "Federations with a schedule.", ["tenant"])

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedstream.rounds import RoundKind
+
 # The longest a round's deadline, or the wait for its agents, may be (a week). Every float of a
 # spec is finite (allow_inf_nan=False) and bounded: a deadline must stay a usable timestamp.
 MAX_WAIT_S = 7 * 86400.0
@@ -31,6 +33,20 @@ class StrategySpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
 
 
+class SelectionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prefer_fast: bool = Field(
+        False, description="Fill a training round's seats with the agents likely to finish first, by each "
+        "agent's measured time from assignment to counted update (a moving average per task).",
+    )
+    fairness_floor: float = Field(
+        0.2, ge=0, le=1,
+        description="With prefer_fast: the share of each round's seats (rounded up) drawn uniformly among "
+        "all live agents, so that slow sites still take part.",
+    )
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -47,6 +63,13 @@ class RunSpec(BaseModel):
     min_updates: int = Field(
         0, ge=0, description="Updates needed to commit at the deadline; 0 means min_agents."
     )
+    target_updates: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Over-selection: a training round closes and commits as soon as this many updates are "
+        "counted, and the other participants' work ends; 0 waits for every participant. At least min_updates, "
+        "at most the agents a round can have (min_agents, or max_agents when larger).",
+    )
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="How participants are chosen.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training.")
     strategy: StrategySpec = Field(default_factory=StrategySpec, description="How updates are combined.")
     initial_version: str = Field("", description="Start from this version instead of an init round.")
@@ -68,3 +91,26 @@ class RunSpec(BaseModel):
         if self.evaluate_only and not self.initial_version:
             raise ValueError("an evaluate_only run needs the initial_version to evaluate")
         return self
+
+    @model_validator(mode="after")
+    def _target_within_the_round(self) -> RunSpec:
+        target = self.target_updates
+        if not target:
+            return self
+        most = max(self.min_agents, self.max_agents)
+        if target > most:
+            raise ValueError(
+                f"target_updates {target} exceeds the agents a round can have ({most}: min_agents, or "
+                "max_agents when larger)"
+            )
+        if self.min_updates > target:
+            raise ValueError(f"target_updates {target} is below min_updates {self.min_updates}")
+        return self
+
+    def round_updates(self, participants: int, kind: RoundKind) -> tuple[int, int]:
+        """(min_updates, target_updates) of a round with ``participants``: min_updates, or
+        min_agents (or target_updates when smaller) when 0, within the participants; the
+        target of a training round within the participants, 0 (every participant) otherwise."""
+        target = min(self.target_updates, participants) if kind is RoundKind.TRAIN else 0
+        least = self.min_updates or (min(self.min_agents, target) if target else self.min_agents)
+        return max(1, min(participants, least)), target

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import random
 import time
 from collections.abc import Callable
 
@@ -29,7 +27,9 @@ from fedstream_scheduler.agents import AgentRegistry
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.round_control import RoundControl
+from fedstream_scheduler.selection import select
 from fedstream_scheduler.settings import SchedulerSettings
+from fedstream_scheduler.speeds import Speeds
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,6 @@ class _StreamBroken(Exception):
     def __init__(self, error: FedstreamError) -> None:
         super().__init__(error.public)
         self.error = error
-
-
-def selection_size(spec: RunSpec, live: int) -> int:
-    """Participants of a training round among ``live`` agents: the fraction rounded up, at
-    least min_agents, at most max_agents (when set) and the live agents."""
-    want = max(spec.min_agents, math.ceil(spec.fraction * live - 1e-9))
-    return min(live, spec.max_agents or live, want)
-
-
-def select(spec: RunSpec, live: list[str], round_no: int, kind: RoundKind) -> list[str]:
-    """The round's participants: one for an init round, else ``selection_size``, drawn with
-    a seed of the run's seed and the round so that a resumed run draws the same."""
-    want = 1 if kind == RoundKind.INIT else selection_size(spec, len(live))
-    rng = random.Random(f"{spec.training.seed}:{round_no}")
-    return sorted(rng.sample(sorted(live), want))
 
 
 class RoundDriver:
@@ -81,6 +66,7 @@ class RoundDriver:
         self.settings = settings
         self.clock = clock
         self.public_endpoint = settings.aggregator_public_endpoint or settings.aggregator_endpoint
+        self.speeds = Speeds(state)
         # When each round this replica follows entered aggregation (for the phase histogram).
         self._aggregating_since: dict[tuple[str, int], float] = {}
 
@@ -91,12 +77,13 @@ class RoundDriver:
         live = await self._wait_for_agents(spec)
         fed = self.state.get_run(run_id).federation or "none"
         m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, "waiting_for_agents").observe(self.clock() - waited)
-        participants = select(spec, live, round_no, kind)
+        speeds = self.speeds.of(spec.task) if spec.selection.prefer_fast else None
+        participants = select(spec, live, round_no, kind, speeds)
         now = self.clock()
+        least, target = spec.round_updates(len(participants), kind)
         rec = RoundRecord(
             run_id, round_no, kind, RoundState.OPEN, participants, base, started_unix=now,
-            deadline_unix=now + spec.round_timeout_s,
-            min_updates=max(1, min(len(participants), spec.min_updates or spec.min_agents)),
+            deadline_unix=now + spec.round_timeout_s, min_updates=least, target_updates=target,
         )
         self.state.create_round(rec)
         m.ROUNDS_STARTED.labels(self.state.tenant, fed, kind).inc()
@@ -144,6 +131,7 @@ class RoundDriver:
             compression=spec.training.compression if rec.kind == RoundKind.TRAIN else "none",
             task=spec.task,
             distill=distill,
+            target_updates=rec.target_updates,
         )
 
     def assignments(self, spec: RunSpec, rec: RoundRecord, endpoints: dict[str, str]) -> dict[str, Assignment]:
@@ -232,6 +220,8 @@ class RoundDriver:
         current = self.state.get_round(run_id, round_no)
         if current.state in TERMINAL_ROUND_STATES:  # finished by another replica
             return current.version if current.state == RoundState.COMMITTED else ""
+        if current.kind == RoundKind.TRAIN and snap.state != RoundState.CANCELLED:
+            self._measure(current, snap)
         if snap.state == RoundState.TRAINING and reports != current.reports:
             self.state.update_round(run_id, round_no, reports=reports)
         elif snap.state == RoundState.AGGREGATING and current.state == RoundState.TRAINING:
@@ -254,6 +244,22 @@ class RoundDriver:
             return ""
         await self.changes.notify()
         return None
+
+    def _measure(self, current: RoundRecord, snap: RoundSnapshot) -> None:
+        """Records the speed of the agents whose update this snapshot shows counted for the
+        first time, and of those that had not reported when the round ended."""
+        seen = {r.agent_id for r in current.reports}
+        new = [r.agent_id for r in snap.reports if r.agent_id not in seen]
+        missed = list(snap.stragglers) if snap.state.terminal else []
+        if not new and not missed:
+            return
+        try:
+            task = str(self.state.get_run(current.run_id).spec.get("task", ""))
+        except FedstreamError:
+            return
+        elapsed = max(0.0, self.clock() - current.started_unix)
+        self.speeds.reported(task, new, elapsed)
+        self.speeds.missed(task, missed, elapsed)
 
     async def _committed(self, current: RoundRecord, snap: RoundSnapshot, reports: list[UpdateReport]) -> None:
         run_id, round_no = current.run_id, current.round
@@ -318,6 +324,8 @@ class RoundDriver:
             if rnd.kind == RoundKind.TRAIN:
                 m.LAST_COMMIT.labels(tenant, fed).set(rnd.finished_unix)
             m.STRAGGLERS.labels(tenant, fed).inc(len(rnd.stragglers))
+            if rnd.target_updates and len(rnd.reports) >= rnd.target_updates:
+                m.UPDATES_NOT_NEEDED.labels(tenant, fed).inc(len(rnd.stragglers))
         elif rnd.state == RoundState.FAILED:
             m.ROUNDS_FAILED.labels(tenant, fed, rnd.kind, m.failure_reason(rnd.reason)).inc()
         else:

@@ -126,8 +126,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         agent_id = self.guard.agent(context, request.agent_id)
         self._within(self.heartbeats, agent_id, "heartbeats_per_interval", "heartbeats")
         self.service.agents.heartbeat(agent_id)
-        reason = self.service.agents.round_cancelled(agent_id, request.run_id, request.round) if request.run_id else ""
-        return pb.HeartbeatResponse(round_cancelled=bool(reason), reason=reason)
+        reason, closed = self.service.agents.round_over(agent_id, request.run_id, request.round) if request.run_id else ("", False)
+        # round_cancelled goes with round_closed too: agents older than round_closed stop their work.
+        return pb.HeartbeatResponse(round_cancelled=bool(reason), reason=reason, round_closed=closed)
 
     @translate_errors
     async def ReceiveAssignments(
