@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fedstream.staleness import BufferSpec
+
 
 class RoundKind(StrEnum):
     """What the participants of a round are asked to do."""
@@ -146,6 +148,8 @@ class RoundPlan:
     # The run's task, and whether this round ends with server-side distillation.
     task: str = ""
     distill: bool = False
+    # A buffer of a buffered asynchronous run (fedstream.staleness); None: a synchronous round.
+    buffer: BufferSpec | None = None
 
     def params(self) -> dict[str, Any]:
         value = json.loads(self.strategy_params)
@@ -167,6 +171,7 @@ class RoundPlan:
             "partial": self.partial,
             "task": self.task,
             "distill": self.distill,
+            **({"buffer": self.buffer.to_dict()} if self.buffer is not None else {}),
         }
 
     @classmethod
@@ -185,6 +190,7 @@ class RoundPlan:
             partial=bool(d.get("partial", False)),
             task=str(d.get("task", "")),
             distill=bool(d.get("distill", False)),
+            buffer=BufferSpec.from_dict(d["buffer"]) if d.get("buffer") else None,
         )
 
 
@@ -229,6 +235,8 @@ class TrainingConfig:
     proximal_mu: float = 0.0
     # FedPav: only the tensors the task shares travel.
     shared_only: bool = False
+    # Buffered asynchronous runs: floating tensors travel as their change from the base version.
+    upload_delta: bool = False
 
 
 @dataclass(frozen=True)

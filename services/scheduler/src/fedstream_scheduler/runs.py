@@ -23,7 +23,7 @@ from fedstream_scheduler.audit import SYSTEM, Actor, Auditor
 from fedstream_scheduler.cancelling import Canceller
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.leases import RunLeases
-from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.models import RunSpec, check_asynchronous
 from fedstream_scheduler.round_driver import RoundDriver, RunFailed
 from fedstream_scheduler.settings import SchedulerSettings
 
@@ -63,6 +63,7 @@ def parse_spec(fields: dict[str, object]) -> RunSpec:
     spec.strategy.params = strategy.params.model_dump()
     if isinstance(strategy, RobustStrategy) and spec.training.compression != "none":
         raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
+    check_asynchronous(spec, strategy)
     return spec
 
 
