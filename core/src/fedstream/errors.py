@@ -125,6 +125,13 @@ class RoundCancelled(RoundNotOpen):
         return message.startswith("round ") and " was cancelled" in message
 
 
+class StaleUpdate(FailedPrecondition):
+    """A buffered asynchronous update whose base is more versions behind than the run's
+    max_staleness: refused, counted nowhere."""
+
+    code = "stale_update"
+
+
 class InvalidTransition(FailedPrecondition):
     code = "invalid_transition"
 
