@@ -1,0 +1,48 @@
+"""Buffered asynchronous runs (FedBuff) with the services and agents as processes: the run
+commits its versions, each from buffer_size updates, every update counted once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fedstream.state import SQLiteStateStore
+from fedstream.store import LocalModelStore
+from fedstream.v1 import round_pb2, scheduler_pb2
+from fedstream_testing.local import LocalFederation
+
+
+def test_an_asynchronous_run_commits_its_versions_counting_every_update_once(tmp_path):
+    spec = scheduler_pb2.RunSpec(
+        task="digits", rounds=3, min_agents=3, round_timeout_s=120, wait_for_agents_s=60,
+        training=round_pb2.TrainingConfig(local_epochs=1, batch_size=64, seed=7),
+        asynchronous=round_pb2.AsynchronousSpec(
+            buffer_size=2, concurrency=3, max_staleness=3,
+            staleness=round_pb2.StalenessSpec(function="polynomial", a=0.5),
+        ),
+    )
+    with LocalFederation(tmp_path / "fed") as fed:
+        aggregator = fed.start_aggregator()
+        scheduler = fed.start_scheduler(aggregator, {"HEARTBEAT_INTERVAL_S": "0.5"})
+        for i in range(3):
+            fed.start_agent(f"site-{i}", scheduler, i, 3, {"DEVICE": "cpu", "CPU_THREADS": "1"})
+
+        run = fed.run(scheduler, spec, "fedbuff", "asynchronous")
+
+        assert run.state == scheduler_pb2.RUN_STATE_SUCCEEDED, run.reason + fed.tail("scheduler", 30)
+        state = SQLiteStateStore(fed.state_file, "default")
+        rounds = state.list_rounds("fedbuff")
+        assert [(r.round, r.kind, r.state) for r in rounds] == [
+            (0, "init", "committed"), (1, "train", "committed"), (2, "train", "committed"), (3, "train", "committed"),
+        ]
+        updates = Counter()
+        for r in rounds[1:]:
+            assert len(r.reports) == 2, r.reports  # a version every buffer_size updates
+            assert r.stragglers == []
+            for report in r.reports:
+                staleness = int(report.metrics["staleness"])
+                assert 0 <= staleness <= 3
+                updates[(report.agent_id, r.round - staleness)] += 1
+        assert set(updates.values()) == {1}  # an update (agent, round assigned in) counts once
+        store = LocalModelStore(fed.workdir / "models", "default")
+        assert store.latest("fedbuff") == "fedbuff/000003"
+        assert run.latest_version == "fedbuff/000003"
