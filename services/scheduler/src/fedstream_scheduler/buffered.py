@@ -69,6 +69,9 @@ class BufferedDriver:
             self.state.transition_round(run_id, rec.round, RoundState.TRAINING)
             await self.rounds.changes.notify()
         work = self._work.setdefault(run_id, Work())
+        for report in rec.reports:  # taken on again (another replica drove it): those counted are done
+            assigned = rec.round - int(report.metrics.get("staleness", 0))
+            work.last[report.agent_id] = max(work.last.get(report.agent_id, -1), assigned)
         self._assign(run_id, spec, rec, work)
         return await self._follow(run_id, spec, rec, work)
 
