@@ -6,6 +6,7 @@ a restarted aggregator takes its open buffer back from the journal."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -191,3 +192,21 @@ def test_plan_event_reports_do_not_leak_internal_keys(aggregator, agg_channel, m
     first = next(iter(events))
     events.cancel()
     assert [r.agent_id for r in first.reports] == ["a"]
+
+
+def test_an_update_arriving_between_buffers_waits_and_counts_in_the_next(aggregator, agg_channel, model_store):
+    store_model(model_store, V0, model(0))
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    open_buffer(control, 1, V0)
+    upload(agg_channel, "a", model(1, 0.1), 5, run_id=RUN, round_=1)
+    upload(agg_channel, "b", model(2, 0.1), 5, run_id=RUN, round_=1)
+    v1 = wait_terminal(control, RUN, 1).version
+    with ThreadPoolExecutor(1) as pool:
+        late = pool.submit(upload, agg_channel, "c", model(3, 0.1), 5, run_id=RUN, round_=1)
+        time.sleep(0.5)  # no buffer open: the whole update waits for the next one
+        assert not late.done()
+        open_buffer(control, 2, v1)
+        assert not late.result(timeout=30).duplicate
+
+    snap = aggregator.service.snapshot(RUN, 2)
+    assert [(r.agent_id, r.metrics["staleness"]) for r in snap.reports] == [("c", 1.0)]

@@ -27,7 +27,7 @@ from fedstream.errors import (
 )
 from fedstream.logs import log_context
 from fedstream.metrics import LIMIT_HITS
-from fedstream.rounds import RoundKind, RoundPlan, RoundState, UpdateReport
+from fedstream.rounds import TERMINAL_RUN_STATES, RoundKind, RoundPlan, RoundState, UpdateReport
 from fedstream.strategies import LinearStrategy, Strategy
 from fedstream.tensors import ChunkReceiver
 from fedstream_aggregator import metrics as m
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # How long a whole update waits for its run's next buffer while the last one commits.
 BUFFER_WAIT_S = 30.0
 _POLL_S = 0.05
+# Every this many polls, a waiting update asks whether its run has ended.
+_RUN_CHECK_POLLS = 20
 
 
 def update_key(agent_id: str, assigned: int) -> str:
@@ -90,16 +92,37 @@ class Buffers:
         """The run's buffer taking updates now, waited for up to ``wait_s`` while the last one
         commits. Raises RoundCancelled, or RoundNotOpen when none opens in time."""
         give_up = time.monotonic() + wait_s
+        polls = 0
         while True:
             rnd = self.table.latest(run_id)
             if rnd is not None and rnd.plan.buffer is not None:
                 if rnd.state is RoundState.CANCELLED:
                     rnd.check_accepting(self.table.clock())
-                if rnd.state is RoundState.TRAINING and self.table.clock() <= rnd.plan.deadline_unix:
+                if self._takes(rnd):
                     return rnd
+            if polls % _RUN_CHECK_POLLS == 0:
+                self._check_run_goes_on(run_id)
             if time.monotonic() >= give_up:
                 raise RoundNotOpen(f"no buffer of run {run_id!r} is taking updates; upload again later")
+            polls += 1
             time.sleep(_POLL_S)
+
+    def _takes(self, rnd: Round) -> bool:
+        """Whether the buffer takes updates now: training, before its deadline, not full (the
+        caller holds its lock, or checks again under it)."""
+        assert rnd.plan.buffer is not None
+        return (rnd.state is RoundState.TRAINING and self.table.clock() <= rnd.plan.deadline_unix
+                and len(rnd.reports) < rnd.plan.buffer.buffer_size)
+
+    def _check_run_goes_on(self, run_id: str) -> None:
+        """Raises RoundNotOpen when the state store says the run has ended (no buffer will open
+        again); says nothing when the store does not know the run."""
+        try:
+            run = self.journal.state.get_run(run_id)
+        except FedstreamError:
+            return
+        if run.state in TERMINAL_RUN_STATES:
+            raise RoundNotOpen(f"run {run_id!r} has {run.state}: it takes no more updates")
 
     def counted(self, run_id: str, key: str, assigned: int, upto: int) -> bool:
         """Whether the update ``key`` counted in one of the run's buffers ``assigned``..``upto``
@@ -242,6 +265,8 @@ class Buffers:
         assert buffer is not None and target.accumulator is not None
         with target.lock:
             target.check_accepting(self.table.clock())
+            if len(target.reports) >= buffer.buffer_size:  # full, closing: the next buffer takes it
+                raise RoundNotOpen(f"buffer {target.plan.round} of run {plan.run_id!r} is full")
             if self.counted(plan.run_id, key, plan.round, target.plan.round):
                 return None
             if not self.journal.count(target.plan, report, key=key):
