@@ -101,3 +101,19 @@ def test_asynchronous_runs_take_linear_strategies(strategy):
     assert spec.asynchronous is not None
     assert spec.asynchronous.buffer() == BufferSpec(2, 3, StalenessFunction.HINGE, 1.0, 2.0, 10)
     assert parse_spec({"task": "digits"}).asynchronous is None
+
+
+def test_the_cli_shows_an_asynchronous_run_by_version():
+    from fedstream_cli.runs import _note, run_summary
+
+    def rnd(n, state, updates):
+        return {"round": n, "kind": "train", "state": state, "updates": updates, "participants": ["a", "b", "c"],
+                "bytes_received": 0, "update_metrics": {"staleness": 0.5}, "metrics": {}, "duration_s": 1.0}
+
+    run = {"run_id": "r", "state": "running", "reason": "", "rounds_committed": 1, "latest_version": "r/000001",
+           "spec": {"rounds": 3, "asynchronous": {"buffer_size": 4}}, "rounds": [rnd(1, "committed", 4), rnd(2, "training", 1)]}
+
+    assert _note(run).startswith("version 2 training: 1/4 updates buffered")
+    lines = run_summary(run)
+    assert "1 versions (asynchronous) committed" in lines[0]
+    assert "staleness 0.5000" in lines[1]
