@@ -9,7 +9,8 @@ from typing import Any
 from fedstream_cli.api import ApiError, Client, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes
 
-SHOWN_METRICS = ("train_loss", "accuracy", "map50", "map", "rank1")
+# "staleness": an asynchronous run's mean staleness of the updates counted into a version.
+SHOWN_METRICS = ("train_loss", "accuracy", "map50", "map", "rank1", "staleness")
 RECONNECT_S = 120.0
 # No connection (0), or a proxy in front of a scheduler that is not there (yet).
 UNREACHABLE = (0, 502, 503, 504)
@@ -17,6 +18,10 @@ UNREACHABLE = (0, 502, 503, 504)
 
 def _note(run: dict[str, Any]) -> str:
     current = next((r for r in reversed(run["rounds"]) if r["state"] not in ("committed", "failed", "cancelled")), None)
+    buffer = (run["spec"].get("asynchronous") or {}).get("buffer_size")
+    if current is not None and buffer and current["kind"] == "train":  # an asynchronous run's version
+        return (f"version {current['round']} {current['state']}: {current['updates']}/{buffer} updates buffered, "
+                f"{human_bytes(current['bytes_received'])}")
     if current is not None:
         return (f"round {current['round']} ({current['kind']}) {current['state']}: "
                 f"{current['updates']}/{len(current['participants'])} updates, {human_bytes(current['bytes_received'])}")
@@ -73,8 +78,9 @@ def reconnect_option(p: argparse.ArgumentParser) -> None:
 
 def run_summary(run: dict[str, Any]) -> list[str]:
     """A run's state and a line per round with its headline metrics."""
+    what = "versions (asynchronous)" if (run.get("spec") or {}).get("asynchronous") else "rounds"
     lines = [f"run {run['run_id']} {run['state']}{': ' + run['reason'] if run['reason'] else ''}; "
-             f"{run['rounds_committed']} rounds committed; latest {run['latest_version'] or '-'}"]
+             f"{run['rounds_committed']} {what} committed; latest {run['latest_version'] or '-'}"]
     for r in run.get("rounds", []):
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted({**r["update_metrics"], **r["metrics"]}.items())
                             if k in SHOWN_METRICS or k.startswith("distill_mse"))

@@ -22,6 +22,8 @@ class SpecFlag:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    # Left out of the spec unless given (no default, not required).
+    optional: bool = False
 
     @property
     def dest(self) -> str:
@@ -52,6 +54,20 @@ FLAGS = (
     SpecFlag("--wait-for-agents", "wait_for_agents_s", float, 60.0, "seconds to wait for min-agents"),
     SpecFlag("--evaluate-every", "evaluate_every", int, 0,
              "federated evaluation of the new version after every N training rounds and after the last (0: never)"),
+    SpecFlag("--async-buffer-size", "asynchronous.buffer_size", int, None,
+             "buffered asynchronous run (FedBuff): updates per committed version (K); --rounds then counts versions",
+             optional=True),
+    SpecFlag("--async-concurrency", "asynchronous.concurrency", int, None,
+             "buffered asynchronous run: agents training at once (C)", optional=True),
+    SpecFlag("--staleness", "asynchronous.staleness.function", str, None,
+             "asynchronous run: how staleness weighs an update (default polynomial)",
+             ("constant", "polynomial", "hinge"), optional=True),
+    SpecFlag("--staleness-a", "asynchronous.staleness.a", float, None,
+             "asynchronous run: the polynomial's exponent or the hinge's slope (default 0.5)", optional=True),
+    SpecFlag("--staleness-b", "asynchronous.staleness.b", float, None,
+             "asynchronous run: the hinge's point (default 0)", optional=True),
+    SpecFlag("--max-staleness", "asynchronous.max_staleness", int, None,
+             "asynchronous run: updates more versions behind are refused as stale (default 10)", optional=True),
 )
 BY_DEST = {f.dest: f for f in FLAGS}
 
@@ -65,8 +81,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True
         if only and f.dest not in only:
             continue
         default = f.default if defaults else None
-        required = defaults and f.default is None
-        shown = " (required)" if required else " (default: %(default)s)" if defaults and f.default != "" else ""
+        required = defaults and f.default is None and not f.optional
+        shown = " (required)" if required else " (default: %(default)s)" if defaults and f.default not in ("", None) else ""
         group.add_argument(f.flag, type=f.type, default=default, required=required, help=f.help + shown,
                            choices=f.choices or None, metavar=None if f.choices else f.dest.upper())
     if only:

@@ -24,6 +24,7 @@ from fedstream.rounds import (
     UpdateReport,
     canonical_params,
 )
+from fedstream.staleness import BufferSpec
 from fedstream.v1 import aggregator_pb2, round_pb2, scheduler_pb2
 
 _KINDS: dict[RoundKind, round_pb2.RoundKind] = {
@@ -123,7 +124,24 @@ def plan_to_proto(plan: RoundPlan) -> aggregator_pb2.RoundPlan:
         target_updates=plan.target_updates,
     )
     msg.strategy.params.update(plan.params())
+    if plan.buffer is not None:
+        msg.buffer.CopyFrom(buffer_to_proto(plan.buffer))
     return msg
+
+
+def buffer_to_proto(b: BufferSpec) -> round_pb2.AsynchronousSpec:
+    return round_pb2.AsynchronousSpec(
+        buffer_size=b.buffer_size, concurrency=b.concurrency, max_staleness=b.max_staleness,
+        staleness=round_pb2.StalenessSpec(function=b.function.value, a=b.a, b=b.b),
+    )
+
+
+def buffer_from_proto(msg: round_pb2.AsynchronousSpec) -> BufferSpec:
+    """Raises InvalidArgument for an unknown staleness function."""
+    return BufferSpec.from_dict({
+        "buffer_size": msg.buffer_size, "concurrency": msg.concurrency, "max_staleness": msg.max_staleness,
+        "staleness": {"function": msg.staleness.function, "a": msg.staleness.a, "b": msg.staleness.b},
+    })
 
 
 def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
@@ -144,6 +162,7 @@ def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
         task=msg.task,
         distill=msg.distill,
         target_updates=msg.target_updates,
+        buffer=buffer_from_proto(msg.buffer) if msg.HasField("buffer") else None,
     )
 
 
@@ -184,6 +203,7 @@ def training_to_proto(t: TrainingConfig) -> round_pb2.TrainingConfig:
         proximal_mu=t.proximal_mu,
         shared_only=t.shared_only,
         compression=t.compression,
+        upload_delta=t.upload_delta,
     )
 
 
@@ -198,6 +218,7 @@ def training_from_proto(t: round_pb2.TrainingConfig) -> TrainingConfig:
         proximal_mu=t.proximal_mu,
         shared_only=t.shared_only,
         compression=t.compression or "none",
+        upload_delta=t.upload_delta,
     )
 
 

@@ -139,6 +139,11 @@ class RoundClosed(RoundNotOpen):
     def is_closure(message: str) -> bool:
         """Whether a FAILED_PRECONDITION status's message is this error's."""
         return message.startswith("round ") and " closed with its " in message
+class StaleUpdate(FailedPrecondition):
+    """A buffered asynchronous update whose base is more versions behind than the run's
+    max_staleness: refused, counted nowhere."""
+
+    code = "stale_update"
 
 
 class InvalidTransition(FailedPrecondition):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fedstream.staleness import BufferSpec
+
 
 class RoundKind(StrEnum):
     """What the participants of a round are asked to do."""
@@ -156,6 +158,8 @@ class RoundPlan:
         (at most the participants), or every participant when it is 0."""
         everyone = len(self.participants)
         return min(self.target_updates, everyone) if self.target_updates else everyone
+    # A buffer of a buffered asynchronous run (fedstream.staleness); None: a synchronous round.
+    buffer: BufferSpec | None = None
 
     def params(self) -> dict[str, Any]:
         value = json.loads(self.strategy_params)
@@ -178,6 +182,7 @@ class RoundPlan:
             "task": self.task,
             "distill": self.distill,
             "target_updates": self.target_updates,
+            **({"buffer": self.buffer.to_dict()} if self.buffer is not None else {}),
         }
 
     @classmethod
@@ -197,6 +202,7 @@ class RoundPlan:
             task=str(d.get("task", "")),
             distill=bool(d.get("distill", False)),
             target_updates=int(d.get("target_updates", 0)),
+            buffer=BufferSpec.from_dict(d["buffer"]) if d.get("buffer") else None,
         )
 
 
@@ -241,6 +247,8 @@ class TrainingConfig:
     proximal_mu: float = 0.0
     # FedPav: only the tensors the task shares travel.
     shared_only: bool = False
+    # Buffered asynchronous runs: floating tensors travel as their change from the base version.
+    upload_delta: bool = False
 
 
 @dataclass(frozen=True)

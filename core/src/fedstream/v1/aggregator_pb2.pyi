@@ -131,7 +131,7 @@ class AbortRoundResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates", "buffer")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class RoundPlan(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     DISTILL_FIELD_NUMBER: _ClassVar[int]
     TARGET_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -158,7 +159,8 @@ class RoundPlan(_message.Message):
     task: str
     distill: bool
     target_updates: int
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ...) -> None: ...
+    buffer: _round_pb2.AsynchronousSpec
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ..., buffer: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ("endpoints",)

@@ -37,7 +37,7 @@ ROUND_STATE_FAILED: RoundState
 ROUND_STATE_CANCELLED: RoundState
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression", "upload_delta")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class TrainingConfig(_message.Message):
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     SHARED_ONLY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_DELTA_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
@@ -54,7 +55,8 @@ class TrainingConfig(_message.Message):
     proximal_mu: float
     shared_only: bool
     compression: str
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ..., compression: _Optional[str] = ...) -> None: ...
+    upload_delta: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ..., compression: _Optional[str] = ..., upload_delta: _Optional[bool] = ...) -> None: ...
 
 class StrategySpec(_message.Message):
     __slots__ = ("name", "params")
@@ -82,3 +84,25 @@ class UpdateReport(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     bytes_received: int
     def __init__(self, agent_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class StalenessSpec(_message.Message):
+    __slots__ = ("function", "a", "b")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    a: float
+    b: float
+    def __init__(self, function: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ...) -> None: ...
+
+class AsynchronousSpec(_message.Message):
+    __slots__ = ("buffer_size", "concurrency", "staleness", "max_staleness")
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
+    buffer_size: int
+    concurrency: int
+    staleness: StalenessSpec
+    max_staleness: int
+    def __init__(self, buffer_size: _Optional[int] = ..., concurrency: _Optional[int] = ..., staleness: _Optional[_Union[StalenessSpec, _Mapping]] = ..., max_staleness: _Optional[int] = ...) -> None: ...

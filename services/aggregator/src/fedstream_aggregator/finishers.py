@@ -184,7 +184,8 @@ class LinearFinisher(VersionFinisher):
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
-        deltas = plan.compression == "int8"  # the means of floating tensors are changes
+        # The means of floating tensors are changes: int8 updates, and buffered asynchronous ones.
+        deltas = plan.compression == "int8" or plan.buffer is not None
         with contextlib.ExitStack() as stack:
             base = None
             if strategy.needs_base or deltas:

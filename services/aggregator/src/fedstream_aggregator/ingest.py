@@ -36,6 +36,7 @@ from fedstream.store import ModelStore
 from fedstream.tensors import ChunkReceiver, Layout
 from fedstream.v1 import tensor_pb2
 from fedstream_aggregator import metrics as m
+from fedstream_aggregator.buffered import Buffers
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
@@ -141,7 +142,10 @@ def check_report_metrics(metrics: dict[str, float], max_metrics: int, max_name_b
 
 
 class Ingest:
-    """Receives the updates of the rounds in ``table``."""
+    """Receives the updates of the rounds in ``table`` (those of buffered asynchronous runs
+    through ``buffers``)."""
+
+    check_finite = staticmethod(check_finite)
 
     def __init__(
         self, table: RoundTable, journal: Journal, store: ModelStore, spools: SpoolPool,
@@ -163,6 +167,7 @@ class Ingest:
         # Tensors per layout and characters per tensor name; the server sets them from its limits.
         self.max_tensors = DEFAULT_MAX_TENSORS
         self.max_tensor_name_length = DEFAULT_MAX_TENSOR_NAME_LENGTH
+        self.buffers = Buffers(self)
 
     def receive(
         self, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object] = lambda: None,
@@ -204,6 +209,9 @@ class Ingest:
         accumulator is unchanged. ``on_close`` is registered with the round while the update
         streams, so that a round that stops taking updates ends it.
         """
+        buffered = self.buffers.assigned_plan(header.run_id, header.round)
+        if buffered is not None:
+            return self.buffers.receive(buffered, header, chunks, before_count)
         rnd = self.table.get(header.run_id, header.round)
         self._check_sender(rnd, header)
         with rnd.lock:
@@ -247,6 +255,9 @@ class Ingest:
         """(the agent's update for the round counted already, the offset ``upload_id`` resumes
         from). Raises RoundNotFound, AgentNotSelected, FailedPrecondition (the agent uploads to a
         leaf), RoundNotOpen or RoundCancelled (the round no longer takes updates)."""
+        buffered = self.buffers.assigned_plan(run_id, round_)
+        if buffered is not None:
+            return self.buffers.status(buffered, agent, upload_id)
         rnd = self.table.get(run_id, round_)
         if agent not in rnd.plan.participants:
             raise AgentNotSelected(f"agent {agent!r} was not selected for round {round_} of run {run_id!r}")

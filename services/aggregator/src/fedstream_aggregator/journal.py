@@ -31,10 +31,11 @@ class Journal:
     def unfinished(self) -> list[AggregationRecord]:
         return self.state.list_aggregations(self.name)
 
-    def count(self, plan: RoundPlan, report: UpdateReport) -> bool:
-        """Counts an update, atomically; False when the agent's was counted already. Raises
-        RoundNotOpen once the record is past training."""
-        return self.state.count_update(plan.run_id, plan.round, report.agent_id, report, self.name)
+    def count(self, plan: RoundPlan, report: UpdateReport, *, key: str = "") -> bool:
+        """Counts an update, atomically; False when the agent's (``key``'s: a buffered
+        asynchronous update's) was counted already. Raises RoundNotOpen once the record is past
+        training."""
+        return self.state.count_update(plan.run_id, plan.round, key or report.agent_id, report, self.name)
 
     def move(self, plan: RoundPlan, state: RoundState, *, version: str = "", reason: str = "") -> None:
         """Moves the record to ``state`` (with the version committed or the reason it failed);

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from fedstream.metrics import OPERATION_BUCKETS
 
@@ -23,3 +23,9 @@ AGGREGATION_SECONDS = Histogram(
 )
 COMMITS = Counter("fedstream_aggregator_rounds_total", "Rounds this aggregator finished, by outcome.",
                   ["tenant", "kind", "outcome"])
+STALENESS = Histogram(
+    "fedstream_update_staleness", "Buffered asynchronous updates counted, by staleness (buffers opened since the "
+    "update's base).", ["tenant"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+)
+BUFFER_FILL = Gauge("fedstream_buffer_fill", "Updates counted in the open buffer of asynchronous runs, as a share "
+                    "of the buffer size (the newest buffer counted into).", ["tenant"])

@@ -13,6 +13,7 @@ from fedstream.errors import AlreadyExists, FailedPrecondition, Unavailable
 from fedstream.rounds import RoundKind, RoundPlan
 from fedstream.strategies import LinearStrategy, Strategy
 from fedstream.tensors import Layout
+from fedstream_aggregator.buffered import check_buffer_plan
 from fedstream_aggregator.distill import Distiller
 from fedstream_aggregator.finishers import Storage, choose_finisher
 from fedstream_aggregator.hierarchy import Hierarchy
@@ -50,7 +51,7 @@ class RoundFactory:
 
     def build(self, plan: RoundPlan, strategy: Strategy, layout: Layout | None) -> Round:
         """A training round of ``plan`` (``layout``: the base version's, for training rounds)."""
-        shares = self.hierarchy.shares(plan, strategy)
+        shares = self.hierarchy.shares(plan, strategy) if plan.buffer is None else {}
         folds = layout is not None and isinstance(strategy, LinearStrategy) and not shares
         return Round(
             plan, strategy, choose_finisher(plan, strategy, self.storage, self.distiller, self.clock),
@@ -90,6 +91,7 @@ class Opener:
         if not self.table.ready:
             raise Unavailable("the aggregator is starting; retry shortly")
         plan, strategy = checked_plan(plan, self.distiller)
+        check_buffer_plan(plan, strategy)
         existing = self.table.find(plan.run_id, plan.round)
         if existing is not None:
             if existing.plan != plan:

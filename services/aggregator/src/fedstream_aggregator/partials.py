@@ -272,6 +272,8 @@ class PartialUploads:
         rnd = self.table.find(key[0], key[1])
         if rnd is None:
             return False
+        if rnd.plan.buffer is not None:
+            return True  # a buffered update counts in a later buffer: kept until its time-to-live
         try:
             rnd.check_accepting(now)
         except FedstreamError:

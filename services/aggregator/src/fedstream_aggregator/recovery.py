@@ -80,6 +80,9 @@ class Recovery:
             return  # the root collects it
         if rnd.state is RoundState.AGGREGATING:
             self.committer.commit_later(rnd)
+        elif plan.buffer is not None:
+            if len(reports) >= plan.buffer.buffer_size:
+                self.committer.close(rnd, "the buffer is full")
         elif len(reports) >= plan.closes_at:  # it had what it needed when the process died
             self.committer.close(rnd, closing_reason(plan, len(reports)))
         elif rnd.shares:

@@ -174,7 +174,9 @@ class Round:
     def snapshot(self) -> RoundSnapshot:
         """The round as its watchers see it (the caller holds ``lock``)."""
         reported = set(self.reports)
-        stragglers = [a for a in self.plan.participants if a not in reported] if self.terminal() else []
+        # A buffer of an asynchronous run has no stragglers: its participants may upload later.
+        waited = self.terminal() and self.plan.buffer is None
+        stragglers = [a for a in self.plan.participants if a not in reported] if waited else []
         return RoundSnapshot(
             self.plan.run_id, self.plan.round, self.state, list(self.reports.values()), stragglers,
             self.version, self.reason, dict(self.metrics),
@@ -225,6 +227,12 @@ class RoundTable:
         deadline = rnd.plan.deadline_unix + (PARTIAL_ROUND_TTL_S if rnd.plan.partial else 0.0)
         rnd.timer = background.after(max(0.0, deadline - self.clock()), self.on_deadline, rnd)
         return True
+
+    def latest(self, run_id: str) -> Round | None:
+        """The run's newest round held here."""
+        with self._lock:
+            rounds = [r for (run, _), r in self._rounds.items() if run == run_id]
+        return max(rounds, key=lambda r: r.plan.round, default=None)
 
     def _prune(self) -> None:
         """Forgets the oldest finished rounds beyond KEEP_FINISHED_ROUNDS (caller holds _lock)."""

@@ -337,15 +337,7 @@ class Agent:
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
         if a.training.no_op and a.kind is RoundKind.TRAIN:
-            buf = base.buffer
-            self._upload(
-                a,
-                buf.layout,
-                lambda: (memoryview(buf.data)[t.offset : t.end] for t in buf.layout.tensors),
-                task.num_examples(data),
-                {"download_seconds": download_s},
-                chunk_bytes,
-            )
+            self._upload_unchanged(a, base, task.num_examples(data), {"download_seconds": download_s}, chunk_bytes)
             return
         model = task.build_model(a.training.seed)
         incoming = state_of(base.buffer)
@@ -357,11 +349,15 @@ class Agent:
         self._load(task, a, model, incoming)
         compression = a.training.compression
         global_floats = (
-            {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if compression == "int8" else {}
+            {k: v.clone() for k, v in incoming.items() if v.is_floating_point()}
+            if compression == "int8" or a.training.upload_delta else {}
         )
         del base, incoming
         result = self._train(task, a, model, data)
-        state = self._compress(a, self._outgoing(task, a, model), compression, global_floats)
+        state = self._outgoing(task, a, model)
+        if a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
+            state = as_changes(state, global_floats)
+        state = self._compress(a, state, compression, global_floats)
         layout = layout_of(state)
         metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
@@ -388,6 +384,20 @@ class Agent:
         m.TRAIN_SECONDS.labels(a.task).observe(result.metrics.get("train_seconds", 0.0))
         m.SAMPLES.labels(a.task).inc(result.metrics.get("examples_seen", 0.0))
         return result
+
+    def _upload_unchanged(
+        self, a: Assignment, base: DownloadedModel, examples: int, metrics: dict[str, float], chunk_bytes: int
+    ) -> None:
+        """A no-op round's upload: the base model as it came, or no change from it."""
+        buf = base.buffer
+        if a.training.upload_delta:
+            unchanged = state_of(buf)
+            state = as_changes(unchanged, unchanged)
+            layout = layout_of(state)
+            self._upload(a, layout, lambda: buffers_of(layout, state), examples, metrics, chunk_bytes)
+            return
+        views = lambda: (memoryview(buf.data)[t.offset : t.end] for t in buf.layout.tensors)  # noqa: E731
+        self._upload(a, buf.layout, views, examples, metrics, chunk_bytes)
 
     def _load(self, task: Task, a: Assignment, model: torch.nn.Module, incoming: dict[str, torch.Tensor]) -> None:
         """Loads the global model; under partial averaging, with this site's private tensors."""
@@ -465,3 +475,16 @@ class Agent:
     ) -> None:
         """See ``Transfers.upload``: done once the aggregator confirms the update counted."""
         self._transfers.upload(a, layout, buffers, num_examples, metrics, chunk_bytes, lambda: self._check_cancelled(a))
+
+
+def as_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each floating tensor as its change from ``base`` (computed in float32 or wider, stored in
+    its own dtype); other tensors as they are (the aggregator averages them plainly)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if value.is_floating_point():
+            wide = torch.promote_types(value.dtype, torch.float32)
+            out[name] = (value.to(wide) - base[name].to(wide)).to(value.dtype)
+        else:
+            out[name] = value
+    return out

@@ -19,7 +19,7 @@ from fedstream.state import FederationRecord, RunRecord, StateStore
 from fedstream.store import ModelStore
 from fedstream.strategies import make_strategy
 from fedstream_scheduler.audit import SYSTEM, Actor
-from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.models import RunSpec, check_asynchronous
 from fedstream_scheduler.runs import RunService
 
 MISSED_POLICIES = ("skip", "run_once")
@@ -66,6 +66,7 @@ def check_spec(fields: dict[str, Any]) -> RunSpec:
 def normalised(spec: RunSpec) -> dict[str, Any]:
     """The spec as stored: its strategy's parameters with their defaults filled in."""
     strategy = make_strategy(spec.strategy.name, spec.strategy.params)
+    check_asynchronous(spec, strategy)
     spec.strategy.params = strategy.params.model_dump()
     return spec.model_dump()
 

@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedstream.errors import InvalidArgument
 from fedstream.rounds import RoundKind
+from fedstream.staleness import MAX_STALENESS_LIMIT, BufferSpec, StalenessFunction
+from fedstream.strategies import LinearStrategy, Strategy
 
 # The longest a round's deadline, or the wait for its agents, may be (a week). Every float of a
 # spec is finite (allow_inf_nan=False) and bounded: a deadline must stay a usable timestamp.
@@ -45,6 +48,32 @@ class SelectionSpec(BaseModel):
         description="With prefer_fast: the share of each round's seats (rounded up) drawn uniformly among "
         "all live agents, so that slow sites still take part.",
     )
+class StalenessSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    function: StalenessFunction = Field(
+        StalenessFunction.POLYNOMIAL,
+        description="How an update's weight falls with its staleness s (versions committed since its base): "
+        "constant 1, polynomial (1+s)^-a, hinge 1 while s <= b then 1/(a(s-b)+1).",
+    )
+    a: float = Field(0.5, ge=0, le=1e6, description="The polynomial's exponent, or the hinge's slope.")
+    b: float = Field(0.0, ge=0, le=1e6, description="The hinge's point: updates at most this stale weigh fully.")
+
+
+class AsynchronousSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    buffer_size: int = Field(ge=1, le=100_000, description="Updates counted into each committed version (K).")
+    concurrency: int = Field(ge=1, le=100_000, description="Agents training at once (C).")
+    staleness: StalenessSpec = Field(default_factory=StalenessSpec, description="How staleness weighs updates.")
+    max_staleness: int = Field(
+        10, ge=0, le=MAX_STALENESS_LIMIT,
+        description="Updates whose base is more than this many versions old are refused as stale.",
+    )
+
+    def buffer(self) -> BufferSpec:
+        """The aggregator's view of these settings."""
+        return BufferSpec.from_dict(self.model_dump(mode="json")).check()
 
 
 class RunSpec(BaseModel):
@@ -85,6 +114,12 @@ class RunSpec(BaseModel):
     evaluate_only: bool = Field(
         False, description="Train nothing: one federated evaluation of initial_version."
     )
+    asynchronous: AsynchronousSpec | None = Field(
+        None,
+        description="Buffered asynchronous aggregation (FedBuff) instead of synchronous rounds: agents "
+        "train on the newest version without waiting for each other and a version is committed every "
+        "buffer_size updates; rounds then counts versions. Unset: synchronous rounds.",
+    )
 
     @model_validator(mode="after")
     def _evaluation_needs_a_version(self) -> RunSpec:
@@ -114,3 +149,27 @@ class RunSpec(BaseModel):
         target = min(self.target_updates, participants) if kind is RoundKind.TRAIN else 0
         least = self.min_updates or (min(self.min_agents, target) if target else self.min_agents)
         return max(1, min(participants, least)), target
+
+def check_asynchronous(spec: RunSpec, strategy: Strategy) -> None:
+    """Raises InvalidArgument when an asynchronous run asks for what buffered aggregation does
+    not do: a robust strategy, distillation or partial averaging, compressed updates, an
+    evaluation-only run, or the over-selection of synchronous rounds."""
+    if spec.asynchronous is None:
+        return
+    why = "invalid run spec: asynchronous runs"
+    if not isinstance(strategy, LinearStrategy):
+        raise InvalidArgument(
+            f"{why} fold each update as it arrives: strategy {strategy.name!r} combines every update at once "
+            "(use fedavg, fedprox, fedadam, fedyogi or fedadagrad)"
+        )
+    if strategy.configure().get("shared_only") or any(strategy.distills(i) for i in range(1, 101)):
+        raise InvalidArgument(f"{why} do not take partial averaging or distillation (strategy {strategy.name!r})")
+    if spec.training.compression != "none":
+        raise InvalidArgument(f"{why} upload changes from their base: training.compression must be none")
+    if spec.evaluate_only:
+        raise InvalidArgument(f"{why} train: evaluate_only does not apply")
+    if spec.target_updates or spec.selection.prefer_fast:
+        raise InvalidArgument(
+            f"{why} commit every buffer_size updates and keep concurrency agents training: target_updates "
+            "and selection.prefer_fast are for synchronous rounds"
+        )

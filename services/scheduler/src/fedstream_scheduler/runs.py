@@ -20,10 +20,11 @@ from fedstream.state import AuditAction, RoundRecord, RunRecord, StateStore
 from fedstream.strategies import RobustStrategy, make_strategy
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.audit import SYSTEM, Actor, Auditor
+from fedstream_scheduler.buffered import BufferedDriver
 from fedstream_scheduler.cancelling import Canceller
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.leases import RunLeases
-from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.models import RunSpec, check_asynchronous
 from fedstream_scheduler.round_driver import RoundDriver, RunFailed
 from fedstream_scheduler.settings import SchedulerSettings
 
@@ -63,6 +64,7 @@ def parse_spec(fields: dict[str, object]) -> RunSpec:
     spec.strategy.params = strategy.params.model_dump()
     if isinstance(strategy, RobustStrategy) and spec.training.compression != "none":
         raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
+    check_asynchronous(spec, strategy)
     return spec
 
 
@@ -81,6 +83,7 @@ class RunService:
     ) -> None:
         self.state = state
         self.rounds = rounds
+        self.buffered = BufferedDriver(rounds)
         self.audit = audit or Auditor(state, clock)
         self.canceller = Canceller(state, rounds.aggregator, rounds, clock)
         self.leases = leases
@@ -213,6 +216,7 @@ class RunService:
                 log.exception("run failed unexpectedly")
                 self._finish_run(run_id, RunState.FAILED, f"internal error: {type(e).__name__}")
             finally:
+                self.buffered.forget(run_id)
                 keeper.cancel()
                 await self.changes.notify()
 
@@ -226,7 +230,10 @@ class RunService:
             if progress.failures >= limit:
                 raise RunFailed(f"{progress.failures} rounds in a row failed")
             progress.round_no += 1
-            version = await self.rounds.run_round(run_id, spec, progress.round_no, RoundKind.TRAIN, progress.base)
+            if spec.asynchronous is not None:
+                version = await self.buffered.run_buffer(run_id, spec, progress.round_no, progress.base)
+            else:
+                version = await self.rounds.run_round(run_id, spec, progress.round_no, RoundKind.TRAIN, progress.base)
             progress.ended(RoundKind.TRAIN, version)
             every = spec.evaluate_every
             if version and every and (progress.committed % every == 0 or progress.committed == spec.rounds):
@@ -258,7 +265,9 @@ class RunService:
                 progress.ended(r.kind, "")
         evaluated = {r.base_version for r in rounds if r.kind == RoundKind.EVALUATE and r.state == RoundState.COMMITTED}
         last = rounds[-1] if rounds else None
-        if last is not None and last.state not in TERMINAL_ROUND_STATES:
+        if last is not None and last.state not in TERMINAL_ROUND_STATES and spec.asynchronous and last.kind == RoundKind.TRAIN:
+            progress.round_no = last.round - 1  # the buffer is taken on again by the asynchronous driver
+        elif last is not None and last.state not in TERMINAL_ROUND_STATES:
             log.info("resuming round %d (%s)", last.round, last.state)
             version = await self.rounds.resume(run_id, spec, last)
             if version and last.kind == RoundKind.EVALUATE:
