@@ -21,7 +21,7 @@ for it. So every mode is measured the same way: the wall time until a version fi
 target, and the score of the last version committed within the budget.
 
 Usage: python bench/async.py [--tasks digits,detection] [--seeds 3] [--budget-s S] [--json FILE]
-       python bench/async.py --quick      (one seed, digits only, a short budget: about 2 minutes)
+       python bench/async.py --quick      (one seed, digits only, a 35 s budget: about 2.5 minutes)
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--staleness-a", type=float, default=0.5)
     p.add_argument("--max-staleness", type=int, default=10)
     p.add_argument("--round-timeout-s", type=float, default=120.0, help="deadline of a round or an assignment")
-    p.add_argument("--quick", action="store_true", help="one seed, digits only, a 35 s budget (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="one seed, digits only, a 35 s budget (about 2.5 minutes)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = p.parse_args()
