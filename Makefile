@@ -62,6 +62,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/state_writes.py
 	$(BIN)/python bench/wan.py
+	$(BIN)/python bench/async.py
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)
