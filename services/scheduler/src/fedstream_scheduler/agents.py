@@ -18,6 +18,7 @@ from fedstream.errors import (
     InvalidArgument,
     ResourceExhausted,
     RoundNotFound,
+    RunNotFound,
     Unauthenticated,
 )
 from fedstream.ids import check_agent_id
@@ -109,10 +110,18 @@ class AgentRegistry:
             return rnd.reason or f"round {round_} of run {run_id!r} was cancelled", False
         if rnd.state in (RoundState.AGGREGATING, RoundState.COMMITTED) and all(
             r.agent_id != agent_id for r in rnd.reports
-        ):
+        ) and not self._buffered(run_id):
             n = len(rnd.reports)
             return f"round {round_} of run {run_id!r} closed with its {n} update{'s' * (n != 1)}", True
         return "", False
+
+    def _buffered(self, run_id: str) -> bool:
+        """Whether the run is buffered asynchronous: a buffer that committed without an agent's
+        update never makes that work late (it counts, staler, in the buffer open when it comes)."""
+        try:
+            return bool(self.state.get_run(run_id).spec.get("asynchronous"))
+        except RunNotFound:
+            return False
 
     async def assignments(
         self, agent_id: str, still_allowed: Callable[[], object] | None = None
@@ -227,6 +236,11 @@ class AgentRegistry:
     def live_agents(self, task: str) -> list[str]:
         """Agents with a fresh heartbeat, an open stream, not disabled, offering the task."""
         return [a.agent_id for a in self._live() if not a.tasks or task in a.tasks]
+
+    def eligible_agents(self, task: str) -> list[str]:
+        """Agents that may take part in the task's runs, connected or not: enabled, offering
+        the task (an agent that comes back later takes part without a new selection)."""
+        return [a.agent_id for a in self.state.list_agents() if not a.disabled and (not a.tasks or task in a.tasks)]
 
     def live_offers(self) -> dict[str, list[str]]:
         """The tasks live agents offer, each with the agents offering it (an agent that names

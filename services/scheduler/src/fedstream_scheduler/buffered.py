@@ -77,9 +77,12 @@ class BufferedDriver:
 
     async def _record(self, run_id: str, spec: RunSpec, round_no: int, base: str) -> RoundRecord:
         live = await self.rounds._wait_for_agents(spec)
+        # Every enabled agent of the task may upload into the buffer, not only those connected
+        # now: one that drops out and comes back (or connects late) takes part in it.
+        participants = sorted(set(live) | set(self.agents.eligible_agents(spec.task)))
         now = self.clock()
         rec = RoundRecord(
-            run_id, round_no, RoundKind.TRAIN, RoundState.OPEN, sorted(live), base, started_unix=now,
+            run_id, round_no, RoundKind.TRAIN, RoundState.OPEN, participants, base, started_unix=now,
             deadline_unix=now + spec.round_timeout_s, min_updates=1,
         )
         self.state.create_round(rec)
