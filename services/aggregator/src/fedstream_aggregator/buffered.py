@@ -82,12 +82,17 @@ class Buffers:
 
     def assigned_plan(self, run_id: str, round_: int) -> RoundPlan | None:
         """The plan of a buffered round, from the table or the journal (a buffer committed
-        before a restart); None when the round is not a buffer."""
+        before a restart); None when the round is not a buffer. Raises RoundNotFound for a
+        round of an asynchronous run past its newest buffer."""
         if not self.table.ready:
             return None  # the table answers Unavailable
         rnd = self.table.find(run_id, round_)
         if rnd is not None:
             return rnd.plan if rnd.plan.buffer is not None else None
+        latest = self.table.latest(run_id)
+        if latest is not None and latest.plan.buffer is not None and round_ > latest.plan.round:
+            raise RoundNotFound(f"round {round_} of run {run_id!r} has not opened: its newest buffer is "
+                                f"{latest.plan.round}")
         try:
             plan = self.journal.get(run_id, round_).plan
         except FedstreamError:
@@ -156,8 +161,8 @@ class Buffers:
             raise InvalidArgument(f"round {assigned} of run {target.plan.run_id!r} has not opened yet")
         if s > buffer.max_staleness:
             raise StaleUpdate(
-                f"the update's base is {s} versions behind run {target.plan.run_id!r}'s buffer "
-                f"{target.plan.round}; this run takes at most {buffer.max_staleness} (max_staleness)"
+                f"the update's base is {s} versions behind buffer {target.plan.round} of run "
+                f"{target.plan.run_id!r}; this run takes at most {buffer.max_staleness} (max_staleness)"
             )
         return s
 
