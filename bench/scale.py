@@ -34,13 +34,15 @@ import httpx
 import numpy as np
 import psutil
 
-from fedstream.grpcutil import KEEPALIVE_OPTIONS, channel, channel_credentials
+from fedstream.errors import RoundClosed
+from fedstream.grpcutil import KEEPALIVE_OPTIONS, channel, channel_credentials, error_code_of
 from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import download_model, upload_update
 from fedstream.v1 import round_pb2, scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent.identity import enroll
 from fedstream_testing.local import LocalFederation
+from fedstream_testing.sim_agent import changes
 
 TASK = "scale"
 SEED_VERSION = "seed/000000"
@@ -55,7 +57,7 @@ def worker(agents: list[tuple[str, str]], cfg: dict, out: Path, stop: mp.Event, 
 async def _worker(agents: list[tuple[str, str]], cfg: dict, out: Path, stop: mp.Event, ready: mp.Value) -> None:
     received: list[tuple[str, str, int, float]] = []
     errors: list[str] = []
-    uploads: list[tuple[str, str, int, bool]] = []
+    uploads: list[tuple[str, str, int, bool | None]] = []  # None: refused as late (not needed)
     sem = asyncio.Semaphore(32)  # enrollments at once: signing is the scheduler's CPU
 
     async def one(agent_id: str, token: str) -> None:
@@ -104,13 +106,20 @@ async def _worker(agents: list[tuple[str, str]], cfg: dict, out: Path, stop: mp.
     out.write_text(json.dumps({"received": received, "errors": errors, "uploads": uploads}))
 
 
-def echo(ch: grpc.Channel, a: scheduler_pb2.Assignment) -> bool:
-    """The no-op update: the base model, uploaded back."""
+def echo(ch: grpc.Channel, a: scheduler_pb2.Assignment) -> bool | None:
+    """The no-op update: the base model uploaded back (no change from it, in an asynchronous
+    run); None when it was not needed (refused as late: the round closed without it)."""
     base = download_model(ch, a.run_id, a.base_version, timeout=120)
-    layout = base.buffer.layout
-    view = memoryview(base.buffer.data)
-    reply = upload_update(ch, timeout=120, run_id=a.run_id, round_=a.round, agent_id="", layout=layout,
-                          buffers=[view[t.offset:t.end] for t in layout.tensors], num_examples=10, metrics={})
+    out = changes(base.buffer, base.buffer) if a.training.upload_delta else base.buffer
+    layout = out.layout
+    view = memoryview(out.data)
+    try:
+        reply = upload_update(ch, timeout=120, run_id=a.run_id, round_=a.round, agent_id="", layout=layout,
+                              buffers=[view[t.offset:t.end] for t in layout.tensors], num_examples=10, metrics={})
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION and error_code_of(e) == RoundClosed.code:
+            return None
+        raise
     return reply.duplicate
 
 

@@ -547,3 +547,38 @@ def test_the_audit_log_is_paged_and_filtered(api):
     assert [(e["action"], e["target"]) for e in by_operator] == [("agent.disable", "agent/site-9")]
     assert is_problem(api.call("GET", "/audit?action=run.explode", admin), 400, "invalid_argument")
     assert is_problem(api.call("GET", "/audit", api.tenants["t1"].tokens["viewer"]), 403, "permission_denied")
+
+
+def test_patching_a_federation_merges_nested_blocks_as_a_json_merge_patch(api):
+    admin = api.tenants["t1"].tokens["admin"]
+    spec = {**SPEC, "selection": {"prefer_fast": True, "fairness_floor": 0.2},
+            "training": {"local_epochs": 2, "learning_rate": 0.1}, "strategy": {"name": "fedadam", "params": {"eta": 0.5}}}
+    assert api.call("POST", "/federations", admin, json={"federation_id": "merged", "spec": spec}).status_code == 201
+
+    def patch(fields: dict) -> dict:
+        reply = api.call("PATCH", "/federations/merged", admin, json={"spec": fields})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["spec"]
+
+    floor = patch({"selection": {"fairness_floor": 0.3}, "training": {"learning_rate": 0.05},
+                   "strategy": {"params": {"tau": 0.01}}})
+    reset = patch({"selection": None})
+    buffered = patch({"asynchronous": {"buffer_size": 2, "concurrency": 3,
+                                       "staleness": {"function": "hinge", "a": 1, "b": 2}}})
+    sloped = patch({"asynchronous": {"staleness": {"a": 3}}})
+    bad = api.call("PATCH", "/federations/merged", admin, json={"spec": {"asynchronous": {"buffer_size": 0}}})
+    synchronous = patch({"asynchronous": None})
+    other = patch({"strategy": {"name": "fedprox"}})
+
+    assert floor["selection"] == {"prefer_fast": True, "fairness_floor": 0.3}  # prefer_fast kept
+    assert floor["training"]["local_epochs"] == 2 and floor["training"]["learning_rate"] == 0.05
+    assert floor["strategy"]["params"]["eta"] == 0.5 and floor["strategy"]["params"]["tau"] == 0.01
+    assert reset["selection"] == {"prefer_fast": False, "fairness_floor": 0.2}  # null: the defaults again
+    assert buffered["asynchronous"]["staleness"] == {"function": "hinge", "a": 1.0, "b": 2.0}
+    assert sloped["asynchronous"]["staleness"] == {"function": "hinge", "a": 3.0, "b": 2.0}
+    assert sloped["asynchronous"]["buffer_size"] == 2 and sloped["asynchronous"]["concurrency"] == 3
+    assert is_problem(bad, 400, "invalid_argument") and "spec.asynchronous.buffer_size" in bad.json()["detail"]
+    assert synchronous["asynchronous"] is None and synchronous["training"]["local_epochs"] == 2
+    assert other["strategy"]["name"] == "fedprox" and "eta" not in other["strategy"]["params"]  # fedadam's dropped
+    stored = api.tenants["t1"].admin.state.get_federation("merged").spec
+    assert stored == other

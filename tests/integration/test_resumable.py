@@ -19,6 +19,7 @@ from fedstream import wire
 from fedstream.errors import Truncated
 from fedstream.grpcutil import channel
 from fedstream.rounds import RoundPlan
+from fedstream.staleness import BufferSpec, StalenessFunction
 from fedstream.state import MemoryStateStore, SQLiteStateStore
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream.tensors import Chunk, Layout, iter_chunks
@@ -175,7 +176,22 @@ def test_a_resume_from_an_offset_the_aggregator_does_not_hold_is_refused(server,
     assert not resume(ch, "a", u).duplicate
 
 
-def test_a_resumed_upload_takes_the_place_of_its_stale_stream(server, ch, model_store):
+@pytest.fixture
+def buffered(tmp_path, model_store):
+    """An aggregator whose round 1 of RUN is a buffer of an asynchronous run."""
+    store_model(model_store, BASE, random_model(0, scale=16))
+    server = serve(MemoryStateStore("t1"), model_store, tmp_path / "spool", min_download_chunk_bytes=256)
+    buffer = BufferSpec(2, 2, StalenessFunction.CONSTANT, max_staleness=2)
+    server.service.open_round(RoundPlan(RUN, 1, "train", BASE, ("a", "b"), 1, time.time() + 60, buffer=buffer))
+    yield server
+    server.stop(None)
+
+
+@pytest.mark.parametrize("mode", ["synchronous", "buffered"])
+def test_a_resumed_upload_takes_the_place_of_its_stale_stream(request, mode, model_store):
+    server = request.getfixturevalue("server" if mode == "synchronous" else "buffered")
+    ch = channel(f"127.0.0.1:{server.port}")
+    request.addfinalizer(ch.close)
     u = update_of(5)
     release = threading.Event()
 
@@ -190,9 +206,13 @@ def test_a_resumed_upload_takes_the_place_of_its_stale_stream(server, ch, model_
     reply = resume(ch, "a", u)
     release.set()
 
-    assert not reply.duplicate and kept_bytes(model_store, "a") == u.data
-    with pytest.raises(grpc.RpcError):
+    assert not reply.duplicate
+    assert counted(server, "a") == 1 and status(ch, "a", u).counted
+    if mode == "synchronous":
+        assert kept_bytes(model_store, "a") == u.data
+    with pytest.raises(grpc.RpcError) as ended:
         stale.result(timeout=10)
+    assert "took this stream's place" in ended.value.details()
 
 
 def test_an_upload_without_resume_fields_still_works_and_keeps_nothing(server, ch, model_store):

@@ -12,7 +12,8 @@ from fedstream.v1 import round_pb2, scheduler_pb2
 from fedstream_cli import build_parser
 from fedstream_cli.audit import _row as audit_row
 from fedstream_cli.dev_grpc import RoundPrinter, run_spec
-from fedstream_cli.plot import metric_series
+from fedstream_cli.plot import _draw, is_asynchronous, metric_series, version_timeline
+from fedstream_cli.runs import not_needed, run_summary, tell_not_needed
 from fedstream_cli.runspec import FLAGS, spec_from_args
 from fedstream_scheduler.models import RunSpec
 
@@ -156,6 +157,48 @@ def test_plot_separates_training_metrics_from_evaluation_metrics():
 
     assert training == {"train_loss": [(1, 0.9), (3, 0.4)], "server distill_mse": [(3, 0.1)]}
     assert evaluation == {"accuracy": [(1, 0.5), (3, 0.8)]}  # at the round whose version was evaluated
+
+
+def test_plot_shows_an_asynchronous_run_by_version_with_commit_times_and_staleness(tmp_path):
+    def version(n: int, started: float, finished: float, staleness: float) -> dict:
+        return {"round": n, "kind": "train", "state": "committed", "started_unix": started, "finished_unix": finished,
+                "update_metrics": {"train_loss": 1.0 / n, "staleness": staleness}, "metrics": {},
+                "duration_s": finished - started, "bytes_received": 0, "base_version": f"r/{n - 1:06d}"}
+
+    rounds = [{**version(1, 100.0, 130.0, 0.0), "kind": "init", "round": 0, "update_metrics": {}},
+              version(1, 130.0, 160.0, 0.0), version(2, 160.0, 190.0, 1.5), version(3, 190.0, 400.0, 0.5)]
+    run = {"run_id": "r", "state": "succeeded", "spec": {"asynchronous": {"buffer_size": 2}}}
+
+    training, _ = metric_series(rounds)
+    commits, staleness = version_timeline(rounds)
+    drawn = _draw(run, rounds, tmp_path / "r.png")
+
+    assert training == {"train_loss": [(1, 1.0), (2, 0.5), (3, 1 / 3)]}  # staleness has a panel of its own
+    assert commits == [(1, 1.0), (2, 1.5), (3, 5.0)]  # minutes since the run's first round started
+    assert staleness == [(1, 0.0), (2, 1.5), (3, 0.5)]
+    assert drawn == (["train_loss"], []) and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert is_asynchronous(run) and not is_asynchronous({"spec": {"rounds": 3}})
+
+
+def test_following_an_over_selected_run_names_the_agents_each_round_did_not_need():
+    def rnd(n: int, state: str, stragglers: list[str]) -> dict:
+        return {"round": n, "kind": "train", "state": state, "updates": 2, "participants": ["a", "b", "c", "d"],
+                "stragglers": stragglers, "bytes_received": 0, "update_metrics": {}, "metrics": {}, "duration_s": 1.0}
+
+    run = {"run_id": "r", "state": "running", "reason": "", "rounds_committed": 2, "latest_version": "r/000002",
+           "spec": {"rounds": 3, "target_updates": 2}, "rounds": [rnd(1, "committed", ["c", "d"]),
+                                                                  rnd(2, "committed", []), rnd(3, "training", [])]}
+    said: list[str] = []
+    told: set[int] = set()
+
+    tell_not_needed(run, told, said.append)
+    tell_not_needed(run, told, said.append)  # polled again: said once
+    lines = run_summary(run)
+    plain = {**run, "spec": {"rounds": 3}}
+
+    assert said == ["round 1 committed on its first 2 updates; not needed: c, d"]
+    assert lines[1].endswith("not needed: c, d") and "not needed" not in lines[2]
+    assert not_needed(plain, run["rounds"][0]) == []  # without target_updates a straggler was needed
 
 
 def test_no_option_offers_an_empty_choice():

@@ -77,14 +77,16 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    """Merges the flags given into the federation: nested sections (training, strategy) field by field."""
+    """Sends the flags given as a JSON merge patch of the federation's spec: nested sections
+    (training, selection, asynchronous, strategy) change field by field, the rest stays."""
     client = client_from(args)
     _check_task(client, args)
     changes = spec_from_args(args)
+    if args.synchronous:
+        changes["asynchronous"] = None  # null deletes the block: runs are synchronous again
     body: dict[str, Any] = {"clear_schedule": args.clear_schedule}
     if changes:
-        current = client.call("GET", f"/federations/{args.federation}")["spec"]
-        body["spec"] = {k: {**current[k], **v} if isinstance(v, dict) else v for k, v in changes.items()}
+        body["spec"] = changes
     if args.description is not None:
         body["description"] = args.description
     if schedule := _schedule(args):
@@ -145,9 +147,15 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     _schedule_arguments(create, creating=True)
     _task_check_argument(create)
     create.set_defaults(func=cmd_create)
-    update = feds.add_parser("update", parents=[common], help="change a federation: only the flags given change")
+    update = feds.add_parser(
+        "update", parents=[common], help="change a federation: only the flags given change",
+        description="Changes a federation: only the flags given change, nested settings field by field "
+        "(--fairness-floor keeps --prefer-fast, --staleness-a keeps --staleness; --strategy-param merges with "
+        "the strategy's parameters, and another --strategy starts from its own defaults).")
     update.add_argument("federation", help="federation id")
     update.add_argument("--description", default=None, help="what it is for")
+    update.add_argument("--synchronous", action="store_true",
+                        help="remove the asynchronous settings: the federation's runs are synchronous again")
     add_spec_arguments(update, defaults=False)
     _schedule_arguments(update, creating=False)
     _task_check_argument(update)

@@ -1,5 +1,6 @@
 """`fedstream plot RUN|FEDERATION`: a PNG of a run's metrics per round, training and evaluation
-apart, with round durations and bytes received per round."""
+apart, with round durations and bytes received per round; an asynchronous run's by version,
+with each version's commit time and the mean staleness of its updates."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from fedstream_cli.api import ApiError, Client, client_from, emit
 
 # Counts and timings the agents report with their updates: not quality metrics.
 _NOT_PLOTTED = ("_seconds", "examples_seen")
+# How far behind an asynchronous run's updates were: a panel of its own, not a quality metric.
+_APART = ("examples", "staleness")
+
+
+def is_asynchronous(run: dict[str, Any]) -> bool:
+    return bool((run.get("spec") or {}).get("asynchronous"))
 
 
 def resolve_run(client: Client, name: str) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def _series(rounds: list[dict[str, Any]], pick: Any) -> dict[str, list[tuple[int
     for r in rounds:
         x, metrics = pick(r)
         for k, v in metrics.items():
-            if not k.endswith(_NOT_PLOTTED) and k != "examples":
+            if not k.endswith(_NOT_PLOTTED) and k not in _APART:
                 series.setdefault(k, []).append((x, v))
     return series
 
@@ -71,6 +78,41 @@ def _metric_panel(ax: Any, series: dict[str, list[tuple[int, float]]], title: st
     ax.set_ylabel("metric")
 
 
+def version_timeline(rounds: list[dict[str, Any]]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """An asynchronous run's committed versions: (version, minutes from the run's first round's
+    start to the version's commit) and (version, mean staleness of the updates it took)."""
+    train = [r for r in rounds if r["kind"] == "train" and r.get("finished_unix")]
+    origin = min((r["started_unix"] for r in rounds if r.get("started_unix")), default=0.0)
+    commits = [(r["round"], (r["finished_unix"] - origin) / 60) for r in train]
+    staleness = [(r["round"], r["update_metrics"]["staleness"]) for r in train if "staleness" in r["update_metrics"]]
+    return commits, staleness
+
+
+def _round_panels(axes: Any, rounds: list[dict[str, Any]]) -> None:
+    colors = {"init": "tab:gray", "train": "tab:blue", "evaluate": "tab:orange"}
+    for kind, color in colors.items():
+        of_kind = [r for r in rounds if r["kind"] == kind]
+        if of_kind:
+            axes[0].bar([r["round"] for r in of_kind], [r["duration_s"] or 0 for r in of_kind], color=color, label=kind)
+            axes[1].bar([r["round"] for r in of_kind], [r["bytes_received"] / (1 << 20) for r in of_kind], color=color)
+    axes[0].set_ylabel("round duration (s)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("updates received (MiB)")
+    axes[1].set_xlabel("round")
+
+
+def _version_panels(axes: Any, rounds: list[dict[str, Any]]) -> None:
+    commits, staleness = version_timeline(rounds)
+    if commits:
+        axes[0].plot(*zip(*commits, strict=True), marker="o", color="tab:blue")
+    axes[0].set_ylabel("committed at (min)")
+    axes[0].set_title("commit time of each version (its slope: versions per minute)", fontsize=10)
+    if staleness:
+        axes[1].bar(*zip(*staleness, strict=True), color="tab:orange")
+    axes[1].set_ylabel("mean staleness (versions)")
+    axes[1].set_xlabel("version")
+
+
 def _draw(run: dict[str, Any], rounds: list[dict[str, Any]], out: Path) -> tuple[list[str], list[str]]:
     import matplotlib
 
@@ -82,19 +124,13 @@ def _draw(run: dict[str, Any], rounds: list[dict[str, Any]], out: Path) -> tuple
     _metric_panel(axes[0], training, "training: the agents' updates (weighted by examples)", "no training round")
     _metric_panel(axes[1], evaluation, "evaluation: federated evaluation of each version",
                   "no evaluation round (run with --evaluate-every N)")
-    colors = {"init": "tab:gray", "train": "tab:blue", "evaluate": "tab:orange"}
-    for kind, color in colors.items():
-        of_kind = [r for r in rounds if r["kind"] == kind]
-        if of_kind:
-            axes[2].bar([r["round"] for r in of_kind], [r["duration_s"] or 0 for r in of_kind], color=color, label=kind)
-            axes[3].bar([r["round"] for r in of_kind], [r["bytes_received"] / (1 << 20) for r in of_kind], color=color)
-    axes[2].set_ylabel("round duration (s)")
-    axes[2].legend(fontsize=8)
-    axes[3].set_ylabel("updates received (MiB)")
-    axes[3].set_xlabel("round")
+    if is_asynchronous(run):
+        _version_panels(axes[2:], rounds)
+    else:
+        _round_panels(axes[2:], rounds)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"run {run['run_id']} ({run['state']})")
+    fig.suptitle(f"run {run['run_id']} ({run['state']}{', asynchronous' if is_asynchronous(run) else ''})")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -112,9 +148,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise SystemExit(f"run {run['run_id']} has no committed round to plot")
     out = args.output or Path(f"{run['run_id']}.png")
     training, evaluation = _draw(run, rounds, out)
-    emit(args, {"path": str(out), "run_id": run["run_id"], "rounds": len(rounds),
+    by = "version" if is_asynchronous(run) else "round"
+    emit(args, {"path": str(out), "run_id": run["run_id"], "rounds": len(rounds), "by": by,
                 "training_metrics": training, "evaluation_metrics": evaluation},
-         [f"{out}: run {run['run_id']}, {len(rounds)} rounds; training: {', '.join(training) or '-'}; "
+         [f"{out}: run {run['run_id']}, {len(rounds)} rounds, by {by}; training: {', '.join(training) or '-'}; "
           f"evaluation: {', '.join(evaluation) or '-'}"])
     return 0
 
@@ -124,7 +161,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "plot", parents=[common], help="write a PNG of a run's metrics per round (needs matplotlib)",
         description="Plots a run, or a federation's latest run: the training metrics of its updates, the "
         "federated evaluation metrics of its versions (each in its own panel), round durations and bytes "
-        "received per round.")
+        "received per round; for an asynchronous run, by version: each version's commit time (minutes "
+        "since the run started) and the mean staleness of the updates it took.")
     plot.add_argument("run", metavar="RUN|FEDERATION", help="a run id, or a federation id for its latest run")
     plot.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                       help="file to write (default: RUN.png, RUN the run plotted)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fedstream_cli.api import ApiError, Client, client_from, emit, list_command
@@ -29,6 +30,26 @@ def _note(run: dict[str, Any]) -> str:
         last = run["rounds"][-1]
         return f"round {last['round']} {last['state']}"
     return ""
+
+
+def not_needed(run: dict[str, Any], rnd: dict[str, Any]) -> list[str]:
+    """The agents an over-selected run's committed round did not need (it closed on its first
+    ``target_updates`` updates): its stragglers; none for other rounds and runs."""
+    if not (run.get("spec") or {}).get("target_updates") or rnd["kind"] != "train" or rnd["state"] != "committed":
+        return []
+    return list(rnd.get("stragglers") or [])
+
+
+def tell_not_needed(run: dict[str, Any], told: set[int], say: Callable[[str], None]) -> None:
+    """Says, once per round (``told`` keeps which), which agents each newly committed round of
+    an over-selected run did not need."""
+    for r in run["rounds"]:
+        if r["state"] != "committed" or r["round"] in told:
+            continue
+        told.add(r["round"])
+        spare = not_needed(run, r)
+        if spare:
+            say(f"round {r['round']} committed on its first {r['updates']} updates; not needed: {', '.join(spare)}")
 
 
 def _poll(client: Client, run_id: str, bar: Bar, reconnect_s: float) -> dict[str, Any]:
@@ -58,8 +79,10 @@ def follow(client: Client, run_id: str, interval: float = 1.0, reconnect_s: floa
     API going away mid-run (a scheduler restarting) is waited out for up to ``reconnect_s`` seconds."""
     run = client.call("GET", f"/runs/{run_id}")
     bar = Bar(run["spec"].get("rounds", 1), f"run {run_id}")
+    told: set[int] = set()
     try:
         while True:
+            tell_not_needed(run, told, bar.say)
             bar.show(run["rounds_committed"], _note(run))
             if run["state"] != "running":
                 return dict(run)
@@ -85,6 +108,8 @@ def run_summary(run: dict[str, Any]) -> list[str]:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted({**r["update_metrics"], **r["metrics"]}.items())
                             if k in SHOWN_METRICS or k.startswith("distill_mse"))
         took = f"{r['duration_s']:.1f} s" if r["duration_s"] is not None else "-"
+        spare = not_needed(run, r)
+        metrics += f"  not needed: {', '.join(spare)}" if spare else ""
         lines.append(f"  round {r['round']:>3} {r['kind']:8} {r['state']:10} {r['updates']:>3} updates "
                      f"{human_bytes(r['bytes_received']):>10} {took:>8}  {metrics}")
     return lines

@@ -1,6 +1,7 @@
-"""The aggregator's resident memory once requests are over, measured on a separate process:
-idle, after a round of large uploads commits, and after a burst of refused and abandoned
-uploads. Shared by the end-to-end test and the benchmark (bench/run.py settle)."""
+"""The aggregator's resident memory, measured on a separate process: once requests are over
+(idle, after a round of large uploads commits, and after a burst of refused and abandoned
+uploads), shared by the end-to-end test and the benchmark (bench/run.py settle); and its peak
+while agents upload into an asynchronous run's buffers (``buffered_peak``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import numpy as np
 import psutil
 
 from fedstream import wire
+from fedstream.convert import buffer_to_proto
 from fedstream.grpcutil import channel
+from fedstream.staleness import BufferSpec, StalenessFunction
 from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import update_requests, upload_call, upload_update
@@ -129,3 +132,82 @@ def _burst(procs: LocalFederation, addr: str, names: list[str], layout: Layout, 
     for call in calls:
         call.cancel()
     stop.set()
+
+
+def vm_hwm(pid: int) -> int:
+    """The process's peak resident bytes (VmHWM) since it started or its counter was reset."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def buffered_peak(workdir: Path, agents: int, updates: int, size: int, buffer_size: int = 2) -> dict[str, int]:
+    """Resident bytes of a fresh aggregator: ``idle``, and its ``peak`` (VmHWM, reset once idle)
+    while ``agents`` upload ``updates`` changes of a ``size``-byte model in all, at once, into an
+    asynchronous run's buffers of ``buffer_size`` (opened here one after another, as the
+    scheduler does), until every update has counted."""
+    layout, arrays = model_of(size)
+    procs = LocalFederation(workdir)
+    try:
+        store = LocalModelStore(workdir / "models", "default")
+        with store.writer(f"{RUN}/000000", layout, {}) as w:
+            for a in arrays:
+                w.write(a.data)
+            w.commit()
+        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
+        pid = procs.pid("aggregator")
+        idle = settled_rss(psutil.Process(pid))
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from here: the buffers alone
+        names = [f"agent-{i}" for i in range(agents)]
+        _buffers(procs, addr, names, updates, buffer_size, layout, arrays)
+        peak = vm_hwm(pid)
+    finally:
+        procs.stop()
+    return {"idle": idle, "peak": peak, "model": layout.total_bytes}
+
+
+def _buffers(procs: LocalFederation, addr: str, names: list[str], updates: int, buffer_size: int,
+             layout: Layout, arrays: list[np.ndarray]) -> None:
+    """Opens buffer after buffer while the agents' threads upload ``updates`` in all, each
+    assigned in the buffer open when it starts and, as the scheduler does, never twice in the
+    same buffer, until the last buffer commits."""
+    control = pb_grpc.AggregatorControlStub(channel(addr, procs.identity("service", "bench")))
+    buffers = updates // buffer_size
+    spec = buffer_to_proto(BufferSpec(buffer_size, len(names), StalenessFunction.CONSTANT, max_staleness=buffers))
+    current, opened = [0], threading.Condition()
+    share = [updates // len(names) + (i < updates % len(names)) for i in range(len(names))]
+
+    def open_buffer(round_: int, base: str) -> None:
+        control.OpenRound(pb.RoundPlan(
+            run_id=RUN, round=round_, kind=round_pb2.ROUND_KIND_TRAIN, base_version=base, participants=names,
+            min_updates=1, deadline_unix=time.time() + 120, buffer=spec,
+        ), timeout=60)
+        with opened:
+            current[0] = round_
+            opened.notify_all()
+
+    def newer_than(assigned: int) -> int:
+        with opened:
+            opened.wait_for(lambda: current[0] > assigned, timeout=120)
+            return current[0]
+
+    def agent(name: str, n: int) -> None:
+        ch, assigned = channel(addr, procs.identity("agent", name)), 0
+        for _ in range(n):
+            assigned = newer_than(assigned)
+            upload_update(ch, timeout=120, run_id=RUN, round_=assigned, agent_id=name, layout=layout,
+                          buffers=[a.data for a in arrays], num_examples=10, metrics={})
+
+    threads = [threading.Thread(target=agent, args=(n, k), daemon=True) for n, k in zip(names, share, strict=True)]
+    for t in threads:
+        t.start()
+    open_buffer(1, f"{RUN}/000000")
+    for round_ in range(1, buffers + 1):
+        events = list(control.WatchRound(pb.WatchRoundRequest(run_id=RUN, round=round_), timeout=150))
+        last_event = events[-1] if events else None
+        assert last_event is not None and last_event.state == round_pb2.ROUND_STATE_COMMITTED, last_event
+        if round_ < buffers:
+            open_buffer(round_ + 1, last_event.version)
+    for t in threads:
+        t.join(timeout=60)

@@ -2,7 +2,11 @@
 
 It registers, heartbeats, receives assignments on its stream (read into the round vocabulary
 of ``fedstream.rounds``, as the real agent does), downloads the base model and uploads an update
-computed by a function of (base arrays, assignment), or a random model for init rounds.
+computed by a function of (base arrays, assignment), or a random model for init rounds. As the
+real agent does, it uploads the change from the base when the assignment says so (an
+asynchronous run's ``upload_delta``), and stops work that is no longer needed without an error:
+when a heartbeat reply says its round closed (or was cancelled), or an upload is refused because
+the round closed (``round_closed``). ``work_s`` simulates the time its training takes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from fedstream.aggregation import from_accumulator, to_accumulator
 from fedstream.convert import assignment_from_proto
-from fedstream.errors import InvalidArgument
-from fedstream.grpcutil import channel
+from fedstream.errors import InvalidArgument, RoundClosed
+from fedstream.grpcutil import channel, error_code_of
 from fedstream.pki import TlsIdentity
 from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer
@@ -35,7 +40,8 @@ class SimAgent:
     def __init__(self, agent_id: str, scheduler: str, *, examples: int = 10, update: UpdateFn = echo,
                  tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
                  init: Callable[[Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
-                 identity: TlsIdentity | None = None, metrics: dict[str, float] | None = None) -> None:
+                 identity: TlsIdentity | None = None, metrics: dict[str, float] | None = None,
+                 work_s: float = 0.0) -> None:
         self.agent_id = agent_id
         # What each of its updates reports.
         self.metrics = {"train_loss": 1.0} if metrics is None else metrics
@@ -47,6 +53,9 @@ class SimAgent:
         self.update = update
         self.tasks = tasks
         self.init_seed = init_seed
+        # Seconds each training assignment takes before its upload (stopped early when the
+        # scheduler says the round no longer needs it).
+        self.work_s = work_s
         self._channel = channel(scheduler, identity)
         self._stub = scheduler_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
@@ -54,6 +63,11 @@ class SimAgent:
         self.done: list[tuple[str, int]] = []
         self.assignments: list[Assignment] = []
         self.errors: list[str] = []
+        # (run, round, how) of work stopped as not needed: "heartbeat" (the reply said the round
+        # closed or was cancelled) or "refused" (the upload was refused: the round had closed).
+        self.not_needed: list[tuple[str, int, str]] = []
+        self._current: tuple[str, int] | None = None
+        self._ended = threading.Event()  # set by a heartbeat reply: the current work is over
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sim-{agent_id}")
 
     def start(self) -> SimAgent:
@@ -64,7 +78,8 @@ class SimAgent:
         self._stop.set()
         if self._stream is not None:
             self._stream.cancel()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10)
         self._channel.close()
 
     def _run(self) -> None:
@@ -87,10 +102,15 @@ class SimAgent:
 
     def _heartbeat(self, interval: float) -> None:
         while not self._stop.wait(interval):
+            current = self._current
             try:
-                self._stub.Heartbeat(scheduler_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=5)
+                reply = self._stub.Heartbeat(scheduler_pb2.HeartbeatRequest(
+                    agent_id=self.agent_id, run_id=current[0] if current else "", round=current[1] if current else 0,
+                ), timeout=5)
             except grpc.RpcError:
-                pass
+                continue
+            if current is not None and current == self._current and (reply.round_closed or reply.round_cancelled):
+                self._ended.set()
 
     def _receive(self, msg: scheduler_pb2.Assignment) -> None:
         """An assignment of a kind the vocabulary does not know is recorded as an error and skipped."""
@@ -103,6 +123,8 @@ class SimAgent:
 
     def _handle(self, a: Assignment) -> None:
         self.assignments.append(a)
+        self._current, key = (a.run_id, a.round), (a.run_id, a.round)
+        self._ended.clear()
         ch = channel(a.upload_endpoint, self.identity)
         try:
             if a.kind is RoundKind.INIT:
@@ -112,19 +134,44 @@ class SimAgent:
             else:
                 base = download_model(ch, a.run_id, a.base_version)
                 out = self.update(base.buffer, a)
+                if a.training.upload_delta:  # an asynchronous run: the change from the base travels
+                    out = changes(out, base.buffer)
                 layout = out.layout
                 buffers = [memoryview(out.data)[t.offset : t.end] for t in layout.tensors]
+                if self._ended.wait(self.work_s) if self.work_s > 0 else self._ended.is_set():
+                    self.not_needed.append((*key, "heartbeat"))
+                    return
             upload_update(
                 ch,
                 timeout=max(1.0, a.deadline_unix - time.time()),
                 run_id=a.run_id, round_=a.round, agent_id=self.agent_id, layout=layout,
                 buffers=buffers, num_examples=self.examples, metrics=self.metrics,
             )
-            self.done.append((a.run_id, a.round))
+            self.done.append(key)
         except grpc.RpcError as e:
-            self.errors.append(f"round {a.round}: {e.code().name}: {e.details()}")
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and (
+                error_code_of(e) == RoundClosed.code or RoundClosed.is_closure(e.details() or "")
+            ):
+                self.not_needed.append((*key, "refused"))
+            else:
+                self.errors.append(f"round {a.round}: {e.code().name}: {e.details()}")
         finally:
+            self._current = None
             ch.close()
+
+
+def changes(out: FlatBuffer, base: FlatBuffer) -> FlatBuffer:
+    """``out`` as changes from ``base``: each floating tensor minus the base's (computed in
+    float32 or wider, stored in its own dtype), other tensors as they are; what an agent uploads
+    in an asynchronous run."""
+    delta = FlatBuffer(out.layout)
+    delta.data[:] = out.data
+    before, views = base.arrays(), delta.arrays()
+    for t in out.layout.tensors:
+        if t.dt.is_float and t.numel:
+            arr = views[t.name]
+            arr[...] = from_accumulator(t.dt, to_accumulator(t.dt, arr) - to_accumulator(t.dt, before[t.name]))
+    return delta
 
 
 def add_constant(value: float) -> UpdateFn:

@@ -23,6 +23,7 @@ from fedstream.errors import (
     RoundNotFound,
     RoundNotOpen,
     StaleUpdate,
+    StreamEnded,
     UploadInProgress,
 )
 from fedstream.logs import log_context
@@ -44,6 +45,10 @@ BUFFER_WAIT_S = 30.0
 _POLL_S = 0.05
 # Every this many polls, a waiting update asks whether its run has ended.
 _RUN_CHECK_POLLS = 20
+# How long a resumed upload waits for the stale stream of the same update to end.
+TAKE_OVER_S = 5.0
+
+Closer = Callable[[FedstreamError], None]
 
 
 def update_key(agent_id: str, assigned: int) -> str:
@@ -72,16 +77,22 @@ class Buffers:
         self.table = ingest.table
         self.journal = ingest.journal
         self._lock = threading.Lock()
-        self._streaming: set[tuple[str, str]] = set()
+        # (run, update key) streaming now -> ends that stream (None once it is whole).
+        self._streaming: dict[tuple[str, str], Closer | None] = {}
 
     def assigned_plan(self, run_id: str, round_: int) -> RoundPlan | None:
         """The plan of a buffered round, from the table or the journal (a buffer committed
-        before a restart); None when the round is not a buffer."""
+        before a restart); None when the round is not a buffer. Raises RoundNotFound for a
+        round of an asynchronous run past its newest buffer."""
         if not self.table.ready:
             return None  # the table answers Unavailable
         rnd = self.table.find(run_id, round_)
         if rnd is not None:
             return rnd.plan if rnd.plan.buffer is not None else None
+        latest = self.table.latest(run_id)
+        if latest is not None and latest.plan.buffer is not None and round_ > latest.plan.round:
+            raise RoundNotFound(f"round {round_} of run {run_id!r} has not opened: its newest buffer is "
+                                f"{latest.plan.round}")
         try:
             plan = self.journal.get(run_id, round_).plan
         except FedstreamError:
@@ -150,8 +161,8 @@ class Buffers:
             raise InvalidArgument(f"round {assigned} of run {target.plan.run_id!r} has not opened yet")
         if s > buffer.max_staleness:
             raise StaleUpdate(
-                f"the update's base is {s} versions behind run {target.plan.run_id!r}'s buffer "
-                f"{target.plan.round}; this run takes at most {buffer.max_staleness} (max_staleness)"
+                f"the update's base is {s} versions behind buffer {target.plan.round} of run "
+                f"{target.plan.run_id!r}; this run takes at most {buffer.max_staleness} (max_staleness)"
             )
         return s
 
@@ -176,9 +187,13 @@ class Buffers:
         if agent not in plan.participants:
             raise AgentNotSelected(f"agent {agent!r} was not assigned in round {plan.round} of run {plan.run_id!r}")
 
-    def receive(self, plan: RoundPlan, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object]) -> tuple[bool, int]:
+    def receive(
+        self, plan: RoundPlan, header: UpdateHeader, chunks: Chunks, before_count: Callable[[], object],
+        on_close: Closer = lambda error: None,
+    ) -> tuple[bool, int]:
         """Verifies, spools and counts one update assigned in buffer ``plan`` into the run's open
-        buffer; returns (duplicate, bytes received). Whatever it raises, nothing counted."""
+        buffer; returns (duplicate, bytes received). Whatever it raises, nothing counted.
+        ``on_close`` ends this stream when a resumed upload of the same update takes its place."""
         self._check_participant(plan, header.agent_id)
         key = update_key(header.agent_id, plan.round)
         target = self.open_buffer(plan.run_id, BUFFER_WAIT_S)
@@ -186,15 +201,35 @@ class Buffers:
             return True, 0
         self._check_header(target, header, plan.round)
         flight = (plan.run_id, key)
-        with self._lock:
-            if flight in self._streaming:
-                raise UploadInProgress(f"an upload from agent {header.agent_id!r} for this round is already in progress")
-            self._streaming.add(flight)
+        self._claim(flight, header, on_close)
         try:
             return self._spool_and_count(plan, header, key, chunks, before_count)
         finally:
             with self._lock:
-                self._streaming.discard(flight)
+                if self._streaming.get(flight, on_close) in (on_close, None):
+                    self._streaming.pop(flight, None)
+
+    def _claim(self, flight: tuple[str, str], header: UpdateHeader, on_close: Closer) -> None:
+        """Marks the update as streaming. A resumed upload of the same update (same upload id)
+        takes over a stream of it that the server still holds (its client is gone: cut without
+        a word), as in synchronous rounds; raises UploadInProgress for any other upload of the
+        update streaming now, or when the stale stream does not end within TAKE_OVER_S."""
+        partial_key = (header.run_id, header.round, header.agent_id)
+        deadline = time.monotonic() + TAKE_OVER_S
+        ended = False
+        while True:
+            with self._lock:
+                if flight not in self._streaming:
+                    self._streaming[flight] = on_close
+                    return
+                stale = self._streaming[flight]
+            same = bool(header.upload_id) and self.ingest.partials.streaming_id(partial_key) == header.upload_id
+            if stale is None or not same or time.monotonic() > deadline:
+                raise UploadInProgress(f"an upload from agent {header.agent_id!r} for this round is already in progress")
+            if not ended:
+                stale(StreamEnded("a resumed upload of the same update took this stream's place"))
+                ended = True
+            time.sleep(0.02)
 
     def _check_header(self, target: Round, header: UpdateHeader, assigned: int) -> None:
         most, why = self.ingest.update_limit(target)
@@ -226,6 +261,9 @@ class Buffers:
                 receiver.accept(offset, data, crc)
             receiver.finish()
             whole = True
+            with self._lock:  # received whole: a resumed upload no longer ends this stream
+                if (plan.run_id, key) in self._streaming:
+                    self._streaming[(plan.run_id, key)] = None
             self.ingest.check_finite(header.layout, spool.read_into)
             before_count()
             duplicate = self._count(plan, header, key, spool, receiver.received)

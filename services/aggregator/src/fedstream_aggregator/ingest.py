@@ -36,7 +36,7 @@ from fedstream.store import ModelStore
 from fedstream.tensors import ChunkReceiver, Layout
 from fedstream.v1 import tensor_pb2
 from fedstream_aggregator import metrics as m
-from fedstream_aggregator.buffered import Buffers
+from fedstream_aggregator.buffered import TAKE_OVER_S, Buffers
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
@@ -59,8 +59,6 @@ DEFAULT_MAX_METRICS = 64
 DEFAULT_MAX_METRIC_NAME_BYTES = 4096
 DEFAULT_MAX_TENSORS = 20_000
 DEFAULT_MAX_TENSOR_NAME_LENGTH = 512
-# How long a resumed upload waits for the stale stream of the same update to end.
-TAKE_OVER_S = 5.0
 
 Chunks = Iterable[tuple[int, bytes, int]]
 
@@ -211,7 +209,7 @@ class Ingest:
         """
         buffered = self.buffers.assigned_plan(header.run_id, header.round)
         if buffered is not None:
-            return self.buffers.receive(buffered, header, chunks, before_count)
+            return self.buffers.receive(buffered, header, chunks, before_count, on_close)
         rnd = self.table.get(header.run_id, header.round)
         self._check_sender(rnd, header)
         with rnd.lock:

@@ -63,6 +63,31 @@ def check_spec(fields: dict[str, Any]) -> RunSpec:
         raise InvalidArgument(f"spec.{where}: {first['msg']}") from None
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7386): objects merge key by key,
+    recursively; a null value deletes its key; anything else (arrays included) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def patched_spec(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The run spec ``current`` with ``patch`` merged in (``merge_patch``), except that a
+    strategy's parameters belong to it: when the patch names another strategy, the old one's
+    parameters are dropped (the patch's own, if any, then apply to the new one's defaults)."""
+    strategy = patch.get("strategy")
+    if isinstance(strategy, dict) and strategy.get("name") not in (None, (current.get("strategy") or {}).get("name")):
+        current = {**current, "strategy": {k: v for k, v in (current.get("strategy") or {}).items() if k != "params"}}
+    merged: dict[str, Any] = merge_patch(current, patch)
+    return merged
+
+
 def normalised(spec: RunSpec) -> dict[str, Any]:
     """The spec as stored: its strategy's parameters with their defaults filled in."""
     strategy = make_strategy(spec.strategy.name, spec.strategy.params)
@@ -99,13 +124,14 @@ class FederationService:
     def update(self, federation_id: str, *, spec: dict[str, Any] | None = None,
                description: str | None = None, schedule: dict[str, Any] | None = None,
                clear_schedule: bool = False) -> FederationRecord:
-        """Merges ``spec`` and ``schedule`` into the federation's; raises FederationNotFound or
-        InvalidArgument."""
+        """Merges ``spec`` into the federation's as a JSON merge patch (RFC 7386, ``patched_spec``:
+        nested blocks merge field by field, null deletes a field, which then takes its default),
+        and ``schedule`` field by field; raises FederationNotFound or InvalidArgument."""
         current = self.state.get_federation(federation_id)
         now = self.clock()
         changes: dict[str, Any] = {"updated_unix": now}
         if spec is not None:
-            changes["spec"] = normalised(check_spec({**current.spec, **spec}))
+            changes["spec"] = normalised(check_spec(patched_spec(current.spec, spec)))
         if description is not None:
             changes["description"] = description
         if clear_schedule:

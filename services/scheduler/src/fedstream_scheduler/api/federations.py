@@ -55,6 +55,10 @@ async def get_federation(federation_id: FederationId, admin: Viewer) -> s.Federa
 async def update_federation(
     federation_id: FederationId, body: s.FederationUpdate, admin: Admin, who: Who
 ) -> s.Federation:
+    """Changes a federation: its description, its run spec (a JSON merge patch, RFC 7386: nested
+    blocks merge field by field, null deletes a field; the result is validated whole, and a
+    spec that does not validate changes nothing), its schedule (merged field by field) or
+    `clear_schedule`."""
     rec = admin.federations.update(
         federation_id, spec=body.spec, description=body.description,
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,

@@ -87,7 +87,12 @@ class FederationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str | None = Field(None, max_length=1000)
-    spec: dict[str, Any] | None = Field(None, description="Fields of the run spec to change (merged).")
+    spec: dict[str, Any] | None = Field(
+        None, description="The run spec's fields to change, as a JSON merge patch (RFC 7386): nested blocks "
+        "(training, selection, asynchronous, strategy, ...) merge field by field, so {\"selection\": "
+        "{\"fairness_floor\": 0.3}} keeps selection.prefer_fast; null deletes a field, which takes its default "
+        "again ({\"asynchronous\": null}: synchronous runs); arrays and other values replace. Naming another "
+        "strategy drops the old one's params. The merged spec is validated whole.")
     schedule: Schedule | None = Field(None, description="A new schedule.")
     clear_schedule: bool = Field(False, description="Remove the schedule.")
 
