@@ -88,6 +88,32 @@ def test_updates_from_different_bases_fold_by_weight_and_staleness(aggregator, a
     assert sorted((r.agent_id, r.metrics["staleness"]) for r in second.reports) == [("a", 0.0), ("c", 1.0)]
 
 
+def test_normalisation_statistics_average_as_values_never_below_zero(aggregator, agg_channel, model_store):
+    """A stale agent's running variance comes as its value, not its change from an older base:
+    added to a newer base, that change would push the variance below zero."""
+    def bn(var: float, weight: float) -> dict:
+        return {"bn.running_var": ("float32", np.full(3, var, np.float32)),
+                "bn.weight": ("float32", np.full(3, weight, np.float32))}
+
+    store_model(model_store, V0, bn(1.0, 1.0))
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    open_buffer(control, 1, V0)
+    upload(agg_channel, "a", bn(0.05, 0.5), 10, run_id=RUN, round_=1)  # weight: a change of +0.5
+    upload(agg_channel, "b", bn(0.05, 0.5), 10, run_id=RUN, round_=1)
+    v1 = wait_terminal(control, RUN, 1).version
+    open_buffer(control, 2, v1)
+    upload(agg_channel, "c", bn(0.07, 0.1), 10, run_id=RUN, round_=1)  # trained from version 0
+    upload(agg_channel, "a", bn(0.03, 0.1), 10, run_id=RUN, round_=2)
+    v2 = wait_terminal(control, RUN, 2).version
+
+    first, second = read(model_store, v1), read(model_store, v2)
+    np.testing.assert_allclose(first["bn.running_var"], 0.05, rtol=1e-6)
+    np.testing.assert_allclose(first["bn.weight"], 1.5, rtol=1e-6)
+    w = 2**-0.5  # c is one version behind
+    np.testing.assert_allclose(second["bn.running_var"], (0.07 * w + 0.03) / (w + 1), rtol=1e-6)
+    np.testing.assert_allclose(second["bn.weight"], 1.6, rtol=1e-6)
+
+
 def test_stale_duplicate_and_unassigned_updates_are_refused(aggregator, agg_channel, model_store):
     store_model(model_store, V0, model(0))
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
@@ -210,3 +236,22 @@ def test_an_update_arriving_between_buffers_waits_and_counts_in_the_next(aggrega
 
     snap = aggregator.service.snapshot(RUN, 2)
     assert [(r.agent_id, r.metrics["staleness"]) for r in snap.reports] == [("c", 1.0)]
+
+
+def test_agents_send_normalisation_statistics_as_values_and_parameters_as_changes():
+    import torch
+
+    from fedstream_agent.agent import as_changes
+
+    base = {"conv.weight": torch.ones(2), "bn.running_var": torch.ones(2), "bn.running_mean": torch.zeros(2),
+            "bn.num_batches_tracked": torch.tensor(5)}
+    trained = {"conv.weight": torch.full((2,), 1.5), "bn.running_var": torch.full((2,), 0.2),
+               "bn.running_mean": torch.full((2,), 0.3), "bn.num_batches_tracked": torch.tensor(9)}
+    sent = as_changes(trained, base)
+    assert sent["conv.weight"].tolist() == [0.5, 0.5]
+    assert torch.allclose(sent["bn.running_var"], torch.full((2,), 0.2))
+    assert torch.allclose(sent["bn.running_mean"], torch.full((2,), 0.3))
+    assert int(sent["bn.num_batches_tracked"]) == 9
+    from fedstream.staleness import is_statistic
+
+    assert is_statistic("features.1.running_var") and not is_statistic("running_var_scale.weight")

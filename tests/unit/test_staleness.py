@@ -119,3 +119,4 @@ def test_the_cli_shows_an_asynchronous_run_by_version():
     lines = run_summary(run)
     assert "1 versions (asynchronous) committed" in lines[0]
     assert "staleness 0.5000" in lines[1]
+

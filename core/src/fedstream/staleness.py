@@ -16,6 +16,18 @@ from fedstream.errors import InvalidArgument
 MAX_STALENESS_LIMIT = 1000
 
 
+# The last name components of normalisation statistics (PyTorch's BatchNorm buffers). In a
+# buffered asynchronous run they travel and average as values, never as changes from a base: a
+# stale agent's change of a variance, measured from an older base and added to a newer one, can
+# push the variance below zero (and every prediction to NaN).
+STATISTICS = frozenset({"running_mean", "running_var"})
+
+
+def is_statistic(name: str) -> bool:
+    """Whether tensor ``name`` is a normalisation statistic (averaged as a value, not a change)."""
+    return name.rsplit(".", 1)[-1] in STATISTICS
+
+
 class StalenessFunction(StrEnum):
     """How an update's weight falls with its staleness s."""
 

@@ -20,6 +20,7 @@ import numpy as np
 from fedstream.aggregation import accumulator_dtype, from_accumulator, to_accumulator
 from fedstream.errors import AlreadyExists, FailedPrecondition, ModelNotFound
 from fedstream.rounds import RoundKind, RoundPlan, combine_metrics
+from fedstream.staleness import is_statistic
 from fedstream.store import ModelStore, version_id
 from fedstream.store.base import ModelWriter
 from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy
@@ -184,7 +185,8 @@ class LinearFinisher(VersionFinisher):
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
-        # The means of floating tensors are changes: int8 updates, and buffered asynchronous ones.
+        # The means of floating tensors are changes: int8 updates, and buffered asynchronous ones
+        # (but for normalisation statistics, which asynchronous agents send as values).
         deltas = plan.compression == "int8" or plan.buffer is not None
         with contextlib.ExitStack() as stack:
             base = None
@@ -195,7 +197,9 @@ class LinearFinisher(VersionFinisher):
             sink = stack.enter_context(_StateSink(new_state, slots, self.storage.spools.directory)) if new_state is not None else None
             for spec, first, mean in rnd.accumulator.means():
                 base_values = base.tensor(spec, first, mean.size) if base is not None else None
-                if base_values is not None and deltas and spec.dt.is_float:
+                if base_values is not None and deltas and spec.dt.is_float and not (
+                    plan.buffer is not None and is_statistic(spec.name)  # values, not changes
+                ):
                     mean = base_values + mean
                 state_in = None
                 if old_state is not None and spec.dt.is_float:

@@ -24,6 +24,7 @@ from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.rounds import Assignment, RoundKind
+from fedstream.staleness import is_statistic
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -479,10 +480,11 @@ class Agent:
 
 def as_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each floating tensor as its change from ``base`` (computed in float32 or wider, stored in
-    its own dtype); other tensors as they are (the aggregator averages them plainly)."""
+    its own dtype); normalisation statistics and other tensors as they are (the aggregator
+    averages them plainly: fedstream.staleness.is_statistic)."""
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
-        if value.is_floating_point():
+        if value.is_floating_point() and not is_statistic(name):
             wide = torch.promote_types(value.dtype, torch.float32)
             out[name] = (value.to(wide) - base[name].to(wide)).to(value.dtype)
         else:
