@@ -29,6 +29,9 @@ from fedstream_scheduler.round_driver import UNREACHABLE_GRACE_S, RoundDriver
 
 log = logging.getLogger(__name__)
 
+# How often a buffer's free seats are offered to idle live agents besides each snapshot.
+ASSIGN_EVERY_S = 1.0
+
 
 @dataclass
 class Work:
@@ -73,7 +76,18 @@ class BufferedDriver:
             assigned = rec.round - int(report.metrics.get("staleness", 0))
             work.last[report.agent_id] = max(work.last.get(report.agent_id, -1), assigned)
         self._assign(run_id, spec, rec, work)
-        return await self._follow(run_id, spec, rec, work)
+        # Agents that connect while nothing counts (all of them, after this replica took the
+        # run over from a dead one) are given free seats without waiting for a snapshot.
+        ticker = asyncio.create_task(self._keep_assigning(run_id, spec, rec, work))
+        try:
+            return await self._follow(run_id, spec, rec, work)
+        finally:
+            ticker.cancel()
+
+    async def _keep_assigning(self, run_id: str, spec: RunSpec, rec: RoundRecord, work: Work) -> None:
+        while True:
+            await asyncio.sleep(ASSIGN_EVERY_S)
+            self._assign(run_id, spec, rec, work)
 
     async def _record(self, run_id: str, spec: RunSpec, round_no: int, base: str) -> RoundRecord:
         live = await self.rounds._wait_for_agents(spec)
