@@ -37,6 +37,19 @@ class _Server:
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
+    def wait_listening(self, what: str, port: int, seconds: float = 30) -> None:
+        """Waits until the process listens on loopback ``port``; raises RuntimeError naming
+        ``what`` when it exits or does not listen in time."""
+        give_up = time.monotonic() + seconds
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > give_up or (self.proc is not None and self.proc.poll() is not None):
+                    raise RuntimeError(f"{what} did not start") from None
+                time.sleep(0.1)
+
 
 class RedisServer(_Server):
     def __init__(self, workdir: Path, appendonly: bool = False, port: int | None = None,
@@ -94,15 +107,8 @@ class S3Server(_Server):
             [str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
-        give_up = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > give_up or self.proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+        self.wait_listening("moto_server", self.port)
+        return self
 
 
 
@@ -128,15 +134,8 @@ class DiskS3Server(_Server):
              "--auth-key", f"{access_key},{secret_key}", "--config", "/dev/null"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        give_up = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > give_up or self.proc.poll() is not None:
-                    raise RuntimeError("rclone serve s3 did not start") from None
-                time.sleep(0.1)
+        self.wait_listening("rclone serve s3", self.port)
+        return self
 
 
 class TcpProxy:

@@ -30,8 +30,8 @@ from fedstream.logs import log_context
 from fedstream.metrics import LIMIT_HITS
 from fedstream.rounds import TERMINAL_RUN_STATES, RoundKind, RoundPlan, RoundState, UpdateReport
 from fedstream.strategies import LinearStrategy, Strategy
-from fedstream.tensors import ChunkReceiver
 from fedstream_aggregator import metrics as m
+from fedstream_aggregator.partials import receive_into
 from fedstream_aggregator.rounds import Round
 from fedstream_aggregator.spool import Spool
 
@@ -253,13 +253,7 @@ class Buffers:
         try:
             if spool is None:
                 spool = ingest.spools.acquire(header.layout.total_bytes)
-            if partial is not None:
-                receiver = ChunkReceiver(header.layout, None, header.resume_offset, crc_sink=partial.write)
-            else:
-                receiver = ChunkReceiver(header.layout, spool.write)
-            for offset, data, crc in chunks:
-                receiver.accept(offset, data, crc)
-            receiver.finish()
+            receiver = receive_into(header.layout, header.resume_offset, chunks, spool, partial)
             whole = True
             with self._lock:  # received whole: a resumed upload no longer ends this stream
                 if (plan.run_id, key) in self._streaming:

@@ -33,14 +33,14 @@ from fedstream.logs import log_context
 from fedstream.metrics import LIMIT_HITS
 from fedstream.rounds import RoundKind, UpdateReport
 from fedstream.store import ModelStore
-from fedstream.tensors import ChunkReceiver, Layout
+from fedstream.tensors import Layout
 from fedstream.v1 import tensor_pb2
 from fedstream_aggregator import metrics as m
 from fedstream_aggregator.buffered import TAKE_OVER_S, Buffers
 from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
-from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest
+from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest, receive_into
 from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
 from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
 
@@ -341,13 +341,7 @@ class Ingest:
         try:
             if spool is None:
                 spool = self.spools.acquire(header.layout.total_bytes)
-            if partial is not None:  # its log takes the verified CRCs, not computed again
-                receiver = ChunkReceiver(header.layout, None, header.resume_offset, crc_sink=partial.write)
-            else:
-                receiver = ChunkReceiver(header.layout, spool.write)
-            for offset, data, crc in chunks:
-                receiver.accept(offset, data, crc)
-            receiver.finish()
+            receiver = receive_into(header.layout, header.resume_offset, chunks, spool, partial)
             whole = True
             duplicate, keep_spool = self._verified(rnd, header, spool, receiver.received, weight, before_count)
             done = True

@@ -21,12 +21,13 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedstream.errors import FedstreamError, InvalidArgument, ResourceExhausted, ResumeRefused
 from fedstream.metrics import LIMIT_HITS
-from fedstream.tensors import Layout, crc32c
+from fedstream.tensors import ChunkReceiver, Layout, crc32c
 from fedstream_aggregator import background
 from fedstream_aggregator.rounds import RoundTable
 from fedstream_aggregator.spool import Spool, SpoolPool
@@ -369,3 +370,19 @@ def _load(stem: Path) -> Partial | None:
     os.ftruncate(log_fd, sound)
     return Partial(key, str(record["upload_id"]), str(record["layout_digest"]), total, spool, stem,
                    offset=offset, touched=touched, log_fd=log_fd)
+
+
+def receive_into(
+    layout: Layout, resume_offset: int, chunks: Iterable[tuple[int, bytes, int]], spool: Spool, partial: Partial | None
+) -> ChunkReceiver:
+    """Verifies an upload's chunks (order, bounds, checksum) into its spool file until it is
+    whole; a resumable upload's partial takes them from ``resume_offset`` on (its log keeps the
+    verified CRCs, not computed again). Returns the receiver, finished."""
+    if partial is not None:
+        receiver = ChunkReceiver(layout, None, resume_offset, crc_sink=partial.write)
+    else:
+        receiver = ChunkReceiver(layout, spool.write)
+    for offset, data, crc in chunks:
+        receiver.accept(offset, data, crc)
+    receiver.finish()
+    return receiver
