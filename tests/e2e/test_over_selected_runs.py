@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,12 @@ SLOWDOWN = "30"
 
 def fedstream(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "fedstream"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_line(path: Path, text: str, seconds: float) -> None:
+    give_up = time.monotonic() + seconds
+    while text not in path.read_text() and time.monotonic() < give_up:
+        time.sleep(0.1)
 
 
 def test_rounds_commit_on_their_target_and_the_slow_agents_stop_cleanly(tmp_path):
@@ -54,6 +61,10 @@ def test_rounds_commit_on_their_target_and_the_slow_agents_stop_cleanly(tmp_path
         finally:
             ch.close()
         run = json.loads(fedstream("grpc", "run-get", "os", "--plaintext", "--scheduler", sched).stdout)
+        # The last round's close reaches the slow agents with their next heartbeat (every 0.5 s),
+        # which may come after the run ended.
+        for name in SLOW:
+            wait_for_line(tmp_path / f"{name}.log", "round 2 of run 'os' closed with its 2 updates", 30)
         procs.check_alive()
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in (*FAST, *SLOW, "aggregator", "scheduler")}
     state = SQLiteStateStore(tmp_path / "state.db")
