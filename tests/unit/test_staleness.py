@@ -9,6 +9,7 @@ from fedstream.convert import plan_from_proto, plan_to_proto
 from fedstream.errors import InvalidArgument
 from fedstream.rounds import RoundKind, RoundPlan
 from fedstream.staleness import BufferSpec, StalenessFunction, staleness_factor
+from fedstream_cli.runs import _note, run_summary
 from fedstream_scheduler.runs import parse_spec
 
 
@@ -85,6 +86,7 @@ def test_bad_asynchronous_settings_are_refused(fields, message):
         ({"strategy": {"name": "fedpav"}}, "partial averaging or distillation"),
         ({"training": {"compression": "int8"}}, "training.compression must be none"),
         ({"evaluate_only": True, "initial_version": "r/000000"}, "evaluate_only does not apply"),
+        ({"evaluate_every": 2}, "evaluate_every must be 0"),
         ({"min_agents": 3, "target_updates": 2}, "target_updates and selection.prefer_fast are for synchronous"),
         ({"selection": {"prefer_fast": True}}, "target_updates and selection.prefer_fast are for synchronous"),
     ],
@@ -106,8 +108,6 @@ def test_asynchronous_runs_take_linear_strategies(strategy):
 
 
 def test_the_cli_shows_an_asynchronous_run_by_version():
-    from fedstream_cli.runs import _note, run_summary
-
     def rnd(n, state, updates):
         return {"round": n, "kind": "train", "state": state, "updates": updates, "participants": ["a", "b", "c"],
                 "bytes_received": 0, "update_metrics": {"staleness": 0.5}, "metrics": {}, "duration_s": 1.0}

@@ -153,7 +153,7 @@ class RunSpec(BaseModel):
 def check_asynchronous(spec: RunSpec, strategy: Strategy) -> None:
     """Raises InvalidArgument when an asynchronous run asks for what buffered aggregation does
     not do: a robust strategy, distillation or partial averaging, compressed updates, an
-    evaluation-only run, or the over-selection of synchronous rounds."""
+    evaluation-only run or evaluation rounds, or the over-selection of synchronous rounds."""
     if spec.asynchronous is None:
         return
     why = "invalid run spec: asynchronous runs"
@@ -168,6 +168,11 @@ def check_asynchronous(spec: RunSpec, strategy: Strategy) -> None:
         raise InvalidArgument(f"{why} upload changes from their base: training.compression must be none")
     if spec.evaluate_only:
         raise InvalidArgument(f"{why} train: evaluate_only does not apply")
+    if spec.evaluate_every:
+        raise InvalidArgument(
+            f"{why} do not pause for evaluation rounds: evaluate_every must be 0 (evaluate a committed "
+            "version with an evaluate_only run of its own)"
+        )
     if spec.target_updates or spec.selection.prefer_fast:
         raise InvalidArgument(
             f"{why} commit every buffer_size updates and keep concurrency agents training: target_updates "
