@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from fedstream.convert import buffer_to_proto
+from fedstream.grpcutil import channel
 from fedstream.rounds import RoundKind, RoundPlan
 from fedstream.staleness import BufferSpec, StalenessFunction
-from fedstream.state import SQLiteStateStore
+from fedstream.state import MemoryStateStore, SQLiteStateStore
 from fedstream.strategies.server_opt import ServerOptParams, adaptive_step
 from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream.transfer import upload_status
@@ -255,3 +256,30 @@ def test_agents_send_normalisation_statistics_as_values_and_parameters_as_change
     from fedstream.staleness import is_statistic
 
     assert is_statistic("features.1.running_var") and not is_statistic("running_var_scale.weight")
+
+
+def test_retention_keeps_the_bases_asynchronous_agents_may_train_from(tmp_path, model_store):
+    """keep_last 1, max_staleness 1: the two newest versions stay (an agent may still be
+    training from the one before the newest), older ones go."""
+    from fedstream_aggregator.server import build_server
+
+    service = AggregatorService(MemoryStateStore("t1"), model_store, tmp_path / "spool", chunk_bytes=4096, keep_last=1)
+    server = build_server(service, "127.0.0.1", 0, max_workers=8)
+    ch = channel(f"127.0.0.1:{server.port}")
+    try:
+        store_model(model_store, V0, model(0))
+        control = aggregator_pb2_grpc.AggregatorControlStub(ch)
+        base = V0
+        for n in range(1, 5):
+            open_buffer(control, n, base)
+            upload(ch, "a", model(n, 0.1), 5, run_id=RUN, round_=n)
+            upload(ch, "b", model(n + 10, 0.1), 5, run_id=RUN, round_=n)
+            base = wait_terminal(control, RUN, n).version
+        want = [f"{RUN}/000003", f"{RUN}/000004"]
+        give_up = time.monotonic() + 5  # retention runs just after the commit is announced
+        while model_store.versions(RUN) != want and time.monotonic() < give_up:
+            time.sleep(0.05)
+        assert model_store.versions(RUN) == want
+    finally:
+        ch.close()
+        server.stop(0)

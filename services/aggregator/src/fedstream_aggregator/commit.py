@@ -186,11 +186,13 @@ class Committer:
         log.info("round %d of %s committed as %s", plan.round, plan.run_id, result.version)
         rnd.notify()
         if self.keep_last and plan.kind is not RoundKind.EVALUATE:
-            self._apply_retention(plan.run_id)
+            # An asynchronous run keeps the bases its agents may still be training from.
+            keep = max(self.keep_last, plan.buffer.max_staleness + 1) if plan.buffer is not None else self.keep_last
+            self._apply_retention(plan.run_id, keep)
 
-    def _apply_retention(self, run_id: str) -> None:
+    def _apply_retention(self, run_id: str, keep: int) -> None:
         try:
-            deleted = self.store.apply_retention(run_id, self.keep_last)
+            deleted = self.store.apply_retention(run_id, keep)
         except FedstreamError as e:
             log.warning("retention of run %s failed: %s", run_id, e.public)
         else:
