@@ -235,6 +235,33 @@ def test_tokens_are_stored_as_hashes_and_revocation_takes_effect(api):
     assert is_problem(api.call("GET", "/runs", secret), 401, "unauthenticated")
 
 
+def test_a_scheduler_still_starting_answers_503_and_login_waits_for_it(api, tmp_path):
+    """Before the scheduler goes live (state store reached, bootstrap token installed) a token
+    is not refused as unknown: the API answers 503 with Retry-After, and `fedstream login
+    --wait` tries again until it goes live."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    tenants = [t.admin for t in api.tenants.values()]
+    for admin in tenants:
+        admin.live = False
+    r = api.call("GET", "/runs", "any-token-at-all")
+    assert is_problem(r, 503, "unavailable") and r.headers["Retry-After"] == "1" and "starting" in r.json()["detail"]
+    timer = threading.Timer(1.5, lambda: [setattr(admin, "live", True) for admin in tenants])
+    timer.start()
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "fedstream"), "login", "--api", api.url.removesuffix("/api/v1"),
+             "--token", api.tenants["t1"].tokens["bootstrap"], "--wait", "30"],
+            capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path)},
+        )
+    finally:
+        timer.cancel()
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_health_needs_no_token(api):
     r = api.call("GET", "/health", None)
     assert r.status_code == 200 and r.json() == {"status": "ok"}

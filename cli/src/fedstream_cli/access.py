@@ -25,15 +25,15 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _prove(client: Client, wait_s: float) -> None:
-    """Checks the token with a call any role may make; while the API cannot be reached (a
-    scheduler still starting), tries again for up to ``wait_s`` seconds."""
+    """Checks the token with a call any role may make; while the API cannot be reached or
+    answers 503 (a scheduler still starting), tries again for up to ``wait_s`` seconds."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             client.call("GET", "/runs?limit=1")
             return
         except ApiError as e:
-            if e.status != 0 or time.monotonic() >= deadline:
+            if e.status not in (0, 503) or time.monotonic() >= deadline:
                 raise
         time.sleep(0.5)
 

@@ -33,5 +33,8 @@ class AdminServices:
             scheduler.state, None, scheduler.settings.enrollment.cert_lifetime_s, self.clock,
         )
         self.tokens = TokenService(self.state, self.clock)
+        # False while the scheduler starts (its state store not reached yet, the bootstrap token
+        # not installed): the admin API then answers 503, not a token refusal.
+        self.live = True
         self.federations = FederationService(self.state, self.runs, store, self.clock)
         self.models = ModelCatalog(self.state, self.federations, store)

@@ -51,6 +51,7 @@ async def serve(settings: SchedulerSettings) -> int:
                             renewal_grace_s=settings.enrollment.renewal_grace_s)
     server = await _start_grpc(settings, service, identity, enrollment)
     admin = AdminServices(service, store, enrollment=enrollment)
+    admin.live = False  # until _go_live: the API says "starting" rather than refusing tokens
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
     api = None
@@ -135,6 +136,7 @@ async def _go_live(
         admin.tokens.ensure_bootstrap(settings.api.bootstrap_token.get_secret_value())
     elif settings.api.enabled and not admin.tokens.state.list_tokens():
         log.warning(NO_API_TOKEN)
+    admin.live = True
     service.start_adopting()
     cron.start()
     await server.set_serving(True)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fedstream import ids
-from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated
+from fedstream.errors import FedstreamError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.audit import Actor
@@ -21,7 +21,7 @@ T = TypeVar("T")
 PROBLEM_TYPE = "https://fedstream.dev/problems/"
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": s.Problem, "content": {"application/problem+json": {}}, "description": HTTPStatus(code).phrase}
-    for code in (400, 401, 403, 404, 409)
+    for code in (400, 401, 403, 404, 409, 503)
 }
 
 bearer = HTTPBearer(auto_error=False, description="A token of the tenant (fst_...).")
@@ -38,6 +38,8 @@ def problem_of(e: FedstreamError, headers: dict[str, str] | None = None) -> JSON
     """The problem+json answer to a catalog error (a bearer challenge with Unauthenticated)."""
     if isinstance(e, Unauthenticated):
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    elif isinstance(e, Unavailable):
+        headers = {**(headers or {}), "Retry-After": "1"}
     return problem(int(e.http_status), e.code, e.public, headers)
 
 
@@ -64,6 +66,8 @@ def authenticate(tenants: dict[str, AdminServices], secret: str | None) -> tuple
     Unauthenticated when there is no token or it is unknown or revoked."""
     if not secret:
         raise Unauthenticated("a bearer token is required")
+    if not all(admin.live for admin in tenants.values()):
+        raise Unavailable("the scheduler is starting (its state store not reached yet): try again shortly")
     for admin in tenants.values():
         who = admin.tokens.authenticate(secret)
         if who is not None:
