@@ -19,12 +19,12 @@ from fedstream import wire
 from fedstream.convert import buffer_to_proto
 from fedstream.grpcutil import channel
 from fedstream.staleness import BufferSpec, StalenessFunction
-from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import update_requests, upload_call, upload_update
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import round_pb2
+from fedstream_testing.benchmodels import start_simulated_aggregator, store_model
 from fedstream_testing.local import LocalFederation
 
 RUN = "mem"
@@ -58,14 +58,9 @@ def memory_after(workdir: Path, agents: int, size: int) -> dict[str, int]:
     layout, arrays = model_of(size)
     procs = LocalFederation(workdir)
     try:
-        store = LocalModelStore(workdir / "models", "default")
-        with store.writer(f"{RUN}/000000", layout, {}) as w:
-            for a in arrays:
-                w.write(a.data)
-            w.commit()
-        # Agents simulated here are in no scheduler's registry: the aggregator keeps its own state.
-        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
-        proc = psutil.Process(procs.pid("aggregator"))
+        store_model(workdir / "models", f"{RUN}/000000", layout, arrays)
+        addr, pid = start_simulated_aggregator(procs)
+        proc = psutil.Process(pid)
         idle = settled_rss(proc)
         names = [f"agent-{i}" for i in range(agents)]
         _round(procs, addr, names, layout, arrays)
@@ -150,13 +145,8 @@ def buffered_peak(workdir: Path, agents: int, updates: int, size: int, buffer_si
     layout, arrays = model_of(size)
     procs = LocalFederation(workdir)
     try:
-        store = LocalModelStore(workdir / "models", "default")
-        with store.writer(f"{RUN}/000000", layout, {}) as w:
-            for a in arrays:
-                w.write(a.data)
-            w.commit()
-        addr = procs.start_aggregator({"LOG__LEVEL": "WARNING", "STATE__BACKEND": "memory"})
-        pid = procs.pid("aggregator")
+        store_model(workdir / "models", f"{RUN}/000000", layout, arrays)
+        addr, pid = start_simulated_aggregator(procs)
         idle = settled_rss(psutil.Process(pid))
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from here: the buffers alone
         names = [f"agent-{i}" for i in range(agents)]
