@@ -131,7 +131,7 @@ def counted(server: AggregatorServer, agent: str) -> int:
 def server(tmp_path, model_store):
     store_model(model_store, BASE, random_model(0, scale=16))
     server = serve(MemoryStateStore("t1"), model_store, tmp_path / "spool", min_download_chunk_bytes=256)
-    open_round(server)
+    open_round(server, participants=("a", "b", "c"))  # open after two updates: their kept files stay readable
     yield server
     server.stop(None)
 
