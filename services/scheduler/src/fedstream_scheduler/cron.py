@@ -48,6 +48,13 @@ def latest_slot(schedule: dict[str, str], now_unix: float) -> float:
     return float(croniter(schedule["cron"], start).get_prev(datetime).timestamp())
 
 
+def next_slot(schedule: dict[str, str], now_unix: float) -> float:
+    """The first time after ``now_unix`` that the schedule matches (when a run would next start,
+    unless the federation's previous run still runs then). Raises as latest_slot does."""
+    tz = ZoneInfo(schedule.get("timezone", "UTC"))
+    return float(croniter(schedule["cron"], datetime.fromtimestamp(now_unix, tz)).get_next(datetime).timestamp())
+
+
 def schedule_problem(schedule: dict[str, str], now_unix: float) -> str:
     """Why the schedule cannot give a slot at ``now_unix``; empty while it is sound."""
     try:

@@ -7,7 +7,7 @@ from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
-from fedstream_scheduler.cron import schedule_problem
+from fedstream_scheduler.cron import next_slot, schedule_problem
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
 
@@ -15,7 +15,9 @@ router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_cla
 def schedule_body(schedule: dict[str, str], now: float) -> s.ScheduleState | None:
     if not schedule:
         return None
-    return s.ScheduleState(**schedule, broken=schedule_problem(schedule, now) or None)  # type: ignore[arg-type]
+    broken = schedule_problem(schedule, now)
+    return s.ScheduleState(**schedule, broken=broken or None,  # type: ignore[arg-type]
+                           next_unix=None if broken else next_slot(schedule, now))
 
 
 def federation_body(rec: FederationRecord, latest: str, admin: AdminServices) -> s.Federation:

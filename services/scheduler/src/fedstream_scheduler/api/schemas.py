@@ -72,6 +72,10 @@ class ScheduleState(Schedule):
         None, description="Why the schedule cannot fire (an expression that never matches, a time zone no "
         "longer known): no run starts until it is changed. Null while it is sound.",
     )
+    next_unix: float | None = Field(
+        None, description="When the schedule next fires (a run starts then unless the federation's previous "
+        "run still runs); null while it is broken.",
+    )
 
 
 class FederationCreate(BaseModel):
