@@ -22,20 +22,24 @@ RUN_STATE_FAILED: RunState
 RUN_STATE_CANCELLED: RunState
 
 class Capabilities(_message.Message):
-    __slots__ = ("device", "gpu_name", "gpu_memory_bytes", "cpu_count", "memory_bytes", "free_disk_bytes")
+    __slots__ = ("device", "gpu_name", "gpu_memory_bytes", "cpu_count", "memory_bytes", "free_disk_bytes", "agent_version", "torch_version")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     GPU_NAME_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     FREE_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     device: str
     gpu_name: str
     gpu_memory_bytes: int
     cpu_count: int
     memory_bytes: int
     free_disk_bytes: int
-    def __init__(self, device: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., cpu_count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., free_disk_bytes: _Optional[int] = ...) -> None: ...
+    agent_version: str
+    torch_version: str
+    def __init__(self, device: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., cpu_count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., free_disk_bytes: _Optional[int] = ..., agent_version: _Optional[str] = ..., torch_version: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("agent_id", "labels", "capabilities", "tasks")

@@ -28,6 +28,7 @@ from fedstream.staleness import is_statistic
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from fedstream.version import distribution_version
 from fedstream_agent import metrics as m
 from fedstream_agent.identity import (
     AgentDisabledError,
@@ -69,6 +70,8 @@ def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
         cpu_count=os.cpu_count() or 0,
         memory_bytes=psutil.virtual_memory().total,
         free_disk_bytes=shutil.disk_usage(os.getcwd()).free,
+        agent_version=distribution_version("fedstream-agent"),
+        torch_version=str(torch.__version__),
     )
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
