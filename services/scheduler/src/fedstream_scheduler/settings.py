@@ -102,7 +102,7 @@ class SchedulerLimits(BaseModel):
     )
     max_capability_bytes: int = Field(
         256, ge=1, le=65_536, description="Bytes (UTF-8) of one text capability an agent registers "
-        "(device, GPU name); longer ones are refused (INVALID_ARGUMENT). The other capabilities are "
+        "(device, GPU name, agent and PyTorch versions); longer ones are refused (INVALID_ARGUMENT). The other capabilities are "
         "fixed-width integers.",
     )
 
