@@ -12,7 +12,7 @@ PYPROJECTS := core/pyproject.toml tasks/pyproject.toml cli/pyproject.toml testin
 	services/scheduler/pyproject.toml services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
 
-.PHONY: all demo test test-fast bench fuzz proto openapi settings-doc images push-images check-proto lint typecheck clean system-deps
+.PHONY: all demo test test-fast bench fuzz console-screenshots proto openapi settings-doc images push-images check-proto lint typecheck clean system-deps
 
 all: test
 
@@ -33,12 +33,15 @@ $(TOOLS_STAMP): requirements-tools.txt
 	touch $@
 
 # Servers the tests start on loopback ports of their own: Debian's redis-server and prometheus
-# (whose promtool checks the alerting rules). (The S3 server
+# (whose promtool checks the alerting rules), and the browser the console's tests drive
+# (chromium and chromium-driver: tests/browser, through Selenium). (The S3 server
 # is moto's, installed with the Python test requirements.)
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
-		echo "installing redis-server and prometheus"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && \
+		test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+		echo "installing redis-server, prometheus, chromium and chromium-driver"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus \
+			chromium chromium-driver >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/fedstream demo
@@ -63,6 +66,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/state_writes.py
 	$(BIN)/python bench/wan.py
 	$(BIN)/python bench/async.py
+
+# Screenshots of the web console for docs/console.md: a real federation driven in headless
+# Chromium; writes docs/console/*.png.
+console-screenshots: $(STAMP) system-deps
+	$(BIN)/python tools/console_screenshots.py --out docs/console
 
 # Regenerates the Python code of the wire contracts; a test fails when it is stale.
 proto: $(STAMP)

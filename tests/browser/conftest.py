@@ -1,0 +1,31 @@
+"""The browser tier: the web console in headless Chromium (Debian's chromium and
+chromium-driver, installed by make system-deps) against a federation of real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fedstream_testing.browser import Console, chromium, console_federation, missing_browser
+from fedstream_testing.support import wait_until
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A scheduler, an aggregator and two agents as processes, with tokens of every role."""
+    with console_federation(tmp_path_factory.mktemp("console")) as c:
+        c.start_agents(2)
+        wait_until(lambda: len(c.call("GET", "/agents?status=alive").json()["items"]) == 2, timeout=120,
+                   what="two agents alive:\n" + c.fed.tail("scheduler"), interval=0.5)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def driver():
+    why = missing_browser()
+    if why:
+        pytest.skip(why)
+    d = chromium()
+    yield d
+    d.quit()

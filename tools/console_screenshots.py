@@ -1,0 +1,71 @@
+"""Screenshots of the web console for docs/console.md (`make console-screenshots`): starts a real
+federation (aggregator, scheduler and two agents as processes), runs a federation's training
+through the console in headless Chromium and saves each main page as docs/console/<page>.png."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from selenium.webdriver.common.by import By
+
+from fedstream_testing import browser as b
+from fedstream_testing.browser import FEDERATION, Console, sign_in, wait_for
+from fedstream_testing.support import wait_until
+
+PLAIN = "(Lyon, Nantes)"
+
+
+def shoot(driver, out: Path, name: str) -> None:
+    path = out / f"{name}.png"
+    driver.save_screenshot(str(path))
+    print(f"{path}: {path.stat().st_size // 1024} KiB", file=sys.stderr)
+
+
+def pages(c: Console, driver, out: Path) -> None:
+    driver.get(c.base + "/console/#/login")
+    wait_for(driver, "#token")
+    shoot(driver, out, "login")
+    sign_in(driver, c, "operator")
+    wait_for(driver, f"tr[data-federation={FEDERATION}]")
+    shoot(driver, out, "federations")
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-federation={FEDERATION}] button[data-action='Start run']").click()
+    wait_for(driver, "#run-id")
+    b.wait_until(driver, "return document.querySelectorAll('#run-live tr[data-state=committed]').length >= 3", timeout=300)
+    shoot(driver, out, "run-live")
+    b.wait_until(driver, "return document.getElementById('run-state').textContent.includes('succeeded')", timeout=300)
+    driver.execute_script("window.scrollTo(0, 0)")
+    shoot(driver, out, "run")
+    version = c.call("GET", f"/federations/{FEDERATION}").json()["latest_version"]
+    for name, route in (("agents", "agents"), ("models", f"models/{FEDERATION}"), ("model", f"model/{version}")):
+        driver.get(f"{c.base}/console/#/{route}")
+        wait_for(driver, "main .panel")
+        shoot(driver, out, name)
+    sign_in(driver, c, "admin")
+    driver.get(f"{c.base}/console/#/audit")
+    wait_for(driver, "main tbody tr")
+    shoot(driver, out, "audit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/console"), help="where the PNG files go")
+    args = parser.parse_args()
+    if why := b.missing_browser():
+        sys.exit(f"console screenshots need Chromium: {why}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fedstream-console-") as work, \
+            b.console_federation(Path(work), rounds=5, text=PLAIN) as c:
+        c.start_agents(2, note="north entrance")
+        wait_until(lambda: len(c.call("GET", "/agents?status=alive").json()["items"]) == 2, timeout=120, interval=0.5)
+        driver = b.chromium()
+        try:
+            pages(c, driver, args.out)
+        finally:
+            driver.quit()
+
+
+if __name__ == "__main__":
+    main()
