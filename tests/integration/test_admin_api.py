@@ -168,6 +168,7 @@ ENDPOINTS = [
     ("GET", "/tokens", "admin", None, setup_nothing, 200),
     ("DELETE", "/tokens/{token}", "admin", None, setup_token, 204),
     ("GET", "/audit", "operator", None, setup_nothing, 200),
+    ("GET", "/whoami", "viewer", None, setup_nothing, 200),
 ]
 IDS = [f"{m} {p}" for m, p, *_ in ENDPOINTS]
 
