@@ -89,7 +89,9 @@ def test_the_console_loads_nothing_from_elsewhere_and_breaks_no_policy(console: 
     sign_in(driver, console, "admin")
     for page in ("federations", "runs", "agents", "models", "requests", "audit"):
         driver.get(f"{console.base}/console/#/{page}")
+        wait_until(driver, f"return document.body.dataset.page === '{page}'")
         wait_for(driver, "main .panel")
+    wait_for(driver, "main tbody tr")  # the audit log's entries: the last page is drawn
     loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(url.startswith(console.base + "/") for url in loaded), loaded
     problems = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
@@ -135,6 +137,8 @@ def test_a_release_needs_two_admins(console: Console, driver):
         sign_in(driver, console, admin)
         driver.get(f"{console.base}/console/#/models/{FEDERATION}")
         wait_for(driver, f"tr[data-release='{release}'] button[data-action=Approve]").click()
+        wait_until(driver, "return document.getElementById('flash').textContent === 'Approve: done'",
+                   what=f"{admin}'s approval answered")
         wait_until(driver, f"return document.querySelector(\"tr[data-release='{release}']\")?.dataset.state === '{state}'",
                    what=f"release {state} after {admin}'s approval")
     assert version in wait_for(driver, ".channels").text

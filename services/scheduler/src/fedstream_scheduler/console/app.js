@@ -95,6 +95,7 @@ function logout() {
 }
 
 async function whoami() {
+  if (!session.token()) me = null; // signed out, in this tab or by a refusal
   if (me || !session.token()) return me;
   me = await api("/whoami");
   return me;
@@ -133,7 +134,7 @@ async function route() {
     if (!(e instanceof ApiError && e.status === 401)) { showError(e); return; }
     session.clear();
   }
-  if (!me) {
+  if (!me || path === "login") {
     renderNav("");
     current = context(clear(main), query, []);
     loginPage(current, async (token) => {
@@ -155,12 +156,14 @@ async function route() {
   if (!found) { location.hash = "#/federations"; return; }
   const [match, page] = found;
   renderNav(path);
-  current = context(main, query, match.slice(1));
+  const ctx = context(main, query, match.slice(1));
+  current = ctx;
   document.body.dataset.page = path.split("/")[0];
   try {
-    const content = await page(current);
-    if (current.alive) clear(main).append(content);
+    const content = await page(ctx);
+    if (ctx.alive) clear(main).append(content);
   } catch (e) {
+    if (!ctx.alive) return;
     showError(e);
     clear(main).append(h("p", { class: "muted" }, "This page could not be loaded."));
   }
