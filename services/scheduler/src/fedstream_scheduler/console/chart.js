@@ -6,8 +6,8 @@ const W = 360;
 const H = 190;
 const M = { left: 52, right: 12, top: 26, bottom: 30 };
 
-/** Up to ``count`` round numbers spanning [lo, hi]. */
-export function ticks(lo, hi, count = 4) {
+/** About ``count`` round numbers spanning [lo, hi]. */
+export function ticks(lo, hi, count = 5) {
   if (lo === hi) return [lo];
   const raw = (hi - lo) / count;
   const step = 10 ** Math.floor(Math.log10(raw));

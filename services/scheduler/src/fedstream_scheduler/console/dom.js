@@ -95,7 +95,9 @@ export function fmtBytes(n) {
 export function fmtNumber(x) {
   if (typeof x !== "number") return String(x);
   if (Number.isInteger(x)) return String(x);
-  return Math.abs(x) >= 1000 || Math.abs(x) < 0.001 ? x.toExponential(3) : x.toPrecision(4);
+  const a = Math.abs(x);
+  if (a >= 1e6 || (a < 0.001 && a > 0)) return x.toExponential(3);
+  return a >= 1000 ? x.toFixed(0) : x.toPrecision(4);
 }
 
 /** A table: columns [{title, cell(item) -> node|text, class}], one row per item. */
