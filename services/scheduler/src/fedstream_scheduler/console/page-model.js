@@ -70,9 +70,10 @@ function evaluations(evals) {
     Object.fromEntries(Object.entries(e).filter(([, v]) => typeof v !== "object")), fmtNumber))))];
 }
 
-async function lineagePanels(run, number, version) {
+async function lineagePanels(ctx, run, number, version) {
   const base = `/models/${q(run)}/${q(number)}`;
-  const [doc, graph] = await Promise.all([optional(`${base}/lineage`), optional(`${base}/lineage/graph?depth=3`)]);
+  const shown = (e) => { ctx.showError(e); return null; }; // the version's page stays useful
+  const [doc, graph] = await Promise.all([optional(`${base}/lineage`).catch(shown), optional(`${base}/lineage/graph?depth=3`).catch(shown)]);
   const panels = [];
   if (graph) panels.push(panel("Lineage graph", h("div", { class: "graph-box", id: "lineage-graph" }, lineageGraph(graph, version))));
   if (doc) panels.push(panel("Lineage", lineageFacts(doc)));
@@ -95,5 +96,5 @@ export async function modelPage(ctx) {
   return h("div", {},
     h("section", { class: "panel" }, h("h1", {}, "Model ", h("span", { id: "model-version" }, m.version)),
       facts(m), h("p", {}, pinButton(ctx, m), " ", downloadButton(ctx, m)), tensors),
-    ...(await lineagePanels(run, number, m.version)));
+    ...(await lineagePanels(ctx, run, number, m.version)));
 }
