@@ -95,9 +95,11 @@ function logout() {
 }
 
 async function whoami() {
-  if (!session.token()) me = null; // signed out, in this tab or by a refusal
-  if (me || !session.token()) return me;
-  me = await api("/whoami");
+  const token = session.token();
+  if (!token) me = null; // signed out, in this tab or by a refusal
+  if (me || !token) return me;
+  const found = await api("/whoami");
+  if (session.token() === token) me = found; // not a stale answer about a token since dropped
   return me;
 }
 
@@ -124,16 +126,21 @@ function context(main, query, params) {
   return ctx;
 }
 
+let routing = 0; // the newest call of route: an older one still waiting gives way to it
+
 async function route() {
+  const mine = ++routing;
   current?.stop();
   const main = document.getElementById("view");
   const { path, query } = parseHash();
   try {
     await whoami();
   } catch (e) {
+    if (mine !== routing) return;
     if (!(e instanceof ApiError && e.status === 401)) { showError(e); return; }
     session.clear();
   }
+  if (mine !== routing) return;
   if (!me || path === "login") {
     renderNav("");
     current = context(clear(main), query, []);
