@@ -27,7 +27,7 @@ def test_sign_in_and_watch_a_run_progress(console: Console, driver):
     sign_in(driver, console, "operator")
     row = wait_for(driver, f"tr[data-federation={FEDERATION}]")
     assert "0 2 * * * Europe/Paris" in row.text
-    assert re.search(r"\d{4}-\d\d-\d\d \d\d:00:00\nin \d+ (h|min)", row.text), row.text  # the next slot, and when
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:00:00\nin \d+ (s|min|h)", row.text), row.text  # the next slot, and when
 
     row.find_element(By.CSS_SELECTOR, "button[data-action='Start run']").click()
     wait_for(driver, "#run-id")
