@@ -1,7 +1,7 @@
 // Runs that sites requested (when the scheduler has them; hidden when its API answers 404):
 // operators approve or deny the pending ones.
 
-import { api, optional, q } from "./api.js";
+import { ApiError, api, optional, q } from "./api.js";
 import { badge, fmtTime, h, link, panel, table } from "./dom.js";
 
 function decide(ctx, r) {
@@ -16,7 +16,13 @@ function decide(ctx, r) {
 
 export async function requestsPage(ctx) {
   const federations = (await api("/federations?limit=500")).items;
-  const pages = await Promise.all(federations.map((f) => optional(`/federations/${q(f.federation_id)}/run-requests?limit=100`)));
+  let pages;
+  try {
+    pages = await Promise.all(federations.map((f) => optional(`/federations/${q(f.federation_id)}/run-requests?limit=100`)));
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403) return panel("Run requests", h("p", { class: "error" }, `Not open to this token: ${e.detail}`));
+    throw e;
+  }
   if (pages.every((p) => p === null)) {
     return panel("Run requests", h("p", { class: "muted", id: "requests-unavailable" }, "This scheduler does not take run requests from sites."));
   }
