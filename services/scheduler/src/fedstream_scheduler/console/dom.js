@@ -1,5 +1,6 @@
 // Builds the page from data without ever parsing data as HTML: every value lands as a text node
-// or as an attribute set one by one. No innerHTML, no inline script or style (the CSP forbids both).
+// or as an attribute set one by one; no markup is ever parsed, and no inline script or style is
+// made (the CSP forbids both).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
