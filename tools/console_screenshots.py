@@ -33,8 +33,6 @@ def pages(c: Console, driver, out: Path) -> None:
     shoot(driver, out, "federations")
     driver.find_element(By.CSS_SELECTOR, f"tr[data-federation={FEDERATION}] button[data-action='Start run']").click()
     wait_for(driver, "#run-id")
-    b.wait_until(driver, "return document.querySelectorAll('#run-live tr[data-state=committed]').length >= 3", timeout=300)
-    shoot(driver, out, "run-live")
     b.wait_until(driver, "return document.getElementById('run-state').textContent.includes('succeeded')", timeout=300)
     driver.execute_script("window.scrollTo(0, 0)")
     shoot(driver, out, "run")
@@ -57,9 +55,10 @@ def main() -> None:
         sys.exit(f"console screenshots need Chromium: {why}")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedstream-console-") as work, \
-            b.console_federation(Path(work), rounds=5, text=PLAIN) as c:
-        c.start_agents(2, note="north entrance")
-        wait_until(lambda: len(c.call("GET", "/agents?status=alive").json()["items"]) == 2, timeout=120, interval=0.5)
+            b.console_federation(Path(work), rounds=5, agents=2, text=PLAIN) as c:
+        for i in range(2):
+            c.start_agent(i, 2, note="north entrance")
+        wait_until(lambda: c.alive() == 2, timeout=120, interval=0.5)
         driver = b.chromium()
         try:
             pages(c, driver, args.out)

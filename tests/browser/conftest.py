@@ -13,11 +13,13 @@ from fedstream_testing.support import wait_until
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """A scheduler, an aggregator and two agents as processes, with tokens of every role."""
-    with console_federation(tmp_path_factory.mktemp("console")) as c:
-        c.start_agents(2)
-        wait_until(lambda: len(c.call("GET", "/agents?status=alive").json()["items"]) == 2, timeout=120,
-                   what="two agents alive:\n" + c.fed.tail("scheduler"), interval=0.5)
+    """A scheduler, an aggregator and two of the three agents its federation's runs need, as
+    processes, with tokens of every role (the first test starts the third)."""
+    with console_federation(tmp_path_factory.mktemp("console"), agents=3) as c:
+        for i in range(2):
+            c.start_agent(i, 3)
+        wait_until(lambda: c.alive() == 2, timeout=120, what="two agents alive:\n" + c.fed.tail("scheduler"),
+                   interval=0.5)
         yield c
 
 

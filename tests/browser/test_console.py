@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 
 from fedstream_testing.browser import FEDERATION, HOSTILE, Console, sign_in, wait_for, wait_until
 
-COMMITTED_TRAIN = "return document.querySelectorAll('#run-live tr[data-state=committed]').length"
+COMMITTED = "return document.querySelectorAll('#run-live tr[data-state=committed]').length"
 
 
 def no_script_ran(driver) -> None:
@@ -32,15 +32,17 @@ def test_sign_in_and_watch_a_run_progress(console: Console, driver):
     row.find_element(By.CSS_SELECTOR, "button[data-action='Start run']").click()
     wait_for(driver, "#run-id")
     driver.execute_script("window.__sameDocument = true")  # gone if the page were reloaded
-    wait_until(driver, f"{COMMITTED_TRAIN} >= 2", timeout=240, what="a first committed round")
-    first = driver.execute_script(COMMITTED_TRAIN)
-    wait_until(driver, f"{COMMITTED_TRAIN} > {first}", timeout=240, what="another round appearing")
+    # The run waits for its third agent: no round yet; then the third site comes, and its
+    # rounds appear on the page as they commit.
+    assert driver.execute_script(COMMITTED) == 0
+    console.start_agent(2, 3)
+    wait_until(driver, f"{COMMITTED} >= 1", timeout=180, what="a first committed round")
     wait_until(driver, "return document.getElementById('run-state').textContent.includes('succeeded')", timeout=240)
 
     assert driver.execute_script("return window.__sameDocument === true"), "the page was reloaded"
     rows = driver.find_elements(By.CSS_SELECTOR, "#run-live tr[data-round]")
     assert len(rows) == 4  # the init round and three training rounds
-    assert "site-0" in driver.find_element(By.CSS_SELECTOR, "#run-live tr[data-round='2']").get_attribute("textContent")
+    assert "site-2" in driver.find_element(By.CSS_SELECTOR, "#run-live tr[data-round='2']").get_attribute("textContent")
     assert driver.find_elements(By.CSS_SELECTOR, "svg.chart[data-metric=train_loss] circle.dot")
     assert not driver.find_element(By.CSS_SELECTOR, "button[data-action='Cancel run']").is_displayed()
 

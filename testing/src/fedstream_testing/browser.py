@@ -70,12 +70,16 @@ class Console:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"}
         return httpx.request(method, self.api + path, headers=headers, timeout=30, **kw)
 
-    def start_agents(self, count: int = 2, note: str = HOSTILE) -> None:
-        """Agents site-0, site-1, ... on CPU, each with a label ``note``."""
-        for i in range(count):
-            self.fed.start_agent(f"site-{i}", self.scheduler, i, count, {
-                "DEVICE": "cpu", "CPU_THREADS": "1", "LABELS": json.dumps({"site": f"camera-{i}", "note": note}),
-            })
+    def start_agent(self, index: int, sites: int, note: str = HOSTILE) -> None:
+        """Agent site-<index> on CPU, holding slice ``index`` of ``sites`` of the data, with a
+        label ``note``."""
+        self.fed.start_agent(f"site-{index}", self.scheduler, index, sites, {
+            "DEVICE": "cpu", "CPU_THREADS": "1", "LABELS": json.dumps({"site": f"camera-{index}", "note": note}),
+        })
+
+    def alive(self) -> int:
+        """How many agents are alive."""
+        return len(self.call("GET", "/agents?status=alive").json()["items"])
 
 
 def _wait_api(base: str, token: str, fed: LocalFederation) -> None:
@@ -93,10 +97,11 @@ def _wait_api(base: str, token: str, fed: LocalFederation) -> None:
 
 
 @contextlib.contextmanager
-def console_federation(workdir: Path, rounds: int = 3, text: str = HOSTILE) -> Iterator[Console]:
+def console_federation(workdir: Path, rounds: int = 3, agents: int = 3, text: str = HOSTILE) -> Iterator[Console]:
     """An aggregator and a scheduler as processes (with TLS, as deployed), tokens of every role
-    (two admins, and a viewer named ``text``), and a federation of the digits task whose
-    description ends with ``text``. Agents are started by ``Console.start_agents``."""
+    (two admins, and a viewer named ``text``), and a federation of the digits task whose runs
+    need ``agents`` agents and whose description ends with ``text``. Agents are started by
+    ``Console.start_agent``."""
     admin = "fst_console_" + secrets.token_urlsafe(24)
     with LocalFederation(workdir) as fed:
         agg = fed.start_aggregator()
@@ -113,7 +118,7 @@ def console_federation(workdir: Path, rounds: int = 3, text: str = HOSTILE) -> I
         created = console.call("POST", "/federations", json={
             "federation_id": FEDERATION, "description": f"Night-time detection across sites {text}",
             "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris"},
-            "spec": {"task": "digits", "rounds": rounds, "min_agents": 2, "round_timeout_s": 120,
+            "spec": {"task": "digits", "rounds": rounds, "min_agents": agents, "round_timeout_s": 120,
                      "wait_for_agents_s": 120, "training": {"local_epochs": 1, "seed": 1}},
         })
         created.raise_for_status()
