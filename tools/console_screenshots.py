@@ -37,9 +37,11 @@ def pages(c: Console, driver, out: Path) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     shoot(driver, out, "run")
     version = c.call("GET", f"/federations/{FEDERATION}").json()["latest_version"]
-    for name, route in (("agents", "agents"), ("models", f"models/{FEDERATION}"), ("model", f"model/{version}")):
+    for name, route, drawn in (("agents", "agents", "tr[data-agent]"),
+                               ("models", f"models/{FEDERATION}", "tr[data-version]"),
+                               ("model", f"model/{version}", "#model-version")):
         driver.get(f"{c.base}/console/#/{route}")
-        wait_for(driver, "main .panel")
+        wait_for(driver, f"main {drawn}")
         shoot(driver, out, name)
     sign_in(driver, c, "admin")
     driver.get(f"{c.base}/console/#/audit")

@@ -98,7 +98,7 @@ export function fmtNumber(x) {
   if (Number.isInteger(x)) return String(x);
   const a = Math.abs(x);
   if (a >= 1e6 || (a < 0.001 && a > 0)) return x.toExponential(3);
-  return a >= 1000 ? x.toFixed(0) : x.toPrecision(4);
+  return a >= 1000 ? x.toFixed(0) : String(Number(x.toPrecision(4))); // 0.8, not 0.8000
 }
 
 /** A table: columns [{title, cell(item) -> node|text, class}], one row per item. */
