@@ -299,8 +299,9 @@ def test_conflicts_and_missing_things(api):
     body = {"federation_id": "nightly", "spec": SPEC, "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris"}}
     created = api.call("POST", "/federations", admin, json=body)
     assert created.status_code == 201
-    assert created.json()["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip",
-                                         "broken": None}
+    schedule = created.json()["schedule"]
+    assert schedule.pop("next_unix") > time.time()
+    assert schedule == {"cron": "0 2 * * *", "timezone": "Europe/Paris", "missed": "skip", "broken": None}
     assert is_problem(api.call("POST", "/federations", admin, json=body), 409, "already_exists")
     assert is_problem(api.call("GET", "/federations/absent", admin), 404, "federation_not_found")
     assert is_problem(api.call("GET", "/runs/absent", admin), 404, "run_not_found")
