@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 # its own, used by the chart tests.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
-PIP := $(BIN)/python -m pip
 # pip writes the interpreter's path as invoked into the scripts it installs: through the venv's
 # real directory, so that a checkout whose .venv is a link to this one (the docs test's) leaves
 # scripts that still run once that checkout is gone.
