@@ -88,6 +88,12 @@ def _task_version(task: str, reports: list[UpdateReport]) -> str:
     return ", ".join(found)
 
 
+def _object(context: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The context's ``key`` when it is a JSON object, else None."""
+    value = context.get(key)
+    return value if isinstance(value, dict) else None
+
+
 def build_lineage(
     plan: RoundPlan, version: str, reports: list[UpdateReport], stragglers: list[str], committed_unix: float,
     *, figures: dict[str, float] | None = None,
@@ -96,11 +102,12 @@ def build_lineage(
     (distillation's figures when it distilled)."""
     context = parse_context(plan.lineage_context)
     code = {"aggregator": package_versions(AGGREGATOR_PACKAGES)}
-    if isinstance(context.get("code"), dict):
-        code["scheduler"] = context["code"]
+    scheduler_code = _object(context, "code")
+    if scheduler_code is not None:
+        code["scheduler"] = {str(k): str(v) for k, v in scheduler_code.items()}
     distillation: dict[str, Any] | None = None
     if plan.distill:
-        distillation = {"figures": dict(figures or {}), **dict(context.get("distillation") or {})}
+        distillation = {"figures": dict(figures or {}), **(_object(context, "distillation") or {})}
     return {
         "schema_version": LINEAGE_SCHEMA_VERSION,
         "version": version,
@@ -115,8 +122,8 @@ def build_lineage(
         "compression": plan.compression,
         "distillation": distillation,
         "asynchronous": plan.buffer.to_dict() if plan.buffer is not None else None,
-        "training": context.get("training"),
-        "selection": context.get("selection"),
+        "training": _object(context, "training"),
+        "selection": _object(context, "selection"),
         "task": {"name": plan.task, "version": _task_version(plan.task, reports)},
         "participants": [participant(r) for r in reports],
         "stragglers": list(stragglers),
