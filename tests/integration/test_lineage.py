@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore, ModelStore
 from fedstream.store.s3 import S3ModelStore, make_client
 from fedstream.v1 import aggregator_pb2_grpc
+from fedstream.version import distribution_version
+from fedstream_agent.agent import Agent
+from fedstream_agent.settings import AgentSettings, AgentTlsSettings
 from fedstream_aggregator.server import build_server as build_aggregator
 from fedstream_aggregator.service import AggregatorService
 from fedstream_scheduler.admin import AdminServices
@@ -37,6 +41,8 @@ from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
 from fedstream_testing.helpers import random_model, store_model
 from fedstream_testing.sim_agent import SimAgent, add_constant
+from fedstream_tasks.base import SiteDataSettings
+from fedstream_tasks.fingerprint import fingerprint_listing
 from fedstream_testing.support import LoopThread, plan, upload, wait_terminal, wait_until
 
 SPEC = {"task": "digits", "rounds": 2, "min_agents": 3, "min_updates": 2, "target_updates": 2,
@@ -74,7 +80,9 @@ class Deployment:
 def make_store(kind: str, request, tmp_path: Path, tenant: str) -> ModelStore:
     if kind == "s3":
         settings = request.getfixturevalue("s3_settings")
-        return S3ModelStore(make_client(settings), settings, tmp_path / f"staging-{tenant}", tenant)
+        store = S3ModelStore(make_client(settings), settings, tmp_path / f"staging-{tenant}", tenant)
+        store.ping()  # makes the test's bucket
+        return store
     return LocalModelStore(tmp_path / "models", tenant=tenant)
 
 
@@ -234,6 +242,36 @@ def test_the_cli_prints_lineage_and_cards(lineage_runs, tmp_path):
     assert (tmp_path / "card.md").read_text().startswith(r"# Model card: first\/000002")
     assert json.loads(card_json.stdout)["examples"] == 30
     assert missing.returncode != 0 and "model_not_found" in missing.stderr + missing.stdout
+
+
+@pytest.mark.parametrize("deployment", ["local"], indirect=True)
+def test_a_real_agent_reports_its_versions_and_its_datas_fingerprint(deployment, tmp_path):
+    d = deployment
+    spec = {"task": "digits", "rounds": 1, "min_agents": 1, "round_timeout_s": 60, "wait_for_agents_s": 60,
+            "training": {"seed": 1, "no_op": True}}
+    d.admins["t1"].federations.create("real", spec, "", None)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "labels.csv").write_text("img,label\n")
+    settings = AgentSettings(agent_id="site-real", scheduler_endpoint=d.agent_endpoint,
+                             tls=AgentTlsSettings(insecure_plaintext=True), device="cpu", cpu_threads=1,
+                             reconnect_max_s=0.5, check_at_start=False,
+                             data=SiteDataSettings(path=tmp_path / "site", site_index=0, num_sites=3))
+    agent = Agent(settings)
+    worker = threading.Thread(target=agent.run, daemon=True)
+    worker.start()
+    try:
+        d.run("real", run_id="real")
+    finally:
+        agent.shutdown()
+        worker.join(10)
+
+    for version in ("real/000000", "real/000001"):
+        (said,) = d.get(f"/models/{version}/lineage").json()["participants"]
+        assert said["agent_id"] == "site-real"
+        assert said["agent_version"] == distribution_version("fedstream-agent")
+        assert said["task_version"] == f"digits@{distribution_version('fedstream-tasks')}"
+        # digits' data is bundled: its folder holds only a label file, whose name and size count.
+        assert said["data_fingerprint"] == fingerprint_listing([("labels.csv", len("img,label\n"))])
 
 
 # Buffered asynchronous versions, and refused provenance: the aggregator alone.

@@ -202,3 +202,18 @@ class TestCard:
     def test_summary_counts_participants_and_examples(self):
         node = summary(self.doc())
         assert (node["participants"], node["examples"], node["missing"]) == (1, 7, False)
+
+
+def test_an_agent_says_its_version_its_tasks_and_its_datas_fingerprint(tmp_path):
+    from fedstream.version import distribution_version
+    from fedstream_agent.provenance import provenance_of
+
+    (tmp_path / "img.jpg").write_bytes(b"x" * 5)
+    said = provenance_of("digits", SiteDataSettings(path=tmp_path))
+
+    assert said.agent_version == distribution_version("fedstream-agent")
+    assert said.task_version == f"digits@{distribution_version('fedstream-tasks')}"
+    assert said.data_fingerprint == fingerprint_listing([("img.jpg", 5)])
+    assert Provenance.checked(said.agent_version, said.task_version, said.data_fingerprint) == said
+    # A module:Class task of no installed distribution says so, within the bounds.
+    assert provenance_of("no_such_module:Task", SiteDataSettings()).task_version == "no_such_module:Task@unknown"

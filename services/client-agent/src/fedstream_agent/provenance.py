@@ -4,6 +4,7 @@ fingerprint (file list and sizes, never contents: ``fedstream_tasks.fingerprint`
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from fedstream.provenance import Provenance, clip
@@ -16,6 +17,12 @@ log = logging.getLogger(__name__)
 AGENT_DISTRIBUTION = "fedstream-agent"
 
 
+@functools.cache
+def agent_version() -> str:
+    """This agent's package version (looked up once)."""
+    return distribution_version(AGENT_DISTRIBUTION)
+
+
 def provenance_of(task: str, data: SiteDataSettings) -> Provenance:
     """This agent's provenance for an update of ``task`` (fingerprints are computed once per
     process); a data folder that cannot be read leaves the fingerprint empty."""
@@ -24,4 +31,4 @@ def provenance_of(task: str, data: SiteDataSettings) -> Provenance:
     except OSError as e:
         log.warning("cannot fingerprint the data set of task %s: %s", task, e)
         fingerprint = ""
-    return Provenance(clip(distribution_version(AGENT_DISTRIBUTION)), clip(task_version(task)), clip(fingerprint))
+    return Provenance(clip(agent_version()), clip(task_version(task)), clip(fingerprint))

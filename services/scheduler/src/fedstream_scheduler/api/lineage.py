@@ -1,7 +1,7 @@
 """Model lineage and model cards: a version's lineage, its graph, the path between two versions,
 and its card (Markdown or JSON)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
@@ -16,7 +16,7 @@ from fedstream_scheduler.lineage import MAX_GRAPH_DEPTH, LineageService
 router = APIRouter(tags=["lineage"], route_class=ParsedRoute)
 
 Version = Annotated[str, s.checked(ids.parse_version)]
-CARD_RESPONSES: dict[int | str, dict[str, object]] = {200: {
+CARD_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
     "content": {"application/json": {}, "text/markdown": {}},
     "description": "The model card: JSON, or Markdown with every value escaped.",
 }}
