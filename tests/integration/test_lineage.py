@@ -39,10 +39,10 @@ from fedstream_scheduler.api.server import ApiServer
 from fedstream_scheduler.server import build_server
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.settings import SchedulerSettings
-from fedstream_testing.helpers import random_model, store_model
-from fedstream_testing.sim_agent import SimAgent, add_constant
 from fedstream_tasks.base import SiteDataSettings
 from fedstream_tasks.fingerprint import fingerprint_listing
+from fedstream_testing.helpers import random_model, store_model
+from fedstream_testing.sim_agent import SimAgent, add_constant
 from fedstream_testing.support import LoopThread, plan, upload, wait_terminal, wait_until
 
 SPEC = {"task": "digits", "rounds": 2, "min_agents": 3, "min_updates": 2, "target_updates": 2,
@@ -122,7 +122,7 @@ def deployment(request, tmp_path) -> Iterator[Deployment]:
 
 
 @pytest.fixture
-def lineage_runs(deployment: Deployment) -> Iterator[tuple[Deployment, dict, dict]]:
+def lineage_runs(deployment: Deployment) -> tuple[Deployment, dict, dict]:
     """Two runs of a federation, the second warm-started from the first's model: three agents
     of which one (slow) is never needed, so it straggles in every training round."""
     deployment.admins["t1"].federations.create("fed", dict(SPEC), "", None)
@@ -139,7 +139,7 @@ def lineage_runs(deployment: Deployment) -> Iterator[tuple[Deployment, dict, dic
     finally:
         for a in agents:
             a.stop()
-    yield deployment, first, second
+    return deployment, first, second
 
 
 def test_every_version_of_a_run_has_its_lineage(lineage_runs):

@@ -5,12 +5,11 @@ has, and deleted with it, by hand or by retention."""
 from __future__ import annotations
 
 import pytest
+from test_model_store import make_store  # the suite's backends
 
 from fedstream.errors import InvalidArgument, ModelNotFound
 from fedstream.store import ModelStore
 from fedstream_testing.helpers import random_model, store_model
-
-from test_model_store import make_store  # the suite's backends
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class UpdateHeader:
     upload_id: str = ""
     resume_offset: int = 0
     # What the agent reported of itself (checked where the header is parsed).
-    provenance: Provenance = Provenance()
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:

@@ -15,7 +15,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedstream.errors import FedstreamError
 from fedstream_scheduler.admin import AdminServices
-from fedstream_scheduler.api import agents, audit, enrollment_tokens, federations, lineage, models, runs, tokens
+from fedstream_scheduler.api import (
+    agents,
+    audit,
+    enrollment_tokens,
+    federations,
+    lineage,
+    models,
+    runs,
+    tokens,
+)
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import PROBLEM_RESPONSES, problem, problem_of
 from fedstream_scheduler.api.guard import RequestGuard
