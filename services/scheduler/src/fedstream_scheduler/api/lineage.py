@@ -15,7 +15,10 @@ from fedstream_scheduler.lineage import MAX_GRAPH_DEPTH, LineageService
 
 router = APIRouter(tags=["lineage"], route_class=ParsedRoute)
 
-Version = Annotated[str, s.checked(ids.parse_version)]
+Ancestor = Annotated[str, Query(alias="from", pattern=s.VERSION, description="The older version, RUN/NNNNNN."),
+                     s.checked(ids.parse_version)]
+Descendant = Annotated[str, Query(alias="to", pattern=s.VERSION, description="The newer version, RUN/NNNNNN."),
+                       s.checked(ids.parse_version)]
 CARD_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
     "content": {"application/json": {}, "text/markdown": {}},
     "description": "The model card: JSON, or Markdown with every value escaped.",
@@ -40,11 +43,7 @@ async def get_lineage_graph(
 
 
 @router.get("/api/v1/lineage/between")
-async def get_lineage_between(
-    admin: Viewer,
-    ancestor: Annotated[Version, Query(alias="from", pattern=s.VERSION, description="The older version, RUN/NNNNNN.")],
-    descendant: Annotated[Version, Query(alias="to", pattern=s.VERSION, description="The newer version, RUN/NNNNNN.")],
-) -> sl.LineagePath:
+async def get_lineage_between(admin: Viewer, ancestor: Ancestor, descendant: Descendant) -> sl.LineagePath:
     return sl.LineagePath.model_validate(lineage_of(admin).between(ancestor, descendant))
 
 
