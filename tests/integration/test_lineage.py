@@ -215,8 +215,8 @@ def test_the_api_shows_lineage_only_of_the_tenants_own_versions(lineage_runs):
 
 
 def fedstream(d: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    cli = str(Path(sys.executable).parent / "fedstream")
-    return subprocess.run([cli, *args, "--api", d.url.removesuffix("/api/v1"), "--token", d.tokens["t1"]["viewer"]],
+    # The `fedstream` command as a process (its module: the same entry point as the script).
+    return subprocess.run([sys.executable, "-m", "fedstream_cli", *args, "--api", d.url.removesuffix("/api/v1"), "--token", d.tokens["t1"]["viewer"]],
                           capture_output=True, text=True, timeout=60)
 
 
