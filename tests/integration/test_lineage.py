@@ -198,6 +198,13 @@ def test_graph_path_and_card_over_the_api(lineage_runs):
     assert card["version"] == "first/000002" and card["examples"] == 30 and card["model"]["tensors"] > 0
     assert card["provenance"]["parents"] == ["first/000001"] and card["model"]["pinned"] is False
 
+    # A version retention deleted took its lineage along: its children still name it.
+    d.store.delete("first/000000")
+    assert d.get("/models/first/000000/lineage").status_code == 404
+    gone = d.get("/models/first/000001/lineage/graph", params={"depth": 1}).json()
+    assert {n["version"]: n["missing"] for n in gone["nodes"]} == {"first/000000": True, "first/000001": False,
+                                                                 "first/000002": False}
+
 
 def test_the_api_shows_lineage_only_of_the_tenants_own_versions(lineage_runs):
     d, _, _ = lineage_runs
