@@ -56,6 +56,9 @@ class RunRecord:
     federation: str = ""
     # Who or what started it: "api", "grpc" or "schedule".
     trigger: str = ""
+    # Who started it, in words: the API token ("token/<id> (<name>, <role>)"), the gRPC
+    # caller's certificate, or the federation's schedule ("schedule/<federation>").
+    started_by: str = ""
 
     def __post_init__(self) -> None:
         self.state = RunState(self.state)

@@ -123,6 +123,8 @@ class Run(BaseModel):
     state: Literal["running", "succeeded", "failed", "cancelled"]
     reason: str
     trigger: str = Field(description="api, grpc or schedule.")
+    started_by: str = Field("", description="Who started it: an API token, a gRPC caller's certificate, or "
+                            "schedule/<federation>; empty for runs started before this was recorded.")
     latest_version: str
     created_unix: float
     finished_unix: float
