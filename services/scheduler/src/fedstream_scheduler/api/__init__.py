@@ -15,7 +15,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedstream.errors import FedstreamError
 from fedstream_scheduler.admin import AdminServices
-from fedstream_scheduler.api import agents, audit, enrollment_tokens, federations, models, runs, tokens
+from fedstream_scheduler.api import (
+    agents,
+    audit,
+    enrollment_tokens,
+    federations,
+    models,
+    releases,
+    runs,
+    tokens,
+)
 from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import PROBLEM_RESPONSES, problem, problem_of
 from fedstream_scheduler.api.guard import RequestGuard
@@ -71,6 +80,6 @@ def build_api(admins: dict[str, AdminServices], settings: ApiSettings | None = N
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/api/v1/health", health, methods=["GET"], tags=["health"])
-    for module in (federations, runs, models, agents, enrollment_tokens, tokens, audit):
+    for module in (federations, runs, models, releases, agents, enrollment_tokens, tokens, audit):
         app.include_router(module.router)
     return app
