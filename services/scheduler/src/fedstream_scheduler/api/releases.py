@@ -1,10 +1,12 @@
 """Releases, channels and site-requested runs: /api/v1/federations/{id}/releases, /channels,
-/run-requests, /api/v1/releases/{id} and /api/v1/run-requests/{id}."""
+/run-requests, /api/v1/releases/{id} and /api/v1/run-requests/{id}; a version's export archive,
+/api/v1/models/{run}/{n}/export."""
 
 import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import StreamingResponse
 
 from fedstream.state import ReleaseRecord, RunRequestRecord
 from fedstream_scheduler.api import schemas as s
@@ -13,13 +15,16 @@ from fedstream_scheduler.api.deps import (
     Admin,
     FederationId,
     Limit,
+    Number,
     Operator,
     PageToken,
+    RunId,
     Viewer,
     Who,
     paginate,
 )
 from fedstream_scheduler.api.guard import ParsedRoute
+from fedstream_scheduler.export import build_export
 from fedstream_scheduler.site_policy import CHANNEL
 
 router = APIRouter(tags=["releases"], route_class=ParsedRoute)
@@ -96,3 +101,17 @@ async def approve_run_request(request_id: RequestId, admin: Operator, who: Who) 
 @router.post("/api/v1/run-requests/{request_id}/deny")
 async def deny_run_request(request_id: RequestId, body: r.RunRequestDeny, admin: Operator, who: Who) -> r.RunRequest:
     return request_body(admin.run_requests.deny(request_id, body.reason, who))
+
+
+@router.get(
+    "/api/v1/models/{run_id}/{number}/export", response_class=StreamingResponse, tags=["models"],
+    responses={200: {"content": {"application/x-tar": {}}, "description": "The archive (tar)."}},
+)
+async def export_model(run_id: RunId, number: Number, admin: Viewer) -> StreamingResponse:
+    """The version as a self-describing tar: model.safetensors, lineage.json, card.md, card.json and
+    MANIFEST.json (last: each member's SHA-256 and size, the data's SHA-256, its releases)."""
+    export = build_export(admin, f"{run_id}/{number}")
+    return StreamingResponse(export.stream(), media_type="application/x-tar", headers={
+        "Content-Disposition": f'attachment; filename="{run_id}-{number}.tar"',
+        "X-Fedstream-Sha256": export.reader.info.sha256,
+    })
