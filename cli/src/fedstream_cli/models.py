@@ -1,4 +1,4 @@
-"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin."""
+"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin, export."""
 
 from __future__ import annotations
 
@@ -114,3 +114,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         p = models.add_parser(name, parents=[common], help=text)
         p.add_argument("version", help="RUN/NNNNNN")
         p.set_defaults(func=cmd_pin, pin=pin)
+    from fedstream_cli.releases import add_export_parser
+
+    add_export_parser(models, common)

@@ -1,15 +1,20 @@
-"""`fedstream releases ...`, `fedstream channels list` and `fedstream run-requests ...`: a
-federation's releases (propose, approve, reject, list, show), its channels, and the runs its
-sites requested (list, approve, deny), over the admin API."""
+"""`fedstream releases ...`, `fedstream channels list`, `fedstream run-requests ...` and
+`fedstream models export`: a federation's releases (propose, approve, reject, list, show), its
+channels, the runs its sites requested (list, approve, deny), and a version's export archive,
+over the admin API."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import tarfile
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
-from fedstream_cli.api import client_from, emit, list_command
-from fedstream_cli.progress import local_time
+from fedstream_cli.api import ApiError, client_from, emit, list_command
+from fedstream_cli.progress import Bar, human_bytes, local_time
 
 HEADER = f"{'RELEASE':16} {'CHANNEL':12} {'VERSION':28} {'STATE':10} {'APPROVALS':12} PROPOSED"
 REQUEST_HEADER = f"{'REQUEST':16} {'AGENT':20} {'STATE':8} {'RUN':18} {'REQUESTED':19} REASON"
@@ -142,3 +147,54 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     rd.add_argument("request_id", help="req-...")
     rd.add_argument("--reason", required=True, help="why")
     rd.set_defaults(func=cmd_decide, decision="deny")
+
+
+def verify_archive(path: Path) -> dict[str, Any]:
+    """The archive's manifest once every member's SHA-256 and size match it; raises ApiError."""
+    with tarfile.open(path, "r:") as tar:
+        manifest_member = tar.getmember("MANIFEST.json")
+        f = tar.extractfile(manifest_member)
+        manifest: dict[str, Any] = json.loads(f.read() if f is not None else b"{}")
+        for name, want in manifest.get("members", {}).items():
+            member = tar.extractfile(tar.getmember(name))
+            digest, size = hashlib.sha256(), 0
+            while member is not None and (piece := member.read(1 << 20)):
+                digest.update(piece)
+                size += len(piece)
+            if (digest.hexdigest(), size) != (want["sha256"], want["bytes"]):
+                raise ApiError(f"export {path}: member {name} does not match its manifest")
+    return manifest
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Streams the archive into ``--output`` (via a .part file), then checks it against its manifest."""
+    client = client_from(args)
+    out: Path = args.output or Path(args.version.replace("/", "-") + ".tar")
+    tmp = out.with_name(out.name + ".part")
+    done = 0
+    size = client.call("GET", f"/models/{args.version}")["size_bytes"]  # the bulk of the archive
+    try:
+        with client.stream(f"/models/{args.version}/export") as r, tmp.open("wb") as f:
+            bar = Bar(size, f"exporting {args.version}", unit="B")
+            for piece in r.iter_bytes(1 << 20):
+                f.write(piece)
+                done += len(piece)
+                bar.show(done)
+            bar.close()
+        manifest = verify_archive(tmp)
+    except (ApiError, tarfile.TarError, KeyError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise e if isinstance(e, ApiError) else ApiError(f"export of {args.version} is not a sound archive: {e}") from None
+    tmp.replace(out)
+    emit(args, {"version": args.version, "path": str(out), "bytes": done, "manifest": manifest},
+         [f"{out}: {args.version}, {human_bytes(done)}, {len(manifest['members'])} members verified"])
+    return 0
+
+
+def add_export_parser(models: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    ex = models.add_parser("export", parents=[common], help="a version as a self-describing tar: weights, "
+                           "lineage, card and a manifest of SHA-256s, verified")
+    ex.add_argument("version", help="RUN/NNNNNN")
+    ex.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                    help="file to write (default: RUN-NNNNNN.tar)")
+    ex.set_defaults(func=cmd_export)
