@@ -9,6 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -412,3 +418,58 @@ def test_a_policy_patch_merges_and_null_removes_a_channel(plane):
     assert list(channels) == ["production"] and channels["production"]["admin_approvals"] == 3
     assert channels["production"]["require"] == {"metric": "accuracy", "min": 0.8}
     assert r.json()["site_requests"] == {"mode": "refuse", "max_per_site_per_day": 2}
+
+
+# The export archive, and the commands.
+
+def test_a_version_exports_as_a_tar_whose_manifest_checks_every_member(plane):
+    release_now(plane, "run-a/000002")
+    r = plane.call("GET", "/models/run-a/000002/export", "viewer")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        names = tar.getnames()
+        members = {n: tar.extractfile(n).read() for n in names}
+    assert names == ["lineage.json", "card.md", "card.json", "model.safetensors", "MANIFEST.json"]
+    manifest = json.loads(members["MANIFEST.json"])
+    for name, want in manifest["members"].items():
+        assert hashlib.sha256(members[name]).hexdigest() == want["sha256"] and len(members[name]) == want["bytes"]
+    model = io.BytesIO(members["model.safetensors"])
+    read_header(model)
+    assert hashlib.sha256(model.read()).hexdigest() == manifest["data_sha256"] == plane.store.info("run-a/000002").sha256
+    assert [x["channel"] for x in manifest["releases"]] == ["production"] and manifest["pinned"]
+    assert json.loads(members["lineage.json"])["participants"][0]["agent_id"] == "site-a"
+    problem(plane.call("GET", "/models/run-a/000009/export", "viewer"), 404, "model_not_found")
+
+
+def run_command(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_the_commands_release_export_and_track(plane, tmp_path):
+    api = ["--api", f"http://127.0.0.1:{plane.api.port}"]
+    op, adm, adm2 = (["--token", plane.tokens[w]] for w in ("operator", "admin", "admin2"))
+    proposed = run_command("fedstream", "releases", "propose", "fed", "--channel", "staging", "--version",
+                           "run-a/000002", "--format", "json", *api, *op)
+    assert proposed.returncode == 0, proposed.stderr
+    rid = json.loads(proposed.stdout)["release_id"]
+    approved = run_command("fedstream", "releases", "approve", rid, *api, *adm)
+    assert approved.returncode == 0 and "released" in approved.stdout, approved.stderr
+    again = run_command("fedstream", "releases", "approve", rid, *api, *adm2)
+    assert again.returncode != 0 and "released" in again.stderr
+    listed = run_command("fedstream", "channels", "list", "fed", *api, *adm)
+    assert "staging" in listed.stdout and "run-a/000002" in listed.stdout, listed.stderr
+    out = tmp_path / "export.tar"
+    exported = run_command("fedstream", "models", "export", "run-a/000002", "-o", str(out), *api, *adm)
+    assert exported.returncode == 0 and "5 members verified" in exported.stdout, exported.stderr
+    with tarfile.open(out) as tar:
+        assert tar.getnames()[-1] == "MANIFEST.json"
+
+    agent = ["--scheduler", f"127.0.0.1:{plane.scheduler.port}", "--identity", str(plane.identities["site-b"])]
+    tracked = run_command("fedstream-agent", "track", "--federation", "fed", "--channel", "staging", "--dir",
+                          str(tmp_path / "serving"), "--once", *agent)
+    assert tracked.returncode == 0, tracked.stderr
+    assert installed(tmp_path / "serving")["version"] == "run-a/000002"
+    refused = run_command("fedstream-agent", "request-run", "fed", "--reason", "new data", *agent)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
