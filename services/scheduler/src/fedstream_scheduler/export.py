@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fedstream.errors import ModelNotFound
 from fedstream.safetensors_io import encode_header
 from fedstream.store import ModelReader
 from fedstream_scheduler.admin import AdminServices
@@ -71,12 +72,23 @@ class Export:
         yield b"\0" * (2 * BLOCK)
 
 
+def lineage_and_card(admin: AdminServices, version: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The version's lineage document and card (Markdown, JSON); for a version without a
+    recorded lineage (committed before lineages were), a document that says so."""
+    lineage = LineageService(admin.state, admin.models)
+    try:
+        doc = lineage.document(version)
+        card_md, card_json = lineage.card(version)
+    except ModelNotFound:
+        doc = {"version": version, "missing": True}
+        card_md, card_json = f"# Model {version}\n\nNo lineage was recorded for this version.\n", doc
+    return doc, card_md, card_json
+
+
 def build_export(admin: AdminServices, version: str) -> Export:
     """The export of one of the tenant's versions; raises ModelNotFound."""
-    lineage = LineageService(admin.state, admin.models)
-    doc = lineage.document(version)
-    card_md, card_json = lineage.card(version)
     info, pinned = admin.models.info(version)
+    doc, card_md, card_json = lineage_and_card(admin, version)
     run_id = version.split("/", 1)[0]
     run = admin.state.get_run(run_id)
     releases = [{"release_id": r.release_id, "channel": r.channel, "state": r.state, "decided_unix": r.decided_unix}

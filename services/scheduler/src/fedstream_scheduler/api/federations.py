@@ -8,6 +8,7 @@ from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 from fedstream_scheduler.cron import schedule_problem
+from fedstream_scheduler.site_policy import ReleasePolicy, SiteRequestPolicy
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
 
@@ -23,8 +24,8 @@ def federation_body(rec: FederationRecord, latest: str, admin: AdminServices) ->
         federation_id=rec.federation_id, description=rec.description, spec=rec.spec,  # type: ignore[arg-type]
         schedule=schedule_body(rec.schedule, admin.clock()),
         created_unix=rec.created_unix, updated_unix=rec.updated_unix, latest_version=latest,
-        releases=s.ReleasePolicy.model_validate(rec.releases or {}),
-        site_requests=s.SiteRequestPolicy.model_validate(rec.site_requests or {}),
+        releases=ReleasePolicy.model_validate(rec.releases or {}),
+        site_requests=SiteRequestPolicy.model_validate(rec.site_requests or {}),
     )
 
 
