@@ -120,7 +120,7 @@ def _release_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     ls = rel.add_parser("list", parents=[common], help="a federation's releases, oldest first")
     ls.add_argument("federation", help="federation id")
     ls.add_argument("--channel", default="", help="only this channel's")
-    ls.add_argument("--state", default="", choices=["", "proposed", "released", "rejected", "superseded"],
+    ls.add_argument("--state", default=None, choices=["proposed", "released", "rejected", "superseded"],
                     help="only releases in this state")
     ls.set_defaults(func=cmd_list)
     show = rel.add_parser("show", parents=[common], help="a release with its approvals")
