@@ -44,7 +44,7 @@ def complete(rec: ReleaseRecord) -> bool:
 def metric_values(catalog: ModelCatalog, state: StateStore, version: str, metric: str) -> list[float]:
     """Every value of ``metric`` recorded for the version: its federated evaluations', then the
     metrics of the round that committed it."""
-    values = []
+    values: list[float] = []
     store = catalog.store
     if store is not None:
         for record in store.evaluations(version).values():
@@ -115,7 +115,7 @@ class ReleaseService:
     def _approve(self, release_id: str, approval: dict[str, Any]) -> tuple[ReleaseRecord, bool]:
         """Adds an approval atomically; returns the release and whether this approval released it."""
         now = self.clock()
-        published = []
+        published: list[bool] = []
 
         def add(rec: ReleaseRecord) -> ReleaseRecord:
             if rec.state != PROPOSED:
