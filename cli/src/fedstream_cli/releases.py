@@ -78,9 +78,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_channels(args: argparse.Namespace) -> int:
     channels = client_from(args).call("GET", f"/federations/{args.federation}/channels")
-    rows = [f"{c['channel']:16} {c['version'] or '-':28} {c['release_id'] or '-':16} "
-            f"{local_time(c['released_unix']) if c['released_unix'] else ''}" for c in channels]
-    emit(args, channels, [f"{'CHANNEL':16} {'VERSION':28} {'RELEASE':16} RELEASED", *rows])
+    rows = [f"{name:16} {version or '-'}" for name, version in channels.items()]
+    emit(args, channels, [f"{'CHANNEL':16} VERSION", *rows])
     return 0
 
 

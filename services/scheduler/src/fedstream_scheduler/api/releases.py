@@ -59,13 +59,10 @@ async def list_releases(federation_id: FederationId, admin: Viewer, channel: Cha
 
 
 @router.get("/api/v1/federations/{federation_id}/channels")
-async def list_channels(federation_id: FederationId, admin: Viewer) -> list[r.Channel]:
-    """Each release channel of the federation with the version it points at."""
-    return [
-        r.Channel(channel=name, version=rec.version if rec else "", release_id=rec.release_id if rec else "",
-                  released_unix=rec.decided_unix if rec else 0.0)
-        for name, rec in sorted(admin.releases.channels(federation_id).items())
-    ]
+async def list_channels(federation_id: FederationId, admin: Viewer) -> dict[str, str]:
+    """Each release channel of the federation with the version it points at (empty before its
+    first release)."""
+    return {name: rec.version if rec else "" for name, rec in sorted(admin.releases.channels(federation_id).items())}
 
 
 @router.get("/api/v1/releases/{release_id}")

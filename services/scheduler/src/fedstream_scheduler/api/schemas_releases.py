@@ -59,13 +59,6 @@ class Release(BaseModel):
     reason: str = Field(description="A rejection's reason, or what superseded it.")
 
 
-class Channel(BaseModel):
-    channel: str
-    version: str = Field(description="The version the channel points at; empty before its first release.")
-    release_id: str = Field(description="The release that put it there; empty before the first.")
-    released_unix: float
-
-
 class RunRequestDeny(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
