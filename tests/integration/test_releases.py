@@ -443,9 +443,13 @@ def test_a_version_exports_as_a_tar_whose_manifest_checks_every_member(plane):
     problem(plane.call("GET", "/models/run-a/000009/export", "viewer"), 404, "model_not_found")
 
 
-def run_command(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+MODULES = {"fedstream": "fedstream_cli", "fedstream-agent": "fedstream_agent"}
+
+
+def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command as a process (its package's __main__, as its entry point runs it)."""
+    return subprocess.run([sys.executable, "-m", MODULES[argv[0]], *argv[1:]], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
 
 
 def test_the_commands_release_export_and_track(plane, tmp_path):
