@@ -58,6 +58,19 @@ class SchedulerServer:
         await self.service.aggregator.close()
 
 
+def _add_servicers(
+    server: grpc.aio.Server, service: SchedulerService, guard: Guard, enrollment: Enrollment, protocol: int,
+    admin: AdminServices | None,
+) -> None:
+    """The agents' and runs' services, and the sites' when there is ``admin``."""
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment, protocol), server)
+    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
+    if admin is not None:
+        from fedstream_scheduler.site_servicer import SiteServicer
+
+        pb_grpc.add_SiteServiceServicer_to_server(SiteServicer(admin, guard), server)
+
+
 async def build_server(
     service: SchedulerService,
     host: str,
@@ -79,21 +92,14 @@ async def build_server(
     authority and ``enroll_port`` not None, agents enroll on that port (TLS, no client
     certificate asked). With ``health_port`` not None, a plaintext server on it answers
     grpc.health.v1 only (kubelet probes cannot present certificates). ``protocol`` is the
-    control plane's protocol version (fedstream.protocol; another only in tests). With
-    ``admin`` (the tenant's services over the same scheduler) the SiteService is served too:
-    agents' release approvals, channels and run requests. Raises
+    control plane's protocol version (fedstream.protocol; another only in tests). With ``admin``
+    (the tenant's services) the SiteService is served too (releases, channels, run requests). Raises
     StartupError naming the setting of a port that cannot be bound (no server is left listening)."""
-    if enrollment is None:
-        enrollment = Enrollment(service.state, None, 86400.0, service.clock)
-    guard = Guard(service.state.tenant, tls is not None, service.state)
+    enrollment = enrollment or Enrollment(service.state, None, 86400.0, service.clock)
     server = make_aio_server(stream_window_bytes, service.settings.grpc.max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(service.settings.grpc.max_concurrent_rpcs)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment, protocol), server)
-    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
-    if admin is not None:
-        from fedstream_scheduler.site_servicer import SiteServicer
-
-        pb_grpc.add_SiteServiceServicer_to_server(SiteServicer(admin, guard), server)
+    _add_servicers(server, service, Guard(service.state.tenant, tls is not None, service.state), enrollment,
+                   protocol, admin)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enroll_server = health_server = None
