@@ -151,7 +151,7 @@ def setup_release(api, t, n):
 
     params = setup_release_model(api, t, n)
     rel = api.tenants[t].admin.releases.propose(params["fid"], "staging", params["version"], "", SYSTEM)
-    return {**params, "release": rel.release_id}
+    return {**params, "release_id": rel.release_id}
 
 
 def setup_request(api, t, n):
@@ -162,7 +162,7 @@ def setup_request(api, t, n):
     make_federation(api, t, f"qfed-{n}")
     rid = f"req-{secrets.token_hex(6)}"
     api.tenants[t].admin.state.create_run_request(RunRequestRecord(rid, f"qfed-{n}", "site-1", "more data"))
-    return {"fid": f"qfed-{n}", "request": rid}
+    return {"fid": f"qfed-{n}", "request_id": rid}
 
 
 ENDPOINTS = [
@@ -198,12 +198,12 @@ ENDPOINTS = [
      setup_release_model, 201),
     ("GET", "/federations/{fid}/releases", "viewer", None, setup_release, 200),
     ("GET", "/federations/{fid}/channels", "viewer", None, setup_release, 200),
-    ("GET", "/releases/{release}", "viewer", None, setup_release, 200),
-    ("POST", "/releases/{release}/approve", "admin", None, setup_release, 200),
-    ("POST", "/releases/{release}/reject", "admin", lambda p: {"reason": "not this one"}, setup_release, 200),
+    ("GET", "/releases/{release_id}", "viewer", None, setup_release, 200),
+    ("POST", "/releases/{release_id}/approve", "admin", None, setup_release, 200),
+    ("POST", "/releases/{release_id}/reject", "admin", lambda p: {"reason": "not this one"}, setup_release, 200),
     ("GET", "/federations/{fid}/run-requests", "viewer", None, setup_request, 200),
-    ("POST", "/run-requests/{request}/approve", "operator", None, setup_request, 200),
-    ("POST", "/run-requests/{request}/deny", "operator", lambda p: {"reason": "not now"}, setup_request, 200),
+    ("POST", "/run-requests/{request_id}/approve", "operator", None, setup_request, 200),
+    ("POST", "/run-requests/{request_id}/deny", "operator", lambda p: {"reason": "not now"}, setup_request, 200),
 ]
 IDS = [f"{m} {p}" for m, p, *_ in ENDPOINTS]
 
