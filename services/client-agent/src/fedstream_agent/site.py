@@ -134,7 +134,15 @@ def install(args: argparse.Namespace, directory: Path) -> bool:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    """Once (--once: the exit code says whether it worked) or every --interval-s until stopped."""
+    """Once (--once: the exit code says whether it worked) or every --interval-s until stopped
+    (Ctrl-C or SIGTERM: a replacement cut short leaves the installed files as they were)."""
+    try:
+        return _track(args)
+    except KeyboardInterrupt:
+        return ExitCode.OK
+
+
+def _track(args: argparse.Namespace) -> int:
     while True:
         try:
             install(args, args.dir)
