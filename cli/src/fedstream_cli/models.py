@@ -1,5 +1,5 @@
-"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin, and
-their lineage and model cards (fedstream_cli.lineage)."""
+"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin, export,
+and their lineage and model cards (fedstream_cli.lineage)."""
 
 from __future__ import annotations
 
@@ -117,3 +117,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         p.add_argument("version", help="RUN/NNNNNN")
         p.set_defaults(func=cmd_pin, pin=pin)
     lineage.add_parsers(models, common)
+    from fedstream_cli.releases import add_export_parser
+
+    add_export_parser(models, common)

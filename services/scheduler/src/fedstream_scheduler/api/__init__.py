@@ -22,6 +22,7 @@ from fedstream_scheduler.api import (
     federations,
     lineage,
     models,
+    releases,
     runs,
     tokens,
 )
@@ -80,6 +81,6 @@ def build_api(admins: dict[str, AdminServices], settings: ApiSettings | None = N
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/api/v1/health", health, methods=["GET"], tags=["health"])
-    for module in (federations, runs, models, lineage, agents, enrollment_tokens, tokens, audit):
+    for module in (federations, runs, models, lineage, releases, agents, enrollment_tokens, tokens, audit):
         app.include_router(module.router)
     return app

@@ -11,6 +11,7 @@ from fedstream import ids
 from fedstream.errors import InvalidArgument
 from fedstream_scheduler.enrollment import MAX_TOKEN_TTL_S
 from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.site_policy import ReleasePolicy, SiteRequestPolicy
 
 T = TypeVar("T")
 
@@ -81,6 +82,10 @@ class FederationCreate(BaseModel):
     description: str = Field("", max_length=1000)
     spec: RunSpec = Field(description="What each run of the federation trains and how.")
     schedule: Schedule | None = Field(None, description="When runs start by themselves; none: on request only.")
+    releases: ReleasePolicy | None = Field(None, description="Release channels and their approvals; none: no "
+                                           "channel (docs/releases.md).")
+    site_requests: SiteRequestPolicy | None = Field(None, description="Whether its sites' agents may request "
+                                                    "runs; none: refused (docs/releases.md).")
 
 
 class FederationUpdate(BaseModel):
@@ -95,6 +100,12 @@ class FederationUpdate(BaseModel):
         "strategy drops the old one's params. The merged spec is validated whole.")
     schedule: Schedule | None = Field(None, description="A new schedule.")
     clear_schedule: bool = Field(False, description="Remove the schedule.")
+    releases: dict[str, Any] | None = Field(
+        None, description="The release policy's fields to change, as a JSON merge patch ({\"channels\": "
+        "{\"production\": {\"admin_approvals\": 2}}}; a channel set to null is removed). Validated whole.")
+    site_requests: dict[str, Any] | None = Field(
+        None, description="The site-request policy's fields to change, as a JSON merge patch ({\"mode\": "
+        "\"approve\"}). Validated whole.")
 
 
 class Federation(BaseModel):
@@ -105,6 +116,8 @@ class Federation(BaseModel):
     created_unix: float
     updated_unix: float
     latest_version: str = Field(description="The newest model its runs committed; empty when none.")
+    releases: ReleasePolicy = Field(description="Its release channels and their approvals.")
+    site_requests: SiteRequestPolicy = Field(description="Whether its sites' agents may request runs.")
 
 
 class RunStart(BaseModel):
