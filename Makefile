@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 # its own, used by the chart tests.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
-PIP := $(BIN)/python -m pip
+# pip writes the interpreter's path as invoked into the scripts it installs: through the venv's
+# real directory, so that a checkout whose .venv is a link to this one (the docs test's) leaves
+# scripts that still run once that checkout is gone.
+VENV_PIP = "$$(cd $(VENV) && pwd -P)/bin/python" -m pip
 PYPROJECTS := core/pyproject.toml tasks/pyproject.toml cli/pyproject.toml testing/pyproject.toml \
 	services/scheduler/pyproject.toml services/aggregator/pyproject.toml services/client-agent/pyproject.toml
 PROTOS := $(wildcard proto/fedstream/v1/*.proto)
@@ -20,9 +23,9 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "fedstream needs Python 3.11 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(VENV_PIP) install -q --upgrade pip
 	# torch==2.13.0 is pinned by the tasks' distribution: a CPU wheel, never an unpinned CUDA build.
-	$(PIP) install -q -r requirements-dev.txt -e core -e tasks -e 'cli[demo,data,plot]' -e testing \
+	$(VENV_PIP) install -q -r requirements-dev.txt -e core -e tasks -e 'cli[demo,data,plot]' -e testing \
 		-e services/scheduler -e 'services/aggregator[distill]' -e services/client-agent
 	touch $@
 

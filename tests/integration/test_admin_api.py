@@ -140,6 +140,31 @@ def setup_nothing(api, t, n):
     return {}
 
 
+def setup_release_model(api, t, n):
+    params = setup_model(api, t, n)
+    api.tenants[t].admin.federations.update(params["fid"], releases={"channels": {"staging": {}}})
+    return {**params, "version": f"{params['run']}/{params['number']}"}
+
+
+def setup_release(api, t, n):
+    from fedstream_scheduler.audit import SYSTEM
+
+    params = setup_release_model(api, t, n)
+    rel = api.tenants[t].admin.releases.propose(params["fid"], "staging", params["version"], "", SYSTEM)
+    return {**params, "release_id": rel.release_id}
+
+
+def setup_request(api, t, n):
+    import secrets
+
+    from fedstream.state import RunRequestRecord
+
+    make_federation(api, t, f"qfed-{n}")
+    rid = f"req-{secrets.token_hex(6)}"
+    api.tenants[t].admin.state.create_run_request(RunRequestRecord(rid, f"qfed-{n}", "site-1", "more data"))
+    return {"fid": f"qfed-{n}", "request_id": rid}
+
+
 ENDPOINTS = [
     ("POST", "/federations", "admin", lambda p: {"federation_id": f"new-{p['n']}", "spec": SPEC}, setup_nothing, 201),
     ("GET", "/federations", "viewer", None, setup_federation, 200),
@@ -168,6 +193,17 @@ ENDPOINTS = [
     ("GET", "/tokens", "admin", None, setup_nothing, 200),
     ("DELETE", "/tokens/{token}", "admin", None, setup_token, 204),
     ("GET", "/audit", "operator", None, setup_nothing, 200),
+    ("GET", "/models/{run}/{number}/export", "viewer", None, setup_model, 200),
+    ("POST", "/federations/{fid}/releases", "operator", lambda p: {"channel": "staging", "version": p["version"]},
+     setup_release_model, 201),
+    ("GET", "/federations/{fid}/releases", "viewer", None, setup_release, 200),
+    ("GET", "/federations/{fid}/channels", "viewer", None, setup_release, 200),
+    ("GET", "/releases/{release_id}", "viewer", None, setup_release, 200),
+    ("POST", "/releases/{release_id}/approve", "admin", None, setup_release, 200),
+    ("POST", "/releases/{release_id}/reject", "admin", lambda p: {"reason": "not this one"}, setup_release, 200),
+    ("GET", "/federations/{fid}/run-requests", "viewer", None, setup_request, 200),
+    ("POST", "/run-requests/{request_id}/approve", "operator", None, setup_request, 200),
+    ("POST", "/run-requests/{request_id}/deny", "operator", lambda p: {"reason": "not now"}, setup_request, 200),
     ("GET", "/whoami", "viewer", None, setup_nothing, 200),
 ]
 IDS = [f"{m} {p}" for m, p, *_ in ENDPOINTS]

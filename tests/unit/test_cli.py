@@ -17,7 +17,8 @@ from fedstream_cli.runs import not_needed, run_summary, tell_not_needed
 from fedstream_cli.runspec import FLAGS, spec_from_args
 from fedstream_scheduler.models import RunSpec
 
-REST_GROUPS = ("federations", "runs", "models", "agents", "enrollment-tokens", "tokens")
+REST_GROUPS = ("federations", "runs", "models", "agents", "enrollment-tokens", "tokens", "releases", "channels",
+               "run-requests")
 
 
 def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:

@@ -9,7 +9,20 @@ import sys
 
 from fedstream.memtune import tune_allocator
 from fedstream.version import add_version_argument
-from fedstream_cli import access, audit, data, demo, dev_grpc, federations, local, models, pki, plot, runs
+from fedstream_cli import (
+    access,
+    audit,
+    data,
+    demo,
+    dev_grpc,
+    federations,
+    local,
+    models,
+    pki,
+    plot,
+    releases,
+    runs,
+)
 from fedstream_cli.api import ERRORS_EXIT, ApiError, rest_options
 
 
@@ -20,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedstream",
         description="fedstream: federated learning for computer vision. Operators drive a tenant's "
         "control plane through its admin API: `fedstream login` once, then federations, runs, models, "
-        "agents, enrollment-tokens, tokens, audit and plot (each takes --api, --token and --format table|json). "
+        "releases, channels, run-requests, agents, enrollment-tokens, tokens, audit and plot (each takes --api, --token and --format table|json). "
         "On this machine: demo (a whole federation), local (a control plane and agents left running for "
         "these commands), data (sample data sets), pki (a tenant's certificate authority). For development: grpc (runs and models straight over gRPC with a certificate).",
     )
@@ -31,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     federations.add_parsers(sub, common)
     runs.add_parsers(sub, common)
     models.add_parsers(sub, common)
+    releases.add_parsers(sub, common)
     plot.add_parsers(sub, common)
     access.add_parsers(sub, common)
     audit.add_parsers(sub, common)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -68,6 +69,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                             "spec": spec_from_args(args)}
     if schedule := _schedule(args):
         body["schedule"] = schedule
+    body.update(_policies(args))
     client = client_from(args)
     _check_task(client, args)
     fed = client.call("POST", "/federations", json=body)
@@ -91,6 +93,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         body["description"] = args.description
     if schedule := _schedule(args):
         body["schedule"] = schedule
+    body.update(_policies(args))
     fed = client.call("PATCH", f"/federations/{args.federation}", json=body)
     emit(args, fed, [f"federation {fed['federation_id']} updated", HEADER, _row(fed)])
     return 0
@@ -124,6 +127,28 @@ def _schedule_arguments(p: argparse.ArgumentParser, creating: bool) -> None:
         group.add_argument("--clear-schedule", action="store_true", help="remove the schedule: runs start on request only")
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """An argument's JSON object; argparse reports the ValueError as a bad value."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _policies(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("releases", args.releases), ("site_requests", args.site_requests)) if v is not None}
+
+
+def _policy_arguments(p: argparse.ArgumentParser, creating: bool) -> None:
+    group = p.add_argument_group("policies (docs/releases.md)" + ("" if creating else ": JSON merge patches"))
+    group.add_argument("--releases", type=json_object, default=None, metavar="JSON",
+                       help='release channels and their approvals, e.g. \'{"channels": {"production": '
+                       '{"admin_approvals": 2, "site_approvals": 1, "require": {"metric": "accuracy", "min": 0.9}}}}\'')
+    group.add_argument("--site-requests", type=json_object, default=None, metavar="JSON",
+                       help='whether sites\' agents may request runs, e.g. \'{"mode": "approve", '
+                       '"max_per_site_per_day": 2}\' (mode auto, approve or refuse; default refuse)')
+
+
 def _task_check_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-offered-task", action="store_true",
                    help="refuse (exit 1, nothing changed) when no live agent offers --task; by default a warning "
@@ -145,6 +170,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     create.add_argument("--description", default="", help="what it is for")
     add_spec_arguments(create)
     _schedule_arguments(create, creating=True)
+    _policy_arguments(create, creating=True)
     _task_check_argument(create)
     create.set_defaults(func=cmd_create)
     update = feds.add_parser(
@@ -158,6 +184,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                         help="remove the asynchronous settings: the federation's runs are synchronous again")
     add_spec_arguments(update, defaults=False)
     _schedule_arguments(update, creating=False)
+    _policy_arguments(update, creating=False)
     _task_check_argument(update)
     update.set_defaults(func=cmd_update)
     delete = feds.add_parser("delete", parents=[common], help="delete a federation (not while one of its runs runs)")

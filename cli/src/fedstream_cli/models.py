@@ -1,4 +1,5 @@
-"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin."""
+"""`fedstream models ...`: a federation's model versions: list, show, download (verified), pin, export,
+and their lineage and model cards (fedstream_cli.lineage)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from fedstream_cli import lineage
 from fedstream_cli.api import ApiError, Client, client_from, emit, list_command
 from fedstream_cli.progress import Bar, human_bytes, local_time
 
@@ -96,7 +98,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    models = sub.add_parser("models", help="model versions: list, show, download, pin").add_subparsers(
+    models = sub.add_parser("models", help="model versions: list, show, download, pin, lineage, card").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND")
     ls = models.add_parser("list", parents=[common], help="a federation's model versions")
     ls.add_argument("federation", help="federation id")
@@ -114,3 +116,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         p = models.add_parser(name, parents=[common], help=text)
         p.add_argument("version", help="RUN/NNNNNN")
         p.set_defaults(func=cmd_pin, pin=pin)
+    lineage.add_parsers(models, common)
+    from fedstream_cli.releases import add_export_parser
+
+    add_export_parser(models, common)

@@ -92,7 +92,8 @@ def run_state_from_proto(value: int) -> RunState:
 
 def report_to_proto(r: UpdateReport) -> round_pb2.UpdateReport:
     return round_pb2.UpdateReport(
-        agent_id=r.agent_id, num_examples=r.num_examples, metrics=r.metrics, bytes_received=r.bytes_received
+        agent_id=r.agent_id, num_examples=r.num_examples, metrics=r.metrics, bytes_received=r.bytes_received,
+        agent_version=r.agent_version, task_version=r.task_version, data_fingerprint=r.data_fingerprint,
     )
 
 
@@ -104,6 +105,9 @@ def report_from_proto(r: round_pb2.UpdateReport) -> UpdateReport:
         metrics=dict(r.metrics),
         bytes_received=r.bytes_received,
         weight=float(r.num_examples),
+        agent_version=r.agent_version,
+        task_version=r.task_version,
+        data_fingerprint=r.data_fingerprint,
     )
 
 
@@ -122,6 +126,7 @@ def plan_to_proto(plan: RoundPlan) -> aggregator_pb2.RoundPlan:
         task=plan.task,
         distill=plan.distill,
         target_updates=plan.target_updates,
+        lineage_context=plan.lineage_context,
     )
     msg.strategy.params.update(plan.params())
     if plan.buffer is not None:
@@ -163,6 +168,7 @@ def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
         distill=msg.distill,
         target_updates=msg.target_updates,
         buffer=buffer_from_proto(msg.buffer) if msg.HasField("buffer") else None,
+        lineage_context=msg.lineage_context,
     )
 
 

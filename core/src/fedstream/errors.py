@@ -253,3 +253,54 @@ class BodyTooLarge(ResourceExhausted):
 
     http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "body_too_large"
+
+
+class ReleaseNotFound(NotFound):
+    code = "release_not_found"
+
+
+class ChannelNotFound(NotFound):
+    """A release channel that the federation's policy does not list."""
+
+    code = "channel_not_found"
+
+
+class RunRequestNotFound(NotFound):
+    code = "run_request_not_found"
+
+
+class ReleaseDecided(FailedPrecondition):
+    """A release that is no longer proposed (released, rejected or superseded) is not changed."""
+
+    code = "release_decided"
+
+
+class AlreadyApproved(FailedPrecondition):
+    """The same admin or site approves a release once."""
+
+    code = "already_approved"
+
+
+class MetricBelowThreshold(FailedPrecondition):
+    """A version proposed for a channel that requires an evaluation metric it does not reach."""
+
+    code = "metric_below_threshold"
+
+
+class RequestsRefused(FailedPrecondition):
+    """A federation whose policy refuses site-requested runs."""
+
+    code = "site_requests_refused"
+
+
+class RequestDecided(FailedPrecondition):
+    """A run request that is no longer pending is not approved or denied again."""
+
+    code = "request_decided"
+
+
+class RateLimited(ResourceExhausted):
+    """More requests than a per-site limit allows; the message says when one frees."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "rate_limited"

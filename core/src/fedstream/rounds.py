@@ -91,7 +91,10 @@ class UpdateReport:
     """What one agent reported with a counted update.
 
     ``weight`` is the strategy's weight of the update (its example count for FedAvg); it
-    stays inside the aggregator and its journal and does not travel on the wire.
+    stays inside the aggregator and its journal and does not travel on the wire, nor does
+    ``base_version`` (the version a buffered asynchronous update was trained from; "" in a
+    synchronous round, whose updates all start from its base). The provenance fields are what
+    the agent reported of itself (``fedstream.provenance``), "" from agents that do not.
     """
 
     agent_id: str
@@ -99,14 +102,26 @@ class UpdateReport:
     metrics: dict[str, float] = field(default_factory=dict)
     bytes_received: int = 0
     weight: float = 0.0
+    agent_version: str = ""
+    task_version: str = ""
+    data_fingerprint: str = ""
+    base_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form; the provenance fields and ``base_version`` only when set."""
+        optional = {
+            k: v for k, v in (
+                ("agent_version", self.agent_version), ("task_version", self.task_version),
+                ("data_fingerprint", self.data_fingerprint), ("base_version", self.base_version),
+            ) if v
+        }
         return {
             "agent_id": self.agent_id,
             "num_examples": self.num_examples,
             "metrics": dict(self.metrics),
             "bytes_received": self.bytes_received,
             "weight": self.weight,
+            **optional,
         }
 
     @classmethod
@@ -119,6 +134,10 @@ class UpdateReport:
             metrics={str(k): float(v) for k, v in d.get("metrics", {}).items()},
             bytes_received=int(d.get("bytes_received", 0)),
             weight=float(d.get("weight", d["num_examples"])),
+            agent_version=str(d.get("agent_version", "")),
+            task_version=str(d.get("task_version", "")),
+            data_fingerprint=str(d.get("data_fingerprint", "")),
+            base_version=str(d.get("base_version", "")),
         )
 
 
@@ -160,6 +179,10 @@ class RoundPlan:
         return min(self.target_updates, everyone) if self.target_updates else everyone
     # A buffer of a buffered asynchronous run (fedstream.staleness); None: a synchronous round.
     buffer: BufferSpec | None = None
+    # What the scheduler adds to the lineage of the version this round commits (a JSON object
+    # as text, see fedstream.lineage); "" adds nothing. Not part of the plan's identity: a
+    # scheduler that opens the round again (after a restart, an upgrade) opens the same round.
+    lineage_context: str = field(default="", compare=False)
 
     def params(self) -> dict[str, Any]:
         value = json.loads(self.strategy_params)
@@ -183,6 +206,7 @@ class RoundPlan:
             "distill": self.distill,
             "target_updates": self.target_updates,
             **({"buffer": self.buffer.to_dict()} if self.buffer is not None else {}),
+            **({"lineage_context": self.lineage_context} if self.lineage_context else {}),
         }
 
     @classmethod
@@ -203,6 +227,7 @@ class RoundPlan:
             distill=bool(d.get("distill", False)),
             target_updates=int(d.get("target_updates", 0)),
             buffer=BufferSpec.from_dict(d["buffer"]) if d.get("buffer") else None,
+            lineage_context=str(d.get("lineage_context", "")),
         )
 
 

@@ -15,6 +15,7 @@ import grpc
 from fedstream import wire
 from fedstream.errors import BadOffset, InvalidLayout, ResourceExhausted
 from fedstream.metrics import LIMIT_HITS
+from fedstream.provenance import Provenance
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, ChunkReceiver, FlatBuffer, Layout, crc32c, iter_chunks_from
 from fedstream.v1 import aggregator_pb2 as pb
 
@@ -172,9 +173,11 @@ def update_requests(
     on_progress: Progress | None = None,
     upload_id: str = "",
     resume_offset: int = 0,
+    provenance: Provenance | None = None,
 ) -> Iterator[pb.UploadUpdateRequest | wire.ChunkFrame]:
     """The request stream of one upload: its header, then its chunks (from ``resume_offset``
-    on, for a resumed upload)."""
+    on, for a resumed upload). ``provenance``: what the agent says of itself (none: nothing)."""
+    said = provenance or Provenance()
     yield pb.UploadUpdateRequest(
         header=pb.UpdateHeader(
             run_id=run_id,
@@ -185,6 +188,9 @@ def update_requests(
             metrics=metrics,
             upload_id=upload_id,
             resume_offset=resume_offset,
+            agent_version=said.agent_version,
+            task_version=said.task_version,
+            data_fingerprint=said.data_fingerprint,
         )
     )
     for chunk in iter_chunks_from(layout, buffers, resume_offset, chunk_bytes):

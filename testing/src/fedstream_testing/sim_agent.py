@@ -23,6 +23,7 @@ from fedstream.convert import assignment_from_proto
 from fedstream.errors import InvalidArgument, RoundClosed
 from fedstream.grpcutil import channel, error_code_of
 from fedstream.pki import TlsIdentity
+from fedstream.provenance import Provenance
 from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer
 from fedstream.transfer import download_model, upload_update
@@ -41,8 +42,10 @@ class SimAgent:
                  tasks: tuple[str, ...] = ("digits",), init_seed: int = 0,
                  init: Callable[[Assignment], dict[str, tuple[str, np.ndarray]]] | None = None,
                  identity: TlsIdentity | None = None, metrics: dict[str, float] | None = None,
-                 work_s: float = 0.0) -> None:
+                 work_s: float = 0.0, provenance: Provenance | None = None) -> None:
         self.agent_id = agent_id
+        # What its updates say of the agent (versions, data fingerprint); nothing by default.
+        self.provenance = provenance
         # What each of its updates reports.
         self.metrics = {"train_loss": 1.0} if metrics is None else metrics
         # Mutual TLS as this identity (LocalFederation.enroll); plaintext without.
@@ -145,7 +148,7 @@ class SimAgent:
                 ch,
                 timeout=max(1.0, a.deadline_unix - time.time()),
                 run_id=a.run_id, round_=a.round, agent_id=self.agent_id, layout=layout,
-                buffers=buffers, num_examples=self.examples, metrics=self.metrics,
+                buffers=buffers, num_examples=self.examples, metrics=self.metrics, provenance=self.provenance,
             )
             self.done.append(key)
         except grpc.RpcError as e:

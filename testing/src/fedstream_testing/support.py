@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from fedstream.convert import kind_to_proto
+from fedstream.provenance import Provenance
 from fedstream.rounds import RoundKind
 from fedstream.tensors import DEFAULT_CHUNK_BYTES, Layout
 from fedstream.transfer import upload_update
@@ -24,18 +25,20 @@ T = TypeVar("T")
 def upload_tensors(
     ch: grpc.Channel, agent: str, layout: Layout, buffers: Iterable[bytes | memoryview], examples: int = 5, *,
     run_id: str, round_: int = 1, metrics: dict[str, float] | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout: float = 30.0,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout: float = 30.0, provenance: Provenance | None = None,
 ) -> aggregator_pb2.UploadUpdateResponse:
     """Uploads one update of ``layout`` (its tensors' bytes in ``buffers``) as ``agent`` (empty:
-    the agent the channel's certificate names); raises grpc.RpcError."""
+    the agent the channel's certificate names), saying ``provenance`` of itself; raises
+    grpc.RpcError."""
     return upload_update(ch, timeout=timeout, run_id=run_id, round_=round_, agent_id=agent, layout=layout,
-                         buffers=buffers, num_examples=examples, metrics=metrics or {}, chunk_bytes=chunk_bytes)
+                         buffers=buffers, num_examples=examples, metrics=metrics or {}, chunk_bytes=chunk_bytes,
+                         provenance=provenance)
 
 
 def upload(
     ch: grpc.Channel, agent: str, model: Mapping[str, Any], examples: int = 5, *,
     run_id: str, round_: int = 1, metrics: dict[str, float] | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout: float = 30.0,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout: float = 30.0, provenance: Provenance | None = None,
 ) -> aggregator_pb2.UploadUpdateResponse:
     """Uploads ``model`` as one update: a model as ``helpers.random_model`` makes them, or a
     PyTorch state dict (then the tasks' distribution converts it); see ``upload_tensors``."""
@@ -48,7 +51,7 @@ def upload(
         layout = torchio.layout_of(dict(model))
         buffers = torchio.buffers_of(layout, dict(model))
     return upload_tensors(ch, agent, layout, buffers, examples, run_id=run_id, round_=round_,
-                          metrics=metrics, chunk_bytes=chunk_bytes, timeout=timeout)
+                          metrics=metrics, chunk_bytes=chunk_bytes, timeout=timeout, provenance=provenance)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "",

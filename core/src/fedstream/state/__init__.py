@@ -15,8 +15,10 @@ from fedstream.state.records import (
     AuditEntry,
     EnrollmentTokenRecord,
     FederationRecord,
+    ReleaseRecord,
     RoundRecord,
     RunRecord,
+    RunRequestRecord,
     TokenRecord,
 )
 from fedstream.state.runs import RunStore
@@ -37,8 +39,10 @@ __all__ = [
     "FederationRecord",
     "Health",
     "MemoryStateStore",
+    "ReleaseRecord",
     "RoundRecord",
     "RunRecord",
+    "RunRequestRecord",
     "RunStore",
     "SQLiteStateStore",
     "StateStore",

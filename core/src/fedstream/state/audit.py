@@ -29,6 +29,13 @@ class AuditAction(StrEnum):
     ENROLLMENT_TOKEN_DELETE = "enrollment_token.delete"
     MODEL_PIN = "model.pin"
     MODEL_UNPIN = "model.unpin"
+    RELEASE_PROPOSE = "release.propose"
+    RELEASE_APPROVE = "release.approve"
+    RELEASE_REJECT = "release.reject"
+    RELEASE_PUBLISH = "release.publish"
+    RUN_REQUEST = "run_request.create"
+    RUN_REQUEST_APPROVE = "run_request.approve"
+    RUN_REQUEST_DENY = "run_request.deny"
 
 
 class AuditLog(Protocol):

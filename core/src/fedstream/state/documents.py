@@ -1,4 +1,5 @@
-"""The documents role of the state store: federations, API tokens and enrollment tokens."""
+"""The documents role of the state store: federations, API tokens, enrollment tokens, releases
+and site-requested runs (with their per-site quota)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,22 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fedstream.errors import AlreadyExists, FederationNotFound, NotFound
-from fedstream.state.records import EnrollmentTokenRecord, FederationRecord, TokenRecord
+from fedstream.errors import AlreadyExists, FederationNotFound, NotFound, ReleaseNotFound, RunRequestNotFound
+from fedstream.state.records import (
+    EnrollmentTokenRecord,
+    FederationRecord,
+    ReleaseRecord,
+    RunRequestRecord,
+    TokenRecord,
+)
+
+
+class QuotaFull(Exception):
+    """A quota with no slot left; ``frees_unix`` is when its oldest slot frees."""
+
+    def __init__(self, frees_unix: float) -> None:
+        super().__init__(f"no slot left until {frees_unix}")
+        self.frees_unix = frees_unix
 
 
 class Documents(Protocol):
@@ -115,3 +130,75 @@ class Documents(Protocol):
                 # Deleting is atomic: of two callers with the same secret, one gets True.
                 return EnrollmentTokenRecord(**d) if self._doc_delete("enrollment", d["token_id"]) else None
         return None
+
+    # Releases, by id; every change goes through ``update_release`` (atomic), so that of two
+    # approvals at once both land.
+    def create_release(self, rec: ReleaseRecord) -> None:
+        """Raises AlreadyExists when the id is taken."""
+        if not self._doc_create("release", rec.release_id, dataclasses.asdict(rec)):
+            raise AlreadyExists(f"release {rec.release_id!r} already exists")
+
+    def get_release(self, release_id: str) -> ReleaseRecord:
+        """Raises ReleaseNotFound."""
+        doc = self._doc_get("release", release_id)
+        if doc is None:
+            raise ReleaseNotFound(f"release {release_id!r} not found")
+        return ReleaseRecord(**doc)
+
+    def list_releases(self, federation_id: str = "") -> list[ReleaseRecord]:
+        """The releases (of one federation when given), oldest proposal first."""
+        recs = [ReleaseRecord(**d) for d in self._doc_list("release")]
+        recs = [r for r in recs if not federation_id or r.federation_id == federation_id]
+        return sorted(recs, key=lambda r: (r.proposed_unix, r.release_id))
+
+    def update_release(self, release_id: str, mutate: Callable[[ReleaseRecord], ReleaseRecord]) -> ReleaseRecord:
+        """Replaces the release by ``mutate(current)`` atomically (an exception from ``mutate``
+        changes nothing and propagates); raises ReleaseNotFound."""
+        doc = self._doc_update("release", release_id, lambda d: dataclasses.asdict(mutate(ReleaseRecord(**d))))
+        if doc is None:
+            raise ReleaseNotFound(f"release {release_id!r} not found")
+        return ReleaseRecord(**doc)
+
+    # Site-requested runs, by id.
+    def create_run_request(self, rec: RunRequestRecord) -> None:
+        """Raises AlreadyExists when the id is taken."""
+        if not self._doc_create("run_request", rec.request_id, dataclasses.asdict(rec)):
+            raise AlreadyExists(f"run request {rec.request_id!r} already exists")
+
+    def get_run_request(self, request_id: str) -> RunRequestRecord:
+        """Raises RunRequestNotFound."""
+        doc = self._doc_get("run_request", request_id)
+        if doc is None:
+            raise RunRequestNotFound(f"run request {request_id!r} not found")
+        return RunRequestRecord(**doc)
+
+    def list_run_requests(self, federation_id: str = "") -> list[RunRequestRecord]:
+        """The run requests (of one federation when given), oldest first."""
+        recs = [RunRequestRecord(**d) for d in self._doc_list("run_request")]
+        recs = [r for r in recs if not federation_id or r.federation_id == federation_id]
+        return sorted(recs, key=lambda r: (r.requested_unix, r.request_id))
+
+    def update_run_request(
+        self, request_id: str, mutate: Callable[[RunRequestRecord], RunRequestRecord]
+    ) -> RunRequestRecord:
+        """Replaces the request by ``mutate(current)`` atomically; raises RunRequestNotFound."""
+        doc = self._doc_update(
+            "run_request", request_id, lambda d: dataclasses.asdict(mutate(RunRequestRecord(**d)))
+        )
+        if doc is None:
+            raise RunRequestNotFound(f"run request {request_id!r} not found")
+        return RunRequestRecord(**doc)
+
+    def take_quota_slot(self, quota: str, now: float, limit: int, window_s: float) -> None:
+        """Takes one of ``limit`` slots of ``quota`` within the ``window_s`` seconds up to
+        ``now``, atomically (of concurrent callers, at most ``limit`` per window succeed);
+        raises QuotaFull, naming when the oldest slot frees, when none is left."""
+        self._doc_create("quota", quota, {"slots": []})
+
+        def take(d: dict[str, Any]) -> dict[str, Any]:
+            slots = sorted(t for t in d.get("slots", []) if t > now - window_s)
+            if len(slots) >= limit:
+                raise QuotaFull(slots[len(slots) - limit] + window_s if limit > 0 else now + window_s)
+            return {"slots": [*slots, now]}
+
+        self._doc_update("quota", quota, take)

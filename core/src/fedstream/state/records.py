@@ -56,6 +56,9 @@ class RunRecord:
     federation: str = ""
     # Who or what started it: "api", "grpc" or "schedule".
     trigger: str = ""
+    # Who started it, in words: the API token ("token/<id> (<name>, <role>)"), the gRPC
+    # caller's certificate, or the federation's schedule ("schedule/<federation>").
+    started_by: str = ""
 
     def __post_init__(self) -> None:
         self.state = RunState(self.state)
@@ -81,6 +84,12 @@ class FederationRecord:
     schedule: dict[str, Any] = field(default_factory=dict)
     created_unix: float = 0.0
     updated_unix: float = 0.0
+    # Release policy: {"channels": {name: {"admin_approvals", "site_approvals", "require"}}};
+    # empty: no channel, so no release (fedstream_scheduler.site_policy).
+    releases: dict[str, Any] = field(default_factory=dict)
+    # Site-requested runs: {"mode": "auto" | "approve" | "refuse", "max_per_site_per_day"};
+    # empty: refused.
+    site_requests: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,3 +229,44 @@ class AggregationRecord:
             reason=str(d.get("reason", "")),
             journal=str(d.get("journal", "")),
         )
+
+
+@dataclass
+class ReleaseRecord:
+    """A version proposed for a federation's release channel, with its approvals."""
+
+    release_id: str
+    federation_id: str
+    channel: str
+    version: str
+    # proposed, then released or rejected; a released one becomes superseded by the next.
+    state: str = "proposed"
+    # The proposer, "<kind>/<id>" as the audit log names actors.
+    proposed_by: str = ""
+    proposed_unix: float = 0.0
+    note: str = ""
+    # {"kind": "admin" | "site", "id": actor or agent id, "name": ..., "unix": ...}, in order.
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    # What the channel's policy asked when it was proposed: {"admins", "sites", "require"}.
+    needed: dict[str, Any] = field(default_factory=dict)
+    decided_unix: float = 0.0
+    # A rejection's reason, or what superseded it.
+    reason: str = ""
+
+
+@dataclass
+class RunRequestRecord:
+    """A run of a federation that one of its sites' agents asked for."""
+
+    request_id: str
+    federation_id: str
+    agent_id: str
+    reason: str = ""
+    # pending (waiting for an operator), started, or denied.
+    state: str = "pending"
+    requested_unix: float = 0.0
+    decided_unix: float = 0.0
+    # Who decided: "policy/auto", or the operator as the audit log names actors.
+    decided_by: str = ""
+    run_id: str = ""
+    deny_reason: str = ""

@@ -37,6 +37,7 @@ __all__ = ["EVALUATION_NAME", "check_evaluation_name", "check_run_id", "parse_ve
 STORE_METHODS = (
     "writer", "open", "info", "latest", "versions", "update_writer", "open_update", "delete_updates",
     "state_writer", "open_state", "put_evaluation", "evaluations", "delete", "pin", "unpin", "pinned",
+    "put_lineage", "lineage",
 )
 
 

@@ -1,5 +1,5 @@
 """The model store interface: its roles (versions, kept updates, strategy state, evaluations,
-health) and their union, which every backend implements.
+lineages, health) and their union, which every backend implements.
 
 Code that needs one role can take just that role; each role has its own contract suite run
 on every backend.
@@ -41,8 +41,8 @@ class ModelVersions(Protocol):
 
     @abstractmethod
     def delete(self, version: str) -> None:
-        """Removes a version (its manifest first, so it is never listed half-deleted) and its
-        evaluations.
+        """Removes a version (its manifest first, so it is never listed half-deleted), its
+        evaluations and its lineage.
 
         Raises ModelNotFound, or FailedPrecondition for a pinned version or a run's latest.
         """
@@ -134,6 +134,23 @@ class Evaluations(Protocol):
         """The version's evaluation records by name (empty when none)."""
 
 
-class ModelStore(ModelVersions, KeptUpdates, StrategyStates, Evaluations, Health):
+class Lineages(Protocol):
+    """Where each version came from (``fedstream.lineage``): one JSON object beside the version,
+    written by the aggregator before the version's manifest, so that every committed version
+    has one, and deleted with it."""
+
+    @abstractmethod
+    def put_lineage(self, version: str, doc: dict[str, Any]) -> None:
+        """Records the lineage of a version about to be committed (replacing one written
+        before, by a commit that did not finish); raises InvalidArgument for a malformed
+        version id."""
+
+    @abstractmethod
+    def lineage(self, version: str) -> dict[str, Any]:
+        """The lineage of a committed version; raises ModelNotFound when the version is not
+        committed or has none (committed before lineages were recorded)."""
+
+
+class ModelStore(ModelVersions, KeptUpdates, StrategyStates, Evaluations, Lineages, Health):
     """Everything a tenant keeps of its models: every role at once. A backend subclasses this
     and implements each role's abstract methods."""

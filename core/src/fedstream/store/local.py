@@ -197,7 +197,7 @@ class LocalModelStore(ModelStore):
         self.check_deletable(version)
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
-        for suffix in (".state.json", ".state.safetensors"):
+        for suffix in (".state.json", ".state.safetensors", ".lineage.json"):
             path.with_suffix(suffix).unlink(missing_ok=True)
         shutil.rmtree(path.with_suffix(".eval"), ignore_errors=True)
 
@@ -216,6 +216,21 @@ class LocalModelStore(ModelStore):
         if not directory.is_dir():
             return {}
         return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+    def put_lineage(self, version: str, doc: dict[str, Any]) -> None:
+        path = self._path(version).with_suffix(".lineage.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        path = self._path(version)
+        try:
+            if not path.with_suffix(".json").exists():
+                raise FileNotFoundError
+            doc: dict[str, Any] = json.loads(path.with_suffix(".lineage.json").read_bytes())
+        except FileNotFoundError:
+            raise ModelNotFound(f"model {version} has no lineage") from None
+        return doc
 
     def pin(self, version: str) -> None:
         if not self.exists(version):

@@ -265,7 +265,8 @@ class S3ModelStore(ModelStore):
         if not self._exists(self._key(version, ".json")):
             raise ModelNotFound(f"model {version} not found")
         self.check_deletable(version)
-        keys = [self._key(version, s) for s in (".json", ".safetensors", ".state.json", ".state.safetensors")]
+        suffixes = (".json", ".safetensors", ".state.json", ".state.safetensors", ".lineage.json")
+        keys = [self._key(version, s) for s in suffixes]
         keys += self._list(self._key(version, ".eval/"))
         for key in keys:
             self._retry(partial(self.client.remove_object, self.bucket, key), f"delete {key}")
@@ -280,6 +281,20 @@ class S3ModelStore(ModelStore):
         prefix = self._key(version, ".eval/")
         names = sorted(n for n in self._list(prefix) if n.endswith(".json"))
         return {n[len(prefix) : -5]: json.loads(self._get_bytes(n)) for n in names}
+
+    def put_lineage(self, version: str, doc: dict[str, Any]) -> None:
+        self._put_bytes(self._key(version, ".lineage.json"), json.dumps(doc, sort_keys=True).encode())
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        try:
+            if not self._exists(self._key(version, ".json")):
+                raise ModelNotFound(f"model {version} has no lineage")
+            doc: dict[str, Any] = json.loads(self._get_bytes(self._key(version, ".lineage.json")))
+        except S3Error as e:
+            if e.code in _MISSING:
+                raise ModelNotFound(f"model {version} has no lineage") from None
+            raise
+        return doc
 
     def pin(self, version: str) -> None:
         if not self._exists(self._key(version, ".json")):

@@ -68,7 +68,7 @@ class UploadStatusResponse(_message.Message):
     def __init__(self, counted: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "round", "agent_id", "layout", "num_examples", "metrics", "upload_id", "resume_offset")
+    __slots__ = ("run_id", "round", "agent_id", "layout", "num_examples", "metrics", "upload_id", "resume_offset", "agent_version", "task_version", "data_fingerprint")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,9 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     agent_id: str
@@ -92,7 +95,10 @@ class UpdateHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     upload_id: str
     resume_offset: int
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., upload_id: _Optional[str] = ..., resume_offset: _Optional[int] = ...) -> None: ...
+    agent_version: str
+    task_version: str
+    data_fingerprint: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., layout: _Optional[_Union[_tensor_pb2.Layout, _Mapping]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., upload_id: _Optional[str] = ..., resume_offset: _Optional[int] = ..., agent_version: _Optional[str] = ..., task_version: _Optional[str] = ..., data_fingerprint: _Optional[str] = ...) -> None: ...
 
 class UploadUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -131,7 +137,7 @@ class AbortRoundResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates", "buffer")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates", "buffer", "lineage_context")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +152,7 @@ class RoundPlan(_message.Message):
     DISTILL_FIELD_NUMBER: _ClassVar[int]
     TARGET_UPDATES_FIELD_NUMBER: _ClassVar[int]
     BUFFER_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -160,7 +167,8 @@ class RoundPlan(_message.Message):
     distill: bool
     target_updates: int
     buffer: _round_pb2.AsynchronousSpec
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ..., buffer: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ...) -> None: ...
+    lineage_context: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ..., buffer: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ..., lineage_context: _Optional[str] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ("endpoints",)

@@ -67,7 +67,7 @@ class StrategySpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpdateReport(_message.Message):
-    __slots__ = ("agent_id", "num_examples", "metrics", "bytes_received")
+    __slots__ = ("agent_id", "num_examples", "metrics", "bytes_received", "agent_version", "task_version", "data_fingerprint")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,11 +79,17 @@ class UpdateReport(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
     bytes_received: int
-    def __init__(self, agent_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+    agent_version: str
+    task_version: str
+    data_fingerprint: str
+    def __init__(self, agent_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., bytes_received: _Optional[int] = ..., agent_version: _Optional[str] = ..., task_version: _Optional[str] = ..., data_fingerprint: _Optional[str] = ...) -> None: ...
 
 class StalenessSpec(_message.Message):
     __slots__ = ("function", "a", "b")

@@ -284,3 +284,83 @@ class GetRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ApproveReleaseRequest(_message.Message):
+    __slots__ = ("agent_id", "release_id")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    release_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., release_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseInfo(_message.Message):
+    __slots__ = ("release_id", "federation", "channel", "version", "state", "admin_approvals", "site_approvals", "admins_needed", "sites_needed")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    SITE_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    ADMINS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    SITES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    federation: str
+    channel: str
+    version: str
+    state: str
+    admin_approvals: int
+    site_approvals: int
+    admins_needed: int
+    sites_needed: int
+    def __init__(self, release_id: _Optional[str] = ..., federation: _Optional[str] = ..., channel: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., admin_approvals: _Optional[int] = ..., site_approvals: _Optional[int] = ..., admins_needed: _Optional[int] = ..., sites_needed: _Optional[int] = ...) -> None: ...
+
+class GetChannelRequest(_message.Message):
+    __slots__ = ("agent_id", "federation", "channel")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    federation: str
+    channel: str
+    def __init__(self, agent_id: _Optional[str] = ..., federation: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
+
+class ChannelVersion(_message.Message):
+    __slots__ = ("federation", "channel", "version", "release_id", "sha256", "aggregator_endpoint", "released_unix")
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    federation: str
+    channel: str
+    version: str
+    release_id: str
+    sha256: str
+    aggregator_endpoint: str
+    released_unix: float
+    def __init__(self, federation: _Optional[str] = ..., channel: _Optional[str] = ..., version: _Optional[str] = ..., release_id: _Optional[str] = ..., sha256: _Optional[str] = ..., aggregator_endpoint: _Optional[str] = ..., released_unix: _Optional[float] = ...) -> None: ...
+
+class RequestRunRequest(_message.Message):
+    __slots__ = ("agent_id", "federation", "reason")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    federation: str
+    reason: str
+    def __init__(self, agent_id: _Optional[str] = ..., federation: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunRequestInfo(_message.Message):
+    __slots__ = ("request_id", "federation", "state", "run_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    federation: str
+    state: str
+    run_id: str
+    def __init__(self, request_id: _Optional[str] = ..., federation: _Optional[str] = ..., state: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...

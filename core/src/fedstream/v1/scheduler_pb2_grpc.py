@@ -570,3 +570,189 @@ class RunService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SiteServiceStub:
+    """What a federation's sites do through their agents beyond training, on the scheduler's agent
+    port: approve a release of a version they took part in, follow a release channel, ask for a
+    run. Every method acts for the agent its client certificate names, exactly as Heartbeat
+    does (agent_id is optional with TLS and must match the certificate when set; a plaintext
+    development scheduler takes it as given), and only for a federation the agent belongs to
+    (it offers the federation's task, or took part in one of its runs): PERMISSION_DENIED
+    otherwise.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApproveRelease = channel.unary_unary(
+                '/fedstream.v1.SiteService/ApproveRelease',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.ApproveReleaseRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.ReleaseInfo.FromString,
+                _registered_method=True)
+        self.GetChannel = channel.unary_unary(
+                '/fedstream.v1.SiteService/GetChannel',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.GetChannelRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.ChannelVersion.FromString,
+                _registered_method=True)
+        self.RequestRun = channel.unary_unary(
+                '/fedstream.v1.SiteService/RequestRun',
+                request_serializer=fedstream_dot_v1_dot_scheduler__pb2.RequestRunRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_scheduler__pb2.RunRequestInfo.FromString,
+                _registered_method=True)
+
+
+class SiteServiceServicer:
+    """What a federation's sites do through their agents beyond training, on the scheduler's agent
+    port: approve a release of a version they took part in, follow a release channel, ask for a
+    run. Every method acts for the agent its client certificate names, exactly as Heartbeat
+    does (agent_id is optional with TLS and must match the certificate when set; a plaintext
+    development scheduler takes it as given), and only for a federation the agent belongs to
+    (it offers the federation's task, or took part in one of its runs): PERMISSION_DENIED
+    otherwise.
+    """
+
+    def ApproveRelease(self, request, context):
+        """A site's approval of a proposed release; only agents whose updates counted in the
+        version's run (up to the version) may approve, each once (FAILED_PRECONDITION the second
+        time, or once the release is decided).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannel(self, request, context):
+        """The version a federation's release channel points at (NOT_FOUND before its first release).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestRun(self, request, context):
+        """Asks for a run of the federation, as its site_requests policy allows: started at once
+        (auto), pending an operator's approval (approve), or FAILED_PRECONDITION (refuse);
+        RESOURCE_EXHAUSTED beyond max_per_site_per_day, naming when the next is allowed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SiteServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApproveRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRelease,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.ApproveReleaseRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.ReleaseInfo.SerializeToString,
+            ),
+            'GetChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannel,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.GetChannelRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.ChannelVersion.SerializeToString,
+            ),
+            'RequestRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestRun,
+                    request_deserializer=fedstream_dot_v1_dot_scheduler__pb2.RequestRunRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_scheduler__pb2.RunRequestInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedstream.v1.SiteService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedstream.v1.SiteService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SiteService:
+    """What a federation's sites do through their agents beyond training, on the scheduler's agent
+    port: approve a release of a version they took part in, follow a release channel, ask for a
+    run. Every method acts for the agent its client certificate names, exactly as Heartbeat
+    does (agent_id is optional with TLS and must match the certificate when set; a plaintext
+    development scheduler takes it as given), and only for a federation the agent belongs to
+    (it offers the federation's task, or took part in one of its runs): PERMISSION_DENIED
+    otherwise.
+    """
+
+    @staticmethod
+    def ApproveRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.SiteService/ApproveRelease',
+            fedstream_dot_v1_dot_scheduler__pb2.ApproveReleaseRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.ReleaseInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.SiteService/GetChannel',
+            fedstream_dot_v1_dot_scheduler__pb2.GetChannelRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.ChannelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.SiteService/RequestRun',
+            fedstream_dot_v1_dot_scheduler__pb2.RequestRunRequest.SerializeToString,
+            fedstream_dot_v1_dot_scheduler__pb2.RunRequestInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

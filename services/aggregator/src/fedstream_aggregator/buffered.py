@@ -274,8 +274,9 @@ class Buffers:
             s = self.staleness(target, plan.round)
             assert target.plan.buffer is not None
             weight = target.strategy.weight(header.num_examples, header.metrics) * target.plan.buffer.factor(s)
-            report = UpdateReport(header.agent_id, header.num_examples, {**header.metrics, "staleness": float(s)},
-                                  received, weight)
+            report = header.provenance.report(header.agent_id, header.num_examples,
+                                              {**header.metrics, "staleness": float(s)}, received, weight,
+                                              base_version=plan.base_version)
             if target.keeps_updates:
                 self.ingest._keep_update(target, key, header.layout, spool)
             try:

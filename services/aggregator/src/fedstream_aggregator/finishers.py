@@ -13,12 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from fedstream.aggregation import accumulator_dtype, from_accumulator, to_accumulator
 from fedstream.errors import AlreadyExists, FailedPrecondition, ModelNotFound
+from fedstream.lineage import build_lineage
 from fedstream.rounds import RoundKind, RoundPlan, combine_metrics
 from fedstream.staleness import is_statistic
 from fedstream.store import ModelStore, version_id
@@ -139,7 +140,17 @@ class VersionFinisher(ABC):
         with writer:
             metrics = self.write(rnd, version, writer)
             rnd.seal()  # RoundCancelled leaves the version unwritten
+            # Before the version's manifest: every committed version has its lineage.
+            store.put_lineage(version, self.lineage(rnd, version, metrics))
             return Result(writer.commit().version, metrics)
+
+    @staticmethod
+    def lineage(rnd: Round, version: str, figures: dict[str, float]) -> dict[str, Any]:
+        """The lineage document of the version the round commits (fedstream.lineage): its
+        stragglers are the participants not counted (none in a buffer: they may count later)."""
+        plan = rnd.plan
+        stragglers = [] if plan.buffer is not None else [a for a in plan.participants if a not in rnd.reports]
+        return build_lineage(plan, version, list(rnd.reports.values()), stragglers, time.time(), figures=figures)
 
     @abstractmethod
     def write(self, rnd: Round, version: str, writer: ModelWriter) -> dict[str, float]:

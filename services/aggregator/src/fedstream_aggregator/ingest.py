@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from fedstream.errors import (
 )
 from fedstream.logs import log_context
 from fedstream.metrics import LIMIT_HITS
+from fedstream.provenance import Provenance
 from fedstream.rounds import RoundKind, UpdateReport
 from fedstream.store import ModelStore
 from fedstream.tensors import Layout
@@ -76,6 +77,8 @@ class UpdateHeader:
     # A resumable upload's id (see PartialUploads), and where this stream's chunks start.
     upload_id: str = ""
     resume_offset: int = 0
+    # What the agent reported of itself (checked where the header is parsed).
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
@@ -395,7 +398,7 @@ class Ingest:
         if rnd.keeps_updates:
             rnd.check_accepting(self.table.clock())
             self._keep_update(rnd, agent, header.layout, spool)
-        report = UpdateReport(agent, header.num_examples, dict(header.metrics), received, weight)
+        report = header.provenance.report(agent, header.num_examples, dict(header.metrics), received, weight)
         try:
             counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
         except RoundNotOpen:

@@ -25,6 +25,7 @@ from fedstream.errors import (
     Unavailable,
 )
 from fedstream.ids import check_run_id
+from fedstream.lineage import parse_context
 from fedstream.rounds import RoundKind, RoundPlan, RoundSnapshot, RoundState, UpdateReport
 from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy, make_strategy
 from fedstream.tensors import Layout
@@ -286,6 +287,7 @@ def checked_plan(plan: RoundPlan, distiller: Distiller | None) -> tuple[RoundPla
         raise InvalidArgument(f"unknown round kind {plan.kind!r}") from None
     plan = dataclasses.replace(plan, kind=kind)
     _check_participants(plan)
+    parse_context(plan.lineage_context)
     if not kind.needs_base and plan.base_version:
         raise InvalidArgument("an init round has no base version")
     if kind.needs_base and not plan.base_version:

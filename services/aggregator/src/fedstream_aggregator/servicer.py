@@ -17,6 +17,7 @@ from fedstream.events import report_pages, snapshot_to_events
 from fedstream.grpcutil import translate_errors
 from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.metrics import LIMIT_HITS
+from fedstream.provenance import Provenance
 from fedstream.tensors import Layout
 from fedstream.v1 import aggregator_pb2 as pb
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
@@ -152,6 +153,7 @@ def _header(h: pb.UpdateHeader, agent_id: str, parse_layout: Callable[[tensor_pb
         metrics=dict(h.metrics),
         upload_id=h.upload_id,
         resume_offset=h.resume_offset,
+        provenance=Provenance.checked(h.agent_version, h.task_version, h.data_fingerprint),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ from fedstream_agent.identity import (
     renew_after_unix,
 )
 from fedstream_agent.pacing import stretch
+from fedstream_agent.provenance import provenance_of
 from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
 from fedstream_agent.transfers import CONFIRMED_FILE, ConfirmedUploads, Transfers
@@ -131,7 +133,7 @@ class Agent:
         )
         self._transfers = Transfers(
             self.agent_id, self._channel, self._reconnect, self.stop, lambda: self._tls, self._confirmed,
-            max_model_bytes=settings.max_model_bytes,
+            max_model_bytes=settings.max_model_bytes, provenance=functools.partial(provenance_of, data=settings.data),
         )
 
     def _task(self, name: str) -> tuple[Task, Any]:

@@ -1,11 +1,13 @@
 """`fedstream-agent infer`: FedVision's last step, the global model deployed at a site. Downloads
-a model version from the aggregator (verified chunk by chunk), runs the task on a folder of
-images and writes the detections as JSON."""
+a model version from the aggregator (verified chunk by chunk), or the version a federation's
+release channel points at (verified by its SHA-256), runs the task on a folder of images and
+writes the detections as JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +18,7 @@ import grpc
 
 from fedstream.dialing import add_identity_arguments, dial
 from fedstream.exitcodes import ExitCode
-from fedstream.transfer import download_model
+from fedstream.transfer import DownloadedModel, download_model
 from fedstream_tasks import get_task
 
 if TYPE_CHECKING:
@@ -35,14 +37,32 @@ class Predictor(Protocol):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--aggregator", required=True, help="aggregator host:port to download the model from")
-    p.add_argument("--run", required=True, help="run id")
+    p.add_argument("--aggregator", default="", help="aggregator host:port to download the model from "
+                   "(with --channel, default: the one the scheduler names)")
+    p.add_argument("--run", default="", help="run id (or --federation and --channel)")
     p.add_argument("--version", default="", help="model version (default: the run's latest)")
+    p.add_argument("--federation", default="", help="with --channel: the federation whose release to run")
+    p.add_argument("--channel", default="", help="a release channel (e.g. production): run the version it "
+                   "points at, asked of the scheduler with this agent's identity")
+    p.add_argument("--scheduler", default=os.environ.get("FEDSTREAM_AGENT_SCHEDULER_ENDPOINT", "127.0.0.1:50051"),
+                   help="with --channel: scheduler host:port (default $FEDSTREAM_AGENT_SCHEDULER_ENDPOINT)")
+    p.add_argument("--agent-id", default=os.environ.get("FEDSTREAM_AGENT_AGENT_ID", ""),
+                   help="with --channel and --plaintext: this agent's id")
     p.add_argument("--task", required=True, help="task name, e.g. fedvision")
     p.add_argument("--images", required=True, type=Path, help="folder of images (jpg, png, bmp)")
     p.add_argument("-o", "--output", default="-", help="JSON file to write (default: standard output)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     add_identity_arguments(p)
+
+
+def fetch_model(args: argparse.Namespace) -> DownloadedModel:
+    """The model to run: the channel's version (--federation, --channel), else --run's. Raises
+    grpc.RpcError, or ValueError for a download that fails its SHA-256."""
+    if args.channel:
+        from fedstream_agent.site import channel_version, download_release
+
+        return download_release(args, channel_version(args))
+    return download_model(dial(args, args.aggregator), args.run, args.version, timeout=600)
 
 
 def run_inference(args: argparse.Namespace) -> int:
@@ -56,14 +76,21 @@ def run_inference(args: argparse.Namespace) -> int:
     if predictor is None:
         print(f"error: task {args.task!r} cannot run inference on images", file=sys.stderr)
         return ExitCode.BAD_SETTINGS
+    if not (args.federation if args.channel else args.run and args.aggregator):
+        print("error: name the model: --aggregator and --run (and --version), or --federation and --channel",
+              file=sys.stderr)
+        return ExitCode.BAD_SETTINGS
     if not args.images.is_dir():
         print(f"error: {args.images} is not a folder", file=sys.stderr)
         return ExitCode.BAD_SETTINGS
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     try:
-        model = download_model(dial(args, args.aggregator), args.run, args.version, timeout=600)
+        model = fetch_model(args)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return ExitCode.FAILED
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return ExitCode.FAILED
     net = task.build_model(0)
     missing, unexpected = net.load_state_dict(state_of(model.buffer), strict=False)

@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from fedstream_agent import diagnose
 
     diagnose.add_command(sub)
+    from fedstream_agent import site
+
+    site.add_commands(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "site_command", None) is not None:
+        return int(args.site_command(args))
     if args.command == "infer":
         from fedstream_agent.infer import run_inference
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from fedstream.pki import TlsIdentity
+from fedstream.provenance import Provenance
 from fedstream.rounds import Assignment
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import (
@@ -85,6 +86,7 @@ class Transfers:
     def __init__(
         self, agent_id: str, channel: Callable[[str], grpc.Channel], reconnect: Reconnect, stop: threading.Event,
         tls: Callable[[], TlsIdentity | None], confirmed: ConfirmedUploads, *, max_model_bytes: int,
+        provenance: Callable[[str], Provenance] = lambda task: Provenance(),
     ) -> None:
         self.agent_id = agent_id
         self.channel = channel
@@ -93,6 +95,8 @@ class Transfers:
         self.tls = tls
         self.confirmed = confirmed
         self.max_model_bytes = max_model_bytes
+        # What the agent says of itself with an update of a task (for the version's lineage).
+        self.provenance = provenance
 
     def _retry(self, what: str, endpoint: str, e: grpc.RpcError, deadline: float, delay: float) -> float:
         """Waits before the next attempt; raises ``e`` when it is not worth one."""
@@ -143,6 +147,7 @@ class Transfers:
                     self.channel(endpoint), timeout=timeout, run_id=a.run_id, round_=a.round, agent_id=self.agent_id,
                     layout=layout, buffers=buffers(), num_examples=num_examples, metrics=metrics,
                     chunk_bytes=chunk_bytes, upload_id=upload_id, resume_offset=offset,
+                    provenance=self.provenance(a.task),
                 )
                 log.info("update uploaded: %d bytes%s%s", reply.bytes_received,
                          f" (resumed at byte {offset})" if offset else "", " (duplicate)" if reply.duplicate else "")

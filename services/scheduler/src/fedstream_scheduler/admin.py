@@ -9,6 +9,8 @@ from fedstream.store import ModelStore
 from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.federations import FederationService
 from fedstream_scheduler.model_catalog import ModelCatalog
+from fedstream_scheduler.releases import ReleaseService
+from fedstream_scheduler.run_requests import RunRequestService
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.tokens import TokenService
 
@@ -38,3 +40,5 @@ class AdminServices:
         self.live = True
         self.federations = FederationService(self.state, self.runs, store, self.clock)
         self.models = ModelCatalog(self.state, self.federations, store)
+        self.releases = ReleaseService(self.state, self.models, self.audit, self.clock)
+        self.run_requests = RunRequestService(self.state, self.federations, self.audit, self.clock)

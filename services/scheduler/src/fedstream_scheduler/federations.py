@@ -21,6 +21,7 @@ from fedstream.strategies import make_strategy
 from fedstream_scheduler.audit import SYSTEM, Actor
 from fedstream_scheduler.models import RunSpec, check_asynchronous
 from fedstream_scheduler.runs import RunService
+from fedstream_scheduler.site_policy import check_releases, check_site_requests
 
 MISSED_POLICIES = ("skip", "run_once")
 # The longest gap between two matches of a five-field cron expression that matches at all:
@@ -109,24 +110,29 @@ class FederationService:
         self.clock = clock
 
     def create(self, federation_id: str, spec: dict[str, Any], description: str,
-               schedule: dict[str, Any] | None) -> FederationRecord:
-        """Raises InvalidArgument for a bad id, spec or schedule, AlreadyExists for a taken id."""
+               schedule: dict[str, Any] | None, releases: dict[str, Any] | None = None,
+               site_requests: dict[str, Any] | None = None) -> FederationRecord:
+        """Raises InvalidArgument for a bad id, spec, schedule or policy, AlreadyExists for a taken id."""
         check_federation_id(federation_id)
         run_spec = check_spec(spec)
         now = self.clock()
         rec = FederationRecord(
             federation_id, normalised(run_spec), description,
             check_schedule(schedule, now) if schedule else {}, now, now,
+            check_releases(releases) if releases else {},
+            check_site_requests(site_requests) if site_requests else {},
         )
         self.state.create_federation(rec)
         return rec
 
     def update(self, federation_id: str, *, spec: dict[str, Any] | None = None,
                description: str | None = None, schedule: dict[str, Any] | None = None,
-               clear_schedule: bool = False) -> FederationRecord:
+               clear_schedule: bool = False, releases: dict[str, Any] | None = None,
+               site_requests: dict[str, Any] | None = None) -> FederationRecord:
         """Merges ``spec`` into the federation's as a JSON merge patch (RFC 7386, ``patched_spec``:
         nested blocks merge field by field, null deletes a field, which then takes its default),
-        and ``schedule`` field by field; raises FederationNotFound or InvalidArgument."""
+        ``schedule`` field by field, and ``releases`` and ``site_requests`` as JSON merge patches
+        too (a channel set to null is removed); raises FederationNotFound or InvalidArgument."""
         current = self.state.get_federation(federation_id)
         now = self.clock()
         changes: dict[str, Any] = {"updated_unix": now}
@@ -138,6 +144,10 @@ class FederationService:
             changes["schedule"] = {}
         elif schedule is not None:
             changes["schedule"] = check_schedule({**current.schedule, **schedule}, now)
+        if releases is not None:
+            changes["releases"] = check_releases(merge_patch(current.releases, releases))
+        if site_requests is not None:
+            changes["site_requests"] = check_site_requests(merge_patch(current.site_requests, site_requests))
         return self.state.update_federation(federation_id, **changes)
 
     def delete(self, federation_id: str) -> None:

@@ -49,8 +49,8 @@ async def serve(settings: SchedulerSettings) -> int:
     service = SchedulerService(state, AggregatorClient(settings.aggregator_endpoint, identity), settings)
     enrollment = Enrollment(state, authority, settings.enrollment.cert_lifetime_s,
                             renewal_grace_s=settings.enrollment.renewal_grace_s)
-    server = await _start_grpc(settings, service, identity, enrollment)
     admin = AdminServices(service, store, enrollment=enrollment)
+    server = await _start_grpc(settings, service, identity, enrollment, admin)
     admin.live = False  # until _go_live: the API says "starting" rather than refusing tokens
     cron = CronScheduler(admin, service.instance_id, tick_s=settings.schedule_tick_s,
                          grace_s=settings.schedule_grace_s, lease_ttl_s=3 * settings.schedule_tick_s)
@@ -80,14 +80,15 @@ async def serve(settings: SchedulerSettings) -> int:
 
 
 async def _start_grpc(
-    settings: SchedulerSettings, service: SchedulerService, identity: TlsIdentity | None, enrollment: Enrollment
+    settings: SchedulerSettings, service: SchedulerService, identity: TlsIdentity | None, enrollment: Enrollment,
+    admin: AdminServices,
 ) -> SchedulerServer:
     """The gRPC server (and the enrollment server, when there is one), not yet serving; raises
     StartupError when a port cannot be bound."""
     server = await build_server(
         service, settings.grpc.host, settings.grpc.port, settings.grpc.stream_window_bytes,
         serving=False, tls=identity, enrollment=enrollment, enroll_port=settings.enrollment.port,
-        health_port=settings.grpc.health_port,
+        health_port=settings.grpc.health_port, admin=admin,
     )
     if server.enroll_server is not None:
         write_port_file(settings.enrollment.port_file, server.enroll_port)

@@ -23,6 +23,15 @@ class ModelCatalog:
             raise Unavailable("this scheduler has no model store configured")
         return self.store
 
+    def models(self) -> ModelStore:
+        """The tenant's model store; raises Unavailable when there is none."""
+        return self._models()
+
+    def check_ours(self, version: str) -> str:
+        """The version, if one of this tenant's runs made it; raises ModelNotFound otherwise
+        (and InvalidArgument for a malformed version id)."""
+        return self._check_ours(version)
+
     def list(self, federation_id: str) -> list[tuple[ModelVersion, bool]]:
         """Every stored version of the federation's runs, oldest run first, with whether it is
         pinned. Raises FederationNotFound."""

@@ -25,6 +25,7 @@ from fedstream.strategies import LinearStrategy, make_strategy
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.agents import AgentRegistry
 from fedstream_scheduler.changes import Changes
+from fedstream_scheduler.lineage_context import lineage_context
 from fedstream_scheduler.models import RunSpec
 from fedstream_scheduler.round_control import RoundControl
 from fedstream_scheduler.selection import select
@@ -132,6 +133,7 @@ class RoundDriver:
             task=spec.task,
             distill=distill,
             target_updates=rec.target_updates,
+            lineage_context=lineage_context(self.state.get_run(rec.run_id), spec),
         )
 
     def assignments(self, spec: RunSpec, rec: RoundRecord, endpoints: dict[str, str]) -> dict[str, Assignment]:

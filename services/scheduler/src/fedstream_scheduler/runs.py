@@ -101,7 +101,8 @@ class RunService:
         InvalidArgument or AlreadyExists."""
         spec = parse_spec(spec_fields)
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
-        run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger)
+        run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger,
+                        started_by=by.describe())
         self.state.create_run(run)
         self.leases.try_lead(run_id)
         self._launch(run_id, spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,9 @@ from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.enrollment import Enrollment
 from fedstream_scheduler.service import SchedulerService
 from fedstream_scheduler.servicer import AgentServicer, EnrollmentServicer, RunServicer
+
+if TYPE_CHECKING:
+    from fedstream_scheduler.admin import AdminServices
 
 SERVICE_NAMES = ("fedstream.v1.AgentService", "fedstream.v1.RunService")
 
@@ -54,6 +58,19 @@ class SchedulerServer:
         await self.service.aggregator.close()
 
 
+def _add_servicers(
+    server: grpc.aio.Server, service: SchedulerService, guard: Guard, enrollment: Enrollment, protocol: int,
+    admin: AdminServices | None,
+) -> None:
+    """The agents' and runs' services, and the sites' when there is ``admin``."""
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment, protocol), server)
+    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
+    if admin is not None:
+        from fedstream_scheduler.site_servicer import SiteServicer
+
+        pb_grpc.add_SiteServiceServicer_to_server(SiteServicer(admin, guard), server)
+
+
 async def build_server(
     service: SchedulerService,
     host: str,
@@ -65,6 +82,7 @@ async def build_server(
     enroll_port: int | None = None,
     health_port: int | None = None,
     protocol: int = PROTOCOL_VERSION,
+    admin: AdminServices | None = None,
 ) -> SchedulerServer:
     """Creates, binds and starts the server. Health turns SERVING once it listens, or, with
     ``serving=False``, when the caller says so (once the state store answers).
@@ -74,15 +92,14 @@ async def build_server(
     authority and ``enroll_port`` not None, agents enroll on that port (TLS, no client
     certificate asked). With ``health_port`` not None, a plaintext server on it answers
     grpc.health.v1 only (kubelet probes cannot present certificates). ``protocol`` is the
-    control plane's protocol version (fedstream.protocol; another only in tests). Raises
+    control plane's protocol version (fedstream.protocol; another only in tests). With ``admin``
+    (the tenant's services) the SiteService is served too (releases, channels, run requests). Raises
     StartupError naming the setting of a port that cannot be bound (no server is left listening)."""
-    if enrollment is None:
-        enrollment = Enrollment(service.state, None, 86400.0, service.clock)
-    guard = Guard(service.state.tenant, tls is not None, service.state)
+    enrollment = enrollment or Enrollment(service.state, None, 86400.0, service.clock)
     server = make_aio_server(stream_window_bytes, service.settings.grpc.max_concurrent_rpcs)
     GRPC_MAX_CONCURRENT_CALLS.set(service.settings.grpc.max_concurrent_rpcs)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service, guard, enrollment, protocol), server)
-    pb_grpc.add_RunServiceServicer_to_server(RunServicer(service, guard), server)
+    _add_servicers(server, service, Guard(service.state.tenant, tls is not None, service.state), enrollment,
+                   protocol, admin)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enroll_server = health_server = None

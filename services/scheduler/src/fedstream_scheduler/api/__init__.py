@@ -21,7 +21,9 @@ from fedstream_scheduler.api import (
     console,
     enrollment_tokens,
     federations,
+    lineage,
     models,
+    releases,
     runs,
     tokens,
     whoami,
@@ -81,6 +83,7 @@ def build_api(admins: dict[str, AdminServices], settings: ApiSettings | None = N
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/api/v1/health", health, methods=["GET"], tags=["health"])
-    for module in (federations, runs, models, agents, enrollment_tokens, tokens, audit, whoami, console):
+    for module in (federations, runs, models, lineage, releases, agents, enrollment_tokens, tokens, audit, whoami,
+                   console):
         app.include_router(module.router)
     return app

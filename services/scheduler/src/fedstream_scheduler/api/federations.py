@@ -8,6 +8,7 @@ from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 from fedstream_scheduler.cron import next_slot, schedule_problem
+from fedstream_scheduler.site_policy import ReleasePolicy, SiteRequestPolicy
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
 
@@ -25,6 +26,8 @@ def federation_body(rec: FederationRecord, latest: str, admin: AdminServices) ->
         federation_id=rec.federation_id, description=rec.description, spec=rec.spec,  # type: ignore[arg-type]
         schedule=schedule_body(rec.schedule, admin.clock()),
         created_unix=rec.created_unix, updated_unix=rec.updated_unix, latest_version=latest,
+        releases=ReleasePolicy.model_validate(rec.releases or {}),
+        site_requests=SiteRequestPolicy.model_validate(rec.site_requests or {}),
     )
 
 
@@ -33,6 +36,8 @@ async def create_federation(body: s.FederationCreate, admin: Admin, who: Who) ->
     rec = admin.federations.create(
         body.federation_id, body.spec.model_dump(), body.description,
         body.schedule.model_dump() if body.schedule else None,
+        body.releases.model_dump(mode="json") if body.releases else None,
+        body.site_requests.model_dump(mode="json") if body.site_requests else None,
     )
     admin.audit.record(who, AuditAction.FEDERATION_CREATE, f"federation/{rec.federation_id}")
     return federation_body(rec, "", admin)
@@ -59,11 +64,12 @@ async def update_federation(
 ) -> s.Federation:
     """Changes a federation: its description, its run spec (a JSON merge patch, RFC 7386: nested
     blocks merge field by field, null deletes a field; the result is validated whole, and a
-    spec that does not validate changes nothing), its schedule (merged field by field) or
-    `clear_schedule`."""
+    spec that does not validate changes nothing), its schedule (merged field by field),
+    `clear_schedule`, or its release and site-request policies (JSON merge patches, validated whole)."""
     rec = admin.federations.update(
         federation_id, spec=body.spec, description=body.description,
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
+        releases=body.releases, site_requests=body.site_requests,
     )
     changed = ", ".join(sorted(body.model_dump(exclude_unset=True)))
     admin.audit.record(who, AuditAction.FEDERATION_UPDATE, f"federation/{federation_id}", fields=changed)

@@ -28,7 +28,7 @@ ROUND_STATES = "|".join(RoundState)
 def run_body(rec: RunRecord, rounds: list[RoundRecord] | None = None) -> dict[str, Any]:
     return {
         "run_id": rec.run_id, "federation": rec.federation, "state": rec.state.value, "reason": rec.reason,
-        "trigger": rec.trigger, "latest_version": rec.latest_version, "created_unix": rec.created_unix,
+        "trigger": rec.trigger, "started_by": rec.started_by, "latest_version": rec.latest_version, "created_unix": rec.created_unix,
         "finished_unix": rec.finished_unix, "spec": rec.spec,
         "rounds_committed": sum(r.kind == RoundKind.TRAIN and r.state == RoundState.COMMITTED for r in rounds or []),
     }

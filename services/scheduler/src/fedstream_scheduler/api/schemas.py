@@ -11,6 +11,7 @@ from fedstream import ids
 from fedstream.errors import InvalidArgument
 from fedstream_scheduler.enrollment import MAX_TOKEN_TTL_S
 from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.site_policy import ReleasePolicy, SiteRequestPolicy
 
 T = TypeVar("T")
 
@@ -85,6 +86,10 @@ class FederationCreate(BaseModel):
     description: str = Field("", max_length=1000)
     spec: RunSpec = Field(description="What each run of the federation trains and how.")
     schedule: Schedule | None = Field(None, description="When runs start by themselves; none: on request only.")
+    releases: ReleasePolicy | None = Field(None, description="Release channels and their approvals; none: no "
+                                           "channel (docs/releases.md).")
+    site_requests: SiteRequestPolicy | None = Field(None, description="Whether its sites' agents may request "
+                                                    "runs; none: refused (docs/releases.md).")
 
 
 class FederationUpdate(BaseModel):
@@ -99,6 +104,12 @@ class FederationUpdate(BaseModel):
         "strategy drops the old one's params. The merged spec is validated whole.")
     schedule: Schedule | None = Field(None, description="A new schedule.")
     clear_schedule: bool = Field(False, description="Remove the schedule.")
+    releases: dict[str, Any] | None = Field(
+        None, description="The release policy's fields to change, as a JSON merge patch ({\"channels\": "
+        "{\"production\": {\"admin_approvals\": 2}}}; a channel set to null is removed). Validated whole.")
+    site_requests: dict[str, Any] | None = Field(
+        None, description="The site-request policy's fields to change, as a JSON merge patch ({\"mode\": "
+        "\"approve\"}). Validated whole.")
 
 
 class Federation(BaseModel):
@@ -109,6 +120,8 @@ class Federation(BaseModel):
     created_unix: float
     updated_unix: float
     latest_version: str = Field(description="The newest model its runs committed; empty when none.")
+    releases: ReleasePolicy = Field(description="Its release channels and their approvals.")
+    site_requests: SiteRequestPolicy = Field(description="Whether its sites' agents may request runs.")
 
 
 class RunStart(BaseModel):
@@ -127,6 +140,8 @@ class Run(BaseModel):
     state: Literal["running", "succeeded", "failed", "cancelled"]
     reason: str
     trigger: str = Field(description="api, grpc or schedule.")
+    started_by: str = Field("", description="Who started it: an API token, a gRPC caller's certificate, or "
+                            "schedule/<federation>; empty for runs started before this was recorded.")
     latest_version: str
     created_unix: float
     finished_unix: float

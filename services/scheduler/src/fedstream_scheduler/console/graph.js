@@ -52,8 +52,11 @@ export function lineageGraph(graph, current) {
       const p = at.get(n.version);
       const [run, number] = n.version.split("/");
       return svg("a", { href: `#/model/${encodeURIComponent(run)}/${encodeURIComponent(number)}`, class: "node-link", "data-version": n.version },
-        svg("rect", { x: p.x, y: p.y, width: BOX.w, height: BOX.h, rx: 5, class: n.version === current ? "node current" : "node" }),
+        svg("rect", { x: p.x, y: p.y, width: BOX.w, height: BOX.h, rx: 5,
+          class: `node${n.version === current ? " current" : ""}${n.missing ? " missing" : ""}` }),
         svg("text", { x: p.x + 8, y: p.y + 19, class: "node-label" }, n.version),
-        svg("title", {}, [n.version, n.kind, n.federation_id, n.committed_unix ? new Date(n.committed_unix * 1000).toISOString() : ""].filter(Boolean).join(" · ")));
+        svg("title", {}, n.missing ? `${n.version}: its lineage is gone (deleted by retention, or older than lineages)`
+          : [n.version, n.kind, n.federation_id, n.participants !== undefined ? `${n.participants} sites, ${n.examples} examples` : "",
+            n.committed_unix ? new Date(n.committed_unix * 1000).toISOString() : ""].filter(Boolean).join(" · ")));
     }));
 }

@@ -48,7 +48,7 @@ function lineageFacts(doc) {
       h("dt", {}, "Started by"), h("dd", {}, doc.started_by || "—"),
       h("dt", {}, "Strategy"), h("dd", {}, doc.strategy?.name || "—", " ", pairs(doc.strategy?.params, (v) => JSON.stringify(v))),
       h("dt", {}, "Task"), h("dd", {}, doc.task ? `${doc.task.name} ${doc.task.version || ""}` : "—"),
-      h("dt", {}, "Compression"), h("dd", {}, doc.compression ? JSON.stringify(doc.compression) : "none"),
+      h("dt", {}, "Compression"), h("dd", {}, typeof doc.compression === "string" ? doc.compression || "none" : JSON.stringify(doc.compression ?? "none")),
       h("dt", {}, "Distillation"), h("dd", {}, doc.distillation ? JSON.stringify(doc.distillation) : "none"),
       h("dt", {}, "Stragglers"), h("dd", {}, (doc.stragglers || []).join(", ") || "none"),
       h("dt", {}, "Code"), h("dd", {}, Object.entries(doc.code || {}).map(([who, pkgs]) => h("div", {}, `${who}: `, pairs(pkgs))))),

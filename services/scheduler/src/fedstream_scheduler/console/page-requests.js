@@ -5,8 +5,8 @@ import { ApiError, api, optional, q } from "./api.js";
 import { badge, fmtTime, h, link, panel, table } from "./dom.js";
 
 function decide(ctx, r) {
-  if (r.state !== "pending") return r.run_id ? link(["runs", r.run_id], r.run_id) : h("span", { class: "muted" }, r.decision_reason || r.reason_denied || "");
-  const id = r.request_id ?? r.id;
+  if (r.state !== "pending") return r.run_id ? link(["runs", r.run_id], r.run_id) : h("span", { class: "muted" }, r.deny_reason || r.decided_by || "");
+  const id = r.request_id;
   const reason = h("input", { name: "reason", placeholder: "reason to deny", maxlength: 500, class: "reason", hidden: !ctx.can("operator") });
   return h("span", { class: "decide" },
     ctx.action("Approve", "operator", () => api(`/run-requests/${q(id)}/approve`, { method: "POST", body: {} }), { kind: "primary" }),
@@ -29,12 +29,12 @@ export async function requestsPage(ctx) {
   const items = pages.flatMap((p) => (p ? p.items : []));
   return panel("Run requests",
     table([
-      { title: "Request", cell: (r) => h("code", {}, r.request_id ?? r.id) },
-      { title: "Federation", cell: (r) => r.federation_id ?? r.federation },
+      { title: "Request", cell: (r) => h("code", {}, r.request_id) },
+      { title: "Federation", cell: (r) => r.federation_id },
       { title: "Site", cell: (r) => r.agent_id },
       { title: "Reason", cell: (r) => r.reason || "—" },
       { title: "State", cell: (r) => badge(r.state) },
-      { title: "Requested", cell: (r) => fmtTime(r.created_unix ?? r.requested_unix) },
+      { title: "Requested", cell: (r) => fmtTime(r.requested_unix) },
       { title: "", class: "actions", cell: (r) => decide(ctx, r) },
     ], items, { empty: "No site has requested a run." }));
 }
