@@ -3,9 +3,9 @@
 
 import { svg } from "./dom.js";
 
-const COL = 170;
 const ROW = 46;
-const BOX = { w: 140, h: 30 };
+const BOX_H = 30;
+const CHAR_W = 7.4; // the monospace label's advance at 12px
 
 /** Column of each node: its longest distance from a root, over the edges among these nodes. */
 export function layers(nodes, edges) {
@@ -29,6 +29,8 @@ export function lineageGraph(graph, current) {
   const nodes = graph.nodes || [];
   const edges = graph.edges || [];
   const depth = layers(nodes, edges);
+  const BOX = { w: Math.max(120, 16 + CHAR_W * Math.max(0, ...nodes.map((n) => n.version.length))), h: BOX_H };
+  const COL = BOX.w + 36;
   const columns = new Map();
   for (const n of [...nodes].sort((a, b) => a.version.localeCompare(b.version))) {
     const d = depth.get(n.version);

@@ -25,7 +25,7 @@ function decide(ctx, r) {
 
 function proposeForm(ctx, fid, channels, models) {
   const channel = h("input", { name: "channel", placeholder: "production", maxlength: 63, required: true, list: "channel-names" });
-  const version = h("select", { name: "version" }, models.map((m) => h("option", { value: m.version }, m.version)));
+  const version = h("select", { name: "version" }, models.map((m, i) => h("option", { value: m.version, selected: i === models.length - 1 }, m.version)));
   const note = h("input", { name: "note", placeholder: "note", maxlength: 500 });
   const button = ctx.action("Propose release", "operator", () => api(`/federations/${q(fid)}/releases`, {
     method: "POST", body: { channel: channel.value.trim(), version: version.value, note: note.value },
