@@ -15,6 +15,7 @@ from fedstream.state.records import (
     ReleaseRecord,
     RunRequestRecord,
     TokenRecord,
+    from_doc,
 )
 
 
@@ -63,21 +64,21 @@ class Documents(Protocol):
         doc = self._doc_get("federation", federation_id)
         if doc is None:
             raise FederationNotFound(f"federation {federation_id!r} not found")
-        return FederationRecord(**doc)
+        return from_doc(FederationRecord, doc)
 
     def list_federations(self) -> list[FederationRecord]:
         """All federations, by id."""
-        return [FederationRecord(**d) for d in self._doc_list("federation")]
+        return [from_doc(FederationRecord, d) for d in self._doc_list("federation")]
 
     def update_federation(self, federation_id: str, **changes: Any) -> FederationRecord:
         """Sets fields of a federation atomically and returns it; raises FederationNotFound."""
         doc = self._doc_update(
             "federation", federation_id,
-            lambda d: dataclasses.asdict(dataclasses.replace(FederationRecord(**d), **changes)),
+            lambda d: dataclasses.asdict(dataclasses.replace(from_doc(FederationRecord, d), **changes)),
         )
         if doc is None:
             raise FederationNotFound(f"federation {federation_id!r} not found")
-        return FederationRecord(**doc)
+        return from_doc(FederationRecord, doc)
 
     def delete_federation(self, federation_id: str) -> None:
         """Raises FederationNotFound."""
@@ -95,12 +96,12 @@ class Documents(Protocol):
         """The token whose secret hashes to ``sha256``, or None."""
         for d in self._doc_list("token"):
             if d["sha256"] == sha256:
-                return TokenRecord(**d)
+                return from_doc(TokenRecord, d)
         return None
 
     def list_tokens(self) -> list[TokenRecord]:
         """All API tokens, by id."""
-        return [TokenRecord(**d) for d in self._doc_list("token")]
+        return [from_doc(TokenRecord, d) for d in self._doc_list("token")]
 
     def delete_token(self, token_id: str) -> None:
         """Raises NotFound."""
@@ -115,7 +116,7 @@ class Documents(Protocol):
 
     def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
         """The enrollment tokens not yet used, by id."""
-        return [EnrollmentTokenRecord(**d) for d in self._doc_list("enrollment")]
+        return [from_doc(EnrollmentTokenRecord, d) for d in self._doc_list("enrollment")]
 
     def delete_enrollment_token(self, token_id: str) -> None:
         """Raises NotFound."""
@@ -128,7 +129,7 @@ class Documents(Protocol):
         for d in self._doc_list("enrollment"):
             if d["sha256"] == sha256:
                 # Deleting is atomic: of two callers with the same secret, one gets True.
-                return EnrollmentTokenRecord(**d) if self._doc_delete("enrollment", d["token_id"]) else None
+                return from_doc(EnrollmentTokenRecord, d) if self._doc_delete("enrollment", d["token_id"]) else None
         return None
 
     # Releases, by id; every change goes through ``update_release`` (atomic), so that of two
@@ -143,21 +144,21 @@ class Documents(Protocol):
         doc = self._doc_get("release", release_id)
         if doc is None:
             raise ReleaseNotFound(f"release {release_id!r} not found")
-        return ReleaseRecord(**doc)
+        return from_doc(ReleaseRecord, doc)
 
     def list_releases(self, federation_id: str = "") -> list[ReleaseRecord]:
         """The releases (of one federation when given), oldest proposal first."""
-        recs = [ReleaseRecord(**d) for d in self._doc_list("release")]
+        recs = [from_doc(ReleaseRecord, d) for d in self._doc_list("release")]
         recs = [r for r in recs if not federation_id or r.federation_id == federation_id]
         return sorted(recs, key=lambda r: (r.proposed_unix, r.release_id))
 
     def update_release(self, release_id: str, mutate: Callable[[ReleaseRecord], ReleaseRecord]) -> ReleaseRecord:
         """Replaces the release by ``mutate(current)`` atomically (an exception from ``mutate``
         changes nothing and propagates); raises ReleaseNotFound."""
-        doc = self._doc_update("release", release_id, lambda d: dataclasses.asdict(mutate(ReleaseRecord(**d))))
+        doc = self._doc_update("release", release_id, lambda d: dataclasses.asdict(mutate(from_doc(ReleaseRecord, d))))
         if doc is None:
             raise ReleaseNotFound(f"release {release_id!r} not found")
-        return ReleaseRecord(**doc)
+        return from_doc(ReleaseRecord, doc)
 
     # Site-requested runs, by id.
     def create_run_request(self, rec: RunRequestRecord) -> None:
@@ -170,11 +171,11 @@ class Documents(Protocol):
         doc = self._doc_get("run_request", request_id)
         if doc is None:
             raise RunRequestNotFound(f"run request {request_id!r} not found")
-        return RunRequestRecord(**doc)
+        return from_doc(RunRequestRecord, doc)
 
     def list_run_requests(self, federation_id: str = "") -> list[RunRequestRecord]:
         """The run requests (of one federation when given), oldest first."""
-        recs = [RunRequestRecord(**d) for d in self._doc_list("run_request")]
+        recs = [from_doc(RunRequestRecord, d) for d in self._doc_list("run_request")]
         recs = [r for r in recs if not federation_id or r.federation_id == federation_id]
         return sorted(recs, key=lambda r: (r.requested_unix, r.request_id))
 
@@ -183,11 +184,11 @@ class Documents(Protocol):
     ) -> RunRequestRecord:
         """Replaces the request by ``mutate(current)`` atomically; raises RunRequestNotFound."""
         doc = self._doc_update(
-            "run_request", request_id, lambda d: dataclasses.asdict(mutate(RunRequestRecord(**d)))
+            "run_request", request_id, lambda d: dataclasses.asdict(mutate(from_doc(RunRequestRecord, d)))
         )
         if doc is None:
             raise RunRequestNotFound(f"run request {request_id!r} not found")
-        return RunRequestRecord(**doc)
+        return from_doc(RunRequestRecord, doc)
 
     def take_quota_slot(self, quota: str, now: float, limit: int, window_s: float) -> None:
         """Takes one of ``limit`` slots of ``quota`` within the ``window_s`` seconds up to

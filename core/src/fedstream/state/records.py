@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fedstream.errors import InvalidTransition
 from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateReport
+
+R = TypeVar("R")
+
+
+def from_doc(cls: type[R], doc: dict[str, Any], **extra: Any) -> R:
+    """The record of ``cls`` stored as ``doc``, leaving out the fields it does not know: a record
+    written by a newer release (a field added) still reads during a rolling upgrade."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in doc.items() if k in names}, **extra)
 
 
 def round_state(value: RoundState | str) -> RoundState:
@@ -69,7 +78,7 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
-        return cls(**d)
+        return from_doc(cls, d)
 
 
 @dataclass
@@ -173,7 +182,7 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
         """From ``to_dict``'s form; reports stored without a weight weigh their example count."""
-        return cls(**{**d, "reports": [UpdateReport.from_dict(r) for r in d.get("reports", [])]})
+        return from_doc(cls, {**d, "reports": [UpdateReport.from_dict(r) for r in d.get("reports", [])]})
 
 
 @dataclass

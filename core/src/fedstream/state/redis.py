@@ -38,6 +38,7 @@ from fedstream.state.records import (
     AuditEntry,
     RoundRecord,
     RunRecord,
+    from_doc,
     round_state,
 )
 
@@ -197,7 +198,7 @@ class RedisStateStore(StateStore):
 
     def _agent_from(self, agent_id: str, raw: dict[bytes, bytes]) -> AgentRecord:
         fields = json.loads(raw[b"record"])
-        return AgentRecord(**fields, last_heartbeat_unix=float(raw.get(b"heartbeat", b"0")))
+        return from_doc(AgentRecord, fields, last_heartbeat_unix=float(raw.get(b"heartbeat", b"0")))
 
     @_unavailable
     def get_agent(self, agent_id: str) -> AgentRecord:

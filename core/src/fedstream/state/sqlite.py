@@ -37,6 +37,7 @@ from fedstream.state.records import (
     AuditEntry,
     RoundRecord,
     RunRecord,
+    from_doc,
     round_state,
 )
 from fedstream.state.sqlite_db import Database, Synchronous
@@ -73,7 +74,7 @@ def _agent_row(agent: AgentRecord) -> tuple[str, float]:
 
 
 def _agent(record: str, heartbeat: float) -> AgentRecord:
-    return AgentRecord(**json.loads(record), last_heartbeat_unix=heartbeat)
+    return from_doc(AgentRecord, json.loads(record), last_heartbeat_unix=heartbeat)
 
 
 class SQLiteStateStore(StateStore):
