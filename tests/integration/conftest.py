@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from fedstream.grpcutil import channel
-from fedstream.state import MemoryStateStore
+from fedstream.state import MemoryStateStore, SQLiteStateStore, StateStore
+from fedstream.state.redis import RedisStateStore, connect
 from fedstream.store import LocalModelStore
 from fedstream_aggregator.server import AggregatorServer, build_server
 from fedstream_aggregator.service import AggregatorService
@@ -29,3 +30,16 @@ def agg_channel(aggregator: AggregatorServer) -> Iterator[grpc.Channel]:
     yield ch
     ch.close()
 
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def state_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """One tenant's state store on each backend in turn (Redis a real server)."""
+    if request.param == "redis":
+        yield RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
+    elif request.param == "sqlite":
+        sqlite_store = SQLiteStateStore(tmp_path / "state.db", "t1")
+        yield sqlite_store
+        sqlite_store.close()
+    else:
+        yield MemoryStateStore("t1")

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -37,19 +37,11 @@ from fedstream.state import (
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream_testing.servers import free_port
 
-BACKENDS = ["memory", "sqlite", "redis"]
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path) -> Iterator[StateStore]:
-    if request.param == "redis":
-        yield RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
-    elif request.param == "sqlite":
-        sqlite_store = SQLiteStateStore(tmp_path / "state.db", "t1")
-        yield sqlite_store
-        sqlite_store.close()
-    else:
-        yield MemoryStateStore("t1")
+@pytest.fixture
+def store(state_store: StateStore) -> StateStore:
+    return state_store
 
 
 def in_threads(n: int, target: Callable[[], object]) -> None:

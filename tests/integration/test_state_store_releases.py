@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from fedstream.errors import AlreadyExists, FailedPrecondition, ReleaseNotFound, RunRequestNotFound
-from fedstream.state import MemoryStateStore, ReleaseRecord, RunRequestRecord, SQLiteStateStore, StateStore
+from fedstream.state import ReleaseRecord, RunRequestRecord, StateStore
 from fedstream.state.documents import QuotaFull
-from fedstream.state.redis import RedisStateStore, connect
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request, tmp_path) -> Iterator[StateStore]:
-    if request.param == "redis":
-        yield RedisStateStore(connect(request.getfixturevalue("redis_url")), "t1")
-    elif request.param == "sqlite":
-        sqlite_store = SQLiteStateStore(tmp_path / "state.db", "t1")
-        yield sqlite_store
-        sqlite_store.close()
-    else:
-        yield MemoryStateStore("t1")
+@pytest.fixture
+def store(state_store: StateStore) -> StateStore:
+    return state_store
 
 
 def in_threads(n: int, target) -> None:
