@@ -38,7 +38,6 @@ from fedstream.state.redis import RedisStateStore, connect
 from fedstream_testing.servers import free_port
 
 
-
 @pytest.fixture
 def store(state_store: StateStore) -> StateStore:
     return state_store
