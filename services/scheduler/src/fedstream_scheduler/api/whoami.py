@@ -12,4 +12,4 @@ router = APIRouter(prefix="/api/v1/whoami", tags=["tokens"], route_class=ParsedR
 @router.get("")
 async def whoami(admin: Viewer, who: Who) -> WhoAmI:
     """The token's id, name, role and tenant."""
-    return WhoAmI(token_id=who.id, name=who.name, role=who.role, tenant=admin.tenant)  # type: ignore[arg-type]
+    return WhoAmI.model_validate({"token_id": who.id, "name": who.name, "role": who.role, "tenant": admin.tenant})
