@@ -13,6 +13,7 @@ from typing import Any
 from fedstream.errors import (
     AlreadyApproved,
     AlreadyExists,
+    FailedPrecondition,
     FedstreamError,
     MetricBelowThreshold,
     ModelNotFound,
@@ -112,8 +113,24 @@ class ReleaseService:
                           federation=federation_id, channel=channel, version=version)
         return rec
 
-    def _approve(self, release_id: str, approval: dict[str, Any]) -> tuple[ReleaseRecord, bool]:
+    def _keep(self, rec: ReleaseRecord, approval: dict[str, Any]) -> None:
+        """Pins the version when ``approval`` would release it, before the release changes, so
+        that a version retention deleted meanwhile is never released: raises FailedPrecondition
+        then (the approval is not recorded)."""
+        if rec.state != PROPOSED or any(a["kind"] == approval["kind"] and a["id"] == approval["id"]
+                                        for a in rec.approvals):
+            return
+        if not complete(dataclasses.replace(rec, approvals=[*rec.approvals, approval])):
+            return
+        try:
+            self.models.pin(rec.version, True)
+        except ModelNotFound:
+            raise FailedPrecondition(f"version {rec.version} of release {rec.release_id} is no longer stored "
+                                     "(deleted by retention?): reject the release") from None
+
+    def _approve(self, rec: ReleaseRecord, approval: dict[str, Any]) -> tuple[ReleaseRecord, bool]:
         """Adds an approval atomically; returns the release and whether this approval released it."""
+        self._keep(rec, approval)
         now = self.clock()
         published: list[bool] = []
 
@@ -129,7 +146,7 @@ class ReleaseService:
                 rec = dataclasses.replace(rec, state=RELEASED, decided_unix=now)
             return rec
 
-        rec = self.state.update_release(release_id, add)
+        rec = self.state.update_release(rec.release_id, add)
         return rec, bool(published)
 
     def approve(self, release_id: str, by: Actor) -> ReleaseRecord:
@@ -138,7 +155,7 @@ class ReleaseService:
         rec = self.state.get_release(release_id)
         if by.label == rec.proposed_by:
             raise PermissionDenied(f"{by.label} proposed release {release_id}: another admin must approve it")
-        rec, published = self._approve(release_id, {"kind": "admin", "id": by.label, "name": by.name})
+        rec, published = self._approve(rec, {"kind": "admin", "id": by.label, "name": by.name})
         self.audit.record(by, AuditAction.RELEASE_APPROVE, f"release/{release_id}", kind="admin")
         return self._publish(rec, by) if published else rec
 
@@ -154,7 +171,7 @@ class ReleaseService:
         if agent_id not in self.participants(rec.version):
             raise PermissionDenied(f"agent {agent_id!r} took no part in {rec.version}: only its sites approve "
                                    f"release {release_id}")
-        rec, published = self._approve(release_id, {"kind": "site", "id": agent_id, "name": agent_id})
+        rec, published = self._approve(rec, {"kind": "site", "id": agent_id, "name": agent_id})
         by = Actor("agent", agent_id, agent_id, "agent")
         self.audit.record(by, AuditAction.RELEASE_APPROVE, f"release/{release_id}", kind="site")
         return self._publish(rec, by) if published else rec

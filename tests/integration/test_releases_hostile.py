@@ -1,0 +1,45 @@
+"""Releases and site-requested runs against what a hostile operator, a hostile site or bad timing
+does, over the real admin API and the real SiteService (the fixture of test_releases); each
+test names what it guards against."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+from test_releases import plane, problem, propose, rpc_error
+
+from fedstream.v1 import scheduler_pb2 as pb
+
+__all__ = ["plane"]  # the fixture
+
+
+def channels(plane) -> dict[str, str]:
+    got: dict[str, str] = plane.call("GET", "/federations/fed/channels", "viewer").json()
+    return got
+
+
+def test_a_version_deleted_before_its_last_approval_is_not_released(plane):
+    first = propose(plane, "run-a/000002", "staging")["release_id"]
+    plane.call("POST", f"/releases/{first}/approve", "admin")
+    rid = propose(plane, "run-a/000001", "staging")["release_id"]
+    plane.store.delete("run-a/000001")  # as retention does, while the release waits for approval
+
+    detail = problem(plane.call("POST", f"/releases/{rid}/approve", "admin"), 409, "failed_precondition")
+    assert "run-a/000001" in detail and "reject" in detail
+    rec = plane.admin.state.get_release(rid)
+    assert (rec.state, rec.approvals) == ("proposed", [])
+    assert plane.admin.state.get_release(first).state == "released"
+    assert channels(plane)["staging"] == "run-a/000002"
+    assert plane.call("POST", f"/releases/{rid}/reject", "admin", json={"reason": "gone"}).status_code == 200
+
+
+def test_a_site_approval_of_a_deleted_version_changes_nothing(plane):
+    rid = propose(plane, "run-a/000001", "staging")["release_id"]
+    # A channel that a site's approval alone releases.
+    rec = plane.admin.state.update_release(rid, lambda r: dataclasses.replace(r, needed={"admins": 0, "sites": 1}))
+    plane.store.delete(rec.version)
+    e = rpc_error(lambda: plane.site("site-a").ApproveRelease(pb.ApproveReleaseRequest(release_id=rid), timeout=10))
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "run-a/000001" in e.details()
+    assert plane.admin.state.get_release(rid).approvals == []
+
