@@ -10,6 +10,7 @@ import grpc
 from test_releases import plane, problem, propose, rpc_error
 
 from fedstream.v1 import scheduler_pb2 as pb
+from fedstream_scheduler.audit import Actor
 
 __all__ = ["plane"]  # the fixture
 
@@ -43,3 +44,17 @@ def test_a_site_approval_of_a_deleted_version_changes_nothing(plane):
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "run-a/000001" in e.details()
     assert plane.admin.state.get_release(rid).approvals == []
 
+
+def test_a_late_publish_of_an_earlier_release_leaves_the_later_one_released(plane):
+    earlier = propose(plane, "run-a/000001", "staging")["release_id"]
+    later = propose(plane, "run-a/000002", "staging")["release_id"]
+    plane.call("POST", f"/releases/{later}/approve", "admin")
+    decided = plane.admin.state.get_release(later).decided_unix
+    # Two approvals at once: the earlier release's completed first, but its publish runs last.
+    rec = plane.admin.state.update_release(earlier, lambda r: dataclasses.replace(
+        r, state="released", decided_unix=decided - 1))
+    plane.admin.releases._publish(rec, Actor("token", "t", "t", "admin"))
+
+    assert plane.admin.state.get_release(later).state == "released"
+    assert plane.admin.state.get_release(earlier).state == "superseded"
+    assert channels(plane)["staging"] == "run-a/000002"

@@ -42,6 +42,11 @@ def complete(rec: ReleaseRecord) -> bool:
     return admins >= int(rec.needed.get("admins", 1)) and sites >= int(rec.needed.get("sites", 0))
 
 
+def order(rec: ReleaseRecord) -> tuple[float, float, str]:
+    """Which of a channel's releases is the later: released later, then proposed later."""
+    return rec.decided_unix, rec.proposed_unix, rec.release_id
+
+
 def metric_values(catalog: ModelCatalog, state: StateStore, version: str, metric: str) -> list[float]:
     """Every value of ``metric`` recorded for the version: its federated evaluations', then the
     metrics of the round that committed it."""
@@ -177,17 +182,24 @@ class ReleaseService:
         return self._publish(rec, by) if published else rec
 
     def _publish(self, rec: ReleaseRecord, by: Actor) -> ReleaseRecord:
-        """The channel now points at the release: its earlier releases are superseded and the
-        version is pinned (kept from retention)."""
-        for other in self.state.list_releases(rec.federation_id):
-            if other.channel == rec.channel and other.state == RELEASED and other.release_id != rec.release_id:
-                self.state.update_release(other.release_id, lambda o: dataclasses.replace(
-                    o, state=SUPERSEDED, reason=f"superseded by {rec.release_id} ({rec.version})",
-                ) if o.state == RELEASED else o)
+        """The channel now points at the release: the version is pinned (kept from retention) and
+        the channel's earlier releases are superseded. Of two releases published at once, the
+        later (``order``) stays, whichever finishes first: the earlier is superseded by it."""
         self.models.pin(rec.version, True)
         self.audit.record(by, AuditAction.RELEASE_PUBLISH, f"release/{rec.release_id}",
                           channel=rec.channel, version=rec.version)
-        return rec
+        others = [o for o in self.state.list_releases(rec.federation_id)
+                  if o.channel == rec.channel and o.state == RELEASED and o.release_id != rec.release_id]
+        for other in others:
+            if order(other) < order(rec):
+                self._supersede(other, rec)
+        later = [o for o in others if order(o) > order(rec)]
+        return self._supersede(rec, max(later, key=order)) if later else rec
+
+    def _supersede(self, old: ReleaseRecord, new: ReleaseRecord) -> ReleaseRecord:
+        return self.state.update_release(old.release_id, lambda o: dataclasses.replace(
+            o, state=SUPERSEDED, reason=f"superseded by {new.release_id} ({new.version})",
+        ) if o.state == RELEASED else o)
 
     def reject(self, release_id: str, reason: str, by: Actor) -> ReleaseRecord:
         """An admin ends a proposed release; raises ReleaseNotFound or ReleaseDecided."""
@@ -213,7 +225,7 @@ class ReleaseService:
         current: dict[str, ReleaseRecord | None] = {name: None for name in fed.releases.get("channels", {})}
         for rec in self.state.list_releases(federation_id):
             best = current.get(rec.channel)
-            if rec.channel in current and rec.state == RELEASED and (best is None or rec.decided_unix >= best.decided_unix):
+            if rec.channel in current and rec.state == RELEASED and (best is None or order(rec) > order(best)):
                 current[rec.channel] = rec
         return current
 
