@@ -58,3 +58,17 @@ def test_a_late_publish_of_an_earlier_release_leaves_the_later_one_released(plan
     assert plane.admin.state.get_release(later).state == "released"
     assert plane.admin.state.get_release(earlier).state == "superseded"
     assert channels(plane)["staging"] == "run-a/000002"
+
+
+def test_the_current_release_of_a_channel_cannot_be_unpinned(plane):
+    first = propose(plane, "run-a/000001", "staging")["release_id"]
+    plane.call("POST", f"/releases/{first}/approve", "admin")
+
+    detail = problem(plane.call("POST", "/models/run-a/000001/unpin", "operator"), 409, "failed_precondition")
+    assert "staging" in detail and first in detail
+    assert plane.store.pinned("run-a") == ["run-a/000001"]
+    assert not any(e.action == "model.unpin" for e in plane.admin.state.list_audit(limit=100))
+    second = propose(plane, "run-a/000002", "staging")["release_id"]
+    plane.call("POST", f"/releases/{second}/approve", "admin")  # run-a/000001 is superseded: it may go
+    assert plane.call("POST", "/models/run-a/000001/unpin", "operator").json()["pinned"] is False
+    assert plane.store.pinned("run-a") == ["run-a/000002"]

@@ -229,6 +229,19 @@ class ReleaseService:
                 current[rec.channel] = rec
         return current
 
+    def check_unpin(self, version: str) -> None:
+        """Raises FailedPrecondition while a release channel points at the version: unpinned,
+        retention could delete what the channel's sites install."""
+        try:
+            run = self.state.get_run(parse_version(version)[0])
+            current = self.channels(run.federation) if run.federation else {}
+        except FedstreamError:
+            return  # not one of the tenant's versions, or its federation is gone: nothing released
+        for channel, rec in sorted(current.items()):
+            if rec is not None and rec.version == version:
+                raise FailedPrecondition(f"model {version} is the current release of channel {channel!r} "
+                                         f"(release {rec.release_id}): release another version first")
+
     def current(self, federation_id: str, channel: str) -> ReleaseRecord:
         """The channel's current release; raises ChannelNotFound, or NotFound when nothing is released."""
         fed = self.state.get_federation(federation_id)

@@ -80,6 +80,8 @@ async def pin_model(run_id: RunId, number: Number, admin: Operator, who: Who) ->
 
 @router.post("/api/v1/models/{run_id}/{number}/unpin")
 async def unpin_model(run_id: RunId, number: Number, admin: Operator, who: Who) -> s.Model:
+    """Lets retention delete the version again; 409 while a release channel points at it."""
+    admin.releases.check_unpin(f"{run_id}/{number}")
     body = model_body(*admin.models.pin(f"{run_id}/{number}", False))
     admin.audit.record(who, AuditAction.MODEL_UNPIN, f"model/{run_id}/{number}")
     return body
