@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import grpc
-from test_releases import plane, problem, propose, rpc_error
+import pytest
+from test_releases import plane, problem, propose, request, rpc_error, set_requests
 
 from fedstream.v1 import scheduler_pb2 as pb
 from fedstream_scheduler.audit import Actor
@@ -72,3 +73,31 @@ def test_the_current_release_of_a_channel_cannot_be_unpinned(plane):
     plane.call("POST", f"/releases/{second}/approve", "admin")  # run-a/000001 is superseded: it may go
     assert plane.call("POST", "/models/run-a/000001/unpin", "operator").json()["pinned"] is False
     assert plane.store.pinned("run-a") == ["run-a/000002"]
+
+
+# What a terminal obeys: an escape that erases the line and writes another version, a line break
+# that adds a line of its own, a right-to-left override.
+TRICKS = ["ok\x1b[2K\rversion: run-a/000002", "ok\nstate: released", "ok\u202eedoc", "ok\x9b2K"]
+
+
+@pytest.mark.parametrize("trick", TRICKS)
+def test_notes_and_reasons_with_control_characters_are_refused_naming_the_field(plane, trick):
+    detail = problem(plane.call("POST", "/federations/fed/releases", "operator",
+                                json={"channel": "staging", "version": "run-a/000001", "note": trick}),
+                     400, "invalid_argument")
+    assert detail.startswith("note") and "control character" in detail
+    assert plane.admin.state.list_releases() == []
+    rid = propose(plane, "run-a/000001", "staging")["release_id"]
+    detail = problem(plane.call("POST", f"/releases/{rid}/reject", "admin", json={"reason": trick}),
+                     400, "invalid_argument")
+    assert detail.startswith("reason") and "control character" in detail
+    assert plane.admin.state.get_release(rid).state == "proposed"
+
+    set_requests(plane, mode="approve")
+    e = rpc_error(lambda: request(plane, "site-a", trick))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().startswith("reason: holds")
+    assert plane.admin.state.list_run_requests() == []
+    pending = request(plane, "site-a", "new images, über 10 000").request_id  # text in any script is fine
+    detail = problem(plane.call("POST", f"/run-requests/{pending}/deny", "operator", json={"reason": trick}),
+                     400, "invalid_argument")
+    assert detail.startswith("reason") and plane.admin.state.get_run_request(pending).state == "pending"

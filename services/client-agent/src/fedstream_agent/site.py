@@ -167,7 +167,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     approve.set_defaults(site_command=cmd_approve_release)
     request = sub.add_parser("request-run", help="ask for a run of a federation this agent belongs to")
     request.add_argument("federation", help="federation id")
-    request.add_argument("--reason", default="", help="why (at most 500 characters), shown to operators")
+    request.add_argument("--reason", default="", help="why (one line, at most 500 characters, no control characters), shown to operators")
     add_site_arguments(request)
     request.set_defaults(site_command=cmd_request_run)
     track = sub.add_parser("track", help="keep a release channel's newest version on disk for a serving stack: "

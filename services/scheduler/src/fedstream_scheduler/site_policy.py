@@ -4,6 +4,7 @@ release channels (approvals needed, a metric a version must reach) and site-requ
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -15,6 +16,9 @@ METRIC = r"^[A-Za-z0-9_.:/-]{1,128}$"
 MAX_CHANNELS = 32
 DAY_S = 86400.0
 ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL)]
+# What a terminal or a bidirectional text renderer obeys rather than shows: C0 and C1 controls,
+# DEL, and the bidirectional embeddings, overrides and isolates.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class Requirement(BaseModel):
@@ -57,6 +61,26 @@ class SiteRequestPolicy(BaseModel):
         "refuse", description="A site's request starts a run at once (auto), waits for an operator's "
         "approval (approve), or is refused (refuse).")
     max_per_site_per_day: int = Field(2, ge=1, le=1000, description="Requests one site may make in 24 hours.")
+
+
+def unshown(value: str) -> str:
+    """What in ``value`` is not shown as written ("" when nothing is): the first control
+    character (a line break, an escape, a direction override) and where it is."""
+    bad = _UNSHOWN.search(value)
+    if bad is None:
+        return ""
+    return (f"holds the control character U+{ord(bad.group()):04X} at {bad.start()}: one line of text, "
+            "without control characters, is allowed")
+
+
+def check_text(name: str, value: str, most: int) -> str:
+    """``value``, a note or reason people read (in a terminal too), when it is at most ``most``
+    characters shown as written; raises InvalidArgument naming ``name`` and what is wrong."""
+    if len(value) > most:
+        raise InvalidArgument(f"{name}: {len(value)} characters, at most {most}")
+    if problem := unshown(value):
+        raise InvalidArgument(f"{name}: {problem}")
+    return value
 
 
 def _checked(model: type[BaseModel], doc: Any, block: str) -> dict[str, Any]:

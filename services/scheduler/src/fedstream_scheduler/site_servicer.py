@@ -20,7 +20,7 @@ from fedstream.v1 import scheduler_pb2_grpc as pb_grpc
 from fedstream_scheduler.admin import AdminServices
 from fedstream_scheduler.releases import counts
 from fedstream_scheduler.run_requests import MAX_REASON, check_member
-from fedstream_scheduler.site_policy import CHANNEL
+from fedstream_scheduler.site_policy import CHANNEL, check_text
 
 # Calls one agent may make per second on this service (a burst of 10): following a channel
 # every few seconds is plenty.
@@ -83,8 +83,6 @@ class SiteServicer(pb_grpc.SiteServiceServicer):
     async def RequestRun(self, request: pb.RequestRunRequest, context: grpc.aio.ServicerContext) -> pb.RunRequestInfo:
         agent_id = self._agent(context, request.agent_id)
         federation = check_federation_id(request.federation)
-        if len(request.reason) > MAX_REASON:
-            raise InvalidArgument(f"reason: {len(request.reason)} characters, at most {MAX_REASON}")
-        rec = self.admin.run_requests.request(federation, agent_id, request.reason)
+        rec = self.admin.run_requests.request(federation, agent_id, check_text("reason", request.reason, MAX_REASON))
         return pb.RunRequestInfo(request_id=rec.request_id, federation=rec.federation_id, state=rec.state,
                                  run_id=rec.run_id)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fedstream_scheduler.api.schemas import VERSION, VersionField
-from fedstream_scheduler.site_policy import CHANNEL
+from fedstream_scheduler.site_policy import CHANNEL, unshown
+
+
+def _shown(value: str) -> str:
+    if problem := unshown(value):
+        raise ValueError(problem)
+    return value
+
+
+# A note or reason that people read, in a terminal too: no control characters.
+Text = Annotated[str, AfterValidator(_shown)]
 
 ReleaseState = Literal["proposed", "released", "rejected", "superseded"]
 
@@ -17,13 +27,13 @@ class ReleasePropose(BaseModel):
 
     channel: str = Field(pattern=CHANNEL, description="One of the federation's release channels, e.g. production.")
     version: VersionField = Field(pattern=VERSION, description="RUN/NNNNNN: a version of one of the federation's runs.")
-    note: str = Field("", max_length=1000, description="Why this version, for the approvers.")
+    note: Text = Field("", max_length=1000, description="Why this version, for the approvers.")
 
 
 class ReleaseReject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=1000, description="Why the release is rejected.")
+    reason: Text = Field(min_length=1, max_length=1000, description="Why the release is rejected.")
 
 
 class Approval(BaseModel):
@@ -62,7 +72,7 @@ class Release(BaseModel):
 class RunRequestDeny(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=500, description="Why the run is not started.")
+    reason: Text = Field(min_length=1, max_length=500, description="Why the run is not started.")
 
 
 class RunRequest(BaseModel):
