@@ -189,6 +189,13 @@ class TestCard:
         assert card["participants"][0]["agent_id"] == HOSTILE  # JSON keeps values as they are
         assert card["examples"] == 7 and card["stragglers"] == [HOSTILE]
 
+    def test_md_leaves_no_control_a_terminal_obeys_or_a_reader_sees_reordered(self):
+        # CSI as C1 (\x9b2J clears a terminal), a right-to-left override, an isolate, a mark.
+        assert md("acc\x9b2J\u202eycarucca\u2066x\u2069\u200f") == r"acc 2J ycarucca x "
+        markdown, _ = model_card({**self.doc(), "participants": [
+            {"agent_id": "a", "examples": 1, "metrics": {"acc\x9b\u202e": 0.5}}]})
+        assert not re.search("[\x80-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]", markdown)
+
     def test_md_leaves_plain_words_readable(self):
         assert md("site-1 run/000002") == r"site\-1 run\/000002"
         assert md("accuracy") == "accuracy"

@@ -13,12 +13,15 @@ from fedstream.store import ModelVersion
 CARD_SCHEMA_VERSION = 1
 # Every ASCII punctuation character may be backslash-escaped in CommonMark.
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls, DEL (a terminal obeys them: CSI is \x1b[ or \x9b), and the bidirectional
+# marks, embeddings, overrides and isolates (they reorder what a reader sees).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 def md(value: object) -> str:
-    """``value`` as literal Markdown text: control characters and line breaks as spaces, every
-    punctuation character backslash-escaped (no emphasis, link, table cell or HTML)."""
+    """``value`` as literal Markdown text: control characters (C0, C1, bidirectional) and line
+    breaks as spaces, every punctuation character backslash-escaped (no emphasis, link, table
+    cell or HTML)."""
     return _PUNCTUATION.sub(r"\\\1", _CONTROL.sub(" ", str(value)))
 
 
