@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -160,6 +161,17 @@ def _track(args: argparse.Namespace) -> int:
         time.sleep(args.interval_s)
 
 
+def interval(text: str) -> float:
+    """--interval-s: seconds, a finite number above 0 (0 would ask the scheduler without pause)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     approve = sub.add_parser("approve-release", help="approve a proposed release of a version this site took part in")
     approve.add_argument("release_id", help="the release's id (rel-...)")
@@ -175,7 +187,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     track.add_argument("--federation", required=True, help="federation id")
     track.add_argument("--channel", required=True, help="release channel, e.g. production")
     track.add_argument("--dir", required=True, type=Path, help="directory to keep the model in")
-    track.add_argument("--interval-s", type=float, default=60.0, help="seconds between checks (default 60)")
+    track.add_argument("--interval-s", type=interval, default=60.0, help="seconds between checks (default 60)")
     track.add_argument("--once", action="store_true", help="check once and exit (0: up to date)")
     track.add_argument("--aggregator", default="", help="aggregator host:port (default: the one the scheduler names)")
     add_site_arguments(track)
