@@ -101,3 +101,11 @@ def test_notes_and_reasons_with_control_characters_are_refused_naming_the_field(
     detail = problem(plane.call("POST", f"/run-requests/{pending}/deny", "operator", json={"reason": trick}),
                      400, "invalid_argument")
     assert detail.startswith("reason") and plane.admin.state.get_run_request(pending).state == "pending"
+
+
+@pytest.mark.parametrize("release_id", ["", "rel-", "rel-00000000000g", "x" * 100_000, "rel-000000000000\n"])
+def test_a_site_approval_of_no_release_id_is_refused_naming_the_field(plane, release_id):
+    e = rpc_error(lambda: plane.site("site-a").ApproveRelease(pb.ApproveReleaseRequest(release_id=release_id),
+                                                              timeout=10))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().startswith("release_id")
+    assert len(e.details()) < 200

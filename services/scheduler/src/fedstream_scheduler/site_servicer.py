@@ -25,6 +25,7 @@ from fedstream_scheduler.site_policy import CHANNEL, check_text
 # Calls one agent may make per second on this service (a burst of 10): following a channel
 # every few seconds is plenty.
 CALLS_PER_S = 1.0
+RELEASE_ID = re.compile(r"rel-[0-9a-f]{12}")
 
 
 def release_to_proto(rec: ReleaseRecord) -> pb.ReleaseInfo:
@@ -63,7 +64,9 @@ class SiteServicer(pb_grpc.SiteServiceServicer):
     @translate_errors
     async def ApproveRelease(self, request: pb.ApproveReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseInfo:
         agent_id = self._agent(context, request.agent_id)
-        return release_to_proto(self.admin.releases.approve_site(request.release_id[:64], agent_id))
+        if not RELEASE_ID.fullmatch(request.release_id):
+            raise InvalidArgument(f"release_id: {request.release_id[:64]!r} is not a release id (rel- and 12 hex digits)")
+        return release_to_proto(self.admin.releases.approve_site(request.release_id, agent_id))
 
     @translate_errors
     async def GetChannel(self, request: pb.GetChannelRequest, context: grpc.aio.ServicerContext) -> pb.ChannelVersion:
