@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from fedstream import ids
 from fedstream_scheduler.api import schemas as s
@@ -39,12 +40,16 @@ async def get_lineage_graph(
     run_id: RunId, number: Number, admin: Viewer,
     depth: Annotated[int, Query(ge=1, le=MAX_GRAPH_DEPTH, description="Steps up and down from the version.")] = 3,
 ) -> sl.LineageGraph:
-    return sl.LineageGraph.model_validate(lineage_of(admin).graph(f"{run_id}/{number}", depth))
+    # Up to MAX_VISITED reads of the model store: in a worker thread, never on the event loop
+    # that the scheduler's agents and every other request share.
+    graph = await run_in_threadpool(lineage_of(admin).graph, f"{run_id}/{number}", depth)
+    return sl.LineageGraph.model_validate(graph)
 
 
 @router.get("/api/v1/lineage/between")
 async def get_lineage_between(admin: Viewer, ancestor: Ancestor, descendant: Descendant) -> sl.LineagePath:
-    return sl.LineagePath.model_validate(lineage_of(admin).between(ancestor, descendant))
+    path = await run_in_threadpool(lineage_of(admin).between, ancestor, descendant)  # as the graph
+    return sl.LineagePath.model_validate(path)
 
 
 @router.get("/api/v1/models/{run_id}/{number}/card", response_model=None, responses=CARD_RESPONSES)
