@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,12 +126,23 @@ def rest_options() -> argparse.ArgumentParser:
     return common
 
 
+# What a terminal obeys rather than shows (control characters but line breaks and tabs, DEL, C1)
+# and the bidirectional overrides: values that sites and operators chose (metric names, notes,
+# reasons) must not rewrite the screen of whoever reads them.
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """``text`` with every character a terminal would obey instead of show as "?"."""
+    return _UNSHOWN.sub("?", text)
+
+
 def emit(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    """Prints ``data`` as JSON with --format json, else the human ``lines``."""
+    """Prints ``data`` as JSON with --format json (escaped), else the human ``lines`` (``shown``)."""
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        print("\n".join(lines))
+        print(shown("\n".join(lines)))
 
 
 def list_command(args: argparse.Namespace, path: str, header: str, row: Callable[[Any], str]) -> int:
