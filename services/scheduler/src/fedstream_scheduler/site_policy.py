@@ -18,7 +18,8 @@ DAY_S = 86400.0
 ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL)]
 # What a terminal or a bidirectional text renderer obeys rather than shows: C0 and C1 controls,
 # DEL, and the bidirectional embeddings, overrides and isolates.
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class Requirement(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fedstream_scheduler.api.schemas import VERSION, VersionField
-from fedstream_scheduler.site_policy import CHANNEL, unshown
+from fedstream_scheduler.site_policy import CHANNEL, TEXT_PATTERN, unshown
 
 
 def _shown(value: str) -> str:
@@ -16,8 +16,9 @@ def _shown(value: str) -> str:
     return value
 
 
-# A note or reason that people read, in a terminal too: no control characters.
-Text = Annotated[str, AfterValidator(_shown)]
+# A note or reason that people read, in a terminal too: no control characters (the pattern
+# documents what _shown refuses, with a message naming the character).
+Text = Annotated[str, AfterValidator(_shown), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
 
 ReleaseState = Literal["proposed", "released", "rejected", "superseded"]
 
