@@ -148,13 +148,25 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     rd.set_defaults(func=cmd_decide, decision="deny")
 
 
+EXPORT_MEMBERS = ("lineage.json", "card.md", "card.json", "model.safetensors")
+
+
 def verify_archive(path: Path) -> dict[str, Any]:
-    """The archive's manifest once every member's SHA-256 and size match it; raises ApiError."""
+    """The archive's manifest once it lists exactly the archive's members, among them every one
+    an export has, and each member's SHA-256 and size match it; raises ApiError."""
     with tarfile.open(path, "r:") as tar:
-        manifest_member = tar.getmember("MANIFEST.json")
-        f = tar.extractfile(manifest_member)
+        names = set(tar.getnames())
+        if "MANIFEST.json" not in names:
+            raise ApiError(f"export {path}: no MANIFEST.json")
+        f = tar.extractfile(tar.getmember("MANIFEST.json"))
         manifest: dict[str, Any] = json.loads(f.read() if f is not None else b"{}")
-        for name, want in manifest.get("members", {}).items():
+        listed = manifest.get("members", {})
+        missing = [m for m in EXPORT_MEMBERS if m not in listed]
+        unlisted = sorted(names - set(listed) - {"MANIFEST.json"})
+        if missing or unlisted or set(listed) - names:
+            raise ApiError(f"export {path}: its members do not match its manifest (missing {missing or 'none'}, "
+                           f"not listed {unlisted or 'none'}, listed but absent {sorted(set(listed) - names) or 'none'})")
+        for name, want in listed.items():
             member = tar.extractfile(tar.getmember(name))
             digest, size = hashlib.sha256(), 0
             while member is not None and (piece := member.read(1 << 20)):
