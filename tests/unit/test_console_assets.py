@@ -82,3 +82,17 @@ def test_next_slot_is_the_next_match_in_the_schedules_time_zone():
 def test_agents_report_their_versions():
     caps = capabilities(torch.device("cpu"))
     assert caps.agent_version and caps.torch_version == str(torch.__version__)
+
+
+def test_links_lead_only_to_the_console_itself():
+    """dom.js's guard on href (a JavaScript regular expression that Python reads alike) takes the
+    console's own pages and refuses what leads to another site or runs script."""
+    dom = assets()["dom.js"].body.decode()
+    found = re.search(r'key === "href" && !/(.+?)/\.test', dom)
+    assert found, "dom.js no longer guards href"
+    guard = re.compile(found.group(1))
+    for own in ("#/runs/r1", "/api/v1/models/r/000001/download", "blob:https://x/1"):
+        assert guard.search(own), own
+    for other in ("//evil.example/x", "/\\evil.example", "https://evil.example", "javascript:alert(1)",
+                  "data:text/html,x", " /x"):
+        assert not guard.search(other), other

@@ -12,7 +12,8 @@ function setAttrs(el, attrs) {
       el.addEventListener(key.slice(2), value);
     } else if (key === "hidden") {
       el.hidden = true;
-    } else if (key === "href" && !/^[#/]|^blob:/.test(String(value))) {
+    } else if (key === "href" && !/^#|^\/(?![/\\])|^blob:/.test(String(value))) {
+      // Only the console's own pages: "//host" and "/\host" lead to another site.
       throw new TypeError(`refusing link ${value}: only the console's own pages`);
     } else {
       el.setAttribute(key, value === true ? "" : String(value));
