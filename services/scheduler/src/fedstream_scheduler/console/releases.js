@@ -16,7 +16,7 @@ function approvals(r) {
 
 function decide(ctx, r) {
   if (r.state !== "proposed") return h("span", { class: "muted" }, r.reason || fmtTime(r.decided_unix));
-  const reason = h("input", { name: "reason", placeholder: "reason to reject", maxlength: 500, class: "reason", hidden: !ctx.can("admin") });
+  const reason = h("input", { name: "reason", placeholder: "reason to reject", maxlength: 1000, class: "reason", hidden: !ctx.can("admin") });
   return h("span", { class: "decide" },
     ctx.action("Approve", "admin", () => api(`/releases/${q(r.release_id)}/approve`, { method: "POST", body: {} }), { kind: "primary" }),
     " ", reason, " ",
@@ -26,7 +26,7 @@ function decide(ctx, r) {
 function proposeForm(ctx, fid, channels, models) {
   const channel = h("input", { name: "channel", placeholder: "production", maxlength: 63, required: true, list: "channel-names" });
   const version = h("select", { name: "version" }, models.map((m, i) => h("option", { value: m.version, selected: i === models.length - 1 }, m.version)));
-  const note = h("input", { name: "note", placeholder: "note", maxlength: 500 });
+  const note = h("input", { name: "note", placeholder: "note", maxlength: 1000 });
   const button = ctx.action("Propose release", "operator", () => api(`/federations/${q(fid)}/releases`, {
     method: "POST", body: { channel: channel.value.trim(), version: version.value, note: note.value },
   }), { kind: "primary" });
