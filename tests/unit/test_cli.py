@@ -202,6 +202,14 @@ def test_following_an_over_selected_run_names_the_agents_each_round_did_not_need
     assert not_needed(plain, run["rounds"][0]) == []  # without target_updates a straggler was needed
 
 
+def test_a_run_shown_says_who_started_it():
+    run = {"run_id": "r", "state": "running", "reason": "", "rounds_committed": 0, "latest_version": "",
+           "spec": {"rounds": 3}, "rounds": [], "started_by": "token/tok-1 (ops, operator)"}
+
+    assert run_summary(run)[0].endswith("; started by token/tok-1 (ops, operator)")
+    assert "started by" not in run_summary({**run, "started_by": ""})[0]  # runs from before the field
+
+
 def test_no_option_offers_an_empty_choice():
     offered = {(path, a.dest): a.choices for path, p in leaves(build_parser()).items() for a in p._actions
                if a.choices is not None and not isinstance(a, argparse._SubParsersAction)}

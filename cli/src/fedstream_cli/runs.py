@@ -103,7 +103,8 @@ def run_summary(run: dict[str, Any]) -> list[str]:
     """A run's state and a line per round with its headline metrics."""
     what = "versions (asynchronous)" if (run.get("spec") or {}).get("asynchronous") else "rounds"
     lines = [f"run {run['run_id']} {run['state']}{': ' + run['reason'] if run['reason'] else ''}; "
-             f"{run['rounds_committed']} {what} committed; latest {run['latest_version'] or '-'}"]
+             f"{run['rounds_committed']} {what} committed; latest {run['latest_version'] or '-'}"
+             + (f"; started by {run['started_by']}" if run.get("started_by") else "")]
     for r in run.get("rounds", []):
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted({**r["update_metrics"], **r["metrics"]}.items())
                             if k in SHOWN_METRICS or k.startswith("distill_mse"))
