@@ -121,7 +121,8 @@ function context(main, query, params) {
     },
     stop() { ctx.alive = false; timers.forEach(clearTimeout); },
     refresh: () => route(),
-    go(hash) { location.hash = hash; },
+    /** Shows another page, unless another was shown meanwhile (a late answer never navigates). */
+    go(hash) { if (ctx.alive) location.hash = hash; },
   };
   return ctx;
 }
@@ -166,9 +167,13 @@ async function route() {
   const ctx = context(main, query, match.slice(1));
   current = ctx;
   document.body.dataset.page = path.split("/")[0];
+  delete document.body.dataset.shown;
   try {
     const content = await page(ctx);
-    if (ctx.alive) clear(main).append(content);
+    if (ctx.alive) {
+      clear(main).append(content);
+      document.body.dataset.shown = path; // the page drawn, for tests and screenshots to wait on
+    }
   } catch (e) {
     if (!ctx.alive) return;
     showError(e);
