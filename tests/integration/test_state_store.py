@@ -1,10 +1,11 @@
-"""Contract tests of the state store, one suite per role, each run against every backend."""
+"""Contract tests of the state store, one suite per role, each run against every backend: agents,
+runs and the aggregation journal here; stored forms of older releases in test_state_store_forms.py;
+documents, the audit log and coordination in test_state_store_documents.py; releases and run
+requests in test_state_store_releases.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -20,19 +21,13 @@ from fedstream.errors import (
     RunNotFound,
     Unavailable,
 )
-from fedstream.rounds import RoundKind, RoundPlan, RoundState, RunState, UpdateReport
+from fedstream.rounds import RoundKind, RoundPlan, RoundState, UpdateReport
 from fedstream.state import (
     AgentRecord,
     AggregationRecord,
-    AuditEntry,
-    EnrollmentTokenRecord,
-    FederationRecord,
-    MemoryStateStore,
     RoundRecord,
     RunRecord,
-    SQLiteStateStore,
     StateStore,
-    TokenRecord,
 )
 from fedstream.state.redis import RedisStateStore, connect
 from fedstream_testing.servers import free_port
@@ -330,259 +325,6 @@ class TestAggregationJournal:
 
         in_threads(6, race)
         assert len(wins) == 1
-
-
-# Records as stores wrote them before the round vocabulary was typed and the journal embedded
-# its plan: words for kinds and states, reports without a weight, the plan's fields flat.
-OLD_RUN = {
-    "run_id": "old", "spec": {"task": "digits"}, "state": "succeeded", "reason": "", "latest_version": "old/000001",
-    "created_unix": 1.0, "finished_unix": 2.0, "federation": "", "trigger": "api",
-}
-OLD_ROUND = {
-    "run_id": "old", "round": 1, "kind": "train", "state": "training", "participants": ["a", "b"],
-    "base_version": "old/000000", "version": "", "reason": "", "stragglers": [], "started_unix": 1.0,
-    "finished_unix": 0.0, "deadline_unix": 60.0, "min_updates": 1, "metrics": {},
-    "reports": [{"agent_id": "a", "num_examples": 3, "metrics": {"loss": 0.5}, "bytes_received": 7}],
-}
-OLD_AGGREGATION = {
-    "run_id": "old", "round": 1, "kind": "train", "base_version": "old/000000", "participants": ["a", "b"],
-    "min_updates": 1, "deadline_unix": 60.0, "strategy": "fedprox", "strategy_params": '{"mu": 0.1}',
-    "compression": "none", "state": "training", "version": "", "reason": "", "journal": "", "task": "digits",
-    "distill": False, "partial": False,
-    "reports": {"a": {"agent_id": "a", "num_examples": 3, "metrics": {"loss": 0.5}, "bytes_received": 7}},
-}
-
-
-OLD_AGENT = {
-    "agent_id": "old-site", "labels": {}, "capabilities": {"device": "cpu"}, "tasks": ["digits"],
-    "registered_unix": 1.0, "disabled": False, "cert_serials": [], "enrolled_unix": 0.0,
-}
-
-
-def store_raw_agent(store: StateStore, record: dict, heartbeat: float) -> None:
-    """Puts an agent's record into a backend as it was stored (its heartbeat beside it)."""
-    if isinstance(store, SQLiteStateStore):
-        with sqlite3.connect(store.db.path) as conn:
-            conn.execute("INSERT INTO agents VALUES ('t1', ?, ?, ?)",
-                         (record["agent_id"], json.dumps(record), heartbeat))
-    elif isinstance(store, RedisStateStore):
-        key = f"fedstream:t1:agent:{record['agent_id']}"
-        store.r.hset(key, mapping={"record": json.dumps(record), "heartbeat": repr(heartbeat)})
-        store.r.sadd("fedstream:t1:agents", record["agent_id"])
-    else:
-        assert isinstance(store, MemoryStateStore)
-        store._agents[record["agent_id"]] = AgentRecord(**record, last_heartbeat_unix=heartbeat)
-
-
-def store_raw(store: StateStore, key: str, record: dict, sorted_in: tuple[str, str, float] | None = None,
-              listed_in: str = "") -> None:
-    """Puts a record into a backend as it was stored. Redis gets the JSON under ``key`` and the
-    record into its index (``sorted_in``: sorted set, member and score; ``listed_in``: a set of
-    keys); SQLite gets the JSON in the record's row; the in-process store keeps no JSON, so it
-    gets the record as a backend reads one."""
-    if isinstance(store, SQLiteStateStore):
-        with sqlite3.connect(store.db.path) as conn:
-            if key.startswith("run:"):
-                conn.execute("INSERT INTO runs VALUES ('t1', ?, ?, ?)",
-                             (record["run_id"], record["created_unix"], json.dumps(record)))
-            elif key.startswith("round:"):
-                conn.execute("INSERT INTO rounds VALUES ('t1', ?, ?, ?)",
-                             (record["run_id"], record["round"], json.dumps(record)))
-            else:
-                conn.execute("INSERT INTO aggregations VALUES ('t1', '', ?, ?, 0, ?)",
-                             (record["run_id"], record["round"], json.dumps(record)))
-        return
-    if isinstance(store, RedisStateStore):
-        store.r.set(f"fedstream:t1:{key}", json.dumps(record))
-        if sorted_in is not None:
-            name, member, score = sorted_in
-            store.r.zadd(f"fedstream:t1:{name}", {member: score})
-        if listed_in:
-            store.r.sadd(f"fedstream:t1:{listed_in}", f"fedstream:t1:{key}")
-        return
-    assert isinstance(store, MemoryStateStore)
-    if key.startswith("run:"):
-        store._runs[record["run_id"]] = RunRecord.from_dict(record)
-    elif key.startswith("round:"):
-        store._rounds[(record["run_id"], record["round"])] = RoundRecord.from_dict(record)
-    else:
-        store._aggregations[("", record["run_id"], record["round"])] = AggregationRecord.from_dict(record)
-
-
-class TestStoredForms:
-    """Records written before the typed records are read, and changed, as they were meant."""
-
-    def test_an_old_run_and_round_load(self, store):
-        store_raw(store, "run:old", OLD_RUN, sorted_in=("runs", "old", 1.0))
-        store_raw(store, "round:old:000001", OLD_ROUND, sorted_in=("rounds:old", "1", 1.0))
-
-        assert store.get_run("old").state is RunState.SUCCEEDED
-        assert [r.run_id for r in store.list_runs()] == ["old"]
-        rnd = store.get_round("old", 1)
-        assert (rnd.kind, rnd.state) == (RoundKind.TRAIN, RoundState.TRAINING)
-        assert rnd.reports == [UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)]
-        assert store.list_rounds("old") == [rnd]
-        assert rnd.target_updates == 0  # written before over-selection: every participant's update
-        done = store.transition_round("old", 1, RoundState.AGGREGATING)
-        assert done.state is RoundState.AGGREGATING and done.reports == rnd.reports
-
-    def test_an_old_agent_loads_without_speeds_and_keeps_them_once_measured(self, store):
-        store_raw_agent(store, OLD_AGENT, heartbeat=9.0)
-
-        got = store.get_agent("old-site")
-        assert (got.speeds, got.tasks, got.last_heartbeat_unix) == ({}, ["digits"], 9.0)
-        store.update_agent("old-site", lambda r: dataclasses.replace(r, speeds={"digits": 3.0}))
-        assert store.get_agent("old-site").speeds == {"digits": 3.0}
-
-    def test_an_old_flat_aggregation_record_loads(self, store):
-        store_raw(store, "aggregation:old:000001", OLD_AGGREGATION, listed_in="aggregations")
-
-        rec = store.get_aggregation("old", 1)
-        assert rec.plan == RoundPlan(
-            "old", 1, RoundKind.TRAIN, "old/000000", ("a", "b"), 1, 60.0, strategy="fedprox",
-            strategy_params='{"mu": 0.1}', task="digits",
-        )
-        assert rec.plan.target_updates == 0 and rec.plan.closes_at == 2
-        assert (rec.run_id, rec.round, rec.state, rec.journal) == ("old", 1, RoundState.TRAINING, "")
-        assert rec.reports == {"a": UpdateReport("a", 3, {"loss": 0.5}, 7, weight=3.0)}
-        assert store.list_aggregations() == [rec]
-        assert store.count_update("old", 1, "a", UpdateReport("a", 9)) is False
-        assert store.count_update("old", 1, "b", UpdateReport("b", 4, weight=4.0)) is True
-        store.set_aggregation_state("old", 1, RoundState.AGGREGATING)
-        got = store.get_aggregation("old", 1)
-        assert got.plan == rec.plan and got.state is RoundState.AGGREGATING
-        assert list(got.reports) == ["a", "b"] and got.reports["b"] == UpdateReport("b", 4, weight=4.0)
-
-
-class TestDocuments:
-    """Documents: federations, API tokens, enrollment tokens."""
-
-    def test_federations(self, store):
-        rec = FederationRecord("nightly", {"task": "digits"}, description="d", created_unix=1.0, updated_unix=1.0)
-        store.create_federation(rec)
-        with pytest.raises(AlreadyExists):
-            store.create_federation(rec)
-        assert store.get_federation("nightly") == rec
-        store.create_federation(FederationRecord("adhoc", {"task": "fedreid"}))
-        assert [f.federation_id for f in store.list_federations()] == ["adhoc", "nightly"]
-        updated = store.update_federation("nightly", schedule={"cron": "0 2 * * *"}, updated_unix=2.0)
-        assert updated.schedule == {"cron": "0 2 * * *"} and updated.spec == {"task": "digits"}
-        assert store.get_federation("nightly") == updated
-        store.delete_federation("adhoc")
-        for call in (lambda: store.get_federation("adhoc"), lambda: store.update_federation("adhoc", description="x"),
-                     lambda: store.delete_federation("adhoc")):
-            with pytest.raises(NotFound, match="federation 'adhoc' not found"):
-                call()
-        assert [f.federation_id for f in store.list_federations()] == ["nightly"]
-
-    def test_tokens_are_found_by_hash(self, store):
-        store.create_token(TokenRecord("tok1", "a" * 64, "admin", "bootstrap"))
-        store.create_token(TokenRecord("tok2", "b" * 64, "viewer"))
-        with pytest.raises(AlreadyExists):
-            store.create_token(TokenRecord("tok1", "c" * 64, "viewer"))
-        assert store.find_token("b" * 64).token_id == "tok2"
-        assert store.find_token("c" * 64) is None
-        store.delete_token("tok2")
-        assert store.find_token("b" * 64) is None
-        assert [t.token_id for t in store.list_tokens()] == ["tok1"]
-        with pytest.raises(NotFound):
-            store.delete_token("tok2")
-
-    def test_enrollment_tokens_are_used_once(self, store):
-        store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-1", 100.0, "site"))
-        with pytest.raises(AlreadyExists):
-            store.create_enrollment_token(EnrollmentTokenRecord("e1", "hash-2", 100.0))
-        got = []
-        in_threads(8, lambda: got.append(store.consume_enrollment_token("hash-1")))
-
-        assert [g.token_id for g in got if g is not None] == ["e1"]  # exactly one caller got it
-        assert store.list_enrollment_tokens() == [] and store.consume_enrollment_token("hash-1") is None
-
-
-def audit_entry(i: int, action: str = "run.cancel", actor: str = "token/t1") -> AuditEntry:
-    return AuditEntry(action, f"run/r{i}", actor, actor_name="ops", role="operator", time_unix=float(i),
-                      detail={"reason": f"because {i}"})
-
-
-def with_audit_keep(store: StateStore, keep: int) -> StateStore:
-    """A store of the same backend and a tenant of its own, keeping ``keep`` audit entries."""
-    if isinstance(store, RedisStateStore):
-        return RedisStateStore(store.r, "audit-small", audit_keep=keep)
-    return MemoryStateStore("audit-small", audit_keep=keep)
-
-
-class TestAuditLog:
-    """AuditLog: appended in order with increasing sequence numbers, paged, filtered, bounded."""
-
-    def test_entries_are_appended_in_order_and_read_back_whole(self, store):
-        seqs = [store.append_audit(audit_entry(i)) for i in range(3)]
-
-        got = store.list_audit()
-
-        assert seqs == [1, 2, 3]
-        assert [e.seq for e in got] == [1, 2, 3]
-        assert got[1] == dataclasses.replace(audit_entry(1), seq=2)
-
-    def test_pages_follow_the_last_sequence_number(self, store):
-        for i in range(7):
-            store.append_audit(audit_entry(i))
-
-        first = store.list_audit(limit=3)
-        second = store.list_audit(after_seq=first[-1].seq, limit=3)
-        last = store.list_audit(after_seq=second[-1].seq, limit=3)
-
-        assert [e.seq for e in first + second + last] == list(range(1, 8))
-        assert len(last) == 1 and store.list_audit(after_seq=7) == []
-
-    def test_filters_skip_entries_without_shortening_pages(self, store):
-        for i in range(1200):  # past the Redis backend's scan batch
-            store.append_audit(audit_entry(i, "agent.delete" if i % 400 == 399 else "run.cancel",
-                                           "token/t2" if i == 799 else "token/t1"))
-
-        deletes = store.list_audit(action="agent.delete", limit=2)
-        rest = store.list_audit(after_seq=deletes[-1].seq, action="agent.delete", limit=2)
-        by_t2 = store.list_audit(actor="token/t2")
-        both = store.list_audit(action="run.cancel", actor="token/t2")
-
-        assert [e.seq for e in deletes] == [400, 800] and [e.seq for e in rest] == [1200]
-        assert [(e.seq, e.action) for e in by_t2] == [(800, "agent.delete")]
-        assert both == []
-
-    def test_concurrent_appends_each_get_their_own_number(self, store):
-        got: list[int] = []
-        in_threads(8, lambda: got.extend(store.append_audit(audit_entry(i)) for i in range(5)))
-
-        assert sorted(got) == list(range(1, 41))
-        assert [e.seq for e in store.list_audit(limit=100)] == list(range(1, 41))
-
-    def test_retention_drops_the_oldest_and_never_reuses_a_number(self, store):
-        small = with_audit_keep(store, 3)
-        for i in range(5):
-            small.append_audit(audit_entry(i))
-
-        assert [e.seq for e in small.list_audit()] == [3, 4, 5]
-        assert small.append_audit(audit_entry(9)) == 6
-        assert [e.target for e in small.list_audit()] == ["run/r3", "run/r4", "run/r9"]
-
-
-class TestCoordination:
-    """Coordination: idempotency marks and leases."""
-
-    def test_mark_once(self, store):
-        assert store.mark_once("s", "a") is True
-        assert store.mark_once("s", "a") is False
-        assert store.mark_once("other", "a") is True
-        assert store.is_marked("s", "a") and not store.is_marked("s", "b")
-
-    def test_leases(self, store):
-        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=100)
-        assert not store.acquire_lease("cron", "two", ttl_s=10, now_unix=105)
-        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=105)
-        assert store.acquire_lease("cron", "two", ttl_s=10, now_unix=116)
-        store.release_lease("cron", "one")  # not the holder: no effect
-        assert not store.acquire_lease("cron", "one", ttl_s=10, now_unix=117)
-        store.release_lease("cron", "two")
-        assert store.acquire_lease("cron", "one", ttl_s=10, now_unix=118)
 
 
 # The Redis backend's own promises.
