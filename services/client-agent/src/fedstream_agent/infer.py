@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 
-from fedstream.dialing import add_identity_arguments, dial
+from fedstream.dialing import AGENT, AGENT_ENVS, add_identity_arguments, dial
 from fedstream.exitcodes import ExitCode
 from fedstream.transfer import DownloadedModel, download_model
 from fedstream_tasks import get_task
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, type=Path, help="folder of images (jpg, png, bmp)")
     p.add_argument("-o", "--output", default="-", help="JSON file to write (default: standard output)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
-    add_identity_arguments(p)
+    add_identity_arguments(p, AGENT_ENVS, AGENT + " or, with --run, an operator's")
 
 
 def fetch_model(args: argparse.Namespace) -> DownloadedModel:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from fedstream.dialing import add_identity_arguments, dial
+from fedstream.dialing import AGENT, AGENT_ENVS, add_identity_arguments, dial
 from fedstream.exitcodes import ExitCode
 from fedstream.safetensors_io import encode_header
 from fedstream.transfer import DownloadedModel, download_model
@@ -35,8 +35,7 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
                    help="scheduler host:port (default $FEDSTREAM_AGENT_SCHEDULER_ENDPOINT or 127.0.0.1:50051)")
     p.add_argument("--agent-id", default=os.environ.get("FEDSTREAM_AGENT_AGENT_ID", ""),
                    help="this agent's id: needed only with --plaintext (the certificate names the agent)")
-    add_identity_arguments(p)
-    p.set_defaults(identity=os.environ.get("FEDSTREAM_AGENT_TLS__IDENTITY_DIR") or p.get_default("identity"))
+    add_identity_arguments(p, AGENT_ENVS, AGENT)
 
 
 def site_stub(args: argparse.Namespace) -> pb_grpc.SiteServiceStub:
