@@ -314,7 +314,8 @@ def test_track_keeps_the_newest_release_on_disk_replacing_it_atomically(plane, t
 
     assert install(args, site_dir)
     first = installed(site_dir)
-    assert first["version"] == "run-a/000002" and data_sha256(site_dir / MODEL_FILE) == first["sha256"]
+    assert first["version"] == "run-a/000002" and data_sha256(site_dir / MODEL_FILE) == first["data_sha256"]
+    assert hashlib.sha256((site_dir / MODEL_FILE).read_bytes()).hexdigest() == first["file_sha256"]
     old_inode = (site_dir / MODEL_FILE).stat().st_ino
     assert not install(args, site_dir)  # unchanged: nothing written
     assert (site_dir / MODEL_FILE).stat().st_ino == old_inode
@@ -324,8 +325,9 @@ def test_track_keeps_the_newest_release_on_disk_replacing_it_atomically(plane, t
         assert hashlib.sha256(held.read()).hexdigest() != hashlib.sha256((site_dir / MODEL_FILE).read_bytes()).hexdigest()
 
     now = installed(site_dir)
-    assert now["version"] == "run-b/000001" and now["sha256"] == plane.store.info("run-b/000001").sha256
-    assert data_sha256(site_dir / MODEL_FILE) == now["sha256"] and (site_dir / MODEL_FILE).stat().st_ino != old_inode
+    assert now["version"] == "run-b/000001" and now["data_sha256"] == plane.store.info("run-b/000001").sha256
+    assert data_sha256(site_dir / MODEL_FILE) == now["data_sha256"] and (site_dir / MODEL_FILE).stat().st_ino != old_inode
+    assert hashlib.sha256((site_dir / MODEL_FILE).read_bytes()).hexdigest() == now["file_sha256"]
     assert sorted(p.name for p in site_dir.iterdir()) == [MODEL_FILE, RELEASE_FILE]
 
 

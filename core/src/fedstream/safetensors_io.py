@@ -19,10 +19,12 @@ MAX_HEADER_BYTES = 100 << 20
 
 
 def encode_header(layout: Layout, metadata: dict[str, str] | None = None) -> bytes:
-    """The 8-byte length prefix and JSON header, padded with spaces to 8-byte alignment."""
+    """The 8-byte length prefix and JSON header, padded with spaces to 8-byte alignment. The
+    metadata's keys are sorted: a version's file has the same bytes however its metadata
+    travelled (a protobuf map has no order)."""
     header: dict[str, object] = {}
     if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
     for t in layout.tensors:
         header[t.name] = {
             "dtype": t.dt.safetensors,

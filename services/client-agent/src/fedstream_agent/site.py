@@ -113,15 +113,21 @@ def install(args: argparse.Namespace, directory: Path) -> bool:
     The model is replaced first, then release.json, each atomically."""
     release = channel_version(args)
     have = installed(directory)
-    if have.get("version") == release.version and have.get("sha256") == release.sha256 \
+    if have.get("version") == release.version and have.get("data_sha256") == release.sha256 \
             and (directory / MODEL_FILE).exists():
         return False
     model = download_release(args, release)
     directory.mkdir(parents=True, exist_ok=True)
-    _replace(directory / MODEL_FILE, [encode_header(model.layout, model.metadata), bytes(model.buffer.data)])
+    pieces = [encode_header(model.layout, model.metadata), bytes(model.buffer.data)]
+    _replace(directory / MODEL_FILE, pieces)
+    file_sha256 = hashlib.sha256()
+    for piece in pieces:
+        file_sha256.update(piece)
+    # data_sha256: the version's tensor data, as the API and the store name it; file_sha256: the
+    # file as written (what `sha256sum model.safetensors` prints: the same as the API's download).
     doc = {"federation": release.federation, "channel": release.channel, "version": release.version,
-           "release_id": release.release_id, "sha256": release.sha256, "released_unix": release.released_unix,
-           "installed_unix": time.time()}
+           "release_id": release.release_id, "data_sha256": release.sha256, "file_sha256": file_sha256.hexdigest(),
+           "released_unix": release.released_unix, "installed_unix": time.time()}
     _replace(directory / RELEASE_FILE, [json.dumps(doc, indent=2).encode() + b"\n"])
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
