@@ -66,6 +66,9 @@ def test_three_camera_owners_train_evaluate_and_deploy(sites, tmp_path, monkeypa
         no_folder = run("fedstream-agent", "infer", "--aggregator", agg, "--run", "fv", "--task", TASK,
                         "--images", str(tmp_path / "none"))
         assert no_folder.returncode == 2 and "is not a folder" in no_folder.stderr
+        no_images = run("fedstream-agent", "infer", "--aggregator", agg, "--run", "fv", "--task", "digits",
+                        "--images", str(images))
+        assert no_images.returncode == 2 and "tasks that can:" in no_images.stderr and TASK in no_images.stderr
         fed.check_alive()
 
 

@@ -224,12 +224,12 @@ class LocalModelStore(ModelStore):
 
     def lineage(self, version: str) -> dict[str, Any]:
         path = self._path(version)
+        if not path.with_suffix(".json").exists():
+            raise ModelNotFound(f"model {version} not found")
         try:
-            if not path.with_suffix(".json").exists():
-                raise FileNotFoundError
             doc: dict[str, Any] = json.loads(path.with_suffix(".lineage.json").read_bytes())
         except FileNotFoundError:
-            raise ModelNotFound(f"model {version} has no lineage") from None
+            raise ModelNotFound(f"model {version} has no lineage (committed before lineages were recorded)") from None
         return doc
 
     def pin(self, version: str) -> None:

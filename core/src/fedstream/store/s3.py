@@ -288,11 +288,11 @@ class S3ModelStore(ModelStore):
     def lineage(self, version: str) -> dict[str, Any]:
         try:
             if not self._exists(self._key(version, ".json")):
-                raise ModelNotFound(f"model {version} has no lineage")
+                raise ModelNotFound(f"model {version} not found")
             doc: dict[str, Any] = json.loads(self._get_bytes(self._key(version, ".lineage.json")))
         except S3Error as e:
             if e.code in _MISSING:
-                raise ModelNotFound(f"model {version} has no lineage") from None
+                raise ModelNotFound(f"model {version} has no lineage (committed before lineages were recorded)") from None
             raise
         return doc
 

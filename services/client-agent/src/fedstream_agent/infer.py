@@ -19,7 +19,7 @@ import grpc
 from fedstream.dialing import AGENT, AGENT_ENVS, add_identity_arguments, dial
 from fedstream.exitcodes import ExitCode
 from fedstream.transfer import DownloadedModel, download_model
-from fedstream_tasks import get_task
+from fedstream_tasks import get_task, known_tasks
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,8 @@ def run_inference(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     predictor = task if isinstance(task, Predictor) else None
     if predictor is None:
-        print(f"error: task {args.task!r} cannot run inference on images", file=sys.stderr)
+        able = ", ".join(sorted(n for n in known_tasks() if isinstance(get_task(n), Predictor)))
+        print(f"error: task {args.task!r} cannot run inference on images (tasks that can: {able})", file=sys.stderr)
         return ExitCode.BAD_SETTINGS
     if not (args.federation if args.channel else args.run and args.aggregator):
         print("error: name the model: --aggregator and --run (and --version), or --federation and --channel",
