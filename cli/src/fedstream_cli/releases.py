@@ -190,6 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             for piece in r.iter_bytes(1 << 20):
                 f.write(piece)
                 done += len(piece)
+                bar.total = max(bar.total, done)  # the weights, then the card, lineage and manifest
                 bar.show(done)
             bar.close()
         manifest = verify_archive(tmp)
