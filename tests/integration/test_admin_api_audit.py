@@ -96,3 +96,14 @@ def test_the_audit_log_is_paged_and_filtered(api):
     assert [(e["action"], e["target"]) for e in by_operator] == [("agent.disable", "agent/site-9")]
     assert is_problem(api.call("GET", "/audit?action=run.explode", admin), 400, "invalid_argument")
     assert is_problem(api.call("GET", "/audit", api.tenants["t1"].tokens["viewer"]), 403, "permission_denied")
+
+
+def test_a_federation_update_is_audited_with_the_fields_it_changes(api):
+    admin = api.tenants["t1"].tokens["admin"]
+    assert api.call("POST", "/federations", admin, json={"federation_id": "f", "spec": SPEC}).status_code == 201
+    assert api.call("PATCH", "/federations/f", admin, json={"description": "d", "clear_schedule": False}).status_code == 200
+    assert api.call("PATCH", "/federations/f", admin, json={"clear_schedule": True}).status_code == 200
+
+    updates = api.call("GET", "/audit?action=federation.update", admin).json()["items"]
+
+    assert [e["detail"]["fields"] for e in updates] == ["description", "clear_schedule"]

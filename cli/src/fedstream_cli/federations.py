@@ -86,7 +86,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     changes = spec_from_args(args)
     if args.synchronous:
         changes["asynchronous"] = None  # null deletes the block: runs are synchronous again
-    body: dict[str, Any] = {"clear_schedule": args.clear_schedule}
+    body: dict[str, Any] = {"clear_schedule": True} if args.clear_schedule else {}
     if changes:
         body["spec"] = changes
     if args.description is not None:

@@ -71,7 +71,9 @@ async def update_federation(
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
         releases=body.releases, site_requests=body.site_requests,
     )
-    changed = ", ".join(sorted(body.model_dump(exclude_unset=True)))
+    # What the request changes: a clear_schedule of false changes nothing.
+    changed = ", ".join(sorted(k for k, v in body.model_dump(exclude_unset=True).items()
+                               if k != "clear_schedule" or v))
     admin.audit.record(who, AuditAction.FEDERATION_UPDATE, f"federation/{federation_id}", fields=changed)
     return federation_body(rec, admin.federations.latest_version(federation_id), admin)
 
