@@ -121,8 +121,13 @@ def ended(run: scheduler_pb2.Run) -> str:
     return f"run {run.run_id} {run_state_from_proto(run.state)}{': ' + run.reason if run.reason else ''}"
 
 
-def _fail(e: grpc.RpcError) -> int:
+def _fail(e: grpc.RpcError, service: str = "", address: str = "") -> int:
+    """Prints the refusal; one the ``service`` at ``address`` could not be reached says which
+    option names another address."""
     print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+    if e.code() == grpc.StatusCode.UNAVAILABLE and service:
+        print(f"the {service} is not reachable at {address}: is it running there? Another address: "
+              f"--{service} HOST:PORT", file=sys.stderr)
     return 1
 
 
@@ -137,7 +142,7 @@ def cmd_run_start(args: argparse.Namespace) -> int:
             print(f"{ended(run)}; latest model {run.latest_version or '-'}")
             return 0 if run_state_from_proto(run.state) == RunState.SUCCEEDED else 1
     except grpc.RpcError as e:
-        return _fail(e)
+        return _fail(e, "scheduler", args.scheduler)
     return 0
 
 
@@ -146,7 +151,7 @@ def cmd_run_get(args: argparse.Namespace) -> int:
     try:
         run = stub.GetRun(scheduler_pb2.GetRunRequest(run_id=args.run_id), timeout=10)
     except grpc.RpcError as e:
-        return _fail(e)
+        return _fail(e, "scheduler", args.scheduler)
     print(json.dumps(json_format.MessageToDict(run, preserving_proto_field_name=True), indent=2))
     return 0
 
@@ -156,7 +161,7 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
     try:
         run = watch(stub, args.run_id, RoundPrinter())
     except grpc.RpcError as e:
-        return _fail(e)
+        return _fail(e, "scheduler", args.scheduler)
     print(f"run {run.run_id} {run_state_from_proto(run.state)}; latest model {run.latest_version or '-'}")
     return 0 if run_state_from_proto(run.state) == RunState.SUCCEEDED else 1
 
@@ -189,7 +194,7 @@ def cmd_model_download(args: argparse.Namespace) -> int:
         print(f"\nwrote {out} ({first.header.version}, {layout.total_bytes} bytes, {took:.1f} s)", file=sys.stderr)
     except grpc.RpcError as e:
         tmp.unlink(missing_ok=True)
-        return _fail(e)
+        return _fail(e, "aggregator", args.aggregator)
     return 0
 
 
