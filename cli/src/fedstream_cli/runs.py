@@ -119,8 +119,8 @@ def run_summary(run: dict[str, Any]) -> list[str]:
 def cmd_list(args: argparse.Namespace) -> int:
     query = "&".join(f"{k}={v}" for k, v in (("federation", args.federation), ("state", args.state)) if v)
     return list_command(args, "/runs" + (f"?{query}" if query else ""),
-                        f"{'RUN':32} {'FEDERATION':20} {'STATE':10} {'TRIGGER':9} {'ROUNDS':>6} LATEST",
-                        lambda r: f"{r['run_id']:32} {r['federation'] or '-':20} {r['state']:10} {r['trigger']:9} "
+                        f"{'RUN':32} {'FEDERATION':20} {'STATE':10} {'TRIGGER':12} {'ROUNDS':>6} LATEST",
+                        lambda r: f"{r['run_id']:32} {r['federation'] or '-':20} {r['state']:10} {r['trigger']:12} "
                         f"{r['rounds_committed']:>6} {r['latest_version'] or '-'}")
 
 
