@@ -13,7 +13,7 @@ export function loginPage(ctx, signIn) {
   const form = h("form", { class: "login", id: "login" },
     h("h1", {}, "Sign in to the fedstream console"),
     h("p", {}, "Paste an API token of this tenant (", h("code", {}, "fedstream tokens create"),
-      " makes one). It stays in this browser tab only, and leaves with it."),
+      " makes one; the scheduler's bootstrap token works too). It stays in this browser tab only, and leaves with it."),
     h("label", { for: "token" }, "API token"), input,
     h("button", { type: "submit", id: "sign-in" }, "Sign in"), error);
   form.addEventListener("submit", async (event) => {
