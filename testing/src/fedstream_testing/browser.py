@@ -133,7 +133,9 @@ def sign_in(driver: WebDriver, console: Console, role: str) -> None:
     field_ = wait_for(driver, "#token")
     field_.send_keys(console.tokens[role])
     driver.find_element(By.ID, "sign-in").click()
-    wait_for(driver, "#logout")
+    # Signed in once the page it leads to is drawn (a #logout of the tab's previous token may
+    # still be on the sign-in page until then).
+    wait_until(driver, "return document.body.dataset.shown === 'federations'")
 
 
 def wait_for(driver: WebDriver, css: str, timeout: float = 30) -> WebElement:

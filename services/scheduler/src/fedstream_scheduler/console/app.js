@@ -132,6 +132,7 @@ let routing = 0; // the newest call of route: an older one still waiting gives w
 async function route() {
   const mine = ++routing;
   current?.stop();
+  delete document.body.dataset.shown;
   const main = document.getElementById("view");
   const { path, query } = parseHash();
   try {
@@ -155,9 +156,12 @@ async function route() {
         throw e;
       }
       flash("");
+      // Another page asked for meanwhile: show it, signed in, rather than leave for the default.
+      if (mine !== routing) { await route(); return; }
       const target = path && path !== "login" ? location.hash : "#/federations";
       if (location.hash === target) await route(); else location.hash = target;
     });
+    document.body.dataset.shown = "login";
     return;
   }
   const found = ROUTES.map(([re, page]) => [path.match(re), page]).find(([m]) => m);
@@ -167,7 +171,6 @@ async function route() {
   const ctx = context(main, query, match.slice(1));
   current = ctx;
   document.body.dataset.page = path.split("/")[0];
-  delete document.body.dataset.shown;
   try {
     const content = await page(ctx);
     if (ctx.alive) {
