@@ -49,9 +49,10 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/fedstream demo
 
-# The gates first: any lint or type error fails the target before a test runs.
+# The gates first: any lint or type error fails the target before a test runs. system-deps
+# installed the browser: its tests fail rather than skip when it is missing.
 test: lint typecheck $(STAMP) $(TOOLS_STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	FEDSTREAM_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 # The unit tier: no process, no server, no socket; under a minute. It runs the gates too: ruff
 # takes well under a second and mypy a few seconds from its cache (about a minute on a cold one).

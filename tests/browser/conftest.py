@@ -3,6 +3,7 @@ chromium-driver, installed by make system-deps) against a federation of real pro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +27,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 @pytest.fixture(scope="module")
 def driver():
     why = missing_browser()
+    if why and os.environ.get("FEDSTREAM_REQUIRE_BROWSER"):
+        pytest.fail(f"make test installs the browser, yet {why}")  # never a silent skip in CI
     if why:
         pytest.skip(why)
     d = chromium()

@@ -208,6 +208,19 @@ ENDPOINTS = [
 IDS = [f"{m} {p}" for m, p, *_ in ENDPOINTS]
 
 
+def every_page(api: Api, path: str, token: str) -> tuple[list[dict], int]:
+    """Every item of a paged list, following next_page_token, and how many pages it took."""
+    items: list[dict] = []
+    page_token, pages = "", 0
+    while True:
+        page = api.call("GET", f"{path}&page_token={page_token}", token).json()
+        items += page["items"]
+        pages += 1
+        page_token = page["next_page_token"]
+        if page_token is None:
+            return items, pages
+
+
 def is_problem(r: httpx.Response, status: int, code: str) -> bool:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"

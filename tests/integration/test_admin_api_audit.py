@@ -3,7 +3,7 @@ each tenant's log its own, paged and filtered."""
 
 from __future__ import annotations
 
-from test_admin_api import SPEC, api, is_problem, register_agent, setup_model, start_waiting_run
+from test_admin_api import SPEC, api, every_page, is_problem, register_agent, setup_model, start_waiting_run
 
 __all__ = ["api"]  # the fixture
 
@@ -79,14 +79,8 @@ def test_the_audit_log_is_paged_and_filtered(api):
     register_agent(api, "t1", "site-9")
     api.call("POST", "/agents/site-9/disable", api.tenants["t1"].tokens["operator"])
 
-    seen, token, pages = [], "", 0
-    while True:
-        page = api.call("GET", f"/audit?limit=2&page_token={token}", admin).json()
-        seen += [e["action"] for e in page["items"]]
-        pages += 1
-        token = page["next_page_token"]
-        if token is None:
-            break
+    entries, pages = every_page(api, "/audit?limit=2", admin)
+    seen = [e["action"] for e in entries]
     creates = api.call("GET", "/audit?action=token.create&limit=3", admin).json()
     operator_id = next(t.token_id for t in api.tenants["t1"].admin.state.list_tokens() if t.name == "operator token")
     by_operator = api.call("GET", f"/audit?actor=token/{operator_id}", admin).json()["items"]

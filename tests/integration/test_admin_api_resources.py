@@ -13,6 +13,7 @@ from test_admin_api import (
     ENDPOINTS,
     SPEC,
     api,
+    every_page,
     is_problem,
     make_federation,
     register_agent,
@@ -86,14 +87,8 @@ def test_pagination_and_filters(api):
     admin = api.tenants["t1"].tokens["admin"]
     for i in range(7):
         make_federation(api, "t1", f"f{i}")
-    seen, token, pages = [], "", 0
-    while True:
-        page = api.call("GET", f"/federations?limit=3&page_token={token}", admin).json()
-        seen += [f["federation_id"] for f in page["items"]]
-        pages += 1
-        token = page["next_page_token"]
-        if token is None:
-            break
+    federations, pages = every_page(api, "/federations?limit=3", admin)
+    seen = [f["federation_id"] for f in federations]
     assert seen == [f"f{i}" for i in range(7)] and pages == 3
     assert is_problem(api.call("GET", "/federations?page_token=abc", admin), 400, "invalid_argument")
     assert is_problem(api.call("GET", "/federations?limit=0", admin), 400, "invalid_argument")
