@@ -13,6 +13,7 @@ from typing import TypeVar
 from google.protobuf import json_format
 
 from fedstream.errors import InvalidArgument
+from fedstream.privacy import PrivacySpec, SecureAggregationSpec
 from fedstream.rounds import (
     Assignment,
     RoundKind,
@@ -131,7 +132,39 @@ def plan_to_proto(plan: RoundPlan) -> aggregator_pb2.RoundPlan:
     msg.strategy.params.update(plan.params())
     if plan.buffer is not None:
         msg.buffer.CopyFrom(buffer_to_proto(plan.buffer))
+    if plan.privacy is not None:
+        msg.privacy.CopyFrom(privacy_to_proto(plan.privacy))
+    if plan.secure_aggregation is not None:
+        msg.secure_aggregation.CopyFrom(secagg_to_proto(plan.secure_aggregation))
     return msg
+
+
+def privacy_to_proto(p: PrivacySpec) -> round_pb2.PrivacySpec:
+    return round_pb2.PrivacySpec(
+        mode=p.mode.value, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+        epsilon_budget=p.epsilon_budget, delta=p.delta,
+    )
+
+
+def privacy_from_proto(msg: round_pb2.PrivacySpec) -> PrivacySpec:
+    """Raises InvalidArgument for an unknown mode or a setting out of range."""
+    return PrivacySpec.from_dict({
+        "mode": msg.mode, "clip_norm": msg.clip_norm, "noise_multiplier": msg.noise_multiplier,
+        "epsilon_budget": msg.epsilon_budget, "delta": msg.delta,
+    }).check()
+
+
+def secagg_to_proto(s: SecureAggregationSpec) -> round_pb2.SecureAggregationSpec:
+    return round_pb2.SecureAggregationSpec(
+        max_dropout=s.max_dropout, clip_range=s.clip_range, step_timeout_s=s.step_timeout_s,
+    )
+
+
+def secagg_from_proto(msg: round_pb2.SecureAggregationSpec) -> SecureAggregationSpec:
+    """Raises InvalidArgument for a setting out of range."""
+    return SecureAggregationSpec(
+        max_dropout=msg.max_dropout, clip_range=msg.clip_range, step_timeout_s=msg.step_timeout_s,
+    ).check()
 
 
 def buffer_to_proto(b: BufferSpec) -> round_pb2.AsynchronousSpec:
@@ -168,6 +201,8 @@ def plan_from_proto(msg: aggregator_pb2.RoundPlan) -> RoundPlan:
         distill=msg.distill,
         target_updates=msg.target_updates,
         buffer=buffer_from_proto(msg.buffer) if msg.HasField("buffer") else None,
+        privacy=privacy_from_proto(msg.privacy) if msg.HasField("privacy") else None,
+        secure_aggregation=secagg_from_proto(msg.secure_aggregation) if msg.HasField("secure_aggregation") else None,
         lineage_context=msg.lineage_context,
     )
 
@@ -200,7 +235,7 @@ def snapshot_from_proto(e: aggregator_pb2.RoundEvent) -> RoundSnapshot:
 
 
 def training_to_proto(t: TrainingConfig) -> round_pb2.TrainingConfig:
-    return round_pb2.TrainingConfig(
+    msg = round_pb2.TrainingConfig(
         local_epochs=t.local_epochs,
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,
@@ -211,6 +246,11 @@ def training_to_proto(t: TrainingConfig) -> round_pb2.TrainingConfig:
         compression=t.compression,
         upload_delta=t.upload_delta,
     )
+    if t.privacy is not None:
+        msg.privacy.CopyFrom(privacy_to_proto(t.privacy))
+    if t.secure_aggregation is not None:
+        msg.secure_aggregation.CopyFrom(secagg_to_proto(t.secure_aggregation))
+    return msg
 
 
 def training_from_proto(t: round_pb2.TrainingConfig) -> TrainingConfig:
@@ -225,6 +265,8 @@ def training_from_proto(t: round_pb2.TrainingConfig) -> TrainingConfig:
         shared_only=t.shared_only,
         compression=t.compression or "none",
         upload_delta=t.upload_delta,
+        privacy=privacy_from_proto(t.privacy) if t.HasField("privacy") else None,
+        secure_aggregation=secagg_from_proto(t.secure_aggregation) if t.HasField("secure_aggregation") else None,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fedstream.privacy import PrivacySpec, SecureAggregationSpec
 from fedstream.staleness import BufferSpec
 
 
@@ -179,6 +180,10 @@ class RoundPlan:
         return min(self.target_updates, everyone) if self.target_updates else everyone
     # A buffer of a buffered asynchronous run (fedstream.staleness); None: a synchronous round.
     buffer: BufferSpec | None = None
+    # Differential privacy of a training round (fedstream.privacy); None: none.
+    privacy: PrivacySpec | None = None
+    # Secure aggregation of a training round (fedstream.privacy); None: plain uploads.
+    secure_aggregation: SecureAggregationSpec | None = None
     # What the scheduler adds to the lineage of the version this round commits (a JSON object
     # as text, see fedstream.lineage); "" adds nothing. Not part of the plan's identity: a
     # scheduler that opens the round again (after a restart, an upgrade) opens the same round.
@@ -206,6 +211,8 @@ class RoundPlan:
             "distill": self.distill,
             "target_updates": self.target_updates,
             **({"buffer": self.buffer.to_dict()} if self.buffer is not None else {}),
+            **({"privacy": self.privacy.to_dict()} if self.privacy is not None else {}),
+            **({"secure_aggregation": self.secure_aggregation.to_dict()} if self.secure_aggregation is not None else {}),
             **({"lineage_context": self.lineage_context} if self.lineage_context else {}),
         }
 
@@ -227,6 +234,10 @@ class RoundPlan:
             distill=bool(d.get("distill", False)),
             target_updates=int(d.get("target_updates", 0)),
             buffer=BufferSpec.from_dict(d["buffer"]) if d.get("buffer") else None,
+            privacy=PrivacySpec.from_dict(d["privacy"]) if d.get("privacy") else None,
+            secure_aggregation=(
+                SecureAggregationSpec.from_dict(d["secure_aggregation"]) if d.get("secure_aggregation") else None
+            ),
             lineage_context=str(d.get("lineage_context", "")),
         )
 
@@ -274,6 +285,12 @@ class TrainingConfig:
     shared_only: bool = False
     # Buffered asynchronous runs: floating tensors travel as their change from the base version.
     upload_delta: bool = False
+    # Differential privacy (local mode: the agent clips and noises its change; central mode
+    # with secure aggregation: the agent clips it); None: none.
+    privacy: PrivacySpec | None = None
+    # Secure aggregation: the agent takes part in the key exchange and uploads its change
+    # quantized and masked; None: plain uploads.
+    secure_aggregation: SecureAggregationSpec | None = None
 
 
 @dataclass(frozen=True)

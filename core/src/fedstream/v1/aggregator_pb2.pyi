@@ -137,7 +137,7 @@ class AbortRoundResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[_round_pb2.RoundState, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates", "buffer", "lineage_context")
+    __slots__ = ("run_id", "round", "kind", "base_version", "participants", "min_updates", "deadline_unix", "strategy", "compression", "partial", "task", "distill", "target_updates", "buffer", "lineage_context", "privacy", "secure_aggregation")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,8 @@ class RoundPlan(_message.Message):
     TARGET_UPDATES_FIELD_NUMBER: _ClassVar[int]
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -168,7 +170,9 @@ class RoundPlan(_message.Message):
     target_updates: int
     buffer: _round_pb2.AsynchronousSpec
     lineage_context: str
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ..., buffer: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ..., lineage_context: _Optional[str] = ...) -> None: ...
+    privacy: _round_pb2.PrivacySpec
+    secure_aggregation: _round_pb2.SecureAggregationSpec
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., base_version: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., min_updates: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., compression: _Optional[str] = ..., partial: _Optional[bool] = ..., task: _Optional[str] = ..., distill: _Optional[bool] = ..., target_updates: _Optional[int] = ..., buffer: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ..., lineage_context: _Optional[str] = ..., privacy: _Optional[_Union[_round_pb2.PrivacySpec, _Mapping]] = ..., secure_aggregation: _Optional[_Union[_round_pb2.SecureAggregationSpec, _Mapping]] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ("endpoints",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64stream/v1/round.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xc3\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05no_op\x18\x05 \x01(\x08\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x13\n\x0bshared_only\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\x12\x14\n\x0cupload_delta\x18\x14 \x01(\x08\"E\n\x0cStrategySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xff\x01\n\x0cUpdateReport\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.fedstream.v1.UpdateReport.MetricsEntry\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x14\n\x0ctask_version\x18\x06 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\rStalenessSpec\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\t\n\x01\x61\x18\x02 \x01(\x01\x12\t\n\x01\x62\x18\x03 \x01(\x01\"\x83\x01\n\x10\x41synchronousSpec\x12\x13\n\x0b\x62uffer_size\x18\x01 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\x12.\n\tstaleness\x18\x03 \x01(\x0b\x32\x1b.fedstream.v1.StalenessSpec\x12\x15\n\rmax_staleness\x18\x04 \x01(\r*k\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUND_KIND_INIT\x10\x01\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x02\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x03*\xc4\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x18\n\x14ROUND_STATE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x03\x12\x19\n\x15ROUND_STATE_COMMITTED\x10\x04\x12\x16\n\x12ROUND_STATE_FAILED\x10\x05\x12\x19\n\x15ROUND_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64stream/v1/round.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb0\x02\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05no_op\x18\x05 \x01(\x08\x12\x13\n\x0bproximal_mu\x18\x06 \x01(\x01\x12\x13\n\x0bshared_only\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\x12\x14\n\x0cupload_delta\x18\x14 \x01(\x08\x12*\n\x07privacy\x18\x15 \x01(\x0b\x32\x19.fedstream.v1.PrivacySpec\x12?\n\x12secure_aggregation\x18\x16 \x01(\x0b\x32#.fedstream.v1.SecureAggregationSpec\"E\n\x0cStrategySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xff\x01\n\x0cUpdateReport\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.fedstream.v1.UpdateReport.MetricsEntry\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x14\n\x0ctask_version\x18\x06 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\rStalenessSpec\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\t\n\x01\x61\x18\x02 \x01(\x01\x12\t\n\x01\x62\x18\x03 \x01(\x01\"o\n\x0bPrivacySpec\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"X\n\x15SecureAggregationSpec\x12\x13\n\x0bmax_dropout\x18\x01 \x01(\x01\x12\x12\n\nclip_range\x18\x02 \x01(\x01\x12\x16\n\x0estep_timeout_s\x18\x03 \x01(\x01\"\x83\x01\n\x10\x41synchronousSpec\x12\x13\n\x0b\x62uffer_size\x18\x01 \x01(\r\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\x12.\n\tstaleness\x18\x03 \x01(\x0b\x32\x1b.fedstream.v1.StalenessSpec\x12\x15\n\rmax_staleness\x18\x04 \x01(\r*k\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUND_KIND_INIT\x10\x01\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x02\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x03*\xc4\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x18\n\x14ROUND_STATE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x03\x12\x19\n\x15ROUND_STATE_COMMITTED\x10\x04\x12\x16\n\x12ROUND_STATE_FAILED\x10\x05\x12\x19\n\x15ROUND_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEREPORT_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEREPORT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ROUNDKIND']._serialized_start=790
-  _globals['_ROUNDKIND']._serialized_end=897
-  _globals['_ROUNDSTATE']._serialized_start=900
-  _globals['_ROUNDSTATE']._serialized_end=1096
+  _globals['_ROUNDKIND']._serialized_start=1102
+  _globals['_ROUNDKIND']._serialized_end=1209
+  _globals['_ROUNDSTATE']._serialized_start=1212
+  _globals['_ROUNDSTATE']._serialized_end=1408
   _globals['_TRAININGCONFIG']._serialized_start=73
-  _globals['_TRAININGCONFIG']._serialized_end=268
-  _globals['_STRATEGYSPEC']._serialized_start=270
-  _globals['_STRATEGYSPEC']._serialized_end=339
-  _globals['_UPDATEREPORT']._serialized_start=342
-  _globals['_UPDATEREPORT']._serialized_end=597
-  _globals['_UPDATEREPORT_METRICSENTRY']._serialized_start=551
-  _globals['_UPDATEREPORT_METRICSENTRY']._serialized_end=597
-  _globals['_STALENESSSPEC']._serialized_start=599
-  _globals['_STALENESSSPEC']._serialized_end=654
-  _globals['_ASYNCHRONOUSSPEC']._serialized_start=657
-  _globals['_ASYNCHRONOUSSPEC']._serialized_end=788
+  _globals['_TRAININGCONFIG']._serialized_end=377
+  _globals['_STRATEGYSPEC']._serialized_start=379
+  _globals['_STRATEGYSPEC']._serialized_end=448
+  _globals['_UPDATEREPORT']._serialized_start=451
+  _globals['_UPDATEREPORT']._serialized_end=706
+  _globals['_UPDATEREPORT_METRICSENTRY']._serialized_start=660
+  _globals['_UPDATEREPORT_METRICSENTRY']._serialized_end=706
+  _globals['_STALENESSSPEC']._serialized_start=708
+  _globals['_STALENESSSPEC']._serialized_end=763
+  _globals['_PRIVACYSPEC']._serialized_start=765
+  _globals['_PRIVACYSPEC']._serialized_end=876
+  _globals['_SECUREAGGREGATIONSPEC']._serialized_start=878
+  _globals['_SECUREAGGREGATIONSPEC']._serialized_end=966
+  _globals['_ASYNCHRONOUSSPEC']._serialized_start=969
+  _globals['_ASYNCHRONOUSSPEC']._serialized_end=1100
 # @@protoc_insertion_point(module_scope)

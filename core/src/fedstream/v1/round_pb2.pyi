@@ -37,7 +37,7 @@ ROUND_STATE_FAILED: RoundState
 ROUND_STATE_CANCELLED: RoundState
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression", "upload_delta")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "no_op", "proximal_mu", "shared_only", "compression", "upload_delta", "privacy", "secure_aggregation")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class TrainingConfig(_message.Message):
     SHARED_ONLY_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_DELTA_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
@@ -56,7 +58,9 @@ class TrainingConfig(_message.Message):
     shared_only: bool
     compression: str
     upload_delta: bool
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ..., compression: _Optional[str] = ..., upload_delta: _Optional[bool] = ...) -> None: ...
+    privacy: PrivacySpec
+    secure_aggregation: SecureAggregationSpec
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., no_op: _Optional[bool] = ..., proximal_mu: _Optional[float] = ..., shared_only: _Optional[bool] = ..., compression: _Optional[str] = ..., upload_delta: _Optional[bool] = ..., privacy: _Optional[_Union[PrivacySpec, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregationSpec, _Mapping]] = ...) -> None: ...
 
 class StrategySpec(_message.Message):
     __slots__ = ("name", "params")
@@ -100,6 +104,30 @@ class StalenessSpec(_message.Message):
     a: float
     b: float
     def __init__(self, function: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ...) -> None: ...
+
+class PrivacySpec(_message.Message):
+    __slots__ = ("mode", "clip_norm", "noise_multiplier", "epsilon_budget", "delta")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    clip_norm: float
+    noise_multiplier: float
+    epsilon_budget: float
+    delta: float
+    def __init__(self, mode: _Optional[str] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class SecureAggregationSpec(_message.Message):
+    __slots__ = ("max_dropout", "clip_range", "step_timeout_s")
+    MAX_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    CLIP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    max_dropout: float
+    clip_range: float
+    step_timeout_s: float
+    def __init__(self, max_dropout: _Optional[float] = ..., clip_range: _Optional[float] = ..., step_timeout_s: _Optional[float] = ...) -> None: ...
 
 class AsynchronousSpec(_message.Message):
     __slots__ = ("buffer_size", "concurrency", "staleness", "max_staleness")

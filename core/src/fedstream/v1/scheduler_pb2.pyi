@@ -177,7 +177,7 @@ class AgentEvent(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only", "fraction", "target_updates", "selection", "asynchronous")
+    __slots__ = ("task", "rounds", "min_agents", "max_agents", "round_timeout_s", "min_updates", "training", "initial_version", "wait_for_agents_s", "strategy", "evaluate_every", "evaluate_only", "fraction", "target_updates", "selection", "asynchronous", "privacy", "secure_aggregation")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,8 @@ class RunSpec(_message.Message):
     TARGET_UPDATES_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     ASYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     task: str
     rounds: int
     min_agents: int
@@ -210,7 +212,9 @@ class RunSpec(_message.Message):
     target_updates: int
     selection: SelectionSpec
     asynchronous: _round_pb2.AsynchronousSpec
-    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., fraction: _Optional[float] = ..., target_updates: _Optional[int] = ..., selection: _Optional[_Union[SelectionSpec, _Mapping]] = ..., asynchronous: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ...) -> None: ...
+    privacy: _round_pb2.PrivacySpec
+    secure_aggregation: _round_pb2.SecureAggregationSpec
+    def __init__(self, task: _Optional[str] = ..., rounds: _Optional[int] = ..., min_agents: _Optional[int] = ..., max_agents: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., min_updates: _Optional[int] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., initial_version: _Optional[str] = ..., wait_for_agents_s: _Optional[float] = ..., strategy: _Optional[_Union[_round_pb2.StrategySpec, _Mapping]] = ..., evaluate_every: _Optional[int] = ..., evaluate_only: _Optional[bool] = ..., fraction: _Optional[float] = ..., target_updates: _Optional[int] = ..., selection: _Optional[_Union[SelectionSpec, _Mapping]] = ..., asynchronous: _Optional[_Union[_round_pb2.AsynchronousSpec, _Mapping]] = ..., privacy: _Optional[_Union[_round_pb2.PrivacySpec, _Mapping]] = ..., secure_aggregation: _Optional[_Union[_round_pb2.SecureAggregationSpec, _Mapping]] = ...) -> None: ...
 
 class SelectionSpec(_message.Message):
     __slots__ = ("prefer_fast", "fairness_floor")
