@@ -94,12 +94,28 @@ def _object(context: dict[str, Any], key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _privacy(plan: RoundPlan, figures: dict[str, float], context: dict[str, Any]) -> dict[str, Any] | None:
+    """A private round's differential privacy: its settings, the updates counted and (central
+    mode) clipped, and what the scheduler adds in the context's ``privacy`` object."""
+    if plan.privacy is None:
+        return None
+    block: dict[str, Any] = {
+        "mode": plan.privacy.mode.value,
+        "clip_norm": plan.privacy.clip_norm,
+        "noise_multiplier": plan.privacy.noise_multiplier,
+        "updates_counted": int(figures.get("dp_updates_counted", 0)),
+    }
+    if "dp_updates_clipped" in figures:
+        block["updates_clipped"] = int(figures["dp_updates_clipped"])
+    return {**block, **(_object(context, "privacy") or {})}
+
+
 def build_lineage(
     plan: RoundPlan, version: str, reports: list[UpdateReport], stragglers: list[str], committed_unix: float,
     *, figures: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The lineage document of the version a round commits. ``figures`` are the finisher's
-    (distillation's figures when it distilled)."""
+    (distillation's figures when it distilled; a private round's counts, ``privacy``)."""
     context = parse_context(plan.lineage_context)
     code = {"aggregator": package_versions(AGGREGATOR_PACKAGES)}
     scheduler_code = _object(context, "code")
@@ -122,6 +138,7 @@ def build_lineage(
         "compression": plan.compression,
         "distillation": distillation,
         "asynchronous": plan.buffer.to_dict() if plan.buffer is not None else None,
+        "privacy": _privacy(plan, figures or {}, context),
         "training": _object(context, "training"),
         "selection": _object(context, "selection"),
         "task": {"name": plan.task, "version": _task_version(plan.task, reports)},

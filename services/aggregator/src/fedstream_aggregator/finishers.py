@@ -29,6 +29,7 @@ from fedstream.strategies.robust import pairwise_sq_dist_update
 from fedstream.tensors import FlatBuffer, Layout, TensorSpec
 from fedstream_aggregator.blocks import Blocks
 from fedstream_aggregator.distill import Distiller
+from fedstream_aggregator.privacy import central_noise, is_private, privacy_figures
 from fedstream_aggregator.rounds import Round
 from fedstream_aggregator.spool import SpoolPool, copy_out
 
@@ -184,7 +185,9 @@ def _write_values(writer: ModelWriter, spec: TensorSpec, values: np.ndarray) -> 
 class LinearFinisher(VersionFinisher):
     """The strategy's server update of each weighted mean, reading the base tensor and the
     strategy's state as it needs them, and writing its new state beside the version (before
-    the version itself)."""
+    the version itself). Under central differential privacy the mean is that of the clipped
+    changes with calibrated Gaussian noise (fedstream_aggregator.privacy) before the base is
+    added back and the strategy's server update runs (post-processing)."""
 
     def __init__(self, storage: Storage, strategy: LinearStrategy) -> None:
         super().__init__(storage)
@@ -196,9 +199,12 @@ class LinearFinisher(VersionFinisher):
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
-        # The means of floating tensors are changes: int8 updates, and buffered asynchronous ones
-        # (but for normalisation statistics, which asynchronous agents send as values).
-        deltas = plan.compression == "int8" or plan.buffer is not None
+        # The means of floating tensors are changes: int8 updates, buffered asynchronous ones
+        # (but for normalisation statistics, which asynchronous agents send as values), and
+        # private ones (statistics included; their other tensors keep the base's values).
+        private = is_private(plan)
+        deltas = plan.compression == "int8" or plan.buffer is not None or private
+        noise = central_noise(plan, rnd.accumulator)
         with contextlib.ExitStack() as stack:
             base = None
             if strategy.needs_base or deltas:
@@ -208,7 +214,11 @@ class LinearFinisher(VersionFinisher):
             sink = stack.enter_context(_StateSink(new_state, slots, self.storage.spools.directory)) if new_state is not None else None
             for spec, first, mean in rnd.accumulator.means():
                 base_values = base.tensor(spec, first, mean.size) if base is not None else None
-                if base_values is not None and deltas and spec.dt.is_float and not (
+                if noise is not None:
+                    mean = noise.apply(spec, mean)
+                if base_values is not None and private and not spec.dt.is_float:
+                    mean = base_values.copy()  # a count of this site's batches would leak its data's size
+                elif base_values is not None and deltas and spec.dt.is_float and not (
                     plan.buffer is not None and is_statistic(spec.name)  # values, not changes
                 ):
                     mean = base_values + mean
@@ -222,7 +232,7 @@ class LinearFinisher(VersionFinisher):
                     sink.add(spec, first, mean.size, state_out)
             if new_state is not None:
                 new_state.commit(set_latest=False)
-        return {}
+        return privacy_figures(plan, list(rnd.reports.values()))
 
     def _old_state(self, stack: contextlib.ExitStack, plan: RoundPlan, state_layout: Layout) -> Blocks | None:
         """The strategy state stored with the base version, None when it has none."""

@@ -110,9 +110,13 @@ class Hierarchy:
 
     def shares(self, plan: RoundPlan, strategy: Strategy) -> dict[int, tuple[str, ...]]:
         """Deals a root's training round round-robin among its leaves; init rounds, robust
-        strategies and distillation (which need every update in one place) stay on the root."""
+        strategies and distillation (which need every update in one place) stay on the root, and
+        so do rounds under differential privacy or secure aggregation (each update is clipped,
+        or unmasked, where it is counted)."""
         linear = isinstance(strategy, LinearStrategy)
         if not self.leaves or plan.kind is not RoundKind.TRAIN or not linear or plan.partial or plan.distill:
+            return {}
+        if plan.privacy is not None or plan.secure_aggregation is not None:
             return {}
         n = len(self.leaves)
         return {i: plan.participants[i::n] for i in range(n) if plan.participants[i::n]}

@@ -6,6 +6,7 @@ never touches the accumulator."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import numpy as np
 
 from fedstream.aggregation import to_accumulator
 from fedstream.compression import SCALE_SUFFIX
+from fedstream.dp import clip_factor, sum_of_squares
 from fedstream.errors import (
     AgentNotSelected,
     FailedPrecondition,
@@ -31,6 +33,7 @@ from fedstream.errors import (
 )
 from fedstream.logs import log_context
 from fedstream.metrics import LIMIT_HITS
+from fedstream.privacy import DPMode
 from fedstream.provenance import Provenance
 from fedstream.rounds import RoundKind, UpdateReport
 from fedstream.store import ModelStore
@@ -81,11 +84,13 @@ class UpdateHeader:
     provenance: Provenance = field(default_factory=Provenance)
 
 
-def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -> None:
+def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None], *, measure: bool = False) -> float:
     """Raises NonFinite naming the first floating tensor of the update that holds a NaN or an
     infinity (scales of compressed updates included): such an update would poison the round's
-    mean, so it is refused before it counts. Reads the spooled update piece by piece."""
+    mean, so it is refused before it counts. Reads the spooled update piece by piece. Returns
+    the L2 norm of its floating tensors when ``measure`` (in the same pass), else 0."""
     piece = bytearray(FINITE_PIECE_BYTES)
+    squares = 0.0
     for t in layout.tensors:
         if not t.dt.is_float or t.nbytes == 0:
             continue
@@ -99,7 +104,10 @@ def check_finite(layout: Layout, read_into: Callable[[int, memoryview], None]) -
             if not np.isfinite(values).all():
                 bad = int(np.flatnonzero(~np.isfinite(values))[0]) + start // item
                 raise NonFinite(f"tensor {t.name!r} holds NaN or infinite values (first at element {bad})")
+            if measure:
+                squares += sum_of_squares(values)
     _check_int8_scales(layout, read_into)
+    return math.sqrt(squares)
 
 
 # The largest int8 scale whose every value (at most 127 times the scale) is a finite float32.
@@ -327,6 +335,8 @@ class Ingest:
             if problem:
                 how = "" if plan.compression == "none" else f" sent as {plan.compression}"
                 raise InvalidLayout(f"update does not match model {plan.base_version}{how}: {problem}")
+            if plan.privacy is not None:
+                return 1.0  # every update weighs the same (central mode: its clip factor, once measured)
             return rnd.strategy.weight(header.num_examples, header.metrics)
         if plan.kind is RoundKind.EVALUATE:
             if header.layout.tensors:
@@ -393,7 +403,10 @@ class Ingest:
         with rnd.lock:  # received whole: closing the round no longer ends this stream
             rnd.closers.pop(agent, None)
         if plan.kind.uploads_model:
-            check_finite(header.layout, spool.read_into)
+            clipping = plan.kind is RoundKind.TRAIN and plan.privacy is not None and plan.privacy.mode is DPMode.CENTRAL
+            norm = check_finite(header.layout, spool.read_into, measure=clipping)
+            if clipping:
+                weight = self._clip_weight(rnd, norm)
         before_count()  # the agent may have been revoked while it uploaded
         if rnd.keeps_updates:
             rnd.check_accepting(self.table.clock())
@@ -406,6 +419,8 @@ class Ingest:
             raise
         if not counted:
             return True, False
+        if report.weight < 1.0 and plan.privacy is not None and plan.privacy.mode is DPMode.CENTRAL:
+            m.DP_UPDATES_CLIPPED.labels(self.tenant).inc()  # a count only: norms would leak
         with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
             log.info("update folded: %d examples, %d bytes (%s) in %.2f s", header.num_examples, received,
                      f"resumed at {header.resume_offset}" if header.resume_offset else "whole",
@@ -414,6 +429,16 @@ class Ingest:
         if complete:
             self.committer.close(rnd, closing_reason(plan, len(rnd.reports)))
         return False, keep_spool
+
+    def _clip_weight(self, rnd: Round, norm: float) -> float:
+        """Central differential privacy: the update's weight is its clip factor min(1, C / norm)
+        (the accumulator's mean times the sum of weights over n is then the mean of the clipped
+        changes). The norm itself is not reported anywhere (it would leak). Raises InvalidArgument when the factor is too small to represent."""
+        assert rnd.plan.privacy is not None
+        factor = clip_factor(norm, rnd.plan.privacy.clip_norm)
+        if not factor > 0:
+            raise InvalidArgument("the update's change is too large to clip to privacy.clip_norm")
+        return factor
 
     def _count(self, rnd: Round, report: UpdateReport, layout: Layout, spool: Spool) -> tuple[bool, bool, bool]:
         """Counts a verified update in the journal and folds it; returns (counted, the round

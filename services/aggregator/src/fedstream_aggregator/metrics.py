@@ -29,3 +29,7 @@ STALENESS = Histogram(
 )
 BUFFER_FILL = Gauge("fedstream_buffer_fill", "Updates counted in the open buffer of asynchronous runs, as a share "
                     "of the buffer size (the newest buffer counted into).", ["tenant"])
+DP_UPDATES_CLIPPED = Counter(
+    "fedstream_dp_updates_clipped_total", "Updates of rounds under central differential privacy whose change was "
+    "clipped to the clip norm (a count only: norms would leak).", ["tenant"],
+)

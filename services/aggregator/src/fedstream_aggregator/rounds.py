@@ -26,6 +26,7 @@ from fedstream.errors import (
 )
 from fedstream.ids import check_run_id
 from fedstream.lineage import parse_context
+from fedstream.privacy_rules import check_combination
 from fedstream.rounds import RoundKind, RoundPlan, RoundSnapshot, RoundState, UpdateReport
 from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy, make_strategy
 from fedstream.tensors import Layout
@@ -279,7 +280,8 @@ class RoundTable:
 
 def checked_plan(plan: RoundPlan, distiller: Distiller | None) -> tuple[RoundPlan, Strategy]:
     """The plan with its kind as a RoundKind, and its strategy. Raises InvalidArgument for a
-    malformed plan, FailedPrecondition for a distillation this aggregator cannot run."""
+    malformed plan (a training round's privacy settings out of range, or combined with what
+    they cannot work with: fedstream.privacy_rules), FailedPrecondition for a distillation this aggregator cannot run."""
     check_run_id(plan.run_id)
     try:
         kind = RoundKind(plan.kind)
@@ -300,6 +302,9 @@ def checked_plan(plan: RoundPlan, distiller: Distiller | None) -> tuple[RoundPla
         raise InvalidArgument(f"strategy {strategy.name!r} needs uncompressed updates")
     if plan.partial and (kind is not RoundKind.TRAIN or not isinstance(strategy, LinearStrategy)):
         raise InvalidArgument("only training rounds of linear strategies can be shared among aggregators")
+    if kind is RoundKind.TRAIN:
+        check_combination(strategy, plan.privacy, plan.secure_aggregation, compression=plan.compression,
+                          distill=plan.distill, buffered=plan.buffer is not None, partial=plan.partial)
     if plan.distill:
         _check_distill(plan, strategy, distiller)
     return plan, strategy

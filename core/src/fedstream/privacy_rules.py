@@ -1,0 +1,68 @@
+"""Which settings differential privacy and secure aggregation cannot be combined with: one
+rule set, applied where a run or federation is created and again by the aggregator when a
+round's plan arrives (each refusal is an InvalidArgument naming both settings)."""
+
+from __future__ import annotations
+
+from fedstream.errors import InvalidArgument
+from fedstream.privacy import PrivacySpec, SecureAggregationSpec
+from fedstream.strategies import RobustStrategy, Strategy
+
+
+def uses_cosine_weights(strategy: Strategy) -> bool:
+    """Whether the strategy weighs updates by the cosine distance its agents report (strategy
+    ``cosine``, or ``fedpav`` with ``weights=cosine``)."""
+    return strategy.name == "cosine" or getattr(strategy.params, "weights", "") == "cosine"
+
+
+def distills(strategy: Strategy) -> bool:
+    """Whether some of the strategy's rounds end with server-side distillation."""
+    every = getattr(strategy.params, "distill_every", 0)
+    return isinstance(every, int) and every > 0
+
+
+def check_combination(
+    strategy: Strategy,
+    privacy: PrivacySpec | None,
+    secure_aggregation: SecureAggregationSpec | None,
+    *,
+    compression: str = "none",
+    distill: bool = False,
+    buffered: bool = False,
+    partial: bool = False,
+) -> None:
+    """Raises InvalidArgument, naming both settings, when differential privacy (``privacy``) or
+    secure aggregation is asked for together with what it cannot work with: a robust strategy
+    (it needs individual updates), server-side distillation (it reads each participant's
+    model), compression other than none, a buffered asynchronous run, a round shared among
+    aggregators; and differential privacy with cosine weights (they would scale an update past
+    its clip bound). Checks the specs' ranges too. Nothing is checked when neither is set."""
+    names = []
+    if privacy is not None:
+        privacy.check()
+        names.append(f"differential privacy (privacy.mode {privacy.mode.value})")
+    if secure_aggregation is not None:
+        secure_aggregation.check()
+        names.append("secure aggregation")
+    for name in names:
+        if isinstance(strategy, RobustStrategy):
+            raise InvalidArgument(
+                f"{name} cannot be combined with strategy {strategy.name!r}: a robust strategy needs individual "
+                "updates (use a linear strategy such as fedavg or fedpav)"
+            )
+        if distill or distills(strategy):
+            raise InvalidArgument(
+                f"{name} cannot be combined with server-side distillation (strategy {strategy.name!r} "
+                "distill_every): it reads each participant's model"
+            )
+        if compression != "none":
+            raise InvalidArgument(f"{name} cannot be combined with compression {compression!r} (use none)")
+        if buffered:
+            raise InvalidArgument(f"{name} cannot be combined with a buffered asynchronous run")
+        if partial:
+            raise InvalidArgument(f"{name} cannot be combined with a round shared among aggregators (hierarchy)")
+    if privacy is not None and uses_cosine_weights(strategy):
+        raise InvalidArgument(
+            f"differential privacy cannot be combined with cosine weights (strategy {strategy.name!r}): "
+            "every update weighs the same under differential privacy"
+        )
