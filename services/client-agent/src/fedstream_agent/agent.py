@@ -40,6 +40,7 @@ from fedstream_agent.identity import (
     renew_after_unix,
 )
 from fedstream_agent.pacing import stretch
+from fedstream_agent.privacy import is_private, private_changes, privatize
 from fedstream_agent.provenance import provenance_of
 from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.settings import AgentSettings
@@ -356,12 +357,14 @@ class Agent:
         compression = a.training.compression
         global_floats = (
             {k: v.clone() for k, v in incoming.items() if v.is_floating_point()}
-            if compression == "int8" or a.training.upload_delta else {}
+            if compression == "int8" or a.training.upload_delta or is_private(a.training) else {}
         )
         del base, incoming
         result = self._train(task, a, model, data)
         state = self._outgoing(task, a, model)
-        if a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
+        if is_private(a.training):  # the change travels, clipped (and noised) under privacy
+            state = privatize(a.training, state, global_floats)
+        elif a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
             state = as_changes(state, global_floats)
         state = self._compress(a, state, compression, global_floats)
         layout = layout_of(state)
@@ -396,9 +399,9 @@ class Agent:
     ) -> None:
         """A no-op round's upload: the base model as it came, or no change from it."""
         buf = base.buffer
-        if a.training.upload_delta:
+        if a.training.upload_delta or is_private(a.training):
             unchanged = state_of(buf)
-            state = as_changes(unchanged, unchanged)
+            state = (private_changes if is_private(a.training) else as_changes)(unchanged, unchanged)
             layout = layout_of(state)
             self._upload(a, layout, lambda: buffers_of(layout, state), examples, metrics, chunk_bytes)
             return
