@@ -247,3 +247,43 @@ def test_a_restarted_aggregator_gives_the_same_clipped_sum(model_store, tmp_path
         np.testing.assert_allclose(got[name], base[name][1].astype(np.float64) + change, rtol=1e-5, atol=1e-6)
     second.close()
     journal.close()
+
+
+def test_a_real_agent_under_local_privacy_uploads_a_clipped_and_noised_change(aggregator, control, model_store, tmp_path):
+    from fedstream.rounds import Assignment, TrainingConfig
+    from fedstream_agent.agent import Agent
+    from fedstream_agent.settings import AgentSettings, AgentTlsSettings
+    from fedstream_tasks.base import SiteDataSettings
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "labels.csv").write_text("img,label\n")
+    agent = Agent(AgentSettings(
+        agent_id="site", scheduler_endpoint="127.0.0.1:1", tls=AgentTlsSettings(insecure_plaintext=True),
+        device="cpu", cpu_threads=1, check_at_start=False,
+        data=SiteDataSettings(path=tmp_path / "site", site_index=0, num_sites=3),
+    ))
+    endpoint = f"127.0.0.1:{aggregator.port}"
+    clip, z = 0.5, 0.1
+    training = TrainingConfig(seed=1, privacy=PrivacySpec(DPMode.LOCAL, clip, z, 10.0, 1e-5), upload_delta=True)
+
+    def assign(round_: int, kind: RoundKind, base: str) -> Assignment:
+        return Assignment(RUN, round_, kind, "digits", base, endpoint, endpoint, training, time.time() + 60)
+
+    control.OpenRound(plan_to_proto(RoundPlan(RUN, 0, RoundKind.INIT, "", ("site",), 1, time.time() + 60)), timeout=5)
+    agent.handle(assign(0, RoundKind.INIT, ""))
+    assert wait_terminal(control, RUN, 0).state == round_pb2.ROUND_STATE_COMMITTED
+    control.OpenRound(plan_to_proto(dataclasses.replace(private_plan(("site",), training.privacy), task="digits")),
+                      timeout=5)
+    agent.handle(assign(1, RoundKind.TRAIN, BASE))
+    event = wait_terminal(control, RUN, 1)
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    base, got = read(model_store, BASE), read(model_store, event.version)
+    floating = [k for k, v in base.items() if np.issubdtype(v.dtype, np.floating)]
+    d = sum(base[k].size for k in floating)
+    change = np.sqrt(sum(float(np.sum((got[k].astype(np.float64) - base[k]) ** 2)) for k in floating))
+    # One update, weighing 1: the version is the base plus its change, clipped to C and noised.
+    assert change == pytest.approx(np.sqrt(clip**2 + d * (z * clip) ** 2), rel=0.05)
+    for k, v in base.items():
+        if k not in floating:
+            np.testing.assert_array_equal(got[k], v)  # the base's: counts of batches would leak
