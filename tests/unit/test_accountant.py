@@ -103,9 +103,9 @@ def test_a_site_spends_the_central_rounds_and_its_local_ones():
 
 def test_every_charge_keeps_its_own_settings():
     noisy = [central(i, 8.0, 10, 10) for i in range(1, 6)]
-    changed = noisy + [central(6, 1.0, 10, 10)]
+    changed = [*noisy, central(6, 1.0, 10, 10)]
 
-    assert epsilon(changed, 1e-5) > epsilon(noisy + [central(6, 8.0, 10, 10)], 1e-5)
+    assert epsilon(changed, 1e-5) > epsilon([*noisy, central(6, 8.0, 10, 10)], 1e-5)
 
 
 def test_an_empty_ledger_spent_nothing_and_charges_read_back():

@@ -104,3 +104,24 @@ class PrivacyLedger:
             "remaining": max(0.0, budget - spent) if budget is not None else None,
             "charges": [{**c.to_dict(), "sampling": c.sampling, "sites": len(c.sites) or None} for c in charges],
         }
+
+
+def round_epsilons(state: StateStore, run: RunRecord) -> dict[int, float]:
+    """The ledger's epsilon after each of ``run``'s charged rounds, by round (empty for a run
+    that never spent any)."""
+    if not run.spec.get("privacy"):
+        return {}
+    return {c.round: c.epsilon for c in PrivacyLedger(state).charges(ledger_of(run)) if c.run_id == run.run_id}
+
+
+def federation_privacy(state: StateStore, federation_id: str) -> dict[str, Any]:
+    """The federation's privacy report (``PrivacyLedger.report``) against its settings now;
+    raises FederationNotFound."""
+    fed = state.get_federation(federation_id)
+    settings = fed.spec.get("privacy")
+    privacy = PrivacySpec.from_dict(settings) if settings else None
+    report = PrivacyLedger(state).report(federation_id, privacy)
+    if privacy is not None:
+        m.PRIVACY_EPSILON_SPENT.labels(state.tenant, federation_id).set(report["spent"])
+        m.PRIVACY_EPSILON_BUDGET.labels(state.tenant, federation_id).set(privacy.epsilon_budget)
+    return report
