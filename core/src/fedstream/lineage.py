@@ -124,6 +124,9 @@ def build_lineage(
         "asynchronous": plan.buffer.to_dict() if plan.buffer is not None else None,
         "training": _object(context, "training"),
         "selection": _object(context, "selection"),
+        # Differential privacy of a training round (the scheduler's settings, sampling and the
+        # federation's epsilon once the round was charged); None without.
+        "privacy": _object(context, "privacy"),
         "task": {"name": plan.task, "version": _task_version(plan.task, reports)},
         "participants": [participant(r) for r in reports],
         "stragglers": list(stragglers),
