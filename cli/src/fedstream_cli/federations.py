@@ -86,6 +86,10 @@ def cmd_update(args: argparse.Namespace) -> int:
     changes = spec_from_args(args)
     if args.synchronous:
         changes["asynchronous"] = None  # null deletes the block: runs are synchronous again
+    if args.no_dp:
+        changes["privacy"] = None  # its ledger stays: what was spent stays spent
+    if args.no_secure_aggregation:
+        changes["secure_aggregation"] = None
     body: dict[str, Any] = {"clear_schedule": True} if args.clear_schedule else {}
     if changes:
         body["spec"] = changes
@@ -96,6 +100,20 @@ def cmd_update(args: argparse.Namespace) -> int:
     body.update(_policies(args))
     fed = client.call("PATCH", f"/federations/{args.federation}", json=body)
     emit(args, fed, [f"federation {fed['federation_id']} updated", HEADER, _row(fed)])
+    return 0
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """The differential privacy the federation's runs have spent, round by round."""
+    rep = client_from(args).call("GET", f"/federations/{args.federation}/privacy")
+    budget = f"{rep['budget']:g}" if rep["budget"] is not None else "none"
+    lines = [f"federation {args.federation}: epsilon {rep['spent']:.4g} spent of {budget}"
+             + (f" at delta {rep['delta']:g}" if rep["delta"] else "")
+             + (f", {rep['remaining']:.4g} left" if rep["remaining"] is not None else ""),
+             f"{'RUN':<24} {'ROUND':>5} {'MODE':<8} {'NOISE':>7} {'SAMPLING':>8} {'EPSILON':>9}"]
+    lines += [f"{c['run_id']:<24} {c['round']:>5} {c['mode']:<8} {c['noise_multiplier']:>7g} {c['sampling']:>8.3g} "
+              f"{c['epsilon']:>9.4g}" for c in rep["charges"]]
+    emit(args, rep, lines)
     return 0
 
 
@@ -182,11 +200,18 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     update.add_argument("--description", default=None, help="what it is for")
     update.add_argument("--synchronous", action="store_true",
                         help="remove the asynchronous settings: the federation's runs are synchronous again")
+    update.add_argument("--no-dp", action="store_true",
+                        help="remove differential privacy (what its runs spent stays in the ledger)")
+    update.add_argument("--no-secure-aggregation", action="store_true", help="remove secure aggregation")
     add_spec_arguments(update, defaults=False)
     _schedule_arguments(update, creating=False)
     _policy_arguments(update, creating=False)
     _task_check_argument(update)
     update.set_defaults(func=cmd_update)
+    privacy = feds.add_parser("privacy", parents=[common],
+                              help="the epsilon a federation's runs have spent, round by round, and its budget")
+    privacy.add_argument("federation", help="federation id")
+    privacy.set_defaults(func=cmd_privacy)
     delete = feds.add_parser("delete", parents=[common], help="delete a federation (not while one of its runs runs)")
     delete.add_argument("federation", help="federation id")
     delete.set_defaults(func=cmd_delete)

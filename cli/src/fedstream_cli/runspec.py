@@ -68,6 +68,24 @@ FLAGS = (
              "asynchronous run: the hinge's point (default 0)", optional=True),
     SpecFlag("--max-staleness", "asynchronous.max_staleness", int, None,
              "asynchronous run: updates more versions behind are refused as stale (default 10)", optional=True),
+    SpecFlag("--dp", "privacy.mode", str, None,
+             "differential privacy: central (the aggregator clips and noises) or local (each agent does); "
+             "needs --clip-norm, --noise-multiplier, --epsilon-budget and --delta", ("central", "local"), optional=True),
+    SpecFlag("--clip-norm", "privacy.clip_norm", float, None, "with --dp: L2 bound of each update's change",
+             optional=True),
+    SpecFlag("--noise-multiplier", "privacy.noise_multiplier", float, None,
+             "with --dp: the noise's standard deviation is this times --clip-norm", optional=True),
+    SpecFlag("--epsilon-budget", "privacy.epsilon_budget", float, None,
+             "with --dp: the most epsilon the federation's runs may spend; a round past it ends the run",
+             optional=True),
+    SpecFlag("--delta", "privacy.delta", float, None, "with --dp: the delta epsilon is accounted at", optional=True),
+    SpecFlag("--max-dropout", "secure_aggregation.max_dropout", float, None,
+             "secure aggregation: share of participants that may drop out (default 0.3)", optional=True),
+    SpecFlag("--clip-range", "secure_aggregation.clip_range", float, None,
+             "secure aggregation: each coordinate of a change is clipped to +-this before quantizing (default 1)",
+             optional=True),
+    SpecFlag("--step-timeout", "secure_aggregation.step_timeout_s", float, None,
+             "secure aggregation: seconds each protocol step waits for the participants (default 60)", optional=True),
 )
 BY_DEST = {f.dest: f for f in FLAGS}
 
@@ -93,6 +111,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True
                        help="train nothing: one federated evaluation of --initial-version")
     group.add_argument("--prefer-fast", action=argparse.BooleanOptionalAction, default=False if defaults else None,
                        help="select the agents likely to finish first, by their measured speed (see --fairness-floor)")
+    group.add_argument("--secure-aggregation", action="store_true", default=False,
+                       help="secure aggregation (SecAgg): the aggregator learns only the sum of each training round's "
+                       "updates (see --max-dropout, --clip-range, --step-timeout)")
 
 
 def strategy_params(items: list[str]) -> dict[str, Any]:
@@ -118,6 +139,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for flag, field in (("evaluate_only", "evaluate_only"), ("prefer_fast", "selection.prefer_fast")):
         if vars(args).get(flag) is not None:
             values[field] = vars(args)[flag]
+    if vars(args).get("secure_aggregation"):
+        spec["secure_aggregation"] = {}
     for field, value in values.items():
         if value is None:
             continue

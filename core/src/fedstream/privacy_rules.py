@@ -43,7 +43,7 @@ def check_combination(
         names.append(f"differential privacy (privacy.mode {privacy.mode.value})")
     if secure_aggregation is not None:
         secure_aggregation.check()
-        names.append("secure aggregation")
+        names.append("secure aggregation (secure_aggregation)")
     for name in names:
         if isinstance(strategy, RobustStrategy):
             raise InvalidArgument(
@@ -53,12 +53,12 @@ def check_combination(
         if distill or distills(strategy):
             raise InvalidArgument(
                 f"{name} cannot be combined with server-side distillation (strategy {strategy.name!r} "
-                "distill_every): it reads each participant's model"
+                "strategy.params.distill_every): it reads each participant's model"
             )
         if compression != "none":
-            raise InvalidArgument(f"{name} cannot be combined with compression {compression!r} (use none)")
+            raise InvalidArgument(f"{name} cannot be combined with training.compression {compression!r} (use none)")
         if buffered:
-            raise InvalidArgument(f"{name} cannot be combined with a buffered asynchronous run")
+            raise InvalidArgument(f"{name} cannot be combined with a buffered asynchronous run (asynchronous)")
         if partial:
             raise InvalidArgument(f"{name} cannot be combined with a round shared among aggregators (hierarchy)")
     if privacy is not None and uses_cosine_weights(strategy):

@@ -12,6 +12,7 @@ from fedstream.errors import AlreadyExists, FederationNotFound, NotFound, Releas
 from fedstream.state.records import (
     EnrollmentTokenRecord,
     FederationRecord,
+    PrivacyLedgerRecord,
     ReleaseRecord,
     RunRequestRecord,
     TokenRecord,
@@ -84,6 +85,26 @@ class Documents(Protocol):
         """Raises FederationNotFound."""
         if not self._doc_delete("federation", federation_id):
             raise FederationNotFound(f"federation {federation_id!r} not found")
+
+    # Privacy ledgers, by federation (or "run:<run id>" for a run without one). Kept when the
+    # federation is deleted: a federation made again under that id spends on the same sites.
+    def get_privacy_ledger(self, ledger_id: str) -> PrivacyLedgerRecord:
+        """The ledger; an empty one when nothing was charged to it."""
+        doc = self._doc_get("privacy_ledger", ledger_id)
+        return from_doc(PrivacyLedgerRecord, doc) if doc is not None else PrivacyLedgerRecord(ledger_id)
+
+    def update_privacy_ledger(
+        self, ledger_id: str, mutate: Callable[[PrivacyLedgerRecord], PrivacyLedgerRecord]
+    ) -> PrivacyLedgerRecord:
+        """Replaces the ledger (made empty first when there is none) by ``mutate(current)``
+        atomically: of two replicas charging at once, the second sees the first's charge; an
+        exception from ``mutate`` changes nothing and propagates."""
+        self._doc_create("privacy_ledger", ledger_id, dataclasses.asdict(PrivacyLedgerRecord(ledger_id)))
+        doc = self._doc_update(
+            "privacy_ledger", ledger_id, lambda d: dataclasses.asdict(mutate(from_doc(PrivacyLedgerRecord, d)))
+        )
+        assert doc is not None  # made above; ledgers are never deleted
+        return from_doc(PrivacyLedgerRecord, doc)
 
     # API tokens, by their id (the secret's hash is a field: lookups by hash scan the tenant's
     # few tokens).

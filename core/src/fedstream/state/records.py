@@ -102,6 +102,17 @@ class FederationRecord:
 
 
 @dataclass
+class PrivacyLedgerRecord:
+    """The differential privacy a federation (or a run without one) has spent: one charge per
+    training round opened under privacy, oldest first, each with the settings it ran with
+    ({"run_id", "round", "mode", "noise_multiplier", "selected", "eligible", "sites",
+    "epsilon", "delta", "charged_unix"}: the scheduler's accountant reads them)."""
+
+    ledger_id: str
+    charges: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class TokenRecord:
     """An API bearer token, kept only as the SHA-256 of its secret."""
 

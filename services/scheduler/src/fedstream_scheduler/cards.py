@@ -49,7 +49,7 @@ def card_json(doc: dict[str, Any]) -> dict[str, Any]:
         "provenance": {k: doc.get(k) for k in (
             "run_id", "round", "kind", "committed_unix", "federation_id", "started_by", "parents")},
         "training": {k: doc.get(k) for k in (
-            "task", "strategy", "compression", "distillation", "asynchronous", "training")},
+            "task", "strategy", "compression", "distillation", "asynchronous", "training", "privacy")},
         "participants": participants,
         "stragglers": list(doc.get("stragglers") or []),
         "examples": sum(int(p.get("examples", 0)) for p in participants),
@@ -103,6 +103,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         out.append(f"- asynchronous: {md(_params(train['asynchronous']))}")
     if train.get("training"):
         out.append(f"- local training: {md(_params(train['training']))}")
+    if train.get("privacy"):
+        out.append(f"- differential privacy: {md(_params(train['privacy']))}")
     out += ["", f"## Participants ({len(card['participants'])}, {card['examples']} examples)", ""]
     rows = [[md(p.get("agent_id", "")), md(p.get("examples", 0)), _metrics(p.get("metrics") or {}),
              md(p.get("agent_version", "")), md(p.get("task_version", "")), md(p.get("data_fingerprint", ""))]

@@ -19,7 +19,7 @@ from fedstream.state import FederationRecord, RunRecord, StateStore
 from fedstream.store import ModelStore
 from fedstream.strategies import make_strategy
 from fedstream_scheduler.audit import SYSTEM, Actor
-from fedstream_scheduler.models import RunSpec, check_asynchronous
+from fedstream_scheduler.models import RunSpec, check_asynchronous, check_privacy
 from fedstream_scheduler.runs import RunService
 from fedstream_scheduler.site_policy import check_releases, check_site_requests
 
@@ -93,6 +93,7 @@ def normalised(spec: RunSpec) -> dict[str, Any]:
     """The spec as stored: its strategy's parameters with their defaults filled in."""
     strategy = make_strategy(spec.strategy.name, spec.strategy.params)
     check_asynchronous(spec, strategy)
+    check_privacy(spec, strategy)
     spec.strategy.params = strategy.params.model_dump()
     return spec.model_dump()
 

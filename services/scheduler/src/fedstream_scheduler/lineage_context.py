@@ -14,9 +14,11 @@ from fedstream_scheduler.models import RunSpec
 DISTILL_PARAMS = ("distill_every", "distill_lr")
 
 
-def lineage_context(run: RunRecord, spec: RunSpec) -> str:
+def lineage_context(run: RunRecord, spec: RunSpec, privacy: dict[str, Any] | None = None) -> str:
     """The run's lineage context as JSON text: its federation, who started it, its local
-    training and selection settings, its distillation settings and the scheduler's code."""
+    training and selection settings, its distillation settings, the scheduler's code, and for
+    a round under differential privacy ``privacy`` (its settings, sampling and the epsilon
+    spent once it was charged)."""
     distillation = {k: spec.strategy.params[k] for k in DISTILL_PARAMS if k in spec.strategy.params}
     context: dict[str, Any] = {
         "federation_id": run.federation,
@@ -28,4 +30,6 @@ def lineage_context(run: RunRecord, spec: RunSpec) -> str:
         "distillation": distillation,
         "code": package_versions(SCHEDULER_PACKAGES),
     }
+    if privacy is not None:
+        context["privacy"] = privacy
     return json.dumps(context, sort_keys=True)

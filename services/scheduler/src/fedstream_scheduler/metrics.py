@@ -57,3 +57,9 @@ def failure_reason(reason: str) -> str:
         if key in text:
             return label
     return "other"
+# Differential privacy: the epsilon a federation's ledger has spent (federation "none" never:
+# a run without a federation keeps a ledger of its own, reported on the run), and its budget.
+PRIVACY_EPSILON_SPENT = Gauge("fedstream_privacy_epsilon_spent", "Epsilon the federation's training rounds have "
+                              "spent, at its delta (charged when each round opens).", ["tenant", "federation"])
+PRIVACY_EPSILON_BUDGET = Gauge("fedstream_privacy_epsilon_budget", "The federation's epsilon budget.",
+                               ["tenant", "federation"])

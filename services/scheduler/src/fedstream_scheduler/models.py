@@ -7,6 +7,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedstream.errors import InvalidArgument
+from fedstream.privacy import (
+    MAX_CLIP_NORM,
+    MAX_EPSILON_BUDGET,
+    MAX_NOISE_MULTIPLIER,
+    MAX_STEP_TIMEOUT_S,
+    DPMode,
+    PrivacySpec,
+    SecureAggregationSpec,
+)
+from fedstream.privacy_rules import check_combination
 from fedstream.rounds import RoundKind
 from fedstream.staleness import MAX_STALENESS_LIMIT, BufferSpec, StalenessFunction
 from fedstream.strategies import LinearStrategy, Strategy
@@ -76,6 +86,50 @@ class AsynchronousSpec(BaseModel):
         return BufferSpec.from_dict(self.model_dump(mode="json")).check()
 
 
+class PrivacyModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mode: DPMode = Field(
+        description="central: the aggregator clips each update's change and noises the sum (trusting the "
+        "aggregator); local: each agent clips and noises its own change before upload (trusting no one).",
+    )
+    clip_norm: float = Field(gt=0, le=MAX_CLIP_NORM, description="L2 bound C of each update's change.")
+    noise_multiplier: float = Field(
+        gt=0, le=MAX_NOISE_MULTIPLIER, description="z: the Gaussian noise's standard deviation is z x clip_norm."
+    )
+    epsilon_budget: float = Field(
+        gt=0, le=MAX_EPSILON_BUDGET,
+        description="The most epsilon the federation (or a run without one) may spend, over all its runs; a "
+        "training round that would pass it is not opened and the run fails.",
+    )
+    delta: float = Field(gt=0, lt=1, description="The delta at which epsilon is reported and budgeted.")
+
+    def spec(self) -> PrivacySpec:
+        """The shared vocabulary's view of these settings."""
+        return PrivacySpec(self.mode, self.clip_norm, self.noise_multiplier, self.epsilon_budget, self.delta).check()
+
+
+class SecureAggregationModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_dropout: float = Field(
+        0.3, ge=0, lt=0.5,
+        description="Share of the participants that may drop out after the key exchange with the round still committing.",
+    )
+    clip_range: float = Field(
+        1.0, gt=0, le=MAX_CLIP_NORM,
+        description="Each coordinate of an update's weighted change is clipped to [-clip_range, clip_range] "
+        "before it is quantized into the ring.",
+    )
+    step_timeout_s: float = Field(
+        60.0, gt=0, le=MAX_STEP_TIMEOUT_S, description="Seconds each step of the protocol waits for the participants.",
+    )
+
+    def spec(self) -> SecureAggregationSpec:
+        """The shared vocabulary's view of these settings."""
+        return SecureAggregationSpec(self.max_dropout, self.clip_range, self.step_timeout_s).check()
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -119,6 +173,16 @@ class RunSpec(BaseModel):
         description="Buffered asynchronous aggregation (FedBuff) instead of synchronous rounds: agents "
         "train on the newest version without waiting for each other and a version is committed every "
         "buffer_size updates; rounds then counts versions. Unset: synchronous rounds.",
+    )
+    privacy: PrivacyModel | None = Field(
+        None,
+        description="Differential privacy of the training rounds (user-level: a site is a user), with an epsilon "
+        "budget per federation that the scheduler's accountant enforces. Unset: none.",
+    )
+    secure_aggregation: SecureAggregationModel | None = Field(
+        None,
+        description="Secure aggregation (SecAgg, Bonawitz et al. 2017): the aggregator learns only the sum of "
+        "a training round's updates, and the round commits while at most max_dropout of them drop out. Unset: none.",
     )
 
     @model_validator(mode="after")
@@ -178,3 +242,16 @@ def check_asynchronous(spec: RunSpec, strategy: Strategy) -> None:
             f"{why} commit every buffer_size updates and keep concurrency agents training: target_updates "
             "and selection.prefer_fast are for synchronous rounds"
         )
+
+
+def check_privacy(spec: RunSpec, strategy: Strategy) -> None:
+    """Raises InvalidArgument, naming both settings, when differential privacy or secure
+    aggregation is asked for with what it cannot work with (fedstream.privacy_rules: the rules
+    the aggregator applies again to each round's plan)."""
+    check_combination(
+        strategy,
+        spec.privacy.spec() if spec.privacy is not None else None,
+        spec.secure_aggregation.spec() if spec.secure_aggregation is not None else None,
+        compression=spec.training.compression,
+        buffered=spec.asynchronous is not None,
+    )

@@ -4,9 +4,11 @@ aggregator (through RoundControl), assigns it to the participants and follows it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fedstream.errors import FedstreamError, InvalidTransition, RoundNotFound
 from fedstream.rounds import (
@@ -20,13 +22,14 @@ from fedstream.rounds import (
     UpdateReport,
     canonical_params,
 )
-from fedstream.state import RoundRecord, StateStore
+from fedstream.state import RoundRecord, RunRecord, StateStore
 from fedstream.strategies import LinearStrategy, make_strategy
 from fedstream_scheduler import metrics as m
 from fedstream_scheduler.agents import AgentRegistry
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.lineage_context import lineage_context
 from fedstream_scheduler.models import RunSpec
+from fedstream_scheduler.privacy_ledger import BudgetSpent, PrivacyLedger, ledger_of
 from fedstream_scheduler.round_control import RoundControl
 from fedstream_scheduler.selection import select
 from fedstream_scheduler.settings import SchedulerSettings
@@ -68,6 +71,7 @@ class RoundDriver:
         self.clock = clock
         self.public_endpoint = settings.aggregator_public_endpoint or settings.aggregator_endpoint
         self.speeds = Speeds(state)
+        self.ledger = PrivacyLedger(state, clock)
         # When each round this replica follows entered aggregation (for the phase histogram).
         self._aggregating_since: dict[tuple[str, int], float] = {}
 
@@ -80,6 +84,8 @@ class RoundDriver:
         m.ROUND_PHASE_DURATION.labels(self.state.tenant, fed, "waiting_for_agents").observe(self.clock() - waited)
         speeds = self.speeds.of(spec.task) if spec.selection.prefer_fast else None
         participants = select(spec, live, round_no, kind, speeds)
+        if kind == RoundKind.TRAIN and spec.privacy is not None:
+            self._charge(self.state.get_run(run_id), round_no, spec, participants, live)
         now = self.clock()
         least, target = spec.round_updates(len(participants), kind)
         rec = RoundRecord(
@@ -91,6 +97,17 @@ class RoundDriver:
         m.AGENTS_SELECTED.labels(self.state.tenant, fed).inc(len(participants))
         await self.changes.notify()
         return await self.resume(run_id, spec, rec)
+
+    def _charge(self, run: RunRecord, round_no: int, spec: RunSpec, participants: list[str], live: list[str]) -> None:
+        """Charges a training round to the run's privacy ledger before it opens; raises RunFailed
+        when it would pass the budget. A selection that prefers fast agents is no uniform draw:
+        it is charged as if every eligible agent were selected."""
+        assert spec.privacy is not None
+        eligible = len(participants) if spec.selection.prefer_fast else len(live)
+        try:
+            self.ledger.charge(run, round_no, spec.privacy.spec(), participants, eligible)
+        except BudgetSpent as e:
+            raise RunFailed(e.public) from None
 
     async def _wait_for_agents(self, spec: RunSpec) -> list[str]:
         give_up = self.clock() + spec.wait_for_agents_s
@@ -119,6 +136,7 @@ class RoundDriver:
                 if r.kind == RoundKind.TRAIN and r.state == RoundState.COMMITTED and r.round < rec.round
             )
             distill = isinstance(strategy, LinearStrategy) and strategy.distills(ordinal)
+        train = rec.kind == RoundKind.TRAIN
         return RoundPlan(
             run_id=rec.run_id,
             round=rec.round,
@@ -133,14 +151,37 @@ class RoundDriver:
             task=spec.task,
             distill=distill,
             target_updates=rec.target_updates,
-            lineage_context=lineage_context(self.state.get_run(rec.run_id), spec),
+            lineage_context=lineage_context(self.state.get_run(rec.run_id), spec, self._privacy_context(spec, rec)),
+            privacy=spec.privacy.spec() if train and spec.privacy else None,
+            secure_aggregation=spec.secure_aggregation.spec() if train and spec.secure_aggregation else None,
         )
+
+    def _privacy_context(self, spec: RunSpec, rec: RoundRecord) -> dict[str, Any] | None:
+        """What the lineage of a training round under differential privacy says of it."""
+        if rec.kind != RoundKind.TRAIN or spec.privacy is None:
+            return None
+        run = self.state.get_run(rec.run_id)
+        charged = [c for c in self.ledger.charges(ledger_of(run)) if c.run_id == rec.run_id and c.round == rec.round]
+        return {
+            "mode": spec.privacy.mode.value, "clip_norm": spec.privacy.clip_norm,
+            "noise_multiplier": spec.privacy.noise_multiplier, "delta": spec.privacy.delta,
+            "epsilon_budget": spec.privacy.epsilon_budget,
+            "sampling": charged[0].sampling if charged else None,
+            "epsilon": charged[0].epsilon if charged else None,
+        }
 
     def assignments(self, spec: RunSpec, rec: RoundRecord, endpoints: dict[str, str]) -> dict[str, Assignment]:
         """Each participant's assignment. A root aggregator may send participants to its
         leaves (``endpoints``): each downloads and uploads there."""
         strategy = make_strategy(spec.strategy.name, spec.strategy.params)
         training = TrainingConfig(**spec.training.model_dump(), **strategy.configure())
+        if rec.kind == RoundKind.TRAIN and (spec.privacy or spec.secure_aggregation):
+            # Under either, agents upload their change from the base (the finisher adds it back).
+            training = dataclasses.replace(
+                training, upload_delta=True,
+                privacy=spec.privacy.spec() if spec.privacy else None,
+                secure_aggregation=spec.secure_aggregation.spec() if spec.secure_aggregation else None,
+            )
         out = {}
         for agent_id in rec.participants:
             endpoint = endpoints.get(agent_id, self.public_endpoint)

@@ -24,8 +24,9 @@ from fedstream_scheduler.buffered import BufferedDriver
 from fedstream_scheduler.cancelling import Canceller
 from fedstream_scheduler.changes import Changes
 from fedstream_scheduler.leases import RunLeases
-from fedstream_scheduler.models import RunSpec, check_asynchronous
+from fedstream_scheduler.models import RunSpec, check_asynchronous, check_privacy
 from fedstream_scheduler.round_driver import RoundDriver, RunFailed
+from fedstream_scheduler.selection import selection_size
 from fedstream_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def parse_spec(fields: dict[str, object]) -> RunSpec:
     if isinstance(strategy, RobustStrategy) and spec.training.compression != "none":
         raise InvalidArgument(f"invalid run spec: strategy {strategy.name!r} needs training.compression none")
     check_asynchronous(spec, strategy)
+    check_privacy(spec, strategy)
     return spec
 
 
@@ -101,6 +103,7 @@ class RunService:
         InvalidArgument or AlreadyExists."""
         spec = parse_spec(spec_fields)
         run_id = check_run_id(run_id or f"run-{uuid.uuid4().hex[:12]}")
+        self._check_budget(spec, federation or f"run:{run_id}")
         run = RunRecord(run_id, spec.model_dump(), created_unix=self.clock(), federation=federation, trigger=trigger,
                         started_by=by.describe())
         self.state.create_run(run)
@@ -111,6 +114,17 @@ class RunService:
         details = {"federation": federation} if federation else {}
         self.audit.record(by, AuditAction.RUN_START, f"run/{run_id}", trigger=trigger, **details)
         return run
+
+    def _check_budget(self, spec: RunSpec, ledger_id: str) -> None:
+        """Raises BudgetSpent (FailedPrecondition) when a run under differential privacy could
+        not open even its first training round: as many agents as are live now selected (all
+        of them for a prefer_fast selection), or min_agents when none is."""
+        if spec.privacy is None or spec.evaluate_only:
+            return
+        live = len(self.rounds.agents.live_agents(spec.task))
+        selected = selection_size(spec, live) if live else spec.min_agents
+        eligible = selected if spec.selection.prefer_fast or not live else live
+        self.rounds.ledger.check_room(ledger_id, spec.privacy.spec(), selected, eligible)
 
     def get_run(self, run_id: str) -> tuple[RunRecord, list[RoundRecord]]:
         """The run and its rounds; raises RunNotFound."""

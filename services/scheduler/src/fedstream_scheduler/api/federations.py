@@ -8,6 +8,7 @@ from fedstream_scheduler.api import schemas as s
 from fedstream_scheduler.api.deps import Admin, FederationId, Limit, PageToken, Viewer, Who, paginate
 from fedstream_scheduler.api.guard import ParsedRoute
 from fedstream_scheduler.cron import next_slot, schedule_problem
+from fedstream_scheduler.privacy_ledger import federation_privacy
 from fedstream_scheduler.site_policy import ReleasePolicy, SiteRequestPolicy
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"], route_class=ParsedRoute)
@@ -56,6 +57,14 @@ async def list_federations(admin: Viewer, limit: Limit = 50, page_token: PageTok
 async def get_federation(federation_id: FederationId, admin: Viewer) -> s.Federation:
     rec = admin.state.get_federation(federation_id)
     return federation_body(rec, admin.federations.latest_version(federation_id), admin)
+
+
+@router.get("/{federation_id}/privacy")
+async def get_federation_privacy(federation_id: FederationId, admin: Viewer) -> s.PrivacyReport:
+    """The differential privacy the federation's runs have spent: every charged training round
+    with the ledger's epsilon after it, and the total against the budget it has now (a round is
+    charged when it opens; a failed round stays charged)."""
+    return s.PrivacyReport(**federation_privacy(admin.state, federation_id))
 
 
 @router.patch("/{federation_id}")

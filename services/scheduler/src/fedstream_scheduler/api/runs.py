@@ -18,6 +18,7 @@ from fedstream_scheduler.api.deps import (
     paginate,
 )
 from fedstream_scheduler.api.guard import ParsedRoute
+from fedstream_scheduler.privacy_ledger import round_epsilons
 
 router = APIRouter(tags=["runs"], route_class=ParsedRoute)
 
@@ -34,7 +35,7 @@ def run_body(rec: RunRecord, rounds: list[RoundRecord] | None = None) -> dict[st
     }
 
 
-def round_body(r: RoundRecord) -> s.Round:
+def round_body(r: RoundRecord, epsilons: dict[int, float] | None = None) -> s.Round:
     return s.Round(
         round=r.round, kind=r.kind.value, state=r.state.value, participants=r.participants,
         stragglers=r.stragglers, updates=len(r.reports), base_version=r.base_version, version=r.version,
@@ -43,6 +44,7 @@ def round_body(r: RoundRecord) -> s.Round:
         bytes_received=sum(x.bytes_received for x in r.reports),
         metrics=r.metrics,
         update_metrics=combine_metrics(r.reports),
+        epsilon=(epsilons or {}).get(r.round),
     )
 
 
@@ -67,7 +69,8 @@ async def list_runs(
 @router.get("/api/v1/runs/{run_id}")
 async def get_run(run_id: RunId, admin: Viewer) -> s.RunDetail:
     run, rounds = admin.runs.get_run(run_id)
-    return s.RunDetail(**run_body(run, rounds), rounds=[round_body(r) for r in rounds])
+    epsilons = round_epsilons(admin.state, run)
+    return s.RunDetail(**run_body(run, rounds), rounds=[round_body(r, epsilons) for r in rounds])
 
 
 @router.get("/api/v1/runs/{run_id}/rounds")
@@ -75,9 +78,10 @@ async def list_rounds(
     run_id: RunId, admin: Viewer, limit: Limit = 50, page_token: PageToken = "",
     state: Annotated[str, Query(pattern=f"^({ROUND_STATES})?$", description="Only rounds in this state.")] = "",
 ) -> s.Page[s.Round]:
-    _, rounds = admin.runs.get_run(run_id)
+    run, rounds = admin.runs.get_run(run_id)
     items, nxt = paginate([r for r in rounds if not state or r.state == state], limit, page_token)
-    return s.Page[s.Round](items=[round_body(r) for r in items], next_page_token=nxt)
+    epsilons = round_epsilons(admin.state, run)
+    return s.Page[s.Round](items=[round_body(r, epsilons) for r in items], next_page_token=nxt)
 
 
 @router.post("/api/v1/runs/{run_id}/cancel")

@@ -167,6 +167,34 @@ class Round(BaseModel):
     update_metrics: dict[str, float] = Field(
         description="The updates' own metrics (train_loss, train_seconds, ...), weighted by example count."
     )
+    epsilon: float | None = Field(
+        None, description="Under differential privacy, a training round's ledger (its federation's, or the run's "
+        "own) epsilon once the round was charged, when it opened; null otherwise.",
+    )
+
+
+class PrivacyCharge(BaseModel):
+    run_id: str
+    round: int
+    mode: Literal["central", "local"]
+    noise_multiplier: float
+    selected: int = Field(description="Sites selected for the round.")
+    eligible: int = Field(description="Sites eligible when it was planned (live, enabled, offering the task).")
+    sampling: float = Field(description="selected / eligible: 1 when every site, or no uniform draw, was selected.")
+    sites: int | None = Field(description="Local mode: the sites that spent on it; null in central mode.")
+    epsilon: float = Field(description="The ledger's epsilon once this round was charged, at delta.")
+    delta: float
+    charged_unix: float
+
+
+class PrivacyReport(BaseModel):
+    ledger_id: str = Field(description="The federation's id, or run:<run id> for a run without one.")
+    mode: Literal["central", "local"] | None = Field(description="The federation's mode now; null: no privacy now.")
+    budget: float | None = Field(description="The epsilon budget now; null when the federation has no privacy now.")
+    delta: float | None = Field(description="The delta epsilon is reported at.")
+    spent: float = Field(description="Epsilon spent by every charged round, at delta.")
+    remaining: float | None = Field(description="budget - spent, at least 0.")
+    charges: list[PrivacyCharge] = Field(description="Every training round charged, oldest first.")
 
 
 class RunDetail(Run):

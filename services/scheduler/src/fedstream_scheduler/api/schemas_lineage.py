@@ -44,6 +44,11 @@ class Lineage(BaseModel):
     compression: str
     distillation: dict[str, Any] | None = Field(description="Distillation's settings and figures; null without.")
     asynchronous: dict[str, Any] | None = Field(description="A buffered asynchronous run's buffer; null otherwise.")
+    privacy: dict[str, Any] | None = Field(
+        None, description="A training round under differential privacy: mode, clip_norm, noise_multiplier, delta, "
+        "epsilon_budget, sampling (selected / eligible sites) and epsilon (the federation's, once the round was "
+        "charged); null otherwise.",
+    )
     training: dict[str, Any] | None = Field(description="The run's local training settings.")
     selection: dict[str, Any] | None = Field(description="How the run selected participants.")
     task: LineageTask
