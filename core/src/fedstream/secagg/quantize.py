@@ -7,6 +7,7 @@ import numpy as np
 
 from fedstream.errors import InvalidArgument, SecureAggregationFailed
 from fedstream.secagg import FRACTION_BITS, RING_BITS
+from fedstream.tensors import Layout
 
 SCALE = float(1 << FRACTION_BITS)
 # The largest weight one update may carry (an example count); the ring check bounds the sum.
@@ -53,3 +54,10 @@ def error_bound(total_weight: int, count: int) -> float:
     """The largest rounding error of a weighted mean of ``count`` quantized updates whose weights
     sum to ``total_weight``: each rounding is off by at most half a unit of the last place."""
     return count * 0.5 / SCALE / total_weight
+
+
+def masked_layout(layout: Layout) -> Layout:
+    """The layout a masked update travels in: for each floating tensor of ``layout`` an int64
+    tensor (ring elements, two's complement) of the same name and shape; the others do not
+    travel (they keep the base's values)."""
+    return Layout.build((t.name, "int64", t.shape) for t in layout.tensors if t.dt.is_float)

@@ -192,13 +192,14 @@ class LinearFinisher(VersionFinisher):
 
     def write(self, rnd: Round, version: str, writer: ModelWriter) -> dict[str, float]:
         plan, strategy, store = rnd.plan, self.strategy, self.storage.store
-        assert rnd.accumulator is not None and rnd.layout is not None
+        assert rnd.layout is not None
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
         # The means of floating tensors are changes: int8 updates, and buffered asynchronous ones
         # (but for normalisation statistics, which asynchronous agents send as values).
-        deltas = plan.compression == "int8" or plan.buffer is not None
+        # Under secure aggregation every floating tensor travels as a change.
+        deltas = plan.compression == "int8" or plan.buffer is not None or plan.secure_aggregation is not None
         with contextlib.ExitStack() as stack:
             base = None
             if strategy.needs_base or deltas:
@@ -206,7 +207,7 @@ class LinearFinisher(VersionFinisher):
             old_state = self._old_state(stack, plan, state_layout) if slots else None
             new_state = stack.enter_context(store.state_writer(version, state_layout)) if slots else None
             sink = stack.enter_context(_StateSink(new_state, slots, self.storage.spools.directory)) if new_state is not None else None
-            for spec, first, mean in rnd.accumulator.means():
+            for spec, first, mean in self.means(rnd, base):
                 base_values = base.tensor(spec, first, mean.size) if base is not None else None
                 if base_values is not None and deltas and spec.dt.is_float and not (
                     plan.buffer is not None and is_statistic(spec.name)  # values, not changes
@@ -223,6 +224,11 @@ class LinearFinisher(VersionFinisher):
             if new_state is not None:
                 new_state.commit(set_latest=False)
         return {}
+
+    def means(self, rnd: Round, base: Blocks | None) -> Iterator[tuple[TensorSpec, int, np.ndarray]]:
+        """The weighted mean of every tensor of the model, piece by piece in layout order."""
+        assert rnd.accumulator is not None
+        return rnd.accumulator.means()
 
     def _old_state(self, stack: contextlib.ExitStack, plan: RoundPlan, state_layout: Layout) -> Blocks | None:
         """The strategy state stored with the base version, None when it has none."""

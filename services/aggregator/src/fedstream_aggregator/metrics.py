@@ -29,3 +29,11 @@ STALENESS = Histogram(
 )
 BUFFER_FILL = Gauge("fedstream_buffer_fill", "Updates counted in the open buffer of asynchronous runs, as a share "
                     "of the buffer size (the newest buffer counted into).", ["tenant"])
+SECAGG_DROPOUTS = Counter(
+    "fedstream_secagg_dropouts_total", "Participants of secure aggregation rounds that did not answer a protocol "
+    "step (advertise, share_keys, upload, unmask), by the step they dropped at.", ["tenant", "step"],
+)
+SECAGG_STEP_SECONDS = Histogram(
+    "fedstream_secagg_step_seconds", "Time a secure aggregation step stayed open, from its start to its close.",
+    ["tenant", "step"], buckets=OPERATION_BUCKETS,
+)
