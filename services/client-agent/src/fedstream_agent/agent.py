@@ -42,6 +42,7 @@ from fedstream_agent.identity import (
 from fedstream_agent.pacing import stretch
 from fedstream_agent.provenance import provenance_of
 from fedstream_agent.reconnect import Reconnect
+from fedstream_agent.secagg import SecureTraining
 from fedstream_agent.settings import AgentSettings
 from fedstream_agent.transfers import CONFIRMED_FILE, ConfirmedUploads, Transfers
 from fedstream_tasks import get_task
@@ -336,6 +337,7 @@ class Agent:
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
+        secure = SecureTraining.start(self._channel, a, self.agent_id)  # None: a plain upload
         started = time.perf_counter()
         base = self._download(a, chunk_bytes)
         self._check_cancelled(a)
@@ -354,18 +356,19 @@ class Agent:
             return
         self._load(task, a, model, incoming)
         compression = a.training.compression
-        global_floats = (
-            {k: v.clone() for k, v in incoming.items() if v.is_floating_point()}
-            if compression == "int8" or a.training.upload_delta else {}
-        )
+        keep = compression == "int8" or a.training.upload_delta or secure is not None
+        global_floats = {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if keep else {}
         del base, incoming
         result = self._train(task, a, model, data)
         state = self._outgoing(task, a, model)
+        metrics = {**result.metrics, "download_seconds": download_s}
+        if secure is not None:  # the masked change travels instead (fedstream_agent.secagg)
+            upload = functools.partial(self._upload, a, metrics=metrics, chunk_bytes=chunk_bytes)
+            return secure.upload(state, global_floats, result.num_examples, upload)
         if a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
             state = as_changes(state, global_floats)
         state = self._compress(a, state, compression, global_floats)
         layout = layout_of(state)
-        metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
 

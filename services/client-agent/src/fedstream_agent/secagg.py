@@ -6,15 +6,18 @@ answer to the unmask request)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 import grpc
 import numpy as np
+import torch
 
 from fedstream.errors import SecureAggregationFailed
-from fedstream.privacy import SecureAggregationSpec
+from fedstream.privacy import DPMode, SecureAggregationSpec
+from fedstream.rounds import Assignment, RoundKind
 from fedstream.secagg import messages as msg
 from fedstream.secagg import shamir
 from fedstream.secagg.client import ClientSession
@@ -22,6 +25,7 @@ from fedstream.secagg.quantize import masked_layout, quantize
 from fedstream.tensors import Layout
 from fedstream.v1 import secagg_pb2 as pb
 from fedstream.v1 import secagg_pb2_grpc as pb_grpc
+from fedstream_tasks.torchio import layout_of
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +103,15 @@ class SecureAggregationClient:
             tuple(msg.EncryptedShare(s.sender, s.recipient, bytes(s.ciphertext)).check() for s in got.shares),
         ))
 
-    def masked(self, layout: Layout, change: Mapping[str, np.ndarray], weight: int) -> tuple[Layout, Iterator[bytes]]:
+    def masked(
+        self, layout: Layout, change: Mapping[str, np.ndarray], weight: int
+    ) -> tuple[Layout, Iterator[memoryview]]:
         """The masked update of ``change`` (the change of every floating tensor of ``layout``,
         by name) weighted by ``weight``: its layout and its tensors' bytes, masked piece by piece
         (the same bytes each time: a resumed upload sends what the first attempt sent)."""
         wire = masked_layout(layout)
 
-        def pieces() -> Iterator[bytes]:
+        def pieces() -> Iterator[memoryview]:
             offset = 0
             for t in layout.tensors:
                 if not t.dt.is_float:
@@ -114,7 +120,7 @@ class SecureAggregationClient:
                 for first in range(0, flat.size, MASK_PIECE):
                     part = flat[first : first + MASK_PIECE]
                     q = quantize(part, weight, self.spec.clip_range)
-                    yield self.session.mask(q, offset + first).astype("<u8").tobytes()
+                    yield memoryview(self.session.mask(q, offset + first).astype("<u8").tobytes())
                 offset += flat.size
 
         return wire, pieces()
@@ -131,3 +137,74 @@ class SecureAggregationClient:
         )
         self.stub.Unmask(request, timeout=self.rpc_timeout_s)
         self.bytes_sent += request.ByteSize()
+
+
+Upload = Callable[[Layout, Callable[[], Iterable[memoryview]], int], None]
+
+
+def clip_l2(change: dict[str, np.ndarray], bound: float) -> dict[str, np.ndarray]:
+    """The change scaled down to L2 norm ``bound`` over all its tensors when it is longer
+    (central differential privacy: each site's influence bounded before masking)."""
+    norm = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in change.values())))
+    if norm <= bound:
+        return change
+    return {k: v * (bound / norm) for k, v in change.items()}
+
+
+class SecureTraining:
+    """An agent's secure aggregation of one training round around its training: the key
+    exchange runs in a thread from the assignment on (overlapping the download and training),
+    then ``upload`` masks the change, uploads it and answers the unmask request."""
+
+    @classmethod
+    def start(cls, dial: Callable[[str], grpc.Channel], a: Assignment, agent_id: str) -> SecureTraining | None:
+        """Starts the key exchange of a training round under secure aggregation (with the
+        aggregator it uploads to); None for any other round."""
+        if a.kind is not RoundKind.TRAIN or a.training.secure_aggregation is None:
+            return None
+        return cls(dial(a.upload_endpoint), a, agent_id)
+
+    def __init__(self, channel: grpc.Channel, a: Assignment, agent_id: str) -> None:
+        spec = a.training.secure_aggregation
+        assert spec is not None
+        self.assignment = a
+        self.client = SecureAggregationClient(
+            channel, a.run_id, a.round, agent_id, spec, give_up_unix=a.deadline_unix + spec.step_timeout_s
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._exchange, name="secagg-keys", daemon=True)
+        self._thread.start()
+
+    def _exchange(self) -> None:
+        try:
+            self.client.advertise()
+            self.client.share_keys()
+            self.client.receive_shares()
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
+            self._error = e
+
+    def upload(
+        self, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], num_examples: int, upload: Upload
+    ) -> None:
+        """Masks the change of every floating tensor of ``state`` from ``base``, uploads it with
+        ``upload(layout, buffers, num_examples)`` and answers the unmask request. Raises what the
+        key exchange raised (the agent then drops out of the round)."""
+        self._thread.join(max(0.0, self.client.give_up_unix - time.time()))
+        if self._error is not None:
+            raise self._error
+        if self._thread.is_alive():
+            raise SecureAggregationFailed("the key exchange did not finish before the round's deadline")
+        a = self.assignment
+        change = {
+            k: (v.detach().double() - base[k].detach().double()).numpy()
+            for k, v in state.items() if v.is_floating_point()
+        }
+        privacy = a.training.privacy
+        if privacy is not None:  # every update weighs the same; central DP clips it here
+            change = clip_l2(change, privacy.clip_norm) if privacy.mode is DPMode.CENTRAL else change
+        weight = 1 if privacy is not None else max(1, num_examples)
+        layout = layout_of(dict(state))
+        wire, _ = self.client.masked(layout, change, weight)
+        log.info("secure aggregation: uploading the masked change (%d bytes)", wire.total_bytes)
+        upload(wire, lambda: self.client.masked(layout, change, weight)[1], num_examples)
+        self.client.unmask()
