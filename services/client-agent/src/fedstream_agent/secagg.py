@@ -52,8 +52,10 @@ class SecureAggregationClient:
         self.session = ClientSession(run_id, str(round_), agent_id, spec)
         self.give_up_unix = give_up_unix
         self.rpc_timeout_s = rpc_timeout_s
+        # What the protocol's messages cost this agent (the masked upload aside).
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.calls = 0
 
     def _step(self) -> pb.StepRequest:
         return pb.StepRequest(run_id=self.run_id, round=self.round, agent_id=self.agent_id, wait_s=POLL_S)
@@ -62,6 +64,7 @@ class SecureAggregationClient:
         request = self._step()
         while True:
             answer = call(request)
+            self.calls += 1
             self.bytes_sent += request.ByteSize()
             self.bytes_received += answer.ByteSize()  # type: ignore[attr-defined]
             if ready(answer):
@@ -76,6 +79,7 @@ class SecureAggregationClient:
                                       c_pk=keys.c_pk, s_pk=keys.s_pk)
         self.stub.Advertise(request, timeout=self.rpc_timeout_s)
         self.bytes_sent += request.ByteSize()
+        self.calls += 1
 
     def share_keys(self) -> None:
         """Step 1: waits for the roster, then sends the encrypted shares."""
@@ -93,6 +97,7 @@ class SecureAggregationClient:
         )
         self.stub.ShareKeys(request, timeout=self.rpc_timeout_s)
         self.bytes_sent += request.ByteSize()
+        self.calls += 1
 
     def receive_shares(self) -> None:
         """Step 2: waits for the shares the others sealed to this agent."""
@@ -137,6 +142,7 @@ class SecureAggregationClient:
         )
         self.stub.Unmask(request, timeout=self.rpc_timeout_s)
         self.bytes_sent += request.ByteSize()
+        self.calls += 1
 
 
 Upload = Callable[[Layout, Callable[[], Iterable[memoryview]], int], None]
