@@ -20,7 +20,7 @@ from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable, checked_plan
-from fedstream_aggregator.secure import SecureFinisher, SecureRound, check_secure_plan
+from fedstream_aggregator.secure import SecureFinisher, SecureRound
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,6 @@ class Opener:
             raise Unavailable("the aggregator is starting; retry shortly")
         plan, strategy = checked_plan(plan, self.distiller)
         check_buffer_plan(plan, strategy)
-        check_secure_plan(plan, strategy)
         existing = self.table.find(plan.run_id, plan.round)
         if existing is not None:
             if existing.plan != plan:

@@ -23,11 +23,10 @@ from fedstream.errors import (
     SecureAggregationFailed,
 )
 from fedstream.privacy import DPMode, SecureAggregationSpec
-from fedstream.rounds import RoundKind, RoundPlan
+from fedstream.rounds import RoundPlan
 from fedstream.secagg import messages as msg
 from fedstream.secagg.quantize import dequantize, masked_layout
 from fedstream.secagg.server import Correction, ServerSession, ServerStep
-from fedstream.strategies import LinearStrategy, Strategy
 from fedstream.tensors import Layout, TensorSpec
 from fedstream_aggregator import metrics as m
 from fedstream_aggregator.blocks import Blocks
@@ -38,36 +37,6 @@ from fedstream_aggregator.rounds import Round
 MAX_WAIT_S = 10.0
 # Bytes of a masked update read at a time when it is folded, and of the sum when it is unmasked.
 RING_PIECE_BYTES = 1 << 20
-# Strategies whose weights are example counts, which the agent applies before masking.
-EXAMPLE_WEIGHTED = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-
-
-
-def check_secure_plan(plan: RoundPlan, strategy: Strategy) -> None:
-    """Raises InvalidArgument naming both settings when a training round's plan combines
-    secure aggregation with what needs each update on its own (or cannot be masked)."""
-    spec = plan.secure_aggregation
-    if spec is None or plan.kind is not RoundKind.TRAIN:
-        return
-    spec.check()
-    name = strategy.name
-    if not isinstance(strategy, LinearStrategy):
-        raise InvalidArgument(f"secure_aggregation cannot be used with strategy {name!r}: it needs each update")
-    weights = plan.params().get("weights", "examples")
-    if name not in EXAMPLE_WEIGHTED and not (name == "fedpav" and weights == "examples"):
-        raise InvalidArgument(
-            f"secure_aggregation cannot be used with strategy {name!r}"
-            f"{' weights=' + str(weights) if name == 'fedpav' else ''}: its weights need each update"
-        )
-    refused = (
-        (plan.distill, "distill_every (distillation reads each participant's model)"),
-        (plan.compression != "none", f"compression {plan.compression!r}"),
-        (plan.buffer is not None, "buffered asynchronous runs"),
-        (plan.partial, "hierarchical (partial) rounds"),
-    )
-    for present, what in refused:
-        if present:
-            raise InvalidArgument(f"secure_aggregation cannot be used with {what}")
 
 
 def secure_weight(plan: RoundPlan, num_examples: int) -> int:
