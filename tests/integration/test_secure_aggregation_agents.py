@@ -1,7 +1,9 @@
-"""Secure aggregation with real Agents: four train the digits task and upload their masked
-changes to a real aggregator over loopback gRPC, a fifth participant drops right after sharing
-its keys; the round commits base + the survivors' weighted mean change within the
-quantization bound, the aggregator having seen only masked updates."""
+"""Secure aggregation with real Agents: they train the digits task and upload their masked
+changes to a real aggregator over loopback gRPC. Four commit with a fifth participant dropping
+right after sharing its keys; under FedPav the private head never travels; a no-op round masks
+a zero change; under local differential privacy each clipped and noised change is masked. Each
+round commits base + the survivors' (weighted) mean change within the quantization bound, the
+aggregator having seen only masked updates."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from fedstream.privacy import SecureAggregationSpec
+from fedstream.privacy import DPMode, PrivacySpec, SecureAggregationSpec
 from fedstream.rounds import Assignment, RoundKind, RoundPlan, TrainingConfig
 from fedstream.secagg.quantize import error_bound
 from fedstream.tensors import FlatBuffer
@@ -48,50 +50,131 @@ def recorded(monkeypatch):
     return seen
 
 
-def test_real_agents_commit_the_survivors_mean_with_one_dropped_after_sharing_keys(
-    aggregator, agg_channel, model_store, recorded
-):
-    endpoint = f"127.0.0.1:{aggregator.port}"
-    agents = {s: Agent(AgentSettings(agent_id=s, device="cpu", cpu_threads=1,
-                                     tls=AgentTlsSettings(insecure_plaintext=True))) for s in SITES}
-    service = aggregator.service
-    service.open_round(RoundPlan(RUN, 0, "init", "", ("site-0",), 1, time.time() + 60, task="digits"))
-    agents["site-0"].handle(Assignment(RUN, 0, RoundKind.INIT, "digits", "", endpoint, endpoint, TrainingConfig(), time.time() + 60))
+def agents_for(sites):
+    return {s: Agent(AgentSettings(agent_id=s, device="cpu", cpu_threads=1,
+                                   tls=AgentTlsSettings(insecure_plaintext=True))) for s in sites}
+
+
+def init_round(aggregator, agent, training=None):
+    """Round 0: ``agent`` uploads the digits task's initial model; returns its version."""
+    endpoint, service = f"127.0.0.1:{aggregator.port}", aggregator.service
+    service.open_round(RoundPlan(RUN, 0, "init", "", (agent.agent_id,), 1, time.time() + 60, task="digits"))
+    agent.handle(Assignment(RUN, 0, RoundKind.INIT, "digits", "", endpoint, endpoint, training or TrainingConfig(),
+                            time.time() + 60))
     wait_until(lambda: service.snapshot(RUN, 0).state == "committed", 30, "the init round did not commit")
-    base_version = service.snapshot(RUN, 0).version
-    participants = (*SITES, "site-gone")
+    return service.snapshot(RUN, 0).version
+
+
+def train_round(aggregator, agents, base_version, training, *, extra=(), target=0, strategy="fedavg", side=None):
+    """Round 1 under secure aggregation: ``agents`` handle it in threads (``side`` beside them);
+    returns the round's terminal snapshot."""
+    endpoint, service = f"127.0.0.1:{aggregator.port}", aggregator.service
     deadline = time.time() + 120
-    service.open_round(RoundPlan(RUN, 1, "train", base_version, participants, 3, deadline, task="digits",
-                                 target_updates=4, secure_aggregation=SPEC))
-    training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, secure_aggregation=SPEC)
+    participants = (*agents, *extra)
+    service.open_round(RoundPlan(RUN, 1, "train", base_version, participants, SPEC.threshold(len(participants)),
+                                 deadline, task="digits", strategy=strategy, target_updates=target,
+                                 secure_aggregation=SPEC, privacy=training.privacy))
     assignment = Assignment(RUN, 1, RoundKind.TRAIN, "digits", base_version, endpoint, endpoint, training, deadline)
-    gone = secagg.SecureAggregationClient(agg_channel, RUN, 1, "site-gone", SPEC, give_up_unix=deadline)
-
-    def drops_after_sharing() -> None:
-        gone.advertise()
-        gone.share_keys()  # then the site goes away
-
-    threads = [threading.Thread(target=agents[s].handle, args=(assignment,)) for s in SITES]
-    threads.append(threading.Thread(target=drops_after_sharing))
+    threads = [threading.Thread(target=a.handle, args=(assignment,)) for a in agents.values()]
+    threads += [threading.Thread(target=side)] if side is not None else []
     for t in threads:
         t.start()
     for t in threads:
         t.join(180)
     wait_until(lambda: service.snapshot(RUN, 1).state in ("committed", "failed"), 60)
-    snap = service.snapshot(RUN, 1)
+    return service.snapshot(RUN, 1)
+
+
+def assert_base_plus_mean(model_store, base_version, version, recorded):
+    """The committed version is the base + the recorded changes' weighted mean (each
+    coordinate clipped to the clip range), within the quantization bound; tensors that were
+    not masked keep the base's values."""
+    base, got = read(model_store, base_version), read(model_store, version)
+    assert sorted(got) == sorted(base)
+    total = sum(w for _, w in recorded.values())
+    some = next(iter(recorded.values()))[0]
+    for name, values in got.items():
+        if name not in some:  # not floating: it keeps the base's values
+            assert np.array_equal(values, base[name]), name
+            continue
+        mean = sum(w * np.clip(c[name], -SPEC.clip_range, SPEC.clip_range) for c, w in recorded.values()) / total
+        expected = base[name].astype(np.float64) + mean
+        tolerance = error_bound(total, len(recorded)) + 1e-6 * (1 + np.abs(expected))
+        assert np.all(np.abs(values - expected) <= tolerance), name
+
+
+def test_real_agents_commit_the_survivors_mean_with_one_dropped_after_sharing_keys(
+    aggregator, agg_channel, model_store, recorded
+):
+    agents = agents_for(SITES)
+    base_version = init_round(aggregator, agents["site-0"])
+    training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, secure_aggregation=SPEC)
+    gone = secagg.SecureAggregationClient(agg_channel, RUN, 1, "site-gone", SPEC, give_up_unix=time.time() + 120)
+
+    def drops_after_sharing() -> None:
+        gone.advertise()
+        gone.share_keys()  # then the site goes away
+
+    snap = train_round(aggregator, agents, base_version, training, extra=("site-gone",), target=4,
+                       side=drops_after_sharing)
 
     assert snap.state == "committed", snap.reason
     assert sorted(recorded) == SITES
-    base, got = read(model_store, base_version), read(model_store, snap.version)
-    total = sum(w for _, w in recorded.values())
-    for name, values in got.items():
-        if name not in recorded["site-0"][0]:  # not floating: it keeps the base's values
-            assert np.array_equal(values, base[name]), name
-            continue
-        # Each coordinate of a change is clipped to the clip range (BatchNorm statistics may move more).
-        mean = sum(w * np.clip(c[name], -SPEC.clip_range, SPEC.clip_range) for c, w in recorded.values()) / total
-        expected = base[name].astype(np.float64) + mean
-        tolerance = error_bound(total, len(SITES)) + 1e-6 * (1 + np.abs(expected))
-        assert np.all(np.abs(values - expected) <= tolerance), name
+    assert_base_plus_mean(model_store, base_version, snap.version, recorded)
     lineage = model_store.lineage(snap.version)["secure_aggregation"]
     assert lineage["dropped"] == ["site-gone"] and lineage["uploaded"] == 4 and lineage["shared_keys"] == 5
+
+
+def test_fedpav_under_secure_aggregation_keeps_the_private_head_on_the_site(aggregator, model_store, recorded):
+    sites = SITES[:3]
+    agents = agents_for(sites)
+    base_version = init_round(aggregator, agents["site-0"], TrainingConfig(shared_only=True))
+    training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, shared_only=True,
+                              secure_aggregation=SPEC)
+
+    snap = train_round(aggregator, agents, base_version, training, strategy="fedpav")
+
+    assert snap.state == "committed", snap.reason
+    assert sorted(recorded) == sites
+    for change, _ in recorded.values():  # the private head was neither masked nor sent
+        assert change and not [k for k in change if k.startswith("head.3.")]
+    assert not [k for k in read(model_store, snap.version) if k.startswith("head.3.")]
+    assert_base_plus_mean(model_store, base_version, snap.version, recorded)
+    for agent in agents.values():  # each site still holds a head of its own
+        assert [k for k in agent._private[RUN] if k.startswith("head.3.")]
+
+
+def test_a_no_op_round_under_secure_aggregation_masks_a_zero_change(aggregator, model_store, recorded):
+    sites = SITES[:3]
+    agents = agents_for(sites)
+    base_version = init_round(aggregator, agents["site-0"])
+    training = TrainingConfig(seed=1, no_op=True, upload_delta=True, secure_aggregation=SPEC)
+
+    snap = train_round(aggregator, agents, base_version, training)
+
+    assert snap.state == "committed", snap.reason
+    assert sorted(recorded) == sites
+    assert all(not np.any(v) for change, _ in recorded.values() for v in change.values())
+    base, got = read(model_store, base_version), read(model_store, snap.version)
+    assert all(np.array_equal(got[k], base[k]) for k in base)  # a zero change quantizes to exactly zero
+    assert model_store.lineage(snap.version)["secure_aggregation"]["uploaded"] == 3
+
+
+def test_local_privacy_under_secure_aggregation_masks_clipped_noised_changes(aggregator, model_store, recorded):
+    sites = SITES[:3]
+    agents = agents_for(sites)
+    base_version = init_round(aggregator, agents["site-0"])
+    privacy = PrivacySpec(DPMode.LOCAL, clip_norm=0.5, noise_multiplier=0.01, epsilon_budget=100.0, delta=1e-5)
+    training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, privacy=privacy,
+                              secure_aggregation=SPEC)
+
+    snap = train_round(aggregator, agents, base_version, training)
+
+    assert snap.state == "committed", snap.reason
+    assert sorted(recorded) == sites and {w for _, w in recorded.values()} == {1}  # every update weighs 1
+    for change, _ in recorded.values():
+        d = sum(v.size for v in change.values())
+        norm = np.sqrt(sum(float(np.sum(v**2)) for v in change.values()))
+        # Clipped to C (training moves the model further), then noised: sqrt(C^2 + d (z C)^2).
+        assert norm == pytest.approx(np.sqrt(0.5**2 + d * (0.01 * 0.5) ** 2), rel=0.05)
+    assert_base_plus_mean(model_store, base_version, snap.version, recorded)

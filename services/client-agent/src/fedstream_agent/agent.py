@@ -326,7 +326,8 @@ class Agent:
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
         if a.training.no_op and a.kind is RoundKind.TRAIN:
-            self._upload_unchanged(a, base, task.num_examples(data), {"download_seconds": download_s}, chunk_bytes)
+            self._upload_unchanged(a, base, task.num_examples(data), {"download_seconds": download_s}, chunk_bytes,
+                                   secure)
             return
         model = task.build_model(a.training.seed)
         incoming = state_of(base.buffer)
@@ -378,10 +379,16 @@ class Agent:
         return result
 
     def _upload_unchanged(
-        self, a: Assignment, base: DownloadedModel, examples: int, metrics: dict[str, float], chunk_bytes: int
+        self, a: Assignment, base: DownloadedModel, examples: int, metrics: dict[str, float], chunk_bytes: int,
+        secure: SecureTraining | None,
     ) -> None:
-        """A no-op round's upload: the base model as it came, or no change from it."""
+        """A no-op round's upload: the base model as it came, or no change from it (masked
+        under secure aggregation, like any change)."""
         buf = base.buffer
+        if secure is not None:
+            unchanged = state_of(buf)
+            upload = functools.partial(self._upload, a, metrics=metrics, chunk_bytes=chunk_bytes)
+            return secure.upload(unchanged, unchanged, examples, upload)
         if a.training.upload_delta or is_private(a.training):
             unchanged = state_of(buf)
             state = (private_changes if is_private(a.training) else as_changes)(unchanged, unchanged)
