@@ -214,8 +214,9 @@ class RoundTable:
             return self._rounds.get((run_id, round_))
 
     def get(self, run_id: str, round_: int) -> Round:
-        """Raises Unavailable while the aggregator is starting, RoundNotFound for a round it
-        does not hold."""
+        """Raises InvalidArgument for a malformed run id (never echoed whole), Unavailable while
+        the aggregator is starting, RoundNotFound for a round it does not hold."""
+        check_run_id(run_id)
         if not self.ready:
             raise Unavailable("the aggregator is starting; retry shortly")
         rnd = self.find(run_id, round_)
