@@ -157,6 +157,17 @@ def test_calls_for_rounds_missing_plain_or_over_are_refused(agg_channel, base):
                                    "protocol is over"), name
 
 
+def test_a_round_of_more_participants_than_secure_aggregation_takes_is_refused(agg_channel, base):
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    crowd = [f"site-{i}" for i in range(1001)]
+
+    code, details = status_of(lambda: control.OpenRound(secure_plan(crowd), timeout=5))
+
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "takes at most 1000 participants per round, not 1001" in details
+    control.OpenRound(secure_plan(crowd[:1000], timeout=60), timeout=5)  # up to the bound
+
+
 def test_an_advertise_step_below_the_threshold_fails_the_round_naming_it(agg_channel, base, model_store):
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)

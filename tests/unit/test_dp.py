@@ -163,6 +163,14 @@ def test_secure_aggregation_refuses_robust_strategies_and_weights_an_agent_canno
     check_combination(make_strategy("uniform"), spec(), SecureAggregationSpec())  # every update weighs 1 under DP
 
 
+def test_secure_aggregation_takes_at_most_a_thousand_participants():
+    check_combination(make_strategy("fedavg"), None, SecureAggregationSpec(), participants=1000)
+    check_combination(make_strategy("fedavg"), None, None, participants=5000)
+    with pytest.raises(InvalidArgument, match=r"secure aggregation \(secure_aggregation\) takes at most 1000 "
+                       r"participants per round, not 1001"):
+        check_combination(make_strategy("fedavg"), None, SecureAggregationSpec(), participants=1001)
+
+
 @pytest.mark.parametrize("strategy", ["fedavg", "fedpav", "fedprox", "fedadam", "fedyogi", "fedadagrad", "uniform"])
 def test_linear_strategies_take_differential_privacy(strategy):
     check_combination(make_strategy(strategy), spec(DPMode.LOCAL), SecureAggregationSpec())

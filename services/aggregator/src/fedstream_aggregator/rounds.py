@@ -310,7 +310,8 @@ def checked_plan(plan: RoundPlan, distiller: Distiller | None) -> tuple[RoundPla
         raise InvalidArgument("only training rounds of linear strategies can be shared among aggregators")
     if kind is RoundKind.TRAIN:
         check_combination(strategy, plan.privacy, plan.secure_aggregation, compression=plan.compression,
-                          distill=plan.distill, buffered=plan.buffer is not None, partial=plan.partial)
+                          distill=plan.distill, buffered=plan.buffer is not None, partial=plan.partial,
+                          participants=len(plan.participants))
     if plan.distill:
         _check_distill(plan, strategy, distiller)
     return plan, strategy
