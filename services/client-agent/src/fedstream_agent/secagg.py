@@ -113,23 +113,25 @@ class SecureAggregationClient:
         self, layout: Layout, change: Mapping[str, np.ndarray], weight: int
     ) -> tuple[Layout, Iterator[memoryview]]:
         """The masked update of ``change`` (the change of every floating tensor of ``layout``,
-        by name) weighted by ``weight``: its layout and its tensors' bytes, masked piece by piece
-        (the same bytes each time: a resumed upload sends what the first attempt sent)."""
+        by name) weighted by ``weight``: its layout and one buffer per tensor of it, masked
+        piece by piece as it is read (the same bytes each time: a resumed upload sends what
+        the first attempt sent). One tensor's masked bytes are held at a time."""
         wire = masked_layout(layout)
 
-        def pieces() -> Iterator[memoryview]:
+        def tensors() -> Iterator[memoryview]:
             offset = 0
             for t in layout.tensors:
                 if not t.dt.is_float:
                     continue
                 flat = np.asarray(change[t.name]).reshape(-1)
+                out = np.empty(flat.size, dtype="<u8")
                 for first in range(0, flat.size, MASK_PIECE):
-                    part = flat[first : first + MASK_PIECE]
-                    q = quantize(part, weight, self.spec.clip_range)
-                    yield memoryview(self.session.mask(q, offset + first).astype("<u8").tobytes())
+                    q = quantize(flat[first : first + MASK_PIECE], weight, self.spec.clip_range)
+                    out[first : first + q.size] = self.session.mask(q, offset + first)
+                yield out.data.cast("B")
                 offset += flat.size
 
-        return wire, pieces()
+        return wire, tensors()
 
     def unmask(self) -> None:
         """Step 3: waits for the unmask request and answers it (once)."""
