@@ -100,14 +100,16 @@ class SecureAggregationClient:
         self.bytes_sent += request.ByteSize()
         self.calls += 1
 
-    def receive_shares(self) -> None:
-        """Step 2: waits for the shares the others sealed to this agent."""
+    def receive_shares(self) -> int:
+        """Step 2: waits for the shares the others sealed to this agent; returns how many
+        agents shared keys (this one included)."""
         got = self._poll(lambda r: self.stub.GetShares(r, timeout=self.rpc_timeout_s + POLL_S),
                          lambda a: a.ready, "the shares")
         self.session.receive_shares(msg.SharesDelivery(
             tuple(got.senders),
             tuple(msg.EncryptedShare(s.sender, s.recipient, bytes(s.ciphertext)).check() for s in got.shares),
         ))
+        return len(got.senders)
 
     def masked(
         self, layout: Layout, change: Mapping[str, np.ndarray], weight: int
@@ -189,10 +191,13 @@ class SecureTraining:
         self._thread.start()
 
     def _exchange(self) -> None:
+        a = self.assignment
         try:
             self.client.advertise()
             self.client.share_keys()
-            self.client.receive_shares()
+            senders = self.client.receive_shares()
+            log.info("secure aggregation: round %d of %s: keys shared, shares received from %d agents", a.round,
+                     a.run_id, senders - 1)
         except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = e
 
