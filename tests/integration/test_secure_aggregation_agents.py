@@ -178,3 +178,34 @@ def test_local_privacy_under_secure_aggregation_masks_clipped_noised_changes(agg
         # Clipped to C (training moves the model further), then noised: sqrt(C^2 + d (z C)^2).
         assert norm == pytest.approx(np.sqrt(0.5**2 + d * (0.01 * 0.5) ** 2), rel=0.05)
     assert_base_plus_mean(model_store, base_version, snap.version, recorded)
+
+
+def test_an_agent_restarted_mid_round_gives_it_up_before_training_and_the_others_commit(
+    aggregator, agg_channel, model_store, recorded, monkeypatch, caplog
+):
+    sites = SITES[:3]
+    agents = agents_for(sites)
+    restarted = agents_for(["site-3"])["site-3"]  # a new process of an agent that shared keys
+    base_version = init_round(aggregator, agents["site-0"])
+    training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, secure_aggregation=SPEC)
+    trained: list[str] = []
+    train = Agent._train
+    monkeypatch.setattr(Agent, "_train", lambda self, *a: trained.append(self.agent_id) or train(self, *a))
+    before = secagg.SecureAggregationClient(agg_channel, RUN, 1, "site-3", SPEC, give_up_unix=time.time() + 120)
+
+    def first_life_then_restart() -> None:
+        before.advertise()
+        before.share_keys()  # then the process dies, its keys with it, and comes back
+        restarted.handle(Assignment(RUN, 1, RoundKind.TRAIN, "digits", base_version, f"127.0.0.1:{aggregator.port}",
+                                    f"127.0.0.1:{aggregator.port}", training, time.time() + 120))
+
+    snap = train_round(aggregator, agents, base_version, training, extra=("site-3",), target=3,
+                       side=first_life_then_restart)
+
+    assert snap.state == "committed", snap.reason
+    assert sorted(trained) == sites  # the restarted agent gave the round up before training
+    assert "round abandoned: FAILED_PRECONDITION" in caplog.text  # its new keys refused (the step may be over)
+    assert "already advertised other keys" in caplog.text or "cannot advertise keys in step" in caplog.text
+    assert_base_plus_mean(model_store, base_version, snap.version, recorded)
+    lineage = model_store.lineage(snap.version)["secure_aggregation"]
+    assert lineage["dropped"] == ["site-3"] and lineage["uploaded"] == 3

@@ -167,14 +167,18 @@ def privatize_change(change: dict[str, np.ndarray], privacy: PrivacySpec) -> Non
 
 
 class SecureTraining:
-    """An agent's secure aggregation of one training round around its training: the key
-    exchange runs in a thread from the assignment on (overlapping the download and training),
-    then ``upload`` masks the change, uploads it and answers the unmask request."""
+    """An agent's secure aggregation of one training round around its training: its keys are
+    advertised when the assignment arrives, the rest of the key exchange runs in a thread
+    (overlapping the download and training), then ``upload`` masks the change, uploads it and
+    answers the unmask request."""
 
     @classmethod
     def start(cls, dial: Callable[[str], grpc.Channel], a: Assignment, agent_id: str) -> SecureTraining | None:
         """Starts the key exchange of a training round under secure aggregation (with the
-        aggregator it uploads to); None for any other round."""
+        aggregator it uploads to); None for any other round. Raises what advertising its keys
+        raised: an agent that cannot advertise (restarted mid-round, its earlier keys lost with
+        its process; or too late, the advertise step closed) cannot take part, and gives the
+        round up before downloading and training for nothing."""
         if a.kind is not RoundKind.TRAIN or a.training.secure_aggregation is None:
             return None
         return cls(dial(a.upload_endpoint), a, agent_id)
@@ -187,13 +191,13 @@ class SecureTraining:
             channel, a.run_id, a.round, agent_id, spec, give_up_unix=a.deadline_unix + spec.step_timeout_s
         )
         self._error: BaseException | None = None
+        self.client.advertise()
         self._thread = threading.Thread(target=self._exchange, name="secagg-keys", daemon=True)
         self._thread.start()
 
     def _exchange(self) -> None:
         a = self.assignment
         try:
-            self.client.advertise()
             self.client.share_keys()
             senders = self.client.receive_shares()
             log.info("secure aggregation: round %d of %s: keys shared, shares received from %d agents", a.round,
