@@ -7,6 +7,7 @@ names what was wrong and changes nothing: the honest agents' round still commits
 from __future__ import annotations
 
 import datetime as dt
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -26,13 +27,16 @@ from test_secure_aggregation import (
 from fedstream.errors import ModelNotFound
 from fedstream.grpcutil import channel
 from fedstream.pki import CertificateAuthority, Identity
+from fedstream.privacy import SecureAggregationSpec
 from fedstream.secagg.messages import CIPHERTEXT_BYTES
+from fedstream.secagg.quantize import max_weight
 from fedstream.secagg.shamir import ELEMENT_BYTES
 from fedstream.state import MemoryStateStore
 from fedstream.store import LocalModelStore
 from fedstream.v1 import aggregator_pb2_grpc, round_pb2
 from fedstream.v1 import secagg_pb2 as spb
 from fedstream.v1 import secagg_pb2_grpc as spb_grpc
+from fedstream_agent.secagg import SecureAggregationClient
 from fedstream_aggregator.server import build_server
 from fedstream_aggregator.service import AggregatorService
 from fedstream_testing.helpers import layout_of, store_model
@@ -166,6 +170,39 @@ def test_a_round_of_more_participants_than_secure_aggregation_takes_is_refused(a
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "takes at most 1000 participants per round, not 1001" in details
     control.OpenRound(secure_plan(crowd[:1000], timeout=60), timeout=5)  # up to the bound
+
+
+def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(agg_channel, base, model_store):
+    wide = SecureAggregationSpec(max_dropout=0.4, clip_range=1000.0, step_timeout_s=3.0)
+    p = secure_plan(["a", "b", "c"], target=2, timeout=60)
+    p.secure_aggregation.clip_range = wide.clip_range
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    control.OpenRound(p, timeout=5)
+    clients = {a: SecureAggregationClient(agg_channel, RUN, 1, a, wide, give_up_unix=time.time() + 30) for a in "abc"}
+    most = max_weight(wide.clip_range, 3)
+
+    def agent(name: str, examples: int) -> None:
+        c = clients[name]
+        c.advertise()
+        c.share_keys()
+        c.receive_shares()
+        wire, pieces = c.masked(layout_of(base_model()), changes(ord(name)), min(examples, most))
+        upload_tensors(agg_channel, name, wire, pieces, examples, run_id=RUN)  # "c" declares more than it may
+        c.unmask()
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = {a: pool.submit(agent, a, n) for a, n in (("a", 5), ("b", 7), ("c", 10**9))}
+        [futures[a].result(timeout=60) for a in "ab"]
+        with pytest.raises(grpc.RpcError) as refused:
+            futures["c"].result(timeout=60)
+    event = wait_terminal(control, RUN, 1)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (f"num_examples {10**9} is more than a masked update of this round may weigh "
+                                       f"({most}: the sum of 3 participants' updates at clip range 1000 must fit "
+                                       "the ring)")
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason  # one site cannot overflow the sum
+    assert model_store.lineage(event.version)["secure_aggregation"]["dropped"] == ["c"]
 
 
 def test_an_advertise_step_below_the_threshold_fails_the_round_naming_it(agg_channel, base, model_store):

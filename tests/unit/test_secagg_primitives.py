@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fedstream.errors import InvalidArgument, SecureAggregationFailed
 from fedstream.secagg import FRACTION_BITS, prg, shamir
 from fedstream.secagg.crypto import KeyPair, agree, context, open_sealed, public_of, seal
-from fedstream.secagg.quantize import check_ring, dequantize, error_bound, quantize
+from fedstream.secagg.quantize import MAX_WEIGHT, check_ring, dequantize, error_bound, max_weight, quantize
 
 
 @settings(max_examples=20, deadline=None)
@@ -134,3 +134,14 @@ def test_context_parts_cannot_be_shifted_between_fields():
 def test_a_degenerate_peer_key_is_refused():
     with pytest.raises(InvalidArgument, match="not a usable X25519 key"):
         agree(KeyPair.generate().secret, bytes(32), b"info")
+
+
+@given(st.floats(1e-3, 1e6), st.integers(1, 1000))
+def test_participants_each_at_the_largest_weight_cannot_overflow_the_ring(clip_range, participants):
+    most = max_weight(clip_range, participants)
+
+    check_ring(most * participants, clip_range)  # the worst sum fits
+    assert 0 <= most <= MAX_WEIGHT
+    if most < MAX_WEIGHT:
+        with pytest.raises(SecureAggregationFailed):
+            check_ring((most + 1) * participants, clip_range)

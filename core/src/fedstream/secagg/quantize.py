@@ -3,6 +3,8 @@ coordinate, as two's complement integers with ``FRACTION_BITS`` fraction bits in
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fedstream.errors import InvalidArgument, SecureAggregationFailed
@@ -21,6 +23,16 @@ def check_weight(weight: int) -> int:
             f"a secure aggregation weight must be an integer in [1, {MAX_WEIGHT}], got {weight!r}"
         )
     return weight
+
+
+def max_weight(clip_range: float, participants: int) -> int:
+    """The largest weight one update of a round of ``participants`` may carry so that the sum of
+    all of them cannot overflow the ring (``check_ring``), at most MAX_WEIGHT: checked on every
+    update, so that no site can make the round's sum overflow and fail it for everyone."""
+    most = math.floor(float(1 << (RING_BITS - 1)) / (clip_range * SCALE * max(1, participants)))
+    while most > 0 and most * clip_range * SCALE * max(1, participants) >= float(1 << (RING_BITS - 1)):
+        most -= 1
+    return min(MAX_WEIGHT, most)
 
 
 def quantize(change: np.ndarray, weight: int, clip_range: float) -> np.ndarray:

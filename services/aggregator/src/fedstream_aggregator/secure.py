@@ -25,7 +25,7 @@ from fedstream.errors import (
 from fedstream.privacy import DPMode, SecureAggregationSpec
 from fedstream.rounds import RoundPlan
 from fedstream.secagg import messages as msg
-from fedstream.secagg.quantize import dequantize, masked_layout
+from fedstream.secagg.quantize import dequantize, masked_layout, max_weight
 from fedstream.secagg.server import Correction, ServerSession, ServerStep
 from fedstream.tensors import Layout, TensorSpec
 from fedstream_aggregator import metrics as m
@@ -41,11 +41,21 @@ RING_PIECE_BYTES = 1 << 20
 
 def secure_weight(plan: RoundPlan, num_examples: int) -> int:
     """The weight an agent applies to its change before masking: its example count, or 1 under
-    differential privacy (every update weighs the same)."""
+    differential privacy (every update weighs the same). Raises InvalidArgument for a count
+    below 1, or above what one update of the round may weigh (``max_weight``: more could make
+    the round's sum overflow the ring and fail it for every participant)."""
     if plan.privacy is not None:
         return 1
     if num_examples < 1:
         raise InvalidArgument("a masked update needs its number of examples (at least 1)")
+    assert plan.secure_aggregation is not None
+    n, clip = len(plan.participants), plan.secure_aggregation.clip_range
+    most = max_weight(clip, n)
+    if num_examples > most:
+        raise InvalidArgument(
+            f"num_examples {num_examples} is more than a masked update of this round may weigh ({most}: the sum "
+            f"of {n} participants' updates at clip range {clip:g} must fit the ring)"
+        )
     return num_examples
 
 
