@@ -25,12 +25,13 @@ from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.rounds import Assignment, RoundKind
-from fedstream.staleness import is_statistic
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream.version import distribution_version
 from fedstream_agent import metrics as m
+from fedstream_agent.budget import SiteBudget
+from fedstream_agent.changes import as_changes
 from fedstream_agent.identity import (
     AgentDisabledError,
     AgentIdentity,
@@ -128,6 +129,7 @@ class Agent:
         # The same for a round that closed without this agent's update (its work not needed).
         self._closed: dict[tuple[str, int], str] = {}
         self._reconnect = Reconnect(settings)
+        self._budget = SiteBudget.of(settings, self.identity is not None)  # this site's own privacy budget
         # Uploads the aggregator confirmed; with an identity, kept beside it across restarts.
         self._confirmed = ConfirmedUploads(
             tls.identity_dir / CONFIRMED_FILE if self.identity is not None else None
@@ -286,6 +288,8 @@ class Agent:
             log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
             return
         self._handled.add(key)
+        if not self._budget.admits(a):  # one more local release would pass the site's own limit
+            return
         outcome = "abandoned"
         self._current = key
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
@@ -483,18 +487,6 @@ class Agent:
         chunk_bytes: int,
     ) -> None:
         """See ``Transfers.upload``: done once the aggregator confirms the update counted."""
+        self._budget.release(a)  # recorded before a locally noised change leaves the site
         self._transfers.upload(a, layout, buffers, num_examples, metrics, chunk_bytes, lambda: self._check_cancelled(a))
 
-
-def as_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each floating tensor as its change from ``base`` (computed in float32 or wider, stored in
-    its own dtype); normalisation statistics and other tensors as they are (the aggregator
-    averages them plainly: fedstream.staleness.is_statistic)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        if value.is_floating_point() and not is_statistic(name):
-            wide = torch.promote_types(value.dtype, torch.float32)
-            out[name] = (value.to(wide) - base[name].to(wide)).to(value.dtype)
-        else:
-            out[name] = value
-    return out
