@@ -70,6 +70,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/state_writes.py
 	$(BIN)/python bench/wan.py
 	$(BIN)/python bench/async.py
+	$(BIN)/python bench/secagg.py
 
 # Screenshots of the web console for docs/console.md: a real federation driven in headless
 # Chromium; writes docs/console/*.png.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedstream_agent.agent import capabilities
+from fedstream_agent.provenance import capabilities
 from fedstream_scheduler.console import CONTENT_SECURITY_POLICY, assets
 from fedstream_scheduler.cron import next_slot
 

@@ -151,11 +151,16 @@ def test_differential_privacy_refuses_what_it_cannot_work_with(strategy, params,
     assert "differential privacy" in e.value.public and named in e.value.public
 
 
-def test_secure_aggregation_refuses_robust_strategies_but_takes_cosine_weights():
+def test_secure_aggregation_refuses_robust_strategies_and_weights_an_agent_cannot_apply():
     with pytest.raises(InvalidArgument, match=r"secure aggregation \(secure_aggregation\) cannot be combined with strategy 'median'"):
         check_combination(make_strategy("median"), None, SecureAggregationSpec())
+    for name, params in (("uniform", {}), ("cosine", {}), ("fedpav", {"weights": "cosine"})):
+        with pytest.raises(InvalidArgument, match="its weights need each update"):
+            check_combination(make_strategy(name, params), None, SecureAggregationSpec())
 
-    check_combination(make_strategy("cosine"), None, SecureAggregationSpec())
+    for name in ("fedavg", "fedprox", "fedpav", "fedadam", "fedyogi", "fedadagrad"):
+        check_combination(make_strategy(name), None, SecureAggregationSpec())
+    check_combination(make_strategy("uniform"), spec(), SecureAggregationSpec())  # every update weighs 1 under DP
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedpav", "fedprox", "fedadam", "fedyogi", "fedadagrad", "uniform"])

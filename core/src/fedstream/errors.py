@@ -162,6 +162,20 @@ class RenewalRefused(FailedPrecondition):
     code = "renewal_refused"
 
 
+class SecureAggregationFailed(FailedPrecondition):
+    """A secure aggregation round that cannot finish: too few participants answered a step, an
+    agent sent inconsistent shares, or the sum would overflow the ring. Nothing is committed."""
+
+    code = "secure_aggregation_failed"
+
+
+class ProtocolViolation(FailedPrecondition):
+    """A secure aggregation message out of its step, sent twice with other contents, or
+    asking a participant for what the protocol forbids it to reveal."""
+
+    code = "protocol_violation"
+
+
 class AlreadyExists(FedstreamError):
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
     http_status = HTTPStatus.CONFLICT

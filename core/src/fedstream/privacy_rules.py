@@ -6,13 +6,24 @@ from __future__ import annotations
 
 from fedstream.errors import InvalidArgument
 from fedstream.privacy import PrivacySpec, SecureAggregationSpec
-from fedstream.strategies import RobustStrategy, Strategy
+from fedstream.strategies import LinearStrategy, RobustStrategy, Strategy
 
 
 def uses_cosine_weights(strategy: Strategy) -> bool:
     """Whether the strategy weighs updates by the cosine distance its agents report (strategy
     ``cosine``, or ``fedpav`` with ``weights=cosine``)."""
     return strategy.name == "cosine" or getattr(strategy.params, "weights", "") == "cosine"
+
+
+def weighs_by_examples(strategy: Strategy) -> bool:
+    """Whether the strategy weighs each update by its example count alone (the linear
+    strategies' default weight, or fedpav with weights=examples): what an agent can apply to its
+    change before masking it."""
+    if not isinstance(strategy, LinearStrategy):
+        return False
+    if strategy.name == "fedpav":
+        return getattr(strategy.params, "weights", "examples") == "examples"
+    return type(strategy).weight is LinearStrategy.weight
 
 
 def distills(strategy: Strategy) -> bool:
@@ -61,6 +72,14 @@ def check_combination(
             raise InvalidArgument(f"{name} cannot be combined with a buffered asynchronous run (asynchronous)")
         if partial:
             raise InvalidArgument(f"{name} cannot be combined with a round shared among aggregators (hierarchy)")
+    if secure_aggregation is not None and privacy is None and not isinstance(strategy, RobustStrategy) \
+            and not weighs_by_examples(strategy):
+        raise InvalidArgument(
+            f"secure aggregation (secure_aggregation) cannot be combined with strategy {strategy.name!r}"
+            f"{' weights=cosine' if uses_cosine_weights(strategy) and strategy.name == 'fedpav' else ''}: "
+            "its weights need each update (under secure aggregation each agent weighs its change by its "
+            "example count before masking it; use fedavg, fedprox, fedpav, fedadam, fedyogi or fedadagrad)"
+        )
     if privacy is not None and uses_cosine_weights(strategy):
         raise InvalidArgument(
             f"differential privacy cannot be combined with cosine weights (strategy {strategy.name!r}): "

@@ -29,7 +29,7 @@ from fedstream.strategies.robust import pairwise_sq_dist_update
 from fedstream.tensors import FlatBuffer, Layout, TensorSpec
 from fedstream_aggregator.blocks import Blocks
 from fedstream_aggregator.distill import Distiller
-from fedstream_aggregator.privacy import central_noise, is_private, privacy_figures
+from fedstream_aggregator.privacy import CentralNoise, central_noise, is_private, privacy_figures
 from fedstream_aggregator.rounds import Round
 from fedstream_aggregator.spool import SpoolPool, copy_out
 
@@ -195,16 +195,17 @@ class LinearFinisher(VersionFinisher):
 
     def write(self, rnd: Round, version: str, writer: ModelWriter) -> dict[str, float]:
         plan, strategy, store = rnd.plan, self.strategy, self.storage.store
-        assert rnd.accumulator is not None and rnd.layout is not None
+        assert rnd.layout is not None
         slots = strategy.state_slots
         floats = [t for t in rnd.layout.tensors if t.dt.is_float]
         state_layout = Layout.build((f"{t.name}/{s}", "float32", t.shape) for t in floats for s in slots)
         # The means of floating tensors are changes: int8 updates, buffered asynchronous ones
         # (but for normalisation statistics, which asynchronous agents send as values), and
-        # private ones (statistics included; their other tensors keep the base's values).
+        # private ones, differential privacy or secure aggregation (statistics included; their
+        # other tensors keep the base's values).
         private = is_private(plan)
         deltas = plan.compression == "int8" or plan.buffer is not None or private
-        noise = central_noise(plan, rnd.accumulator)
+        noise = self.noise(rnd)
         with contextlib.ExitStack() as stack:
             base = None
             if strategy.needs_base or deltas:
@@ -212,7 +213,7 @@ class LinearFinisher(VersionFinisher):
             old_state = self._old_state(stack, plan, state_layout) if slots else None
             new_state = stack.enter_context(store.state_writer(version, state_layout)) if slots else None
             sink = stack.enter_context(_StateSink(new_state, slots, self.storage.spools.directory)) if new_state is not None else None
-            for spec, first, mean in rnd.accumulator.means():
+            for spec, first, mean in self.means(rnd, base):
                 base_values = base.tensor(spec, first, mean.size) if base is not None else None
                 if noise is not None:
                     mean = noise.apply(spec, mean)
@@ -233,6 +234,16 @@ class LinearFinisher(VersionFinisher):
             if new_state is not None:
                 new_state.commit(set_latest=False)
         return privacy_figures(plan, list(rnd.reports.values()))
+
+    def noise(self, rnd: Round) -> CentralNoise | None:
+        """The round's central differential privacy noise (None without): taken before the means."""
+        assert rnd.accumulator is not None
+        return central_noise(rnd.plan, rnd.accumulator)
+
+    def means(self, rnd: Round, base: Blocks | None) -> Iterator[tuple[TensorSpec, int, np.ndarray]]:
+        """The weighted mean of every tensor of the model, piece by piece in layout order."""
+        assert rnd.accumulator is not None
+        return rnd.accumulator.means()
 
     def _old_state(self, stack: contextlib.ExitStack, plan: RoundPlan, state_layout: Layout) -> Blocks | None:
         """The strategy state stored with the base version, None when it has none."""

@@ -46,6 +46,7 @@ from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest, receive_into
 from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
+from fedstream_aggregator.secure import secure_weight
 from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
 
 log = logging.getLogger(__name__)
@@ -331,10 +332,14 @@ class Ingest:
             raise InvalidArgument("metrics must be finite numbers")
         if plan.kind is RoundKind.TRAIN:
             assert rnd.wire is not None
+            if rnd.secure is not None:
+                rnd.secure.check_upload(header.agent_id)  # it shared keys: its masks can be removed
             problem = header.layout.mismatch(rnd.wire)
             if problem:
                 how = "" if plan.compression == "none" else f" sent as {plan.compression}"
                 raise InvalidLayout(f"update does not match model {plan.base_version}{how}: {problem}")
+            if rnd.secure is not None:  # weighed by the agent before masking: its examples, or 1 under privacy
+                return float(secure_weight(plan, header.num_examples))
             if plan.privacy is not None:
                 return 1.0  # every update weighs the same (central mode: its clip factor, once measured)
             return rnd.strategy.weight(header.num_examples, header.metrics)
@@ -450,13 +455,16 @@ class Ingest:
                 return False, False, False
             rnd.reports[report.agent_id] = report
             held = False
-            if plan.kind is RoundKind.TRAIN and rnd.accumulator is not None:
+            if plan.kind is RoundKind.TRAIN and rnd.secure is not None:
+                rnd.secure.fold(spool.read_into, report.agent_id, int(report.weight))
+            elif plan.kind is RoundKind.TRAIN and rnd.accumulator is not None:
                 rnd.accumulator.fold(spool.read_into, report.weight, rnd.wire)
             elif plan.kind is RoundKind.INIT:  # its one upload becomes the version as it is
                 rnd.layout = layout
                 rnd.init_spool = spool
                 held = True
             complete = len(rnd.reports) >= plan.closes_at and not plan.partial
+            complete = complete or (rnd.secure is not None and rnd.secure.all_uploaded())
             return True, held, complete
 
     def _forget_kept(self, rnd: Round) -> None:

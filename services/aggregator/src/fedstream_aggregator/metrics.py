@@ -33,3 +33,11 @@ DP_UPDATES_CLIPPED = Counter(
     "fedstream_dp_updates_clipped_total", "Updates of rounds under central differential privacy whose change was "
     "clipped to the clip norm (a count only: norms would leak).", ["tenant"],
 )
+SECAGG_DROPOUTS = Counter(
+    "fedstream_secagg_dropouts_total", "Participants of secure aggregation rounds that did not answer a protocol "
+    "step (advertise, share_keys, upload, unmask), by the step they dropped at.", ["tenant", "step"],
+)
+SECAGG_STEP_SECONDS = Histogram(
+    "fedstream_secagg_step_seconds", "Time a secure aggregation step stayed open, from its start to its close.",
+    ["tenant", "step"], buckets=OPERATION_BUCKETS,
+)

@@ -20,6 +20,7 @@ from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.recovery import Recovery
 from fedstream_aggregator.rounds import Round, RoundTable, checked_plan
+from fedstream_aggregator.secure import SecureFinisher, SecureRound
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class RoundFactory:
         self, storage: Storage, hierarchy: Hierarchy, distiller: Distiller | None,
         clock: Callable[[], float], *, durable: bool, run_cancelled: Callable[[str], str] = lambda run_id: "",
         accumulators: Callable[[Layout], WeightedAccumulator] = WeightedAccumulator,
+        fail: Callable[[Round, str], None] = lambda rnd, reason: None, tenant: str = "",
     ) -> None:
         self.storage = storage
         self.hierarchy = hierarchy
@@ -42,6 +44,9 @@ class RoundFactory:
         self.accumulators = accumulators
         # Why a run was cancelled ("" when it was not): each round asks before it commits.
         self.run_cancelled = run_cancelled
+        # Fails a round (a secure aggregation step that closed below its threshold).
+        self.fail = fail
+        self.tenant = tenant
 
     def keeps_updates(self, plan: RoundPlan, strategy: Strategy) -> bool:
         """Whether counted updates are copied to the model store: to survive a restart, for
@@ -51,6 +56,8 @@ class RoundFactory:
 
     def build(self, plan: RoundPlan, strategy: Strategy, layout: Layout | None) -> Round:
         """A training round of ``plan`` (``layout``: the base version's, for training rounds)."""
+        if plan.secure_aggregation is not None and plan.kind is RoundKind.TRAIN and layout is not None:
+            return self._build_secure(plan, strategy, layout)
         shares = self.hierarchy.shares(plan, strategy) if plan.buffer is None else {}
         folds = layout is not None and isinstance(strategy, LinearStrategy) and not shares
         return Round(
@@ -60,6 +67,19 @@ class RoundFactory:
             keeps_updates=self.keeps_updates(plan, strategy), shares=shares,
             run_cancelled=functools.partial(self.run_cancelled, plan.run_id),
         )
+
+    def _build_secure(self, plan: RoundPlan, strategy: Strategy, layout: Layout) -> Round:
+        """A secure aggregation round: masked updates fold into its ring sum, never kept."""
+        assert isinstance(strategy, LinearStrategy)
+        if self.hierarchy.shares(plan, strategy):
+            raise FailedPrecondition("a secure aggregation round cannot be shared among leaf aggregators")
+        secure = SecureRound(plan, layout, tenant=self.tenant)
+        rnd = Round(
+            plan, strategy, SecureFinisher(self.storage, strategy), layout, None, wire=secure.wire,
+            keeps_updates=False, run_cancelled=functools.partial(self.run_cancelled, plan.run_id), secure=secure,
+        )
+        secure.on_fail = functools.partial(self.fail, rnd)
+        return rnd
 
     def base_layout(self, plan: RoundPlan) -> Layout | None:
         """The base version's layout for a training round; raises ModelNotFound."""

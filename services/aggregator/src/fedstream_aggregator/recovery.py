@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SECURE_RESTART = "aggregator restarted during secure aggregation"
+
 
 class Recovery:
     """Restores the rounds of this aggregator's journal."""
@@ -44,6 +46,11 @@ class Recovery:
         for record in self.journal.unfinished():
             if self.table.find(record.run_id, record.round) is not None:
                 continue
+            if record.plan.secure_aggregation is not None and record.plan.kind is RoundKind.TRAIN:
+                # The protocol's keys and masked sum were in the lost process's memory only.
+                with contextlib.suppress(FedstreamError):
+                    self.journal.fail(record.run_id, record.round, SECURE_RESTART)
+                continue
             try:
                 self.restore(record)
                 recovered += 1
@@ -59,6 +66,8 @@ class Recovery:
         plan = record.plan
         if self.table.find(plan.run_id, plan.round) is not None:
             return
+        if plan.secure_aggregation is not None and plan.kind is RoundKind.TRAIN:
+            raise FailedPrecondition(SECURE_RESTART)
         strategy = make_strategy(plan.strategy, plan.params())
         rnd = self.factory.build(plan, strategy, self.factory.base_layout(plan))
         reports = dict(record.reports)

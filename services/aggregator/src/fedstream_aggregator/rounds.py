@@ -36,6 +36,7 @@ from fedstream_aggregator.spool import Spool
 
 if TYPE_CHECKING:
     from fedstream_aggregator.finishers import Finisher
+    from fedstream_aggregator.secure import SecureRound
 
 # Watchers of a training round get at most one snapshot per this many seconds.
 WATCH_BATCH_S = 0.2
@@ -84,6 +85,8 @@ class Round:
     committing: bool = False
     # The result is being made visible: an abort comes too late and waits for the commit.
     sealed: bool = False
+    # The secure aggregation protocol of the round and its ring sum (instead of ``accumulator``).
+    secure: SecureRound | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
 
@@ -108,6 +111,8 @@ class Round:
             self.timer.cancel()
         if to.terminal:
             self.accumulator = None
+            if self.secure is not None:
+                self.secure.release()
         if to is not RoundState.TRAINING:
             error: FedstreamError
             if to is RoundState.CANCELLED:

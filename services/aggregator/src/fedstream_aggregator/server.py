@@ -23,6 +23,8 @@ from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS, LIMIT_HITS
 from fedstream.pki import TlsIdentity
 from fedstream.startup import StartupError
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
+from fedstream.v1 import secagg_pb2_grpc as secagg_grpc
+from fedstream_aggregator.secure_servicer import SecureAggregationServicer
 from fedstream_aggregator.service import AggregatorService
 from fedstream_aggregator.servicer import (
     ControlServicer,
@@ -37,6 +39,7 @@ SERVICE_NAMES = (
     "fedstream.v1.ModelService",
     "fedstream.v1.UpdateService",
     "fedstream.v1.AggregatorControl",
+    "fedstream.v1.SecureAggregation",
 )
 
 
@@ -127,6 +130,7 @@ def build_server(
         UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s), watch),
     )
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)
+    secagg_grpc.add_SecureAggregationServicer_to_server(SecureAggregationServicer(service.rounds, guard), server)
     health_servicer = add_health(server, SERVICE_NAMES)
     bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
     health_server, health_bound = None, 0

@@ -94,7 +94,7 @@ class AggregatorService:
         storage = Storage(store, self.spools, chunk_bytes)
         factory = RoundFactory(
             storage, self.hierarchy, distiller, clock, durable=durable, run_cancelled=self.committer.run_cancelled,
-            accumulators=self.hierarchy.accumulators,
+            accumulators=self.hierarchy.accumulators, fail=self.committer.fail, tenant=state.tenant,
         )
         self.recovery = Recovery(self.rounds, self.journal, factory, self.hierarchy, self.committer)
         self.aborter = Aborter(self.rounds, self.journal, self.committer)

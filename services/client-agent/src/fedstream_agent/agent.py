@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shutil
 import threading
 import time
 import zlib
@@ -14,7 +12,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
@@ -28,7 +25,6 @@ from fedstream.rounds import Assignment, RoundKind
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
-from fedstream.version import distribution_version
 from fedstream_agent import metrics as m
 from fedstream_agent.budget import SiteBudget
 from fedstream_agent.changes import as_changes
@@ -42,8 +38,9 @@ from fedstream_agent.identity import (
 )
 from fedstream_agent.pacing import stretch
 from fedstream_agent.privacy import is_private, private_changes, privatize
-from fedstream_agent.provenance import provenance_of
+from fedstream_agent.provenance import capabilities, provenance_of
 from fedstream_agent.reconnect import Reconnect
+from fedstream_agent.secagg import SecureTraining
 from fedstream_agent.settings import AgentSettings
 from fedstream_agent.transfers import CONFIRMED_FILE, ConfirmedUploads, Transfers
 from fedstream_tasks import get_task
@@ -66,22 +63,6 @@ class RoundClosedHere(Exception):
 def _is_closure(e: grpc.RpcError) -> bool:
     """Whether a refusal says the round closed without this agent's update (RoundClosed)."""
     return error_code_of(e) == RoundClosed.code or RoundClosed.is_closure(e.details() or "")
-
-
-def capabilities(device: torch.device) -> scheduler_pb2.Capabilities:
-    caps = scheduler_pb2.Capabilities(
-        device=device.type,
-        cpu_count=os.cpu_count() or 0,
-        memory_bytes=psutil.virtual_memory().total,
-        free_disk_bytes=shutil.disk_usage(os.getcwd()).free,
-        agent_version=distribution_version("fedstream-agent"),
-        torch_version=str(torch.__version__),
-    )
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        caps.gpu_name = props.name
-        caps.gpu_memory_bytes = props.total_memory
-    return caps
 
 
 class Agent:
@@ -341,6 +322,7 @@ class Agent:
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
+        secure = SecureTraining.start(self._channel, a, self.agent_id)  # None: a plain upload
         started = time.perf_counter()
         base = self._download(a, chunk_bytes)
         self._check_cancelled(a)
@@ -359,20 +341,21 @@ class Agent:
             return
         self._load(task, a, model, incoming)
         compression = a.training.compression
-        global_floats = (
-            {k: v.clone() for k, v in incoming.items() if v.is_floating_point()}
-            if compression == "int8" or a.training.upload_delta or is_private(a.training) else {}
-        )
+        keep = compression == "int8" or a.training.upload_delta or is_private(a.training)
+        global_floats = {k: v.clone() for k, v in incoming.items() if v.is_floating_point()} if keep else {}
         del base, incoming
         result = self._train(task, a, model, data)
         state = self._outgoing(task, a, model)
+        metrics = {**result.metrics, "download_seconds": download_s}
+        if secure is not None:  # the masked change travels instead (fedstream_agent.secagg)
+            upload = functools.partial(self._upload, a, metrics=metrics, chunk_bytes=chunk_bytes)
+            return secure.upload(state, global_floats, result.num_examples, upload)
         if is_private(a.training):  # the change travels, clipped (and noised) under privacy
             state = privatize(a.training, state, global_floats)
         elif a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
             state = as_changes(state, global_floats)
         state = self._compress(a, state, compression, global_floats)
         layout = layout_of(state)
-        metrics = {**result.metrics, "download_seconds": download_s}
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
         self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
 
