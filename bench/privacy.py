@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedstream.accounting import Charge, epsilon
 from fedstream.privacy import DPMode, PrivacySpec
 from fedstream.rounds import RoundKind, RoundPlan, TrainingConfig
 from fedstream.state import MemoryStateStore
@@ -45,7 +46,6 @@ from fedstream.tensors import FlatBuffer, iter_chunks
 from fedstream_agent.privacy import clip_and_noise
 from fedstream_aggregator.ingest import UpdateHeader
 from fedstream_aggregator.service import AggregatorService
-from fedstream_scheduler.accountant import Charge, epsilon
 from fedstream_tasks import get_task
 from fedstream_tasks.base import SiteDataSettings, Task, TrainParams
 from fedstream_tasks.torchio import buffers_of, layout_of, state_of
