@@ -47,7 +47,7 @@ class SecureAggregationClient:
     """One agent's secure aggregation of one round: it signs with ``credentials`` and checks
     the roster against ``participants`` (the scheduler's selection, from the assignment).
     ``give_up_unix``: when the agent stops waiting for a step (the round's deadline and the
-    unmask step's timeout after it)."""
+    timeouts of the consistency check and the unmask step after it)."""
 
     def __init__(
         self, channel: grpc.Channel, run_id: str, round_: int, agent_id: str, spec: SecureAggregationSpec,
@@ -217,7 +217,9 @@ class SecureTraining:
         self.assignment = a
         self.client = SecureAggregationClient(
             channel, a.run_id, a.round, agent_id, spec, credentials, a.participants,
-            give_up_unix=a.deadline_unix + spec.step_timeout_s,
+            # The round closes by its deadline; the consistency check and the unmask step wait
+            # step_timeout_s each after it.
+            give_up_unix=a.deadline_unix + 2 * spec.step_timeout_s,
         )
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._exchange, name="secagg-keys", daemon=True)
