@@ -241,8 +241,10 @@ class SecureTraining:
         self, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], num_examples: int, upload: Upload
     ) -> None:
         """Masks the change of every floating tensor of ``state`` from ``base``, uploads it with
-        ``upload(layout, buffers, num_examples)`` and answers the unmask request. Raises what the
-        key exchange raised (the agent then drops out of the round)."""
+        ``upload(layout, buffers, num_examples)``, signs the survivors and answers the unmask
+        request. Raises what the key exchange raised, and SecureAggregationFailed for survivors
+        or an unmask request it refuses (the agent then drops out of the round, revealing
+        nothing more)."""
         self._thread.join(max(0.0, self.client.give_up_unix - time.time()))
         if self._error is not None:
             raise self._error
@@ -265,4 +267,4 @@ class SecureTraining:
             self.client.confirm()
             self.client.unmask()
         except ProtocolViolation as e:
-            raise SecureAggregationFailed(f"refused to go on: {e.public}") from None
+            raise SecureAggregationFailed(e.public) from None
