@@ -2,7 +2,7 @@
 Privacy-Preserving Machine Learning"), complete graph of pairwise masks, with dropout recovery and
 the paper's actively secure variant (section 6: signed keys, a consistency check of the
 survivors): the aggregator learns the sum of the survivors' quantized updates and nothing about
-any single one, even if it deviates from the protocol (``signing`` says against what).
+any single one, also when it deviates from the protocol, within the limits ``signing`` states.
 
 Pure protocol code, no sockets: ``client.ClientSession`` is one agent's side of one round,
 ``server.ServerSession`` the aggregator's. Cryptographic primitives come from ``cryptography``

@@ -3,7 +3,12 @@
 the key of its TLS identity; every agent checks the others' certificates (issued by the tenant's
 authority, valid now, naming an agent of exactly that id) and signatures before it shares a key
 or reveals a share. Signing and verification are ``cryptography``'s (ECDSA, RSA-PSS, Ed25519;
-x509 path validation)."""
+x509 path validation).
+
+Limits: whoever holds the tenant's CA key can issue a certificate for any agent, and so sign
+keys in its name; an aggregator that issues its own certificate from ``tls.ca_key_file`` is
+trusted not to (give aggregators ``tls.cert_file`` instead). A revoked agent's certificate
+verifies until it expires (the scheduler does not select the agent)."""
 
 from __future__ import annotations
 
