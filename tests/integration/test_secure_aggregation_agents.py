@@ -1,7 +1,8 @@
-"""Secure aggregation with real Agents: four train the digits task and upload their masked
-changes to a real aggregator over loopback gRPC, a fifth participant drops right after sharing
-its keys; the round commits base + the survivors' weighted mean change within the
-quantization bound, the aggregator having seen only masked updates."""
+"""Secure aggregation with real Agents over mutual TLS: four train the digits task, sign their
+keys and the survivors with their identities, and upload their masked changes to a real
+aggregator over loopback gRPC, a fifth participant drops right after sharing its keys; the
+round commits base + the survivors' weighted mean change within the quantization bound, the
+aggregator having seen only masked updates."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from fedstream.privacy import SecureAggregationSpec
 from fedstream.rounds import Assignment, RoundKind, RoundPlan, TrainingConfig
 from fedstream.secagg.quantize import error_bound
+from fedstream.secagg.signing import Credentials
 from fedstream.tensors import FlatBuffer
 from fedstream_agent import secagg
 from fedstream_agent.agent import Agent
@@ -48,13 +50,23 @@ def recorded(monkeypatch):
     return seen
 
 
+def agent_with_identity(site: str, tls_aggregator, home) -> Agent:
+    """An Agent whose identity (enrolled beforehand) is in its identity directory."""
+    ca_file = home / "ca.pem"
+    ca_file.write_bytes(tls_aggregator.authority.ca.cert_pem)
+    tls_aggregator.authority.identity(site).save(home / site)
+    agent = Agent(AgentSettings(agent_id=site, device="cpu", cpu_threads=1,
+                                tls=AgentTlsSettings(ca_file=ca_file, identity_dir=home / site)))
+    agent._connect()  # loads the identity its channels present (the scheduler is not dialed)
+    return agent
+
+
 def test_real_agents_commit_the_survivors_mean_with_one_dropped_after_sharing_keys(
-    aggregator, agg_channel, model_store, recorded
+    tls_aggregator, model_store, recorded, tmp_path
 ):
-    endpoint = f"127.0.0.1:{aggregator.port}"
-    agents = {s: Agent(AgentSettings(agent_id=s, device="cpu", cpu_threads=1,
-                                     tls=AgentTlsSettings(insecure_plaintext=True))) for s in SITES}
-    service = aggregator.service
+    endpoint = tls_aggregator.endpoint
+    agents = {s: agent_with_identity(s, tls_aggregator, tmp_path) for s in SITES}
+    service = tls_aggregator.server.service
     service.open_round(RoundPlan(RUN, 0, "init", "", ("site-0",), 1, time.time() + 60, task="digits"))
     agents["site-0"].handle(Assignment(RUN, 0, RoundKind.INIT, "digits", "", endpoint, endpoint, TrainingConfig(), time.time() + 60))
     wait_until(lambda: service.snapshot(RUN, 0).state == "committed", 30, "the init round did not commit")
@@ -64,8 +76,11 @@ def test_real_agents_commit_the_survivors_mean_with_one_dropped_after_sharing_ke
     service.open_round(RoundPlan(RUN, 1, "train", base_version, participants, 3, deadline, task="digits",
                                  target_updates=4, secure_aggregation=SPEC))
     training = TrainingConfig(seed=1, learning_rate=0.05, upload_delta=True, secure_aggregation=SPEC)
-    assignment = Assignment(RUN, 1, RoundKind.TRAIN, "digits", base_version, endpoint, endpoint, training, deadline)
-    gone = secagg.SecureAggregationClient(agg_channel, RUN, 1, "site-gone", SPEC, give_up_unix=deadline)
+    assignment = Assignment(RUN, 1, RoundKind.TRAIN, "digits", base_version, endpoint, endpoint, training, deadline,
+                            participants=participants)
+    gone_identity = tls_aggregator.authority.identity("site-gone")
+    gone = secagg.SecureAggregationClient(tls_aggregator.channel(gone_identity), RUN, 1, "site-gone", SPEC,
+                                          Credentials.of(gone_identity), participants, give_up_unix=deadline)
 
     def drops_after_sharing() -> None:
         gone.advertise()
@@ -95,3 +110,4 @@ def test_real_agents_commit_the_survivors_mean_with_one_dropped_after_sharing_ke
         assert np.all(np.abs(values - expected) <= tolerance), name
     lineage = model_store.lineage(snap.version)["secure_aggregation"]
     assert lineage["dropped"] == ["site-gone"] and lineage["uploaded"] == 4 and lineage["shared_keys"] == 5
+    assert lineage["signed_survivors"] == 4

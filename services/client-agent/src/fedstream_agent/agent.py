@@ -16,7 +16,7 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.convert import assignment_from_proto
-from fedstream.errors import InvalidArgument, RoundCancelled, RoundClosed
+from fedstream.errors import InvalidArgument, RoundCancelled, RoundClosed, SecureAggregationFailed
 from fedstream.grpcutil import channel, error_code_of
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
@@ -284,6 +284,8 @@ class Agent:
             except RoundClosedHere as e:
                 outcome = "not_needed"
                 log.info("%s; this agent's work was not needed", e)
+            except SecureAggregationFailed as e:
+                log.error("round %d of %s abandoned: %s", a.round, a.run_id, e.public)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION and _is_closure(e):
                     outcome = "not_needed"
@@ -322,7 +324,7 @@ class Agent:
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
-        secure = SecureTraining.start(self._channel, a, self.agent_id)  # None: a plain upload
+        secure = SecureTraining.start(self._channel, a, self.agent_id, self._tls)  # None: a plain upload
         started = time.perf_counter()
         base = self._download(a, chunk_bytes)
         self._check_cancelled(a)
