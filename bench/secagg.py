@@ -1,10 +1,12 @@
-"""The cost of a secure aggregation round (SecAgg, complete graph) for n agents: wall time per
-protocol step, bytes each agent sends and receives (protocol messages and the masked upload),
+"""The cost of a secure aggregation round (SecAgg, complete graph, signed keys and consistency
+check) for n agents: wall time per protocol step, bytes each agent sends and receives (protocol messages and the masked upload),
 calls per agent, and the aggregator's CPU time, with a float32 model of --elements elements.
 
 The aggregator runs in its own process (its CPU time measured there) on loopback gRPC; the
 agents are threads of this process driving the real client (fedstream_agent.secagg) through
-the real services. Each agent masks with n PRG streams (its self mask and n - 1 pairwise
+the real services; each agent signs with a certificate of one tenant authority made here, and
+checks the n - 1 others' certificates and signatures (the aggregator, plaintext here, checks
+none). Each agent masks with n PRG streams (its self mask and n - 1 pairwise
 masks) of the model's size: its masking cost grows linearly in n, the round's quadratically.
 With --dropouts k, k agents drop right after sharing their keys and the aggregator
 reconstructs their keys and removes k * (n - k) pairwise masks.
@@ -29,17 +31,19 @@ import psutil
 from fedstream.grpcutil import channel
 from fedstream.privacy import SecureAggregationSpec
 from fedstream.secagg.quantize import dequantize, error_bound, quantize
+from fedstream.secagg.signing import Credentials
 from fedstream.store import LocalModelStore
 from fedstream.tensors import Layout
 from fedstream.transfer import upload_update
 from fedstream.v1 import aggregator_pb2_grpc
 from fedstream_agent.secagg import SecureAggregationClient
 from fedstream_testing.helpers import store_model
+from fedstream_testing.secagg import Authority
 from fedstream_testing.support import plan, wait_terminal
 
 TENANT = "bench"
 RUN = "run-secagg"
-STEPS = ("advertise", "share_keys", "receive_shares", "masked_upload", "unmask")
+STEPS = ("advertise", "share_keys", "receive_shares", "masked_upload", "confirm", "unmask")
 
 
 def aggregator(models: str, spool: str, ready: mp.Queue, stop: mp.Event) -> None:
@@ -56,8 +60,10 @@ def aggregator(models: str, spool: str, ready: mp.Queue, stop: mp.Event) -> None
 
 
 def agent(ch, run: str, name: str, spec: SecureAggregationSpec, layout: Layout, change: np.ndarray, drop: bool,
-          marks: dict[str, dict[str, float]], clients: dict[str, SecureAggregationClient]) -> None:
-    c = SecureAggregationClient(ch, run, 1, name, spec, give_up_unix=time.time() + 3600, rpc_timeout_s=600)
+          marks: dict[str, dict[str, float]], clients: dict[str, SecureAggregationClient],
+          credentials: Credentials, names: list[str]) -> None:
+    c = SecureAggregationClient(ch, run, 1, name, spec, credentials, names, give_up_unix=time.time() + 3600,
+                                rpc_timeout_s=600)
     clients[name] = c
     t = marks.setdefault(name, {})
     c.advertise()
@@ -72,6 +78,8 @@ def agent(ch, run: str, name: str, spec: SecureAggregationSpec, layout: Layout, 
     upload_update(ch, timeout=3600, run_id=run, round_=1, agent_id=name, layout=wire, buffers=pieces,
                   num_examples=10, metrics={}, chunk_bytes=1 << 20)
     t["masked_upload"] = time.perf_counter()
+    c.confirm()
+    t["confirm"] = time.perf_counter()
     c.unmask()
     t["unmask"] = time.perf_counter()
 
@@ -93,10 +101,13 @@ def one_round(port: int, models: LocalModelStore, n: int, elements: int, dropout
     changes = {a: rng.normal(0, 0.01, elements) for a in names}
     marks: dict[str, dict[str, float]] = {}
     clients: dict[str, SecureAggregationClient] = {}
+    authority = Authority(TENANT)
+    credentials = {a: authority.credentials(a) for a in names}
     proc = psutil.Process(PORT_PID[port])
     cpu0 = sum(proc.cpu_times()[:2])
     start = time.perf_counter()
-    threads = [threading.Thread(target=agent, args=(ch, run, a, spec, layout, changes[a], i < dropouts, marks, clients))
+    threads = [threading.Thread(target=agent, args=(ch, run, a, spec, layout, changes[a], i < dropouts, marks, clients,
+                                                    credentials[a], names))
                for i, a in enumerate(names)]
     for th in threads:
         th.start()

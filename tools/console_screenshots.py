@@ -1,6 +1,7 @@
 """Screenshots of the web console for docs/console.md (`make console-screenshots`): starts a real
 federation (aggregator, scheduler and two agents as processes), runs a federation's training
-through the console in headless Chromium and saves each main page as docs/console/<page>.png."""
+through the console in headless Chromium (and one under differential privacy through the API)
+and saves each main page as docs/console/<page>.png."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from fedstream_testing import browser as b
 from fedstream_testing.browser import FEDERATION, Console, sign_in, wait_for
@@ -47,10 +49,27 @@ def pages(c: Console, driver, out: Path) -> None:
         driver.get(f"{c.base}/console/#/{route}")
         wait_for(driver, f"main {drawn}")
         shoot(driver, out, name)
+    private_federation(c, driver, out)
     sign_in(driver, c, "admin")
     driver.get(f"{c.base}/console/#/audit")
     wait_for(driver, "main tbody tr")
     shoot(driver, out, "audit")
+
+
+def private_federation(c: Console, driver: WebDriver, out: Path) -> None:
+    """A federation under central differential privacy after a run: its page with its budget."""
+    spec = {"task": "digits", "rounds": 3, "min_agents": 2, "round_timeout_s": 120, "wait_for_agents_s": 120,
+            "training": {"local_epochs": 1, "seed": 1},
+            "privacy": {"mode": "central", "clip_norm": 0.1, "noise_multiplier": 1.1, "epsilon_budget": 30.0,
+                        "delta": 1e-5}}
+    c.call("POST", "/federations", json={"federation_id": "private-cameras", "spec": spec,
+                                         "description": "Entrance counts under central differential privacy"}
+           ).raise_for_status()
+    run = c.call("POST", "/federations/private-cameras/runs", role="operator", json={}).json()["run_id"]
+    wait_until(lambda: c.call("GET", f"/runs/{run}").json()["state"] != "running", timeout=300, interval=1)
+    driver.get(f"{c.base}/console/#/federations/private-cameras")
+    wait_for(driver, "#privacy-bar")
+    shoot(driver, out, "federation")
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """The web console in a real browser (headless Chromium) against real servers with a federation
 running: sign in with a token, watch a run progress without reloading, see agents and their
 versions, a viewer refused a write (the button hidden, and a forced request answered 403),
-hostile text shown literally and never run, a version's lineage graph, and a release approved
-by two admins."""
+hostile text shown literally and never run, a version's lineage graph, a release approved
+by two admins, and a federation's privacy budget and a private run's epsilon per round."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
 from fedstream_testing.browser import FEDERATION, HOSTILE, Console, sign_in, wait_for, wait_until
+from fedstream_testing.support import wait_until as support_wait_until
 
 COMMITTED = "return document.querySelectorAll('#run-live tr[data-state=committed]').length"
 
@@ -139,3 +140,50 @@ def test_a_release_needs_two_admins(console: Console, driver):
         wait_until(driver, f"return document.querySelector(\"tr[data-release='{release}']\")?.dataset.state === '{state}'",
                    what=f"release {state} after {admin}'s approval")
     assert version in wait_for(driver, ".channels").text
+
+
+def test_privacy_on_the_federation_and_run_pages(console: Console, driver):
+    private, secure = "private-cameras", "secure-cameras"
+    spec = {"task": "digits", "rounds": 2, "min_agents": 2, "round_timeout_s": 120, "wait_for_agents_s": 120,
+            "training": {"local_epochs": 1, "seed": 1}}
+    privacy = {"mode": "central", "clip_norm": 0.1, "noise_multiplier": 0.5, "epsilon_budget": 1000.0, "delta": 1e-5}
+    for fid, extra in ((private, {"privacy": privacy}), (secure, {"secure_aggregation": {"max_dropout": 0.2}})):
+        made = console.call("POST", "/federations", json={"federation_id": fid, "spec": {**spec, **extra}})
+        assert made.status_code == 201, made.text
+    started = console.call("POST", f"/federations/{private}/runs", role="operator", json={"run_id": "private-run"})
+    assert started.status_code == 201, started.text
+    finished = lambda: console.call("GET", "/runs/private-run").json()["state"] != "running"  # noqa: E731
+    support_wait_until(finished, timeout=240, what="the private run's end", interval=1)
+    run = console.call("GET", "/runs/private-run").json()
+    report = console.call("GET", f"/federations/{private}/privacy").json()
+    assert run["state"] == "succeeded", run["reason"]
+
+    sign_in(driver, console, "viewer")
+    assert "central DP ε≤1000" in wait_for(driver, f"tr[data-federation={private}]").text
+    assert "secure aggregation" in wait_for(driver, f"tr[data-federation={secure}]").text
+    driver.find_element(By.LINK_TEXT, private).click()
+    wait_until(driver, f"return document.body.dataset.shown === 'federations/{private}'")
+    spent = driver.find_element(By.ID, "privacy-spent").text
+    assert float(spent.split()[0]) == pytest.approx(report["spent"], rel=1e-3) and spent.endswith("of 1000")
+    assert float(driver.find_element(By.ID, "privacy-remaining").text) == pytest.approx(report["remaining"], rel=1e-3)
+    assert float(driver.find_element(By.ID, "privacy-bar").get_attribute("value")) == pytest.approx(report["spent"])
+    facts = driver.find_element(By.ID, "privacy-facts").text
+    assert "central" in facts and "Noise multiplier\n0.5" in facts and "Clip norm\n0.1" in facts and "1e-5" in facts
+    charged = driver.find_elements(By.CSS_SELECTOR, "#privacy tr[data-run='private-run']")
+    assert sorted(r.get_attribute("data-round") for r in charged) == ["1", "2"]
+    assert driver.find_element(By.ID, "spec-secure-aggregation").text == "off"
+
+    driver.get(f"{console.base}/console/#/runs/private-run")
+    wait_until(driver, "return document.body.dataset.shown === 'runs/private-run'")
+    assert "central DP" in driver.find_element(By.ID, "spec-privacy").text
+    for r in run["rounds"]:
+        shown = driver.find_element(By.CSS_SELECTOR, f"#run-live tr[data-round='{r['round']}'] td.epsilon").text
+        expected = "—" if r["epsilon"] is None else pytest.approx(r["epsilon"], rel=1e-3)
+        assert (shown if shown == "—" else float(shown)) == expected
+    assert [r["epsilon"] is None for r in run["rounds"]] == [True, False, False]  # the init round spends nothing
+
+    driver.get(f"{console.base}/console/#/federations/{secure}")
+    wait_until(driver, f"return document.body.dataset.shown === 'federations/{secure}'")
+    assert "20% may drop out" in driver.find_element(By.ID, "spec-secure-aggregation").text
+    assert driver.find_element(By.ID, "spec-privacy").text == "off"
+    assert not driver.find_elements(By.ID, "privacy")  # no privacy, nothing charged: no budget panel

@@ -242,7 +242,7 @@ def test_an_update_arriving_between_buffers_waits_and_counts_in_the_next(aggrega
 def test_agents_send_normalisation_statistics_as_values_and_parameters_as_changes():
     import torch
 
-    from fedstream_agent.agent import as_changes
+    from fedstream_agent.changes import as_changes
 
     base = {"conv.weight": torch.ones(2), "bn.running_var": torch.ones(2), "bn.running_mean": torch.zeros(2),
             "bn.num_batches_tracked": torch.tensor(5)}

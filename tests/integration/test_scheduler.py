@@ -232,3 +232,22 @@ def test_bad_strategies_are_refused_at_start(runs, strategy, message):
             strategy=round_pb2.StrategySpec(name=strategy, params=params))), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in e.value.details()
+
+
+def test_under_secure_aggregation_assignments_list_the_round_s_participants(scheduler, runs):
+    agents = [SimAgent(f"a{i}", f"127.0.0.1:{scheduler.port}").start() for i in range(2)]
+    started = runs.StartRun(scheduler_pb2.StartRunRequest(spec=spec(
+        rounds=1, secure_aggregation=round_pb2.SecureAggregationSpec(max_dropout=0.3))), timeout=5)
+
+    def train() -> list:
+        return [a for agent in agents for a in agent.assignments if a.kind is RoundKind.TRAIN]
+
+    try:
+        wait_until(lambda: len(train()) == 2, 30, "no training assignment")
+    finally:
+        runs.CancelRun(scheduler_pb2.GetRunRequest(run_id=started.run_id), timeout=5)
+        for a in agents:
+            a.stop()
+    assert all(sorted(a.participants) == ["a0", "a1"] and a.training.secure_aggregation for a in train())
+    init = [a for agent in agents for a in agent.assignments if a.kind is RoundKind.INIT]
+    assert init and all(a.participants == () for a in init)

@@ -27,12 +27,14 @@ from fedstream.v1 import secagg_pb2_grpc as spb_grpc
 from fedstream_agent.secagg import SecureAggregationClient, privatize_change
 from fedstream_aggregator.service import AggregatorService
 from fedstream_testing.helpers import layout_of, store_model
+from fedstream_testing.secagg import Authority
 from fedstream_testing.support import plan, upload, upload_tensors, wait_terminal
 
 RUN = "run-s"
 BASE = f"{RUN}/000000"
 AGENTS = ["a", "b", "c", "d", "e"]
 SPEC = SecureAggregationSpec(max_dropout=0.4, clip_range=1.0, step_timeout_s=3.0)
+CREDENTIALS = Authority().all(AGENTS)
 
 
 def base_model() -> dict[str, tuple[str, np.ndarray]]:
@@ -67,8 +69,9 @@ def base(model_store):
     return model
 
 
-def client(ch, agent):
-    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, give_up_unix=time.time() + 30)
+def client(ch, agent, participants=AGENTS):
+    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, CREDENTIALS[agent], participants,
+                                   give_up_unix=time.time() + 30)
 
 
 def run_agent(ch, agent, change, examples, *, drop_after_shares=False):
@@ -80,6 +83,7 @@ def run_agent(ch, agent, change, examples, *, drop_after_shares=False):
     c.receive_shares()
     wire, pieces = c.masked(layout_of(base_model()), change, examples)
     upload_tensors(ch, agent, wire, pieces, examples, run_id=RUN)
+    c.confirm()
     c.unmask()
     return c
 
@@ -136,15 +140,24 @@ def test_hostile_protocol_messages_are_refused_and_change_nothing(agg_channel, b
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
     stub = spb_grpc.SecureAggregationStub(agg_channel)
-    good = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=bytes(range(32)), s_pk=bytes(range(1, 33)))
+    # A plaintext aggregator cannot check signatures (it has no authority); their sizes it checks.
+    signed = {"signature": b"s" * 64, "certificate": CREDENTIALS["a"].signer.certificate}
+    good = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=bytes(range(32)), s_pk=bytes(range(1, 33)),
+                                **signed)
 
-    short = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=b"x" * 31, s_pk=bytes(32))
+    short = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=b"x" * 31, s_pk=bytes(32), **signed)
     assert status_of(lambda: stub.Advertise(short, timeout=5))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    stranger = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="z", c_pk=good.c_pk, s_pk=good.s_pk)
+    unsigned = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=good.c_pk, s_pk=good.s_pk)
+    code, details = status_of(lambda: stub.Advertise(unsigned, timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "signature must be 1 to 1024 bytes" in details
+    huge = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=good.c_pk, s_pk=good.s_pk,
+                                signature=b"s", certificate=bytes(8193))
+    assert status_of(lambda: stub.Advertise(huge, timeout=5))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    stranger = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="z", c_pk=good.c_pk, s_pk=good.s_pk, **signed)
     assert status_of(lambda: stub.Advertise(stranger, timeout=5))[0] == grpc.StatusCode.PERMISSION_DENIED
     stub.Advertise(good, timeout=5)
     stub.Advertise(good, timeout=5)  # a replay: accepted, nothing changes
-    changed = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=good.s_pk, s_pk=good.c_pk)
+    changed = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=good.s_pk, s_pk=good.c_pk, **signed)
     code, details = status_of(lambda: stub.Advertise(changed, timeout=5))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "already advertised other keys" in details
     early = spb.StepRequest(run_id=RUN, round=1, agent_id="a", wait_s=0)
@@ -152,6 +165,10 @@ def test_hostile_protocol_messages_are_refused_and_change_nothing(agg_channel, b
     unmask = spb.UnmaskRequest(run_id=RUN, round=1, agent_id="a")
     code, details = status_of(lambda: stub.Unmask(unmask, timeout=5))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "unmasking has not started" in details
+    confirm = spb.ConfirmSurvivorsRequest(run_id=RUN, round=1, agent_id="a", signature=b"s")
+    code, details = status_of(lambda: stub.ConfirmSurvivors(confirm, timeout=5))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "the survivors are not known yet" in details
+    assert not stub.GetSurvivors(early, timeout=5).ready
     shares = spb.ShareKeysRequest(run_id=RUN, round=1, agent_id="a", seed_commitment=bytes(32), shares=[
         spb.EncryptedShare(sender="a", recipient="mallory", ciphertext=bytes(CIPHERTEXT_BYTES))])
     code, details = status_of(lambda: stub.ShareKeys(shares, timeout=5))
@@ -164,7 +181,7 @@ def test_hostile_protocol_messages_are_refused_and_change_nothing(agg_channel, b
 def test_uploads_need_shared_keys_and_the_masked_layout(agg_channel, base):
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
-    clients = {a: client(agg_channel, a) for a in "abc"}
+    clients = {a: client(agg_channel, a, "abc") for a in "abc"}
     for c in clients.values():
         c.advertise()
     with ThreadPoolExecutor(2) as pool:
@@ -227,13 +244,14 @@ def test_central_privacy_noises_the_unmasked_mean_of_the_agents_clipped_changes(
     control.OpenRound(plan_to_proto(secure_round), timeout=5)
 
     def agent(name: str, change: dict[str, np.ndarray]) -> None:
-        c = client(agg_channel, name)
+        c = client(agg_channel, name, agents)
         c.advertise()
         c.share_keys()
         c.receive_shares()
         privatize_change(change, privacy)  # what SecureTraining does under central mode
         wire, pieces = c.masked(layout_of(model), change, 1)
         upload_tensors(agg_channel, name, wire, pieces, 0, run_id=RUN)
+        c.confirm()
         c.unmask()
 
     with ThreadPoolExecutor(len(agents)) as pool:

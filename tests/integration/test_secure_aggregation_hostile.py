@@ -6,7 +6,6 @@ names what was wrong and changes nothing: the honest agents' round still commits
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,30 +14,26 @@ import numpy as np
 import pytest
 from test_secure_aggregation import (
     BASE,
+    CREDENTIALS,
     RUN,
+    SPEC,
     base_model,
     changes,
     client,
-    run_agent,
     secure_plan,
     status_of,
 )
 
 from fedstream.errors import ModelNotFound
-from fedstream.grpcutil import channel
-from fedstream.pki import CertificateAuthority, Identity
 from fedstream.privacy import SecureAggregationSpec
 from fedstream.secagg.messages import CIPHERTEXT_BYTES
 from fedstream.secagg.quantize import max_weight
 from fedstream.secagg.shamir import ELEMENT_BYTES
-from fedstream.state import MemoryStateStore
-from fedstream.store import LocalModelStore
+from fedstream.secagg.signing import Credentials
 from fedstream.v1 import aggregator_pb2_grpc, round_pb2
 from fedstream.v1 import secagg_pb2 as spb
 from fedstream.v1 import secagg_pb2_grpc as spb_grpc
 from fedstream_agent.secagg import SecureAggregationClient
-from fedstream_aggregator.server import build_server
-from fedstream_aggregator.service import AggregatorService
 from fedstream_testing.helpers import layout_of, store_model
 from fedstream_testing.support import plan, upload, upload_tensors, wait_terminal
 
@@ -60,15 +55,30 @@ def every_call(stub, run_id=RUN, round_=1, agent_id="a"):
         "ShareKeys": lambda: stub.ShareKeys(spb.ShareKeysRequest(run_id=run_id, round=round_, agent_id=agent_id),
                                             timeout=5),
         "GetShares": lambda: stub.GetShares(step, timeout=5),
+        "GetSurvivors": lambda: stub.GetSurvivors(step, timeout=5),
+        "ConfirmSurvivors": lambda: stub.ConfirmSurvivors(
+            spb.ConfirmSurvivorsRequest(run_id=run_id, round=round_, agent_id=agent_id), timeout=5),
         "GetUnmaskRequest": lambda: stub.GetUnmaskRequest(step, timeout=5),
         "Unmask": lambda: stub.Unmask(spb.UnmaskRequest(run_id=run_id, round=round_, agent_id=agent_id), timeout=5),
     }
 
 
+def member(c, ch, change, examples=5):
+    """One honest agent's whole protocol through its client ``c`` (channel ``ch``)."""
+    c.advertise()
+    c.share_keys()
+    c.receive_shares()
+    wire, pieces = c.masked(layout_of(base_model()), change, examples)
+    upload_tensors(ch, c.agent_id, wire, pieces, examples, run_id=RUN)
+    c.confirm()
+    c.unmask()
+
+
 def honest_round(ch, agents, *, skip=()):
-    """Every agent but ``skip`` runs the protocol and uploads its change."""
+    """Every agent but ``skip`` of a round of ``agents`` runs the protocol and uploads its change."""
     with ThreadPoolExecutor(len(agents)) as pool:
-        futures = [pool.submit(run_agent, ch, a, changes(i), 5) for i, a in enumerate(agents) if a not in skip]
+        futures = [pool.submit(member, client(ch, a, agents), ch, changes(i))
+                   for i, a in enumerate(agents) if a not in skip]
         [f.result(timeout=60) for f in futures]
 
 
@@ -96,7 +106,7 @@ def test_messages_past_the_limits_are_refused_and_the_round_goes_on(agg_channel,
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
     stub = spb_grpc.SecureAggregationStub(agg_channel)
-    clients = {a: client(agg_channel, a) for a in "abc"}
+    clients = {a: client(agg_channel, a, "abc") for a in "abc"}
 
     big = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=bytes(5 << 20), s_pk=bytes(32))
     assert status_of(lambda: stub.Advertise(big, timeout=5))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's 4 MiB
@@ -125,6 +135,8 @@ def test_messages_past_the_limits_are_refused_and_the_round_goes_on(agg_channel,
     for i, (agent, c) in enumerate(clients.items()):
         wire, pieces = c.masked(layout_of(base_model()), changes(i), 5)
         upload_tensors(agg_channel, agent, wire, pieces, 5, run_id=RUN)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda c: c.confirm(), clients.values()))
     reveal = [spb.RevealedShare(owner=o, value=bytes(ELEMENT_BYTES)) for o in ("a", "b", "c", "d")]
     too_many = spb.UnmaskRequest(run_id=RUN, round=1, agent_id="a", seeds=reveal)
     assert status_of(lambda: stub.Unmask(too_many, timeout=5)) == (
@@ -178,7 +190,8 @@ def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(
     p.secure_aggregation.clip_range = wide.clip_range
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(p, timeout=5)
-    clients = {a: SecureAggregationClient(agg_channel, RUN, 1, a, wide, give_up_unix=time.time() + 30) for a in "abc"}
+    clients = {a: SecureAggregationClient(agg_channel, RUN, 1, a, wide, CREDENTIALS[a], "abc",
+                                          give_up_unix=time.time() + 30) for a in "abc"}
     most = max_weight(wide.clip_range, 3)
 
     def agent(name: str, examples: int) -> None:
@@ -188,6 +201,7 @@ def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(
         c.receive_shares()
         wire, pieces = c.masked(layout_of(base_model()), changes(ord(name)), min(examples, most))
         upload_tensors(agg_channel, name, wire, pieces, examples, run_id=RUN)  # "c" declares more than it may
+        c.confirm()
         c.unmask()
 
     with ThreadPoolExecutor(3) as pool:
@@ -208,7 +222,7 @@ def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(
 def test_an_advertise_step_below_the_threshold_fails_the_round_naming_it(agg_channel, base, model_store):
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
-    lonely = client(agg_channel, "a")
+    lonely = client(agg_channel, "a", "abc")
 
     lonely.advertise()  # "b" and "c" never come; the step's timeout passes while "a" waits for the roster
     code, details = status_of(lambda: lonely.share_keys())
@@ -226,13 +240,14 @@ def test_an_agent_restarted_mid_round_is_counted_as_dropped(agg_channel, base, m
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     agents = ["a", "b", "c", "d"]
     control.OpenRound(secure_plan(agents, target=3, timeout=60), timeout=5)
-    first = client(agg_channel, "d")
+    first = client(agg_channel, "d", agents)
     first.advertise()
 
     with ThreadPoolExecutor(len(agents)) as pool:
-        others = [pool.submit(run_agent, agg_channel, a, changes(i), 5) for i, a in enumerate(agents[:3])]
+        others = [pool.submit(member, client(agg_channel, a, agents), agg_channel, changes(i))
+                  for i, a in enumerate(agents[:3])]
         first.share_keys()  # then the process dies: its keys and shares are gone with it
-        restarted = client(agg_channel, "d")  # the same agent, new keys
+        restarted = client(agg_channel, "d", agents)  # the same agent, new keys
         code, details = status_of(restarted.advertise)
         [f.result(timeout=60) for f in others]
     event = wait_terminal(control, RUN, 1)
@@ -246,30 +261,12 @@ def test_an_agent_restarted_mid_round_is_counted_as_dropped(agg_channel, base, m
 
 # Mutual TLS.
 
-@pytest.fixture
-def tls_plane(tmp_path):
-    """An aggregator behind mutual TLS, the service identity that opens rounds, and a channel
-    for each of three agents with a certificate of its own."""
-    hour = dt.timedelta(hours=1)
-    ca = CertificateAuthority.create("t1")
-    identity = ca.issue_identity(Identity("t1", "service", "aggregator"), hour, ("localhost", "127.0.0.1"))
-    store = LocalModelStore(tmp_path / "models", "t1")
-    store_model(store, BASE, base_model())
-    service = AggregatorService(MemoryStateStore("t1"), store, tmp_path / "spool", chunk_bytes=4096)
-    server = build_server(service, "127.0.0.1", 0, max_workers=16, tls=identity, check_agents=False)
-    target = f"127.0.0.1:{server.port}"
-    scheduler = ca.issue_identity(Identity("t1", "service", "scheduler"), hour)
-    channels = {a: channel(target, ca.issue_identity(Identity("t1", "agent", a), hour)) for a in ("a", "b", "c")}
-    yield channel(target, scheduler), channels, store
-    for ch in channels.values():
-        ch.close()
-    server.stop(0)
-
-
-def test_behind_mutual_tls_an_agent_speaks_only_as_itself(tls_plane):
-    control_channel, channels, store = tls_plane
-    control = aggregator_pb2_grpc.AggregatorControlStub(control_channel)
+def test_behind_mutual_tls_an_agent_speaks_only_as_itself(tls_aggregator, model_store):
+    store_model(model_store, BASE, base_model())
+    control = aggregator_pb2_grpc.AggregatorControlStub(tls_aggregator.channel())
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
+    identities = {a: tls_aggregator.authority.identity(a) for a in "abc"}
+    channels = {a: tls_aggregator.channel(identities[a]) for a in "abc"}
     as_a = spb_grpc.SecureAggregationStub(channels["a"])
     keys = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="b", c_pk=bytes(range(32)), s_pk=bytes(range(1, 33)))
 
@@ -277,12 +274,14 @@ def test_behind_mutual_tls_an_agent_speaks_only_as_itself(tls_plane):
         grpc.StatusCode.PERMISSION_DENIED, "this certificate is agent 'a''s; the message names 'b'")
     for name, call in every_call(as_a, agent_id="b").items():
         assert status_of(call)[0] == grpc.StatusCode.PERMISSION_DENIED, name
+    clients = {a: SecureAggregationClient(channels[a], RUN, 1, a, SPEC, Credentials.of(identities[a]), "abc",
+                                          give_up_unix=time.time() + 30) for a in "abc"}
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(run_agent, channels[a], a, changes(i), 5) for i, a in enumerate("abc")]
-        [f.result(timeout=60) for f in futures]
+        [f.result(timeout=60) for f in [pool.submit(member, clients[a], channels[a], changes(i))
+                                        for i, a in enumerate("abc")]]
     after = spb.StepRequest(run_id=RUN, round=1, agent_id="b", wait_s=0)
     assert status_of(lambda: as_a.GetShares(after, timeout=5))[0] == grpc.StatusCode.PERMISSION_DENIED
     event = wait_terminal(control, RUN, 1)
 
     assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
-    assert store.lineage(event.version)["secure_aggregation"]["uploaded"] == 3
+    assert model_store.lineage(event.version)["secure_aggregation"]["uploaded"] == 3

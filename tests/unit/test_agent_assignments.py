@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from fedstream import convert
 from fedstream.grpcutil import ERROR_CODE_KEY
+from fedstream.privacy import SecureAggregationSpec
 from fedstream.rounds import Assignment, RoundKind, TrainingConfig
 from fedstream_agent.agent import Agent
 from fedstream_agent.settings import AgentSettings, AgentTlsSettings
@@ -110,3 +111,22 @@ def test_a_heartbeat_saying_the_round_closed_stops_the_work_with_one_info_line(a
         "round 5 of run 'run-edge' closed with its 3 updates; this agent's work was not needed"
     ]
     assert agent._closed == {} and agent.rounds_done == 0
+
+
+def test_a_plaintext_agent_takes_no_part_in_secure_aggregation_with_one_error(monkeypatch, caplog) -> None:
+    agent = Agent(AgentSettings(agent_id="edge", device="cpu", tls=AgentTlsSettings(insecure_plaintext=True)))
+    monkeypatch.setattr(agent, "_task", lambda name: (None, None))
+    monkeypatch.setattr(agent, "_channel", lambda endpoint: pytest.fail("dialed the aggregator"))
+    training = TrainingConfig(upload_delta=True, secure_aggregation=SecureAggregationSpec())
+    sent = Assignment("run-edge", 6, RoundKind.TRAIN, "digits", "b", "agg:1", "agg:1", training, 0.0,
+                      participants=("edge", "other"))
+    before = rounds_counted("train", "abandoned")
+    caplog.clear()  # the plaintext warning at start
+
+    with caplog.at_level(logging.INFO, logger="fedstream_agent.agent"):
+        agent.handle(sent)
+
+    assert rounds_counted("train", "abandoned") == before + 1 and agent.rounds_done == 0
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "round 6 of run-edge abandoned: secure aggregation needs this agent's certificate" in caplog.text
+    assert "tls.insecure_plaintext is set: not taking part" in caplog.text

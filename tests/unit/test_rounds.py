@@ -62,7 +62,7 @@ def test_an_assignment_round_trips_through_its_wire_form(kind: RoundKind) -> Non
     training = TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.125, seed=7, no_op=True,
                               compression="int8", proximal_mu=0.25, shared_only=True)
     assignment = Assignment("run-1", 4, kind, "digits", "run-1/000003", "agg:1", "agg:2", training, 1234.5,
-                            chunk_bytes=65536)
+                            chunk_bytes=65536, participants=("site-a", "site-b"))
     event = convert.assignment_to_proto(assignment)
     assert convert.assignment_from_proto(event.assignment) == assignment
     assert convert.training_from_proto(convert.training_to_proto(training)) == training

@@ -1,5 +1,6 @@
 """Secure aggregation in process: masks cancel exactly, dropouts at every step, inconsistent
-shares, and a client that refuses to reveal both secrets of one agent."""
+shares, and a client that refuses to reveal both secrets of one agent (the signatures against a
+malicious aggregator: test_secagg_signing)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,28 @@ from fedstream.secagg.messages import (
 )
 from fedstream.secagg.quantize import quantize
 from fedstream.secagg.server import ServerSession
+from fedstream_testing.secagg import Authority
 
 SPEC = SecureAggregationSpec(max_dropout=0.4, clip_range=1.0, step_timeout_s=5.0)
-STEPS = ("advertise", "share", "upload", "unmask")
+STEPS = ("advertise", "share", "upload", "consistency", "unmask")
+AUTHORITY = Authority()
+CREDENTIALS = AUTHORITY.all(f"agent-{i:02d}" for i in range(8))
 
 
 def agent_ids(n: int) -> list[str]:
     return [f"agent-{i:02d}" for i in range(n)]
+
+
+def session(agent: str, ids, spec: SecureAggregationSpec = SPEC) -> ClientSession:
+    return ClientSession("run-1", "round-1", agent, spec, CREDENTIALS[agent], ids)
+
+
+def signed(clients: dict[str, ClientSession], server: ServerSession, among) -> UnmaskRequest:
+    """Closes the upload step and the consistency check, with the signatures of ``among``."""
+    survivors = server.close_upload()
+    for a in among:
+        server.confirm(clients[a].confirm(survivors))
+    return server.close_consistency()
 
 
 def inputs(n: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -48,7 +64,7 @@ def run_round(
     gone = {step: set() for step in STEPS} | (gone_before or {})
     ids = sorted(xs)
     server = ServerSession("run-1", "round-1", ids, spec)
-    clients = {a: ClientSession("run-1", "round-1", a, spec) for a in ids}
+    clients = {a: session(a, ids, spec) for a in ids}
     alive = set(ids)
 
     def step(name: str) -> set[str]:
@@ -69,7 +85,10 @@ def run_round(
         for offset in range(0, size, chunk):
             total[offset : offset + chunk] += clients[a].mask(xs[a][offset : offset + chunk], offset)
         server.uploaded(a, 1)
-    request = server.close_upload()
+    survivors = server.close_upload()
+    for a in sorted(step("consistency")):
+        server.confirm(clients[a].confirm(survivors))
+    request = server.close_consistency()
     for a in sorted(step("unmask")):
         server.unmask(clients[a].unmask(request))
     correction = server.close_unmask()
@@ -103,7 +122,7 @@ def test_masks_cancel_exactly_whatever_the_dropouts_and_chunks(n, size, chunk, d
 
     server, out = run_round(xs, gone_before=gone, chunk=chunk)
 
-    survivors = set(ids) - {ids[i] for i, step in enumerate(drops) if step != "unmask"}
+    survivors = set(ids) - {ids[i] for i, step in enumerate(drops) if step not in ("consistency", "unmask")}
     assert np.array_equal(out, plain_sum(xs, survivors))
     assert server.figures()["uploaded"] == len(survivors)
 
@@ -116,7 +135,7 @@ def test_a_dropout_at_each_step_at_the_threshold_gives_the_exact_sum(step):
 
     server, out = run_round(xs, gone_before={step: dropped})
 
-    expected_among = set(ids) if step == "unmask" else set(ids) - dropped
+    expected_among = set(ids) if step in ("consistency", "unmask") else set(ids) - dropped
     assert np.array_equal(out, plain_sum(xs, expected_among))
     if step in ("advertise", "share", "upload"):
         assert server.figures()["uploaded"] == 5 - len(dropped)
@@ -126,7 +145,8 @@ def test_a_dropout_at_each_step_at_the_threshold_gives_the_exact_sum(step):
 def test_dropouts_below_the_threshold_fail_the_round_naming_the_step(step):
     xs = inputs(5, 10)
     dropped = set(agent_ids(5)[: 5 - SPEC.threshold(5) + 1])
-    words = {"advertise": "advertise keys", "share": "share keys", "upload": "upload", "unmask": "unmask"}
+    words = {"advertise": "advertise keys", "share": "share keys", "upload": "upload",
+             "consistency": "consistency check", "unmask": "unmask"}
 
     with pytest.raises(SecureAggregationFailed, match=f"^secure aggregation failed: {words[step]}: only"):
         run_round(xs, gone_before={step: dropped})
@@ -145,7 +165,7 @@ def test_a_dropped_agent_s_masks_are_removed_with_its_reconstructed_key():
 def _prepared(n: int = 4) -> tuple[ServerSession, dict[str, ClientSession]]:
     ids = agent_ids(n)
     server = ServerSession("run-1", "round-1", ids, SPEC)
-    clients = {a: ClientSession("run-1", "round-1", a, SPEC) for a in ids}
+    clients = {a: session(a, ids) for a in ids}
     for a in ids:
         server.advertise(clients[a].advertise())
     return server, clients
@@ -157,22 +177,26 @@ def test_a_client_refuses_a_request_for_both_secrets_of_one_agent():
     for c in clients.values():
         server.share_keys(c.share_keys(roster))
     server.close_share()
-    me = clients["agent-00"]
-    me.receive_shares(server.deliver("agent-00"))
     ids = agent_ids(4)
+    for a in ids:
+        clients[a].receive_shares(server.deliver(a))
+    for a in ids[:3]:
+        server.uploaded(a, 1)
+    request = signed(clients, server, ids[:3])
+    me = clients["agent-00"]
 
     with pytest.raises(ProtocolViolation, match="both secrets of agent 'agent-03'"):
-        me.unmask(UnmaskRequest(seed_of=tuple(ids), key_of=("agent-03",)))
+        me.unmask(UnmaskRequest(seed_of=tuple(ids), key_of=("agent-03",), signatures=request.signatures))
     with pytest.raises(ProtocolViolation, match="exactly once"):
-        me.unmask(UnmaskRequest(seed_of=tuple(ids[:3]), key_of=()))
-    response = me.unmask(UnmaskRequest(seed_of=tuple(ids[:3]), key_of=(ids[3],)))
+        me.unmask(UnmaskRequest(seed_of=tuple(ids[:3]), key_of=(), signatures=request.signatures))
+    response = me.unmask(request)
     with pytest.raises(ProtocolViolation, match="cannot unmask in step unmasked"):
         me.unmask(UnmaskRequest(seed_of=tuple(ids), key_of=()))
     assert {s.owner for s in response.keys} == {ids[3]}
 
 
 def test_clients_refuse_steps_out_of_order():
-    client = ClientSession("run-1", "round-1", "agent-00", SPEC)
+    client = session("agent-00", agent_ids(3))
 
     with pytest.raises(ProtocolViolation, match="cannot mask an input in step new"):
         client.mask(np.zeros(3, dtype=np.uint64), 0)
@@ -194,8 +218,9 @@ def _dealer_lies(message: ShareKeys, client: ClientSession) -> ShareKeys:
     """The same agent's shares, re-dealt from other random polynomials for each holder."""
     fake = []
     for share in message.shares:
-        other = ClientSession("run-1", "round-1", client.agent_id, SPEC)
+        other = session(client.agent_id, sorted(client.participants))
         other._c, other._s = client._c, client._s  # the same keys, another self-mask seed
+        other._advertised = client._advertised
         other.step = client.step.ADVERTISED
         forged = other.share_keys(client._roster)  # type: ignore[arg-type]
         fake.append(next(s for s in forged.shares if s.recipient == share.recipient))
@@ -205,7 +230,7 @@ def _dealer_lies(message: ShareKeys, client: ClientSession) -> ShareKeys:
 def test_an_agent_dealing_inconsistent_shares_fails_the_round_naming_it():
     ids = agent_ids(5)
     server = ServerSession("run-1", "round-1", ids, SPEC)
-    clients = {a: ClientSession("run-1", "round-1", a, SPEC) for a in ids}
+    clients = {a: session(a, ids) for a in ids}
     for a in ids:
         server.advertise(clients[a].advertise())
     roster = server.close_advertise()
@@ -216,7 +241,7 @@ def test_an_agent_dealing_inconsistent_shares_fails_the_round_naming_it():
     for a in ids:
         clients[a].receive_shares(server.deliver(a))
         server.uploaded(a, 1)
-    request = server.close_upload()
+    request = signed(clients, server, ids)
     for a in ids:
         server.unmask(clients[a].unmask(request))
 
@@ -230,7 +255,7 @@ def test_a_survivor_revealing_a_wrong_share_is_outvoted_and_named():
     xs = inputs(5, 12)
     ids = agent_ids(5)
     server = ServerSession("run-1", "round-1", ids, SPEC)
-    clients = {a: ClientSession("run-1", "round-1", a, SPEC) for a in ids}
+    clients = {a: session(a, ids) for a in ids}
     for a in ids:
         server.advertise(clients[a].advertise())
     roster = server.close_advertise()
@@ -242,7 +267,7 @@ def test_a_survivor_revealing_a_wrong_share_is_outvoted_and_named():
         clients[a].receive_shares(server.deliver(a))
         total += clients[a].mask(xs[a], 0)
         server.uploaded(a, 1)
-    request = server.close_upload()
+    request = signed(clients, server, ids)
     for a in ids:
         answer = clients[a].unmask(request)
         if a == "agent-01":
@@ -262,16 +287,22 @@ def test_hostile_messages_are_refused_and_change_nothing():
     me = clients["agent-00"]
     keys = server._keys["agent-00"]
 
+    sig, cert = keys.signature, keys.certificate
+
     with pytest.raises(InvalidArgument, match="s_pk must be 32 bytes"):
-        server.advertise(AdvertiseKeys("agent-00", keys.c_pk, b"short"))
+        server.advertise(AdvertiseKeys("agent-00", keys.c_pk, b"short", sig, cert))
+    with pytest.raises(InvalidArgument, match="signature must be 1 to 1024 bytes"):
+        server.advertise(AdvertiseKeys("agent-00", keys.c_pk, keys.s_pk, b"", cert))
+    with pytest.raises(InvalidArgument, match="certificate of 1 to 8192 bytes"):
+        server.advertise(AdvertiseKeys("agent-00", keys.c_pk, keys.s_pk, sig, bytes(8193)))
     with pytest.raises(PermissionDenied, match="'mallory' is not a participant"):
-        server.advertise(AdvertiseKeys("mallory", bytes(32), bytes(range(32))))
+        server.advertise(AdvertiseKeys("mallory", bytes(32), bytes(range(32)), sig, cert))
     with pytest.raises(ProtocolViolation, match="already advertised other keys"):
-        server.advertise(AdvertiseKeys("agent-00", keys.s_pk, keys.c_pk))
+        server.advertise(AdvertiseKeys("agent-00", keys.s_pk, keys.c_pk, sig, cert))
     server.advertise(keys)  # the same message again: accepted, nothing changes
     roster = server.close_advertise()
     with pytest.raises(ProtocolViolation, match="cannot advertise keys in step share_keys"):
-        server.advertise(AdvertiseKeys("agent-01", bytes(range(32)), bytes(range(1, 33))))
+        server.advertise(AdvertiseKeys("agent-01", bytes(range(32)), bytes(range(1, 33)), sig, cert))
     message = me.share_keys(roster)
     stray = EncryptedShare("agent-00", "mallory", bytes(CIPHERTEXT_BYTES))
     with pytest.raises(PermissionDenied, match="'mallory' is not one"):
@@ -304,7 +335,7 @@ def test_the_ring_overflow_check_fails_the_round_before_unmasking():
     spec = SecureAggregationSpec(max_dropout=0.0, clip_range=2.0**38, step_timeout_s=5.0)
     ids = agent_ids(3)
     server = ServerSession("run-1", "round-1", ids, spec)
-    clients = {a: ClientSession("run-1", "round-1", a, spec) for a in ids}
+    clients = {a: session(a, ids, spec) for a in ids}
     for a in ids:
         server.advertise(clients[a].advertise())
     roster = server.close_advertise()

@@ -113,7 +113,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True
                        help="select the agents likely to finish first, by their measured speed (see --fairness-floor)")
     group.add_argument("--secure-aggregation", action="store_true", default=False,
                        help="secure aggregation (SecAgg): the aggregator learns only the sum of each training round's "
-                       "updates (see --max-dropout, --clip-range, --step-timeout)")
+                       "updates; agents sign their keys with their TLS identities, so plaintext agents take no part "
+                       "(see --max-dropout, --clip-range, --step-timeout)")
 
 
 def strategy_params(items: list[str]) -> dict[str, Any]:

@@ -284,6 +284,7 @@ def assignment_to_proto(a: Assignment) -> scheduler_pb2.AgentEvent:
             training=training_to_proto(a.training),
             deadline_unix=a.deadline_unix,
             chunk_bytes=a.chunk_bytes,
+            participants=a.participants,
         )
     )
 
@@ -302,4 +303,5 @@ def assignment_from_proto(a: scheduler_pb2.Assignment) -> Assignment:
         training=training_from_proto(a.training),
         deadline_unix=a.deadline_unix,
         chunk_bytes=a.chunk_bytes,
+        participants=tuple(a.participants),
     )

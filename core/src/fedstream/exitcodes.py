@@ -30,7 +30,8 @@ class ExitCode(IntEnum):
 
     BAD_DATA = 4
     """The process cannot use its data: the model store's or the spool's directory cannot be
-    created or written, or the agent cannot load its site's data."""
+    created or written, the agent cannot load its site's data, or the agent's privacy ledger
+    (``privacy-ledger.json`` in its identity directory) cannot be read."""
 
     NO_IDENTITY = 5
     """The agent has no usable certificate and cannot get one without an operator: no

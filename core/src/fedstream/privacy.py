@@ -1,8 +1,8 @@
 """Privacy settings every service shares: differential privacy (with a budget) and secure
 aggregation, as a federation, a run spec, a round plan and an assignment carry them.
 
-The arithmetic lives elsewhere: clipping and noise in ``fedstream.dp``, the accountant in the
-scheduler, the secure aggregation protocol in ``fedstream.secagg``.
+The arithmetic lives elsewhere: clipping and noise in ``fedstream.dp``, the accountant in
+``fedstream.accounting``, the secure aggregation protocol in ``fedstream.secagg``.
 """
 
 from __future__ import annotations

@@ -308,3 +308,6 @@ class Assignment:
     deadline_unix: float
     # The chunk size to download and upload with; 0: the agent's own setting.
     chunk_bytes: int = 0
+    # Under secure aggregation, the round's participants as the scheduler selected them: the
+    # agent checks the aggregator's roster against them (they fix the threshold); else empty.
+    participants: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from fedstream.errors import InvalidArgument
 from fedstream.secagg import KEY_BYTES
 from fedstream.secagg.crypto import NONCE_BYTES, TAG_BYTES, check_key
 from fedstream.secagg.shamir import ELEMENT_BYTES, PRIME
+from fedstream.secagg.signing import check_certificate_bytes, check_signature_bytes
 
 # One encrypted pair of shares (of the masking key and of the self-mask seed).
 SHARE_PLAINTEXT_BYTES = 2 * ELEMENT_BYTES
@@ -34,18 +35,25 @@ def unique(ids: Iterable[str], what: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class AdvertiseKeys:
     """An agent's two public keys for the round: ``c_pk`` to encrypt shares to it, ``s_pk`` to
-    agree pairwise masks with it."""
+    agree pairwise masks with it; ``signature`` over them (``signing.advertise_payload``) by the
+    key of ``certificate`` (DER), the agent's identity."""
 
     agent_id: str
     c_pk: bytes
     s_pk: bytes
+    signature: bytes
+    certificate: bytes
 
     def check(self) -> AdvertiseKeys:
+        """Returns itself; raises InvalidArgument naming the field out of bounds (the signature
+        itself is checked by ``signing.Trust``)."""
         check_agent_id(self.agent_id)
         check_key("c_pk", self.c_pk)
         check_key("s_pk", self.s_pk)
         if self.c_pk == self.s_pk:
             raise InvalidArgument("c_pk and s_pk must be different keys")
+        check_signature_bytes("signature", self.signature)
+        check_certificate_bytes("certificate", self.certificate)
         return self
 
 
@@ -115,13 +123,29 @@ class SharesDelivery:
 
 
 @dataclass(frozen=True)
+class SurvivorSignature:
+    """A survivor's signature over the list of survivors (``signing.survivors_payload``): the
+    consistency check."""
+
+    agent_id: str
+    signature: bytes
+
+    def check(self) -> SurvivorSignature:
+        check_agent_id(self.agent_id)
+        check_signature_bytes("a survivors' signature", self.signature)
+        return self
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
     """Which secret of which agent the survivors reveal: the self-mask seed of every agent that
     uploaded (``seed_of``, U3), the masking key of every agent that shared keys but did not
-    (``key_of``). Never both for one agent."""
+    (``key_of``). Never both for one agent. ``signatures``: the survivors that signed
+    ``seed_of`` (U4), at least the threshold of them."""
 
     seed_of: tuple[str, ...]
     key_of: tuple[str, ...]
+    signatures: tuple[SurvivorSignature, ...] = ()
 
 
 @dataclass(frozen=True)

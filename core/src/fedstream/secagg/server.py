@@ -1,7 +1,9 @@
-"""The aggregator's side of one secure aggregation round: records the advertised keys, relays the
-encrypted shares it cannot read, tracks the agents that advertised (U1), shared keys (U2),
-uploaded (U3) and answered the unmask request (U4), and reconstructs what removes the masks of
-the masked sum. Steps advance when the driver closes them (every agent answered, or its timeout
+"""The aggregator's side of one secure aggregation round: records the advertised (signed) keys,
+relays the encrypted shares it cannot read, tracks the agents that advertised (U1), shared keys
+(U2), uploaded (U3), signed the list of survivors (U4, the consistency check) and answered the
+unmask request (U5), and reconstructs what removes the masks of the masked sum. Given the
+tenant's ``Trust``, it refuses advertisements and signatures that every agent would refuse
+(an honest aggregator's courtesy: the agents check them all themselves). Steps advance when the driver closes them (every agent answered, or its timeout
 passed); a step closed with fewer agents than the threshold fails the round."""
 
 from __future__ import annotations
@@ -27,11 +29,19 @@ from fedstream.secagg.messages import (
     Roster,
     ShareKeys,
     SharesDelivery,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     unique,
 )
 from fedstream.secagg.quantize import check_ring, check_weight
+from fedstream.secagg.signing import (
+    Trust,
+    VerifyingKey,
+    advertise_payload,
+    signature_valid,
+    survivors_payload,
+)
 
 # Subsets of shares tried per secret before an agent's shares are declared inconsistent.
 MAX_RECONSTRUCTION_TRIES = 64
@@ -49,6 +59,7 @@ class ServerStep(StrEnum):
     ADVERTISE = "advertise"
     SHARE = "share_keys"
     UPLOAD = "upload"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     FAILED = "failed"
@@ -93,6 +104,9 @@ class ServerSession:
         self._roster: Roster | None = None
         self._shares: dict[str, ShareKeys] = {}
         self._uploaded: dict[str, int] = {}  # agent -> weight
+        self._survivors: tuple[str, ...] | None = None
+        self._identities: dict[str, VerifyingKey] = {}  # agent -> its identity key (with a Trust)
+        self._confirmed: dict[str, SurvivorSignature] = {}
         self._request: UnmaskRequest | None = None
         self._answers: dict[str, UnmaskResponse] = {}
         self._suspects: set[str] = set()
@@ -125,8 +139,10 @@ class ServerSession:
             return frozenset(self.roster().ids())
         if self.step is ServerStep.UPLOAD:
             return frozenset(self._shares)
+        if self.step is ServerStep.CONSISTENCY:
+            return frozenset(self.survivors())
         if self.step is ServerStep.UNMASK:
-            return frozenset(self.request().seed_of)
+            return frozenset(s.agent_id for s in self.request().signatures)
         return frozenset()
 
     def answered(self) -> frozenset[str]:
@@ -135,6 +151,7 @@ class ServerSession:
             ServerStep.ADVERTISE: self._keys,
             ServerStep.SHARE: self._shares,
             ServerStep.UPLOAD: self._uploaded,
+            ServerStep.CONSISTENCY: self._confirmed,
             ServerStep.UNMASK: self._answers,
         }
         return frozenset(done.get(self.step, ()))
@@ -149,11 +166,21 @@ class ServerSession:
 
     # -- AdvertiseKeys ----------------------------------------------------------------------
 
-    def advertise(self, message: AdvertiseKeys) -> None:
-        """Records an agent's public keys. A replay of the same keys is accepted (nothing
-        changes); other keys from an agent that advertised raise ProtocolViolation."""
+    def advertise(self, message: AdvertiseKeys, trust: Trust | None = None) -> None:
+        """Records an agent's signed public keys. A replay of the same keys is accepted (nothing
+        changes); other keys from an agent that advertised raise ProtocolViolation. With
+        ``trust``, raises InvalidArgument for a certificate that is not the tenant's or not
+        valid now, or a signature that does not verify, PermissionDenied for a certificate of
+        another identity."""
         message.check()
         self._participant(message.agent_id, self.participants, "a participant")
+        identity = None
+        if trust is not None:
+            identity = trust.agent_key(message.certificate, message.agent_id)
+            signed = advertise_payload(trust.tenant, self.run_id, self.round_id, message.agent_id, message.c_pk,
+                                       message.s_pk)
+            if not signature_valid(identity, message.signature, signed):
+                raise InvalidArgument("the signature over the advertised keys does not verify")
         if self.step is not ServerStep.ADVERTISE and self._keys.get(message.agent_id) == message:
             return
         self._expect(ServerStep.ADVERTISE, "advertise keys")
@@ -166,6 +193,8 @@ class ServerSession:
         if message.s_pk in used or message.c_pk in used:
             raise ProtocolViolation("a key another agent advertised cannot be advertised again")
         self._keys[message.agent_id] = message
+        if identity is not None:
+            self._identities[message.agent_id] = identity
 
     def close_advertise(self) -> Roster:
         """Ends AdvertiseKeys: the roster (U1). Fails the round below the threshold."""
@@ -245,28 +274,66 @@ class ServerSession:
         self.check_upload(agent_id)
         self._uploaded[agent_id] = check_weight(weight)
 
-    def close_upload(self) -> UnmaskRequest:
-        """Ends MaskedInputCollection: the unmask request (U3). Fails the round below the
-        threshold or when the sum could overflow the ring."""
+    def close_upload(self) -> tuple[str, ...]:
+        """Ends MaskedInputCollection: the survivors (U3), which each of them is asked to sign.
+        Fails the round below the threshold or when the sum could overflow the ring."""
         self._expect(ServerStep.UPLOAD, "close the upload step")
         self._enough(len(self._uploaded), "upload", "uploaded a masked input")
         try:
             check_ring(self.total_weight(), self.spec.clip_range)
         except SecureAggregationFailed as e:
             self.fail(e.public)
-        survivors = tuple(sorted(self._uploaded))
-        dropped = tuple(sorted(set(self._shares) - set(survivors)))
-        self._request = UnmaskRequest(seed_of=survivors, key_of=dropped)
-        self.step = ServerStep.UNMASK
-        return self._request
+        self._survivors = tuple(sorted(self._uploaded))
+        self.step = ServerStep.CONSISTENCY
+        return self._survivors
 
     def total_weight(self) -> int:
         return sum(self._uploaded.values())
 
+    def survivors(self) -> tuple[str, ...]:
+        """The survivors (U3); raises ProtocolViolation before the upload step closed."""
+        if self._survivors is None:
+            raise ProtocolViolation("the survivors are not known yet: the upload step is still open")
+        return self._survivors
+
+    # -- ConsistencyCheck -------------------------------------------------------------------
+
+    def confirm(self, signature: SurvivorSignature, trust: Trust | None = None) -> None:
+        """Records a survivor's signature over the survivors. A replay is accepted; another
+        signature raises ProtocolViolation. With ``trust``, raises InvalidArgument for a
+        signature that does not verify with the key of the agent's certificate."""
+        signature.check()
+        survivors = self.survivors()
+        self._participant(signature.agent_id, survivors, "a survivor")
+        if self.step is not ServerStep.CONSISTENCY and self._confirmed.get(signature.agent_id) == signature:
+            return
+        self._expect(ServerStep.CONSISTENCY, "confirm the survivors")
+        known = self._confirmed.get(signature.agent_id)
+        if known is not None and known != signature:
+            raise ProtocolViolation(f"agent {signature.agent_id!r} already signed the survivors")
+        if trust is not None:
+            signed = survivors_payload(trust.tenant, self.run_id, self.round_id, survivors)
+            identity = self._identities.get(signature.agent_id)
+            if identity is None or not signature_valid(identity, signature.signature, signed):
+                raise InvalidArgument("the signature over the survivors does not verify")
+        self._confirmed[signature.agent_id] = signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        """Ends ConsistencyCheck: the unmask request, with the survivors' signatures (U4).
+        Fails the round below the threshold."""
+        self._expect(ServerStep.CONSISTENCY, "close the consistency check")
+        self._enough(len(self._confirmed), "consistency check", "signed the survivors")
+        survivors = self.survivors()
+        dropped = tuple(sorted(set(self._shares) - set(survivors)))
+        signatures = tuple(self._confirmed[a] for a in sorted(self._confirmed))
+        self._request = UnmaskRequest(seed_of=survivors, key_of=dropped, signatures=signatures)
+        self.step = ServerStep.UNMASK
+        return self._request
+
     def request(self) -> UnmaskRequest:
-        """The unmask request; raises ProtocolViolation before the upload step closed."""
+        """The unmask request; raises ProtocolViolation before the consistency check closed."""
         if self._request is None:
-            raise ProtocolViolation("unmasking has not started: the upload step is still open")
+            raise ProtocolViolation("unmasking has not started: the survivors have not all signed yet")
         return self._request
 
     # -- Unmasking --------------------------------------------------------------------------
@@ -358,11 +425,12 @@ class ServerSession:
     def figures(self) -> dict[str, Any]:
         """The round's secure aggregation figures for its lineage."""
         return {
-            "protocol": "SecAgg (Bonawitz et al., CCS 2017), complete graph",
+            "protocol": "SecAgg (Bonawitz et al., CCS 2017), complete graph, signed keys and consistency check",
             "participants": len(self.participants),
             "advertised_keys": len(self._keys),
             "shared_keys": len(self._shares),
             "uploaded": len(self._uploaded),
+            "signed_survivors": len(self._confirmed),
             "unmasked_with": len(self._answers),
             "dropped": sorted(set(self._shares) - set(self._uploaded)),
             "threshold": self.threshold,

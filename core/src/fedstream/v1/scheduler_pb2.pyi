@@ -147,7 +147,7 @@ class ReceiveAssignmentsRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("run_id", "round", "kind", "task", "base_version", "model_endpoint", "upload_endpoint", "training", "deadline_unix", "chunk_bytes")
+    __slots__ = ("run_id", "round", "kind", "task", "base_version", "model_endpoint", "upload_endpoint", "training", "deadline_unix", "chunk_bytes", "participants")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Assignment(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     kind: _round_pb2.RoundKind
@@ -168,7 +169,8 @@ class Assignment(_message.Message):
     training: _round_pb2.TrainingConfig
     deadline_unix: float
     chunk_bytes: int
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., task: _Optional[str] = ..., base_version: _Optional[str] = ..., model_endpoint: _Optional[str] = ..., upload_endpoint: _Optional[str] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[_round_pb2.RoundKind, str]] = ..., task: _Optional[str] = ..., base_version: _Optional[str] = ..., model_endpoint: _Optional[str] = ..., upload_endpoint: _Optional[str] = ..., training: _Optional[_Union[_round_pb2.TrainingConfig, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentEvent(_message.Message):
     __slots__ = ("assignment",)

@@ -24,39 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64stream/v1/secagg.proto\x12\x0c\x66\x65\x64stream.v1\"_\n\x10\x41\x64vertiseRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x04 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x05 \x01(\x0c\"\x13\n\x11\x41\x64vertiseResponse\"N\n\x0bStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06wait_s\x18\x04 \x01(\x01\";\n\x0bRosterEntry\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\"t\n\x0eRosterResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12*\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x19.fedstream.v1.RosterEntry\x12\x14\n\x0cparticipants\x18\x03 \x01(\x05\x12\x11\n\tthreshold\x18\x04 \x01(\x05\"G\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\x8a\x01\n\x10ShareKeysRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x17\n\x0fseed_commitment\x18\x04 \x01(\x0c\x12,\n\x06shares\x18\x05 \x03(\x0b\x32\x1c.fedstream.v1.EncryptedShare\"\x13\n\x11ShareKeysResponse\"^\n\x0eSharesResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07senders\x18\x02 \x03(\t\x12,\n\x06shares\x18\x03 \x03(\x0b\x32\x1c.fedstream.v1.EncryptedShare\"G\n\x15UnmaskRequestResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07seed_of\x18\x02 \x03(\t\x12\x0e\n\x06key_of\x18\x03 \x03(\t\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x97\x01\n\rUnmaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12*\n\x05seeds\x18\x04 \x03(\x0b\x32\x1b.fedstream.v1.RevealedShare\x12)\n\x04keys\x18\x05 \x03(\x0b\x32\x1b.fedstream.v1.RevealedShare\"\x10\n\x0eUnmaskResponse2\xd4\x03\n\x11SecureAggregation\x12L\n\tAdvertise\x12\x1e.fedstream.v1.AdvertiseRequest\x1a\x1f.fedstream.v1.AdvertiseResponse\x12\x44\n\tGetRoster\x12\x19.fedstream.v1.StepRequest\x1a\x1c.fedstream.v1.RosterResponse\x12L\n\tShareKeys\x12\x1e.fedstream.v1.ShareKeysRequest\x1a\x1f.fedstream.v1.ShareKeysResponse\x12\x44\n\tGetShares\x12\x19.fedstream.v1.StepRequest\x1a\x1c.fedstream.v1.SharesResponse\x12R\n\x10GetUnmaskRequest\x12\x19.fedstream.v1.StepRequest\x1a#.fedstream.v1.UnmaskRequestResponse\x12\x43\n\x06Unmask\x12\x1b.fedstream.v1.UnmaskRequest\x1a\x1c.fedstream.v1.UnmaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64stream/v1/secagg.proto\x12\x0c\x66\x65\x64stream.v1\"\x87\x01\n\x10\x41\x64vertiseRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x04 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"\x13\n\x11\x41\x64vertiseResponse\"N\n\x0bStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06wait_s\x18\x04 \x01(\x01\"c\n\x0bRosterEntry\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"t\n\x0eRosterResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12*\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x19.fedstream.v1.RosterEntry\x12\x14\n\x0cparticipants\x18\x03 \x01(\x05\x12\x11\n\tthreshold\x18\x04 \x01(\x05\"G\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\x8a\x01\n\x10ShareKeysRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x17\n\x0fseed_commitment\x18\x04 \x01(\x0c\x12,\n\x06shares\x18\x05 \x03(\x0b\x32\x1c.fedstream.v1.EncryptedShare\"\x13\n\x11ShareKeysResponse\"^\n\x0eSharesResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07senders\x18\x02 \x03(\t\x12,\n\x06shares\x18\x03 \x03(\x0b\x32\x1c.fedstream.v1.EncryptedShare\"5\n\x11SurvivorsResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"]\n\x17\x43onfirmSurvivorsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x1a\n\x18\x43onfirmSurvivorsResponse\"8\n\x11SurvivorSignature\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"|\n\x15UnmaskRequestResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07seed_of\x18\x02 \x03(\t\x12\x0e\n\x06key_of\x18\x03 \x03(\t\x12\x33\n\nsignatures\x18\x04 \x03(\x0b\x32\x1f.fedstream.v1.SurvivorSignature\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x97\x01\n\rUnmaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12*\n\x05seeds\x18\x04 \x03(\x0b\x32\x1b.fedstream.v1.RevealedShare\x12)\n\x04keys\x18\x05 \x03(\x0b\x32\x1b.fedstream.v1.RevealedShare\"\x10\n\x0eUnmaskResponse2\x83\x05\n\x11SecureAggregation\x12L\n\tAdvertise\x12\x1e.fedstream.v1.AdvertiseRequest\x1a\x1f.fedstream.v1.AdvertiseResponse\x12\x44\n\tGetRoster\x12\x19.fedstream.v1.StepRequest\x1a\x1c.fedstream.v1.RosterResponse\x12L\n\tShareKeys\x12\x1e.fedstream.v1.ShareKeysRequest\x1a\x1f.fedstream.v1.ShareKeysResponse\x12\x44\n\tGetShares\x12\x19.fedstream.v1.StepRequest\x1a\x1c.fedstream.v1.SharesResponse\x12J\n\x0cGetSurvivors\x12\x19.fedstream.v1.StepRequest\x1a\x1f.fedstream.v1.SurvivorsResponse\x12\x61\n\x10\x43onfirmSurvivors\x12%.fedstream.v1.ConfirmSurvivorsRequest\x1a&.fedstream.v1.ConfirmSurvivorsResponse\x12R\n\x10GetUnmaskRequest\x12\x19.fedstream.v1.StepRequest\x1a#.fedstream.v1.UnmaskRequestResponse\x12\x43\n\x06Unmask\x12\x1b.fedstream.v1.UnmaskRequest\x1a\x1c.fedstream.v1.UnmaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedstream.v1.secagg_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADVERTISEREQUEST']._serialized_start=43
-  _globals['_ADVERTISEREQUEST']._serialized_end=138
-  _globals['_ADVERTISERESPONSE']._serialized_start=140
-  _globals['_ADVERTISERESPONSE']._serialized_end=159
-  _globals['_STEPREQUEST']._serialized_start=161
-  _globals['_STEPREQUEST']._serialized_end=239
-  _globals['_ROSTERENTRY']._serialized_start=241
-  _globals['_ROSTERENTRY']._serialized_end=300
-  _globals['_ROSTERRESPONSE']._serialized_start=302
-  _globals['_ROSTERRESPONSE']._serialized_end=418
-  _globals['_ENCRYPTEDSHARE']._serialized_start=420
-  _globals['_ENCRYPTEDSHARE']._serialized_end=491
-  _globals['_SHAREKEYSREQUEST']._serialized_start=494
-  _globals['_SHAREKEYSREQUEST']._serialized_end=632
-  _globals['_SHAREKEYSRESPONSE']._serialized_start=634
-  _globals['_SHAREKEYSRESPONSE']._serialized_end=653
-  _globals['_SHARESRESPONSE']._serialized_start=655
-  _globals['_SHARESRESPONSE']._serialized_end=749
-  _globals['_UNMASKREQUESTRESPONSE']._serialized_start=751
-  _globals['_UNMASKREQUESTRESPONSE']._serialized_end=822
-  _globals['_REVEALEDSHARE']._serialized_start=824
-  _globals['_REVEALEDSHARE']._serialized_end=869
-  _globals['_UNMASKREQUEST']._serialized_start=872
-  _globals['_UNMASKREQUEST']._serialized_end=1023
-  _globals['_UNMASKRESPONSE']._serialized_start=1025
-  _globals['_UNMASKRESPONSE']._serialized_end=1041
-  _globals['_SECUREAGGREGATION']._serialized_start=1044
-  _globals['_SECUREAGGREGATION']._serialized_end=1512
+  _globals['_ADVERTISEREQUEST']._serialized_start=44
+  _globals['_ADVERTISEREQUEST']._serialized_end=179
+  _globals['_ADVERTISERESPONSE']._serialized_start=181
+  _globals['_ADVERTISERESPONSE']._serialized_end=200
+  _globals['_STEPREQUEST']._serialized_start=202
+  _globals['_STEPREQUEST']._serialized_end=280
+  _globals['_ROSTERENTRY']._serialized_start=282
+  _globals['_ROSTERENTRY']._serialized_end=381
+  _globals['_ROSTERRESPONSE']._serialized_start=383
+  _globals['_ROSTERRESPONSE']._serialized_end=499
+  _globals['_ENCRYPTEDSHARE']._serialized_start=501
+  _globals['_ENCRYPTEDSHARE']._serialized_end=572
+  _globals['_SHAREKEYSREQUEST']._serialized_start=575
+  _globals['_SHAREKEYSREQUEST']._serialized_end=713
+  _globals['_SHAREKEYSRESPONSE']._serialized_start=715
+  _globals['_SHAREKEYSRESPONSE']._serialized_end=734
+  _globals['_SHARESRESPONSE']._serialized_start=736
+  _globals['_SHARESRESPONSE']._serialized_end=830
+  _globals['_SURVIVORSRESPONSE']._serialized_start=832
+  _globals['_SURVIVORSRESPONSE']._serialized_end=885
+  _globals['_CONFIRMSURVIVORSREQUEST']._serialized_start=887
+  _globals['_CONFIRMSURVIVORSREQUEST']._serialized_end=980
+  _globals['_CONFIRMSURVIVORSRESPONSE']._serialized_start=982
+  _globals['_CONFIRMSURVIVORSRESPONSE']._serialized_end=1008
+  _globals['_SURVIVORSIGNATURE']._serialized_start=1010
+  _globals['_SURVIVORSIGNATURE']._serialized_end=1066
+  _globals['_UNMASKREQUESTRESPONSE']._serialized_start=1068
+  _globals['_UNMASKREQUESTRESPONSE']._serialized_end=1192
+  _globals['_REVEALEDSHARE']._serialized_start=1194
+  _globals['_REVEALEDSHARE']._serialized_end=1239
+  _globals['_UNMASKREQUEST']._serialized_start=1242
+  _globals['_UNMASKREQUEST']._serialized_end=1393
+  _globals['_UNMASKRESPONSE']._serialized_start=1395
+  _globals['_UNMASKRESPONSE']._serialized_end=1411
+  _globals['_SECUREAGGREGATION']._serialized_start=1414
+  _globals['_SECUREAGGREGATION']._serialized_end=2057
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AdvertiseRequest(_message.Message):
-    __slots__ = ("run_id", "round", "agent_id", "c_pk", "s_pk")
+    __slots__ = ("run_id", "round", "agent_id", "c_pk", "s_pk", "signature", "certificate")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     C_PK_FIELD_NUMBER: _ClassVar[int]
     S_PK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     agent_id: str
     c_pk: bytes
     s_pk: bytes
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    certificate: bytes
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class AdvertiseResponse(_message.Message):
     __slots__ = ()
@@ -37,14 +41,18 @@ class StepRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class RosterEntry(_message.Message):
-    __slots__ = ("agent_id", "c_pk", "s_pk")
+    __slots__ = ("agent_id", "c_pk", "s_pk", "signature", "certificate")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     C_PK_FIELD_NUMBER: _ClassVar[int]
     S_PK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     c_pk: bytes
     s_pk: bytes
-    def __init__(self, agent_id: _Optional[str] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    certificate: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RosterResponse(_message.Message):
     __slots__ = ("ready", "entries", "participants", "threshold")
@@ -96,15 +104,49 @@ class SharesResponse(_message.Message):
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
     def __init__(self, ready: _Optional[bool] = ..., senders: _Optional[_Iterable[str]] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
 
+class SurvivorsResponse(_message.Message):
+    __slots__ = ("ready", "survivors")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ready: _Optional[bool] = ..., survivors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfirmSurvivorsRequest(_message.Message):
+    __slots__ = ("run_id", "round", "agent_id", "signature")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    agent_id: str
+    signature: bytes
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., agent_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ConfirmSurvivorsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("agent_id", "signature")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    signature: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class UnmaskRequestResponse(_message.Message):
-    __slots__ = ("ready", "seed_of", "key_of")
+    __slots__ = ("ready", "seed_of", "key_of", "signatures")
     READY_FIELD_NUMBER: _ClassVar[int]
     SEED_OF_FIELD_NUMBER: _ClassVar[int]
     KEY_OF_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     seed_of: _containers.RepeatedScalarFieldContainer[str]
     key_of: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ready: _Optional[bool] = ..., seed_of: _Optional[_Iterable[str]] = ..., key_of: _Optional[_Iterable[str]] = ...) -> None: ...
+    signatures: _containers.RepeatedCompositeFieldContainer[SurvivorSignature]
+    def __init__(self, ready: _Optional[bool] = ..., seed_of: _Optional[_Iterable[str]] = ..., key_of: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[SurvivorSignature, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "value")

@@ -29,6 +29,8 @@ class SecureAggregationStub:
     """Each call names the round and the agent (which must be the caller's identity). Calls that
     wait for the step's other participants take wait_s (capped by the server): they answer
     ready=false when the step is still open at the end of the wait, and the agent asks again.
+    Against a malicious aggregator (the paper's section 6), agents sign their keys and the list of
+    survivors with their identity key, and check each other's certificates and signatures.
     """
 
     def __init__(self, channel):
@@ -57,6 +59,16 @@ class SecureAggregationStub:
                 request_serializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_secagg__pb2.SharesResponse.FromString,
                 _registered_method=True)
+        self.GetSurvivors = channel.unary_unary(
+                '/fedstream.v1.SecureAggregation/GetSurvivors',
+                request_serializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_secagg__pb2.SurvivorsResponse.FromString,
+                _registered_method=True)
+        self.ConfirmSurvivors = channel.unary_unary(
+                '/fedstream.v1.SecureAggregation/ConfirmSurvivors',
+                request_serializer=fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsResponse.FromString,
+                _registered_method=True)
         self.GetUnmaskRequest = channel.unary_unary(
                 '/fedstream.v1.SecureAggregation/GetUnmaskRequest',
                 request_serializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.SerializeToString,
@@ -73,10 +85,12 @@ class SecureAggregationServicer:
     """Each call names the round and the agent (which must be the caller's identity). Calls that
     wait for the step's other participants take wait_s (capped by the server): they answer
     ready=false when the step is still open at the end of the wait, and the agent asks again.
+    Against a malicious aggregator (the paper's section 6), agents sign their keys and the list of
+    survivors with their identity key, and check each other's certificates and signatures.
     """
 
     def Advertise(self, request, context):
-        """Step 0: the agent's two X25519 public keys. The same keys again are accepted.
+        """Step 0: the agent's two X25519 public keys, signed. The same message again is accepted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,8 +117,24 @@ class SecureAggregationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSurvivors(self, request, context):
+        """The survivors (U3: the agents whose masked inputs the aggregator holds), once the round
+        stopped taking masked inputs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmSurvivors(self, request, context):
+        """The consistency check: the survivor's signature over the survivors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUnmaskRequest(self, request, context):
-        """Which secrets the survivors reveal, once the round stopped taking masked inputs.
+        """Which secrets the survivors reveal, with the survivors' signatures, once the consistency
+        check closed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +170,16 @@ def add_SecureAggregationServicer_to_server(servicer, server):
                     request_deserializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_secagg__pb2.SharesResponse.SerializeToString,
             ),
+            'GetSurvivors': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSurvivors,
+                    request_deserializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_secagg__pb2.SurvivorsResponse.SerializeToString,
+            ),
+            'ConfirmSurvivors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmSurvivors,
+                    request_deserializer=fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsResponse.SerializeToString,
+            ),
             'GetUnmaskRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUnmaskRequest,
                     request_deserializer=fedstream_dot_v1_dot_secagg__pb2.StepRequest.FromString,
@@ -162,6 +202,8 @@ class SecureAggregation:
     """Each call names the round and the agent (which must be the caller's identity). Calls that
     wait for the step's other participants take wait_s (capped by the server): they answer
     ready=false when the step is still open at the end of the wait, and the agent asks again.
+    Against a malicious aggregator (the paper's section 6), agents sign their keys and the list of
+    survivors with their identity key, and check each other's certificates and signatures.
     """
 
     @staticmethod
@@ -262,6 +304,60 @@ class SecureAggregation:
             '/fedstream.v1.SecureAggregation/GetShares',
             fedstream_dot_v1_dot_secagg__pb2.StepRequest.SerializeToString,
             fedstream_dot_v1_dot_secagg__pb2.SharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSurvivors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.SecureAggregation/GetSurvivors',
+            fedstream_dot_v1_dot_secagg__pb2.StepRequest.SerializeToString,
+            fedstream_dot_v1_dot_secagg__pb2.SurvivorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmSurvivors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.SecureAggregation/ConfirmSurvivors',
+            fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsRequest.SerializeToString,
+            fedstream_dot_v1_dot_secagg__pb2.ConfirmSurvivorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

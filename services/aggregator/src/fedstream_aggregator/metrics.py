@@ -35,7 +35,7 @@ DP_UPDATES_CLIPPED = Counter(
 )
 SECAGG_DROPOUTS = Counter(
     "fedstream_secagg_dropouts_total", "Participants of secure aggregation rounds that did not answer a protocol "
-    "step (advertise, share_keys, upload, unmask), by the step they dropped at.", ["tenant", "step"],
+    "step (advertise, share_keys, upload, consistency, unmask), by the step they dropped at.", ["tenant", "step"],
 )
 SECAGG_STEP_SECONDS = Histogram(
     "fedstream_secagg_step_seconds", "Time a secure aggregation step stayed open, from its start to its close.",

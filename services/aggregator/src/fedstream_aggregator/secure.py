@@ -1,6 +1,7 @@
 """Secure aggregation rounds on the aggregator: the protocol's server session driven by the
 agents' calls (each step closes when every expected agent answered, or ``step_timeout_s``
-passed with at least the threshold), masked updates folded by modular addition into one ring
+passed with at least the threshold; after the masked inputs, the survivors sign the list of
+survivors before any of them reveals a share), masked updates folded by modular addition into one ring
 accumulator of the model's floating elements, and the finisher that unmasks the sum chunk by
 chunk, adds the base back and applies the strategy's server update.
 
@@ -27,6 +28,7 @@ from fedstream.rounds import RoundPlan
 from fedstream.secagg import messages as msg
 from fedstream.secagg.quantize import dequantize, masked_layout, max_weight
 from fedstream.secagg.server import Correction, ServerSession, ServerStep
+from fedstream.secagg.signing import Trust
 from fedstream.tensors import Layout, TensorSpec
 from fedstream_aggregator import metrics as m
 from fedstream_aggregator.blocks import Blocks
@@ -118,12 +120,12 @@ class SecureRound:
         if reason:
             self.on_fail(reason)
 
-    def _wait(self, ready: Callable[[], bool], wait_s: float) -> bool:
-        """Waits (at most ``wait_s``, capped) for ``ready``, advancing steps whose time is up;
-        raises SecureAggregationFailed when the round's protocol failed meanwhile."""
+    def _wait(self, ready: Callable[[], bool], wait_s: float, cap: float = MAX_WAIT_S) -> bool:
+        """Waits (at most ``wait_s``, capped at ``cap``) for ``ready``, advancing steps whose
+        time is up; raises SecureAggregationFailed when the round's protocol failed meanwhile."""
         if not (0 <= wait_s < float("inf")):
             raise InvalidArgument("wait_s must be a finite number of seconds, not negative")
-        end = self.clock() + min(wait_s, MAX_WAIT_S)
+        end = self.clock() + min(wait_s, cap)
         while True:
             self.advance()
             with self.changed:
@@ -137,9 +139,10 @@ class SecureRound:
                 step_left = self.step_started + self.spec.step_timeout_s - self.clock()
                 self.changed.wait(max(0.01, min(left, step_left if step_left > 0 else left)))
 
-    def advertise(self, message: msg.AdvertiseKeys) -> None:
+    def advertise(self, message: msg.AdvertiseKeys, trust: Trust | None = None) -> None:
+        """Records signed keys (checked against ``trust``, the tenant's authority, when given)."""
         with self.changed:
-            self.session.advertise(message)
+            self.session.advertise(message, trust)
         self.advance()
 
     def roster(self, agent_id: str, wait_s: float) -> msg.Roster | None:
@@ -163,8 +166,24 @@ class SecureRound:
         with self.changed:
             return self.session.deliver(agent_id)
 
+    def survivors(self, agent_id: str, wait_s: float) -> tuple[str, ...] | None:
+        """The survivors (U3) once the round stopped taking masked inputs; None if it still
+        takes them after the wait."""
+        self._member(agent_id)
+        open_steps = (ServerStep.ADVERTISE, ServerStep.SHARE, ServerStep.UPLOAD)
+        if not self._wait(lambda: self.session.step not in open_steps, wait_s):
+            return None
+        return self.session.survivors()
+
+    def confirm(self, signature: msg.SurvivorSignature, trust: Trust | None = None) -> None:
+        """Records a survivor's signature over the survivors."""
+        with self.changed:
+            self.session.confirm(signature, trust)
+            self.changed.notify_all()
+
     def unmask_request(self, agent_id: str, wait_s: float) -> msg.UnmaskRequest | None:
-        """What the survivors reveal, once the round stopped taking masked inputs."""
+        """What the survivors reveal, with the survivors' signatures, once the consistency
+        check closed."""
         self._member(agent_id)
         if not self._wait(lambda: self.session.step in (ServerStep.UNMASK, ServerStep.DONE), wait_s):
             return None
@@ -208,9 +227,10 @@ class SecureRound:
     # -- the end ----------------------------------------------------------------------------
 
     def finish_protocol(self) -> Correction:
-        """Closes the upload step (the round closed), waits for the unmask answers (every
-        survivor, or ``step_timeout_s`` with the threshold) and reconstructs the correction.
-        Raises SecureAggregationFailed naming the step that failed."""
+        """Closes the upload step (the round closed), waits for the survivors' signatures, then
+        for the unmask answers (each step: every agent it waits for, or ``step_timeout_s`` with
+        the threshold) and reconstructs the correction. Raises SecureAggregationFailed naming
+        the step that failed."""
         self.advance()
         with self.changed:
             if self.session.step in (ServerStep.ADVERTISE, ServerStep.SHARE):
@@ -218,7 +238,14 @@ class SecureRound:
             missing = len(self.session.expected() - self.session.answered())
             self.session.close_upload()
             self._closed("upload", missing)
-        self._wait(self.session.complete, self.spec.step_timeout_s)
+        self._wait(self.session.complete, self.spec.step_timeout_s, cap=self.spec.step_timeout_s)
+        with self.changed:
+            missing = len(self.session.expected() - self.session.answered())
+            try:
+                self.session.close_consistency()
+            finally:
+                self._closed("consistency", missing)
+        self._wait(self.session.complete, self.spec.step_timeout_s, cap=self.spec.step_timeout_s)
         with self.changed:
             missing = len(self.session.expected() - self.session.answered())
             try:

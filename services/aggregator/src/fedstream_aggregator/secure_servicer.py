@@ -1,5 +1,7 @@
 """The SecureAggregation gRPC servicer: translates the protocol's messages and delegates to the
-round's ``SecureRound``. Each agent speaks as the agent its certificate names."""
+round's ``SecureRound``. Each agent speaks as the agent its certificate names; with the
+tenant's authority (mutual TLS), signed keys and signatures that the agents would refuse are
+refused here first, so that one bad advertisement does not make every agent abandon the round."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fedstream.errors import AgentNotSelected, FailedPrecondition, InvalidArgume
 from fedstream.grpcutil import translate_errors
 from fedstream.secagg import messages as msg
 from fedstream.secagg import shamir
+from fedstream.secagg.signing import Trust
 from fedstream.v1 import secagg_pb2 as pb
 from fedstream.v1 import secagg_pb2_grpc as pb_grpc
 from fedstream_aggregator.rounds import RoundTable
@@ -54,9 +57,10 @@ def _revealed(shares: Iterable[pb.RevealedShare]) -> tuple[msg.RevealedShare, ..
 class SecureAggregationServicer(pb_grpc.SecureAggregationServicer):
     """The key exchange and unmasking of secure aggregation rounds, for their participants."""
 
-    def __init__(self, table: RoundTable, guard: Guard) -> None:
+    def __init__(self, table: RoundTable, guard: Guard, trust: Trust | None = None) -> None:
         self.table = table
         self.guard = guard
+        self.trust = trust
 
     def _round(self, request: _Addressed, context: grpc.ServicerContext) -> tuple[SecureRound, str]:
         agent = self.guard.agent(context, request.agent_id)
@@ -67,7 +71,9 @@ class SecureAggregationServicer(pb_grpc.SecureAggregationServicer):
     @translate_errors
     def Advertise(self, request: pb.AdvertiseRequest, context: grpc.ServicerContext) -> pb.AdvertiseResponse:
         secure, agent = self._round(request, context)
-        secure.advertise(msg.AdvertiseKeys(agent, bytes(request.c_pk), bytes(request.s_pk)))
+        message = msg.AdvertiseKeys(agent, bytes(request.c_pk), bytes(request.s_pk), bytes(request.signature),
+                                    bytes(request.certificate))
+        secure.advertise(message, self.trust)
         return pb.AdvertiseResponse()
 
     @translate_errors
@@ -78,7 +84,8 @@ class SecureAggregationServicer(pb_grpc.SecureAggregationServicer):
             return pb.RosterResponse(ready=False)
         return pb.RosterResponse(
             ready=True, participants=roster.participants, threshold=roster.threshold,
-            entries=[pb.RosterEntry(agent_id=e.agent_id, c_pk=e.c_pk, s_pk=e.s_pk) for e in roster.entries],
+            entries=[pb.RosterEntry(agent_id=e.agent_id, c_pk=e.c_pk, s_pk=e.s_pk, signature=e.signature,
+                                    certificate=e.certificate) for e in roster.entries],
         )
 
     @translate_errors
@@ -103,12 +110,31 @@ class SecureAggregationServicer(pb_grpc.SecureAggregationServicer):
         )
 
     @translate_errors
+    def GetSurvivors(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.SurvivorsResponse:
+        secure, agent = self._round(request, context)
+        survivors = secure.survivors(agent, request.wait_s)
+        if survivors is None:
+            return pb.SurvivorsResponse(ready=False)
+        return pb.SurvivorsResponse(ready=True, survivors=survivors)
+
+    @translate_errors
+    def ConfirmSurvivors(
+        self, request: pb.ConfirmSurvivorsRequest, context: grpc.ServicerContext
+    ) -> pb.ConfirmSurvivorsResponse:
+        secure, agent = self._round(request, context)
+        secure.confirm(msg.SurvivorSignature(agent, bytes(request.signature)), self.trust)
+        return pb.ConfirmSurvivorsResponse()
+
+    @translate_errors
     def GetUnmaskRequest(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.UnmaskRequestResponse:
         secure, agent = self._round(request, context)
         asked = secure.unmask_request(agent, request.wait_s)
         if asked is None:
             return pb.UnmaskRequestResponse(ready=False)
-        return pb.UnmaskRequestResponse(ready=True, seed_of=asked.seed_of, key_of=asked.key_of)
+        return pb.UnmaskRequestResponse(
+            ready=True, seed_of=asked.seed_of, key_of=asked.key_of,
+            signatures=[pb.SurvivorSignature(agent_id=s.agent_id, signature=s.signature) for s in asked.signatures],
+        )
 
     @translate_errors
     def Unmask(self, request: pb.UnmaskRequest, context: grpc.ServicerContext) -> pb.UnmaskResponse:

@@ -21,6 +21,7 @@ from fedstream.limits import RateLimiter, StreamSlots
 from fedstream.memtune import release_free_memory
 from fedstream.metrics import GRPC_MAX_CONCURRENT_CALLS, LIMIT_HITS
 from fedstream.pki import TlsIdentity
+from fedstream.secagg.signing import Trust
 from fedstream.startup import StartupError
 from fedstream.v1 import aggregator_pb2_grpc as pb_grpc
 from fedstream.v1 import secagg_pb2_grpc as secagg_grpc
@@ -130,7 +131,8 @@ def build_server(
         UpdateServicer(service, guard, slots, RateLimiter(limits.chunks_per_s, limits.chunks_per_s), watch),
     )
     pb_grpc.add_AggregatorControlServicer_to_server(ControlServicer(service, guard), server)
-    secagg_grpc.add_SecureAggregationServicer_to_server(SecureAggregationServicer(service.rounds, guard), server)
+    trust = Trust(tls.ca_pem, tenant) if tls is not None else None  # checks agents' signed keys
+    secagg_grpc.add_SecureAggregationServicer_to_server(SecureAggregationServicer(service.rounds, guard, trust), server)
     health_servicer = add_health(server, SERVICE_NAMES)
     bound = bind(server, host, port, server_credentials(tls) if tls is not None else None)
     health_server, health_bound = None, 0

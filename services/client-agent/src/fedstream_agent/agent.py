@@ -16,17 +16,18 @@ import torch
 
 from fedstream.compression import SCALE_SUFFIX, quantize_with_feedback
 from fedstream.convert import assignment_from_proto
-from fedstream.errors import InvalidArgument, RoundCancelled, RoundClosed
+from fedstream.errors import InvalidArgument, RoundCancelled, RoundClosed, SecureAggregationFailed
 from fedstream.grpcutil import channel, error_code_of
 from fedstream.logs import log_context
 from fedstream.pki import TlsIdentity
 from fedstream.protocol import PROTOCOL_VERSION
 from fedstream.rounds import Assignment, RoundKind
-from fedstream.staleness import is_statistic
 from fedstream.tensors import FlatBuffer, Layout
 from fedstream.transfer import DownloadedModel
 from fedstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from fedstream_agent import metrics as m
+from fedstream_agent.budget import SiteBudget
+from fedstream_agent.changes import as_changes
 from fedstream_agent.identity import (
     AgentDisabledError,
     AgentIdentity,
@@ -109,6 +110,7 @@ class Agent:
         # The same for a round that closed without this agent's update (its work not needed).
         self._closed: dict[tuple[str, int], str] = {}
         self._reconnect = Reconnect(settings)
+        self._budget = SiteBudget.of(settings, self.identity is not None)  # this site's own privacy budget
         # Uploads the aggregator confirmed; with an identity, kept beside it across restarts.
         self._confirmed = ConfirmedUploads(
             tls.identity_dir / CONFIRMED_FILE if self.identity is not None else None
@@ -267,6 +269,8 @@ class Agent:
             log.debug("assignment for round %d of %s received again; done already", a.round, a.run_id)
             return
         self._handled.add(key)
+        if not self._budget.admits(a):  # one more local release would pass the site's own limit
+            return
         outcome = "abandoned"
         self._current = key
         with log_context(run_id=a.run_id, round=a.round, agent_id=self.agent_id):
@@ -280,6 +284,8 @@ class Agent:
             except RoundClosedHere as e:
                 outcome = "not_needed"
                 log.info("%s; this agent's work was not needed", e)
+            except SecureAggregationFailed as e:
+                log.error("round %d of %s abandoned: %s", a.round, a.run_id, e.public)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION and _is_closure(e):
                     outcome = "not_needed"
@@ -318,7 +324,7 @@ class Agent:
             log.info("uploading initial model: %d tensors, %d bytes", len(layout.tensors), layout.total_bytes)
             self._upload(a, layout, lambda: buffers_of(layout, state), 0, {}, chunk_bytes)
             return
-        secure = SecureTraining.start(self._channel, a, self.agent_id)  # None: a plain upload
+        secure = SecureTraining.start(self._channel, a, self.agent_id, self._tls)  # None: a plain upload
         started = time.perf_counter()
         base = self._download(a, chunk_bytes)
         self._check_cancelled(a)
@@ -473,18 +479,6 @@ class Agent:
         chunk_bytes: int,
     ) -> None:
         """See ``Transfers.upload``: done once the aggregator confirms the update counted."""
+        self._budget.release(a)  # recorded before a locally noised change leaves the site
         self._transfers.upload(a, layout, buffers, num_examples, metrics, chunk_bytes, lambda: self._check_cancelled(a))
 
-
-def as_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each floating tensor as its change from ``base`` (computed in float32 or wider, stored in
-    its own dtype); normalisation statistics and other tensors as they are (the aggregator
-    averages them plainly: fedstream.staleness.is_statistic)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        if value.is_floating_point() and not is_statistic(name):
-            wide = torch.promote_types(value.dtype, torch.float32)
-            out[name] = (value.to(wide) - base[name].to(wide)).to(value.dtype)
-        else:
-            out[name] = value
-    return out

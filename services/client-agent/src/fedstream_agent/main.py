@@ -24,7 +24,7 @@ DESCRIPTION = (
     "TLS__ENROLL_ENDPOINT), keeps its key in TLS__IDENTITY_DIR and renews its certificate itself. "
     "/metrics is on a free loopback port unless METRICS__PORT is set (several agents share a "
     "machine). A setting that cannot be used stops it with one line naming the variable, and an "
-    "exit code: 2 settings, 3 the metrics port, 4 the site's data, 5 no identity."
+    "exit code: 2 settings, 3 the metrics port, 4 the site's data or privacy ledger, 5 no identity."
 )
 
 
@@ -92,7 +92,8 @@ def serve(settings: AgentSettings) -> int:
 
 def check_settings(settings: AgentSettings) -> None:
     """What can be checked before the agent starts: its tasks exist, its CA certificate can be
-    read and its identity directory written. Raises StartupError naming the setting."""
+    read and its identity directory written (also in plaintext mode when the site has a privacy
+    limit of its own: its ledger is kept there). Raises StartupError naming the setting."""
     from fedstream_tasks import get_task
 
     for name in settings.tasks:
@@ -102,6 +103,8 @@ def check_settings(settings: AgentSettings) -> None:
             raise StartupError("tasks", json.dumps(settings.tasks), e.public,
                                "name tasks installed on this agent (docs/tasks.md)") from e
     tls = settings.tls
+    if settings.privacy.max_epsilon > 0:  # the site's own privacy ledger lives there
+        writable_directory(tls.identity_dir, "tls.identity_dir", ExitCode.BAD_DATA)
     if tls.insecure_plaintext:
         return
     if tls.ca_file is None:

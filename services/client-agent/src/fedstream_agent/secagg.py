@@ -1,7 +1,9 @@
 """An agent's side of secure aggregation over gRPC: the client session of the protocol driven
-through the aggregator's SecureAggregation service (advertise right after the assignment, share
-keys, then, once trained, the masked change as int64 tensors for the ordinary upload, and the
-answer to the unmask request)."""
+through the aggregator's SecureAggregation service (advertise signed keys right after the
+assignment, check the roster and share keys, then, once trained, the masked change as int64
+tensors for the ordinary upload, the signature over the survivors, and the answer to the unmask
+request). The agent signs with its TLS identity: without one (tls.insecure_plaintext) it takes
+no part in secure aggregation rounds."""
 
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ import numpy as np
 import torch
 
 from fedstream.dp import add_noise, clip_tensors, noise_generator
-from fedstream.errors import SecureAggregationFailed
+from fedstream.errors import ProtocolViolation, SecureAggregationFailed
+from fedstream.pki import TlsIdentity
 from fedstream.privacy import DPMode, PrivacySpec, SecureAggregationSpec
 from fedstream.rounds import Assignment, RoundKind
 from fedstream.secagg import messages as msg
 from fedstream.secagg import shamir
 from fedstream.secagg.client import ClientSession
 from fedstream.secagg.quantize import masked_layout, quantize
+from fedstream.secagg.signing import Credentials
 from fedstream.tensors import Layout
 from fedstream.v1 import secagg_pb2 as pb
 from fedstream.v1 import secagg_pb2_grpc as pb_grpc
@@ -40,17 +44,19 @@ R = TypeVar("R")
 
 
 class SecureAggregationClient:
-    """One agent's secure aggregation of one round. ``give_up_unix``: when the agent stops
-    waiting for a step (the round's deadline and the unmask step's timeout after it)."""
+    """One agent's secure aggregation of one round: it signs with ``credentials`` and checks
+    the roster against ``participants`` (the scheduler's selection, from the assignment).
+    ``give_up_unix``: when the agent stops waiting for a step (the round's deadline and the
+    timeouts of the consistency check and the unmask step after it)."""
 
     def __init__(
         self, channel: grpc.Channel, run_id: str, round_: int, agent_id: str, spec: SecureAggregationSpec,
-        *, give_up_unix: float, rpc_timeout_s: float = 30.0,
+        credentials: Credentials, participants: Iterable[str], *, give_up_unix: float, rpc_timeout_s: float = 30.0,
     ) -> None:
         self.stub = pb_grpc.SecureAggregationStub(channel)
         self.run_id, self.round, self.agent_id = run_id, round_, agent_id
         self.spec = spec
-        self.session = ClientSession(run_id, str(round_), agent_id, spec)
+        self.session = ClientSession(run_id, str(round_), agent_id, spec, credentials, tuple(participants))
         self.give_up_unix = give_up_unix
         self.rpc_timeout_s = rpc_timeout_s
         # What the protocol's messages cost this agent (the masked upload aside).
@@ -74,20 +80,24 @@ class SecureAggregationClient:
                 raise SecureAggregationFailed(f"gave up waiting for {what}")
 
     def advertise(self) -> None:
-        """Step 0: sends the agent's public keys."""
+        """Step 0: sends the agent's signed public keys."""
         keys = self.session.advertise()
         request = pb.AdvertiseRequest(run_id=self.run_id, round=self.round, agent_id=self.agent_id,
-                                      c_pk=keys.c_pk, s_pk=keys.s_pk)
+                                      c_pk=keys.c_pk, s_pk=keys.s_pk, signature=keys.signature,
+                                      certificate=keys.certificate)
         self.stub.Advertise(request, timeout=self.rpc_timeout_s)
         self.bytes_sent += request.ByteSize()
         self.calls += 1
 
     def share_keys(self) -> None:
-        """Step 1: waits for the roster, then sends the encrypted shares."""
+        """Step 1: waits for the roster, checks every entry's certificate and signature, then
+        sends the encrypted shares. Raises ProtocolViolation, sharing nothing, for a roster it
+        refuses (naming the entry and why)."""
         got = self._poll(lambda r: self.stub.GetRoster(r, timeout=self.rpc_timeout_s + POLL_S),
                          lambda a: a.ready, "the roster")
         roster = msg.Roster(
-            tuple(msg.AdvertiseKeys(e.agent_id, bytes(e.c_pk), bytes(e.s_pk)).check() for e in got.entries),
+            tuple(msg.AdvertiseKeys(e.agent_id, bytes(e.c_pk), bytes(e.s_pk), bytes(e.signature), bytes(e.certificate))
+                  for e in got.entries),
             got.participants, got.threshold,
         )
         message = self.session.share_keys(roster)
@@ -135,11 +145,26 @@ class SecureAggregationClient:
 
         return wire, tensors()
 
+    def confirm(self) -> None:
+        """Step 3, the consistency check: waits for the survivors and sends this agent's
+        signature over them (once)."""
+        got = self._poll(lambda r: self.stub.GetSurvivors(r, timeout=self.rpc_timeout_s + POLL_S),
+                         lambda a: a.ready, "the survivors")
+        signed = self.session.confirm(tuple(got.survivors))
+        request = pb.ConfirmSurvivorsRequest(run_id=self.run_id, round=self.round, agent_id=self.agent_id,
+                                             signature=signed.signature)
+        self.stub.ConfirmSurvivors(request, timeout=self.rpc_timeout_s)
+        self.bytes_sent += request.ByteSize()
+        self.calls += 1
+
     def unmask(self) -> None:
-        """Step 3: waits for the unmask request and answers it (once)."""
+        """Step 4: waits for the unmask request and answers it (once), after checking the
+        survivors' signatures. Raises ProtocolViolation, revealing nothing, for a request
+        it refuses."""
         got = self._poll(lambda r: self.stub.GetUnmaskRequest(r, timeout=self.rpc_timeout_s + POLL_S),
                          lambda a: a.ready, "the unmask request")
-        answer = self.session.unmask(msg.UnmaskRequest(tuple(got.seed_of), tuple(got.key_of)))
+        signatures = tuple(msg.SurvivorSignature(s.agent_id, bytes(s.signature)) for s in got.signatures)
+        answer = self.session.unmask(msg.UnmaskRequest(tuple(got.seed_of), tuple(got.key_of), signatures))
         request = pb.UnmaskRequest(
             run_id=self.run_id, round=self.round, agent_id=self.agent_id,
             seeds=[pb.RevealedShare(owner=s.owner, value=shamir.to_bytes(s.value)) for s in answer.seeds],
@@ -173,22 +198,36 @@ class SecureTraining:
     answers the unmask request."""
 
     @classmethod
-    def start(cls, dial: Callable[[str], grpc.Channel], a: Assignment, agent_id: str) -> SecureTraining | None:
+    def start(
+        cls, dial: Callable[[str], grpc.Channel], a: Assignment, agent_id: str, identity: TlsIdentity | None
+    ) -> SecureTraining | None:
         """Starts the key exchange of a training round under secure aggregation (with the
-        aggregator it uploads to); None for any other round. Raises what advertising its keys
-        raised: an agent that cannot advertise (restarted mid-round, its earlier keys lost with
-        its process; or too late, the advertise step closed) cannot take part, and gives the
-        round up before downloading and training for nothing."""
+        aggregator it uploads to), signing with ``identity``; None for any other round. Raises
+        SecureAggregationFailed, before anything is sent, without an identity (plaintext
+        development mode) or when the assignment does not list the round's participants; and
+        what advertising its keys raised: an agent that cannot advertise (restarted mid-round,
+        its earlier keys lost with its process; or too late, the advertise step closed) cannot
+        take part, and gives the round up before downloading and training for nothing."""
         if a.kind is not RoundKind.TRAIN or a.training.secure_aggregation is None:
             return None
-        return cls(dial(a.upload_endpoint), a, agent_id)
+        if identity is None:
+            raise SecureAggregationFailed(
+                "secure aggregation needs this agent's certificate, to sign its keys, and tls.insecure_plaintext "
+                "is set: not taking part (run the control plane with mutual TLS, e.g. `fedstream local`)"
+            )
+        if agent_id not in a.participants:
+            raise SecureAggregationFailed("the assignment does not list the round's participants with this agent")
+        return cls(dial(a.upload_endpoint), a, agent_id, Credentials.of(identity))
 
-    def __init__(self, channel: grpc.Channel, a: Assignment, agent_id: str) -> None:
+    def __init__(self, channel: grpc.Channel, a: Assignment, agent_id: str, credentials: Credentials) -> None:
         spec = a.training.secure_aggregation
         assert spec is not None
         self.assignment = a
         self.client = SecureAggregationClient(
-            channel, a.run_id, a.round, agent_id, spec, give_up_unix=a.deadline_unix + spec.step_timeout_s
+            channel, a.run_id, a.round, agent_id, spec, credentials, a.participants,
+            # The round closes by its deadline; the consistency check and the unmask step wait
+            # step_timeout_s each after it.
+            give_up_unix=a.deadline_unix + 2 * spec.step_timeout_s,
         )
         self._error: BaseException | None = None
         self.client.advertise()
@@ -202,6 +241,9 @@ class SecureTraining:
             senders = self.client.receive_shares()
             log.info("secure aggregation: round %d of %s: keys shared, shares received from %d agents", a.round,
                      a.run_id, senders - 1)
+        except ProtocolViolation as e:  # the agent drops out of the round now, sharing nothing more
+            log.error("secure aggregation of round %d of %s: dropping out: %s", a.round, a.run_id, e.public)
+            self._error = SecureAggregationFailed(e.public)
         except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = e
 
@@ -209,8 +251,10 @@ class SecureTraining:
         self, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], num_examples: int, upload: Upload
     ) -> None:
         """Masks the change of every floating tensor of ``state`` from ``base``, uploads it with
-        ``upload(layout, buffers, num_examples)`` and answers the unmask request. Raises what the
-        key exchange raised (the agent then drops out of the round)."""
+        ``upload(layout, buffers, num_examples)``, signs the survivors and answers the unmask
+        request. Raises what the key exchange raised, and SecureAggregationFailed for survivors
+        or an unmask request it refuses (the agent then drops out of the round, revealing
+        nothing more)."""
         self._thread.join(max(0.0, self.client.give_up_unix - time.time()))
         if self._error is not None:
             raise self._error
@@ -229,4 +273,8 @@ class SecureTraining:
         wire, _ = self.client.masked(layout, change, weight)
         log.info("secure aggregation: uploading the masked change (%d bytes)", wire.total_bytes)
         upload(wire, lambda: self.client.masked(layout, change, weight)[1], num_examples)
-        self.client.unmask()
+        try:
+            self.client.confirm()
+            self.client.unmask()
+        except ProtocolViolation as e:
+            raise SecureAggregationFailed(e.public) from None

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedstream.config import ChunkSettings, LogSettings
 from fedstream.metrics import MetricsSettings
+from fedstream.privacy import MAX_EPSILON_BUDGET
 from fedstream.transfer import DEFAULT_MAX_MODEL_BYTES
 from fedstream_tasks.base import SiteDataSettings
 
@@ -36,6 +37,26 @@ class AgentTlsSettings(BaseModel):
     )
     enroll_endpoint: str = Field(
         "127.0.0.1:50053", description="host:port of the scheduler's enrollment service."
+    )
+
+
+class AgentPrivacySettings(BaseModel):
+    """This site's own privacy budget, for sites that trust no one: under local differential
+    privacy each training round's upload is a release of the site's data, kept in
+    ``tls.identity_dir``/privacy-ledger.json; the agent declines a round whose release would take
+    the site's epsilon past its own limit, whatever the federation's budget says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_epsilon: float = Field(
+        0.0, ge=0.0, le=MAX_EPSILON_BUDGET, allow_inf_nan=False,
+        description="The most epsilon (at privacy.delta) this site's local differential privacy releases may spend "
+        "together, over every run; the agent declines a local-DP training round that would pass it (logged as "
+        "a warning, nothing uploaded). 0: no limit of the site's own (the releases are still recorded).",
+    )
+    delta: float = Field(
+        1e-5, gt=0.0, lt=1.0, allow_inf_nan=False,
+        description="The delta at which this site accounts its own epsilon (the federation's delta may differ).",
     )
 
 
@@ -86,6 +107,10 @@ class AgentSettings(BaseSettings):
         DEFAULT_MAX_MODEL_BYTES, ge=1, description="Largest model this agent downloads (it holds the "
         "model it trains in memory): a model header declaring more is refused before any memory is "
         "allocated for it."
+    )
+    privacy: AgentPrivacySettings = Field(
+        default_factory=AgentPrivacySettings,
+        description="This site's own privacy budget under local differential privacy.",
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     metrics: AgentMetricsSettings = Field(default_factory=AgentMetricsSettings, description="Prometheus /metrics.")

@@ -185,7 +185,9 @@ class RunSpec(BaseModel):
     secure_aggregation: SecureAggregationModel | None = Field(
         None,
         description="Secure aggregation (SecAgg, Bonawitz et al. 2017): the aggregator learns only the sum of "
-        "a training round's updates, and the round commits while at most max_dropout of them drop out. Unset: none.",
+        "a training round's updates, and the round commits while at most max_dropout of them drop out. Agents "
+        "sign their keys with their TLS identities (against an aggregator that would substitute them): agents "
+        "in plaintext development mode take no part. Unset: none.",
     )
 
     @model_validator(mode="after")

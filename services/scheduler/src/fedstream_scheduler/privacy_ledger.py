@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fedstream.accounting import Charge, epsilon
 from fedstream.errors import FailedPrecondition
 from fedstream.privacy import DPMode, PrivacySpec
 from fedstream.state import PrivacyLedgerRecord, RunRecord, StateStore
 from fedstream_scheduler import metrics as m
-from fedstream_scheduler.accountant import Charge, epsilon
 
 
 class BudgetSpent(FailedPrecondition):

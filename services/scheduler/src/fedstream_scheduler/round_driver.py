@@ -182,13 +182,15 @@ class RoundDriver:
                 privacy=spec.privacy.spec() if spec.privacy else None,
                 secure_aggregation=spec.secure_aggregation.spec() if spec.secure_aggregation else None,
             )
+        # Under secure aggregation agents check the aggregator's roster against the selection.
+        selected = tuple(rec.participants) if training.secure_aggregation is not None else ()
         out = {}
         for agent_id in rec.participants:
             endpoint = endpoints.get(agent_id, self.public_endpoint)
             out[agent_id] = Assignment(
                 run_id=rec.run_id, round=rec.round, kind=RoundKind(rec.kind), task=spec.task,
                 base_version=rec.base_version, model_endpoint=endpoint, upload_endpoint=endpoint,
-                training=training, deadline_unix=rec.deadline_unix,
+                training=training, deadline_unix=rec.deadline_unix, participants=selected,
             )
         return out
 

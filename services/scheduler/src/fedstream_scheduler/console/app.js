@@ -5,6 +5,7 @@ import { ApiError, api, session } from "./api.js";
 import { clear, h } from "./dom.js";
 import { agentsPage } from "./page-agents.js";
 import { auditPage } from "./page-audit.js";
+import { federationPage } from "./page-federation.js";
 import { federationsPage } from "./page-federations.js";
 import { loginPage } from "./page-login.js";
 import { modelPage } from "./page-model.js";
@@ -20,6 +21,7 @@ const NAV = [
 ];
 const ROUTES = [
   [/^federations$/, federationsPage],
+  [/^federations\/([^/]+)$/, federationPage],
   [/^runs$/, runsPage],
   [/^runs\/([^/]+)$/, runPage],
   [/^agents$/, agentsPage],

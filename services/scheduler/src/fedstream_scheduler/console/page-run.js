@@ -1,9 +1,11 @@
 // One run: its progress, live while it runs (polled every 2 s, no reload), each round's
-// participants, stragglers, duration, bytes and metrics, and a chart per metric.
+// participants, stragglers, duration, bytes and metrics (and under differential privacy the
+// federation's epsilon once the round was charged), and a chart per metric.
 
 import { api, q } from "./api.js";
 import { lineChart, metricSeries } from "./chart.js";
 import { badge, clear, fmtBytes, fmtDuration, fmtNumber, fmtTime, h, link, pairs, panel, table, versionLink } from "./dom.js";
+import { fmtEpsilon, settingsFacts } from "./privacy.js";
 
 const POLL_MS = 2000;
 
@@ -12,7 +14,7 @@ function people(ids, cls) {
   return h("details", { class: cls }, h("summary", {}, String(ids.length)), h("ul", {}, ids.map((id) => h("li", {}, id))));
 }
 
-function roundsTable(rounds) {
+function roundsTable(rounds, isPrivate) {
   return table([
     { title: "Round", class: "num", cell: (r) => String(r.round) },
     { title: "Kind", cell: (r) => r.kind },
@@ -23,8 +25,9 @@ function roundsTable(rounds) {
     { title: "Duration", class: "num", cell: (r) => fmtDuration(r.duration_s) },
     { title: "Bytes in", class: "num", cell: (r) => fmtBytes(r.bytes_received) },
     { title: "Metrics", cell: (r) => pairs({ ...r.update_metrics, ...r.metrics }, fmtNumber) },
+    isPrivate ? { title: "ε", class: "num epsilon", cell: (r) => fmtEpsilon(r.epsilon) } : null,
     { title: "Version", cell: (r) => versionLink(r.version) },
-  ], [...rounds].reverse(), { empty: "No round yet: the run waits for its agents.", rowAttrs: (r) => ({ "data-round": r.round, "data-state": r.state }) });
+  ].filter(Boolean), [...rounds].reverse(), { empty: "No round yet: the run waits for its agents.", rowAttrs: (r) => ({ "data-round": r.round, "data-state": r.state }) });
 }
 
 function charts(rounds) {
@@ -48,12 +51,13 @@ function summary(ctx, run) {
       h("dt", {}, "Latest model"), h("dd", {}, versionLink(run.latest_version)),
       h("dt", {}, "Started"), h("dd", {}, fmtTime(run.created_unix)),
       h("dt", {}, "Finished"), h("dd", {}, fmtTime(run.finished_unix)),
-      h("dt", {}, "Strategy"), h("dd", {}, run.spec.strategy?.name || "fedavg")),
+      h("dt", {}, "Strategy"), h("dd", {}, run.spec.strategy?.name || "fedavg"),
+      settingsFacts(run.spec)),
     cancel);
 }
 
 function body(ctx, run) {
-  return [summary(ctx, run), panel("Metrics", charts(run.rounds)), panel("Rounds", roundsTable(run.rounds))];
+  return [summary(ctx, run), panel("Metrics", charts(run.rounds)), panel("Rounds", roundsTable(run.rounds, Boolean(run.spec.privacy)))];
 }
 
 export async function runPage(ctx) {

@@ -1,5 +1,6 @@
 """The privacy accountant: the epsilon a ledger of differentially private training rounds has
-spent, at a delta, computed with Google's ``dp-accounting`` library.
+spent, at a delta, computed with Google's ``dp-accounting`` library. Pure functions: the
+scheduler charges each federation's ledger with them, and an agent its own local releases.
 
 Why this library: it is maintained by Google's differential privacy team, offers both the RDP
 and the privacy loss distribution (PLD) accountants over one vocabulary of ``DpEvent``s, and is
@@ -35,6 +36,7 @@ What is accounted, and under which assumptions:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +110,13 @@ def _epsilon(events: Counter[tuple[str, float, int, int]], delta: float) -> floa
         event = round_event(z, selected, eligible) if kind == "central" else local_event(z)
         accountant.compose(event, count)
     return float(accountant.get_epsilon(delta))
+
+
+def local_epsilon(noise_multipliers: Iterable[float], delta: float) -> float:
+    """The epsilon, at ``delta``, that one site spends by releasing one locally noised change
+    per noise multiplier given (``local_event`` each, composed); 0 for none."""
+    events = Counter(("local", float(z), 0, 0) for z in noise_multipliers)
+    return _epsilon(events, delta) if events else 0.0
 
 
 def epsilon(charges: list[Charge], delta: float) -> float:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from dp_accounting import rdp
 
+from fedstream.accounting import Charge, epsilon
 from fedstream.privacy import DPMode
-from fedstream_scheduler.accountant import Charge, epsilon
 
 # tensorflow/privacy, tutorials/README.md, "Select Parameters": MNIST (60,000 examples),
 # batches of 256 drawn by Poisson sampling, epsilon at delta 1e-5 (noise multiplier, epochs, eps).
