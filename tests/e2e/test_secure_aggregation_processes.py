@@ -50,7 +50,7 @@ def test_a_private_secure_run_commits_with_an_agent_killed_after_the_key_exchang
         scheduler = fed.start_scheduler(aggregator, {"HEARTBEAT_INTERVAL_S": "0.5"})
         for i, site in enumerate(SITES):
             # The victim trains slowly, so that it is killed between its key exchange and its upload.
-            slow = {"SLOWDOWN": "30"} if site == VICTIM else {}
+            slow = {"SLOWDOWN": "4"} if site == VICTIM else {}
             fed.start_agent(site, scheduler, i, len(SITES), {"DEVICE": "cpu", "CPU_THREADS": "1", **slow})
         runs = scheduler_pb2_grpc.RunServiceStub(fed.channel(scheduler))
 
