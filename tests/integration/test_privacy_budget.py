@@ -73,6 +73,7 @@ def test_a_federation_runs_until_its_budget_stops_it(api, redis_url):
         ({"privacy": {**PRIVACY, "delta": 1.5}}, ["privacy.delta"]),
         ({"privacy": {**PRIVACY, "mode": "everywhere"}}, ["privacy.mode"]),
         ({"secure_aggregation": {"max_dropout": 0.5}}, ["secure_aggregation.max_dropout"]),
+        ({"secure_aggregation": {}, "max_agents": 1001}, ["secure_aggregation", "at most 1000 participants"]),
     ],
 )
 def test_combinations_privacy_cannot_take_are_refused_naming_both(api, spec, words):

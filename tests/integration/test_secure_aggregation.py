@@ -6,6 +6,7 @@ nothing changed; a restart fails the round cleanly."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from fedstream.privacy import SecureAggregationSpec
+from fedstream.convert import plan_from_proto, plan_to_proto
+from fedstream.privacy import DPMode, PrivacySpec, SecureAggregationSpec
 from fedstream.rounds import RoundPlan
 from fedstream.secagg.messages import CIPHERTEXT_BYTES
 from fedstream.secagg.quantize import error_bound
@@ -22,7 +24,7 @@ from fedstream.tensors import FlatBuffer
 from fedstream.v1 import aggregator_pb2_grpc, round_pb2
 from fedstream.v1 import secagg_pb2 as spb
 from fedstream.v1 import secagg_pb2_grpc as spb_grpc
-from fedstream_agent.secagg import SecureAggregationClient
+from fedstream_agent.secagg import SecureAggregationClient, privatize_change
 from fedstream_aggregator.service import AggregatorService
 from fedstream_testing.helpers import layout_of, store_model
 from fedstream_testing.secagg import Authority
@@ -67,13 +69,13 @@ def base(model_store):
     return model
 
 
-def client(ch, agent, participants=AGENTS):
-    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, CREDENTIALS[agent], participants,
+def client(ch, agent, participants=AGENTS, credentials=CREDENTIALS):
+    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, credentials[agent], participants,
                                    give_up_unix=time.time() + 30)
 
 
-def run_agent(ch, agent, change, examples, *, drop_after_shares=False):
-    c = client(ch, agent)
+def run_agent(ch, agent, change, examples, *, drop_after_shares=False, participants=AGENTS, credentials=CREDENTIALS):
+    c = client(ch, agent, tuple(participants), credentials)
     c.advertise()
     c.share_keys()
     if drop_after_shares:
@@ -87,7 +89,11 @@ def run_agent(ch, agent, change, examples, *, drop_after_shares=False):
 
 
 def read_model(model_store, version):
-    layout = layout_of(base_model())
+    return read_model_of(model_store, version, base_model())
+
+
+def read_model_of(model_store, version, model):
+    layout = layout_of(model)
     with model_store.open(version) as reader:
         got = FlatBuffer(layout)
         for chunk in reader.iter_chunks():
@@ -222,3 +228,43 @@ def test_a_restarted_aggregator_fails_a_secure_round_cleanly(model_store, tmp_pa
     assert record.state == "failed"
     assert record.reason == "aggregator restarted during secure aggregation"
     journal.close()
+
+
+def test_central_privacy_noises_the_unmasked_mean_of_the_agents_clipped_changes(agg_channel, model_store):
+    d, clip, z = 200_000, 0.5, 2.0
+    rng = np.random.default_rng(5)
+    model = {"w": ("float32", rng.normal(0, 1, d).astype(np.float32)), "steps": ("int64", np.array([7]))}
+    store_model(model_store, BASE, model)
+    privacy = PrivacySpec(DPMode.CENTRAL, clip, z, 10.0, 1e-5)
+    agents = ["a", "b", "c", "d"]
+    deltas = {a: {"w": rng.normal(0, 1, d) * (0.1 if a != "d" else 50.0) / np.sqrt(d)} for a in agents}
+    deltas["d"]["w"] *= 1e3  # a hostile site: norm 5e4, clipped to C by its own agent before masking
+    secure_round = dataclasses.replace(plan_from_proto(secure_plan(agents, timeout=60)), privacy=privacy)
+    control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
+    control.OpenRound(plan_to_proto(secure_round), timeout=5)
+
+    def agent(name: str, change: dict[str, np.ndarray]) -> None:
+        c = client(agg_channel, name, tuple(agents))
+        c.advertise()
+        c.share_keys()
+        c.receive_shares()
+        privatize_change(change, privacy)  # what SecureTraining does under central mode
+        wire, pieces = c.masked(layout_of(model), change, 1)
+        upload_tensors(agg_channel, name, wire, pieces, 0, run_id=RUN)
+        c.confirm()
+        c.unmask()
+
+    with ThreadPoolExecutor(len(agents)) as pool:
+        [f.result(timeout=60) for f in [pool.submit(agent, a, deltas[a]) for a in agents]]
+    event = wait_terminal(control, RUN, 1)
+
+    assert event.state == round_pb2.ROUND_STATE_COMMITTED, event.reason
+    assert np.linalg.norm(deltas["d"]["w"]) == pytest.approx(clip)  # clipped in place by privatize_change
+    mean = sum(deltas[a]["w"] for a in agents) / len(agents)
+    got = read_model_of(model_store, event.version, model)
+    noise = got["w"].astype(np.float64) - model["w"][1] - mean
+    assert float(noise.std()) == pytest.approx(z * clip / len(agents), rel=0.03)
+    assert abs(float(noise.mean())) < 5 * (z * clip / len(agents)) / np.sqrt(d)
+    assert got["steps"].tolist() == [7]
+    lineage = model_store.lineage(event.version)
+    assert lineage["privacy"]["mode"] == "central" and lineage["secure_aggregation"]["uploaded"] == 4

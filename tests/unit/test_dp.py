@@ -26,7 +26,7 @@ from fedstream.privacy_rules import check_combination
 from fedstream.rounds import TrainingConfig
 from fedstream.strategies import make_strategy
 from fedstream.tensors import FlatBuffer
-from fedstream_agent.privacy import privatize
+from fedstream_agent.privacy import privatize, reported
 from fedstream_testing.helpers import as_float, buffers_of, layout_of, random_model
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
@@ -163,6 +163,14 @@ def test_secure_aggregation_refuses_robust_strategies_and_weights_an_agent_canno
     check_combination(make_strategy("uniform"), spec(), SecureAggregationSpec())  # every update weighs 1 under DP
 
 
+def test_secure_aggregation_takes_at_most_a_thousand_participants():
+    check_combination(make_strategy("fedavg"), None, SecureAggregationSpec(), participants=1000)
+    check_combination(make_strategy("fedavg"), None, None, participants=5000)
+    with pytest.raises(InvalidArgument, match=r"secure aggregation \(secure_aggregation\) takes at most 1000 "
+                       r"participants per round, not 1001"):
+        check_combination(make_strategy("fedavg"), None, SecureAggregationSpec(), participants=1001)
+
+
 @pytest.mark.parametrize("strategy", ["fedavg", "fedpav", "fedprox", "fedadam", "fedyogi", "fedadagrad", "uniform"])
 def test_linear_strategies_take_differential_privacy(strategy):
     check_combination(make_strategy(strategy), spec(DPMode.LOCAL), SecureAggregationSpec())
@@ -203,3 +211,12 @@ def test_central_privacy_leaves_the_change_to_the_aggregator_unless_secure_aggre
 
     assert torch.allclose(plain["w"], torch.full((10,), 5.0))
     assert tensors_norm(hidden) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_under_privacy_an_upload_declares_no_example_count_nor_metrics():
+    metrics = {"train_loss": 0.3, "download_seconds": 1.0}
+
+    for privacy in (spec(), spec(DPMode.LOCAL)):
+        assert reported(TrainingConfig(privacy=privacy), 120, metrics) == (0, {})
+    assert reported(TrainingConfig(secure_aggregation=SecureAggregationSpec()), 120, metrics) == (120, metrics)
+    assert reported(TrainingConfig(), 120, metrics) == (120, metrics)

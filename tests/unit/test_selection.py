@@ -26,6 +26,8 @@ from fedstream_scheduler.speeds import blend, missed_sample
         ({"fraction": 0.9, "max_agents": 5}, 10, 5),
         ({"fraction": 0.3, "min_agents": 2}, 1, 1),
         ({"max_agents": 2}, 6, 2),
+        ({"secure_aggregation": {}}, 5000, 1000),  # every agent shares keys with every other
+        ({"secure_aggregation": {}, "max_agents": 20}, 5000, 20),
     ],
 )
 def test_selection_size(fields, live, want):

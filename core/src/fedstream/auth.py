@@ -17,6 +17,7 @@ from typing import Any
 
 from fedstream.config import TlsSettings
 from fedstream.errors import AgentDisabled, AgentNotFound, PermissionDenied, Unauthenticated
+from fedstream.ids import check_agent_id
 from fedstream.pki import CertificateAuthority, Identity, PeerCertificate, TlsIdentity, read_peer
 from fedstream.startup import StartupError
 from fedstream.state import AgentRecord, StateStore
@@ -150,7 +151,10 @@ class Guard:
     def agent(self, context: Any, claimed: str = "") -> str:
         """The calling agent's id: its certificate's, which ``claimed`` (a message's agent_id)
         must equal when not empty. The agent must be enrolled, its certificate current and the
-        agent not disabled."""
+        agent not disabled. Raises InvalidArgument for a malformed ``claimed`` (never echoed
+        whole: a long one would not fit in the status)."""
+        if claimed:
+            check_agent_id(claimed)
         if not self.tls:
             return claimed
         peer = self.caller(context)

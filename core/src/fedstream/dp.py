@@ -24,9 +24,11 @@ NORM_PIECE_BYTES = 1 << 20
 
 def sum_of_squares(values: np.ndarray) -> float:
     """The sum of the squares of ``values``, accumulated in float64 (a float32 dot product
-    loses digits over millions of elements, and the clip bound must hold)."""
+    loses digits over millions of elements, and the clip bound must hold); infinite when it
+    overflows (the caller refuses such a change, its clip factor being 0)."""
     wide = values.astype(np.float64, copy=False).ravel()
-    return float(np.dot(wide, wide))
+    with np.errstate(over="ignore"):
+        return float(np.dot(wide, wide))
 
 
 def change_norm(layout: Layout, read_into: Callable[[int, memoryview], None]) -> float:

@@ -19,6 +19,10 @@ MAX_NOISE_MULTIPLIER = 1e4
 MAX_CLIP_NORM = 1e6
 MAX_EPSILON_BUDGET = 1e4
 MAX_STEP_TIMEOUT_S = 3600.0
+# The most participants a secure aggregation round takes: every agent shares keys with every
+# other (complete graph), so the aggregator relays n (n - 1) encrypted shares and each agent
+# sends n - 1 of them in one message (gRPC's 4 MiB holds about 24,000).
+MAX_SECURE_PARTICIPANTS = 1000
 
 
 class DPMode(StrEnum):

@@ -45,6 +45,7 @@ from fedstream_aggregator.commit import Committer
 from fedstream_aggregator.hierarchy import Hierarchy
 from fedstream_aggregator.journal import Journal
 from fedstream_aggregator.partials import Partial, PartialUploads, layout_digest, receive_into
+from fedstream_aggregator.privacy import recorded
 from fedstream_aggregator.rounds import Round, RoundTable, closing_reason
 from fedstream_aggregator.secure import secure_weight
 from fedstream_aggregator.spool import Spool, SpoolPool, copy_out
@@ -416,7 +417,8 @@ class Ingest:
         if rnd.keeps_updates:
             rnd.check_accepting(self.table.clock())
             self._keep_update(rnd, agent, header.layout, spool)
-        report = header.provenance.report(agent, header.num_examples, dict(header.metrics), received, weight)
+        examples, metrics = recorded(plan, header.num_examples, dict(header.metrics))
+        report = header.provenance.report(agent, examples, metrics, received, weight)
         try:
             counted, keep_spool, complete = self._count(rnd, report, header.layout, spool)
         except RoundNotOpen:
@@ -427,7 +429,7 @@ class Ingest:
         if report.weight < 1.0 and plan.privacy is not None and plan.privacy.mode is DPMode.CENTRAL:
             m.DP_UPDATES_CLIPPED.labels(self.tenant).inc()  # a count only: norms would leak
         with log_context(run_id=plan.run_id, round=plan.round, agent_id=agent):
-            log.info("update folded: %d examples, %d bytes (%s) in %.2f s", header.num_examples, received,
+            log.info("update folded: %d examples, %d bytes (%s) in %.2f s", report.num_examples, received,
                      f"resumed at {header.resume_offset}" if header.resume_offset else "whole",
                      time.perf_counter() - started)
         rnd.notify()

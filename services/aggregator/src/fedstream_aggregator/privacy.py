@@ -13,7 +13,7 @@ import numpy as np
 from fedstream.aggregation import WeightedAccumulator
 from fedstream.dp import add_noise, noise_generator
 from fedstream.privacy import DPMode
-from fedstream.rounds import RoundPlan, UpdateReport
+from fedstream.rounds import RoundKind, RoundPlan, UpdateReport
 from fedstream.tensors import TensorSpec
 
 
@@ -49,6 +49,17 @@ def central_noise(plan: RoundPlan, accumulator: WeightedAccumulator) -> CentralN
     if plan.privacy is None or plan.privacy.mode is not DPMode.CENTRAL:
         return None
     return CentralNoise(plan, accumulator)
+
+
+def recorded(plan: RoundPlan, num_examples: int, metrics: dict[str, float]) -> tuple[int, dict[str, float]]:
+    """What a counted update's report keeps of what its header declared: under differential
+    privacy, in a training round, neither its example count (0) nor its metrics (none). Both
+    are computed from the site's data and are not privatized, and the report travels on to the
+    scheduler, its API and the version's lineage; no strategy needs them (every update weighs
+    the same). Evaluation rounds keep their metrics: reporting them is what they are for."""
+    if plan.privacy is None or plan.kind is not RoundKind.TRAIN:
+        return num_examples, metrics
+    return 0, {}
 
 
 def privacy_figures(plan: RoundPlan, reports: list[UpdateReport]) -> dict[str, float]:

@@ -214,8 +214,9 @@ class RoundTable:
             return self._rounds.get((run_id, round_))
 
     def get(self, run_id: str, round_: int) -> Round:
-        """Raises Unavailable while the aggregator is starting, RoundNotFound for a round it
-        does not hold."""
+        """Raises InvalidArgument for a malformed run id (never echoed whole), Unavailable while
+        the aggregator is starting, RoundNotFound for a round it does not hold."""
+        check_run_id(run_id)
         if not self.ready:
             raise Unavailable("the aggregator is starting; retry shortly")
         rnd = self.find(run_id, round_)
@@ -309,7 +310,8 @@ def checked_plan(plan: RoundPlan, distiller: Distiller | None) -> tuple[RoundPla
         raise InvalidArgument("only training rounds of linear strategies can be shared among aggregators")
     if kind is RoundKind.TRAIN:
         check_combination(strategy, plan.privacy, plan.secure_aggregation, compression=plan.compression,
-                          distill=plan.distill, buffered=plan.buffer is not None, partial=plan.partial)
+                          distill=plan.distill, buffered=plan.buffer is not None, partial=plan.partial,
+                          participants=len(plan.participants))
     if plan.distill:
         _check_distill(plan, strategy, distiller)
     return plan, strategy

@@ -37,7 +37,7 @@ from fedstream_agent.identity import (
     renew_after_unix,
 )
 from fedstream_agent.pacing import stretch
-from fedstream_agent.privacy import is_private, private_changes, privatize
+from fedstream_agent.privacy import is_private, private_changes, privatize, reported
 from fedstream_agent.provenance import capabilities, provenance_of
 from fedstream_agent.reconnect import Reconnect
 from fedstream_agent.secagg import SecureTraining
@@ -332,7 +332,8 @@ class Agent:
         download_s = time.perf_counter() - started
         log.info("downloaded %s: %d bytes in %.2f s", base.version, base.layout.total_bytes, download_s)
         if a.training.no_op and a.kind is RoundKind.TRAIN:
-            self._upload_unchanged(a, base, task.num_examples(data), {"download_seconds": download_s}, chunk_bytes)
+            examples, metrics = reported(a.training, task.num_examples(data), {"download_seconds": download_s})
+            self._upload_unchanged(a, base, examples, metrics, chunk_bytes, secure)
             return
         model = task.build_model(a.training.seed)
         incoming = state_of(base.buffer)
@@ -348,10 +349,10 @@ class Agent:
         del base, incoming
         result = self._train(task, a, model, data)
         state = self._outgoing(task, a, model)
-        metrics = {**result.metrics, "download_seconds": download_s}
+        examples, metrics = reported(a.training, result.num_examples, {**result.metrics, "download_seconds": download_s})
         if secure is not None:  # the masked change travels instead (fedstream_agent.secagg)
             upload = functools.partial(self._upload, a, metrics=metrics, chunk_bytes=chunk_bytes)
-            return secure.upload(state, global_floats, result.num_examples, upload)
+            return secure.upload(state, global_floats, examples, upload)
         if is_private(a.training):  # the change travels, clipped (and noised) under privacy
             state = privatize(a.training, state, global_floats)
         elif a.training.upload_delta:  # a buffered asynchronous run: the change from the base travels
@@ -359,7 +360,7 @@ class Agent:
         state = self._compress(a, state, compression, global_floats)
         layout = layout_of(state)
         log.info("trained: %d examples, loss %.4f", result.num_examples, result.metrics.get("train_loss", float("nan")))
-        self._upload(a, layout, lambda: buffers_of(layout, state), result.num_examples, metrics, chunk_bytes)
+        self._upload(a, layout, lambda: buffers_of(layout, state), examples, metrics, chunk_bytes)
 
     def _train(self, task: Task, a: Assignment, model: torch.nn.Module, data: Any) -> TrainResult:
         """Local training, stopped at the next batch once the round's work is over; with the
@@ -384,10 +385,16 @@ class Agent:
         return result
 
     def _upload_unchanged(
-        self, a: Assignment, base: DownloadedModel, examples: int, metrics: dict[str, float], chunk_bytes: int
+        self, a: Assignment, base: DownloadedModel, examples: int, metrics: dict[str, float], chunk_bytes: int,
+        secure: SecureTraining | None,
     ) -> None:
-        """A no-op round's upload: the base model as it came, or no change from it."""
+        """A no-op round's upload: the base model as it came, or no change from it (masked
+        under secure aggregation, like any change)."""
         buf = base.buffer
+        if secure is not None:
+            unchanged = state_of(buf)
+            upload = functools.partial(self._upload, a, metrics=metrics, chunk_bytes=chunk_bytes)
+            return secure.upload(unchanged, unchanged, examples, upload)
         if a.training.upload_delta or is_private(a.training):
             unchanged = state_of(buf)
             state = (private_changes if is_private(a.training) else as_changes)(unchanged, unchanged)

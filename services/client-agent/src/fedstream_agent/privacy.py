@@ -73,3 +73,12 @@ def clip_and_noise(training: TrainingConfig, changes: dict[str, torch.Tensor]) -
     else:
         log.info("update clipped to %g (norm %.4g) before secure aggregation", spec.clip_norm, norm)
     return changes
+
+
+def reported(training: TrainingConfig, num_examples: int, metrics: dict[str, float]) -> tuple[int, dict[str, float]]:
+    """What a training round's upload declares of itself: under differential privacy neither the
+    site's example count (0) nor its training metrics (none): they are computed from its data
+    and are not privatized, and no strategy needs them (every update weighs the same)."""
+    if training.privacy is None:
+        return num_examples, metrics
+    return 0, {}

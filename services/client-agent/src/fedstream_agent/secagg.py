@@ -110,36 +110,40 @@ class SecureAggregationClient:
         self.bytes_sent += request.ByteSize()
         self.calls += 1
 
-    def receive_shares(self) -> None:
-        """Step 2: waits for the shares the others sealed to this agent."""
+    def receive_shares(self) -> int:
+        """Step 2: waits for the shares the others sealed to this agent; returns how many
+        agents shared keys (this one included)."""
         got = self._poll(lambda r: self.stub.GetShares(r, timeout=self.rpc_timeout_s + POLL_S),
                          lambda a: a.ready, "the shares")
         self.session.receive_shares(msg.SharesDelivery(
             tuple(got.senders),
             tuple(msg.EncryptedShare(s.sender, s.recipient, bytes(s.ciphertext)).check() for s in got.shares),
         ))
+        return len(got.senders)
 
     def masked(
         self, layout: Layout, change: Mapping[str, np.ndarray], weight: int
     ) -> tuple[Layout, Iterator[memoryview]]:
         """The masked update of ``change`` (the change of every floating tensor of ``layout``,
-        by name) weighted by ``weight``: its layout and its tensors' bytes, masked piece by piece
-        (the same bytes each time: a resumed upload sends what the first attempt sent)."""
+        by name) weighted by ``weight``: its layout and one buffer per tensor of it, masked
+        piece by piece as it is read (the same bytes each time: a resumed upload sends what
+        the first attempt sent). One tensor's masked bytes are held at a time."""
         wire = masked_layout(layout)
 
-        def pieces() -> Iterator[memoryview]:
+        def tensors() -> Iterator[memoryview]:
             offset = 0
             for t in layout.tensors:
                 if not t.dt.is_float:
                     continue
                 flat = np.asarray(change[t.name]).reshape(-1)
+                out = np.empty(flat.size, dtype="<u8")
                 for first in range(0, flat.size, MASK_PIECE):
-                    part = flat[first : first + MASK_PIECE]
-                    q = quantize(part, weight, self.spec.clip_range)
-                    yield memoryview(self.session.mask(q, offset + first).astype("<u8").tobytes())
+                    q = quantize(flat[first : first + MASK_PIECE], weight, self.spec.clip_range)
+                    out[first : first + q.size] = self.session.mask(q, offset + first)
+                yield out.data.cast("B")
                 offset += flat.size
 
-        return wire, pieces()
+        return wire, tensors()
 
     def confirm(self) -> None:
         """Step 3, the consistency check: waits for the survivors and sends this agent's
@@ -188,9 +192,10 @@ def privatize_change(change: dict[str, np.ndarray], privacy: PrivacySpec) -> Non
 
 
 class SecureTraining:
-    """An agent's secure aggregation of one training round around its training: the key
-    exchange runs in a thread from the assignment on (overlapping the download and training),
-    then ``upload`` masks the change, uploads it and answers the unmask request."""
+    """An agent's secure aggregation of one training round around its training: its keys are
+    advertised when the assignment arrives, the rest of the key exchange runs in a thread
+    (overlapping the download and training), then ``upload`` masks the change, uploads it and
+    answers the unmask request."""
 
     @classmethod
     def start(
@@ -199,7 +204,10 @@ class SecureTraining:
         """Starts the key exchange of a training round under secure aggregation (with the
         aggregator it uploads to), signing with ``identity``; None for any other round. Raises
         SecureAggregationFailed, before anything is sent, without an identity (plaintext
-        development mode) or when the assignment does not list the round's participants."""
+        development mode) or when the assignment does not list the round's participants; and
+        what advertising its keys raised: an agent that cannot advertise (restarted mid-round,
+        its earlier keys lost with its process; or too late, the advertise step closed) cannot
+        take part, and gives the round up before downloading and training for nothing."""
         if a.kind is not RoundKind.TRAIN or a.training.secure_aggregation is None:
             return None
         if identity is None:
@@ -222,17 +230,19 @@ class SecureTraining:
             give_up_unix=a.deadline_unix + 2 * spec.step_timeout_s,
         )
         self._error: BaseException | None = None
+        self.client.advertise()
         self._thread = threading.Thread(target=self._exchange, name="secagg-keys", daemon=True)
         self._thread.start()
 
     def _exchange(self) -> None:
+        a = self.assignment
         try:
-            self.client.advertise()
             self.client.share_keys()
-            self.client.receive_shares()
+            senders = self.client.receive_shares()
+            log.info("secure aggregation: round %d of %s: keys shared, shares received from %d agents", a.round,
+                     a.run_id, senders - 1)
         except ProtocolViolation as e:  # the agent drops out of the round now, sharing nothing more
-            log.error("secure aggregation of round %d of %s: dropping out: %s", self.assignment.round,
-                      self.assignment.run_id, e.public)
+            log.error("secure aggregation of round %d of %s: dropping out: %s", a.round, a.run_id, e.public)
             self._error = SecureAggregationFailed(e.public)
         except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = e

@@ -136,7 +136,10 @@ class RunSpec(BaseModel):
     task: str = Field(min_length=1, max_length=128, description="Task name from the registry.")
     rounds: int = Field(1, ge=1, le=1_000_000, description="Training rounds to commit.")
     min_agents: int = Field(1, ge=1, description="Alive agents needed before a round opens.")
-    max_agents: int = Field(0, ge=0, description="Agents selected per round at most; 0 means no limit.")
+    max_agents: int = Field(
+        0, ge=0, description="Agents selected per round at most; 0 means no limit (under secure aggregation, "
+        "1000 at most).",
+    )
     fraction: float = Field(
         1.0, gt=0, le=1,
         description="Share of the live agents selected per round, rounded up; at least min_agents "
@@ -256,4 +259,5 @@ def check_privacy(spec: RunSpec, strategy: Strategy) -> None:
         spec.secure_aggregation.spec() if spec.secure_aggregation is not None else None,
         compression=spec.training.compression,
         buffered=spec.asynchronous is not None,
+        participants=max(spec.min_agents, spec.max_agents),
     )

@@ -57,7 +57,7 @@ class PrivacyLedger:
     def check_room(self, ledger_id: str, privacy: PrivacySpec, selected: int, eligible: int) -> None:
         """Raises BudgetSpent (naming the budget) when not even one round of these settings fits."""
         eps = self.epsilon_after(ledger_id, privacy, selected, eligible)
-        if eps > privacy.epsilon_budget:
+        if not eps <= privacy.epsilon_budget:  # NaN refused too
             raise BudgetSpent(f"{ledger_id}: {spent_message(eps, privacy)}")
 
     def charge(self, run: RunRecord, round_no: int, privacy: PrivacySpec, participants: list[str],
@@ -76,7 +76,7 @@ class PrivacyLedger:
             if any(c.run_id == run.run_id and c.round == round_no for c in charges):
                 return rec
             eps = epsilon([*charges, new], privacy.delta)
-            if eps > privacy.epsilon_budget:
+            if not eps <= privacy.epsilon_budget:  # NaN refused too
                 raise BudgetSpent(spent_message(eps, privacy))
             return dataclasses.replace(rec, charges=[*rec.charges, dataclasses.replace(new, epsilon=eps).to_dict()])
 

@@ -11,15 +11,20 @@ import math
 import random
 from collections.abc import Mapping
 
+from fedstream.privacy import MAX_SECURE_PARTICIPANTS
 from fedstream.rounds import RoundKind
 from fedstream_scheduler.models import RunSpec
 
 
 def selection_size(spec: RunSpec, live: int) -> int:
     """Participants of a training round among ``live`` agents: the fraction rounded up, at
-    least min_agents, at most max_agents (when set) and the live agents."""
+    least min_agents, at most max_agents (when set), the live agents, and under secure
+    aggregation MAX_SECURE_PARTICIPANTS."""
     want = max(spec.min_agents, math.ceil(spec.fraction * live - 1e-9))
-    return min(live, spec.max_agents or live, want)
+    most = spec.max_agents or live
+    if spec.secure_aggregation is not None:
+        most = min(most, MAX_SECURE_PARTICIPANTS)
+    return min(live, most, want)
 
 
 def fair_seats(spec: RunSpec, seats: int) -> int:

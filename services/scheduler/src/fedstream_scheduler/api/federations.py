@@ -1,5 +1,7 @@
 """Federations: /api/v1/federations."""
 
+import json
+
 from fastapi import APIRouter, Response
 
 from fedstream.state import AuditAction, FederationRecord
@@ -74,7 +76,10 @@ async def update_federation(
     """Changes a federation: its description, its run spec (a JSON merge patch, RFC 7386: nested
     blocks merge field by field, null deletes a field; the result is validated whole, and a
     spec that does not validate changes nothing), its schedule (merged field by field),
-    `clear_schedule`, or its release and site-request policies (JSON merge patches, validated whole)."""
+    `clear_schedule`, or its release and site-request policies (JSON merge patches, validated whole).
+    A change of its differential privacy (a budget raised mid-way, a delta changed) is audited with
+    the settings before and after."""
+    before = admin.state.get_federation(federation_id).spec.get("privacy") if body.spec is not None else None
     rec = admin.federations.update(
         federation_id, spec=body.spec, description=body.description,
         schedule=body.schedule.model_dump() if body.schedule else None, clear_schedule=body.clear_schedule,
@@ -83,7 +88,9 @@ async def update_federation(
     # What the request changes: a clear_schedule of false changes nothing.
     changed = ", ".join(sorted(k for k, v in body.model_dump(exclude_unset=True).items()
                                if k != "clear_schedule" or v))
-    admin.audit.record(who, AuditAction.FEDERATION_UPDATE, f"federation/{federation_id}", fields=changed)
+    privacy = {} if before == rec.spec.get("privacy") or body.spec is None else {
+        "privacy": f"{json.dumps(before, sort_keys=True)} -> {json.dumps(rec.spec.get('privacy'), sort_keys=True)}"}
+    admin.audit.record(who, AuditAction.FEDERATION_UPDATE, f"federation/{federation_id}", fields=changed, **privacy)
     return federation_body(rec, admin.federations.latest_version(federation_id), admin)
 
 
