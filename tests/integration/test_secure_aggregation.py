@@ -69,13 +69,13 @@ def base(model_store):
     return model
 
 
-def client(ch, agent, participants=AGENTS):
-    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, CREDENTIALS[agent], participants,
+def client(ch, agent, participants=AGENTS, credentials=CREDENTIALS):
+    return SecureAggregationClient(ch, RUN, 1, agent, SPEC, credentials[agent], participants,
                                    give_up_unix=time.time() + 30)
 
 
-def run_agent(ch, agent, change, examples, *, drop_after_shares=False):
-    c = client(ch, agent)
+def run_agent(ch, agent, change, examples, *, drop_after_shares=False, participants=AGENTS, credentials=CREDENTIALS):
+    c = client(ch, agent, tuple(participants), credentials)
     c.advertise()
     c.share_keys()
     if drop_after_shares:
@@ -244,7 +244,7 @@ def test_central_privacy_noises_the_unmasked_mean_of_the_agents_clipped_changes(
     control.OpenRound(plan_to_proto(secure_round), timeout=5)
 
     def agent(name: str, change: dict[str, np.ndarray]) -> None:
-        c = client(agg_channel, name, agents)
+        c = client(agg_channel, name, tuple(agents))
         c.advertise()
         c.share_keys()
         c.receive_shares()

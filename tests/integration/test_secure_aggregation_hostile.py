@@ -106,7 +106,7 @@ def test_messages_past_the_limits_are_refused_and_the_round_goes_on(agg_channel,
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
     stub = spb_grpc.SecureAggregationStub(agg_channel)
-    clients = {a: client(agg_channel, a, "abc") for a in "abc"}
+    clients = {a: client(agg_channel, a, tuple("abc")) for a in "abc"}
 
     big = spb.AdvertiseRequest(run_id=RUN, round=1, agent_id="a", c_pk=bytes(5 << 20), s_pk=bytes(32))
     assert status_of(lambda: stub.Advertise(big, timeout=5))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's 4 MiB
@@ -190,7 +190,7 @@ def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(
     p.secure_aggregation.clip_range = wide.clip_range
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(p, timeout=5)
-    clients = {a: SecureAggregationClient(agg_channel, RUN, 1, a, wide, CREDENTIALS[a], "abc",
+    clients = {a: SecureAggregationClient(agg_channel, RUN, 1, a, wide, CREDENTIALS[a], tuple("abc"),
                                           give_up_unix=time.time() + 30) for a in "abc"}
     most = max_weight(wide.clip_range, 3)
 
@@ -222,7 +222,7 @@ def test_a_weight_that_could_overflow_the_ring_is_refused_and_the_others_commit(
 def test_an_advertise_step_below_the_threshold_fails_the_round_naming_it(agg_channel, base, model_store):
     control = aggregator_pb2_grpc.AggregatorControlStub(agg_channel)
     control.OpenRound(secure_plan(["a", "b", "c"], timeout=60), timeout=5)
-    lonely = client(agg_channel, "a", "abc")
+    lonely = client(agg_channel, "a", tuple("abc"))
 
     lonely.advertise()  # "b" and "c" never come; the step's timeout passes while "a" waits for the roster
     code, details = status_of(lambda: lonely.share_keys())
@@ -274,7 +274,7 @@ def test_behind_mutual_tls_an_agent_speaks_only_as_itself(tls_aggregator, model_
         grpc.StatusCode.PERMISSION_DENIED, "this certificate is agent 'a''s; the message names 'b'")
     for name, call in every_call(as_a, agent_id="b").items():
         assert status_of(call)[0] == grpc.StatusCode.PERMISSION_DENIED, name
-    clients = {a: SecureAggregationClient(channels[a], RUN, 1, a, SPEC, Credentials.of(identities[a]), "abc",
+    clients = {a: SecureAggregationClient(channels[a], RUN, 1, a, SPEC, Credentials.of(identities[a]), tuple("abc"),
                                           give_up_unix=time.time() + 30) for a in "abc"}
     with ThreadPoolExecutor(3) as pool:
         [f.result(timeout=60) for f in [pool.submit(member, clients[a], channels[a], changes(i))
